@@ -1,0 +1,30 @@
+"""The ``brainnet`` command line: train, evaluate and predict over brainprep stores."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from brainnet import __version__
+from brainprep.cli import LazyGroup
+
+COMMANDS: dict[str, str] = {
+    "train": "brainnet.cli.train:train",
+    "evaluate": "brainnet.cli.evaluate:evaluate",
+    "predict": "brainnet.cli.predict:predict",
+}
+HELP = {
+    "train": "Train the 3D U-Net on a patch store.",
+    "evaluate": "Dice, sensitivity and specificity of a checkpoint on a store split.",
+    "predict": "Segment whole scans with sliding windows; write NIfTI in the source space.",
+}
+
+
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS, short_help=HELP)
+@click.version_option(__version__, prog_name="brainnet")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """brainnet: a thin PyTorch 3D U-Net over brainprep patch stores."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

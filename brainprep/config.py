@@ -1,0 +1,79 @@
+"""Base of the frozen, typed parameter dataclasses that travel into stores, manifests and checkpoints.
+
+Every parameter set is a ``@dataclass(frozen=True)`` subclassing :class:`Params`; it validates itself in
+``__post_init__`` and round-trips through plain JSON-able dicts with :meth:`Params.to_dict` and
+:meth:`Params.from_dict`, so the same dict can be written into a Zarr attribute, an HDF5 attribute, a JSON
+manifest and a torch checkpoint (``weights_only=True`` loads plain dicts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import types
+import typing
+from typing import Any, TypeVar
+
+from brainprep.errors import ConfigError
+
+P = TypeVar("P", bound="Params")
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, Params):
+        return value.to_dict()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_plain(v) for k, v in value.items()}
+    return value
+
+
+def _from_plain(annotation: Any, value: Any) -> Any:
+    """Turn a JSON value back into the annotated field type (nested Params, tuples)."""
+    if value is None:
+        return None
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if arg is type(None):
+                continue
+            return _from_plain(arg, value)
+    if isinstance(annotation, type) and issubclass(annotation, Params):
+        return annotation.from_dict(value)
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_plain(args[0], v) for v in value)
+        return tuple(_from_plain(a, v) for a, v in zip(args, value, strict=False))
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return annotation(value)
+    return value
+
+
+class Params:
+    """Mixin for frozen parameter dataclasses: dict/JSON round trip with strict key checking."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of JSON types (tuples become lists, nested params become dicts)."""
+        return {f.name: _to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls: type[P], data: dict[str, Any]) -> P:
+        """Inverse of :meth:`to_dict`. Unknown keys are an error; missing keys take defaults."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ConfigError(f"{cls.__name__} has no parameter(s) {', '.join(unknown)}")
+        hints = typing.get_type_hints(cls)
+        kwargs = {name: _from_plain(hints[name], value) for name, value in data.items()}
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self: P, **changes: Any) -> P:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]

@@ -1,0 +1,122 @@
+"""How a patch store is made: the frozen parameter sets of the build, written into every store.
+
+``BuildParams.to_dict()`` is stored verbatim in the store attributes (``brainprep.params``), in the
+manifest and in brainnet checkpoints, so any store or model says exactly how its patches were made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from brainprep.config import Params
+from brainprep.errors import ConfigError
+
+SAMPLERS = ("exact", "rejection")
+STANDARDIZE_METHODS = ("patch-slice", "volume-nonzero")
+STORE_FORMATS = ("zarr", "hdf5")
+STORE_DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class SamplingParams(Params):
+    """Where patches are cut.
+
+    Attributes:
+        patch_size: (X, Y, Z) voxels of a patch; the course uses 160x160x16.
+        patches_per_case: K, patches drawn per case.
+        background_threshold: keep a patch only when its background share is strictly below this
+            (the course's ``get_sub_volume``: 0.95).
+        sampler: ``exact`` draws uniformly among all valid corners (summed-area table); ``rejection``
+            reproduces the course's loop of random corners, giving up after ``max_tries``.
+        max_tries: tries per patch of the rejection sampler (course: 1000).
+    """
+
+    patch_size: tuple[int, int, int] = (160, 160, 16)
+    patches_per_case: int = 20
+    background_threshold: float = 0.95
+    sampler: str = "exact"
+    max_tries: int = 1000
+
+    def __post_init__(self) -> None:
+        if len(self.patch_size) != 3 or any(int(s) < 1 for s in self.patch_size):
+            raise ConfigError(f"patch_size must be three positive ints, got {self.patch_size}")
+        object.__setattr__(self, "patch_size", tuple(int(s) for s in self.patch_size))
+        if self.patches_per_case < 1:
+            raise ConfigError(f"patches_per_case must be >= 1, got {self.patches_per_case}")
+        if not 0.0 < self.background_threshold <= 1.0:
+            raise ConfigError(f"background_threshold must be in (0, 1], got {self.background_threshold}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.max_tries < 1:
+            raise ConfigError(f"max_tries must be >= 1, got {self.max_tries}")
+
+    @property
+    def min_tumour_fraction(self) -> float:
+        """A patch is valid when its tumour fraction is strictly above this (1 - threshold)."""
+        return 1.0 - self.background_threshold
+
+
+@dataclass(frozen=True)
+class StandardizeParams(Params):
+    """How intensities are standardized.
+
+    Attributes:
+        method: ``patch-slice`` (course: each channel of each z-slice of the patch to mean 0 / std 1,
+            a slice with std 0 stays 0) or ``volume-nonzero`` (nnU-Net: per channel over the nonzero
+            brain voxels of the whole volume).
+    """
+
+    method: str = "patch-slice"
+
+    def __post_init__(self) -> None:
+        if self.method not in STANDARDIZE_METHODS:
+            raise ConfigError(f"standardize method must be one of {STANDARDIZE_METHODS}, got {self.method!r}")
+
+
+@dataclass(frozen=True)
+class StoreParams(Params):
+    """How patches are laid out on disk.
+
+    Attributes:
+        format: ``zarr`` (Zarr v3, sharded) or ``hdf5``.
+        dtype: image dtype in the store, ``float16`` (default) or ``float32``.
+        compression_level: zstd level (zarr) or gzip level (hdf5).
+    """
+
+    format: str = "zarr"
+    dtype: str = "float16"
+    compression_level: int = 3
+
+    def __post_init__(self) -> None:
+        if self.format not in STORE_FORMATS:
+            raise ConfigError(f"store format must be one of {STORE_FORMATS}, got {self.format!r}")
+        if self.dtype not in STORE_DTYPES:
+            raise ConfigError(f"store dtype must be one of {STORE_DTYPES}, got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class SplitParams(Params):
+    """How cases are split into train / val (always by case, never one case in two splits).
+
+    Attributes:
+        val_fraction: share of cases in the validation split (ignored with ``split_file``).
+        split_file: JSON file ``{"train": [ids], "val": [ids]}`` fixing the split; ``None`` draws it.
+    """
+
+    val_fraction: float = 0.2
+    split_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class BuildParams(Params):
+    """Everything that determines the content of a store (worker count and scheduler do not)."""
+
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    standardize: StandardizeParams = field(default_factory=StandardizeParams)
+    store: StoreParams = field(default_factory=StoreParams)
+    split: SplitParams = field(default_factory=SplitParams)
+    seed: int = 0
