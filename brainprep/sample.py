@@ -7,20 +7,42 @@ so the exact sampler can draw uniformly among the valid corners and never gives 
 
 from __future__ import annotations
 
+import hashlib
+import logging
+from dataclasses import dataclass
+
 import numpy as np
+
+from brainprep.errors import ShapeMismatchError
+from brainprep.params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+#: Labels (MSD convention) whose shares :func:`patch_fractions` reports: edema, non-enhancing, enhancing.
+TUMOUR_CLASSES = (1, 2, 3)
+
+
+def _count_dtype(n_voxels: int) -> type[np.signedinteger]:
+    """int32 when every count fits: a summed-area entry is at most the voxel count (8.9e6 for 240x240x155,
+    far below 2**31 - 1), so int32 is exact and halves the table (36 MB instead of 72 MB)."""
+    return np.int32 if n_voxels < 2**31 else np.int64
 
 
 def summed_area_table(mask: np.ndarray) -> np.ndarray:
     """Zero-padded 3D cumulative sum.
 
     Args:
-        mask: bool or integer (X, Y, Z).
+        mask: bool or 0/1 integer (X, Y, Z).
 
     Returns:
-        int64 (X+1, Y+1, Z+1) ``S`` with ``S[i, j, k] = mask[:i, :j, :k].sum()``.
+        int32 (int64 beyond 2**31 voxels) (X+1, Y+1, Z+1) ``S`` with ``S[i, j, k] = mask[:i, :j, :k].sum()``.
     """
-    table = np.zeros(tuple(s + 1 for s in mask.shape), dtype=np.int64)
-    table[1:, 1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1).cumsum(2)
+    table = np.zeros(tuple(s + 1 for s in mask.shape), dtype=_count_dtype(mask.size))
+    inner = table[1:, 1:, 1:]
+    # Accumulate in place into the table's interior: no full-size temporaries beyond the table itself.
+    np.cumsum(mask, axis=0, dtype=table.dtype, out=inner)
+    np.cumsum(inner, axis=1, out=inner)
+    np.cumsum(inner, axis=2, out=inner)
     return table
 
 
@@ -32,12 +54,14 @@ def corner_tumour_counts(label: np.ndarray, patch_size: tuple[int, int, int]) ->
         patch_size: (px, py, pz).
 
     Returns:
-        int64 (X-px+1, Y-py+1, Z-pz+1); empty along an axis where the patch does not fit.
+        int32 (int64 beyond 2**31 voxels) (X-px+1, Y-py+1, Z-pz+1); empty along an axis where the patch
+        does not fit. Exact: every term is a summed-area entry <= X*Y*Z (see :func:`summed_area_table`)
+        and the result is <= px*py*pz.
     """
     px, py, pz = patch_size
     nx, ny, nz = (label.shape[i] - patch_size[i] + 1 for i in range(3))
     if min(nx, ny, nz) <= 0:
-        return np.zeros((max(nx, 0), max(ny, 0), max(nz, 0)), dtype=np.int64)
+        return np.zeros((max(nx, 0), max(ny, 0), max(nz, 0)), dtype=_count_dtype(label.size))
     s = summed_area_table(label > 0)
     x0, y0, z0 = slice(0, nx), slice(0, ny), slice(0, nz)
     x1, y1, z1 = slice(px, px + nx), slice(py, py + ny), slice(pz, pz + nz)
@@ -74,3 +98,169 @@ def valid_corner_share(
     """Share of all fitting corners that are valid (0.0 when the patch does not fit)."""
     mask = valid_corner_mask(label, patch_size, background_threshold)
     return float(mask.mean()) if mask.size else 0.0
+
+
+@dataclass(frozen=True)
+class CaseSampling:
+    """Where the patches of one case are cut, and why there may be fewer than K.
+
+    Attributes:
+        corners: int32 (n, 3), n <= K, (x, y, z) corners on the case grid, in drawing order.
+        valid_corner_share: share of the fitting corners that are valid (0.0 when the patch does not fit).
+        best_tumour_fraction: max tumour fraction over all fitting corners (0.0 when the patch does not fit).
+        skip_reason: ``None`` when K corners were drawn, else one line saying why fewer.
+    """
+
+    corners: np.ndarray
+    valid_corner_share: float
+    best_tumour_fraction: float
+    skip_reason: str | None
+
+
+def case_rng(seed: int, case_id: str) -> np.random.Generator:
+    """The random generator of one case, from ``(seed, case_id)`` alone.
+
+    Derived with sha256 (Python's ``hash`` of a str is salted per process), so the draws of a case do not
+    depend on case order, worker count, scheduler or process.
+
+    Args:
+        seed: the build seed (``BuildParams.seed``).
+        case_id: the case identifier, e.g. ``BRATS_002``.
+
+    Returns:
+        A fresh PCG64 ``np.random.Generator``.
+    """
+    digest = hashlib.sha256(f"brainprep.sample:{int(seed)}:{case_id}".encode()).digest()
+    return np.random.default_rng(np.random.SeedSequence(int.from_bytes(digest, "little")))
+
+
+def _patch_label(patch_size: tuple[int, int, int]) -> str:
+    return "x".join(str(s) for s in patch_size)
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.3g}%"
+
+
+def sample_corners(label: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> CaseSampling:
+    """Draw up to K patch corners of one case from its label map.
+
+    ``params.sampler``:
+
+    - ``exact``: K corners i.i.d. uniformly (with replacement) among *all* valid corners, found in one pass
+      with a summed-area table. This is the distribution of the course's loop conditioned on success, but
+      it never gives up while a valid corner exists; it returns 0 corners only when none exists.
+    - ``rejection``: the course's ``get_sub_volume`` loop. For each of the K patches, up to ``max_tries``
+      random corners, each ``start = rng.integers(0, dim - size + 1)`` for x, then y, then z (three scalar
+      draws per try, in that order), keeping the first whose background share (``background voxels /
+      patch voxels``, float64) is ``< background_threshold``; a patch that exhausts its tries is dropped
+      and the next patch is tried. When no valid corner exists at all, no draws are made (the outcome, no
+      corners, is the same; only the case's own generator state differs).
+
+    A corner is valid when its background share is strictly below ``params.background_threshold``, i.e.
+    its tumour fraction (label > 0) is above ``1 - threshold`` (:func:`valid_corner_mask`).
+
+    Args:
+        label: uint8 (X, Y, Z), MSD convention (0 background, 1..3 tumour).
+        params: patch size, K, threshold, sampler, max_tries.
+        rng: the case's generator (:func:`case_rng`).
+
+    Returns:
+        :class:`CaseSampling` with int32 (n, 3) corners, n <= K.
+    """
+    if label.ndim != 3:
+        raise ShapeMismatchError(f"label must be (X, Y, Z), found shape {tuple(label.shape)}")
+    size = params.patch_size
+    k = params.patches_per_case
+    no_corners = np.zeros((0, 3), dtype=np.int32)
+    if any(label.shape[i] < size[i] for i in range(3)):
+        reason = f"case shape {tuple(label.shape)} smaller than patch {tuple(size)}"
+        return CaseSampling(no_corners, 0.0, 0.0, reason)
+
+    volume = int(np.prod(size))
+    counts = corner_tumour_counts(label, size)
+    best = float(counts.max()) / volume
+    valid = (volume - counts) / volume < params.background_threshold  # as corner_background_ratio
+    del counts
+    n_valid = int(np.count_nonzero(valid))
+    share = n_valid / valid.size
+    if n_valid == 0:
+        reason = (
+            f"no {_patch_label(size)} corner holds more than {_percent(params.min_tumour_fraction)} "
+            f"tumour (best {_percent(best)})"
+        )
+        return CaseSampling(no_corners, share, best, reason)
+
+    if params.sampler == "exact":
+        flat = np.flatnonzero(valid)
+        picks = flat[rng.integers(0, n_valid, size=k)]
+        corners = np.stack(np.unravel_index(picks, valid.shape), axis=1).astype(np.int32)
+        return CaseSampling(corners, share, best, None)
+
+    # rejection: the course's loop, one scalar draw per axis per try; the valid mask holds the very
+    # background-share test the course computes on the sliced one-hot patch.
+    highs = valid.shape  # dim - size + 1 per axis
+    found: list[tuple[int, int, int]] = []
+    for _ in range(k):
+        for _ in range(params.max_tries):
+            x = int(rng.integers(0, highs[0]))
+            y = int(rng.integers(0, highs[1]))
+            z = int(rng.integers(0, highs[2]))
+            if valid[x, y, z]:
+                found.append((x, y, z))
+                break
+    corners = np.array(found, dtype=np.int32).reshape(-1, 3)
+    reason = None
+    if len(found) < k:
+        reason = (
+            f"rejection sampler gave up on {k - len(found)} of {k} patches after {params.max_tries} tries "
+            f"each (valid {_patch_label(size)} corners: {_percent(share)})"
+        )
+    return CaseSampling(corners, share, best, reason)
+
+
+def patch_fractions(label_patch: np.ndarray) -> tuple[float, np.ndarray]:
+    """Tumour and per-class shares of a label patch.
+
+    Args:
+        label_patch: uint8 (X, Y, Z), MSD convention (values 0..3).
+
+    Returns:
+        (tumour fraction = share of label > 0 as a Python float, float32 (3,) shares of edema (1),
+        non-enhancing (2), enhancing (3)); all 0 for an empty patch.
+    """
+    n = label_patch.size
+    if n == 0:
+        return 0.0, np.zeros(len(TUMOUR_CLASSES), dtype=np.float32)
+    tumour = np.count_nonzero(label_patch) / n
+    counts = np.bincount(label_patch.ravel(), minlength=max(TUMOUR_CLASSES) + 1)
+    classes = (counts[list(TUMOUR_CLASSES)] / n).astype(np.float32)
+    return float(tumour), classes
+
+
+def extract_patch(
+    array: np.ndarray, corner: tuple[int, int, int] | np.ndarray, patch_size: tuple[int, int, int]
+) -> np.ndarray:
+    """The patch at ``corner`` of the last three axes of ``array`` (a view, no copy).
+
+    Args:
+        array: (..., X, Y, Z), e.g. an image (4, X, Y, Z) or a label (X, Y, Z).
+        corner: (x, y, z) start of the patch.
+        patch_size: (px, py, pz).
+
+    Returns:
+        (..., px, py, pz) view of ``array``.
+    """
+    if array.ndim < 3:
+        raise ShapeMismatchError(f"array must end in (X, Y, Z), found shape {tuple(array.shape)}")
+    shape = array.shape[-3:]
+    start = [int(c) for c in corner]
+    size = [int(s) for s in patch_size]
+    if len(start) != 3 or len(size) != 3:
+        raise ShapeMismatchError(f"corner and patch_size need 3 values, found {start} and {size}")
+    if any(start[i] < 0 or start[i] + size[i] > shape[i] for i in range(3)):
+        raise ShapeMismatchError(
+            f"patch {tuple(size)} at corner {tuple(start)} does not fit in (X, Y, Z) = {tuple(shape)}"
+        )
+    window = tuple(slice(start[i], start[i] + size[i]) for i in range(3))
+    return array[(Ellipsis, *window)]

@@ -1,0 +1,148 @@
+"""Standardize stage: intensities to mean 0 / std 1, as pure array functions.
+
+Two methods (``StandardizeParams.method``):
+
+- ``patch-slice`` (:func:`standardize_patch_slices`): the course's ``standardize``, each channel of each
+  z-slice of a *patch* to mean 0 / std 1; a slice with std 0 stays all zeros.
+- ``volume-nonzero`` (:func:`nonzero_statistics` + :func:`standardize_with_statistics`): nnU-Net's
+  z-score, one mean / std per channel over the brain voxels of the whole *volume*, background set to 0.
+
+Everything is vectorized over slices; only the channel axis (4) is looped, to keep float64 temporaries
+to one channel at a time (a float64 channel of a 240x240x155 volume is ~71 MB).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from brainprep.errors import ShapeMismatchError
+
+#: Floor of the divisor in :func:`standardize_with_statistics` (nnU-Net's ``max(std, 1e-8)``).
+MIN_STD = 1e-8
+
+
+def _check_channels_first(array: np.ndarray, name: str) -> None:
+    if array.ndim != 4:
+        raise ShapeMismatchError(f"{name} must be (C, X, Y, Z), found shape {tuple(array.shape)}")
+
+
+def standardize_patch_slices(patch: np.ndarray) -> np.ndarray:
+    """The course's standardization: each channel of each z-slice to mean 0 / std 1.
+
+    Equals the course's loop (``for c: for z: centered = s - mean(s); if std(centered) != 0: centered /
+    std(centered)``) to float32 rounding, computed in float64 on ``patch.astype(float64)``.
+
+    Constant slices. A slice whose values are all equal stays all zeros. For float32/integer input this is
+    exactly the course's ``std != 0`` test (the float64 mean of n <= 2**29 equal float32 values is exact,
+    so the centered slice and its std are exactly 0). For float64 input a rounded mean could in principle
+    leave a constant slice with a std of a few ulp (not observed with numpy's pairwise summation), and the
+    course would then divide rounding noise by rounding noise; we also test ``max == min``, so a constant
+    slice always stays exactly 0.
+
+    Range (and float16 storage). Every standardized slice of ``n = X * Y`` voxels satisfies
+    ``|value| <= sqrt(n - 1)`` (Samuelson's inequality: 159.997 for 160x160, 239.998 for 240x240), however
+    small the std, so the output is always finite in float16 (max 65504); a near-constant slice (one voxel
+    one ulp off) standardizes to one value near ``sqrt(n - 1)`` and the rest near ``-1 / sqrt(n - 1)``,
+    which is what the course computes too. Nothing is clipped.
+
+    Args:
+        patch: (C, X, Y, Z), any float or integer dtype.
+
+    Returns:
+        float32 (C, X, Y, Z), a new array.
+    """
+    _check_channels_first(patch, "patch")
+    out = np.zeros(patch.shape, dtype=np.float32)
+    if patch.size == 0:
+        return out
+    for c in range(patch.shape[0]):
+        channel = patch[c].astype(np.float64)  # (X, Y, Z): slices are [:, :, z]
+        centered = channel - channel.mean(axis=(0, 1))
+        std = centered.std(axis=(0, 1))  # (Z,), like np.std(centered) of the course, per slice
+        varying = (std != 0) & (channel.max(axis=(0, 1)) != channel.min(axis=(0, 1)))
+        # Slices with std 0 keep the zeros of ``out``: dividing by 0 would give NaN, and a constant slice
+        # (e.g. a slice entirely outside the skull-stripped brain) carries no information.
+        out[c][:, :, varying] = centered[:, :, varying] / std[varying]
+    return out
+
+
+def brain_mask(image: np.ndarray) -> np.ndarray:
+    """Brain voxels of a skull-stripped volume: nonzero in any channel.
+
+    Args:
+        image: (C, X, Y, Z), any dtype.
+
+    Returns:
+        bool (X, Y, Z).
+    """
+    _check_channels_first(image, "image")
+    return np.any(image != 0, axis=0)
+
+
+def nonzero_statistics(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """nnU-Net style per-channel statistics over the brain.
+
+    Mask: :func:`brain_mask`, the voxels where *any* channel is nonzero (the union over channels), shared by
+    all channels. Why the union and not each channel's own nonzero voxels: BraTS volumes are skull-stripped
+    with the background exactly 0 in every modality, so the union is the brain; a brain voxel that happens
+    to be 0 in one modality (a dark T1 voxel, an integer-rounded intensity) is real signal and must count in
+    that channel's statistics, and one mask for all channels is what nnU-Net does too (its
+    ``create_nonzero_mask`` is the union over channels; we skip its hole filling, which only matters for
+    holes fully enclosed by brain and exactly 0 in all four channels).
+
+    Args:
+        image: (C, X, Y, Z), any float or integer dtype (the whole volume, not a patch).
+
+    Returns:
+        (mean, std): float64 (C,) each, population std (``ddof=0``); both 0 for an all-zero image.
+    """
+    _check_channels_first(image, "image")
+    mask = brain_mask(image)
+    n_channels = image.shape[0]
+    mean = np.zeros(n_channels, dtype=np.float64)
+    std = np.zeros(n_channels, dtype=np.float64)
+    if not mask.any():
+        return mean, std
+    for c in range(n_channels):
+        values = image[c][mask].astype(np.float64)
+        mean[c] = values.mean()
+        std[c] = values.std()
+    return mean, std
+
+
+def standardize_with_statistics(
+    patch: np.ndarray, mean: np.ndarray, std: np.ndarray, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-channel z-score with given statistics: ``(x - mean[c]) / max(std[c], 1e-8)``.
+
+    Args:
+        patch: (C, X, Y, Z), any float or integer dtype (a patch or a whole volume).
+        mean: (C,) channel means (from :func:`nonzero_statistics` of the whole volume).
+        std: (C,) channel stds.
+        mask: bool (X, Y, Z); voxels outside it are set to 0 (nnU-Net keeps the background at 0).
+            ``None`` standardizes every voxel.
+
+    Returns:
+        float32 (C, X, Y, Z), a new array (computed in float64 per channel).
+    """
+    _check_channels_first(patch, "patch")
+    mean = np.asarray(mean, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    n_channels = patch.shape[0]
+    if mean.shape != (n_channels,) or std.shape != (n_channels,):
+        raise ShapeMismatchError(
+            f"mean and std must have shape ({n_channels},) for a patch of shape {tuple(patch.shape)}, "
+            f"found {mean.shape} and {std.shape}"
+        )
+    if mask is not None and mask.shape != patch.shape[1:]:
+        raise ShapeMismatchError(
+            f"mask must have shape {tuple(patch.shape[1:])} for a patch of shape {tuple(patch.shape)}, "
+            f"found {tuple(mask.shape)}"
+        )
+    out = np.empty(patch.shape, dtype=np.float32)
+    divisor = np.maximum(std, MIN_STD)
+    for c in range(n_channels):
+        out[c] = (patch[c].astype(np.float64) - mean[c]) / divisor[c]
+    if mask is not None:
+        out[:, ~mask.astype(bool)] = 0
+    return out
