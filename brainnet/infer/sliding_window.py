@@ -1,0 +1,217 @@
+"""Whole-scan inference from patch-sized windows, blended with Gaussian (or constant) weights.
+
+Pure tensor code, no file I/O. Window placement, padding and weights reproduce MONAI's
+``sliding_window_inference(mode="gaussian", sigma_scale=0.125, padding_mode="constant", cval=0)``
+(monai/inferers/utils.py and monai/data/utils.py):
+
+- an axis shorter than the window is zero-padded to the window, ``diff // 2`` before and the rest after,
+  and the output is cropped back;
+- windows start every ``int(window * (1 - overlap))`` voxels (at least 1) and the last one is moved back to
+  end flush with the (padded) axis; an axis exactly one window long gets a single window;
+- each window's prediction is multiplied by the importance map and summed; the sum of the maps is divided
+  out at the end.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from brainprep.errors import ConfigError, ShapeMismatchError
+
+logger = logging.getLogger(__name__)
+
+BLEND_MODES = ("gaussian", "constant")
+#: the course's patch size, the window the network was trained on.
+DEFAULT_WINDOW: tuple[int, int, int] = (160, 160, 16)
+#: MONAI's floor on importance weights, so voxels near every window edge still get a nonzero weight sum.
+MIN_WEIGHT = 1e-3
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+def window_starts(size: int, window: int, overlap: float) -> list[int]:
+    """Start indices of windows covering ``range(size)`` along one axis (MONAI's placement).
+
+    Args:
+        size: axis length (already padded or not; ``size <= window`` gives ``[0]`` and the caller pads).
+        window: window length along the axis.
+        overlap: fraction of a window shared by neighbours, in ``[0, 1)``.
+
+    Returns:
+        increasing starts; the first is 0 and the last is ``size - window`` (when ``size > window``).
+
+    Example:
+        ``window_starts(10, 4, 0.5) == [0, 2, 4, 6]``; ``window_starts(9, 4, 0.5) == [0, 2, 4, 5]``.
+    """
+    if size < 1 or window < 1:
+        raise ConfigError(f"window_starts: size and window must be >= 1, got size {size}, window {window}")
+    if not 0.0 <= overlap < 1.0:
+        raise ConfigError(f"sliding window overlap must be in [0, 1), got {overlap}")
+    if size <= window:
+        return [0]
+    interval = max(int(window * (1 - overlap)), 1)  # MONAI's _get_scan_interval, same float expression
+    starts = []
+    for d in range(math.ceil(size / interval)):
+        start = d * interval
+        if start + window >= size:
+            starts.append(size - window)
+            break
+        starts.append(start)
+    return starts
+
+
+def gaussian_weights(
+    window: Sequence[int],
+    sigma_scale: float | Sequence[float] = 0.125,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """MONAI's Gaussian importance map (``compute_importance_map(mode="gaussian")``).
+
+    Separable ``exp(-x**2 / (2 sigma**2))`` with ``x`` the offset from the window centre
+    (``-(n-1)/2 .. (n-1)/2``) and ``sigma = sigma_scale * n`` per axis; peak 1 (exactly 1 for odd sizes,
+    slightly below for even sizes), not renormalized because the floor is absolute: values are clamped
+    from below at ``max(min, 1e-3)`` as MONAI does. (nnU-Net uses the same sigma = 1/8 of the window.)
+
+    Args:
+        window: window size, e.g. ``(160, 160, 16)``.
+        sigma_scale: sigma as a fraction of the window size, one value or one per axis.
+        device: device of the result.
+
+    Returns:
+        float32 tensor of shape ``window``, symmetric, largest at the centre, all values >= 1e-3.
+    """
+    window = tuple(int(w) for w in window)
+    scales = (
+        tuple(float(s) for s in sigma_scale)
+        if isinstance(sigma_scale, Sequence)
+        else (float(sigma_scale),) * len(window)
+    )
+    if len(scales) != len(window) or any(s <= 0 for s in scales) or any(w < 1 for w in window):
+        raise ConfigError(f"gaussian_weights: need positive window {window} and sigma_scale {sigma_scale}")
+    weights = torch.ones((), dtype=torch.float32, device=device)
+    for i, (n, scale) in enumerate(zip(window, scales, strict=True)):
+        sigma = n * scale
+        x = torch.arange(start=-(n - 1) / 2.0, end=(n - 1) / 2.0 + 1, dtype=torch.float32, device=device)
+        x = torch.exp(x**2 / (-2 * sigma**2))  # 1-D Gaussian, the same float32 ops as MONAI
+        weights = x if i == 0 else weights.unsqueeze(-1) * x[(None,) * i]
+    return weights.clamp(min=max(float(weights.min()), MIN_WEIGHT))
+
+
+def _importance_map(
+    window: tuple[int, ...], blend: str, sigma_scale: float | Sequence[float]
+) -> torch.Tensor:
+    if blend == "gaussian":
+        return gaussian_weights(window, sigma_scale)
+    return torch.ones(window, dtype=torch.float32)
+
+
+def _pad_to_window(volume: torch.Tensor, window: tuple[int, ...]) -> tuple[torch.Tensor, list[slice]]:
+    """Zero-pad each short spatial axis to the window (``diff // 2`` before); slices that crop back."""
+    before = [max(w - s, 0) // 2 for s, w in zip(volume.shape[1:], window, strict=True)]
+    after = [max(w - s, 0) - b for s, w, b in zip(volume.shape[1:], window, before, strict=True)]
+    crop = [slice(b, b + s) for b, s in zip(before, volume.shape[1:], strict=True)]
+    if any(before) or any(after):
+        pad: list[int] = []
+        for b, a in zip(reversed(before), reversed(after), strict=True):  # F.pad lists the last axis first
+            pad.extend([b, a])
+        volume = F.pad(volume, pad, mode="constant", value=0.0)
+    return volume, crop
+
+
+def sliding_window(
+    volume: torch.Tensor,
+    predictor: Predictor,
+    window: Sequence[int] = DEFAULT_WINDOW,
+    overlap: float = 0.5,
+    blend: str = "gaussian",
+    batch_size: int = 4,
+    device: torch.device | str | None = None,
+    sigma_scale: float | Sequence[float] = 0.125,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Predict a whole volume window by window and blend the overlapping predictions.
+
+    Args:
+        volume: float ``(C, X, Y, Z)`` scan of any size (numpy arrays are wrapped).
+        predictor: maps a float batch ``(b, C, *window)`` on ``device`` to ``(b, K, *window)``; e.g. the
+            model after ``model.eval()`` (its probabilities are blended; MONAI too blends whatever the
+            predictor returns). It runs under ``torch.inference_mode()``.
+        window: window size ``(x, y, z)``, e.g. the training patch size.
+        overlap: fraction of a window shared by neighbours along each axis, ``[0, 1)``.
+        blend: ``gaussian`` (centre voxels of a window count more) or ``constant`` (plain average).
+        batch_size: windows per predictor call.
+        device: where windows are sent for prediction (default: the volume's device). Accumulation and
+            the result stay on the volume's device.
+        sigma_scale: Gaussian sigma as a fraction of the window (MONAI and nnU-Net: 1/8).
+        progress: show a tqdm bar over window batches.
+
+    Returns:
+        float32 ``(K, X, Y, Z)`` on the volume's device.
+    """
+    volume = torch.as_tensor(volume)
+    window = tuple(int(w) for w in window)
+    if volume.ndim != 4:
+        raise ShapeMismatchError(
+            f"sliding_window: volume must be (C, X, Y, Z), got shape {tuple(volume.shape)}"
+        )
+    if len(window) != 3 or any(w < 1 for w in window):
+        raise ConfigError(f"sliding_window: window must be three positive ints, got {window}")
+    if blend not in BLEND_MODES:
+        raise ConfigError(f"sliding_window: blend must be one of {BLEND_MODES}, got {blend!r}")
+    if batch_size < 1:
+        raise ConfigError(f"sliding_window: batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device) if device is not None else volume.device
+    out_device = volume.device
+
+    with torch.inference_mode():
+        padded, crop = _pad_to_window(volume.float(), window)
+        spatial = tuple(padded.shape[1:])
+        axis_starts = [window_starts(s, w, overlap) for s, w in zip(spatial, window, strict=True)]
+        corners = list(itertools.product(*axis_starts))  # first axis slowest, as MONAI's meshgrid "ij"
+        weights = _importance_map(window, blend, sigma_scale).to(out_device)
+        logger.debug("sliding_window: %d windows of %s over %s", len(corners), window, spatial)
+
+        output = torch.empty(0)  # allocated once the first batch tells the channel count K
+        weight_sum = torch.zeros((1, *spatial), dtype=torch.float32, device=out_device)
+        batches = range(0, len(corners), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="windows", unit="batch")
+        for first in batches:
+            chunk = corners[first : first + batch_size]
+            regions = [
+                tuple(slice(c, c + w) for c, w in zip(corner, window, strict=True)) for corner in chunk
+            ]
+            tiles = torch.stack([padded[(slice(None), *region)] for region in regions]).to(device)
+            pred = predictor(tiles)
+            if pred.ndim != 5 or pred.shape[0] != len(chunk) or tuple(pred.shape[2:]) != window:
+                raise ShapeMismatchError(
+                    f"sliding_window: predictor must return ({len(chunk)}, K, {', '.join(map(str, window))}) "
+                    f"for a batch of {len(chunk)} windows, got {tuple(pred.shape)}"
+                )
+            pred = pred.to(device=out_device, dtype=torch.float32)
+            if first == 0:
+                output = torch.zeros((pred.shape[1], *spatial), dtype=torch.float32, device=out_device)
+            for region, tile_pred in zip(regions, pred, strict=True):
+                output[(slice(None), *region)] += weights * tile_pred
+                weight_sum[(slice(None), *region)] += weights
+        output /= weight_sum
+    # cloned outside inference mode: callers may modify the result in place or use it in autograd
+    return output[(slice(None), *crop)].clone()
+
+
+__all__ = [
+    "BLEND_MODES",
+    "DEFAULT_WINDOW",
+    "MIN_WEIGHT",
+    "gaussian_weights",
+    "sliding_window",
+    "window_starts",
+]

@@ -1,0 +1,90 @@
+"""The course's soft Dice loss, in PyTorch.
+
+Course (Keras), for one example ``y_true, y_pred`` of shape ``(num_classes, x, y, z)``::
+
+    dice_numerator   = 2 * K.sum(y_true * y_pred, axis=(1, 2, 3)) + epsilon
+    dice_denominator = K.sum(y_true**2, axis=(1, 2, 3)) + K.sum(y_pred**2, axis=(1, 2, 3)) + epsilon
+    dice_loss        = 1 - K.mean(dice_numerator / dice_denominator)
+
+i.e. one Dice per class over the spatial axes, averaged over classes. (When the course compiles the model
+it passes the same function with its default ``axis=(1, 2, 3)`` to Keras, which on a 5-D batch
+``(B, C, x, y, z)`` sums over classes, x and y and averages per (example, z-slice): a quirk we do not copy.)
+
+Batches here are ``(B, C, X, Y, Z)``. The default ``axis=(2, 3, 4)`` computes one Dice per
+(example, class) and averages over examples *and* classes: exactly the course's loss of each example,
+averaged over the batch. ``axis=(0, 2, 3, 4)`` gives the "batch Dice" variant (one Dice per class, sums
+over the whole batch, as nnU-Net's ``batch_dice``), averaged over classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from brainprep.errors import ShapeMismatchError
+
+SPATIAL_AXES: tuple[int, int, int] = (2, 3, 4)
+DICE_EPSILON = 1e-5
+
+
+def soft_dice_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    axis: Sequence[int] = SPATIAL_AXES,
+    epsilon: float = DICE_EPSILON,
+) -> torch.Tensor:
+    """``1 - mean((2 sum(p t) + eps) / (sum(t^2) + sum(p^2) + eps))``, sums over ``axis``.
+
+    Args:
+        pred: probabilities, float ``(B, C, X, Y, Z)`` (any shape equal to ``target``'s works).
+        target: one-hot float of the same shape.
+        axis: axes summed inside one Dice; the mean runs over all remaining axes.
+        epsilon: smoothing added to numerator and denominator (course: 1e-5).
+
+    Returns:
+        0-d float tensor, differentiable with respect to ``pred``.
+    """
+    if pred.shape != target.shape:
+        raise ShapeMismatchError(
+            f"soft_dice_loss: pred and target must have the same shape, found {tuple(pred.shape)} "
+            f"and {tuple(target.shape)}"
+        )
+    axis = tuple(axis)
+    if pred.dtype in (torch.float16, torch.bfloat16):
+        pred = pred.float()  # sums of ~400k squared voxels overflow / lose precision in half
+    target = target.to(pred.dtype)
+    numerator = 2.0 * (pred * target).sum(dim=axis) + epsilon
+    denominator = (target * target).sum(dim=axis) + (pred * pred).sum(dim=axis) + epsilon
+    return 1.0 - (numerator / denominator).mean()
+
+
+class SoftDiceLoss(nn.Module):
+    """Module form of :func:`soft_dice_loss`.
+
+    Args:
+        axis: see :func:`soft_dice_loss`.
+        epsilon: see :func:`soft_dice_loss`.
+        from_logits: apply a float32 sigmoid to ``pred`` first (safe under mixed precision, feed it
+            ``UNet3D.forward_logits``).
+    """
+
+    def __init__(
+        self, axis: Sequence[int] = SPATIAL_AXES, epsilon: float = DICE_EPSILON, from_logits: bool = False
+    ) -> None:
+        super().__init__()
+        self.axis = tuple(axis)
+        self.epsilon = float(epsilon)
+        self.from_logits = from_logits
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.from_logits:
+            pred = torch.sigmoid(pred.float())
+        return soft_dice_loss(pred, target, axis=self.axis, epsilon=self.epsilon)
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}, epsilon={self.epsilon}, from_logits={self.from_logits}"
+
+
+__all__ = ["DICE_EPSILON", "SPATIAL_AXES", "SoftDiceLoss", "soft_dice_loss"]

@@ -1,0 +1,271 @@
+"""Segmentation metrics of the course (Dice, sensitivity, specificity), BraTS regions, label conversions.
+
+One implementation per formula, in torch: every function accepts a ``numpy.ndarray`` or a
+``torch.Tensor`` (numpy arrays are wrapped without a copy), so training metrics on torch batches and
+evaluation of whole numpy scans share the same code. Label maps use the MSD convention of brainprep:
+0 background, 1 edema, 2 non-enhancing tumour, 3 enhancing tumour; one-hot tensors drop the background
+(the course's 3 sigmoid channels).
+
+Empty structures (a case without enhancing tumour is common) follow the BraTS rule and never yield NaN:
+
+=====================  ============  ============================  ===========================
+truth / prediction     Dice          sensitivity tp/(tp+fn)        specificity tn/(tn+fp)
+=====================  ============  ============================  ===========================
+empty / empty          1.0           1.0 (nothing to find, none    usual formula
+                                     claimed)
+empty / non-empty      0.0           0.0 (claimed positives that   usual formula (< 1)
+                                     do not exist)
+non-empty / empty      0.0           0.0                           usual formula (1.0)
+non-empty / non-empty  usual         usual                         usual formula
+=====================  ============  ============================  ===========================
+
+Specificity mirrors sensitivity on the negatives: when the truth has no negative voxel it is 1.0 if no
+negative was predicted, else 0.0. With ``epsilon > 0`` (the course's 1e-5), :func:`dice_coefficient`
+gives the same values up to ``epsilon`` without a special case: ``eps / eps = 1`` when both are empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from brainprep.errors import InvalidValueError, ShapeMismatchError
+
+ArrayLike = TypeVar("ArrayLike", np.ndarray, torch.Tensor)
+
+NUM_CLASSES = 3
+#: one-hot channel ``c`` is label ``c + 1``.
+CLASS_LABELS: Mapping[str, tuple[int, ...]] = MappingProxyType(
+    {"edema": (1,), "non_enhancing": (2,), "enhancing": (3,)}
+)
+#: BraTS evaluation regions as unions of MSD labels.
+REGION_LABELS: Mapping[str, tuple[int, ...]] = MappingProxyType(
+    {"whole_tumour": (1, 2, 3), "tumour_core": (2, 3), "enhancing_tumour": (3,)}
+)
+METRIC_NAMES: tuple[str, ...] = ("dice", "sensitivity", "specificity")
+DICE_EPSILON = 1e-5
+
+
+def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Wrap ``x`` as a tensor (no copy for writable, native-endian, positively strided numpy arrays)."""
+    if isinstance(x, torch.Tensor):
+        return x
+    x = np.asarray(x)
+    if not x.flags.writeable or not x.dtype.isnative or any(stride < 0 for stride in x.strides):
+        x = np.array(x, dtype=x.dtype.newbyteorder("="))  # torch cannot wrap these without a copy
+    return torch.from_numpy(x)
+
+
+def _like(result: torch.Tensor, original: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Return ``result`` as the type of ``original`` (numpy in, numpy out)."""
+    return result if isinstance(original, torch.Tensor) else result.numpy()
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    # bool / integer masks are summed in float64 so voxel counts of whole scans stay exact.
+    return x if x.is_floating_point() else x.to(torch.float64)
+
+
+def _axes(x: torch.Tensor, axis: int | Sequence[int] | None) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(x.ndim))
+    return (axis,) if isinstance(axis, int) else tuple(axis)
+
+
+def _check_same_shape(name: str, a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.shape != b.shape:
+        raise ShapeMismatchError(
+            f"{name}: prediction and truth must have the same shape, found {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        )
+
+
+def dice_coefficient(
+    pred: np.ndarray | torch.Tensor,
+    target: np.ndarray | torch.Tensor,
+    axis: int | Sequence[int] | None = None,
+    epsilon: float = DICE_EPSILON,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Course's Dice ``(2 sum(p t) + eps) / (sum(p) + sum(t) + eps)``, sums over ``axis``.
+
+    Meant for thresholded predictions (``probs > 0.5``); float inputs are used as they are.
+
+    Args:
+        pred: prediction, bool or float, any shape (e.g. ``(B, C, X, Y, Z)``).
+        target: truth of the same shape.
+        axis: axes summed inside one Dice (``None``: all). For a batch, ``(2, 3, 4)`` gives one Dice per
+            example and class, ``(0, 2, 3, 4)`` one per class.
+        epsilon: smoothing; with ``0`` an empty-empty pair still scores 1.0 (see the module table).
+        reduction: ``"mean"`` over the remaining axes (0-d tensor) or ``"none"`` (their shape).
+
+    Returns:
+        float tensor (float64 for bool / integer inputs) on the inputs' device.
+    """
+    p, t = _as_float(_as_tensor(pred)), _as_float(_as_tensor(target))
+    _check_same_shape("dice_coefficient", p, t)
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"dice_coefficient: reduction must be 'mean' or 'none', got {reduction!r}")
+    axes = _axes(p, axis)
+    numerator = 2.0 * (p * t).sum(dim=axes) + epsilon
+    denominator = p.sum(dim=axes) + t.sum(dim=axes) + epsilon
+    dice = torch.where(denominator == 0, torch.ones_like(denominator), numerator / denominator)
+    return dice.mean() if reduction == "mean" else dice
+
+
+def sensitivity_specificity(
+    pred: np.ndarray | torch.Tensor,
+    target: np.ndarray | torch.Tensor,
+    axis: int | Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Course's ``compute_class_sens_spec``: ``tp / (tp + fn)`` and ``tn / (tn + fp)``.
+
+    Args:
+        pred: bool mask (nonzero = positive), any shape, e.g. one class ``(X, Y, Z)`` or ``(C, X, Y, Z)``.
+        target: bool mask of the same shape.
+        axis: axes counted over (``None``: all); pass ``(1, 2, 3)`` on ``(C, X, Y, Z)`` for one value per
+            class.
+
+    Returns:
+        ``(sensitivity, specificity)`` float64 tensors of the shape left after reducing ``axis``;
+        empty positives / negatives follow the module table (no NaN).
+    """
+    p, t = _as_tensor(pred).bool(), _as_tensor(target).bool()
+    _check_same_shape("sensitivity_specificity", p, t)
+    axes = _axes(p, axis)
+    tp = (p & t).sum(dim=axes).double()
+    fn = (~p & t).sum(dim=axes).double()
+    fp = (p & ~t).sum(dim=axes).double()
+    tn = (~p & ~t).sum(dim=axes).double()
+    return _ratio_or_rule(tp, fn, fp), _ratio_or_rule(tn, fp, fn)
+
+
+def _ratio_or_rule(hits: torch.Tensor, misses: torch.Tensor, false_claims: torch.Tensor) -> torch.Tensor:
+    """``hits / (hits + misses)``; where nothing existed: 1.0 without false claims, else 0.0."""
+    total = hits + misses
+    rule = (false_claims == 0).double()
+    return torch.where(total > 0, hits / total.clamp(min=1), rule)
+
+
+def labels_to_onehot(
+    labels: ArrayLike, num_classes: int = NUM_CLASSES, axis: int = 0, dtype: torch.dtype = torch.float32
+) -> ArrayLike:
+    """MSD label map -> one-hot without background (course: channel ``c`` is label ``c + 1``).
+
+    Args:
+        labels: integer labels in ``0..num_classes``, any shape (``(X, Y, Z)`` or a batch ``(B, X, Y, Z)``).
+        num_classes: tumour classes (3).
+        axis: where the class axis goes: 0 gives ``(3, X, Y, Z)``; 1 on a batch gives ``(B, 3, X, Y, Z)``.
+        dtype: torch float dtype of the result (numpy input gives the matching numpy dtype).
+
+    Returns:
+        float one-hot of ``labels``' type (numpy or torch).
+    """
+    lab = _as_tensor(labels)
+    if lab.is_floating_point() or lab.dtype == torch.bool:
+        raise InvalidValueError(f"labels_to_onehot: labels must be an integer array, found {lab.dtype}")
+    if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) > num_classes):
+        found = sorted({int(v) for v in torch.unique(lab)} - set(range(num_classes + 1)))
+        raise InvalidValueError(f"labels_to_onehot: label values must be in 0..{num_classes}, found {found}")
+    onehot = torch.stack([lab == c for c in range(1, num_classes + 1)], dim=axis).to(dtype)
+    return _like(onehot, labels)  # type: ignore[return-value]
+
+
+def probabilities_to_labels(prob: ArrayLike, threshold: float = 0.5, axis: int = 0) -> ArrayLike:
+    """Sigmoid probabilities -> one MSD label per voxel.
+
+    The course's three sigmoid channels are independent, so a voxel may pass the threshold in several.
+    Rule: background (0) where no channel is strictly above ``threshold``; otherwise the label of the
+    most probable channel among those above it (``argmax + 1``; ties go to the lower label).
+
+    Args:
+        prob: float ``(3, X, Y, Z)`` (or the class axis at ``axis``, e.g. 1 for a batch).
+        threshold: a channel counts as present where ``prob > threshold``.
+        axis: the class axis.
+
+    Returns:
+        uint8 labels, ``prob``'s shape without ``axis``, of ``prob``'s type (numpy or torch).
+    """
+    p = _as_tensor(prob)
+    above = p > threshold
+    masked = torch.where(above, p, torch.full_like(p, -torch.inf))
+    labels = torch.where(above.any(dim=axis), masked.argmax(dim=axis) + 1, 0).to(torch.uint8)
+    return _like(labels, prob)  # type: ignore[return-value]
+
+
+def label_masks(
+    labels: np.ndarray | torch.Tensor, groups: Mapping[str, Sequence[int]]
+) -> dict[str, torch.Tensor]:
+    """Bool mask per named group of labels, e.g. ``label_masks(y, REGION_LABELS)``."""
+    lab = _as_tensor(labels)
+    masks: dict[str, torch.Tensor] = {}
+    for name, values in groups.items():
+        mask = torch.zeros(lab.shape, dtype=torch.bool, device=lab.device)
+        for v in values:
+            mask |= lab == v
+        masks[name] = mask
+    return masks
+
+
+def onehot_to_regions(onehot: ArrayLike, axis: int = 0) -> ArrayLike:
+    """One-hot (edema, non-enhancing, enhancing) -> bool BraTS regions (whole tumour, core, enhancing).
+
+    Whole tumour = any channel, tumour core = non-enhancing | enhancing, enhancing = enhancing. Works on
+    thresholded sigmoid outputs as well (``probs > 0.5``), where channels may overlap.
+    """
+    x = _as_tensor(onehot).bool()
+    ed, ne, en = x.unbind(dim=axis)
+    regions = torch.stack([ed | ne | en, ne | en, en], dim=axis)
+    return _like(regions, onehot)  # type: ignore[return-value]
+
+
+def segmentation_metrics(
+    pred_labels: np.ndarray | torch.Tensor, true_labels: np.ndarray | torch.Tensor
+) -> dict[str, dict[str, float]]:
+    """Dice, sensitivity and specificity per tumour class and per BraTS region of one scan.
+
+    Dice is exact here (``epsilon=0``, empty rule of the module table).
+
+    Args:
+        pred_labels: predicted MSD labels, integer ``(X, Y, Z)``.
+        true_labels: true MSD labels, same shape.
+
+    Returns:
+        ``{name: {"dice", "sensitivity", "specificity"}}`` for the names of :data:`CLASS_LABELS`
+        (edema, non_enhancing, enhancing) then :data:`REGION_LABELS` (whole_tumour, tumour_core,
+        enhancing_tumour), plain floats.
+    """
+    pred, true = _as_tensor(pred_labels), _as_tensor(true_labels)
+    _check_same_shape("segmentation_metrics", pred, true)
+    groups = {**CLASS_LABELS, **REGION_LABELS}
+    pred_masks, true_masks = label_masks(pred, groups), label_masks(true, groups)
+    out: dict[str, dict[str, float]] = {}
+    for name in groups:
+        p, t = pred_masks[name], true_masks[name]
+        sens, spec = sensitivity_specificity(p, t)
+        out[name] = {
+            "dice": float(dice_coefficient(p, t, epsilon=0.0)),
+            "sensitivity": float(sens),
+            "specificity": float(spec),
+        }
+    return out
+
+
+__all__ = [
+    "CLASS_LABELS",
+    "DICE_EPSILON",
+    "METRIC_NAMES",
+    "NUM_CLASSES",
+    "REGION_LABELS",
+    "dice_coefficient",
+    "label_masks",
+    "labels_to_onehot",
+    "onehot_to_regions",
+    "probabilities_to_labels",
+    "segmentation_metrics",
+    "sensitivity_specificity",
+]

@@ -1,0 +1,244 @@
+"""Soft Dice loss and segmentation metrics against hand-computed tiny cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from brainnet.losses import SoftDiceLoss, soft_dice_loss
+from brainnet.metrics import (
+    dice_coefficient,
+    label_masks,
+    labels_to_onehot,
+    onehot_to_regions,
+    probabilities_to_labels,
+    segmentation_metrics,
+    sensitivity_specificity,
+)
+from brainprep.errors import InvalidValueError, ShapeMismatchError
+
+EPS = 1e-5
+
+# One example, 2 classes, 1x1x2 voxels -> tensors of shape (1, 2, 1, 1, 2).
+P1 = torch.tensor([[0.5, 1.0], [0.0, 0.5]]).reshape(1, 2, 1, 1, 2)
+T1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).reshape(1, 2, 1, 1, 2)
+# A second example predicted perfectly for class 0 and with class 1 empty in both.
+P2 = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).reshape(1, 2, 1, 1, 2)
+T2 = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).reshape(1, 2, 1, 1, 2)
+
+
+# ----------------------------------------------------------------------------------------- soft Dice loss
+def test_soft_dice_course_worked_example():
+    # Course notebook: pred [[1, 0], [0, 1]], label [[1, 1], [0, 0]], epsilon 1 (one class, 2x2 voxels):
+    # numerator 2*1 + 1 = 3, denominator (1+1) + (1+1) + 1 = 5, loss 1 - 3/5 = 0.4
+    pred = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).reshape(1, 1, 2, 2, 1)
+    label = torch.tensor([[1.0, 1.0], [0.0, 0.0]]).reshape(1, 1, 2, 2, 1)
+    assert soft_dice_loss(pred, label, epsilon=1.0).item() == pytest.approx(0.4)
+
+
+def test_soft_dice_single_example_by_hand():
+    # class 0: 2*(0.5*1) = 1 over (1) + (0.25 + 1) = 2.25; class 1: 2*(0.5*1) = 1 over 1 + 0.25 = 1.25
+    expected = 1 - ((1 + EPS) / (2.25 + EPS) + (1 + EPS) / (1.25 + EPS)) / 2  # = 0.37778
+    assert soft_dice_loss(P1, T1).item() == pytest.approx(expected, rel=1e-6)
+    assert expected == pytest.approx(0.377778, abs=1e-5)
+    # The course's own call on one (C, x, y, z) example with axis=(1, 2, 3) is the same number.
+    assert soft_dice_loss(P1[0], T1[0], axis=(1, 2, 3)).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_soft_dice_batch_default_is_mean_of_examples():
+    pred, target = torch.cat([P1, P2]), torch.cat([T1, T2])
+    # example 2: class 0 = (2 + eps) / (1 + 1 + eps) = 1, class 1 = eps / eps = 1 -> loss 0
+    assert soft_dice_loss(P2, T2).item() == pytest.approx(0.0, abs=1e-6)
+    expected = (soft_dice_loss(P1, T1).item() + 0.0) / 2  # 0.188889
+    assert soft_dice_loss(pred, target).item() == pytest.approx(expected, rel=1e-6)
+    assert expected == pytest.approx(0.188889, abs=1e-5)
+
+
+def test_soft_dice_batch_dice_variant_by_hand():
+    pred, target = torch.cat([P1, P2]), torch.cat([T1, T2])
+    # axis (0, 2, 3, 4): class 0 sums over both examples: 2*(0.5 + 1) = 3 over (1 + 1) + (1.25 + 1) = 4.25
+    # class 1: 2*0.5 = 1 over 1 + 0.25 = 1.25;  loss = 1 - (3/4.25 + 1/1.25) / 2 = 0.247059
+    expected = 1 - ((3 + EPS) / (4.25 + EPS) + (1 + EPS) / (1.25 + EPS)) / 2
+    assert soft_dice_loss(pred, target, axis=(0, 2, 3, 4)).item() == pytest.approx(expected, rel=1e-6)
+    assert expected == pytest.approx(0.247059, abs=1e-5)
+
+
+def test_soft_dice_extremes_and_gradient():
+    target = torch.zeros(2, 3, 4, 4, 2)
+    target[:, :, :2] = 1.0
+    assert soft_dice_loss(target.clone(), target).item() == pytest.approx(0.0, abs=1e-6)
+    assert soft_dice_loss(torch.zeros_like(target), target).item() == pytest.approx(1.0, abs=1e-5)
+    pred = torch.full_like(target, 0.5, requires_grad=True)
+    soft_dice_loss(pred, target).backward()
+    assert pred.grad is not None
+    # raising p where t = 1 lowers the loss, raising it where t = 0 increases it
+    assert float(pred.grad[:, :, :2].max()) < 0.0 < float(pred.grad[:, :, 2:].min())
+
+
+def test_soft_dice_module_and_logits():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 4, 2)
+    target = (torch.rand(2, 3, 4, 4, 2) > 0.5).float()
+    expected = soft_dice_loss(torch.sigmoid(logits), target)
+    assert SoftDiceLoss(from_logits=True)(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert SoftDiceLoss()(torch.sigmoid(logits), target).item() == pytest.approx(expected.item(), rel=1e-6)
+    half = soft_dice_loss(torch.sigmoid(logits).half(), target)
+    assert half.dtype == torch.float32 and half.item() == pytest.approx(expected.item(), abs=1e-3)
+    with pytest.raises(ShapeMismatchError):
+        soft_dice_loss(logits, target[:, :2])
+
+
+# ------------------------------------------------------------------------------------- Dice / sens / spec
+def test_dice_coefficient_by_hand():
+    pred = np.array([1, 1, 0, 0], dtype=bool)
+    target = np.array([1, 0, 1, 0], dtype=bool)
+    # intersection 1, |p| = 2, |t| = 2: (2*1 + eps) / (2 + 2 + eps)
+    assert float(dice_coefficient(pred, target)) == pytest.approx((2 + EPS) / (4 + EPS))
+    assert float(dice_coefficient(pred, target, epsilon=0.0)) == 0.5
+    # the same formula on torch tensors
+    assert float(dice_coefficient(torch.from_numpy(pred), torch.from_numpy(target), epsilon=0.0)) == 0.5
+
+
+def test_dice_coefficient_per_class_on_batch():
+    probs = torch.tensor([[[0.9, 0.8, 0.1, 0.2], [0.1, 0.1, 0.1, 0.1]]]).reshape(1, 2, 4, 1, 1)
+    target = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]).reshape(1, 2, 4, 1, 1)
+    per = dice_coefficient(probs > 0.5, target, axis=(0, 2, 3, 4), epsilon=0.0, reduction="none")
+    # class 0: p = [1, 1, 0, 0], t = [1, 0, 0, 0] -> 2/3; class 1: both empty -> 1
+    assert per.shape == (2,)
+    assert per.tolist() == pytest.approx([2 / 3, 1.0])
+    assert float(dice_coefficient(probs > 0.5, target, axis=(2, 3, 4), epsilon=0.0)) == pytest.approx(5 / 6)
+
+
+def test_sensitivity_specificity_course_example():
+    # Course: pred [[1, 0], [0, 1]], label [[1, 1], [0, 0]]: tp 1, fn 1, tn 1, fp 1 -> 0.5, 0.5
+    sens, spec = sensitivity_specificity(np.array([[1, 0], [0, 1]]), np.array([[1, 1], [0, 0]]))
+    assert (float(sens), float(spec)) == (0.5, 0.5)
+
+
+def test_sensitivity_specificity_by_hand_and_per_class():
+    pred = np.array([[1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]], dtype=bool)
+    true = np.array([[1, 0, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]], dtype=bool)
+    sens, spec = sensitivity_specificity(pred, true, axis=1)
+    # class 0: tp 1, fn 2, fp 1, tn 2 -> 1/3, 2/3;  class 1: tp 1, fn 1, fp 0, tn 4 -> 1/2, 1
+    assert sens.tolist() == pytest.approx([1 / 3, 1 / 2])
+    assert spec.tolist() == pytest.approx([2 / 3, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("pred", "true", "dice", "sens", "spec"),
+    [
+        ([0, 0, 0, 0], [0, 0, 0, 0], 1.0, 1.0, 1.0),  # both empty: perfect agreement
+        ([1, 0, 0, 0], [0, 0, 0, 0], 0.0, 0.0, 3 / 4),  # empty truth, false positive
+        ([0, 0, 0, 0], [1, 0, 0, 0], 0.0, 0.0, 1.0),  # missed structure
+        ([1, 1, 0, 0], [1, 0, 0, 0], 2 / 3, 1.0, 2 / 3),  # both non-empty: the usual formulas
+        ([1, 1, 1, 1], [1, 1, 1, 1], 1.0, 1.0, 1.0),  # no negatives in truth, none predicted
+        ([1, 1, 1, 0], [1, 1, 1, 1], 6 / 7, 3 / 4, 0.0),  # no negatives in truth, one predicted
+    ],
+)
+def test_empty_structure_rules(pred, true, dice, sens, spec):
+    p, t = np.array(pred, dtype=bool), np.array(true, dtype=bool)
+    got_sens, got_spec = sensitivity_specificity(p, t)
+    assert float(dice_coefficient(p, t, epsilon=0.0)) == pytest.approx(dice)
+    assert (float(got_sens), float(got_spec)) == pytest.approx((sens, spec))
+    assert not math.isnan(float(got_sens)) and not math.isnan(float(got_spec))
+
+
+def test_dice_with_epsilon_matches_empty_rules():
+    empty = np.zeros(4, dtype=bool)
+    one = np.array([1, 0, 0, 0], dtype=bool)
+    assert float(dice_coefficient(empty, empty)) == 1.0  # eps / eps
+    assert float(dice_coefficient(one, empty)) == pytest.approx(0.0, abs=1e-4)  # eps / (1 + eps)
+
+
+# ------------------------------------------------------------------------------------ labels and regions
+def test_labels_to_onehot_numpy_and_torch_batch():
+    labels = np.array([0, 1, 2, 3, 1], dtype=np.uint8)
+    onehot = labels_to_onehot(labels)
+    assert isinstance(onehot, np.ndarray) and onehot.dtype == np.float32
+    expected = np.array([[0, 1, 0, 0, 1], [0, 0, 1, 0, 0], [0, 0, 0, 1, 0]], dtype=np.float32)
+    np.testing.assert_array_equal(onehot, expected)
+    batch = torch.from_numpy(np.stack([labels, labels[::-1].copy()]))  # (B=2, 5)
+    out = labels_to_onehot(batch, axis=1)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3, 5)
+    np.testing.assert_array_equal(out[1].numpy(), expected[:, ::-1])
+
+
+def test_labels_to_onehot_rejects_bad_labels():
+    with pytest.raises(InvalidValueError, match=r"found \[4\]"):
+        labels_to_onehot(np.array([0, 4, 1], dtype=np.uint8))
+    with pytest.raises(InvalidValueError, match="integer"):
+        labels_to_onehot(np.array([0.0, 1.0]))
+
+
+def test_probabilities_to_labels_rule():
+    prob = np.array(
+        [
+            # vox: none  edema  overlap  enh   all=0.5  tie
+            [0.1, 0.9, 0.6, 0.2, 0.5, 0.7],
+            [0.2, 0.1, 0.8, 0.55, 0.5, 0.7],
+            [0.3, 0.1, 0.1, 0.7, 0.5, 0.1],
+        ],
+        dtype=np.float32,
+    )
+    labels = probabilities_to_labels(prob)
+    assert isinstance(labels, np.ndarray) and labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, [0, 1, 2, 3, 0, 1])
+    batch = torch.from_numpy(prob)[None]  # (1, 3, 6), class axis 1
+    assert probabilities_to_labels(batch, axis=1).tolist() == [[0, 1, 2, 3, 0, 1]]
+
+
+def test_onehot_labels_round_trip():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=(6, 5, 4), dtype=np.uint8)
+    np.testing.assert_array_equal(probabilities_to_labels(labels_to_onehot(labels)), labels)
+    flipped = labels[::-1]  # negative strides and read-only arrays are accepted (copied)
+    np.testing.assert_array_equal(labels_to_onehot(flipped)[:, ::-1], labels_to_onehot(labels))
+    labels.flags.writeable = False
+    np.testing.assert_array_equal(probabilities_to_labels(labels_to_onehot(labels)), labels)
+
+
+def test_onehot_to_regions_and_label_masks():
+    labels = np.array([0, 1, 2, 3], dtype=np.uint8)
+    regions = onehot_to_regions(labels_to_onehot(labels))
+    # whole tumour 1|2|3, tumour core 2|3, enhancing 3
+    np.testing.assert_array_equal(regions, [[0, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1]])
+    masks = label_masks(labels, {"core": (2, 3)})
+    assert masks["core"].tolist() == [False, False, True, True]
+
+
+def test_segmentation_metrics_by_hand():
+    true = np.array([0, 1, 1, 2, 3, 3, 0, 0], dtype=np.uint8)
+    pred = np.array([0, 1, 2, 2, 3, 0, 0, 1], dtype=np.uint8)
+    expected = {
+        # edema: true {1,2}, pred {1,7}: tp 1, fp 1, fn 1, tn 5
+        "edema": (2 / 4, 1 / 2, 5 / 6),
+        # non-enhancing: true {3}, pred {2,3}: tp 1, fp 1, fn 0, tn 6
+        "non_enhancing": (2 / 3, 1.0, 6 / 7),
+        # enhancing: true {4,5}, pred {4}: tp 1, fp 0, fn 1, tn 6
+        "enhancing": (2 / 3, 1 / 2, 1.0),
+        # whole tumour: true {1..5}, pred {1,2,3,4,7}: tp 4, fp 1, fn 1, tn 2
+        "whole_tumour": (8 / 10, 4 / 5, 2 / 3),
+        # tumour core: true {3,4,5}, pred {2,3,4}: tp 2, fp 1, fn 1, tn 4
+        "tumour_core": (4 / 6, 2 / 3, 4 / 5),
+        "enhancing_tumour": (2 / 3, 1 / 2, 1.0),
+    }
+    got = segmentation_metrics(pred, true)
+    assert list(got) == list(expected)
+    for name, (dice, sens, spec) in expected.items():
+        assert got[name] == pytest.approx({"dice": dice, "sensitivity": sens, "specificity": spec}), name
+    assert segmentation_metrics(torch.from_numpy(pred), torch.from_numpy(true)) == got
+    assert all(isinstance(v, float) for d in got.values() for v in d.values())
+
+
+def test_segmentation_metrics_absent_enhancing_tumour():
+    true = np.array([0, 1, 1, 0], dtype=np.uint8)
+    got = segmentation_metrics(true.copy(), true)
+    assert got["enhancing"] == {"dice": 1.0, "sensitivity": 1.0, "specificity": 1.0}
+    wrong = np.array([0, 1, 3, 0], dtype=np.uint8)
+    assert got["whole_tumour"]["dice"] == 1.0
+    assert segmentation_metrics(wrong, true)["enhancing_tumour"]["dice"] == 0.0
+    with pytest.raises(ShapeMismatchError):
+        segmentation_metrics(wrong[:3], true)
