@@ -1,0 +1,74 @@
+"""``brainprep show``: draw the three planes through a case's tumour (PNG) and a slice movie (GIF)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+#: accepted spellings of each channel (MSD, BraTS 2021 and BraTS 2023 names), lower case -> MSD index.
+CHANNEL_ALIASES: dict[str, int] = {
+    **dict.fromkeys(("flair", "t2f", "t2-flair"), 0),
+    **dict.fromkeys(("t1w", "t1", "t1n"), 1),
+    **dict.fromkeys(("t1gd", "t1ce", "t1c"), 2),
+    **dict.fromkeys(("t2w", "t2"), 3),
+}
+
+
+def channel_index(name: str) -> int:
+    """MSD channel index of a channel name in any release's spelling (case-insensitive)."""
+    try:
+        return CHANNEL_ALIASES[name.strip().lower()]
+    except KeyError:
+        known = ", ".join(sorted(CHANNEL_ALIASES))
+        raise click.BadParameter(
+            f"unknown channel {name!r}; expected one of {known}", param_hint="--channel"
+        ) from None
+
+
+@click.command("show")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("case_id")
+@click.option(
+    "--out",
+    "out_png",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="PNG file for the planes figure.",
+)
+@click.option(
+    "--gif",
+    "out_gif",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write a GIF stepping through the axial, coronal and sagittal slices.",
+)
+@click.option(
+    "--channel", default="FLAIR", show_default=True, help="Channel of the GIF (FLAIR, T1w, T1gd, T2w)."
+)
+@click.option(
+    "--gif-step",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Take every n-th slice in the GIF.",
+)
+def show(
+    data_dir: Path, case_id: str, out_png: Path, out_gif: Path | None, channel: str, gif_step: int
+) -> None:
+    """Draw case CASE_ID of DATA_DIR: four channels x three planes through the tumour centre."""
+    from brainprep.errors import BrainprepError
+    from brainprep.read import discover_cases, read_case
+    from brainprep.show import write_gif, write_planes_png
+
+    index = channel_index(channel)
+    try:
+        dataset = discover_cases(data_dir)
+        case = read_case(dataset.case(case_id))
+        if case.label is None:
+            click.echo(f"case {case_id} has no label: drawing no overlay")
+        click.echo(str(write_planes_png(case, out_png)))
+        if out_gif is not None:
+            click.echo(str(write_gif(case, out_gif, channel=index, step=gif_step)))
+    except BrainprepError as err:
+        raise click.ClickException(str(err)) from err

@@ -1,0 +1,73 @@
+"""One synthetic case: anatomy + tumour + contrasts, from the case's own random generator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from brainprep.synth.anatomy import BRAIN_TISSUES, Tissue, make_anatomy
+from brainprep.synth.contrast import class_map, render_image
+from brainprep.synth.fields import Grid
+from brainprep.synth.params import SMALL_TUMOUR_MAX_FRACTION, SynthParams
+from brainprep.synth.tumour import label_files, make_tumour, read_source_label
+
+
+@dataclass(frozen=True, eq=False)
+class SynthCase:
+    """A synthetic case with its ground-truth anatomy.
+
+    Attributes:
+        case_id: ``BRATS_001`` for index 0.
+        image: float32 (X, Y, Z, 4), channels FLAIR, T1w, T1gd, T2w; 0 outside the head.
+        label: uint8 (X, Y, Z), MSD convention.
+        tissue: uint8 (X, Y, Z), :class:`~brainprep.synth.anatomy.Tissue` values (under the tumour too).
+    """
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray
+    tissue: np.ndarray
+
+
+def case_rng(params: SynthParams, index: int) -> np.random.Generator:
+    """The generator of case ``index``: depends on (seed, index) only, not on ``n_cases``."""
+    return np.random.default_rng(np.random.SeedSequence([params.seed, index]))
+
+
+def build_case(params: SynthParams, index: int) -> SynthCase:
+    """Make case ``index`` (0-based) of the dataset described by ``params``."""
+    rng = case_rng(params, index)
+    grid = Grid(params.shape)
+    tissue = make_anatomy(grid, rng)
+    if params.labels_from is not None:
+        files = label_files(Path(params.labels_from))
+        label = read_source_label(files[index % len(files)], params.shape)
+        # A real lesion may reach past our synthetic brain: make the brain hold it.
+        tumour = label > 0
+        outside = tumour & ~np.isin(tissue, [int(t) for t in BRAIN_TISSUES])
+        tissue[outside] = Tissue.WHITE_MATTER
+    else:
+        label = make_tumour(
+            grid,
+            tissue,
+            rng,
+            small=params.is_small_tumour_case(index),
+            patch=params.patch_size,
+            max_fraction=SMALL_TUMOUR_MAX_FRACTION,
+        )
+    image = render_image(class_map(tissue, label), grid, rng)
+    return SynthCase(params.case_id(index), image, label, tissue)
+
+
+def synth_case(params: SynthParams, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Make case ``index`` (0-based; id ``BRATS_{index+1:03d}``).
+
+    Returns:
+        image float32 (X, Y, Z, 4), channels FLAIR, T1w, T1gd, T2w (integer values, 0 outside the
+        head); label uint8 (X, Y, Z) in the MSD convention (0 background, 1 edema, 2 non-enhancing,
+        3 enhancing).
+    """
+    case = build_case(params, index)
+    return case.image, case.label
