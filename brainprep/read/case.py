@@ -65,6 +65,17 @@ def _check_finite(image: np.ndarray, case_id: str, paths: tuple[Path, ...]) -> N
         )
 
 
+def _check_affine(affine: np.ndarray, case_id: str, path: Path) -> None:
+    """Raise unless the (4, 4) voxel-to-world affine is finite and invertible (has axis directions)."""
+    linear = affine[:3, :3]
+    if not np.isfinite(affine).all() or abs(np.linalg.det(linear)) < 1e-12:
+        raise InvalidValueError(
+            f"image affine must be finite and invertible, found {np.round(affine[:3], 3).tolist()}",
+            case_id=case_id,
+            path=path,
+        )
+
+
 def _read_image(files: CaseFiles) -> tuple[np.ndarray, np.ndarray]:
     """(X, Y, Z, 4) float32 in source orientation, and the source affine."""
     case_id = files.case_id
@@ -78,9 +89,11 @@ def _read_image(files: CaseFiles) -> tuple[np.ndarray, np.ndarray]:
                 case_id=case_id,
                 path=path,
             )
+        _check_affine(nifti.affine, case_id, path)
         return read_voxels(nifti, path, np.float32, case_id), nifti.affine
     headers = [open_nifti(p, case_id) for p in files.image_paths]
     first_path, first = files.image_paths[0], headers[0]
+    _check_affine(first.affine, case_id, first_path)
     for path, nifti in zip(files.image_paths, headers, strict=True):
         if len(nifti.shape) != 3:
             raise ShapeMismatchError(
@@ -154,6 +167,7 @@ def read_case(files: CaseFiles, *, with_label: bool = True) -> Case:
         label = _read_label(files, image.shape[:3], source_affine)
     source_shape = tuple(int(s) for s in image.shape[:3])
     image_ras, affine = to_ras(image, source_affine)
+    del image  # a full case is ~140 MB float32: hold at most two copies while moving channels first
     image_ras = np.ascontiguousarray(np.moveaxis(image_ras, -1, 0))
     label_ras = to_ras(label, source_affine)[0] if label is not None else None
     return Case(files.case_id, image_ras, label_ras, affine, source_affine, source_shape, files)  # type: ignore[arg-type]

@@ -47,11 +47,20 @@ def _lookup_table(mapping: MappingProxyType[int, int]) -> np.ndarray:
     return table
 
 
-def unexpected_label_values(labels: np.ndarray, convention: LabelConvention) -> list[int]:
-    """Sorted values of ``labels`` that the convention does not define (empty when all are valid)."""
-    allowed = LABEL_MAPS[LabelConvention(convention)].keys()
-    values = np.unique(labels)
-    return [int(v) for v in values if int(v) not in allowed or v != np.round(v)]
+def unexpected_label_values(labels: np.ndarray, convention: LabelConvention | str) -> list[int | float]:
+    """Sorted values of ``labels`` that the convention does not define (empty when all are valid).
+
+    Integer-valued entries come back as ``int``, others (``1.5``, NaN) as ``float``, so a message shows
+    the value actually found rather than its truncation.
+    """
+    allowed = set(LABEL_MAPS[LabelConvention(convention)])
+    bad: list[int | float] = []
+    for value in np.unique(labels).tolist():
+        if isinstance(value, float) and not value.is_integer():
+            bad.append(value)
+        elif int(value) not in allowed:
+            bad.append(int(value))
+    return bad
 
 
 def to_msd_labels(
@@ -77,7 +86,7 @@ def to_msd_labels(
     bad = unexpected_label_values(labels, convention)
     if bad:
         allowed = ",".join(str(v) for v in LABEL_MAPS[convention])
-        found = ",".join(str(v) for v in bad[:8])
+        found = ",".join(f"{v:g}" for v in bad[:8]) + (",..." if len(bad) > 8 else "")
         raise InvalidValueError(
             f"label values must be in {{{allowed}}} ({convention.value} convention), found {{{found}}}",
             case_id=case_id,
@@ -93,5 +102,6 @@ def from_msd_labels(labels: np.ndarray, convention: LabelConvention | str) -> np
     inverse = MappingProxyType({v: k for k, v in LABEL_MAPS[convention].items()})
     bad = unexpected_label_values(labels, LabelConvention.MSD)
     if bad:
-        raise InvalidValueError(f"MSD label values must be in {{0,1,2,3}}, found {set(bad)}")
+        found = ",".join(f"{v:g}" for v in bad[:8])
+        raise InvalidValueError(f"MSD label values must be in {{0,1,2,3}}, found {{{found}}}")
     return _lookup_table(inverse)[labels.astype(np.uint8, copy=False)]

@@ -197,6 +197,12 @@ def discover_cases(data_dir: Path | str) -> Dataset:
         raise LayoutError(f"{root} mixes case folders of several layouts: {', '.join(kinds)}")
     layout = kinds[0]
     # Validation releases have no segmentation at all; then a missing seg is by design, not an error.
-    labelled = any(_file_key(p) in LABEL_KEYS for folder in layouts for p in folder.iterdir() if p.is_file())
+    # (Visible NIfTI files only: a macOS ``._<id>_seg.nii.gz`` fork does not make a dataset labelled.)
+    labelled = any(
+        _file_key(p) in LABEL_KEYS
+        for folder in layouts
+        for p in folder.iterdir()
+        if p.is_file() and _is_visible_nifti(p)
+    )
     cases = tuple(_case_from_folder(f, layout, f.name, labelled) for f in layouts)
     return Dataset(root, layout, cases)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import zlib
 from pathlib import Path
 
@@ -16,21 +17,37 @@ from nibabel.orientations import (
     io_orientation,
     ornt_transform,
 )
+from nibabel.spatialimages import HeaderDataError
 
 from brainprep.errors import MissingFileError, UnreadableFileError
 
 CANONICAL_AXCODES: tuple[str, str, str] = ("R", "A", "S")
 
-_DECODE_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, ImageFileError, OSError, ValueError)
+_DECODE_ERRORS = (
+    EOFError,
+    zlib.error,
+    gzip.BadGzipFile,
+    ImageFileError,
+    HeaderDataError,
+    OSError,
+    ValueError,
+)
 
 
 def _describe(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
+    """One line saying what is wrong with a file, from a decoding exception of gzip/zlib/nibabel."""
+    text = (str(err).strip() or type(err).__name__).splitlines()[0]
     if isinstance(err, EOFError) or "end-of-stream" in text or "ended before" in text:
         return f"truncated file ({text})"
-    if isinstance(err, gzip.BadGzipFile | zlib.error):
-        return f"corrupt gzip data ({text})"
-    return text.splitlines()[0]
+    # nibabel's words for an uncompressed file shorter than its header says: "Expected N bytes, got M".
+    if re.match(r"Expected \d+ bytes, got \d+ bytes", text):
+        return f"truncated file ({text})"
+    if isinstance(err, gzip.BadGzipFile | zlib.error) or "not a gzip file" in text:
+        return f"corrupt or not gzip data ({text})"
+    # nibabel says "Cannot work out file type" when no image class accepts the header bytes.
+    if isinstance(err, ImageFileError) and "work out file type" in text:
+        return "no valid NIfTI-1/NIfTI-2 header (not a NIfTI file, or truncated inside the header)"
+    return text
 
 
 def open_nifti(path: Path, case_id: str | None = None) -> nib.Nifti1Image:
@@ -41,13 +58,41 @@ def open_nifti(path: Path, case_id: str | None = None) -> nib.Nifti1Image:
         UnreadableFileError: ``path`` is not a readable NIfTI file.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MissingFileError("file not found", case_id=case_id, path=path)
+    if not path.is_file():
+        raise UnreadableFileError("not a regular file (a folder?)", case_id=case_id, path=path)
     try:
         return nib.load(path)
     except _DECODE_ERRORS as err:
         raise UnreadableFileError(
             f"cannot read NIfTI header: {_describe(err)}", case_id=case_id, path=path
+        ) from err
+
+
+def verify_gzip_stream(path: Path, case_id: str | None = None, chunk_bytes: int = 1 << 22) -> None:
+    """Decompress a ``.gz`` file to its end, checking every member's CRC and length.
+
+    nibabel reads only the bytes the header asks for, so a file cut inside the gzip trailer (or with a
+    damaged CRC) still decodes; this catches it, at the cost of one more pass of zlib (~0.1 s for a
+    240x240x155 channel; zlib releases the GIL). Files not named ``*.gz`` are left alone.
+
+    Raises:
+        MissingFileError: ``path`` does not exist.
+        UnreadableFileError: the gzip stream is truncated or corrupt.
+    """
+    path = Path(path)
+    if not path.name.endswith(".gz"):
+        return
+    if not path.exists():
+        raise MissingFileError("file not found", case_id=case_id, path=path)
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(chunk_bytes):
+                pass
+    except (EOFError, zlib.error, OSError) as err:
+        raise UnreadableFileError(
+            f"gzip stream check failed: {_describe(err)}", case_id=case_id, path=path
         ) from err
 
 

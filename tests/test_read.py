@@ -1,0 +1,381 @@
+"""The case reader: label conventions, orientation, layouts, and writing labels back in source space."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import (
+    BOX_COUNTS,
+    SMALL_SPACING,
+    orient_from_ras,
+    ras_affine,
+    small_case,
+    write_brats_case,
+    write_nifti_file,
+)
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from brainprep.errors import CaseError, InvalidValueError, UnreadableFileError
+from brainprep.read import (
+    LabelConvention,
+    discover_cases,
+    from_msd_labels,
+    read_case,
+    to_msd_labels,
+    write_label_in_source_space,
+)
+from brainprep.read.nifti import to_ras, verify_gzip_stream
+
+# ---------------------------------------------------------------------------------------------------------
+# label conventions, on hand-made arrays
+
+
+@pytest.mark.parametrize(
+    ("convention", "source", "expected"),
+    [
+        # MSD is the canonical convention: the identity.
+        ("msd", [0, 1, 2, 3, 1, 0], [0, 1, 2, 3, 1, 0]),
+        # BraTS 2017-2021: 1 core -> 2 non-enhancing, 2 edema -> 1, 4 enhancing -> 3.
+        ("brats2021", [0, 1, 2, 4, 2, 0], [0, 2, 1, 3, 1, 0]),
+        # BraTS 2023: 1 core -> 2, 2 edema -> 1, 3 enhancing stays 3.
+        ("brats2023", [0, 1, 2, 3, 2, 0], [0, 2, 1, 3, 1, 0]),
+    ],
+)
+def test_to_msd_labels_maps_each_convention_exactly(convention, source, expected):
+    for dtype in (np.uint8, np.int16, np.float32):
+        out = to_msd_labels(np.array(source, dtype=dtype).reshape(2, 3), convention)
+        assert out.dtype == np.uint8
+        np.testing.assert_array_equal(out, np.array(expected, dtype=np.uint8).reshape(2, 3))
+
+
+@pytest.mark.parametrize(
+    ("convention", "expected"),
+    [("msd", [0, 1, 2, 3]), ("brats2021", [0, 2, 1, 4]), ("brats2023", [0, 2, 1, 3])],
+)
+def test_from_msd_labels_is_the_inverse(convention, expected):
+    msd = np.array([0, 1, 2, 3], dtype=np.uint8)
+    out = from_msd_labels(msd, convention)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(to_msd_labels(out, convention), msd)
+
+
+@pytest.mark.parametrize(
+    ("convention", "values", "found"),
+    [
+        ("brats2021", [0, 1, 3], "{3}"),  # 3 is unused in 2017-2021: a 2023 file read as 2021
+        ("brats2023", [0, 4, 2], "{4}"),  # 4 is the 2021 enhancing label
+        ("msd", [0, 1, 7, 5], "{5,7}"),
+        ("msd", [0.0, 1.5, 2.0], "{1.5}"),  # the value found, not its truncation to 1
+    ],
+)
+def test_unknown_label_value_names_value_and_file(convention, values, found):
+    with pytest.raises(InvalidValueError) as info:
+        to_msd_labels(np.array(values), convention, case_id="BRATS_012", path="labelsTr/BRATS_012.nii.gz")
+    message = str(info.value)
+    assert f"found {found}" in message
+    assert "labelsTr/BRATS_012.nii.gz" in message
+    assert "case BRATS_012" in message
+    assert "\n" not in message
+
+
+def test_unknown_label_value_in_a_file_names_the_file(tmp_path):
+    image, label = small_case()
+    written = write_brats_case(tmp_path, "BraTS-GLI-00009-000", image, label, layout="brats2023")
+    bad = np.asarray(nib.load(written.label_path).dataobj).copy()
+    bad[0, 0, 0] = 5
+    write_nifti_file(written.label_path, bad, written.source_affine)
+    files = discover_cases(tmp_path).cases[0]
+    with pytest.raises(InvalidValueError, match=r"found \{5\}") as info:
+        read_case(files)
+    assert str(written.label_path) in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# round trip of a real MSD label map through the BraTS layouts (LPS on disk, own label convention)
+
+MSD_LABEL = "msd-labels/labelsTr/BRATS_001.nii.gz"
+#: LPS affine of a 240x240x155 1 mm grid whose RAS equivalent is the identity: voxel i of the flipped
+#: x axis sits at world x = 239 - i (and likewise y), so reading it must give back the identity affine.
+LPS_240 = np.array(
+    [[-1.0, 0.0, 0.0, 239.0], [0.0, -1.0, 0.0, 239.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+)
+#: MSD label -> BraTS labels, by hand: 1 and 2 swap, enhancing is 4 in 2017-2021 and 3 in 2023.
+HAND_TABLES = {"brats2021": {0: 0, 1: 2, 2: 1, 3: 4}, "brats2023": {0: 0, 1: 2, 2: 1, 3: 3}}
+BRATS_FILES = {
+    "brats2021": ("BraTS2021_00001", "_", ("flair", "t1", "t1ce", "t2", "seg")),
+    "brats2023": ("BraTS-GLI-00001-000", "-", ("t2f", "t1n", "t1c", "t2w", "seg")),
+}
+
+
+def _made_up_image(shape: tuple[int, int, int]) -> np.ndarray:
+    """int16 (4, X, Y, Z): a ramp along every axis, different per channel (compresses well)."""
+    x, y, z = np.meshgrid(*(np.arange(n, dtype=np.int32) for n in shape), indexing="ij")
+    return np.stack([(3 * x + 5 * y + 7 * z + 101 * c) % 1000 for c in range(4)]).astype(np.int16)
+
+
+@pytest.mark.parametrize("layout", ["brats2021", "brats2023"])
+def test_real_msd_label_round_trips_through_brats_layout(shared_data, tmp_path, layout):
+    source = nib.load(shared_data / MSD_LABEL)
+    np.testing.assert_array_equal(source.affine, np.eye(4))  # MSD labels are RAS, 1 mm, identity
+    label = np.asarray(source.dataobj).astype(np.uint8)
+    image = _made_up_image(label.shape)
+
+    table = np.zeros(256, dtype=np.uint8)
+    for msd, value in HAND_TABLES[layout].items():
+        table[msd] = value
+    label_brats = table[label]
+    # The test means something only if the remap and the flips change the arrays.
+    assert not np.array_equal(label_brats, label)
+    assert not np.array_equal(label[::-1, ::-1], label)
+    assert not np.array_equal(image[:, ::-1, ::-1], image)
+
+    case_id, sep, keys = BRATS_FILES[layout]
+    folder = tmp_path / layout / case_id
+    folder.mkdir(parents=True)
+    for channel, key in enumerate(keys[:4]):
+        nib.save(
+            nib.Nifti1Image(image[channel][::-1, ::-1, :], LPS_240), folder / f"{case_id}{sep}{key}.nii.gz"
+        )
+    nib.save(nib.Nifti1Image(label_brats[::-1, ::-1, :], LPS_240), folder / f"{case_id}{sep}seg.nii.gz")
+
+    dataset = discover_cases(tmp_path / layout)
+    assert dataset.layout == layout
+    assert dataset.case_ids == (case_id,)
+    case = read_case(dataset.cases[0])
+    assert case.label is not None and case.label.dtype == np.uint8
+    np.testing.assert_array_equal(case.label, label)
+    assert case.image.dtype == np.float32
+    np.testing.assert_array_equal(case.image, image.astype(np.float32))
+    np.testing.assert_allclose(case.affine, np.eye(4), atol=1e-6)
+    np.testing.assert_allclose(case.source_affine, LPS_240, atol=1e-6)
+
+    # Negative controls: data written unflipped under the same LPS affine does not come back equal.
+    unflipped_label, _ = to_ras(label_brats, LPS_240)
+    assert not np.array_equal(to_msd_labels(unflipped_label, layout), label)
+    unflipped_flair, _ = to_ras(image[0], LPS_240)
+    assert not np.array_equal(unflipped_flair, image[0])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# orientation: any permutation/flip of the axes comes back on the RAS grid
+
+
+@pytest.mark.parametrize("axcodes", ["RAS", "LPS", "LAI", "ASL", "PIR"])
+def test_read_case_reorients_to_ras(tmp_path, axcodes):
+    image, label = small_case(seed=3)
+    written = write_brats_case(tmp_path, "BraTS-GLI-00003-000", image, label, axcodes=axcodes)
+    assert "".join(nib.aff2axcodes(written.source_affine)) == axcodes
+    case = read_case(discover_cases(tmp_path).cases[0])
+    np.testing.assert_array_equal(case.image, image)
+    np.testing.assert_array_equal(case.label, label)
+    np.testing.assert_allclose(case.affine, ras_affine(), atol=1e-6)
+    assert case.spacing == pytest.approx(SMALL_SPACING)
+    # nibabel's own canonical reorientation of the written file agrees with ours.
+    canonical = nib.as_closest_canonical(nib.load(written.image_paths[0]))
+    np.testing.assert_array_equal(canonical.get_fdata(dtype=np.float32), image[0])
+    np.testing.assert_allclose(canonical.affine, ras_affine(), atol=1e-6)
+
+
+def test_lps_fixture_matches_a_hand_flip():
+    """The conftest writer's LPS is a flip of x and y with the matching affine, nothing else."""
+    _, label = small_case()
+    source, affine = orient_from_ras(label, ras_affine(), "LPS")
+    np.testing.assert_array_equal(source, label[::-1, ::-1, :])
+    nx, ny = label.shape[0] - 1, label.shape[1] - 1
+    sx, sy, sz = SMALL_SPACING
+    expected = np.array(
+        [
+            [-sx, 0.0, 0.0, -20.0 + nx * sx],
+            [0.0, -sy, 0.0, -30.0 + ny * sy],
+            [0.0, 0.0, sz, -10.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ]
+    )
+    np.testing.assert_allclose(affine, expected)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# layouts
+
+
+def test_msd_layout_reads_cases_and_dataset_json_names(msd_dataset):
+    dataset = discover_cases(msd_dataset.root)
+    assert dataset.layout == "msd"
+    assert dataset.case_ids == ("BRATS_001", "BRATS_002")
+    assert dataset.channel_names == ("FLAIR", "T1w", "t1gd", "T2w")
+    assert dataset.label_names == ("background", "edema", "non-enhancing tumor", "enhancing tumour")
+    assert dataset.description["name"] == "BRATS"
+    for files in dataset.cases:
+        case = read_case(files)
+        written = msd_dataset.cases[files.case_id]
+        np.testing.assert_array_equal(case.image, written.image)
+        np.testing.assert_array_equal(case.label, written.label)
+        np.testing.assert_allclose(case.affine, ras_affine(), atol=1e-6)
+        assert np.bincount(case.label.ravel(), minlength=4).tolist() == list(BOX_COUNTS)
+
+
+def test_macos_resource_forks_are_ignored(msd_dataset):
+    root = msd_dataset.root
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder / "._BRATS_001.nii.gz").write_bytes(b"\x00\x05\x16\x07 Mac OS X resource fork")
+    (root / "imagesTr" / "._BRATS_777.nii.gz").write_bytes(b"\x00\x05\x16\x07")
+    dataset = discover_cases(root)
+    assert dataset.case_ids == ("BRATS_001", "BRATS_002")
+    assert all(not p.name.startswith("._") for c in dataset.cases for p in c.all_paths)
+    read_case(dataset.case("BRATS_001"))  # reads the real file, not the fork
+
+
+def test_macos_fork_of_a_seg_file_does_not_make_a_dataset_labelled(tmp_path):
+    image, _ = small_case()
+    written = write_brats_case(tmp_path, "BraTS-GLI-00004-000", image, None, layout="brats2023")
+    (written.image_paths[0].parent / "._BraTS-GLI-00004-000-seg.nii.gz").write_bytes(b"\x00\x05")
+    files = discover_cases(tmp_path).cases[0]
+    assert files.label_path is None
+    assert not read_case(files).has_label
+
+
+def test_brats2021_layout_finds_every_file(brats2021_dataset):
+    dataset = discover_cases(brats2021_dataset.root)
+    assert dataset.layout == "brats2021"
+    files = dataset.case("BraTS2021_00000")
+    assert [p.name for p in files.image_paths] == [
+        f"BraTS2021_00000_{key}.nii.gz" for key in ("flair", "t1", "t1ce", "t2")
+    ]
+    assert files.label_path is not None and files.label_path.name == "BraTS2021_00000_seg.nii.gz"
+    assert files.label_convention is LabelConvention.BRATS2021
+    case = read_case(files)
+    np.testing.assert_array_equal(case.label, brats2021_dataset.cases["BraTS2021_00000"].label)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# real BraTS 2023 data
+
+
+def test_real_brats2023_case_without_label(shared_data):
+    dataset = discover_cases(shared_data / "brats2023")
+    assert dataset.layout == "brats2023"
+    assert dataset.case_ids == ("BraTS-GLI-00001-000",)
+    files = dataset.cases[0]
+    assert files.label_path is None
+    assert [p.name.rsplit("-", 1)[1] for p in files.image_paths] == [
+        "t2f.nii.gz",
+        "t1n.nii.gz",
+        "t1c.nii.gz",
+        "t2w.nii.gz",
+    ]
+    case = read_case(files)
+    assert not case.has_label
+    assert case.image.shape == (4, 240, 240, 155) and case.image.dtype == np.float32
+    # The files are LPS: reading flips x and y, by hand here.
+    flair = np.asarray(nib.load(files.image_paths[0]).dataobj)
+    np.testing.assert_array_equal(case.image[0], flair[::-1, ::-1, :].astype(np.float32))
+    assert case.affine[:3, :3].tolist() == np.eye(3).tolist()
+
+
+def test_real_brats2023_with_seg_counts_in_msd_convention(shared_data):
+    dataset = discover_cases(shared_data / "brats2023-with-seg")
+    assert dataset.layout == "brats2023"
+    assert dataset.case_ids == ("brats2023-with-seg",)
+    files = dataset.cases[0]
+    assert files.label_path is not None and files.label_path.name == "segmentation.nii.gz"
+    case = read_case(files)
+    # BraTS 2023 counts 0/1/2/3: 8783268/14300/108566/21866; in MSD 1 (edema) and 2 (non-enh) swap.
+    assert np.bincount(case.label.ravel(), minlength=4).tolist() == [8783268, 108566, 14300, 21866]
+    seg = np.asarray(nib.load(files.label_path).dataobj)
+    expected = np.array([0, 2, 1, 3], dtype=np.uint8)[seg[::-1, ::-1, :]]
+    np.testing.assert_array_equal(case.label, expected)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# writing labels back in the source space
+
+
+def test_write_label_in_source_space_reproduces_real_seg_file(shared_data, tmp_path):
+    files = discover_cases(shared_data / "brats2023-with-seg").cases[0]
+    case = read_case(files)
+    out = write_label_in_source_space(case.label, case, tmp_path / "seg.nii.gz", files.label_convention)
+    source, written = nib.load(files.label_path), nib.load(out)
+    assert written.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asarray(written.dataobj), np.asarray(source.dataobj))
+    np.testing.assert_allclose(written.affine, source.affine, atol=1e-6)
+
+
+@pytest.mark.parametrize("axcodes", ["LPS", "PIL"])
+def test_write_label_in_source_space_synthetic(tmp_path, axcodes):
+    image, label = small_case()
+    written = write_brats_case(tmp_path / "in", "BraTS2021_00005", image, label, "brats2021", axcodes=axcodes)
+    case = read_case(discover_cases(tmp_path / "in").cases[0])
+    out = write_label_in_source_space(case.label, case, tmp_path / "out.nii.gz", "brats2021")
+    source, back = nib.load(written.label_path), nib.load(out)
+    np.testing.assert_array_equal(np.asarray(back.dataobj), np.asarray(source.dataobj))
+    np.testing.assert_allclose(back.affine, source.affine, atol=1e-6)
+    # In the default MSD convention the values stay canonical, on the source grid.
+    msd = nib.load(write_label_in_source_space(case.label, case, tmp_path / "msd.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(msd.dataobj), orient_from_ras(label, ras_affine(), axcodes)[0])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# robustness: a damaged file is a CaseError naming it, never another exception
+
+
+@functools.cache
+def _clean_nifti_bytes() -> dict[str, bytes]:
+    """Uncompressed NIfTI bytes of a tiny LPS MSD case: image (12, 10, 6, 4) float32, label uint8."""
+    image, label = small_case(shape=(12, 10, 6))
+    source, affine = orient_from_ras(np.moveaxis(image, 0, -1), ras_affine(), "LPS")
+    source_label, _ = orient_from_ras(label, ras_affine(), "LPS")
+    return {
+        "image": nib.Nifti1Image(source, affine).to_bytes(),
+        "label": nib.Nifti1Image(source_label, affine).to_bytes(),
+    }
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from(["image", "label"]), cut=st.floats(0.0, 0.999), gz=st.booleans())
+@example(which="label", cut=0.97, gz=True)  # 104-byte gzip cut to 100: inside the trailer only
+@example(which="image", cut=0.5, gz=True)
+@example(which="image", cut=0.5, gz=False)
+def test_truncated_file_never_reads_silently_wrong(tmp_path, which, cut, gz):
+    """Cut a file anywhere: read_case raises a one-line CaseError naming it, or (a gzip cut inside its
+    8-byte trailer, after the last voxel) returns the intact arrays -- and then the whole-stream check
+    that ``brainprep check`` runs names the file."""
+    root = tmp_path / f"case-{which}-{cut}-{gz}"
+    for kind, folder in (("image", "imagesTr"), ("label", "labelsTr")):
+        data = _clean_nifti_bytes()[kind]
+        data = gzip.compress(data) if gz else data
+        if kind == which:
+            data = data[: int(len(data) * cut)]
+        path = root / folder / ("BRATS_900.nii.gz" if gz else "BRATS_900.nii")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    files = discover_cases(root).cases[0]
+    broken = files.image_paths[0] if which == "image" else files.label_path
+    try:
+        case = read_case(files)
+    except CaseError as err:
+        assert str(broken) in str(err)
+        assert "\n" not in str(err)
+        return
+    assert gz, "an uncompressed file cut short must never read"
+    image, label = small_case(shape=(12, 10, 6))
+    np.testing.assert_array_equal(case.image, image)
+    np.testing.assert_array_equal(case.label, label)
+    with pytest.raises(UnreadableFileError, match="gzip stream check failed: truncated") as info:
+        verify_gzip_stream(broken, files.case_id)
+    assert str(broken) in str(info.value)
+
+
+def test_verify_gzip_stream_accepts_a_whole_file(tmp_path):
+    path = tmp_path / "whole.nii.gz"
+    path.write_bytes(gzip.compress(_clean_nifti_bytes()["label"]))
+    verify_gzip_stream(path)
+    corrupt = bytearray(path.read_bytes())
+    corrupt[-8] ^= 0xFF  # first byte of the CRC32 in the trailer
+    path.write_bytes(bytes(corrupt))
+    with pytest.raises(UnreadableFileError, match="CRC"):
+        verify_gzip_stream(path)
