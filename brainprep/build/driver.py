@@ -1,0 +1,522 @@
+"""The build driver: plan every case, then write them in parallel with dask, then seal the store.
+
+Order of a build of ``STORE`` (``.zarr`` or ``.h5``):
+
+1. Take ``STORE.lock`` (a second build of the same store is refused) and look at what is there: a
+   complete store is refused unless ``overwrite``; an interrupted build (``STORE.build/``) is resumed
+   if its parameters and cases equal this build's, and refused naming the first differing parameter.
+2. Plan the cases not done yet (labels only, in parallel). A bad case stops the build here, before
+   anything is written, unless ``skip_bad`` (then it is recorded as skipped).
+3. Create the build state and, for Zarr, the empty store (``complete: false``).
+4. Write the cases in parallel, one case per task (a worker holds one case at a time); each task writes
+   its own shards (Zarr) or staged chunks (HDF5), then its done marker.
+5. Seal: patch table, case statistics and metadata from the markers, ``complete: true`` last (HDF5: the
+   file is assembled and renamed into place); remove the build state; release the lock.
+
+The content of the store depends only on the data, the parameters and the seed (every case draws from
+``case_rng(seed, case_id)``), never on the worker count, the scheduler or the completion order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainprep import __version__
+from brainprep.build.case import CaseTask, case_record, write_case
+from brainprep.build.plan import BadCasesError, CasePlan, plan_case, source_fingerprint
+from brainprep.build.summary import BuildSummary
+from brainprep.errors import ConfigError, StoreError, StoreMismatchError
+from brainprep.params import BuildParams
+from brainprep.read import CHANNEL_NAMES, CaseFiles, discover_cases
+from brainprep.read.labels import MSD_CLASS_NAMES
+from brainprep.split import read_split_file, split_cases
+from brainprep.store import schema
+from brainprep.store.lock import BuildLock, BuildState
+
+logger = logging.getLogger(__name__)
+
+LOCAL_SCHEDULERS = ("processes", "threads", "synchronous")
+#: tasks in flight per worker thread on a distributed cluster: one running, one queued.
+TASKS_PER_THREAD = 2
+
+
+def store_format(store: Path) -> str:
+    """``zarr`` or ``hdf5`` from the store's suffix."""
+    name = store.name.lower()
+    if name.endswith(schema.ZARR_SUFFIXES):
+        return "zarr"
+    if name.endswith(schema.HDF5_SUFFIXES):
+        return "hdf5"
+    raise ConfigError(
+        f"store {store} must end in {' or '.join(schema.ZARR_SUFFIXES + schema.HDF5_SUFFIXES)} "
+        f"(the suffix chooses Zarr v3 or HDF5)"
+    )
+
+
+# -- running tasks -------------------------------------------------------------------------------------
+def _run_local(
+    func: Callable, items: list[Any], scheduler: str, workers: int, bar: Any, pool: Any
+) -> list[Any]:
+    import dask
+    from dask.callbacks import Callback
+
+    class _Tick(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            if bar is not None:
+                bar.update(1)
+
+    tasks = [dask.delayed(func, pure=False)(item) for item in items]
+    with _Tick():
+        # chunksize=1: one case per submission, so cases balance over the workers one at a time.
+        return list(dask.compute(*tasks, scheduler=scheduler, num_workers=workers, chunksize=1, pool=pool))
+
+
+def _run_distributed(client: Any, func: Callable, items: list[Any], bar: Any) -> Iterator[Any]:
+    from distributed import as_completed
+
+    window = max(1, TASKS_PER_THREAD * sum(client.nthreads().values()))
+    pending = iter(items)
+    futures = [client.submit(func, item, pure=False) for item in islice(pending, window)]
+    running = as_completed(futures)
+    try:
+        for future in running:
+            result = future.result()
+            future.release()
+            if bar is not None:
+                bar.update(1)
+            following = next(pending, None)
+            if following is not None:
+                running.add(client.submit(func, following, pure=False))
+            yield result
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+
+
+class Executor:
+    """Runs one function over many cases: inline, on a local dask scheduler, or on a dask cluster.
+
+    Args:
+        workers: local worker count (default: CPU count); 1 runs inline in this process.
+        scheduler: ``None`` / ``"processes"`` (local processes), ``"threads"``, ``"synchronous"``, the
+            address of a running dask.distributed scheduler (``tcp://host:8786``), or a ``Client``.
+        progress: show a tqdm bar per stage.
+    """
+
+    def __init__(self, workers: int | None, scheduler: Any, progress: bool):
+        self.workers = int(workers) if workers is not None else (os.cpu_count() or 1)
+        if self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        self.scheduler = scheduler
+        self.progress = progress
+        self._client: Any = None
+        self._own_client = False
+        self._pool: Any = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.scheduler is not None and not (
+            isinstance(self.scheduler, str) and self.scheduler in LOCAL_SCHEDULERS
+        )
+
+    def __enter__(self) -> Executor:
+        if self.distributed:
+            from distributed import Client
+
+            if isinstance(self.scheduler, Client):
+                self._client = self.scheduler
+            else:
+                address = getattr(self.scheduler, "scheduler_address", self.scheduler)
+                self._client = Client(address, set_as_default=False)
+                self._own_client = True
+            self.workers = max(1, sum(self._client.nthreads().values()))
+        elif self.workers > 1 and self.scheduler in (None, "processes"):
+            # One pool for both stages (plan, write): worker processes start (and import) once.
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._own_client and self._client is not None:
+            self._client.close()
+        self._client = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def map(self, func: Callable, items: list[Any], desc: str) -> Iterator[Any]:
+        """Results of ``func(item)`` for every item, in completion order (local: in item order)."""
+        if not items:
+            return
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(items), desc=desc, unit="case")
+        try:
+            if self._client is not None:
+                yield from _run_distributed(self._client, func, items, bar)
+                return
+            scheduler = self.scheduler or "processes"
+            if self.workers == 1 or scheduler == "synchronous" or len(items) == 1:
+                for item in items:
+                    result = func(item)
+                    if bar is not None:
+                        bar.update(1)
+                    yield result
+                return
+            yield from _run_local(func, items, scheduler, self.workers, bar, self._pool)
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+# -- what is already there ---------------------------------------------------------------------------
+def _existing_metadata(store: Path, fmt: str) -> dict[str, Any] | None:
+    """The store's ``brainprep`` metadata, ``None`` when there is no readable brainprep store."""
+    try:
+        from brainprep.store.reader import PatchStore
+
+        with PatchStore(store, require_complete=False) as existing:
+            return existing.metadata
+    except (StoreError, OSError, ValueError, KeyError):
+        return None
+
+
+def _remove_store(store: Path) -> None:
+    if store.is_dir():
+        shutil.rmtree(store)
+    elif store.exists():
+        store.unlink()
+    store.with_name(store.name + schema.PARTIAL_SUFFIX).unlink(missing_ok=True)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    before, after = _flatten(old), _flatten(new)
+    lines = []
+    for key in sorted(set(before) | set(after)):
+        if before.get(key) != after.get(key):
+            if key == "cases":
+                lines.append(f"cases (interrupted build: {len(before[key])}, this build: {len(after[key])})")
+            else:
+                lines.append(
+                    f"{key} (interrupted build: {before.get(key)!r}, this build: {after.get(key)!r})"
+                )
+    return lines
+
+
+def _prepare(store: Path, fmt: str, state: BuildState, info: dict[str, Any], overwrite: bool) -> str:
+    """Decide how this build starts: ``"fresh"``, ``"resume"`` or ``"sealed"`` (nothing left to do).
+
+    A store is ours to replace or resume when it has brainprep metadata or a build state claims it.
+    """
+    previous = state.read() if state.exists else None
+    metadata = _existing_metadata(store, fmt) if store.exists() else None
+    empty_dir = store.is_dir() and not any(store.iterdir())
+    if store.exists() and metadata is None and previous is None and not empty_dir:
+        raise StoreError(
+            f"{store} exists and is not a brainprep patch store; remove it or choose another path"
+        )
+    if overwrite:
+        _remove_store(store)
+        state.remove()
+        return "fresh"
+    differences = _differences(previous, info) if previous is not None else []
+    if metadata is not None and metadata.get("complete"):
+        if previous is not None and not differences:
+            return "sealed"  # killed after sealing, before removing the build state
+        raise StoreError(f"{store} already exists and is complete; pass --overwrite to build it again")
+    if previous is not None:
+        if differences:
+            raise StoreMismatchError(
+                f"{store} holds an interrupted build with different parameters: {'; '.join(differences)}; "
+                "rerun with the same parameters to resume it, or pass --overwrite to start over"
+            )
+        if fmt == "hdf5" or metadata is not None:
+            return "resume"
+    # An incomplete store without its build state (or a state without its store) cannot be trusted.
+    _remove_store(store)
+    state.remove()
+    return "fresh"
+
+
+def _sealed_summary(store: Path, fmt: str, state: BuildState) -> BuildSummary:
+    """The summary recorded in an already sealed store (whose leftover build state is removed)."""
+    state.remove()
+    recorded = (_existing_metadata(store, fmt) or {}).get("summary") or {}
+    fields = ("store", "cases", "patches", "skipped", "bytes", "seconds", "workers", "resumed_cases")
+    return BuildSummary(**{key: recorded[key] for key in fields})
+
+
+# -- sealing -------------------------------------------------------------------------------------------
+def table_arrays(records: Mapping[int, dict[str, Any]], layout: schema.StoreLayout) -> dict[str, np.ndarray]:
+    """The patch table and case statistics arrays (see :mod:`.schema`) from the done markers."""
+    n, c, k = layout.n_slots, layout.n_cases, layout.patches_per_case
+    valid = np.zeros(n, dtype=bool)
+    case = np.full(n, schema.EMPTY_SLOT, dtype=np.int32)
+    corner = np.zeros((n, 3), dtype=np.int32)
+    tumour = np.zeros(n, dtype=np.float32)
+    classes = np.zeros((n, 3), dtype=np.float32)
+    split = np.full(n, schema.EMPTY_SLOT, dtype=np.int8)
+    mean = np.full((c, schema.N_CHANNELS), np.nan, dtype=np.float32)
+    std = np.full((c, schema.N_CHANNELS), np.nan, dtype=np.float32)
+    for index, record in records.items():
+        m = record["n_patches"]
+        slots = slice(index * k, index * k + m)
+        valid[slots] = True
+        case[slots] = index
+        corner[slots] = np.asarray(record["corners"], dtype=np.int32).reshape(m, 3)
+        tumour[slots] = np.asarray(record["tumour_fraction"], dtype=np.float32)
+        classes[slots] = np.asarray(record["class_fractions"], dtype=np.float32).reshape(m, 3)
+        split[slots] = schema.SPLIT_CODES[record["split"]]
+        if record.get("mean") is not None:
+            mean[index] = record["mean"]
+            std[index] = record["std"]
+    return {
+        schema.PATCH_VALID: valid,
+        schema.PATCH_CASE: case,
+        schema.PATCH_CORNER: corner,
+        schema.PATCH_TUMOUR_FRACTION: tumour,
+        schema.PATCH_CLASS_FRACTIONS: classes,
+        schema.PATCH_SPLIT: split,
+        schema.CASE_MEAN: mean,
+        schema.CASE_STD: std,
+    }
+
+
+CASE_TABLE_KEYS = (
+    "index",
+    "case_id",
+    "split",
+    "files",
+    "n_slots",
+    "n_patches",
+    "valid_corner_share",
+    "best_tumour_fraction",
+    "skip_reason",
+)
+
+
+def store_metadata(
+    params: BuildParams,
+    info: dict[str, Any],
+    records: Mapping[int, dict[str, Any]] | None,
+    summary: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The ``brainprep`` attribute; ``complete`` only when the records of every case are given."""
+    if records is None:
+        cases = [{"index": i, "case_id": cid, "split": split} for i, (cid, split) in enumerate(info["cases"])]
+        fingerprint = None
+    else:
+        cases = []
+        for index in sorted(records):
+            entry = {key: records[index][key] for key in CASE_TABLE_KEYS}
+            if params.standardize.method == "volume-nonzero":
+                entry["mean"], entry["std"] = records[index]["mean"], records[index]["std"]
+            cases.append(entry)
+        fingerprint = source_fingerprint([f for record in records.values() for f in record["files"]])
+    return {
+        "schema_version": schema.SCHEMA_VERSION,
+        "tool_version": __version__,
+        "params": params.to_dict(),
+        "source": {"root": info["root"], "layout": info["layout"], "fingerprint": fingerprint},
+        "channel_names": list(CHANNEL_NAMES),
+        "class_names": list(MSD_CLASS_NAMES),
+        "split_names": list(schema.SPLIT_NAMES),
+        "cases": cases,
+        "complete": records is not None,
+        "summary": summary,
+    }
+
+
+def _seal(
+    store: Path,
+    params: BuildParams,
+    layout: schema.StoreLayout,
+    state: BuildState,
+    info: dict[str, Any],
+    started: float,
+    workers: int,
+    resumed: int,
+) -> BuildSummary:
+    records = state.done()
+    missing = sorted(set(range(layout.n_cases)) - set(records))
+    if missing:
+        raise StoreError(
+            f"cannot seal {store}: {len(missing)} case(s) have no done marker (first: {missing[0]})"
+        )
+    arrays = table_arrays(records, layout)
+    patches = int(sum(r["n_patches"] for r in records.values()))
+    skipped = sum(1 for r in records.values() if r["n_patches"] == 0)
+    if params.store.format == "zarr":
+        from brainprep.store.zarr_store import set_metadata_zarr, store_bytes, write_table_zarr
+
+        write_table_zarr(store, arrays)
+        payload = store_bytes(store / schema.IMAGES) + store_bytes(store / schema.LABELS)
+    else:
+        parts = {i: state.part_path(i) for i in records if state.part_path(i).is_file()}
+        payload = int(sum(_part_payload(p) for p in parts.values()))
+    summary = BuildSummary(
+        str(store), layout.n_cases, patches, skipped, payload, time.perf_counter() - started, workers, resumed
+    )
+    metadata = store_metadata(params, info, records, summary.to_dict())
+    if params.store.format == "zarr":
+        set_metadata_zarr(store, metadata)  # complete: true, the very last write
+    else:
+        from brainprep.store.hdf5_store import assemble_hdf5
+
+        assemble_hdf5(store, layout, parts, arrays, metadata)
+    state.remove()
+    return summary
+
+
+def _part_payload(path: Path) -> int:
+    with np.load(path) as part:
+        return int(part["image_data"].size + part["label_data"].size)
+
+
+# -- the build -----------------------------------------------------------------------------------------
+def _select_cases(
+    data_dir: Path, params: BuildParams, splits: Mapping[str, str] | None
+) -> tuple[Any, list[CaseFiles], dict[str, str]]:
+    dataset = discover_cases(data_dir)
+    labelled = [c for c in dataset.cases if c.label_path is not None]
+    unlabelled = len(dataset.cases) - len(labelled)
+    if unlabelled:
+        logger.info("ignoring %d case(s) without a label (a patch store needs labels)", unlabelled)
+    if splits is not None:
+        known = {c.case_id for c in labelled}
+        unknown = sorted(set(splits) - known)
+        if unknown:
+            raise ConfigError(
+                f"{len(unknown)} case(s) of the recipe are not labelled cases of {data_dir}: {unknown[:5]}"
+            )
+        bad = sorted({s for s in splits.values() if s not in schema.SPLIT_CODES})
+        if bad:
+            raise ConfigError(f"splits must be train or val, found {bad}")
+        labelled = [c for c in labelled if c.case_id in splits]
+        assigned = {c.case_id: splits[c.case_id] for c in labelled}
+    elif params.split.split_file is not None:
+        assigned = read_split_file(Path(params.split.split_file), [c.case_id for c in labelled])
+    else:
+        assigned = split_cases([c.case_id for c in labelled], params.split.val_fraction, params.seed)
+    if not labelled:
+        raise ConfigError(f"no labelled case to build in {data_dir}")
+    return dataset, labelled, assigned
+
+
+def _plan_task(args: tuple[CaseFiles, int, str, BuildParams, Path]) -> CasePlan:
+    return plan_case(*args)
+
+
+def build_patches(
+    data_dir: str | os.PathLike,
+    store: str | os.PathLike,
+    params: BuildParams | None = None,
+    *,
+    workers: int | None = None,
+    scheduler: Any = None,
+    skip_bad: bool = False,
+    progress: bool = False,
+    overwrite: bool = False,
+    splits: Mapping[str, str] | None = None,
+) -> BuildSummary:
+    """Build (or resume building) a patch store from a BraTS data folder.
+
+    Args:
+        data_dir: data folder in any known layout (cases without label are ignored).
+        store: ``*.zarr`` (Zarr v3) or ``*.h5`` (HDF5); the suffix sets ``params.store.format``.
+        params: sampling, standardization, store dtype/compression, split and seed
+            (default ``BuildParams()``).
+        workers: local workers (default: CPU count); 1 runs in this process.
+        scheduler: ``None``/``"processes"`` (local processes), ``"threads"``, ``"synchronous"``, a
+            dask.distributed scheduler address (``tcp://...``) or ``Client``.
+        skip_bad: record unreadable cases as skipped instead of stopping before writing.
+        progress: tqdm bars (one tick per case).
+        overwrite: replace an existing store (complete or not).
+        splits: ``{case_id: "train" | "val"}`` fixing the cases and their split (a recipe's); default:
+            every labelled case, split by ``params.split``.
+
+    Returns:
+        The :class:`BuildSummary` of this run.
+
+    Raises:
+        BadCasesError: bad cases without ``skip_bad`` (nothing written).
+        StoreLockedError: another build holds the store.
+        StoreMismatchError: an interrupted build of this store used other parameters.
+        StoreError: the store exists and is complete (without ``overwrite``), or is not a brainprep store.
+    """
+    started = time.perf_counter()
+    store = Path(store)
+    params = params if params is not None else BuildParams()
+    fmt = store_format(store)
+    params = params.replace(store=params.store.replace(format=fmt))
+    dataset, cases, assigned = _select_cases(Path(data_dir), params, splits)
+    root = Path(dataset.root).resolve()
+    info = {
+        "params": params.to_dict(),
+        "root": str(root),
+        "layout": dataset.layout,
+        "cases": [[c.case_id, assigned[c.case_id]] for c in cases],
+    }
+    sampling = params.sampling
+    layout = schema.StoreLayout(
+        len(cases),
+        sampling.patches_per_case,
+        sampling.patch_size,
+        params.store.dtype,
+        params.store.compression_level,
+    )
+    with BuildLock(store), Executor(workers, scheduler, progress) as executor:
+        state = BuildState(store)
+        mode = _prepare(store, fmt, state, info, overwrite)
+        if mode == "sealed":
+            return _sealed_summary(store, fmt, state)
+        resumed = mode == "resume"
+        done = state.done() if resumed else {}
+        if done:
+            logger.info("resuming %s: %d of %d cases already done", store, len(done), len(cases))
+        todo = [
+            (files, i, assigned[files.case_id], params, root)
+            for i, files in enumerate(cases)
+            if i not in done
+        ]
+        plans = sorted(executor.map(_plan_task, todo, "plan"), key=lambda p: p.index)
+        bad = [p for p in plans if p.problem is not None]
+        if bad and not skip_bad:
+            raise BadCasesError([p.problem for p in bad if p.problem is not None])
+        if not resumed:
+            state.create(info)
+            if fmt == "zarr":
+                from brainprep.store.zarr_store import create_zarr_store
+
+                create_zarr_store(store, layout, store_metadata(params, info, None, None))
+        for plan in bad:
+            state.mark_done(plan.index, case_record(plan, layout.patches_per_case, problem=plan.problem))
+        tasks = [
+            CaseTask(cases[p.index], p, params, layout, store, skip_bad) for p in plans if p.problem is None
+        ]
+        for record in executor.map(write_case, tasks, "write"):
+            logger.debug("case %s done: %d patches", record["case_id"], record["n_patches"])
+        return _seal(store, params, layout, state, info, started, executor.workers, len(done))

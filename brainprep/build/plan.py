@@ -1,0 +1,191 @@
+"""Plan a build, cheaply: per case, the source file hashes and where its patches are cut (labels only).
+
+The plan of every case is made before anything is written, so a bad case (missing or unreadable file,
+label/image shape or affine mismatch, label values outside the convention) stops the build before it
+writes a byte. Only the label voxels are decoded here; image files are opened for their headers (shape,
+affine) and hashed, never decoded (that is the write stage's job, done once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainprep.errors import BrainprepError, CaseError, ShapeMismatchError
+from brainprep.params import BuildParams
+from brainprep.read import CaseFiles
+from brainprep.read.case import AFFINE_TOLERANCE, N_CHANNELS, _read_label
+from brainprep.read.nifti import open_nifti, to_ras
+from brainprep.sample import case_rng, extract_patch, patch_fractions, sample_corners
+
+logger = logging.getLogger(__name__)
+
+HASH_BLOCK = 1 << 20
+
+
+class BadCasesError(BrainprepError, ValueError):
+    """Some cases cannot be read; ``messages`` holds one line per case, naming the file."""
+
+    def __init__(self, messages: list[str]):
+        self.messages = list(messages)
+        lines = "\n".join(self.messages)
+        super().__init__(
+            f"{len(self.messages)} bad case(s), nothing written (fix them, or pass --skip-bad to record "
+            f"and skip them):\n{lines}"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class CasePlan:
+    """What the write stage does with one case.
+
+    Attributes:
+        index: position in the store's case table (slots ``index*K .. index*K+K-1``).
+        case_id: e.g. ``BRATS_001``.
+        split: ``train`` or ``val``.
+        files: the case's source files as ``{"path" (relative to the data root), "size", "sha256"}``.
+        corners: int32 (n, 3), n <= K, patch corners on the case's RAS grid.
+        tumour_fraction: float32 (n,) share of label > 0 in each patch.
+        class_fractions: float32 (n, 3) shares of edema, non-enhancing, enhancing in each patch.
+        valid_corner_share: share of the fitting corners that are valid.
+        best_tumour_fraction: best tumour fraction over all corners.
+        skip_reason: why fewer than K patches (``None`` when K), or the problem of a bad case.
+        problem: the one-line error of a bad case, ``None`` for a readable one.
+    """
+
+    index: int
+    case_id: str
+    split: str
+    files: tuple[dict[str, Any], ...]
+    corners: np.ndarray
+    tumour_fraction: np.ndarray
+    class_fractions: np.ndarray
+    valid_corner_share: float
+    best_tumour_fraction: float
+    skip_reason: str | None
+    problem: str | None = None
+
+    @property
+    def n_patches(self) -> int:
+        return len(self.corners)
+
+
+def file_record(path: Path, root: Path) -> dict[str, Any]:
+    """``{"path", "size", "sha256"}`` of one existing file; ``path`` relative to ``root`` when inside it."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(HASH_BLOCK):
+            digest.update(block)
+    try:
+        relative = path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        relative = str(path)
+    return {"path": relative, "size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def source_fingerprint(file_records: list[dict[str, Any]]) -> str:
+    """sha256 of the sorted per-file sha256 digests, joined by newlines (independent of the data's path)."""
+    digests = sorted(record["sha256"] for record in file_records)
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+def read_plan_label(files: CaseFiles) -> np.ndarray:
+    """The case's label, uint8 (X, Y, Z) MSD on the RAS grid, checked against the image headers only.
+
+    Raises:
+        CaseError: missing/unreadable file, image/label shape or affine mismatch, bad label values.
+    """
+    if files.label_path is None:
+        raise CaseError("the case has no label file; a patch store needs labels", case_id=files.case_id)
+    headers = [open_nifti(path, files.case_id) for path in files.image_paths]
+    first = headers[0]
+    shape = tuple(first.shape[:3])
+    expected_ndim = 4 if len(headers) == 1 else 3
+    for path, nifti in zip(files.image_paths, headers, strict=True):
+        if len(nifti.shape) != expected_ndim or (expected_ndim == 4 and nifti.shape[3] != N_CHANNELS):
+            wanted = f"(X, Y, Z, {N_CHANNELS})" if expected_ndim == 4 else "(X, Y, Z)"
+            raise ShapeMismatchError(
+                f"expected an image of shape {wanted}, found {tuple(nifti.shape)}",
+                case_id=files.case_id,
+                path=path,
+            )
+        if tuple(nifti.shape[:3]) != shape or not np.allclose(
+            nifti.affine, first.affine, atol=AFFINE_TOLERANCE
+        ):
+            raise ShapeMismatchError(
+                f"channel shape/affine differs from that of {files.image_paths[0].name}",
+                case_id=files.case_id,
+                path=path,
+            )
+    label = _read_label(files, shape, first.affine)
+    return to_ras(label, first.affine)[0]
+
+
+def plan_corners(label: np.ndarray, params: BuildParams, case_id: str) -> tuple[Any, np.ndarray, np.ndarray]:
+    """Pure part of the plan: corners of one case and the fractions of each patch.
+
+    Args:
+        label: uint8 (X, Y, Z), MSD, RAS.
+
+    Returns:
+        (CaseSampling, float32 (n,) tumour fractions, float32 (n, 3) class fractions).
+    """
+    sampling = sample_corners(label, params.sampling, case_rng(params.seed, case_id))
+    n = len(sampling.corners)
+    tumour = np.zeros(n, dtype=np.float32)
+    classes = np.zeros((n, 3), dtype=np.float32)
+    for i, corner in enumerate(sampling.corners):
+        tumour[i], classes[i] = patch_fractions(extract_patch(label, corner, params.sampling.patch_size))
+    return sampling, tumour, classes
+
+
+def plan_case(files: CaseFiles, index: int, split: str, params: BuildParams, root: Path) -> CasePlan:
+    """Hash the case's files, read its label and draw its corners (never raises for a bad case).
+
+    Args:
+        files: the case's files.
+        index: the case's index in the store.
+        split: ``train`` / ``val``.
+        params: the build parameters (sampling, seed).
+        root: the data folder (file paths are recorded relative to it).
+
+    Returns:
+        The case's :class:`CasePlan`; a bad case has ``problem`` set and no corners.
+    """
+    records = tuple(file_record(p, root) for p in files.all_paths if p.is_file())
+    try:
+        label = read_plan_label(files)
+        sampling, tumour, classes = plan_corners(label, params, files.case_id)
+    except CaseError as err:
+        problem = " ".join(err.message.split())
+        logger.info("bad case: %s", problem)
+        return CasePlan(
+            index,
+            files.case_id,
+            split,
+            records,
+            np.zeros((0, 3), dtype=np.int32),
+            np.zeros(0, dtype=np.float32),
+            np.zeros((0, 3), dtype=np.float32),
+            0.0,
+            0.0,
+            f"bad case: {problem}",
+            problem,
+        )
+    return CasePlan(
+        index,
+        files.case_id,
+        split,
+        records,
+        sampling.corners,
+        tumour,
+        classes,
+        float(sampling.valid_corner_share),
+        float(sampling.best_tumour_fraction),
+        sampling.skip_reason,
+    )

@@ -1,0 +1,207 @@
+"""``brainprep build-patches DATA_DIR STORE``: build (or resume) a Zarr v3 / HDF5 patch store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+#: options that set the store's content; with --recipe they come from the recipe instead.
+CONTENT_OPTIONS = (
+    "patches_per_case",
+    "patch_size",
+    "background_threshold",
+    "sampler",
+    "max_tries",
+    "standardize",
+    "dtype",
+    "compression_level",
+    "val_fraction",
+    "split_file",
+    "seed",
+)
+
+
+def _params_from_options(options: dict[str, Any]) -> Any:
+    """BuildParams from the given options, defaults for the others."""
+    from brainprep.errors import ConfigError
+    from brainprep.params import BuildParams, SamplingParams, SplitParams, StandardizeParams, StoreParams
+
+    def given(**pairs: Any) -> dict[str, Any]:
+        return {key: value for key, value in pairs.items() if value is not None}
+
+    try:
+        return BuildParams(
+            sampling=SamplingParams(
+                **given(
+                    patch_size=options["patch_size"],
+                    patches_per_case=options["patches_per_case"],
+                    background_threshold=options["background_threshold"],
+                    sampler=options["sampler"],
+                    max_tries=options["max_tries"],
+                )
+            ),
+            standardize=StandardizeParams(**given(method=options["standardize"])),
+            store=StoreParams(
+                **given(dtype=options["dtype"], compression_level=options["compression_level"])
+            ),
+            split=SplitParams(
+                **given(
+                    val_fraction=options["val_fraction"],
+                    split_file=str(options["split_file"]) if options["split_file"] else None,
+                )
+            ),
+            **given(seed=options["seed"]),
+        )
+    except ConfigError as err:
+        raise click.BadParameter(str(err)) from err
+
+
+@click.command("build-patches")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option(
+    "--patches-per-case", type=click.IntRange(min=1), default=None, help="K, patches drawn per case [20]."
+)
+@click.option(
+    "--patch-size",
+    nargs=3,
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="X Y Z",
+    help="Patch size in voxels [160 160 16].",
+)
+@click.option(
+    "--background-threshold",
+    type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+    default=None,
+    help="Keep a patch only when its background share is below this [0.95].",
+)
+@click.option(
+    "--sampler",
+    type=click.Choice(["exact", "rejection"]),
+    default=None,
+    help="exact: uniform among all valid corners; rejection: the course's random tries [exact].",
+)
+@click.option(
+    "--max-tries",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tries per patch of the rejection sampler [1000].",
+)
+@click.option(
+    "--standardize",
+    type=click.Choice(["patch-slice", "volume-nonzero"]),
+    default=None,
+    help="patch-slice: each channel of each z-slice of a patch to mean 0/std 1 (course); volume-nonzero: "
+    "per channel over the brain voxels of the volume (nnU-Net) [patch-slice].",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float16", "float32"]),
+    default=None,
+    help="Image dtype in the store [float16].",
+)
+@click.option(
+    "--compression-level",
+    type=click.IntRange(min=1, max=9),
+    default=None,
+    help="zstd level (Zarr) or gzip level (HDF5) [3].",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(min=0.0, max=1.0, max_open=True),
+    default=None,
+    help="Share of cases in the validation split [0.2].",
+)
+@click.option(
+    "--split-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help='JSON {"train": [ids], "val": [ids]} fixing the split (instead of --val-fraction).',
+)
+@click.option("--seed", type=int, default=None, help="Seed of the corners and the split [0].")
+@click.option(
+    "--recipe",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Build exactly as a recipe says (parameters, cases and their split); excludes the options above.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Local worker processes, one case each at a time [CPU count].",
+)
+@click.option(
+    "--threads", is_flag=True, help="Use local threads instead of processes (slower: the GIL is shared)."
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Run on an existing dask.distributed cluster (tcp://host:8786); STORE must be on a shared disk.",
+)
+@click.option(
+    "--skip-bad", is_flag=True, help="Record unreadable cases as skipped instead of stopping before writing."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing store, complete or not.")
+@click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Progress bars (one tick per case)."
+)
+def build_patches(
+    data_dir: Path,
+    store: Path,
+    recipe: Path | None,
+    workers: int | None,
+    threads: bool,
+    scheduler: str | None,
+    skip_bad: bool,
+    overwrite: bool,
+    progress: bool,
+    **options: Any,
+) -> None:
+    """Build a patch store STORE (*.zarr: Zarr v3, *.h5: HDF5) from the cases of DATA_DIR.
+
+    Plans every case first (labels only): a bad case stops the build before anything is written
+    (unless --skip-bad). Then writes the cases in parallel. Interrupted (even kill -9), the same command
+    resumes and ends with the store an uninterrupted build makes; the store says complete only at the
+    very end. The content depends only on the data, the parameters and --seed, not on --workers.
+    """
+    from brainprep.build import BadCasesError
+    from brainprep.build import build_patches as run_build
+    from brainprep.errors import BrainprepError
+
+    if recipe is not None:
+        clashing = sorted(f"--{k.replace('_', '-')}" for k in CONTENT_OPTIONS if options.get(k) is not None)
+        if clashing:
+            raise click.UsageError(f"--recipe fixes the parameters; drop {', '.join(clashing)}")
+        from brainprep.recipe import load_recipe
+
+        params, splits = load_recipe(recipe)
+    else:
+        params, splits = _params_from_options(options), None
+    if threads and scheduler:
+        raise click.UsageError("--threads and --scheduler exclude each other")
+    try:
+        summary = run_build(
+            data_dir,
+            store,
+            params,
+            workers=workers,
+            scheduler=scheduler or ("threads" if threads else None),
+            skip_bad=skip_bad,
+            progress=progress,
+            overwrite=overwrite,
+            splits=splits,
+        )
+    except BadCasesError as err:
+        for message in err.messages:
+            click.echo(message, err=True)
+        raise click.ClickException(
+            f"{len(err.messages)} bad case(s), nothing written; fix them or pass --skip-bad"
+        ) from err
+    except BrainprepError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(summary.line())

@@ -1,0 +1,184 @@
+"""Build safety: one build per store (lock file) and the per-case completion markers of a resumable build.
+
+``STORE.lock`` holds ``{"pid", "host", "started"}`` of the build that owns the store. It is created
+atomically (written under a temporary name, then hard-linked into place, which fails if it exists), so a
+second build never sees a half-written lock. A lock whose pid is dead on this host is stale (a build
+killed with ``kill -9``) and is taken over; a lock held by a live process or another host is refused.
+
+``STORE.build/`` holds the state of an unfinished build (see :mod:`brainprep.store.schema`): ``build.json``
+and one ``done/NNNNNN.json`` marker per finished case, each written atomically (temporary file + rename)
+*after* the case's data is in place, so a marker never promises data that is not there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from brainprep.errors import StoreError, StoreLockedError
+from brainprep.store.schema import BUILD_DIR_SUFFIX, LOCK_SUFFIX
+
+logger = logging.getLogger(__name__)
+
+BUILD_FILE = "build.json"
+DONE_DIR = "done"
+PARTS_DIR = "parts"
+
+
+def sibling(store: Path, suffix: str) -> Path:
+    """``STORE`` + ``suffix`` in the same folder (``out.zarr`` -> ``out.zarr.lock``)."""
+    return store.with_name(store.name + suffix)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` via a temporary file and a rename (never half a file)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True, indent=1))
+    os.replace(tmp, path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class BuildLock:
+    """Exclusive lock of a store for one build (a context manager).
+
+    Args:
+        store: the store path (``out.zarr`` / ``out.h5``); the lock is ``out.zarr.lock``.
+
+    Raises:
+        StoreLockedError: on :meth:`acquire`, when a live build holds the lock.
+    """
+
+    def __init__(self, store: Path):
+        self.store = Path(store)
+        self.path = sibling(self.store, LOCK_SUFFIX)
+        self._owned = False
+
+    def _owner(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+
+    def _try_create(self) -> bool:
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_text(json.dumps(info))
+        try:
+            os.link(tmp, self.path)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
+
+    def acquire(self) -> BuildLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            if self._try_create():
+                self._owned = True
+                return self
+            owner = self._owner()
+            if owner is None:  # released between our two calls
+                continue
+            pid, host = owner.get("pid"), owner.get("host")
+            if host == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+                logger.warning("taking over the stale lock %s of dead process %s", self.path, pid)
+                stale = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.stale")
+                try:
+                    os.replace(self.path, stale)
+                    stale.unlink()
+                except FileNotFoundError:
+                    pass
+                continue
+            started = owner.get("started")
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "?"
+            raise StoreLockedError(
+                f"{self.store} is being built by another build-patches (pid {pid} on host {host}, "
+                f"since {since}); wait for it to finish, or delete {self.path} if that build is dead"
+            )
+        raise StoreLockedError(f"could not take the lock {self.path} of {self.store}; try again")
+
+    def release(self) -> None:
+        if self._owned:
+            owner = self._owner()
+            if owner and owner.get("pid") == os.getpid():
+                self.path.unlink(missing_ok=True)
+            self._owned = False
+
+    def __enter__(self) -> BuildLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class BuildState:
+    """The ``STORE.build/`` folder of an unfinished build: parameters, case list and done markers.
+
+    Args:
+        store: the store path; the state lives in ``STORE.build/``.
+    """
+
+    def __init__(self, store: Path):
+        self.store = Path(store)
+        self.root = sibling(self.store, BUILD_DIR_SUFFIX)
+
+    @property
+    def exists(self) -> bool:
+        return (self.root / BUILD_FILE).is_file()
+
+    def create(self, info: dict[str, Any]) -> None:
+        """Start a fresh state holding ``info`` (parameters, cases), dropping any older one."""
+        self.remove()
+        (self.root / DONE_DIR).mkdir(parents=True)
+        (self.root / PARTS_DIR).mkdir()
+        write_json_atomic(self.root / BUILD_FILE, info)
+
+    def read(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.root / BUILD_FILE).read_text())
+        except (OSError, ValueError) as err:
+            raise StoreError(f"cannot read the build state {self.root / BUILD_FILE}: {err}") from err
+
+    def marker_path(self, index: int) -> Path:
+        return self.root / DONE_DIR / f"{index:06d}.json"
+
+    def part_path(self, index: int) -> Path:
+        """Where the HDF5 chunks of case ``index`` are staged."""
+        return self.root / PARTS_DIR / f"{index:06d}.npz"
+
+    def mark_done(self, index: int, record: dict[str, Any]) -> None:
+        """Record case ``index`` as finished; call only once its data is written."""
+        write_json_atomic(self.marker_path(index), record)
+
+    def done(self) -> dict[int, dict[str, Any]]:
+        """Case index -> the record of every finished case."""
+        folder = self.root / DONE_DIR
+        if not folder.is_dir():
+            return {}
+        records = {}
+        for path in sorted(folder.glob("[0-9]*.json")):
+            records[int(path.stem)] = json.loads(path.read_text())
+        return records
+
+    def remove(self) -> None:
+        if self.root.exists():
+            shutil.rmtree(self.root)

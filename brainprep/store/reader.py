@@ -1,0 +1,311 @@
+"""Read a patch store (Zarr v3 or HDF5, local or remote) through one small API.
+
+``open_store(location)`` returns a :class:`PatchStore`; brainnet's DataLoader and the other commands use
+it. A ``PatchStore`` pickles as its location alone: each DataLoader worker process reopens its own
+handle on first use (an h5py handle or a zarr store must not be shared across processes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainprep.errors import StoreError, StoreIncompleteError
+from brainprep.params import BuildParams
+from brainprep.store import schema
+
+logger = logging.getLogger(__name__)
+
+URL_PREFIXES: tuple[str, ...] = ("http://", "https://", "s3://")
+
+
+@dataclass(frozen=True, eq=False)
+class PatchTable:
+    """The per-slot patch table, read once (N slots).
+
+    Attributes:
+        valid: bool (N,), slot holds a patch.
+        case: int32 (N,), case index, -1 for an empty slot.
+        corner: int32 (N, 3), (x, y, z) corner on the case's RAS grid.
+        tumour_fraction: float32 (N,), share of voxels with label > 0.
+        class_fractions: float32 (N, 3), shares of edema, non-enhancing, enhancing.
+        split: int8 (N,), 0 train, 1 val, -1 empty slot.
+    """
+
+    valid: np.ndarray
+    case: np.ndarray
+    corner: np.ndarray
+    tumour_fraction: np.ndarray
+    class_fractions: np.ndarray
+    split: np.ndarray
+
+
+def _is_remote(location: str) -> bool:
+    lower = location.lower()
+    return lower.startswith(URL_PREFIXES) or lower.endswith(".zip")
+
+
+def _format_of(location: str) -> str:
+    if location.lower().rstrip("/").endswith(schema.HDF5_SUFFIXES):
+        return "hdf5"
+    path = Path(location)
+    if not _is_remote(location) and path.is_file():
+        with path.open("rb") as f:
+            if f.read(8) == b"\x89HDF\r\n\x1a\n":
+                return "hdf5"
+    return "zarr"
+
+
+class PatchStore:
+    """An open patch store. Use :func:`open_store` to make one.
+
+    Attributes:
+        location: where the store lives (a path string or URL).
+        format: ``"zarr"`` or ``"hdf5"``.
+    """
+
+    def __init__(self, location: str | os.PathLike, *, require_complete: bool = True):
+        self.location = os.fspath(location)
+        self.format = _format_of(self.location)
+        self.require_complete = require_complete
+        self._handle: Any = None
+        self._images: Any = None
+        self._labels: Any = None
+        self._metadata: dict[str, Any] | None = None
+        self._table: PatchTable | None = None
+
+    # -- opening ---------------------------------------------------------------------------------
+    def _open(self) -> None:
+        if self._handle is not None:
+            return
+        if self.format == "hdf5":
+            self._open_hdf5()
+        else:
+            self._open_zarr()
+        self._images = self._handle[schema.IMAGES]
+        self._labels = self._handle[schema.LABELS]
+
+    def _missing(self) -> StoreError:
+        """The error for a location that holds no store: incomplete when a build state exists."""
+        if not _is_remote(self.location):
+            path = Path(self.location)
+            state = path.with_name(path.name + schema.BUILD_DIR_SUFFIX)
+            if state.is_dir():
+                return StoreIncompleteError(
+                    f"{path} is not complete: its build is still running or was interrupted "
+                    f"(state in {state}); rerun the same `brainprep build-patches` command to finish it"
+                )
+        return StoreError(f"no patch store at {self.location}")
+
+    def _open_zarr(self) -> None:
+        import zarr
+
+        if _is_remote(self.location):
+            from brainprep.store.remote import open_zarr_store
+
+            store = open_zarr_store(self.location)
+        else:
+            if not Path(self.location, "zarr.json").is_file():
+                raise self._missing()
+            store = self.location
+        try:
+            group = zarr.open_group(store, mode="r")
+        except (FileNotFoundError, KeyError, ValueError) as err:
+            raise StoreError(f"{self.location} is not a Zarr v3 patch store: {err}") from err
+        metadata = group.attrs.get(schema.ATTRS_KEY)
+        self._handle = group
+        self._check_metadata(metadata)
+
+    def _open_hdf5(self) -> None:
+        import h5py
+
+        if _is_remote(self.location):
+            from brainprep.store.remote import open_h5_file
+
+            handle = open_h5_file(self.location)
+        else:
+            if not Path(self.location).is_file():
+                raise self._missing()
+            handle = h5py.File(self.location, "r")
+        raw = handle.attrs.get(schema.ATTRS_KEY)
+        self._handle = handle
+        try:
+            metadata = json.loads(raw) if raw is not None else None
+        except (TypeError, ValueError):
+            metadata = None
+        self._check_metadata(metadata)
+
+    def _check_metadata(self, metadata: Any) -> None:
+        if not isinstance(metadata, dict) or "schema_version" not in metadata:
+            self.close()
+            raise StoreError(f"{self.location} has no '{schema.ATTRS_KEY}' metadata: not a brainprep store")
+        if metadata["schema_version"] > schema.SCHEMA_VERSION:
+            self.close()
+            raise StoreError(
+                f"{self.location} has schema version {metadata['schema_version']}, this brainprep reads "
+                f"up to {schema.SCHEMA_VERSION}; upgrade brainprep"
+            )
+        if self.require_complete and not metadata.get("complete", False):
+            self.close()
+            raise StoreIncompleteError(
+                f"{self.location} is not complete (complete=false): its build is still running or was "
+                "interrupted; rerun the same `brainprep build-patches` command to finish it "
+                "(or open with require_complete=False to inspect it)"
+            )
+        self._metadata = metadata
+
+    # -- metadata ---------------------------------------------------------------------------------
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The ``brainprep`` attribute (see :mod:`brainprep.store.schema`)."""
+        self._open()
+        assert self._metadata is not None  # set by _open; not an input check
+        return self._metadata
+
+    @property
+    def params(self) -> BuildParams:
+        return BuildParams.from_dict(self.metadata["params"])
+
+    @property
+    def cases(self) -> list[dict[str, Any]]:
+        return list(self.metadata["cases"])
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.images.shape[2:])  # type: ignore[return-value]
+
+    @property
+    def n_slots(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def images(self) -> Any:
+        """The underlying ``zarr.Array`` / ``h5py.Dataset`` (N, 4, X, Y, Z)."""
+        self._open()
+        return self._images
+
+    @property
+    def labels(self) -> Any:
+        """The underlying ``zarr.Array`` / ``h5py.Dataset`` (N, X, Y, Z) uint8."""
+        self._open()
+        return self._labels
+
+    @property
+    def table(self) -> PatchTable:
+        if self._table is None:
+            self._open()
+            read = {name: np.asarray(self._handle[name][...]) for name in schema.PATCH_TABLE_ARRAYS}
+            self._table = PatchTable(
+                valid=read[schema.PATCH_VALID].astype(bool),
+                case=read[schema.PATCH_CASE],
+                corner=read[schema.PATCH_CORNER],
+                tumour_fraction=read[schema.PATCH_TUMOUR_FRACTION],
+                class_fractions=read[schema.PATCH_CLASS_FRACTIONS],
+                split=read[schema.PATCH_SPLIT],
+            )
+        return self._table
+
+    def patch_indices(self, split: str | None = None) -> np.ndarray:
+        """int64 slots holding a patch, ascending; only those of ``split`` (``train``/``val``) if given."""
+        table = self.table
+        keep = table.valid.copy()
+        if split is not None:
+            if split not in schema.SPLIT_CODES:
+                raise StoreError(f"split must be one of {list(schema.SPLIT_CODES)}, got {split!r}")
+            keep &= table.split == schema.SPLIT_CODES[split]
+        return np.flatnonzero(keep).astype(np.int64)
+
+    # -- data -------------------------------------------------------------------------------------
+    def _check_slot(self, slot: int) -> int:
+        slot = int(slot)
+        if not 0 <= slot < self.n_slots:
+            raise IndexError(f"slot {slot} out of range [0, {self.n_slots}) in {self.location}")
+        return slot
+
+    def read_image(self, slot: int) -> np.ndarray:
+        """(4, X, Y, Z) image patch of ``slot`` in the store dtype."""
+        return np.asarray(self.images[self._check_slot(slot)])
+
+    def read_label(self, slot: int) -> np.ndarray:
+        """uint8 (X, Y, Z) label patch of ``slot``."""
+        return np.asarray(self.labels[self._check_slot(slot)])
+
+    def read_patches(self, slots: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Read several slots at once, in shard order, returned in the order asked.
+
+        Args:
+            slots: int (B,) slot indices (repeats allowed).
+
+        Returns:
+            (images (B, 4, X, Y, Z) store dtype, labels uint8 (B, X, Y, Z)).
+        """
+        slots = np.asarray(slots, dtype=np.int64).reshape(-1)
+        for slot in slots:
+            self._check_slot(slot)
+        unique, inverse = np.unique(slots, return_inverse=True)  # sorted: grouped by shard (case)
+        if self.format == "zarr":
+            # One orthogonal selection: zarr fetches each shard's index once and reads its chunks
+            # concurrently, instead of B independent small reads.
+            images = np.asarray(self.images.get_orthogonal_selection((unique,)))
+            labels = np.asarray(self.labels.get_orthogonal_selection((unique,)))
+        else:
+            images = np.empty((len(unique), *self.images.shape[1:]), dtype=self.images.dtype)
+            labels = np.empty((len(unique), *self.labels.shape[1:]), dtype=self.labels.dtype)
+            for i, slot in enumerate(unique):
+                self.images.read_direct(images, np.s_[slot], np.s_[i])
+                self.labels.read_direct(labels, np.s_[slot], np.s_[i])
+        return images[inverse], labels[inverse]
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def close(self) -> None:
+        handle, self._handle = self._handle, None
+        self._images = self._labels = None
+        if handle is not None and self.format == "hdf5":
+            from brainprep.store.remote import close_h5_file
+
+            close_h5_file(handle)
+
+    def __enter__(self) -> PatchStore:
+        self._open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"location": self.location, "require_complete": self.require_complete}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["location"], require_complete=state["require_complete"])  # type: ignore[misc]
+
+    def __len__(self) -> int:
+        return self.n_slots
+
+    def __repr__(self) -> str:
+        return f"PatchStore({self.location!r}, format={self.format!r})"
+
+
+def open_store(location: str | os.PathLike, *, require_complete: bool = True) -> PatchStore:
+    """Open a patch store for reading.
+
+    Args:
+        location: ``STORE.zarr`` folder, ``STORE.h5`` file, a packed ``.zip``, or an ``http(s)://`` /
+            ``s3://`` URL of either.
+        require_complete: refuse a store whose build has not finished (the default).
+
+    Returns:
+        The open :class:`PatchStore` (opened eagerly here, so problems show at once).
+
+    Raises:
+        StoreIncompleteError: the store's build is still running or was interrupted.
+        StoreError: nothing, or no brainprep store, at ``location``.
+    """
+    store = PatchStore(location, require_complete=require_complete)
+    store._open()
+    return store

@@ -1,0 +1,243 @@
+"""The build: patches equal the standardized source, determinism across workers and schedulers,
+kill -9 and resume, locks, parameter checks and bad cases. Small synthetic data (64x64x32, 32x32x8)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from brainprep.build import build_patches
+from brainprep.cli import main as cli
+from brainprep.errors import StoreIncompleteError
+from brainprep.params import BuildParams, SamplingParams, StandardizeParams
+from brainprep.read import discover_cases, read_case
+from brainprep.sample import extract_patch
+from brainprep.standardize import (
+    brain_mask,
+    nonzero_statistics,
+    standardize_patch_slices,
+    standardize_with_statistics,
+)
+from brainprep.store import open_store, schema
+from brainprep.store.lock import BuildLock
+from brainprep.synth import SynthParams, write_synthetic_dataset
+
+PATCH = (32, 32, 8)
+K = 4
+PARAMS = BuildParams(sampling=SamplingParams(patch_size=PATCH, patches_per_case=K), seed=11)
+CLI_OPTIONS = ["--patch-size", "32", "32", "8", "--patches-per-case", str(K), "--seed", "11", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four synthetic cases; BRATS_004 has a tumour too small for any valid patch."""
+    root = tmp_path_factory.mktemp("build")
+    return write_synthetic_dataset(root / "data", SynthParams(n_cases=4, shape=(64, 64, 32), seed=7))
+
+
+@pytest.fixture(scope="module")
+def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted one-worker build with PARAMS."""
+    store = tmp_path_factory.mktemp("reference") / "ref.zarr"
+    build_patches(data, store, PARAMS, workers=1)
+    return store
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    """Every array equal bit for bit, and the metadata equal apart from the build's timings."""
+    with open_store(a) as left, open_store(b) as right:
+        for name in (
+            schema.IMAGES,
+            schema.LABELS,
+            *schema.PATCH_TABLE_ARRAYS,
+            schema.CASE_MEAN,
+            schema.CASE_STD,
+        ):
+            x, y = np.asarray(left._handle[name][...]), np.asarray(right._handle[name][...])
+            assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), name
+        strip = ("summary",)
+        assert {k: v for k, v in left.metadata.items() if k not in strip} == {
+            k: v for k, v in right.metadata.items() if k not in strip
+        }
+
+
+def shard_bytes(store: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(store)): p.read_bytes()
+        for array in (schema.IMAGES, schema.LABELS)
+        for p in sorted((store / array).rglob("*"))
+        if p.is_file() and p.name != "zarr.json"
+    }
+
+
+@pytest.mark.parametrize("method", ["patch-slice", "volume-nonzero"])
+def test_every_patch_equals_the_standardized_source(data: Path, tmp_path: Path, method: str) -> None:
+    params = PARAMS.replace(standardize=StandardizeParams(method))
+    summary = build_patches(data, tmp_path / "s.zarr", params, workers=1)
+    assert summary.cases == 4 and summary.skipped == 1 and summary.patches == 3 * K
+    cases = {c.case_id: c for c in discover_cases(data).cases}
+    with open_store(tmp_path / "s.zarr") as store:
+        table = store.table
+        case_mean = np.asarray(store._handle[schema.CASE_MEAN][...])
+        for entry in store.cases:
+            if entry["n_patches"] == 0:
+                assert np.isnan(case_mean[entry["index"]]).all()
+                continue
+            source = read_case(cases[entry["case_id"]])
+            if method == "volume-nonzero":
+                mean, std = nonzero_statistics(source.image)
+                full = standardize_with_statistics(source.image, mean, std, mask=brain_mask(source.image))
+                np.testing.assert_array_equal(case_mean[entry["index"]], mean.astype(np.float32))
+                assert entry["mean"] == [float(v) for v in mean]
+            else:
+                assert np.isnan(case_mean[entry["index"]]).all() and "mean" not in entry
+            for slot in range(entry["index"] * K, entry["index"] * K + entry["n_patches"]):
+                corner = table.corner[slot]
+                if method == "volume-nonzero":
+                    expected = extract_patch(full, corner, PATCH)
+                else:
+                    expected = standardize_patch_slices(extract_patch(source.image, corner, PATCH))
+                np.testing.assert_array_equal(store.read_image(slot), expected.astype(np.float16))
+                np.testing.assert_array_equal(
+                    store.read_label(slot), extract_patch(source.label, corner, PATCH)
+                )
+
+
+def test_two_process_workers_give_the_same_bytes(data: Path, reference: Path, tmp_path: Path) -> None:
+    summary = build_patches(data, tmp_path / "two.zarr", PARAMS, workers=2)
+    assert summary.workers == 2
+    assert_same_store(reference, tmp_path / "two.zarr")
+    assert shard_bytes(reference) == shard_bytes(tmp_path / "two.zarr")
+
+
+def test_local_cluster_build_equals_local_build(data: Path, reference: Path, tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        summary = build_patches(data, tmp_path / "cluster.zarr", PARAMS, scheduler=client)
+        assert summary.workers == 2
+        build_patches(data, tmp_path / "cluster.h5", PARAMS, scheduler=cluster.scheduler_address)
+    assert_same_store(reference, tmp_path / "cluster.zarr")
+    assert shard_bytes(reference) == shard_bytes(tmp_path / "cluster.zarr")
+    with open_store(reference) as z, open_store(tmp_path / "cluster.h5") as h:
+        np.testing.assert_array_equal(np.asarray(z.images[...]), h.images[...])
+
+
+def test_kill_and_resume_ends_with_the_uninterrupted_store(tmp_path: Path) -> None:
+    data = write_synthetic_dataset(
+        tmp_path / "data", SynthParams(n_cases=6, shape=(64, 64, 32), seed=2, small_tumour_every=0)
+    )
+    params = PARAMS.replace(sampling=SamplingParams(patch_size=PATCH, patches_per_case=8))
+    options = [*CLI_OPTIONS[:4], "--patches-per-case", "8", "--seed", "11", "--no-progress", "--workers", "1"]
+    store = tmp_path / "s.zarr"
+    done = tmp_path / "s.zarr.build" / "done"
+    launcher = "from brainprep.cli import main; main()"
+    command = [sys.executable, "-c", launcher, "build-patches", str(data), str(store), *options]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while not (done.is_dir() and any(done.glob("*.json"))):
+        assert process.poll() is None, f"build ended before it could be killed: {process.stderr.read()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    n_done = len(list(done.glob("*.json")))
+    assert 1 <= n_done < 6
+    with pytest.raises(StoreIncompleteError, match="not complete"):
+        open_store(store)
+
+    runner = CliRunner()
+    other = runner.invoke(
+        cli, ["build-patches", str(data), str(store), *options[:4], "--patches-per-case", "4"]
+    )
+    assert other.exit_code == 1
+    assert "sampling.patches_per_case (interrupted build: 8, this build: 4)" in other.output
+
+    resumed = runner.invoke(cli, ["build-patches", str(data), str(store), *options])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"({n_done} done before resuming)" in resumed.output
+    assert not (tmp_path / "s.zarr.build").exists() and not (tmp_path / "s.zarr.lock").exists()
+    build_patches(data, tmp_path / "whole.zarr", params, workers=1)
+    assert_same_store(tmp_path / "whole.zarr", store)
+    assert shard_bytes(tmp_path / "whole.zarr") == shard_bytes(store)
+
+
+def test_concurrent_build_is_refused(data: Path, tmp_path: Path) -> None:
+    store = tmp_path / "s.zarr"
+    with BuildLock(store):
+        result = CliRunner().invoke(cli, ["build-patches", str(data), str(store), *CLI_OPTIONS])
+    assert result.exit_code == 1
+    assert f"pid {os.getpid()}" in result.output and "being built by another build-patches" in result.output
+    assert not store.exists()
+
+
+def test_complete_store_is_refused_unless_overwrite(data: Path, reference: Path, tmp_path: Path) -> None:
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reference, store)
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["build-patches", str(data), str(store), *CLI_OPTIONS, "--workers", "1"])
+    assert refused.exit_code == 1 and "already exists and is complete" in refused.output
+    again = runner.invoke(
+        cli, ["build-patches", str(data), str(store), *CLI_OPTIONS, "--workers", "1", "--overwrite"]
+    )
+    assert again.exit_code == 0, again.output
+    assert "4 cases, 12 patches, 1 skipped" in again.output
+    assert_same_store(reference, store)
+
+
+def test_foreign_folder_is_never_overwritten(data: Path, tmp_path: Path) -> None:
+    store = tmp_path / "mine.zarr"
+    store.mkdir()
+    (store / "precious.txt").write_text("keep me")
+    result = CliRunner().invoke(cli, ["build-patches", str(data), str(store), *CLI_OPTIONS, "--overwrite"])
+    assert result.exit_code == 1 and "not a brainprep patch store" in result.output
+    assert (store / "precious.txt").read_text() == "keep me"
+
+
+def test_bad_cases_stop_before_writing_or_are_recorded(data: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "data"
+    shutil.copytree(data, broken)
+    label_path = broken / "labelsTr" / "BRATS_002.nii.gz"
+    label = nib.load(label_path)
+    values = np.asarray(label.dataobj).copy()
+    values[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(values, label.affine, label.header), label_path)
+    (broken / "imagesTr" / "BRATS_003.nii.gz").unlink()
+    store = tmp_path / "s.zarr"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["build-patches", str(broken), str(store), *CLI_OPTIONS, "--workers", "1"])
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if "case BRATS_00" in line]
+    assert len(lines) == 2
+    assert "found {7}" in lines[0] and "labelsTr/BRATS_002.nii.gz" in lines[0]
+    assert "file not found" in lines[1] and "imagesTr/BRATS_003.nii.gz" in lines[1]
+    assert "2 bad case(s), nothing written" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no store, lock or build state
+
+    skipped = runner.invoke(
+        cli, ["build-patches", str(broken), str(store), *CLI_OPTIONS, "--workers", "1", "--skip-bad"]
+    )
+    assert skipped.exit_code == 0, skipped.output
+    with open_store(store) as opened:
+        by_id = {c["case_id"]: c for c in opened.cases}
+        for case_id, problem in (("BRATS_002", "found {7}"), ("BRATS_003", "file not found")):
+            case = by_id[case_id]
+            assert case["n_patches"] == 0 and case["skip_reason"].startswith("bad case: ")
+            assert problem in case["skip_reason"]
+            assert not opened.table.valid[case["index"] * K : (case["index"] + 1) * K].any()
+        assert by_id["BRATS_001"]["n_patches"] == K and opened.metadata["summary"]["skipped"] == 3

@@ -1,0 +1,213 @@
+"""The patch store: reader API, plain zarr / h5py access, exact patch table, locks and completeness.
+
+One small synthetic dataset (5 cases of 64x64x32, the 4th with a tumour too small for any patch) is built
+once per module into a Zarr and an HDF5 store (one worker, in process); the tests read them back.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+
+from brainprep.build import build_patches
+from brainprep.errors import StoreError, StoreIncompleteError, StoreLockedError
+from brainprep.params import BuildParams, SamplingParams
+from brainprep.sample import patch_fractions
+from brainprep.store import PatchStore, open_store, schema
+from brainprep.store.lock import BuildLock, BuildState
+from brainprep.store.zarr_store import set_metadata_zarr
+from brainprep.synth import SynthParams, write_synthetic_dataset
+
+PATCH = (32, 32, 8)
+K = 4
+N_CASES = 5
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("store")
+    data = write_synthetic_dataset(root / "data", SynthParams(n_cases=N_CASES, shape=(64, 64, 32), seed=3))
+    params = BuildParams(sampling=SamplingParams(patch_size=PATCH, patches_per_case=K), seed=5)
+    build_patches(data, root / "s.zarr", params, workers=1)
+    build_patches(data, root / "s.h5", params, workers=1)
+    return {"data": data, "zarr": root / "s.zarr", "hdf5": root / "s.h5", "root": root}
+
+
+@pytest.fixture(params=["zarr", "hdf5"])
+def store(request: pytest.FixtureRequest, built: dict[str, Path]) -> PatchStore:
+    with open_store(built[request.param]) as opened:
+        yield opened
+
+
+def test_shapes_dtypes_and_metadata(store: PatchStore) -> None:
+    assert store.images.shape == (N_CASES * K, 4, *PATCH)
+    assert store.images.dtype == np.float16
+    assert store.labels.shape == (N_CASES * K, *PATCH)
+    assert store.labels.dtype == np.uint8
+    assert store.patch_size == PATCH and store.n_slots == N_CASES * K
+    meta = store.metadata
+    assert meta["complete"] is True and meta["schema_version"] == schema.SCHEMA_VERSION
+    assert store.params.sampling.patches_per_case == K and store.params.seed == 5
+    assert store.params.store.format == store.format
+    assert [c["case_id"] for c in store.cases] == [f"BRATS_{i:03d}" for i in range(1, N_CASES + 1)]
+    assert len(meta["source"]["fingerprint"]) == 64
+    for case in store.cases:
+        for record in case["files"]:
+            assert (
+                not Path(record["path"]).is_absolute() and record["size"] > 0 and len(record["sha256"]) == 64
+            )
+
+
+def test_tumour_fractions_match_stored_labels_exactly(store: PatchStore) -> None:
+    table = store.table
+    labels = np.asarray(store.labels[...])
+    volume = np.prod(PATCH)
+    for slot in range(store.n_slots):
+        if not table.valid[slot]:
+            assert table.case[slot] == -1 and table.split[slot] == -1 and not labels[slot].any()
+            continue
+        tumour = np.float32(np.count_nonzero(labels[slot]) / volume)
+        assert table.tumour_fraction[slot] == tumour
+        assert table.tumour_fraction[slot] > 0.05  # the sampler kept only valid corners
+        _, classes = patch_fractions(labels[slot])
+        np.testing.assert_array_equal(table.class_fractions[slot], classes)
+        assert table.case[slot] == slot // K
+
+
+def test_skipped_case_is_recorded_with_its_best_fraction(store: PatchStore) -> None:
+    skipped = [c for c in store.cases if c["n_patches"] == 0]
+    assert [c["case_id"] for c in skipped] == ["BRATS_004"]  # small_tumour_every=4
+    case = skipped[0]
+    assert "no 32x32x8 corner" in case["skip_reason"] and case["valid_corner_share"] == 0.0
+    assert 0.0 < case["best_tumour_fraction"] <= 0.05
+    assert not store.table.valid[case["index"] * K : (case["index"] + 1) * K].any()
+    assert store.metadata["summary"]["skipped"] == 1
+
+
+def test_patch_indices_and_splits(store: PatchStore) -> None:
+    table = store.table
+    every = store.patch_indices()
+    assert every.dtype == np.int64
+    np.testing.assert_array_equal(every, np.flatnonzero(table.valid))
+    train, val = store.patch_indices("train"), store.patch_indices("val")
+    assert len(train) + len(val) == len(every) and not set(train) & set(val)
+    split_of = {c["index"]: c["split"] for c in store.cases}
+    for slot in train:
+        assert split_of[int(table.case[slot])] == "train"
+    for slot in val:
+        assert split_of[int(table.case[slot])] == "val"
+    with pytest.raises(StoreError, match="split must be one of"):
+        store.patch_indices("test")
+
+
+def test_read_patches_returns_the_asked_order(store: PatchStore) -> None:
+    slots = [9, 1, 9, 0, 14]
+    images, labels = store.read_patches(slots)
+    assert images.shape == (5, 4, *PATCH) and images.dtype == np.float16
+    for i, slot in enumerate(slots):
+        np.testing.assert_array_equal(images[i], store.read_image(slot))
+        np.testing.assert_array_equal(labels[i], store.read_label(slot))
+    with pytest.raises(IndexError):
+        store.read_image(store.n_slots)
+
+
+def test_plain_zarr_and_h5py_read_without_brainprep(built: dict[str, Path]) -> None:
+    with open_store(built["zarr"]) as store:
+        expected_image, expected_label = store.read_image(6), store.read_label(6)
+    group = zarr.open_group(str(built["zarr"]), mode="r")
+    np.testing.assert_array_equal(group["images"][6], expected_image)
+    np.testing.assert_array_equal(group["labels"][6], expected_label)
+    assert group.attrs["brainprep"]["complete"] is True
+    assert group["images"].shards == (K, 4, *PATCH) and group["images"].chunks == (1, 4, *PATCH)
+    assert type(group["images"].compressors[0]).__name__ == "BloscCodec"
+    with h5py.File(built["hdf5"], "r") as f:
+        np.testing.assert_array_equal(f["images"][6], expected_image)
+        np.testing.assert_array_equal(f["labels"][6], expected_label)
+        assert f["images"].compression == "gzip" and f["images"].shuffle
+        assert f["images"].chunks == (1, 4, *PATCH)
+        assert json.loads(f.attrs["brainprep"])["complete"] is True
+
+
+def test_plain_read_in_a_fresh_interpreter(built: dict[str, Path]) -> None:
+    """Nothing of brainprep is imported: the stores open with zarr / h5py alone."""
+    code = (
+        "import sys, zarr, h5py, numpy as np\n"
+        f"z = zarr.open_group({str(built['zarr'])!r}, mode='r')['images'][3]\n"
+        f"h = h5py.File({str(built['hdf5'])!r}, 'r')['images'][3]\n"
+        "assert 'brainprep' not in sys.modules\n"
+        "print(int(np.array_equal(z, h)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+
+
+def test_hdf5_and_zarr_hold_the_same_content(built: dict[str, Path]) -> None:
+    with open_store(built["zarr"]) as z, open_store(built["hdf5"]) as h:
+        np.testing.assert_array_equal(np.asarray(z.images[...]), h.images[...])
+        np.testing.assert_array_equal(np.asarray(z.labels[...]), h.labels[...])
+        for name in ("valid", "case", "corner", "tumour_fraction", "class_fractions", "split"):
+            np.testing.assert_array_equal(getattr(z.table, name), getattr(h.table, name))
+        zmeta = {k: v for k, v in z.metadata.items() if k not in ("summary", "params")}
+        hmeta = {k: v for k, v in h.metadata.items() if k not in ("summary", "params")}
+        assert zmeta == hmeta
+
+
+def test_pickling_keeps_only_the_location(store: PatchStore) -> None:
+    store.table  # noqa: B018 - load the cached table
+    state = pickle.dumps(store)
+    assert len(state) < 500
+    clone = pickle.loads(state)
+    assert clone.location == store.location and clone._handle is None
+    np.testing.assert_array_equal(clone.read_image(2), store.read_image(2))
+    clone.close()
+
+
+def test_incomplete_zarr_store_is_refused(built: dict[str, Path], tmp_path: Path) -> None:
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(built["zarr"], copy)
+    meta = open_store(copy).metadata
+    set_metadata_zarr(copy, {**meta, "complete": False})
+    with pytest.raises(StoreIncompleteError, match=r"not complete.*build-patches"):
+        open_store(copy)
+    with open_store(copy, require_complete=False) as partial:
+        assert partial.metadata["complete"] is False
+
+
+def test_hdf5_build_in_progress_is_refused(tmp_path: Path) -> None:
+    store = tmp_path / "s.h5"
+    BuildState(store).create({"params": {}})
+    with pytest.raises(StoreIncompleteError, match="interrupted"):
+        open_store(store)
+
+
+def test_not_a_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no patch store"):
+        open_store(tmp_path / "missing.zarr")
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w")
+    with pytest.raises(StoreError, match="not a brainprep store"):
+        open_store(tmp_path / "other.zarr")
+
+
+def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path: Path) -> None:
+    store = tmp_path / "s.zarr"
+    with BuildLock(store) as lock:
+        assert json.loads(lock.path.read_text())["pid"] > 0
+        with pytest.raises(StoreLockedError, match="being built by another build-patches"):
+            BuildLock(store).acquire()
+    assert not lock.path.exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.path.write_text(
+        json.dumps({"pid": dead.pid, "host": __import__("socket").gethostname(), "started": 0})
+    )
+    with BuildLock(store):
+        assert json.loads(lock.path.read_text())["pid"] != dead.pid
