@@ -1,0 +1,100 @@
+"""``brainprep manifest``, ``brainprep verify`` and ``brainprep pack``: record, check and share a store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from brainprep.errors import BrainprepError
+
+
+def _store_location(value: str) -> str:
+    """A URL as is; a local path must exist (click.BadParameter otherwise)."""
+    from brainprep.store.remote import is_url
+
+    if not is_url(value) and not Path(value).exists():
+        raise click.BadParameter(f"{value} does not exist", param_hint="STORE")
+    return value
+
+
+@click.command("manifest")
+@click.argument("store")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    required=True,
+    help="Manifest JSON to write, e.g. manifests/NAME.json.",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar while hashing.")
+def manifest(store: str, output: Path, progress: bool) -> None:
+    """Write the manifest of STORE (folder, .zarr.zip, .h5 or URL): parameters, cases, split, array
+    schema and a sha256 per shard/chunk."""
+    from brainprep.manifest import write_manifest
+
+    location = _store_location(store)
+    try:
+        written = write_manifest(location, output, progress=progress)
+    except BrainprepError as error:
+        raise click.ClickException(str(error)) from None
+    n_chunks = sum(len(array["stored"]) for array in written["arrays"].values())
+    click.echo(
+        f"{output}: {len(written['cases'])} cases, {len(written['arrays'])} arrays, {n_chunks} chunks hashed"
+    )
+
+
+@click.command("verify")
+@click.argument("store")
+@click.option(
+    "--manifest",
+    "manifest_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Compare every hash with this manifest. Without it, check the store's internal consistency.",
+)
+@click.option(
+    "--images/--no-images",
+    default=True,
+    show_default=True,
+    help="Without --manifest: also decode every image patch and check it is finite.",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
+def verify(store: str, manifest_path: Path | None, images: bool, progress: bool) -> None:
+    """Verify STORE against a manifest (or its own patch table); print every difference, naming the array,
+    shard/chunk, patch slots and case. Exit status 1 on any difference, 0 when all match."""
+    from brainprep.manifest import check_store_consistency, load_manifest, verify_against_manifest
+
+    location = _store_location(store)
+    try:
+        if manifest_path is not None:
+            differences = verify_against_manifest(location, load_manifest(manifest_path), progress=progress)
+            what = f"manifest {manifest_path}"
+        else:
+            differences = check_store_consistency(location, check_images=images, progress=progress)
+            what = "its own patch table and labels"
+    except BrainprepError as error:
+        raise click.ClickException(str(error)) from None
+    for difference in differences:
+        click.echo(str(difference))
+    if differences:
+        click.echo(f"{store}: {len(differences)} difference(s) from {what}", err=True)
+        raise SystemExit(1)
+    click.echo(f"{store}: OK, matches {what}")
+
+
+@click.command("pack")
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("output", type=click.Path(dir_okay=False, writable=True, path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
+def pack(store: Path, output: Path, overwrite: bool, progress: bool) -> None:
+    """Pack a complete Zarr STORE folder into one OUTPUT .zarr.zip (uncompressed zip of the compressed
+    shards); open_store reads it like the folder."""
+    from brainprep.pack import pack_store
+
+    try:
+        pack_store(store, output, progress=progress, overwrite=overwrite)
+    except BrainprepError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{output}: {output.stat().st_size} bytes")

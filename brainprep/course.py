@@ -1,0 +1,475 @@
+"""Import the "AI for Medicine" course's legacy patch folder into a patch store.
+
+The course wrote one HDF5 file per patch, ``BRATS_NNN.nii.gz_K_xX_yY_zZ.h5`` (case, 1-based patch index,
+corner), holding ``x`` float64 (4, 160, 160, 16) RAW intensities (FLAIR, T1w, T1gd, T2w) and ``y`` float64
+(160, 160, 16, 4) one-hot labels, channels LAST, over background / edema / non-enhancing / enhancing; a
+``config.json`` ``{"train": [file names], "valid": [file names]}`` names the split. Everything about a patch
+but its pixels lives in its file name, which this module turns into the store's patch table.
+
+The import standardizes each patch as the course's loader did (each channel of each z-slice to mean 0 /
+std 1, :func:`brainprep.standardize.standardize_patch_slices`), stores labels as the argmax of ``y`` (MSD
+labels 0..3) and keeps the course's patch index: patch ``K`` of a case goes to slot ``K - 1`` of that case,
+so a file left out leaves an empty slot rather than shifting the others. The corners are on the MSD
+Task01 array grid the course read with nibabel (identity affine, so also the RAS grid of the schema).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainprep.errors import ConfigError, InvalidValueError, ShapeMismatchError, UnreadableFileError
+from brainprep.manifest import label_fractions
+from brainprep.params import BuildParams, SamplingParams, SplitParams, StoreParams
+from brainprep.standardize import standardize_patch_slices
+from brainprep.store import schema
+from brainprep.store.remote import store_format
+
+logger = logging.getLogger(__name__)
+
+#: ``BRATS_009.nii.gz_4_x16_y62_z63.h5`` -> case BRATS_009, patch 4, corner (16, 62, 63).
+PATCH_NAME = re.compile(
+    r"^(?P<case>.+?)\.nii(?:\.gz)?_(?P<index>\d+)_x(?P<x>\d+)_y(?P<y>\d+)_z(?P<z>\d+)\.h5$"
+)
+CONFIG_FILE = "config.json"
+#: config.json split names -> store split names.
+COURSE_SPLITS: dict[str, str] = {"train": "train", "valid": "val"}
+#: What to do with patch files on disk that config.json does not list.
+UNLISTED_POLICIES: tuple[str, ...] = ("skip", "train")
+N_CLASSES = 4
+#: The course's get_sub_volume threshold (background share < 0.95).
+COURSE_BACKGROUND_THRESHOLD = 0.95
+
+
+@dataclass(frozen=True)
+class CoursePatch:
+    """One legacy patch file.
+
+    Attributes:
+        path: the ``.h5`` file.
+        case_id: ``BRATS_009``.
+        index: the course's 1-based patch index ``K`` of the name.
+        corner: (x, y, z) from the name.
+        split: ``train`` or ``val``.
+    """
+
+    path: Path
+    case_id: str
+    index: int
+    corner: tuple[int, int, int]
+    split: str
+
+
+@dataclass(frozen=True)
+class CourseImport:
+    """What :func:`import_course` did.
+
+    Attributes:
+        store: the store written.
+        n_patches: patches written.
+        cases: ``{case_id: split}``.
+        unlisted: file names on disk but not in config.json (skipped or imported as train, by
+            ``unlisted_policy``).
+        missing: file names listed in config.json but not on disk.
+        unlisted_policy: ``skip`` or ``train``.
+        seconds: wall time of the import.
+    """
+
+    store: Path
+    n_patches: int
+    cases: dict[str, str]
+    unlisted: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    unlisted_policy: str = "skip"
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure pieces.
+
+
+def parse_patch_name(name: str) -> tuple[str, int, tuple[int, int, int]]:
+    """``(case_id, index, corner)`` from a course file name.
+
+    Raises:
+        ConfigError: the name does not follow ``CASE.nii.gz_K_xX_yY_zZ.h5``.
+    """
+    match = PATCH_NAME.match(name)
+    if match is None:
+        raise ConfigError(
+            f"course patch file name must look like BRATS_NNN.nii.gz_K_xX_yY_zZ.h5, found {name!r}"
+        )
+    corner = (int(match["x"]), int(match["y"]), int(match["z"]))
+    return match["case"], int(match["index"]), corner
+
+
+def onehot_to_labels(y: np.ndarray, *, path: Path | None = None, case_id: str | None = None) -> np.ndarray:
+    """MSD labels from the course's channels-last one-hot.
+
+    Args:
+        y: float (X, Y, Z, 4), one-hot over background, edema, non-enhancing, enhancing.
+
+    Returns:
+        uint8 (X, Y, Z), the index of the 1 of each voxel.
+
+    Raises:
+        ShapeMismatchError: ``y`` is not (X, Y, Z, 4).
+        InvalidValueError: a value is not 0 or 1, or a voxel has no or several ones.
+    """
+    if y.ndim != 4 or y.shape[-1] != N_CLASSES:
+        raise ShapeMismatchError(
+            f"y must be one-hot (X, Y, Z, {N_CLASSES}) channels last, found shape {y.shape}",
+            case_id=case_id,
+            path=path,
+        )
+    not_binary = ~((y == 0) | (y == 1))
+    if not_binary.any():
+        bad = np.unique(y[not_binary])[:5].tolist()
+        raise InvalidValueError(f"y must hold only 0 and 1, found {bad}", case_id=case_id, path=path)
+    ones = y.sum(axis=-1)
+    if not (ones == 1).all():
+        voxel = tuple(int(i) for i in np.argwhere(ones != 1)[0])
+        raise InvalidValueError(
+            f"y must have exactly one 1 per voxel, found {int(ones[voxel])} at voxel {voxel} "
+            f"({int((ones != 1).sum())} such voxels)",
+            case_id=case_id,
+            path=path,
+        )
+    return np.argmax(y, axis=-1).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-file I/O.
+
+
+def read_course_patch(patch: CoursePatch, patch_size: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Read, check and convert one legacy patch file.
+
+    Returns:
+        ``(image, label)``: float32 (4, X, Y, Z) standardized per channel and z-slice; uint8 (X, Y, Z).
+    """
+    import h5py
+
+    try:
+        with h5py.File(patch.path, "r") as handle:
+            x = handle["x"][()]
+            y = handle["y"][()]
+    except (OSError, KeyError) as error:
+        raise UnreadableFileError(
+            f"cannot read datasets x and y: {error}", case_id=patch.case_id, path=patch.path
+        ) from None
+    if x.shape != (schema.N_CHANNELS, *patch_size):
+        raise ShapeMismatchError(
+            f"x must be ({schema.N_CHANNELS}, {', '.join(map(str, patch_size))}), found {x.shape}",
+            case_id=patch.case_id,
+            path=patch.path,
+        )
+    if y.shape[:3] != patch_size:
+        raise ShapeMismatchError(
+            f"y must be ({', '.join(map(str, patch_size))}, {N_CLASSES}), found {y.shape}",
+            case_id=patch.case_id,
+            path=patch.path,
+        )
+    if not np.isfinite(x).all():
+        raise InvalidValueError("x holds NaN or Inf", case_id=patch.case_id, path=patch.path)
+    label = onehot_to_labels(y, path=patch.path, case_id=patch.case_id)
+    return standardize_patch_slices(x), label
+
+
+def _file_record(path: Path, root: Path) -> dict[str, Any]:
+    data = path.read_bytes()
+    return {
+        "path": path.relative_to(root).as_posix(),
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Discovery.
+
+
+def discover_course_patches(
+    source: Path, unlisted_policy: str = "skip"
+) -> tuple[list[CoursePatch], tuple[str, ...], tuple[str, ...]]:
+    """Find the patch files under ``source`` and give each its split from ``source/config.json``.
+
+    Returns:
+        ``(patches, unlisted, missing)``: patches sorted by case and index (unlisted ones included only with
+        ``unlisted_policy="train"``), file names on disk that config.json does not list, and file names it
+        lists that are not on disk.
+
+    Raises:
+        ConfigError: bad policy, missing or malformed config.json, a case in two splits, two files with the
+            same case and index, or no patch file at all.
+    """
+    if unlisted_policy not in UNLISTED_POLICIES:
+        raise ConfigError(f"unlisted policy must be one of {UNLISTED_POLICIES}, got {unlisted_policy!r}")
+    config_path = source / CONFIG_FILE
+    try:
+        config = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"course folder {source} has no {CONFIG_FILE}") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{config_path} is not readable JSON: {error}") from None
+    if not isinstance(config, dict) or set(config) - set(COURSE_SPLITS):
+        found = sorted(config) if isinstance(config, dict) else type(config).__name__
+        raise ConfigError(f'{config_path} must be {{"train": [...], "valid": [...]}}, found {found}')
+    listed: dict[str, str] = {}
+    for course_split, names in config.items():
+        for name in names:
+            listed[name] = COURSE_SPLITS[course_split]
+    files = {path.name: path for path in sorted(source.rglob("*.h5"))}
+    if not files:
+        raise ConfigError(f"course folder {source} holds no .h5 patch file")
+    unlisted = tuple(sorted(set(files) - set(listed)))
+    missing = tuple(sorted(set(listed) - set(files)))
+    patches, seen, case_split = [], {}, {}
+    for name, path in files.items():
+        split = listed.get(name, "train" if unlisted_policy == "train" else None)
+        if split is None:
+            continue
+        case_id, index, corner = parse_patch_name(name)
+        if case_split.setdefault(case_id, split) != split:
+            raise ConfigError(f"{config_path}: case {case_id} has patches in both train and val ({name})")
+        if (case_id, index) in seen:
+            raise ConfigError(
+                f"two files hold patch {index} of case {case_id}: {seen[case_id, index]} and {name}"
+            )
+        seen[case_id, index] = name
+        patches.append(CoursePatch(path, case_id, index, corner, split))
+    patches.sort(key=lambda p: (p.case_id, p.index))
+    return patches, unlisted, missing
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Driver.
+
+
+def import_course(
+    source: Path,
+    store: Path,
+    *,
+    unlisted_policy: str = "skip",
+    store_params: StoreParams | None = None,
+    progress: bool = False,
+) -> CourseImport:
+    """Convert a legacy course patch folder into a complete Zarr v3 (``*.zarr``) or HDF5 (``*.h5``) store.
+
+    Every case gets K slots, K = the largest patch index found; patch ``k`` of a case goes to slot
+    ``case_index * K + k - 1``. The store's ``params`` record what is known of the course's build: patch
+    size, K, threshold 0.95, the rejection sampler and the patch-slice standardization.
+
+    Args:
+        source: the course folder (``config.json`` and the ``.h5`` files, in subfolders or not).
+        store: output store; its suffix picks the format (replaced if it exists).
+        unlisted_policy: ``skip`` files not in config.json, or put them in ``train``.
+        store_params: dtype and compression level (its ``format`` is taken from the suffix).
+        progress: tqdm bar over cases.
+    """
+    from brainprep import __version__
+
+    start = time.perf_counter()
+    source, store = Path(source), Path(store)
+    fmt = store_format(store)
+    store_params = (store_params or StoreParams()).replace(format=fmt)
+    patches, unlisted, missing = discover_course_patches(source, unlisted_policy)
+    # INFO, not WARNING: the result (and the CLI) lists them; config.json of the course omits 3 train files.
+    for name in unlisted:
+        action = "skipped" if unlisted_policy == "skip" else "imported as train"
+        logger.info("%s: %s is not in config.json; %s", source, name, action)
+    for name in missing:
+        logger.info("%s: config.json lists %s, which is not on disk", source, name)
+    if not patches:
+        raise ConfigError(f"course folder {source}: no patch file is listed in config.json")
+
+    by_case: dict[str, list[CoursePatch]] = defaultdict(list)
+    for patch in patches:
+        by_case[patch.case_id].append(patch)
+    case_ids = sorted(by_case)
+    per_case = max(p.index for p in patches)
+    patch_size = _patch_size(patches[0])
+    layout = schema.StoreLayout(
+        len(case_ids), per_case, patch_size, store_params.dtype, store_params.compression_level
+    )
+    params = BuildParams(
+        sampling=SamplingParams(patch_size, per_case, COURSE_BACKGROUND_THRESHOLD, sampler="rejection"),
+        store=store_params,
+        split=SplitParams(val_fraction=0.0, split_file=str(source / CONFIG_FILE)),
+    )
+    table = _empty_table(layout.n_slots)
+    records = []
+    writer = _ZarrWriter(store, layout) if fmt == "zarr" else _Hdf5Writer(store, layout)
+    metadata = _metadata(__version__, params, source, records, complete=False)
+    writer.create(metadata)
+    iterator = case_ids
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(case_ids, desc="importing cases", unit="case")
+    for case_index, case_id in enumerate(iterator):
+        images = np.zeros((per_case, schema.N_CHANNELS, *patch_size), dtype=store_params.dtype)
+        labels = np.zeros((per_case, *patch_size), dtype=np.uint8)
+        for patch in by_case[case_id]:
+            image, label = read_course_patch(patch, patch_size)
+            offset = patch.index - 1
+            images[offset], labels[offset] = image, label
+            slot = case_index * per_case + offset
+            tumour, classes = label_fractions(label)
+            table[schema.PATCH_VALID][slot] = True
+            table[schema.PATCH_CASE][slot] = case_index
+            table[schema.PATCH_CORNER][slot] = patch.corner
+            table[schema.PATCH_TUMOUR_FRACTION][slot] = tumour
+            table[schema.PATCH_CLASS_FRACTIONS][slot] = classes
+            table[schema.PATCH_SPLIT][slot] = schema.SPLIT_CODES[patch.split]
+        writer.write_case(case_index, images, labels)
+        case_rows = by_case[case_id]
+        fractions = table[schema.PATCH_TUMOUR_FRACTION][case_index * per_case : (case_index + 1) * per_case]
+        records.append(
+            {
+                "index": case_index,
+                "case_id": case_id,
+                "split": case_rows[0].split,
+                "files": [_file_record(p.path, source) for p in case_rows],
+                "n_patches": len(case_rows),
+                "n_slots": per_case,
+                "valid_corner_share": None,
+                "best_tumour_fraction": float(fractions.max()),
+                "skip_reason": None
+                if len(case_rows) == per_case
+                else f"{per_case - len(case_rows)} of {per_case} course patches not imported",
+            }
+        )
+    n_patches = len(patches)
+    metadata = _metadata(__version__, params, source, records, complete=True)
+    metadata["summary"] = {
+        "cases": len(case_ids),
+        "patches": n_patches,
+        "skipped": 0,
+        "seconds": round(time.perf_counter() - start, 3),
+        "unlisted_files": list(unlisted),
+        "unlisted_policy": unlisted_policy,
+        "missing_files": list(missing),
+    }
+    table[schema.CASE_MEAN] = np.full((len(case_ids), schema.N_CHANNELS), np.nan, dtype=np.float32)
+    table[schema.CASE_STD] = np.full((len(case_ids), schema.N_CHANNELS), np.nan, dtype=np.float32)
+    writer.finish(table, metadata)
+    logger.info("imported %d course patches of %d cases into %s", n_patches, len(case_ids), store)
+    return CourseImport(
+        store=store,
+        n_patches=n_patches,
+        cases={case_id: by_case[case_id][0].split for case_id in case_ids},
+        unlisted=unlisted,
+        missing=missing,
+        unlisted_policy=unlisted_policy,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _patch_size(patch: CoursePatch) -> tuple[int, int, int]:
+    import h5py
+
+    with h5py.File(patch.path, "r") as handle:
+        shape = handle["x"].shape
+    if len(shape) != 4 or shape[0] != schema.N_CHANNELS:
+        raise ShapeMismatchError(
+            f"x must be ({schema.N_CHANNELS}, X, Y, Z), found {shape}", case_id=patch.case_id, path=patch.path
+        )
+    return (int(shape[1]), int(shape[2]), int(shape[3]))
+
+
+def _empty_table(n_slots: int) -> dict[str, np.ndarray]:
+    return {
+        schema.PATCH_VALID: np.zeros(n_slots, dtype=bool),
+        schema.PATCH_CASE: np.full(n_slots, schema.EMPTY_SLOT, dtype=np.int32),
+        schema.PATCH_CORNER: np.zeros((n_slots, 3), dtype=np.int32),
+        schema.PATCH_TUMOUR_FRACTION: np.zeros(n_slots, dtype=np.float32),
+        schema.PATCH_CLASS_FRACTIONS: np.zeros((n_slots, 3), dtype=np.float32),
+        schema.PATCH_SPLIT: np.full(n_slots, schema.EMPTY_SLOT, dtype=np.int8),
+    }
+
+
+def _metadata(
+    version: str, params: BuildParams, source: Path, records: list, *, complete: bool
+) -> dict[str, Any]:
+    digests = sorted(f["sha256"] for record in records for f in record["files"])
+    return {
+        "schema_version": schema.SCHEMA_VERSION,
+        "tool_version": version,
+        "params": params.to_dict(),
+        "source": {
+            "root": str(source),
+            "layout": "course-patches",
+            "fingerprint": hashlib.sha256("\n".join(digests).encode()).hexdigest(),
+        },
+        "channel_names": ["FLAIR", "T1w", "T1gd", "T2w"],
+        "class_names": ["background", "edema", "non-enhancing", "enhancing"],
+        "split_names": list(schema.SPLIT_NAMES),
+        "cases": list(records),
+        "complete": complete,
+        "summary": {},
+    }
+
+
+class _ZarrWriter:
+    """The build's Zarr writer functions (:mod:`brainprep.store.zarr_store`), in import order."""
+
+    def __init__(self, path: Path, layout: schema.StoreLayout):
+        self.path, self.layout = path, layout
+
+    def create(self, metadata: dict[str, Any]) -> None:
+        from brainprep.store.zarr_store import create_zarr_store
+
+        create_zarr_store(self.path, self.layout, metadata)
+
+    def write_case(self, index: int, images: np.ndarray, labels: np.ndarray) -> None:
+        from brainprep.store.zarr_store import write_case_zarr
+
+        write_case_zarr(self.path, self.layout, index, images, labels)
+
+    def finish(self, arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
+        from brainprep.store.zarr_store import set_metadata_zarr, write_table_zarr
+
+        write_table_zarr(self.path, arrays)
+        set_metadata_zarr(self.path, metadata)
+
+
+class _Hdf5Writer:
+    """The build's HDF5 writer (:mod:`brainprep.store.hdf5_store`): chunks staged in a temporary folder,
+    then assembled into ``STORE.h5.partial`` and renamed, so ``STORE.h5`` only ever exists complete."""
+
+    def __init__(self, path: Path, layout: schema.StoreLayout):
+        self.path, self.layout = path, layout
+        self.staging = tempfile.TemporaryDirectory(prefix=".import-", dir=path.parent)
+        self.parts: dict[int, Path] = {}
+
+    def create(self, metadata: dict[str, Any]) -> None:
+        del metadata  # written once, complete, by assemble_hdf5
+
+    def write_case(self, index: int, images: np.ndarray, labels: np.ndarray) -> None:
+        from brainprep.store.hdf5_store import encode_case_chunks, write_case_part
+
+        # encode_case_chunks encodes the first n slots; course patches may leave holes, so encode all K
+        # (an empty slot's chunk is a compressed block of zeros, read back as zeros like an unwritten one).
+        image_chunks, label_chunks = encode_case_chunks(images, labels, self.layout, len(images))
+        part = Path(self.staging.name) / f"{index:06d}.npz"
+        write_case_part(part, image_chunks, label_chunks)
+        self.parts[index] = part
+
+    def finish(self, arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
+        from brainprep.store.hdf5_store import assemble_hdf5
+
+        try:
+            assemble_hdf5(self.path, self.layout, self.parts, arrays, metadata)
+        finally:
+            self.staging.cleanup()

@@ -1,0 +1,664 @@
+"""Manifest stage: a JSON record of what a store holds, and verification of a store against it.
+
+A manifest holds the build parameters, the tool version, one row per case, the split, the schema of every
+array (shape, dtype, chunks, shards, codecs) and a sha256 of every stored byte: for Zarr every chunk or
+shard file of every array plus the ``zarr.json`` metadata documents; for HDF5 every chunk's raw (still
+compressed) bytes, read with ``read_direct_chunk``, plus the attributes. Zarr shards are also hashed per
+inner chunk (one patch each), so a changed byte is traced to the exact patch slot and case.
+
+Hashing walks the chunk grid computed from each array's metadata instead of listing folders, so the same
+code hashes a local folder, a packed ``.zarr.zip`` and a store served over plain HTTP (no listing there).
+
+Without a manifest, :func:`check_store_consistency` checks what a store says about itself: the complete
+flag, the case of every slot, the split, and the patch table against tumour fractions recomputed from the
+stored labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainprep.errors import ConfigError, StoreError
+from brainprep.store import schema
+from brainprep.store.remote import close_h5_file, open_h5_file, open_zarr_store, store_format
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_KIND = "brainprep-manifest"
+MANIFEST_VERSION = 1
+#: Arrays of the schema, hashed in this order (reached by name: HTTP stores cannot list).
+ARRAY_NAMES: tuple[str, ...] = (
+    schema.IMAGES,
+    schema.LABELS,
+    *schema.PATCH_TABLE_ARRAYS,
+    schema.CASE_MEAN,
+    schema.CASE_STD,
+)
+#: Arrays whose first axis is the case index; every other array's first axis is the patch slot.
+CASE_AXIS_ARRAYS: tuple[str, ...] = (schema.CASE_MEAN, schema.CASE_STD)
+#: Tolerance of the recomputed tumour / class fractions (stored as float32).
+FRACTION_ATOL = 1e-6
+_EMPTY_INNER_CHUNK = 2**64 - 1
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One way a store differs from its manifest (or from itself).
+
+    Attributes:
+        array: array name, ``"metadata"`` for documents / attributes, or ``"table"`` for consistency checks.
+        key: chunk/shard key (``c/1/0/0/0/0``), document name (``images/zarr.json``) or slot (``slot 7``).
+        problem: what differs, expected versus found.
+        slots: ``(first, last)`` patch slots held by the chunk, when it holds patches.
+        case_ids: cases those slots (or case rows) belong to.
+    """
+
+    array: str
+    key: str
+    problem: str
+    slots: tuple[int, int] | None = None
+    case_ids: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        where = f"{self.array} {self.key}"
+        held = []
+        if self.slots is not None:
+            first, last = self.slots
+            held.append(f"slot {first}" if first == last else f"slots {first}-{last}")
+        if self.case_ids:
+            held.append(("case " if len(self.case_ids) == 1 else "cases ") + ", ".join(self.case_ids))
+        suffix = f" [{'; '.join(held)}]" if held else ""
+        return f"{where}: {self.problem}{suffix}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure pieces: chunk keys, shard indexes, fractions.
+
+
+def chunk_key(coords: tuple[int, ...], encoding: dict[str, Any]) -> str:
+    """Zarr v3 key of the chunk (or shard) at grid ``coords`` under a ``chunk_key_encoding`` object."""
+    name = encoding.get("name", "default")
+    separator = encoding.get("configuration", {}).get("separator", "/" if name == "default" else ".")
+    if name == "default":
+        return separator.join(["c", *map(str, coords)])
+    if name == "v2":
+        return separator.join(map(str, coords)) if coords else "0"
+    raise StoreError(f"unknown Zarr chunk_key_encoding {name!r}; expected 'default' or 'v2'")
+
+
+def grid_shape(shape: tuple[int, ...], chunk_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Chunks along each axis: ``ceil(shape / chunk_shape)``."""
+    return tuple(math.ceil(s / c) for s, c in zip(shape, chunk_shape, strict=True))
+
+
+def grid_coords(shape: tuple[int, ...], chunk_shape: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
+    """Every chunk coordinate of the grid, C order."""
+    return itertools.product(*(range(n) for n in grid_shape(shape, chunk_shape)))
+
+
+def shard_inner_ranges(
+    shard: bytes, n_inner: int, index_location: str = "end", with_crc32c: bool = True
+) -> list[tuple[int, int] | None] | None:
+    """Byte ranges of the inner chunks of a Zarr v3 shard, from its index.
+
+    Args:
+        shard: the raw shard file.
+        n_inner: inner chunks per shard (product of the inner chunk grid).
+        index_location: ``"end"`` or ``"start"`` (sharding codec configuration).
+        with_crc32c: the index codecs end with ``crc32c`` (4 bytes after the index).
+
+    Returns:
+        One ``(offset, nbytes)`` per inner chunk in C order, ``None`` for an empty chunk; ``None`` overall
+        when the shard is too short or an index entry points outside the shard (a damaged index).
+    """
+    index_bytes = 16 * n_inner + (4 if with_crc32c else 0)
+    if len(shard) < index_bytes:
+        return None
+    raw = shard[-index_bytes:] if index_location == "end" else shard[:index_bytes]
+    entries = np.frombuffer(raw[: 16 * n_inner], dtype="<u8").reshape(n_inner, 2)
+    ranges: list[tuple[int, int] | None] = []
+    for offset, nbytes in entries.tolist():
+        if offset == _EMPTY_INNER_CHUNK and nbytes == _EMPTY_INNER_CHUNK:
+            ranges.append(None)
+        elif offset + nbytes > len(shard):
+            return None
+        else:
+            ranges.append((int(offset), int(nbytes)))
+    return ranges
+
+
+def label_fractions(label: np.ndarray) -> tuple[float, np.ndarray]:
+    """Tumour fraction and per-class fractions of one label patch.
+
+    Args:
+        label: uint8 (X, Y, Z), MSD labels 0..3.
+
+    Returns:
+        ``(tumour_fraction, class_fractions)``: the share of voxels with label > 0 and float64 (3,) shares
+        of labels 1 (edema), 2 (non-enhancing), 3 (enhancing).
+    """
+    size = label.size
+    counts = np.bincount(label.ravel(), minlength=4)
+    return float(counts[1:].sum() / size), counts[1:4] / size
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hashing: Zarr.
+
+
+def _zarr_get(store: Any, key: str) -> bytes | None:
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    buffer = sync(store.get(key, prototype=default_buffer_prototype()))
+    return None if buffer is None else buffer.to_bytes()
+
+
+def zarr_array_schema(meta: dict[str, Any]) -> dict[str, Any]:
+    """Shape, dtype, chunks, shards and codecs from an array's ``zarr.json`` (shards ``None`` unsharded)."""
+    grid = list(meta["chunk_grid"]["configuration"]["chunk_shape"])
+    codecs = list(meta["codecs"])
+    if len(codecs) == 1 and codecs[0]["name"] == "sharding_indexed":
+        config = codecs[0]["configuration"]
+        return {
+            "shape": list(meta["shape"]),
+            "dtype": meta["data_type"],
+            "chunks": list(config["chunk_shape"]),
+            "shards": grid,
+            "codecs": list(config["codecs"]),
+            "index_codecs": list(config.get("index_codecs", [])),
+            "index_location": config.get("index_location", "end"),
+        }
+    return {
+        "shape": list(meta["shape"]),
+        "dtype": meta["data_type"],
+        "chunks": grid,
+        "shards": None,
+        "codecs": codecs,
+    }
+
+
+def _zarr_stored_keys(name: str, meta: dict[str, Any]) -> list[str]:
+    shape = tuple(meta["shape"])
+    grid = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+    encoding = meta.get("chunk_key_encoding", {"name": "default"})
+    return [f"{name}/{chunk_key(c, encoding)}" for c in grid_coords(shape, grid)]
+
+
+def _inner_hashes(data: bytes, array: dict[str, Any]) -> dict[str, str | None] | None:
+    shard_shape, inner_shape = array["shards"], array["chunks"]
+    n_inner = math.prod(grid_shape(tuple(shard_shape), tuple(inner_shape)))
+    index_names = [codec["name"] for codec in array["index_codecs"]]
+    if index_names not in (["bytes"], ["bytes", "crc32c"]):
+        return None
+    ranges = shard_inner_ranges(data, n_inner, array["index_location"], index_names[-1] == "crc32c")
+    if ranges is None:
+        return None
+    return {str(i): None if r is None else sha256_hex(data[r[0] : r[0] + r[1]]) for i, r in enumerate(ranges)}
+
+
+def hash_zarr(location: str | Path, *, progress: bool = False) -> dict[str, Any]:
+    """Hash the metadata documents and every stored shard/chunk of a Zarr v3 store.
+
+    Returns:
+        ``{"documents": {key: sha256}, "arrays": {name: schema + {"stored": {key: entry}}}}`` where an entry
+        is ``{"sha256", "size"}`` (+ ``"inner"``: sha256 per inner chunk of a shard, C order). Chunks never
+        written (all fill value) are absent from ``stored``; a missing array is absent from ``arrays``.
+    """
+    store = open_zarr_store(location)
+    documents: dict[str, str] = {}
+    root = _zarr_get(store, "zarr.json")
+    if root is None:
+        raise StoreError(f"{location} has no zarr.json: not a Zarr v3 store")
+    documents["zarr.json"] = sha256_hex(root)
+    arrays: dict[str, Any] = {}
+    keys: list[tuple[str, str]] = []
+    for name in ARRAY_NAMES:
+        raw = _zarr_get(store, f"{name}/zarr.json")
+        if raw is None:
+            continue
+        documents[f"{name}/zarr.json"] = sha256_hex(raw)
+        meta = json.loads(raw)
+        arrays[name] = {**zarr_array_schema(meta), "stored": {}}
+        keys.extend((name, key) for key in _zarr_stored_keys(name, meta))
+    for name, key in _progress(keys, progress, "hashing shards"):
+        data = _zarr_get(store, key)
+        if data is None:
+            continue
+        entry: dict[str, Any] = {"sha256": sha256_hex(data), "size": len(data)}
+        if arrays[name]["shards"] is not None:
+            entry["inner"] = _inner_hashes(data, arrays[name])
+        arrays[name]["stored"][key.split("/", 1)[1]] = entry
+    store.close()
+    return {"documents": documents, "arrays": arrays}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hashing: HDF5.
+
+
+def _attribute_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return np.asarray(value).tobytes()
+
+
+def hdf5_array_schema(dataset: Any) -> dict[str, Any]:
+    """Shape, dtype, chunks and filters (``codecs``) of an h5py dataset; ``shards`` is always ``None``."""
+    codecs = []
+    if dataset.shuffle:
+        codecs.append({"name": "shuffle"})
+    if dataset.compression is not None:
+        codecs.append(
+            {"name": str(dataset.compression), "configuration": {"level": dataset.compression_opts}}
+        )
+    if dataset.fletcher32:
+        codecs.append({"name": "fletcher32"})
+    if dataset.scaleoffset is not None:
+        codecs.append({"name": "scaleoffset", "configuration": {"value": dataset.scaleoffset}})
+    return {
+        "shape": list(dataset.shape),
+        "dtype": str(dataset.dtype),
+        "chunks": list(dataset.chunks) if dataset.chunks is not None else None,
+        "shards": None,
+        "codecs": codecs,
+    }
+
+
+def hash_hdf5(location: str | Path, *, progress: bool = False) -> dict[str, Any]:
+    """Hash the attributes and every chunk's raw bytes of an HDF5 store.
+
+    Returns:
+        Same layout as :func:`hash_zarr`; documents are ``attrs/NAME`` (file) and ``ARRAY/attrs/NAME``;
+        chunk keys are ``c/i/j/...`` chunk-grid coordinates (offset / chunk shape); a contiguous dataset
+        has the single key ``contiguous`` (its bytes, which carry no filter).
+    """
+    handle = open_h5_file(location)
+    try:
+        documents = {f"attrs/{k}": sha256_hex(_attribute_bytes(v)) for k, v in sorted(handle.attrs.items())}
+        arrays: dict[str, Any] = {}
+        work: list[tuple[str, int | None]] = []
+        for name in ARRAY_NAMES:
+            if name not in handle:
+                continue
+            dataset = handle[name]
+            for key, value in sorted(dataset.attrs.items()):
+                documents[f"{name}/attrs/{key}"] = sha256_hex(_attribute_bytes(value))
+            arrays[name] = {**hdf5_array_schema(dataset), "stored": {}}
+            if dataset.chunks is None:
+                work.append((name, None))
+            else:
+                work.extend((name, i) for i in range(dataset.id.get_num_chunks()))
+        for name, index in _progress(work, progress, "hashing chunks"):
+            dataset = handle[name]
+            if index is None:
+                data = np.ascontiguousarray(dataset[()]).tobytes()
+                arrays[name]["stored"]["contiguous"] = {"sha256": sha256_hex(data), "size": len(data)}
+                continue
+            info = dataset.id.get_chunk_info(index)
+            _, data = dataset.id.read_direct_chunk(info.chunk_offset)
+            coords = tuple(o // c for o, c in zip(info.chunk_offset, dataset.chunks, strict=True))
+            key = "/".join(["c", *map(str, coords)])
+            arrays[name]["stored"][key] = {"sha256": sha256_hex(bytes(data)), "size": len(data)}
+    finally:
+        close_h5_file(handle)
+    return {"documents": documents, "arrays": arrays}
+
+
+def hash_store(location: str | Path, *, progress: bool = False) -> dict[str, Any]:
+    """:func:`hash_zarr` or :func:`hash_hdf5` depending on the location's suffix."""
+    if store_format(location) == "hdf5":
+        return hash_hdf5(location, progress=progress)
+    return hash_zarr(location, progress=progress)
+
+
+def _progress(items: list, enabled: bool, desc: str, unit: str = "chunk"):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit=unit)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Manifest: build, write, load.
+
+
+def case_rows(metadata: dict[str, Any], table: Any, patches_per_case: int) -> list[dict[str, Any]]:
+    """One row per case: the store's case record plus its slot range and patch statistics from the table.
+
+    Args:
+        metadata: the store's ``brainprep`` attribute dict.
+        table: the patch table (``valid`` bool (N,), ``case`` int32 (N,), ``tumour_fraction`` float32 (N,)).
+        patches_per_case: K, slots per case.
+    """
+    rows = []
+    for index, record in enumerate(metadata.get("cases", [])):
+        first = index * patches_per_case
+        slots = slice(first, first + patches_per_case)
+        valid = np.asarray(table.valid[slots], dtype=bool)
+        fractions = np.asarray(table.tumour_fraction[slots])[valid]
+        rows.append(
+            {
+                **record,
+                "index": index,
+                "first_slot": first,
+                "valid_patches": int(valid.sum()),
+                "mean_tumour_fraction": float(fractions.mean()) if fractions.size else None,
+            }
+        )
+    return rows
+
+
+def build_manifest(location: str | Path, *, progress: bool = False) -> dict[str, Any]:
+    """The manifest of a complete store (see the module docstring); a JSON-able dict, deterministic."""
+    from brainprep import __version__
+    from brainprep.store.reader import open_store
+
+    store = open_store(location, require_complete=True)
+    try:
+        metadata = store.metadata
+        patches_per_case = int(store.params.sampling.patches_per_case)
+        rows = case_rows(metadata, store.table, patches_per_case)
+        store_format_name = store.format
+        patch_size = list(store.patch_size)
+        n_slots = int(store.n_slots)
+    finally:
+        store.close()
+    split: dict[str, list[str]] = {name: [] for name in schema.SPLIT_NAMES}
+    for row in rows:
+        split.setdefault(row.get("split", "train"), []).append(row["case_id"])
+    hashes = hash_store(location, progress=progress)
+    return {
+        "kind": MANIFEST_KIND,
+        "version": MANIFEST_VERSION,
+        "tool_version": __version__,
+        "store": {
+            "name": Path(str(location).rstrip("/")).name,
+            "format": store_format_name,
+            "schema_version": metadata.get("schema_version"),
+            "tool_version": metadata.get("tool_version"),
+            "patch_size": patch_size,
+            "n_slots": n_slots,
+            "patches_per_case": patches_per_case,
+        },
+        "params": metadata.get("params"),
+        "source": metadata.get("source"),
+        "summary": metadata.get("summary"),
+        "cases": rows,
+        "split": split,
+        **hashes,
+    }
+
+
+def write_manifest(location: str | Path, output: Path, *, progress: bool = False) -> dict[str, Any]:
+    """Build the manifest of ``location`` and write it to ``output`` (indented, sorted JSON)."""
+    manifest = build_manifest(location, progress=progress)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    logger.info("wrote manifest of %s to %s", location, output)
+    return manifest
+
+
+def load_manifest(path: Path) -> dict[str, Any]:
+    """Read a manifest written by :func:`write_manifest`.
+
+    Raises:
+        ConfigError: not JSON, or not a brainprep manifest of a known version.
+    """
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"cannot read manifest {path}: {error}") from error
+    if not isinstance(manifest, dict) or manifest.get("kind") != MANIFEST_KIND:
+        raise ConfigError(f"{path} is not a brainprep manifest (expected kind {MANIFEST_KIND!r})")
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise ConfigError(
+            f"manifest {path} has version {manifest.get('version')}, expected {MANIFEST_VERSION}"
+        )
+    for key in ("arrays", "documents", "cases", "store"):
+        if key not in manifest:
+            raise ConfigError(f"manifest {path} has no {key!r} section")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Verification against a manifest.
+
+
+def _held(manifest: dict[str, Any], array: str, key: str) -> tuple[tuple[int, int] | None, tuple[str, ...]]:
+    """Slots and cases held by chunk ``key`` of ``array``, from the manifest's schema and case rows."""
+    info = manifest["arrays"][array]
+    grid = info["shards"] or info["chunks"]
+    ids = [row["case_id"] for row in manifest["cases"]]
+    if key == "contiguous" or not grid:
+        return None, ()
+    parts = key.replace(".", "/").split("/")  # "c/3/0", "c.3.0" (default encoding) or "3.0" (v2)
+    first_coord = int(parts[1] if parts[0] == "c" else parts[0])
+    first, stop = first_coord * grid[0], min((first_coord + 1) * grid[0], info["shape"][0])
+    if array in CASE_AXIS_ARRAYS:
+        return None, tuple(ids[first:stop])
+    per_case = manifest["store"]["patches_per_case"]
+    return (first, stop - 1), tuple(
+        dict.fromkeys(ids[s // per_case] for s in range(first, stop) if s // per_case < len(ids))
+    )
+
+
+def _inner_differences(array: str, key: str, want: dict, got: dict, manifest: dict) -> list[Difference]:
+    """Inner chunks (one patch each) of a shard whose hash changed; empty when the index is unreadable."""
+    inner_want, inner_got = want.get("inner"), got.get("inner")
+    if not inner_want or not inner_got:
+        return []
+    info = manifest["arrays"][array]
+    inner_grid = grid_shape(tuple(info["shards"]), tuple(info["chunks"]))
+    slots, cases = _held(manifest, array, key)
+    out = []
+    for flat, digest in inner_want.items():
+        if inner_got.get(flat) == digest:
+            continue
+        coords = np.unravel_index(int(flat), inner_grid)
+        slot = slots[0] + int(coords[0]) * info["chunks"][0] if slots else None
+        case = (
+            (manifest["cases"][slot // manifest["store"]["patches_per_case"]]["case_id"],)
+            if slot is not None
+            else cases
+        )
+        out.append(
+            Difference(
+                array,
+                f"{key} inner chunk {flat}",
+                "inner chunk bytes changed",
+                (slot, slot) if slot is not None else None,
+                case,
+            )
+        )
+    return out
+
+
+def compare_hashes(manifest: dict[str, Any], actual: dict[str, Any]) -> list[Difference]:
+    """Every difference between a manifest's hashes and schema and freshly computed ``actual`` hashes."""
+    out: list[Difference] = []
+    want_docs, got_docs = manifest["documents"], actual["documents"]
+    for key in sorted(set(want_docs) | set(got_docs)):
+        if key not in got_docs:
+            out.append(Difference("metadata", key, "missing from the store"))
+        elif key not in want_docs:
+            out.append(Difference("metadata", key, "not in the manifest"))
+        elif want_docs[key] != got_docs[key]:
+            out.append(
+                Difference("metadata", key, f"sha256 {got_docs[key][:12]} != manifest {want_docs[key][:12]}")
+            )
+    for array in manifest["arrays"]:
+        if array not in actual["arrays"]:
+            out.append(Difference(array, "(array)", "array missing from the store"))
+            continue
+        want, got = manifest["arrays"][array], actual["arrays"][array]
+        for field in ("shape", "dtype", "chunks", "shards", "codecs"):
+            if want.get(field) != got.get(field):
+                out.append(
+                    Difference(
+                        array, "(schema)", f"{field} is {got.get(field)}, manifest says {want.get(field)}"
+                    )
+                )
+        for key in sorted(set(want["stored"]) | set(got["stored"])):
+            slots, cases = _held(manifest, array, key)
+            if key not in got["stored"]:
+                out.append(Difference(array, key, "chunk missing from the store", slots, cases))
+            elif key not in want["stored"]:
+                out.append(Difference(array, key, "chunk not in the manifest", slots, cases))
+            elif want["stored"][key]["sha256"] != got["stored"][key]["sha256"]:
+                w, g = want["stored"][key], got["stored"][key]
+                out.append(
+                    Difference(
+                        array,
+                        key,
+                        f"sha256 {g['sha256'][:12]} != manifest {w['sha256'][:12]} "
+                        f"({g['size']} vs {w['size']} bytes)",
+                        slots,
+                        cases,
+                    )
+                )
+                out.extend(_inner_differences(array, key, w, g, manifest))
+    for array in sorted(set(actual["arrays"]) - set(manifest["arrays"])):
+        out.append(Difference(array, "(array)", "array not in the manifest"))
+    return out
+
+
+def verify_against_manifest(
+    location: str | Path, manifest: dict[str, Any], *, progress: bool = False
+) -> list[Difference]:
+    """Recompute every hash of ``location`` and compare with ``manifest``; ``[]`` when all match."""
+    return compare_hashes(manifest, hash_store(location, progress=progress))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Verification of a store's internal consistency.
+
+
+def check_table_slot(
+    slot: int, label: np.ndarray, tumour_fraction: float, class_fractions: np.ndarray
+) -> list[str]:
+    """Problems of one valid slot's table row against its label patch (``[]`` when consistent)."""
+    problems = []
+    values = np.unique(label)
+    if values.size and int(values.max()) > 3:
+        problems.append(f"label values must be in {{0,1,2,3}}, found {values.tolist()}")
+    want_tumour, want_classes = label_fractions(label)
+    if not np.isclose(tumour_fraction, want_tumour, rtol=0.0, atol=FRACTION_ATOL):
+        problems.append(f"tumour fraction {tumour_fraction:.6f} in the table, labels give {want_tumour:.6f}")
+    if not np.allclose(class_fractions, want_classes, rtol=0.0, atol=FRACTION_ATOL):
+        problems.append(
+            f"class fractions {np.round(class_fractions, 6).tolist()} in the table, labels give "
+            f"{np.round(want_classes, 6).tolist()}"
+        )
+    return problems
+
+
+def check_store_consistency(
+    location: str | Path, *, check_images: bool = True, progress: bool = False
+) -> list[Difference]:
+    """What a store says about itself, checked without a manifest.
+
+    Checks the complete flag; that every valid slot ``s`` belongs to case ``s // K``, has that case's split
+    and a table row matching its decoded label patch (tumour and class fractions recomputed); that empty
+    slots are marked ``-1``; that each case's ``n_patches`` equals its valid slots; and, with
+    ``check_images``, that every valid image patch decodes to finite values.
+    """
+    from brainprep.store.reader import open_store
+
+    store = open_store(location, require_complete=False)
+    out: list[Difference] = []
+    try:
+        metadata = store.metadata
+        if metadata.get("complete") is not True:
+            out.append(
+                Difference("metadata", "complete", "store is not marked complete (interrupted build?)")
+            )
+        per_case = int(store.params.sampling.patches_per_case)
+        records = metadata.get("cases", [])
+        ids = [record["case_id"] for record in records]
+        table = store.table
+        valid = np.asarray(table.valid, dtype=bool)
+
+        def case_of(slot: int) -> tuple[str, ...]:
+            return (ids[slot // per_case],) if slot // per_case < len(ids) else ()
+
+        if len(ids) * per_case != store.n_slots:
+            out.append(
+                Difference("table", "(shape)", f"{store.n_slots} slots for {len(ids)} cases x {per_case}")
+            )
+        for index, record in enumerate(records):
+            n_valid = int(valid[index * per_case : (index + 1) * per_case].sum())
+            if record.get("n_patches") is not None and int(record["n_patches"]) != n_valid:
+                out.append(
+                    Difference(
+                        "table",
+                        f"case {index}",
+                        f"n_patches is {record['n_patches']} in the metadata, "
+                        f"{n_valid} valid slots in the table",
+                        None,
+                        (record["case_id"],),
+                    )
+                )
+        for slot in _progress(list(range(store.n_slots)), progress, "checking slots", "slot"):
+            found = _check_slot(store, table, slot, per_case, records, valid[slot], check_images)
+            out.extend(Difference("table", f"slot {slot}", p, (slot, slot), case_of(slot)) for p in found)
+    finally:
+        store.close()
+    return out
+
+
+def _check_slot(
+    store: Any, table: Any, slot: int, per_case: int, records: list, is_valid: bool, check_images: bool
+) -> list[str]:
+    case_index = slot // per_case
+    if not is_valid:
+        problems = []
+        if int(table.case[slot]) != schema.EMPTY_SLOT or int(table.split[slot]) != schema.EMPTY_SLOT:
+            problems.append(
+                f"empty slot has case {int(table.case[slot])} and split {int(table.split[slot])}, expected -1"
+            )
+        return problems
+    problems = []
+    if int(table.case[slot]) != case_index:
+        problems.append(
+            f"case index {int(table.case[slot])} in the table, slot {slot} belongs to case {case_index}"
+        )
+    if case_index < len(records):
+        want_split = schema.SPLIT_CODES.get(records[case_index].get("split", ""), None)
+        if want_split is not None and int(table.split[slot]) != want_split:
+            found = int(table.split[slot])
+            problems.append(f"split code {found} in the table, case split is {records[case_index]['split']}")
+    try:
+        label = np.asarray(store.read_label(slot))
+        problems.extend(
+            check_table_slot(
+                slot, label, float(table.tumour_fraction[slot]), np.asarray(table.class_fractions[slot])
+            )
+        )
+        if check_images:
+            image = np.asarray(store.read_image(slot))
+            if not np.isfinite(image).all():
+                problems.append("image patch holds NaN or Inf")
+    except Exception as error:  # a damaged chunk fails in the codec; report it rather than stop
+        problems.append(f"cannot decode patch: {type(error).__name__}: {error}")
+    return problems

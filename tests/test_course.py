@@ -1,0 +1,213 @@
+"""Import of the course's legacy h5 patch folder: tiny hand-made folders and the real course patches."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from brainprep.cli import main
+from brainprep.course import discover_course_patches, import_course, onehot_to_labels, parse_patch_name
+from brainprep.errors import ConfigError, InvalidValueError, ShapeMismatchError
+from brainprep.standardize import standardize_patch_slices
+from brainprep.store import schema
+from brainprep.store.reader import open_store
+
+TINY_PATCH = (8, 8, 4)
+
+
+def tiny_patch_file(folder: Path, name: str, label: np.ndarray, seed: int) -> np.ndarray:
+    """Write a course-style file: raw ``x`` float64 (4, 8, 8, 4) and one-hot ``y`` (8, 8, 4, 4); returns x."""
+    x = np.random.default_rng(seed).uniform(0, 1000, size=(4, *TINY_PATCH))
+    y = np.eye(4)[label]
+    folder.mkdir(parents=True, exist_ok=True)
+    with h5py.File(folder / name, "w") as handle:
+        handle["x"] = x
+        handle["y"] = y
+    return x
+
+
+def tiny_label(tumour_voxels: int) -> np.ndarray:
+    """uint8 (8, 8, 4) labels: the first ``tumour_voxels`` voxels (C order) cycle through 1, 2, 3."""
+    label = np.zeros(int(np.prod(TINY_PATCH)), dtype=np.uint8)
+    label[:tumour_voxels] = np.arange(tumour_voxels) % 3 + 1
+    return label.reshape(TINY_PATCH)
+
+
+@pytest.fixture
+def tiny_course(tmp_path: Path) -> Path:
+    """Case A: patches 1 and 3 (train; 2 exists on disk but config.json omits it), case B: patch 1 (valid)."""
+    root = tmp_path / "course"
+    tiny_patch_file(root / "train", "A.nii.gz_1_x1_y2_z3.h5", tiny_label(64), 1)  # 64/256 = 0.25
+    tiny_patch_file(root / "train", "A.nii.gz_2_x4_y5_z6.h5", tiny_label(32), 2)
+    tiny_patch_file(root / "train", "A.nii.gz_3_x7_y8_z9.h5", tiny_label(16), 3)
+    tiny_patch_file(root / "valid", "B.nii.gz_1_x0_y0_z10.h5", tiny_label(128), 4)
+    config = {
+        "train": ["A.nii.gz_1_x1_y2_z3.h5", "A.nii.gz_3_x7_y8_z9.h5"],
+        "valid": ["B.nii.gz_1_x0_y0_z10.h5"],
+    }
+    (root / "config.json").write_text(json.dumps(config))
+    return root
+
+
+def test_parse_patch_name() -> None:
+    assert parse_patch_name("BRATS_009.nii.gz_11_x21_y0_z68.h5") == ("BRATS_009", 11, (21, 0, 68))
+    with pytest.raises(ConfigError, match=re.escape("BRATS_NNN.nii.gz_K_xX_yY_zZ.h5, found 'patch_7.h5'")):
+        parse_patch_name("patch_7.h5")
+
+
+def test_onehot_to_labels_by_hand() -> None:
+    y = np.zeros((1, 1, 3, 4))
+    y[0, 0, 0, 0] = y[0, 0, 1, 3] = y[0, 0, 2, 1] = 1  # voxels: background, enhancing, edema
+    assert onehot_to_labels(y).tolist() == [[[0, 3, 1]]]
+
+
+def test_onehot_rejects_two_ones_and_names_the_file() -> None:
+    y = np.eye(4)[np.zeros((2, 2, 2), dtype=int)]
+    y[1, 0, 1, 2] = 1
+    with pytest.raises(
+        InvalidValueError, match=r"exactly one 1 per voxel, found 2 at voxel \(1, 0, 1\).*bad\.h5"
+    ):
+        onehot_to_labels(y, path=Path("bad.h5"), case_id="A")
+    y[1, 0, 1, 2] = 0.5
+    with pytest.raises(InvalidValueError, match=r"only 0 and 1, found \[0.5\]"):
+        onehot_to_labels(y)
+    with pytest.raises(ShapeMismatchError, match="channels last"):
+        onehot_to_labels(np.zeros((4, 2, 2, 2)))
+
+
+def test_discover_reports_unlisted_files(tiny_course: Path) -> None:
+    patches, unlisted, missing = discover_course_patches(tiny_course, "skip")
+    assert [(p.case_id, p.index, p.split) for p in patches] == [
+        ("A", 1, "train"),
+        ("A", 3, "train"),
+        ("B", 1, "val"),
+    ]
+    assert unlisted == ("A.nii.gz_2_x4_y5_z6.h5",) and missing == ()
+    patches, _, _ = discover_course_patches(tiny_course, "train")
+    assert [(p.case_id, p.index) for p in patches] == [("A", 1), ("A", 2), ("A", 3), ("B", 1)]
+
+
+def test_discover_refuses_a_case_in_two_splits(tiny_course: Path) -> None:
+    config = json.loads((tiny_course / "config.json").read_text())
+    config["valid"].append("A.nii.gz_2_x4_y5_z6.h5")
+    (tiny_course / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="case A has patches in both train and val"):
+        discover_course_patches(tiny_course)
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_import_tiny_course_keeps_slots_corners_and_split(
+    tiny_course: Path, tmp_path: Path, suffix: str
+) -> None:
+    result = import_course(tiny_course, tmp_path / f"tiny{suffix}")
+    assert result.n_patches == 3 and result.unlisted == ("A.nii.gz_2_x4_y5_z6.h5",)
+    with open_store(tmp_path / f"tiny{suffix}") as store:
+        assert store.format == ("zarr" if suffix == ".zarr" else "hdf5")
+        assert store.n_slots == 6  # 2 cases x K=3 (the largest course index)
+        table = store.table
+        assert table.valid.tolist() == [True, False, True, True, False, False]
+        assert table.case.tolist() == [0, -1, 0, 1, -1, -1]
+        assert table.split.tolist() == [0, -1, 0, 1, -1, -1]
+        assert table.corner[[0, 2, 3]].tolist() == [[1, 2, 3], [7, 8, 9], [0, 0, 10]]
+        np.testing.assert_allclose(table.tumour_fraction[[0, 2, 3]], [64 / 256, 16 / 256, 128 / 256])
+        # 64 tumour voxels cycling 1,2,3: 22 edema, 21 non-enhancing, 21 enhancing
+        np.testing.assert_allclose(table.class_fractions[0], np.array([22, 21, 21]) / 256)
+        assert store.read_label(2).tolist() == tiny_label(16).tolist()
+        assert not store.read_image(1).any()  # the skipped file leaves an empty slot
+        cases = store.cases
+        assert [(c["case_id"], c["split"], c["n_patches"]) for c in cases] == [
+            ("A", "train", 2),
+            ("B", "val", 1),
+        ]
+        assert store.params.sampling.patches_per_case == 3
+        assert store.metadata["summary"]["unlisted_files"] == ["A.nii.gz_2_x4_y5_z6.h5"]
+
+
+def test_import_rejects_a_bad_onehot_naming_the_file(tiny_course: Path, tmp_path: Path) -> None:
+    with h5py.File(tiny_course / "train" / "A.nii.gz_3_x7_y8_z9.h5", "r+") as handle:
+        handle["y"][0, 0, 0, 0] = 1.0  # voxel (0, 0, 0) is edema (label 1): now also background
+    with pytest.raises(
+        InvalidValueError, match=r"exactly one 1 per voxel.*case A.*A\.nii\.gz_3_x7_y8_z9\.h5"
+    ):
+        import_course(tiny_course, tmp_path / "bad.zarr")
+
+
+def test_cli_import_course_puts_unlisted_in_train(tiny_course: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli.zarr"
+    result = CliRunner().invoke(main, ["import-course", str(tiny_course), str(out), "--unlisted", "train"])
+    assert result.exit_code == 0, result.output
+    assert "not in config.json, imported as train: A.nii.gz_2_x4_y5_z6.h5" in result.output
+    assert "3 patches" not in result.output and "4 patches of 2 cases" in result.output
+    with open_store(out) as store:
+        assert store.table.valid.tolist() == [True, True, True, True, False, False]
+
+
+# -------------------------------------------------------------------------------------------------------
+# The real course patches.
+
+
+@pytest.fixture(scope="module")
+def course_dir() -> Path:
+    folder = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "course-patches"
+    if not (folder / "config.json").is_file():
+        pytest.skip(f"real course patches {folder} are absent")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def course_store(course_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("course") / "course.zarr"
+    import_course(course_dir, store)
+    return store
+
+
+def test_real_course_import(course_dir: Path, course_store: Path) -> None:
+    config = json.loads((course_dir / "config.json").read_text())
+    files = sorted(course_dir.rglob("*.h5"))
+    assert len(files) == 40 and len(config["train"]) == 17 and len(config["valid"]) == 20
+    listed = set(config["train"]) | set(config["valid"])
+    with open_store(course_store) as store:
+        table = store.table
+        assert store.n_slots == 40 and store.patch_size == (160, 160, 16)
+        assert int(table.valid.sum()) == 37
+        assert [(c["case_id"], c["split"], c["n_patches"]) for c in store.cases] == [
+            ("BRATS_009", "train", 17),
+            ("BRATS_119", "val", 20),
+        ]
+        assert {f["path"] for c in store.cases for f in c["files"]} == {
+            p.relative_to(course_dir).as_posix() for p in files if p.name in listed
+        }
+        for path in files:
+            case_id, index, cx, cy, cz = re.match(
+                r"(BRATS_\d+)\.nii\.gz_(\d+)_x(\d+)_y(\d+)_z(\d+)", path.name
+            ).groups()
+            corner = (int(cx), int(cy), int(cz))
+            case_index = 0 if case_id == "BRATS_009" else 1
+            slot = case_index * 20 + int(index) - 1
+            if path.name not in listed:
+                assert not table.valid[slot]
+                continue
+            with h5py.File(path, "r") as handle:
+                x, y = handle["x"][()], handle["y"][()]
+            assert table.valid[slot] and table.case[slot] == case_index
+            assert table.split[slot] == schema.SPLIT_CODES["train" if case_index == 0 else "val"]
+            assert tuple(table.corner[slot]) == corner
+            label = store.read_label(slot)
+            assert np.array_equal(label, np.argmax(y, axis=-1))
+            assert table.tumour_fraction[slot] == pytest.approx((label > 0).mean(), abs=1e-7)
+            image = store.read_image(slot)
+            assert image.dtype == np.float16
+            assert np.array_equal(image, standardize_patch_slices(x).astype(np.float16))
+            assert table.tumour_fraction[slot] > 0.05  # the course kept background share < 0.95
+
+
+def test_real_course_store_verifies(course_store: Path) -> None:
+    result = CliRunner().invoke(main, ["verify", str(course_store), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "OK" in result.output

@@ -1,0 +1,295 @@
+"""Manifest and verify: hashes of every shard/chunk, a flipped byte traced to its slot and case, the
+store's internal consistency, and the MSD Task01 recipe."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from brainprep.cli import main
+from brainprep.errors import ConfigError
+from brainprep.manifest import (
+    Difference,
+    build_manifest,
+    check_store_consistency,
+    chunk_key,
+    label_fractions,
+    load_manifest,
+    shard_inner_ranges,
+    verify_against_manifest,
+)
+from brainprep.params import BuildParams, SamplingParams
+from brainprep.recipe import load_recipe, msd_task01_recipe, recipe_dict, write_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+PATCHES_PER_CASE = 4
+CASE_IDS = ("BRATS_001", "BRATS_002", "BRATS_003", "BRATS_004")
+
+
+# -------------------------------------------------------------------------------------------------------
+# Pure pieces.
+
+
+def test_chunk_key_encodings() -> None:
+    assert chunk_key((1, 0, 2), {"name": "default", "configuration": {"separator": "/"}}) == "c/1/0/2"
+    assert chunk_key((1, 0), {"name": "default", "configuration": {"separator": "."}}) == "c.1.0"
+    assert chunk_key((3, 4), {"name": "v2", "configuration": {"separator": "."}}) == "3.4"
+    assert chunk_key((), {"name": "v2"}) == "0"
+
+
+def test_shard_inner_ranges_reads_the_index() -> None:
+    # three inner chunks: 5 bytes at 0, empty, 3 bytes at 5; index (3 x (offset, nbytes) uint64) + crc32c
+    empty = 2**64 - 1
+    index = np.array([[0, 5], [empty, empty], [5, 3]], dtype="<u8").tobytes()
+    shard = b"AAAAABBB" + index + b"CRC!"
+    assert shard_inner_ranges(shard, 3) == [(0, 5), None, (5, 3)]
+    broken = b"AAAAABBB" + np.array([[0, 5], [empty, empty], [5, 300]], dtype="<u8").tobytes() + b"CRC!"
+    assert shard_inner_ranges(broken, 3) is None  # points outside the shard
+    assert shard_inner_ranges(b"short", 3) is None
+
+
+def test_label_fractions_by_hand() -> None:
+    label = np.zeros((2, 2, 2), dtype=np.uint8)
+    label[0, 0, 0], label[0, 0, 1], label[1, 1, 1] = 1, 3, 3
+    tumour, classes = label_fractions(label)
+    assert tumour == 3 / 8
+    assert classes.tolist() == [1 / 8, 0.0, 2 / 8]
+
+
+def test_difference_names_slots_and_case() -> None:
+    text = str(Difference("images", "c/1/0/0/0/0", "sha256 ab != manifest cd", (4, 7), ("BRATS_002",)))
+    assert text == "images c/1/0/0/0/0: sha256 ab != manifest cd [slots 4-7; case BRATS_002]"
+    assert str(Difference("labels", "c/5/0/0/0", "changed", (5, 5), ("A", "B"))).endswith(
+        "[slot 5; cases A, B]"
+    )
+
+
+# -------------------------------------------------------------------------------------------------------
+# Built stores (4 synthetic cases, K=4 slots each; BRATS_004's tumour is too small: its slots stay empty).
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from brainprep.build import build_patches
+    from brainprep.synth import SynthParams, write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("manifest")
+    data = write_synthetic_dataset(root / "data", SynthParams(n_cases=4, shape=(64, 64, 32), seed=0))
+    params = BuildParams(sampling=SamplingParams(patch_size=(32, 32, 8), patches_per_case=PATCHES_PER_CASE))
+    stores = {}
+    for suffix in ("zarr", "h5"):
+        stores[suffix] = root / f"store.{suffix}"
+        build_patches(data, stores[suffix], params, workers=1)
+    return stores
+
+
+def copy_store(source: Path, folder: Path) -> Path:
+    target = folder / source.name
+    if source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        shutil.copy2(source, target)
+    return target
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_zarr_manifest_content(built: dict[str, Path]) -> None:
+    store = built["zarr"]
+    manifest = build_manifest(store)
+    assert manifest["kind"] == "brainprep-manifest" and manifest["store"]["format"] == "zarr"
+    assert BuildParams.from_dict(manifest["params"]).sampling.patches_per_case == PATCHES_PER_CASE
+    assert [row["case_id"] for row in manifest["cases"]] == list(CASE_IDS)
+    assert [row["first_slot"] for row in manifest["cases"]] == [0, 4, 8, 12]
+    assert manifest["cases"][3]["valid_patches"] == 0 and manifest["cases"][3]["skip_reason"]
+    assert sorted(manifest["split"]["train"] + manifest["split"]["val"]) == list(CASE_IDS)
+    images = manifest["arrays"]["images"]
+    assert images["shape"] == [16, 4, 32, 32, 8] and images["dtype"] == "float16"
+    assert images["chunks"] == [1, 4, 32, 32, 8] and images["shards"] == [4, 4, 32, 32, 8]
+    assert images["codecs"][-1]["name"] == "blosc"
+    # every hash is the sha256 of the file on disk; empty shards (the skipped case) are not stored
+    on_disk = {
+        p.relative_to(store / "images").as_posix() for p in (store / "images" / "c").rglob("*") if p.is_file()
+    }
+    assert set(images["stored"]) == on_disk == {"c/0/0/0/0/0", "c/1/0/0/0/0", "c/2/0/0/0/0"}
+    for key, entry in images["stored"].items():
+        data = (store / "images" / key).read_bytes()
+        assert entry == {**entry, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        assert len(entry["inner"]) == PATCHES_PER_CASE
+    assert (
+        manifest["documents"]["zarr.json"] == hashlib.sha256((store / "zarr.json").read_bytes()).hexdigest()
+    )
+    assert "labels/zarr.json" in manifest["documents"]
+
+
+def test_unchanged_stores_verify(built: dict[str, Path]) -> None:
+    for store in built.values():
+        assert verify_against_manifest(store, build_manifest(store)) == []
+        assert check_store_consistency(store) == []
+
+
+def test_flipped_byte_in_a_zarr_shard_is_traced_to_slot_and_case(
+    built: dict[str, Path], tmp_path: Path
+) -> None:
+    manifest_path = tmp_path / "m.json"
+    runner = CliRunner()
+    result = runner.invoke(main, ["manifest", str(built["zarr"]), "-o", str(manifest_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    store = copy_store(built["zarr"], tmp_path)
+    shard = store / "images" / "c" / "1" / "0" / "0" / "0" / "0"  # case 1 = BRATS_002, slots 4..7
+    ranges = shard_inner_ranges(shard.read_bytes(), PATCHES_PER_CASE)
+    offset, nbytes = ranges[2]  # inner chunk 2 = slot 6
+    flip_byte(shard, offset + nbytes // 2)
+
+    differences = verify_against_manifest(store, load_manifest(manifest_path))
+    assert [(d.array, d.key, d.slots, d.case_ids) for d in differences] == [
+        ("images", "c/1/0/0/0/0", (4, 7), ("BRATS_002",)),
+        ("images", "c/1/0/0/0/0 inner chunk 2", (6, 6), ("BRATS_002",)),
+    ]
+    result = runner.invoke(main, ["verify", str(store), "--manifest", str(manifest_path), "--no-progress"])
+    assert result.exit_code == 1
+    assert "images c/1/0/0/0/0: sha256" in result.output
+    assert (
+        "images c/1/0/0/0/0 inner chunk 2: inner chunk bytes changed [slot 6; case BRATS_002]"
+        in result.output
+    )
+
+
+def test_flipped_byte_in_an_hdf5_chunk_is_traced_to_slot_and_case(
+    built: dict[str, Path], tmp_path: Path
+) -> None:
+    manifest_path = tmp_path / "m.json"
+    result = CliRunner().invoke(
+        main, ["manifest", str(built["h5"]), "-o", str(manifest_path), "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(manifest_path)
+    assert manifest["arrays"]["labels"]["chunks"] == [1, 32, 32, 8]
+    assert {c["name"] for c in manifest["arrays"]["labels"]["codecs"]} == {"shuffle", "gzip"}
+    store = copy_store(built["h5"], tmp_path)
+    with h5py.File(store, "r") as handle:
+        info = handle["labels"].id.get_chunk_info_by_coord((5, 0, 0, 0))
+    flip_byte(store, info.byte_offset + info.size // 2)
+
+    differences = verify_against_manifest(store, manifest)
+    assert [(d.array, d.key, d.slots, d.case_ids) for d in differences] == [
+        ("labels", "c/5/0/0/0", (5, 5), ("BRATS_002",))
+    ]
+    result = CliRunner().invoke(
+        main, ["verify", str(store), "--manifest", str(manifest_path), "--no-progress"]
+    )
+    assert result.exit_code == 1
+    assert "labels c/5/0/0/0: sha256" in result.output and "[slot 5; case BRATS_002]" in result.output
+
+
+def test_changed_metadata_document_is_reported(built: dict[str, Path], tmp_path: Path) -> None:
+    manifest = build_manifest(built["zarr"])
+    store = copy_store(built["zarr"], tmp_path)
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"]["brainprep"]["summary"]["seconds"] = 123.0
+    (store / "zarr.json").write_text(json.dumps(meta))
+    differences = verify_against_manifest(store, manifest)
+    assert [(d.array, d.key) for d in differences] == [("metadata", "zarr.json")]
+
+
+def test_consistency_finds_a_wrong_table_row(built: dict[str, Path], tmp_path: Path) -> None:
+    import zarr
+
+    store = copy_store(built["zarr"], tmp_path)
+    fractions = zarr.open_array(store / "patch_tumour_fraction", mode="r+")
+    values = fractions[:]
+    values[5] += 0.25
+    fractions[:] = values
+    differences = check_store_consistency(store, check_images=False)
+    assert len(differences) == 1
+    assert (differences[0].key, differences[0].slots, differences[0].case_ids) == (
+        "slot 5",
+        (5, 5),
+        ("BRATS_002",),
+    )
+    assert "tumour fraction" in differences[0].problem
+    result = CliRunner().invoke(main, ["verify", str(store), "--no-progress"])
+    assert result.exit_code == 1 and "table slot 5: tumour fraction" in result.output
+
+
+def test_consistency_finds_a_damaged_label_chunk(built: dict[str, Path], tmp_path: Path) -> None:
+    store = copy_store(built["zarr"], tmp_path)
+    shard = store / "labels" / "c" / "1" / "0" / "0" / "0"
+    offset, nbytes = shard_inner_ranges(shard.read_bytes(), PATCHES_PER_CASE)[2]
+    flip_byte(shard, offset + nbytes // 2)
+    differences = check_store_consistency(store, check_images=False)
+    assert differences and {d.slots for d in differences} == {(6, 6)}
+
+
+def test_consistency_reports_an_incomplete_store(built: dict[str, Path], tmp_path: Path) -> None:
+    store = copy_store(built["zarr"], tmp_path)
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"]["brainprep"]["complete"] = False
+    (store / "zarr.json").write_text(json.dumps(meta))
+    differences = check_store_consistency(store)
+    assert [(d.array, d.key) for d in differences] == [("metadata", "complete")]
+
+
+def test_load_manifest_refuses_other_json(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps({"kind": "brainprep-recipe"}))
+    with pytest.raises(ConfigError, match="is not a brainprep manifest"):
+        load_manifest(path)
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot read manifest"):
+        load_manifest(path)
+
+
+# -------------------------------------------------------------------------------------------------------
+# Recipes.
+
+
+def test_committed_msd_recipe_is_the_generated_one(tmp_path: Path) -> None:
+    committed = REPO / "manifests" / "msd-task01-default.json"
+    fresh = tmp_path / "fresh.json"
+    recipe = msd_task01_recipe()
+    write_recipe(fresh, BuildParams.from_dict(recipe["params"]), recipe["splits"], recipe["description"])
+    assert committed.read_text() == fresh.read_text()
+    params, splits = load_recipe(committed)
+    assert params == BuildParams()
+    assert params.sampling.patch_size == (160, 160, 16) and params.sampling.patches_per_case == 20
+    assert len(splits) == 484 and min(splits) == "BRATS_001" and max(splits) == "BRATS_484"
+    assert (
+        sum(v == "train" for v in splits.values()) == 387 and sum(v == "val" for v in splits.values()) == 97
+    )
+
+
+def test_recipe_round_trip_and_errors(tmp_path: Path) -> None:
+    params = BuildParams(sampling=SamplingParams(patch_size=(32, 32, 8), patches_per_case=3), seed=7)
+    path = write_recipe(tmp_path / "r.json", params, {"B": "val", "A": "train"}, "tiny")
+    assert load_recipe(path) == (params, {"A": "train", "B": "val"})
+
+    def broken(**changes) -> Path:
+        data = {**recipe_dict(params, {"A": "train"}), **changes}
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(data))
+        return bad
+
+    with pytest.raises(ConfigError, match="expected kind 'brainprep-recipe'"):
+        load_recipe(broken(kind="other"))
+    with pytest.raises(ConfigError, match="version 2"):
+        load_recipe(broken(version=2))
+    with pytest.raises(ConfigError, match=r"split values must be one of .* A='test'"):
+        load_recipe(broken(splits={"A": "test"}))
+    with pytest.raises(ConfigError, match=r"bad params: .*no parameter"):
+        load_recipe(broken(params={**params.to_dict(), "colour": 1}))
+    with pytest.raises(ConfigError, match="bad params: patches_per_case must be >= 1"):
+        load_recipe(broken(params={**params.to_dict(), "sampling": {"patches_per_case": 0}}))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(tmp_path / "missing.json")
