@@ -1,0 +1,64 @@
+"""``brainnet evaluate``: Dice, sensitivity and specificity of a checkpoint on a store split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("evaluate")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--store", "store", required=True, help="Patch store (STORE.zarr, STORE.h5, .zip or URL).")
+@click.option("--split", type=click.Choice(["train", "val"]), default="val", show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for metrics.csv, metrics.json, overlay.png.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def evaluate(
+    checkpoint: Path,
+    store: str,
+    split: str,
+    out_dir: Path | None,
+    batch_size: int,
+    device: str,
+    progress: bool,
+) -> None:
+    """Score CHECKPOINT on the patches of one split of STORE, per case and overall."""
+    from brainnet.evaluate import evaluate_store, format_table, write_evaluation
+    from brainnet.train.checkpoint import load_model
+    from brainnet.train.distributed import resolve_device
+    from brainprep.errors import BrainprepError
+    from brainprep.store import open_store
+
+    try:
+        target = resolve_device(device)
+        loaded = load_model(checkpoint, target)
+        patch_store = open_store(store)
+        if patch_store.params.to_dict() != loaded.build_params.to_dict():
+            click.echo(
+                f"warning: {store} was built with other parameters than the checkpoint's training store",
+                err=True,
+            )
+        threshold = loaded.train_config.threshold if loaded.train_config is not None else 0.5
+        result = evaluate_store(
+            loaded.model,
+            patch_store,
+            split,
+            batch_size=batch_size,
+            threshold=threshold,
+            amp=target.type == "cuda",
+            progress=progress,
+        )
+    except BrainprepError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(format_table(result))
+    if out_dir is not None:
+        paths = write_evaluation(result, out_dir, {"checkpoint": str(checkpoint), "store": str(store)})
+        click.echo("wrote " + ", ".join(str(p) for p in paths.values()))

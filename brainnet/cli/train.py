@@ -1,0 +1,133 @@
+"""``brainnet train``: train the 3D U-Net on a patch store.
+
+Several GPUs (or CPU processes): ``torchrun --nproc-per-node N --no-python brainnet train ...``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+#: options that may change when resuming (the rest come from the checkpoint).
+_RESUME_OVERRIDES = ("epochs", "workers", "device", "amp")
+
+
+def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) -> None:
+    """Raise when an option given with --resume contradicts the checkpoint (it would be ignored)."""
+    changed = sorted(
+        name
+        for name in explicit
+        if name in saved and name not in _RESUME_OVERRIDES and asked.get(name) != saved[name]
+    )
+    if changed:
+        details = ", ".join(
+            f"--{n.replace('_', '-')} {asked[n]!r} (checkpoint: {saved[n]!r})" for n in changed
+        )
+        raise click.UsageError(f"--resume continues {path} as it was trained; cannot change {details}")
+
+
+@click.command("train")
+@click.option("--store", "store", required=True, help="Patch store (STORE.zarr, STORE.h5, .zip or URL).")
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder."
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Course: 10.")
+@click.option(
+    "--steps-per-epoch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Batches per epoch (course: 20); default one pass over the train split.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=3, show_default=True, help="Course: 3.")
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-5,
+    show_default=True,
+    help="Adam; course 1e-5.",
+)
+@click.option("--base-filters", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--depth", type=click.IntRange(min=2), default=4, show_default=True)
+@click.option(
+    "--normalization", type=click.Choice(["none", "batch", "instance"]), default="none", show_default=True
+)
+@click.option(
+    "--workers", type=click.IntRange(min=0), default=2, show_default=True, help="DataLoader workers."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option(
+    "--val-split",
+    type=click.Choice(["train", "val", "none"]),
+    default="val",
+    show_default=True,
+    help="Split validated each epoch; none skips validation.",
+)
+@click.option(
+    "--val-steps", type=click.IntRange(min=1), default=None, help="Validation batches (default: all)."
+)
+@click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA.")
+@click.option("--min-tumour-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--weighting", type=click.Choice(["uniform", "tumour"]), default="uniform", show_default=True)
+@click.option("--flips/--no-flips", default=False, show_default=True, help="Random flips along X, Y and Z.")
+@click.option(
+    "--resume", is_flag=True, help="Continue RUN_DIR/last.pt (its configs; --epochs etc. may change)."
+)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.pass_context
+def train(ctx: click.Context, store: str, out_dir: Path, **options: object) -> None:
+    """Train on the train split of STORE; checkpoints, log.csv and TensorBoard events go to RUN_DIR."""
+    from brainnet.model import ModelConfig
+    from brainnet.train import TrainConfig
+    from brainnet.train import train as run_training
+    from brainnet.train.checkpoint import load_checkpoint
+    from brainprep.errors import BrainprepError
+    from brainprep.store import open_store
+
+    val_split = None if options["val_split"] == "none" else str(options["val_split"])
+    try:
+        config = TrainConfig(
+            epochs=options["epochs"],
+            steps_per_epoch=options["steps_per_epoch"],
+            batch_size=options["batch_size"],
+            lr=options["lr"],
+            val_split=val_split,
+            val_steps=options["val_steps"],
+            seed=options["seed"],
+            device=options["device"],
+            amp=options["amp"],
+            workers=options["workers"],
+            min_tumour_fraction=options["min_tumour_fraction"],
+            weighting=options["weighting"],
+            flip_axes=(0, 1, 2) if options["flips"] else (),
+        )
+        model_config = ModelConfig(
+            depth=options["depth"],
+            base_filters=options["base_filters"],
+            normalization=options["normalization"],
+        )
+        last = out_dir / "last.pt"
+        if options["resume"] and last.exists():
+            saved = load_checkpoint(last)
+            explicit = {
+                name
+                for name in options
+                if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+            }
+            _refuse_changes(explicit, config.to_dict(), saved["train_config"], last)
+            _refuse_changes(explicit, model_config.to_dict(), saved["model_config"], last)
+            model_config = ModelConfig.from_dict(saved["model_config"])
+            given = {name: getattr(config, name) for name in _RESUME_OVERRIDES if name in explicit}
+            config = TrainConfig.from_dict(saved["train_config"]).replace(**given)
+        patch_store = open_store(store)
+        result = run_training(
+            patch_store, out_dir, config, model_config, progress=options["progress"], resume=options["resume"]
+        )
+    except BrainprepError as err:
+        raise click.ClickException(str(err)) from err
+    if result.rank == 0:
+        click.echo(
+            f"trained {result.epochs} epochs ({result.global_step} steps); "
+            f"best score {result.best_score:.4f}; checkpoints in {result.out_dir}"
+        )

@@ -1,0 +1,23 @@
+"""Data stage of brainnet: patch datasets over brainprep stores, shard-aware samplers, loaders."""
+
+from brainnet.data.dataset import PatchDataset, flip_pair, split_slots
+from brainnet.data.loader import make_loader
+from brainnet.data.sampler import (
+    ShardShuffleSampler,
+    filter_by_tumour_fraction,
+    shard_window_order,
+    split_for_rank,
+    tumour_weights,
+)
+
+__all__ = [
+    "PatchDataset",
+    "ShardShuffleSampler",
+    "filter_by_tumour_fraction",
+    "flip_pair",
+    "make_loader",
+    "shard_window_order",
+    "split_for_rank",
+    "split_slots",
+    "tumour_weights",
+]

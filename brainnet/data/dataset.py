@@ -1,0 +1,119 @@
+"""Map-style dataset over the patches of a brainprep store.
+
+Position ``i`` of a :class:`PatchDataset` is store slot ``dataset.slots[i]``; the slots are chosen from the
+store's patch table (split, tumour fraction) without reading any image. Each DataLoader worker gets a
+pickled copy and the :class:`~brainprep.store.reader.PatchStore` reopens its handle lazily in that process.
+
+A sample is ``{"image": float32 (4, X, Y, Z), "target": float32 (3, X, Y, Z), "slot": int64}``, the target
+being the one-hot of edema, non-enhancing and enhancing tumour (MSD labels 1, 2, 3; background dropped,
+as the course's generator does with ``y[1:]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from brainnet.metrics import labels_to_onehot
+from brainprep.errors import ConfigError
+from brainprep.store.schema import SPLIT_CODES
+
+if TYPE_CHECKING:
+    from brainprep.store.reader import PatchStore
+
+
+def flip_pair(image: np.ndarray, target: np.ndarray, axes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Flip image (C, X, Y, Z) and target (K, X, Y, Z) along the same spatial ``axes`` (0 = X)."""
+    if not axes:
+        return image, target
+    dims = tuple(1 + a for a in axes)
+    return np.ascontiguousarray(np.flip(image, dims)), np.ascontiguousarray(np.flip(target, dims))
+
+
+def split_slots(store: PatchStore, split: str | None) -> np.ndarray:
+    """int64 slots of ``split`` (``train``, ``val`` or ``None`` for all valid slots), from the table only."""
+    if split is not None and split not in SPLIT_CODES:
+        raise ConfigError(f"split must be one of {tuple(SPLIT_CODES)}, got {split!r}")
+    return np.asarray(store.patch_indices(split=split), dtype=np.int64)
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Patches of a store, optionally with random flips.
+
+    Args:
+        store: an open :class:`~brainprep.store.reader.PatchStore`.
+        slots: int64 (n,) the store slots to serve, in position order.
+        flip_axes: spatial axes (0 X, 1 Y, 2 Z) each flipped with probability 1/2; empty for none.
+        seed: flips of position ``i`` in epoch ``e`` come from ``default_rng([seed, e, i])``, so they do
+            not depend on the worker count or on resuming.
+    """
+
+    def __init__(
+        self,
+        store: PatchStore,
+        slots: np.ndarray,
+        *,
+        flip_axes: Sequence[int] = (),
+        seed: int = 0,
+    ) -> None:
+        self.store = store
+        self.slots = np.asarray(slots, dtype=np.int64)
+        bad_axes = [a for a in flip_axes if a not in (0, 1, 2)]
+        if bad_axes:
+            raise ConfigError(f"flip axes must be among 0, 1, 2 (X, Y, Z), got {tuple(flip_axes)}")
+        self.flip_axes = tuple(int(a) for a in flip_axes)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    @property
+    def shards(self) -> np.ndarray:
+        """int64 (n,) the case (= shard) index of each position, from the store table."""
+        return np.asarray(self.store.table.case, dtype=np.int64)[self.slots]
+
+    @property
+    def tumour_fraction(self) -> np.ndarray:
+        """float32 (n,) the stored tumour fraction of each position."""
+        return np.asarray(self.store.table.tumour_fraction, dtype=np.float32)[self.slots]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's flips (call before creating the DataLoader iterator)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def _sample(self, position: int, image: np.ndarray, label: np.ndarray) -> dict[str, Any]:
+        image = np.asarray(image, dtype=np.float32)
+        target = labels_to_onehot(np.asarray(label))  # float32 (3, X, Y, Z)
+        if self.flip_axes:
+            rng = np.random.default_rng([self.seed, self.epoch, position])
+            axes = [
+                a
+                for a, flip in zip(self.flip_axes, rng.random(len(self.flip_axes)) < 0.5, strict=True)
+                if flip
+            ]
+            image, target = flip_pair(image, target, axes)
+        return {
+            "image": torch.from_numpy(image),
+            "target": torch.from_numpy(target),
+            "slot": int(self.slots[position]),
+        }
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        slot = int(self.slots[position])
+        return self._sample(position, self.store.read_image(slot), self.store.read_label(slot))
+
+    def __getitems__(self, positions: Sequence[int]) -> list[dict[str, Any]]:
+        """A batch in one read: slots sorted so the store reads each shard once (DataLoader calls this)."""
+        positions = [int(p) for p in positions]
+        slots = self.slots[positions]
+        order = np.argsort(slots, kind="stable")
+        images, labels = self.store.read_patches(slots[order])
+        samples: list[dict[str, Any]] = [{}] * len(positions)
+        for k, i in enumerate(order):
+            samples[i] = self._sample(positions[i], images[k], labels[k])
+        return samples

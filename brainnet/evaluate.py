@@ -1,0 +1,264 @@
+"""Evaluate a checkpoint on a store split: Dice, sensitivity and specificity per class and BraTS region.
+
+Per case, the metrics are those of :func:`brainnet.metrics.segmentation_metrics` over all of the case's
+patches of the split taken together (patches may overlap; each is counted as cut). Overall metrics are
+computed from voxel counts (tp, fp, fn, tn) summed over every patch of the split, so evaluating a large
+store never holds more than one case in memory; :func:`metrics_from_counts` follows the empty-structure
+rules of :mod:`brainnet.metrics` and gives the same numbers as ``segmentation_metrics`` on the
+concatenation.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from brainnet.metrics import (
+    CLASS_LABELS,
+    METRIC_NAMES,
+    REGION_LABELS,
+    label_masks,
+    probabilities_to_labels,
+    segmentation_metrics,
+)
+from brainnet.predict import model_probabilities
+from brainprep.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+TARGETS: tuple[str, ...] = (*CLASS_LABELS, *REGION_LABELS)
+#: overlay colours of MSD labels 1 edema, 2 non-enhancing, 3 enhancing (RGBA).
+LABEL_COLOURS: tuple[tuple[float, float, float, float], ...] = (
+    (0.0, 0.0, 0.0, 0.0),
+    (0.2, 0.8, 0.2, 0.45),
+    (1.0, 0.85, 0.1, 0.55),
+    (0.95, 0.1, 0.1, 0.6),
+)
+OVERALL = "overall"
+
+
+def confusion_counts(pred_labels: np.ndarray, true_labels: np.ndarray) -> np.ndarray:
+    """int64 (6, 4) voxel counts tp, fp, fn, tn per target of :data:`TARGETS` (classes, then regions).
+
+    Args:
+        pred_labels, true_labels: integer MSD label arrays of the same shape.
+    """
+    groups = {**CLASS_LABELS, **REGION_LABELS}
+    pred_masks, true_masks = label_masks(pred_labels, groups), label_masks(true_labels, groups)
+    counts = np.zeros((len(TARGETS), 4), dtype=np.int64)
+    for i, name in enumerate(TARGETS):
+        p, t = pred_masks[name], true_masks[name]
+        tp = int((p & t).sum())
+        fp = int((p & ~t).sum())
+        fn = int((~p & t).sum())
+        counts[i] = (tp, fp, fn, p.numel() - tp - fp - fn)
+    return counts
+
+
+def _ratio_or_rule(hits: int, misses: int, false_claims: int) -> float:
+    """``hits / (hits + misses)``; where nothing existed 1.0 without false claims, else 0.0."""
+    total = hits + misses
+    return hits / total if total > 0 else float(false_claims == 0)
+
+
+def metrics_from_counts(counts: np.ndarray) -> dict[str, dict[str, float]]:
+    """``{target: {"dice", "sensitivity", "specificity"}}`` from (6, 4) counts of :func:`confusion_counts`."""
+    out: dict[str, dict[str, float]] = {}
+    for name, (tp, fp, fn, tn) in zip(TARGETS, counts.tolist(), strict=True):
+        denominator = 2 * tp + fp + fn
+        out[name] = {
+            "dice": 2 * tp / denominator if denominator > 0 else 1.0,
+            "sensitivity": _ratio_or_rule(tp, fn, fp),
+            "specificity": _ratio_or_rule(tn, fp, fn),
+        }
+    return out
+
+
+@dataclass(frozen=True)
+class OverlayRow:
+    """One picture row: an axial slice with the truth and the prediction.
+
+    Attributes:
+        title: row title.
+        image: float (X, Y) slice shown in grey (FLAIR).
+        truth: uint8 (X, Y) MSD labels, or ``None`` when unknown.
+        prediction: uint8 (X, Y) MSD labels.
+    """
+
+    title: str
+    image: np.ndarray
+    truth: np.ndarray | None
+    prediction: np.ndarray
+
+
+def draw_overlays(rows: list[OverlayRow], path: Path) -> Path:
+    """PNG with one row per slice: image, truth over image, prediction over image (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    colours = ListedColormap(LABEL_COLOURS)
+    figure, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
+    for row, ax_row in zip(rows, axes, strict=True):
+        # Arrays are (X, Y) in RAS: transpose and flip so anterior is up, patient right on the right.
+        grey = np.flipud(np.asarray(row.image, dtype=np.float32).T)
+        panels = (("image", None), ("truth", row.truth), ("prediction", row.prediction))
+        for ax, (name, labels) in zip(ax_row, panels, strict=True):
+            ax.imshow(grey, cmap="gray", interpolation="nearest")
+            if labels is not None:
+                ax.imshow(np.flipud(labels.T), cmap=colours, vmin=0, vmax=3, interpolation="nearest")
+            ax.set_title(f"{row.title}: {name}" if name == "image" else name, fontsize=8)
+            if name == "truth" and labels is None:
+                ax.set_title("truth: not available", fontsize=8)
+            ax.axis("off")
+    figure.legend(
+        handles=[Patch(color=c, label=n) for c, n in zip(LABEL_COLOURS[1:], CLASS_LABELS, strict=True)],
+        loc="lower center",
+        ncol=3,
+        fontsize=8,
+    )
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Metrics of one split.
+
+    Attributes:
+        split: the evaluated split.
+        overall: ``{target: {metric: value}}`` over all patches.
+        cases: ``{case_id: {target: {metric: value}}}``.
+        patches: patches per case.
+        overlays: a few patches drawn by :func:`draw_overlays`.
+    """
+
+    split: str
+    overall: dict[str, dict[str, float]]
+    cases: dict[str, dict[str, dict[str, float]]]
+    patches: dict[str, int]
+    overlays: list[OverlayRow] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"split": self.split, "overall": self.overall, "cases": self.cases, "patches": self.patches}
+
+
+def _overlay_row(
+    case_id: str, slot: int, image: np.ndarray, truth: np.ndarray, pred: np.ndarray
+) -> OverlayRow:
+    tumour = (truth > 0).sum(axis=(0, 1)) + (pred > 0).sum(axis=(0, 1))
+    z = int(np.argmax(tumour))
+    return OverlayRow(f"{case_id} slot {slot} z={z}", image[0, :, :, z], truth[:, :, z], pred[:, :, z])
+
+
+def evaluate_store(
+    model: torch.nn.Module,
+    store: Any,
+    split: str = "val",
+    *,
+    batch_size: int = 4,
+    threshold: float = 0.5,
+    amp: bool = False,
+    n_overlays: int = 4,
+    progress: bool = False,
+) -> EvaluationResult:
+    """Predict every patch of ``split`` and score it against the stored labels.
+
+    Args:
+        model: the network, on its device (put in eval mode here).
+        store: an open :class:`~brainprep.store.reader.PatchStore`.
+        split: ``train`` or ``val``.
+        batch_size: patches per forward pass.
+        threshold: probability threshold of :func:`~brainnet.metrics.probabilities_to_labels`.
+        n_overlays: patches to keep for the picture (the most tumorous patch of the first cases).
+    """
+    slots = store.patch_indices(split=split)
+    if len(slots) == 0:
+        raise ConfigError(f"store {store.location} has no patches in split {split!r}")
+    model.eval()
+    case_of_slot = np.asarray(store.table.case)[slots]
+    case_ids = {int(c["index"]): str(c["case_id"]) for c in store.cases}
+    total = np.zeros((len(TARGETS), 4), dtype=np.int64)
+    cases: dict[str, dict[str, dict[str, float]]] = {}
+    patches: dict[str, int] = {}
+    overlays: list[OverlayRow] = []
+    groups = np.unique(case_of_slot)
+    if progress:
+        from tqdm.auto import tqdm
+
+        groups = tqdm(groups, desc=f"evaluate {split}", unit="case")
+    for case_index in groups:
+        case_slots = slots[case_of_slot == case_index]
+        images, truth = store.read_patches(case_slots)
+        predicted = np.empty_like(truth)
+        for first in range(0, len(case_slots), batch_size):
+            batch = torch.from_numpy(np.asarray(images[first : first + batch_size], dtype=np.float32))
+            probabilities = model_probabilities(model, batch, amp).cpu()
+            predicted[first : first + batch_size] = probabilities_to_labels(
+                probabilities, threshold, axis=1
+            ).numpy()
+        case_id = case_ids.get(int(case_index), f"case{int(case_index)}")
+        cases[case_id] = segmentation_metrics(predicted, truth)
+        patches[case_id] = len(case_slots)
+        total += confusion_counts(predicted, truth)
+        if len(overlays) < n_overlays:
+            best = int(np.argmax((truth > 0).sum(axis=(1, 2, 3))))
+            overlays.append(
+                _overlay_row(
+                    case_id, int(case_slots[best]), np.asarray(images[best]), truth[best], predicted[best]
+                )
+            )
+    return EvaluationResult(split, metrics_from_counts(total), cases, patches, overlays)
+
+
+def format_table(result: EvaluationResult) -> str:
+    """Plain-text tables: overall Dice / sensitivity / specificity per target, then Dice per case."""
+    width = max(len(t) for t in TARGETS)
+    lines = [f"{'target':<{width}}  " + "  ".join(f"{m:>11}" for m in METRIC_NAMES)]
+    for target in TARGETS:
+        values = "  ".join(f"{result.overall[target][m]:>11.4f}" for m in METRIC_NAMES)
+        lines.append(f"{target:<{width}}  {values}")
+    id_width = max([len(OVERALL), *(len(c) for c in result.cases)])
+    short = ("ED", "NE", "EN", "WT", "TC", "ET")
+    lines += ["", "Dice per case", f"{'case':<{id_width}}  " + "  ".join(f"{s:>6}" for s in short)]
+    for case_id, metrics in [*result.cases.items(), (OVERALL, result.overall)]:
+        lines.append(f"{case_id:<{id_width}}  " + "  ".join(f"{metrics[t]['dice']:>6.3f}" for t in TARGETS))
+    return "\n".join(lines)
+
+
+def write_evaluation(
+    result: EvaluationResult, out_dir: Path, extra: dict[str, Any] | None = None
+) -> dict[str, Path]:
+    """Write ``metrics.csv`` (one row per case and target, ``overall`` last), ``metrics.json`` and
+    ``overlay.png`` into ``out_dir``; returns their paths by kind."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / "metrics.csv"
+    with csv_path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["case", "patches", "target", *METRIC_NAMES])
+        n_all = sum(result.patches.values())
+        for case_id, metrics in [*result.cases.items(), (OVERALL, result.overall)]:
+            n = result.patches.get(case_id, n_all)
+            for target in TARGETS:
+                writer.writerow([case_id, n, target, *(f"{metrics[target][m]:.6f}" for m in METRIC_NAMES)])
+    json_path = out_dir / "metrics.json"
+    json_path.write_text(json.dumps({**(extra or {}), **result.to_dict()}, indent=2))
+    paths = {"csv": csv_path, "json": json_path}
+    if result.overlays:
+        paths["png"] = draw_overlays(result.overlays, out_dir / "overlay.png")
+    return paths

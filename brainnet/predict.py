@@ -1,0 +1,224 @@
+"""Segment whole scans: preprocess as the training store was, slide patch-sized windows, write NIfTI.
+
+"Preprocessed exactly as the store was" depends on the store's standardization:
+
+- ``patch-slice`` (the course): every stored patch was standardized on its own, each channel of each
+  z-slice to mean 0 / std 1 over the *patch's* slice. A whole-scan slice standardized at once would have
+  other statistics, so the raw scan is tiled and each window is standardized inside the predictor, with
+  the same :func:`brainprep.standardize.standardize_patch_slices` the builder used. (Windows are the
+  store's patch size, so a window sees exactly the context a training patch saw. An axis shorter than the
+  window is zero-padded by the sliding window first; those zeros then count in the slice statistics.)
+- ``volume-nonzero`` (nnU-Net): statistics over the brain of the whole volume, so the scan is
+  standardized once, before tiling, with :func:`~brainprep.standardize.nonzero_statistics` and
+  :func:`~brainprep.standardize.standardize_with_statistics` (background kept at 0).
+
+In both cases windows are rounded through the store's dtype (float16 by default) so the network sees the
+values it was trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from brainnet.infer.sliding_window import sliding_window
+from brainnet.metrics import probabilities_to_labels, segmentation_metrics
+from brainnet.train.checkpoint import LoadedModel
+from brainprep import Case, CaseFiles, LabelConvention, write_label_in_source_space
+from brainprep.params import BuildParams
+from brainprep.standardize import (
+    brain_mask,
+    nonzero_statistics,
+    standardize_patch_slices,
+    standardize_with_statistics,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def model_probabilities(model: torch.nn.Module, batch: torch.Tensor, amp: bool = False) -> torch.Tensor:
+    """Sigmoid probabilities float32 (B, 3, X, Y, Z) of a float batch (B, 4, X, Y, Z) on the model's device.
+
+    With ``amp`` (CUDA only) the network runs under bfloat16 autocast; the sigmoid is taken in float32.
+    """
+    device = next(model.parameters()).device
+    enabled = amp and device.type == "cuda"
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
+        logits = model.forward_logits(batch.to(device, dtype=torch.float32, non_blocking=True))
+    return torch.sigmoid(logits.float())
+
+
+def _round_through(array: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 ``array`` after a round trip through the store dtype (what training patches went through)."""
+    return array.astype(dtype).astype(np.float32, copy=False)
+
+
+def window_predictor(
+    model: torch.nn.Module, build_params: BuildParams, amp: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The predictor of :func:`~brainnet.infer.sliding_window.sliding_window` for this store's preprocessing.
+
+    Returns:
+        A function mapping raw (``patch-slice``) or standardized (``volume-nonzero``) float windows
+        (B, 4, X, Y, Z) to probabilities float32 (B, 3, X, Y, Z) on the windows' device.
+    """
+    per_window = build_params.standardize.method == "patch-slice"
+    dtype = build_params.store.dtype
+
+    def predict(windows: torch.Tensor) -> torch.Tensor:
+        if per_window:
+            arrays = windows.detach().cpu().numpy()
+            windows = torch.from_numpy(
+                np.stack([_round_through(standardize_patch_slices(w), dtype) for w in arrays])
+            )
+        return model_probabilities(model, windows, amp).to(windows.device)
+
+    return predict
+
+
+def prepare_volume(image: np.ndarray, build_params: BuildParams) -> np.ndarray:
+    """The scan as the sliding window should see it.
+
+    Args:
+        image: float32 (4, X, Y, Z) RAS scan (raw intensities).
+
+    Returns:
+        float32 (4, X, Y, Z): raw for ``patch-slice`` (standardized per window later), standardized over
+        the brain for ``volume-nonzero``.
+    """
+    if build_params.standardize.method == "patch-slice":
+        return np.asarray(image, dtype=np.float32)
+    mean, std = nonzero_statistics(image)
+    standardized = standardize_with_statistics(image, mean, std, mask=brain_mask(image))
+    return _round_through(standardized, build_params.store.dtype)
+
+
+def predict_case(
+    model: torch.nn.Module,
+    case: Case,
+    build_params: BuildParams,
+    window: tuple[int, int, int] | None = None,
+    overlap: float = 0.5,
+    batch_size: int = 4,
+    device: torch.device | str | None = None,
+    *,
+    threshold: float = 0.5,
+    amp: bool = False,
+    brain_only: bool = True,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Segment one whole scan.
+
+    Args:
+        model: a :class:`~brainnet.model.UNet3D` (put in eval mode here).
+        case: the scan, from :func:`brainprep.read_case`.
+        build_params: the preprocessing of the training store (from the checkpoint).
+        window: window size; default the store's patch size.
+        overlap: fraction shared by neighbouring windows.
+        batch_size: windows per forward pass.
+        device: where the network runs (default: where the model is).
+        threshold: a class is present where its probability is above this.
+        brain_only: zero the probabilities (hence labels) outside the brain (voxels that are 0 in every
+            channel of the skull-stripped scan): no training patch taught the network anything there.
+
+    Returns:
+        (labels uint8 (X, Y, Z) MSD convention on the case's RAS grid, probabilities float32 (3, X, Y, Z)).
+    """
+    window = tuple(window) if window is not None else build_params.sampling.patch_size
+    if device is not None:
+        model.to(device)
+    model.eval()
+    volume = torch.from_numpy(prepare_volume(case.image, build_params))
+    probabilities = sliding_window(
+        volume,
+        window_predictor(model, build_params, amp),
+        window=window,
+        overlap=overlap,
+        blend="gaussian",
+        batch_size=batch_size,
+        device="cpu",  # windows are standardized on the CPU; the predictor moves them to the model
+        progress=progress,
+    ).numpy()
+    if brain_only:
+        probabilities[:, ~brain_mask(case.image)] = 0.0
+    labels = probabilities_to_labels(probabilities, threshold=threshold)
+    return labels, probabilities
+
+
+@dataclass(frozen=True)
+class CasePrediction:
+    """The outcome of :func:`segment_case`.
+
+    Attributes:
+        case_id: the case.
+        labels: uint8 (X, Y, Z) MSD labels on the RAS grid.
+        output: the written NIfTI (source orientation, affine and shape).
+        metrics: :func:`~brainnet.metrics.segmentation_metrics` against the case's label, or ``None``.
+        png: the overlay picture, when asked for.
+    """
+
+    case_id: str
+    labels: np.ndarray
+    output: Path
+    metrics: dict[str, dict[str, float]] | None
+    png: Path | None
+
+
+def segment_case(
+    loaded: LoadedModel,
+    files: CaseFiles,
+    out_path: Path,
+    *,
+    overlap: float = 0.5,
+    batch_size: int = 4,
+    source_labels: bool = False,
+    png: Path | None = None,
+    amp: bool = False,
+    progress: bool = False,
+) -> CasePrediction:
+    """Read a case, segment it and write the label map in the case's source space.
+
+    Args:
+        loaded: the network and its store parameters (:func:`brainnet.train.load_model`).
+        files: the case, from :func:`brainprep.discover_cases`.
+        out_path: the ``.nii.gz`` to write.
+        source_labels: write the source's label convention (e.g. BraTS 2023) instead of MSD's.
+        png: also draw the axial slice with the most predicted tumour.
+    """
+    from brainprep import read_case
+
+    case = read_case(files)
+    threshold = loaded.train_config.threshold if loaded.train_config is not None else 0.5
+    labels, _ = predict_case(
+        loaded.model,
+        case,
+        loaded.build_params,
+        overlap=overlap,
+        batch_size=batch_size,
+        threshold=threshold,
+        amp=amp,
+        progress=progress,
+    )
+    convention = files.label_convention if source_labels else LabelConvention.MSD
+    output = write_label_in_source_space(labels, case, Path(out_path), convention)
+    metrics = segmentation_metrics(labels, case.label) if case.label is not None else None
+    picture = None
+    if png is not None:
+        from brainnet.evaluate import OverlayRow, draw_overlays
+
+        # The slice with the most tumour: true tumour when the case has a label, else predicted.
+        shown = case.label if case.label is not None and case.label.any() else labels
+        z = int(np.argmax((shown > 0).sum(axis=(0, 1)))) if shown.any() else labels.shape[2] // 2
+        row = OverlayRow(
+            title=f"{case.case_id} z={z}",
+            image=case.image[0, :, :, z],
+            truth=case.label[:, :, z] if case.label is not None else None,
+            prediction=labels[:, :, z],
+        )
+        picture = draw_overlays([row], Path(png))
+    return CasePrediction(case.case_id, labels, output, metrics, picture)

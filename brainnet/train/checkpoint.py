@@ -1,0 +1,163 @@
+"""Checkpoints: plain dicts of tensors, numbers, strings and lists that load with ``weights_only=True``.
+
+A checkpoint holds everything to rebuild the model, to preprocess new scans the way its store was
+preprocessed, and to resume training bit for bit:
+
+=================  =====================================================================
+key                content
+=================  =====================================================================
+format_version     1
+model              ``state_dict`` of the (unwrapped) model
+model_config       ``ModelConfig.to_dict()``
+train_config       ``TrainConfig.to_dict()``
+build_params       the store's ``BuildParams.to_dict()`` (patch size, standardization, ...)
+store              the store location (str)
+optimizer          Adam's ``state_dict``
+scaler             GradScaler ``state_dict`` (float16 AMP) or ``{}``
+epoch              epochs completed
+global_step        optimizer steps taken
+sampler            ``{"epoch", "start"}``: where the training data stream stands
+rng                ``{"torch": uint8 tensor, "cuda": [uint8 tensors], "numpy": {...}, "python": [...]}``
+best_score         best validation mean Dice so far (``-1.0`` before any)
+history            one dict of numbers per finished epoch
+world_size         ranks of the run that wrote it
+=================  =====================================================================
+
+Files are written atomically (temporary file in the same folder, then ``os.replace``), so a run killed
+while saving leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from brainnet.model import ModelConfig, UNet3D, build_model
+from brainnet.train.config import TrainConfig
+from brainprep.errors import BrainprepError
+from brainprep.params import BuildParams
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(BrainprepError, ValueError):
+    """A checkpoint that cannot be read or lacks what is asked of it."""
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The global RNG states of torch, CUDA, numpy and python as tensors / lists / numbers."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": int(version), "state": list(internal), "gauss_next": gauss_next},
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state` (tensors may come mapped to a GPU: states live on the CPU)."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), index)
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            numpy_state["kind"],
+            numpy_state["keys"].cpu().numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    python_state = state["python"]
+    random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss_next"]))
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path) -> Path:
+    """Write ``payload`` to ``path`` atomically (temp file + rename in the same folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` (no code runs from the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several unrelated types for a bad file
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    missing = [k for k in ("model", "model_config", "build_params") if k not in payload]
+    if not isinstance(payload, dict) or missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing) or 'a dict payload'}")
+    if payload.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format {payload['format_version']}, "
+            f"this brainnet reads <= {FORMAT_VERSION}"
+        )
+    return payload
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model rebuilt from a checkpoint, with the parameters it was made with.
+
+    Attributes:
+        model: the network in eval mode, on the requested device.
+        model_config, train_config, build_params: as stored in the checkpoint.
+        store: location of the store it was trained on.
+        epoch: epochs completed when the checkpoint was written.
+    """
+
+    model: UNet3D
+    model_config: ModelConfig
+    train_config: TrainConfig | None
+    build_params: BuildParams
+    store: str
+    epoch: int
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """Rebuild the network of a checkpoint and load its weights."""
+    payload = load_checkpoint(path, map_location=device)
+    model_config = ModelConfig.from_dict(payload["model_config"])
+    model = build_model(model_config)
+    model.load_state_dict(payload["model"])
+    model.to(device).eval()
+    train_config = payload.get("train_config")
+    return LoadedModel(
+        model=model,
+        model_config=model_config,
+        train_config=TrainConfig.from_dict(train_config) if train_config else None,
+        build_params=BuildParams.from_dict(payload["build_params"]),
+        store=str(payload.get("store", "")),
+        epoch=int(payload.get("epoch", 0)),
+    )

@@ -1,0 +1,98 @@
+"""Training hyper-parameters: a frozen :class:`TrainConfig` stored verbatim in every checkpoint.
+
+Course defaults (AI for Medicine, course 1 week 3): ``unet_model_3d`` compiles with
+``Adam(lr=initial_learning_rate)`` where ``initial_learning_rate=0.00001`` (1e-5) and the soft Dice loss;
+``model.fit_generator`` runs ``n_epochs=10`` epochs of ``steps_per_epoch=20`` batches of 3 patches
+(``VolumeDataGenerator(batch_size=3, dim=(160, 160, 16))``) with ``validation_steps=20``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from brainprep.config import Params
+from brainprep.errors import ConfigError
+from brainprep.store.schema import SPLIT_NAMES
+
+DEVICES = ("auto", "cpu", "cuda")
+AMP_DTYPES = ("bfloat16", "float16")
+WEIGHTINGS = ("uniform", "tumour")
+COURSE_LEARNING_RATE = 1e-5
+
+
+@dataclass(frozen=True)
+class TrainConfig(Params):
+    """How a model is trained on a store.
+
+    Attributes:
+        epochs: training epochs (course: 10).
+        steps_per_epoch: batches per epoch; ``None`` = one pass over the training split (course: 20).
+            With a fixed count the data stream runs on across epochs (the sampler's own epoch advances
+            whenever a pass over the split is used up).
+        batch_size: patches per batch and rank (course: 3).
+        lr: Adam learning rate (course: 1e-5).
+        val_split: split evaluated after each epoch; ``None`` skips validation.
+        val_steps: validation batches per epoch; ``None`` = the whole split (course: 20).
+        seed: seeds model initialisation, shuffling and augmentation.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        amp: mixed precision on CUDA (ignored on CPU).
+        amp_dtype: ``bfloat16`` (no loss scaling needed) or ``float16`` (with a GradScaler).
+        workers: DataLoader worker processes (results do not depend on it).
+        shuffle_window: shards (cases) whose patches are shuffled together.
+        min_tumour_fraction: train only on patches whose stored tumour fraction is at least this.
+        weighting: ``uniform`` (every patch once per pass) or ``tumour`` (drawn with replacement,
+            probability proportional to the stored tumour fraction).
+        flip_axes: spatial axes randomly flipped (0 X, 1 Y, 2 Z); empty = none (the course uses none).
+        threshold: probability threshold of the reported Dice.
+        deterministic: ``torch.use_deterministic_algorithms`` (bit-exact reruns on CPU; slower on GPU).
+    """
+
+    epochs: int = 10
+    steps_per_epoch: int | None = None
+    batch_size: int = 3
+    lr: float = COURSE_LEARNING_RATE
+    val_split: str | None = "val"
+    val_steps: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    amp_dtype: str = "bfloat16"
+    workers: int = 0
+    shuffle_window: int = 4
+    min_tumour_fraction: float = 0.0
+    weighting: str = "uniform"
+    flip_axes: tuple[int, ...] = ()
+    threshold: float = 0.5
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "shuffle_window"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("steps_per_epoch", "val_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"TrainConfig.{name} must be >= 1 or None, got {value}")
+        if not self.lr > 0:
+            raise ConfigError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.workers < 0:
+            raise ConfigError(f"TrainConfig.workers must be >= 0, got {self.workers}")
+        if self.val_split is not None and self.val_split not in SPLIT_NAMES:
+            raise ConfigError(
+                f"TrainConfig.val_split must be one of {SPLIT_NAMES} or None, got {self.val_split!r}"
+            )
+        if self.device not in DEVICES:
+            raise ConfigError(f"TrainConfig.device must be one of {DEVICES}, got {self.device!r}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ConfigError(f"TrainConfig.amp_dtype must be one of {AMP_DTYPES}, got {self.amp_dtype!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"TrainConfig.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if not 0.0 <= self.min_tumour_fraction <= 1.0:
+            raise ConfigError(
+                f"TrainConfig.min_tumour_fraction must be in [0, 1], got {self.min_tumour_fraction}"
+            )
+        object.__setattr__(self, "flip_axes", tuple(int(a) for a in self.flip_axes))
+        if any(a not in (0, 1, 2) for a in self.flip_axes):
+            raise ConfigError(f"TrainConfig.flip_axes must be among 0, 1, 2, got {self.flip_axes}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"TrainConfig.threshold must be in (0, 1), got {self.threshold}")

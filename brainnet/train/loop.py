@@ -1,0 +1,506 @@
+"""The training loop: Adam on the soft Dice loss, per-epoch validation, checkpoints, resume, DDP.
+
+Layers: :func:`dice_counts` / :func:`compute_loss` are pure tensor functions; :func:`train_step` and
+:func:`validate` run one batch / one split; :func:`train` is the driver (data, model, epochs, logs,
+checkpoints). Run it on several processes with ``torchrun`` (see :mod:`brainnet.train.distributed`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from brainnet.data.dataset import PatchDataset, split_slots
+from brainnet.data.loader import make_loader
+from brainnet.data.sampler import ShardShuffleSampler, filter_by_tumour_fraction, tumour_weights
+from brainnet.losses import soft_dice_loss
+from brainnet.model import ModelConfig, build_model
+from brainnet.train import checkpoint as ckpt
+from brainnet.train.config import TrainConfig
+from brainnet.train.distributed import DistributedContext, all_reduce_sum, barrier, init_distributed, shutdown
+from brainnet.train.logs import RunLogger
+from brainprep.errors import BrainprepError, ConfigError, StoreMismatchError
+
+logger = logging.getLogger(__name__)
+
+CLASS_KEYS: tuple[str, ...] = ("edema", "non_enhancing", "enhancing")
+LAST_NAME = "last.pt"
+BEST_NAME = "best.pt"
+#: TrainConfig fields that may change when resuming; any other change would break the trajectory.
+RESUMABLE_CHANGES = frozenset(
+    {"epochs", "workers", "device", "amp", "deterministic", "val_steps", "threshold"}
+)
+
+
+class NonFiniteLossError(BrainprepError, FloatingPointError):
+    """The loss became NaN or infinite; training stops rather than writing garbage weights."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` did.
+
+    Attributes:
+        out_dir: the run folder.
+        last_checkpoint, best_checkpoint: paths (``best`` is ``None`` if no epoch finished).
+        epochs: epochs completed (including those of a resumed run).
+        global_step: optimizer steps taken in total.
+        best_score: best mean validation Dice (train Dice when there is no validation split).
+        history: one dict per finished epoch (the CSV rows).
+        slots_seen: int64, the store slots this rank trained on in this call, in order.
+        model: the trained network (unwrapped, on the training device).
+        rank, world_size: this process in the run.
+    """
+
+    out_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    epochs: int
+    global_step: int
+    best_score: float
+    history: list[dict[str, Any]]
+    slots_seen: np.ndarray = field(repr=False)
+    model: nn.Module | None = field(default=None, repr=False)
+    rank: int = 0
+    world_size: int = 1
+
+
+def compute_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice loss of sigmoid(logits), computed in float32 whatever the autocast dtype.
+
+    Args:
+        logits: (B, 3, X, Y, Z) pre-sigmoid outputs.
+        target: float32 (B, 3, X, Y, Z) one-hot.
+    """
+    return soft_dice_loss(torch.sigmoid(logits.float()), target)
+
+
+def dice_counts(probabilities: torch.Tensor, target: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Per-class voxel counts of thresholded predictions.
+
+    Args:
+        probabilities: float (B, C, X, Y, Z).
+        target: one-hot float (B, C, X, Y, Z).
+
+    Returns:
+        float64 (3, C): rows intersection, predicted voxels, true voxels (summed over the batch).
+    """
+    pred = probabilities > threshold
+    truth = target > 0.5
+    dims = (0, 2, 3, 4)
+    return torch.stack(
+        [(pred & truth).sum(dims), pred.sum(dims), truth.sum(dims)],
+    ).to(torch.float64)
+
+
+def dice_from_counts(counts: torch.Tensor) -> torch.Tensor:
+    """float64 (C,) Dice ``2 I / (P + T)`` per class; 1 where a class is absent from both."""
+    intersection, predicted, true = counts
+    total = predicted + true
+    return torch.where(total > 0, 2 * intersection / total.clamp(min=1), torch.ones_like(total))
+
+
+class _Logits(nn.Module):
+    """Makes ``forward`` return logits, so DDP (which hooks ``forward``) wraps the AMP-safe path."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_logits(x)
+
+
+@dataclass
+class _Precision:
+    enabled: bool
+    dtype: torch.dtype
+    scaler: torch.amp.GradScaler | None
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        return torch.autocast(device.type, dtype=self.dtype, enabled=self.enabled)
+
+
+def _precision(config: TrainConfig, device: torch.device) -> _Precision:
+    if not (config.amp and device.type == "cuda"):
+        return _Precision(False, torch.float32, None)
+    dtype = torch.bfloat16 if config.amp_dtype == "bfloat16" else torch.float16
+    if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        logger.warning("this GPU has no bfloat16; using float16 autocast with loss scaling")
+        dtype = torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return _Precision(True, dtype, scaler)
+
+
+class _Stream:
+    """Batches of the training split as an endless stream across sampler epochs (resumable)."""
+
+    def __init__(self, dataset: PatchDataset, sampler: ShardShuffleSampler, config: TrainConfig, device):
+        self.dataset = dataset
+        self.sampler = sampler
+        self.loader = make_loader(
+            dataset, sampler, batch_size=config.batch_size, workers=config.workers, device=device
+        )
+        self.iterator: Iterator[dict[str, Any]] | None = None
+        self.consumed = sampler.start
+
+    def pass_length(self) -> int:
+        """Positions of one full pass of this rank."""
+        return len(self.sampler) + self.sampler.start
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "start": self.consumed}
+
+    def next(self) -> dict[str, Any]:
+        if self.iterator is None:
+            if self.consumed >= self.pass_length():
+                self.sampler.set_epoch(self.sampler.epoch + 1, 0)
+                self.consumed = 0
+            self.sampler.set_epoch(self.sampler.epoch, self.consumed)
+            self.dataset.set_epoch(self.sampler.epoch)
+            self.iterator = iter(self.loader)
+        batch = next(self.iterator)
+        self.consumed += len(batch["slot"])
+        if self.consumed >= self.pass_length():
+            self.iterator = None  # the pass is used up: the next call starts the next sampler epoch
+        return batch
+
+
+def train_step(
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, Any],
+    precision: _Precision,
+    context: DistributedContext,
+    threshold: float,
+) -> tuple[float, torch.Tensor]:
+    """One optimizer step. Returns the loss averaged over ranks and the batch's Dice counts (3, C).
+
+    Raises:
+        NonFiniteLossError: the loss is NaN/Inf on any rank (all ranks raise together).
+    """
+    device = context.device
+    image = batch["image"].to(device, non_blocking=True)
+    target = batch["target"].to(device, non_blocking=True)
+    with precision.autocast(device):
+        logits = network(image)
+    loss = compute_loss(logits, target)
+    mean_loss = float(all_reduce_sum(loss, context).item()) / context.world_size
+    if not math.isfinite(mean_loss):
+        raise NonFiniteLossError(f"loss is {mean_loss}")
+    optimizer.zero_grad(set_to_none=True)
+    if precision.scaler is not None:
+        precision.scaler.scale(loss).backward()
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        counts = dice_counts(torch.sigmoid(logits.detach().float()), target, threshold)
+    return mean_loss, counts
+
+
+@torch.no_grad()
+def validate(
+    network: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    precision: _Precision,
+    context: DistributedContext,
+    threshold: float,
+    max_batches: int | None,
+) -> dict[str, float]:
+    """Loss and Dice per class over a split, summed over all ranks.
+
+    Returns:
+        ``{"val_loss", "val_dice", "val_dice_edema", "val_dice_non_enhancing", "val_dice_enhancing"}``
+        where Dice counts voxels over the whole split (thresholded) and ``val_dice`` is their mean.
+    """
+    network.eval()
+    device = context.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    patches = torch.zeros((), dtype=torch.float64, device=device)
+    counts = torch.zeros((3, len(CLASS_KEYS)), dtype=torch.float64, device=device)
+    for index, batch in enumerate(loader):
+        if max_batches is not None and index >= max_batches:
+            break
+        image = batch["image"].to(device, non_blocking=True)
+        target = batch["target"].to(device, non_blocking=True)
+        with precision.autocast(device):
+            logits = network(image)
+        probabilities = torch.sigmoid(logits.float())
+        for k in range(len(image)):
+            loss_sum += soft_dice_loss(probabilities[k : k + 1], target[k : k + 1]).double()
+        patches += len(image)
+        counts += dice_counts(probabilities, target, threshold)
+    loss_sum, patches, counts = (all_reduce_sum(t, context) for t in (loss_sum, patches, counts))
+    network.train()
+    dice = dice_from_counts(counts)
+    metrics = {"val_loss": float(loss_sum / patches.clamp(min=1)), "val_dice": float(dice.mean())}
+    metrics.update({f"val_dice_{name}": float(d) for name, d in zip(CLASS_KEYS, dice, strict=True)})
+    return metrics
+
+
+def _train_dataset(store: Any, config: TrainConfig, context: DistributedContext):
+    slots = split_slots(store, "train")
+    slots = filter_by_tumour_fraction(slots, store.table.tumour_fraction, config.min_tumour_fraction)
+    if len(slots) == 0:
+        raise ConfigError(
+            f"store {store.location} has no train patches with tumour fraction "
+            f">= {config.min_tumour_fraction}"
+        )
+    dataset = PatchDataset(store, slots, flip_axes=config.flip_axes, seed=config.seed)
+    weights = tumour_weights(dataset.tumour_fraction) if config.weighting == "tumour" else None
+    sampler = ShardShuffleSampler(
+        dataset.shards,
+        shuffle=True,
+        seed=config.seed,
+        window=config.shuffle_window,
+        rank=context.rank,
+        world_size=context.world_size,
+        remainder="pad",
+        weights=weights,
+    )
+    return dataset, sampler
+
+
+def _val_loader(store: Any, config: TrainConfig, context: DistributedContext):
+    if config.val_split is None:
+        return None
+    slots = split_slots(store, config.val_split)
+    if len(slots) == 0:
+        logger.warning("store %s has no %s patches: no validation", store.location, config.val_split)
+        return None
+    dataset = PatchDataset(store, slots)
+    sampler = ShardShuffleSampler(
+        dataset.shards, shuffle=False, rank=context.rank, world_size=context.world_size, remainder="uneven"
+    )
+    return make_loader(
+        dataset, sampler, batch_size=config.batch_size, workers=config.workers, device=context.device
+    )
+
+
+def _check_resumable(
+    saved: dict[str, Any], config: TrainConfig, model_config: ModelConfig, path: Path
+) -> None:
+    if saved["model_config"] != model_config.to_dict():
+        raise ConfigError(
+            f"cannot resume {path}: model config {model_config.to_dict()} differs from the checkpoint's "
+            f"{saved['model_config']}"
+        )
+    old = saved.get("train_config", {})
+    changed = sorted(
+        k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and k in old and old[k] != v
+    )
+    if changed:
+        details = ", ".join(f"{k}: {old[k]!r} -> {config.to_dict()[k]!r}" for k in changed)
+        raise ConfigError(
+            f"cannot resume {path} with a different {details} (only {sorted(RESUMABLE_CHANGES)} may change)"
+        )
+
+
+def _open(store: Any):
+    if hasattr(store, "read_patches"):
+        return store
+    from brainprep.store.reader import open_store
+
+    return open_store(store)
+
+
+def train(
+    store: Any,
+    out_dir: Path | str,
+    config: TrainConfig,
+    model_config: ModelConfig | None = None,
+    progress: bool = False,
+    *,
+    resume: bool = False,
+) -> TrainResult:
+    """Train a :class:`~brainnet.model.UNet3D` on the ``train`` split of a store.
+
+    Writes ``out_dir/last.pt`` after every epoch, ``out_dir/best.pt`` whenever the mean validation Dice
+    improves, ``out_dir/log.csv`` and TensorBoard events in ``out_dir/tensorboard``.
+
+    Args:
+        store: a :class:`~brainprep.store.reader.PatchStore` or its location.
+        out_dir: the run folder.
+        config: training parameters.
+        model_config: the network (default: the course's).
+        progress: show a tqdm bar with loss and Dice (rank 0 only).
+        resume: continue from ``out_dir/last.pt`` (model, optimizer, epoch, step, RNG and sampler state);
+            the run then ends after ``config.epochs`` epochs in total. A fresh start when it is absent.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/Inf (message names epoch and step).
+        ConfigError: an empty train split, or a resume with a different model / trajectory.
+    """
+    store = _open(store)
+    out_dir = Path(out_dir)
+    model_config = model_config if model_config is not None else ModelConfig()
+    context = init_distributed(config.device)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _run(store, out_dir, config, model_config, progress, resume, context)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        shutdown(context)
+
+
+def _run(
+    store: Any,
+    out_dir: Path,
+    config: TrainConfig,
+    model_config: ModelConfig,
+    progress: bool,
+    resume: bool,
+    context: DistributedContext,
+) -> TrainResult:
+    device = context.device
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(config.seed)
+    model = build_model(model_config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    precision = _precision(config, device)
+    dataset, sampler = _train_dataset(store, config, context)
+    val_loader = _val_loader(store, config, context)
+
+    last_path, best_path = out_dir / LAST_NAME, out_dir / BEST_NAME
+    epoch, global_step, best_score, history = 0, 0, -1.0, []
+    if resume and last_path.exists():
+        saved = ckpt.load_checkpoint(last_path, map_location=device)
+        _check_resumable(saved, config, model_config, last_path)
+        if saved["build_params"] != store.params.to_dict():
+            raise StoreMismatchError(f"store {store.location} was not built like the store of {last_path}")
+        if saved.get("world_size", 1) != context.world_size:
+            raise ConfigError(
+                f"cannot resume {last_path} (written by {saved.get('world_size', 1)} ranks) "
+                f"on {context.world_size} ranks: the data order would change"
+            )
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if precision.scaler is not None and saved.get("scaler"):
+            precision.scaler.load_state_dict(saved["scaler"])
+        epoch, global_step = int(saved["epoch"]), int(saved["global_step"])
+        best_score, history = float(saved["best_score"]), list(saved["history"])
+        sampler.load_state_dict(saved["sampler"])
+        ckpt.restore_rng_state(saved["rng"])
+        logger.info("resumed %s at epoch %d, step %d", last_path, epoch, global_step)
+    elif resume:
+        logger.warning("no %s to resume from: starting a fresh run", last_path)
+
+    plain = _Logits(model)
+    network: nn.Module = plain
+    if context.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        network = DistributedDataParallel(
+            network, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    stream = _Stream(dataset, sampler, config, device)
+    steps = config.steps_per_epoch or math.ceil(stream.pass_length() / config.batch_size)
+    run_logger = None
+    if context.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run_logger = RunLogger(out_dir, resume_epoch=epoch, resume_step=global_step)
+    seen: list[np.ndarray] = []
+    network.train()
+    try:
+        while epoch < config.epochs:
+            started = time.perf_counter()
+            loss_sum, counts = 0.0, torch.zeros((3, len(CLASS_KEYS)), dtype=torch.float64, device=device)
+            bar = None
+            if progress and context.is_main:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=True)
+            for index in range(steps):
+                batch = stream.next()
+                seen.append(batch["slot"].numpy())
+                try:
+                    loss, batch_counts = train_step(
+                        network, optimizer, batch, precision, context, config.threshold
+                    )
+                except NonFiniteLossError as err:
+                    raise NonFiniteLossError(
+                        f"{err} at step {global_step + 1} (epoch {epoch + 1}, batch {index + 1} of {steps}); "
+                        f"training stopped, last good checkpoint: "
+                        f"{last_path if last_path.exists() else 'none'}"
+                    ) from None
+                global_step += 1
+                loss_sum += loss
+                counts += batch_counts
+                if run_logger is not None:
+                    run_logger.step({"train/loss": loss}, global_step)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.4f}", dice=f"{float(dice_from_counts(counts).mean()):.4f}")
+                    bar.update()
+            if bar is not None:
+                bar.close()
+            epoch += 1
+            row: dict[str, Any] = {
+                "epoch": epoch,
+                "global_step": global_step,
+                "train_loss": loss_sum / steps,
+                "train_dice": float(dice_from_counts(all_reduce_sum(counts, context)).mean()),
+            }
+            if val_loader is not None:
+                row.update(
+                    validate(plain, val_loader, precision, context, config.threshold, config.val_steps)
+                )
+            row["seconds"] = time.perf_counter() - started
+            score = float(row.get("val_dice", row["train_dice"]))
+            improved = score > best_score
+            best_score = max(best_score, score)
+            history.append(row)
+            if context.is_main:
+                payload = {
+                    "format_version": ckpt.FORMAT_VERSION,
+                    "model": model.state_dict(),
+                    "model_config": model_config.to_dict(),
+                    "train_config": config.to_dict(),
+                    "build_params": store.params.to_dict(),
+                    "store": str(store.location),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": precision.scaler.state_dict() if precision.scaler is not None else {},
+                    "epoch": epoch,
+                    "global_step": global_step,
+                    "sampler": stream.state(),
+                    "rng": ckpt.capture_rng_state(),
+                    "best_score": best_score,
+                    "history": history,
+                    "world_size": context.world_size,
+                }
+                ckpt.save_checkpoint(payload, last_path)
+                if improved:
+                    ckpt.save_checkpoint(payload, best_path)
+                run_logger.epoch(row)
+                logger.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
+            barrier(context)
+    finally:
+        if run_logger is not None:
+            run_logger.close()
+    return TrainResult(
+        out_dir=out_dir,
+        last_checkpoint=last_path,
+        best_checkpoint=best_path if best_path.exists() else None,
+        epochs=epoch,
+        global_step=global_step,
+        best_score=best_score,
+        history=history,
+        slots_seen=np.concatenate(seen) if seen else np.zeros(0, dtype=np.int64),
+        model=model,
+        rank=context.rank,
+        world_size=context.world_size,
+    )

@@ -1,0 +1,252 @@
+"""brainnet.data: shard-aware sampling, DDP splitting, tumour filtering, the patch dataset and loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from brainnet.data import (
+    PatchDataset,
+    ShardShuffleSampler,
+    filter_by_tumour_fraction,
+    flip_pair,
+    make_loader,
+    shard_window_order,
+    split_for_rank,
+    split_slots,
+    tumour_weights,
+)
+from brainprep.errors import ConfigError
+
+# 7 shards of unequal size: 3 + 1 + 4 + 2 + 5 + 2 + 3 = 20 positions.
+SHARDS = np.repeat(np.arange(7), [3, 1, 4, 2, 5, 2, 3])
+
+
+# ----------------------------------------------------------------------------------------- samplers
+def test_split_for_rank_by_hand():
+    order = np.array([4, 0, 3, 1, 2])
+    assert split_for_rank(order, 0, 2, "pad").tolist() == [4, 0, 3]
+    assert split_for_rank(order, 1, 2, "pad").tolist() == [1, 2, 4]  # pads with the order's first item
+    assert split_for_rank(order, 0, 2, "drop").tolist() == [4, 0]
+    assert split_for_rank(order, 1, 2, "drop").tolist() == [3, 1]
+    assert split_for_rank(order, 0, 2, "uneven").tolist() == [4, 0, 3]
+    assert split_for_rank(order, 1, 2, "uneven").tolist() == [1, 2]
+    with pytest.raises(ConfigError):
+        split_for_rank(order, 0, 2, "wrap")
+
+
+def test_shard_window_order_is_a_permutation_read_shard_by_shard():
+    rng = np.random.default_rng(0)
+    order = shard_window_order(SHARDS, rng, window=1)
+    assert sorted(order.tolist()) == list(range(len(SHARDS)))
+    runs = [s for i, s in enumerate(SHARDS[order]) if i == 0 or s != SHARDS[order][i - 1]]
+    assert len(runs) == 7  # window 1: every shard read in one contiguous run
+    order2 = shard_window_order(SHARDS, np.random.default_rng(0), window=2)
+    assert sorted(order2.tolist()) == list(range(len(SHARDS)))
+    # Window 2: the order is a run of groups, each holding all positions of 2 shards (the last: 1),
+    # so the shards by first appearance, taken 2 by 2, cover consecutive segments of the order.
+    sequence = SHARDS[order2]
+    first_seen = list(dict.fromkeys(sequence.tolist()))
+    segment_start = 0
+    for k in range(0, 7, 2):
+        pair = first_seen[k : k + 2]
+        size = int(np.isin(SHARDS, pair).sum())
+        assert set(sequence[segment_start : segment_start + size].tolist()) == set(pair)
+        segment_start += size
+    assert segment_start == len(SHARDS)
+
+
+@pytest.mark.parametrize("n_positions", [20, 21])
+def test_two_ranks_see_every_patch_once_per_epoch_and_reshuffle(n_positions):
+    shards = np.arange(n_positions) // 3
+    epochs = []
+    for epoch in range(2):
+        parts = []
+        for rank in range(2):
+            sampler = ShardShuffleSampler(shards, seed=5, window=2, rank=rank, world_size=2, remainder="pad")
+            sampler.set_epoch(epoch)
+            parts.append(list(sampler))
+            assert len(parts[-1]) == len(sampler) == -(-n_positions // 2)
+        together = parts[0] + parts[1]
+        if n_positions % 2 == 0:
+            assert not set(parts[0]) & set(parts[1])
+            assert sorted(together) == list(range(n_positions))
+        else:
+            # One position is read twice (padding) so both ranks take the same number of steps.
+            assert sorted(set(together)) == list(range(n_positions)) and len(together) == n_positions + 1
+        epochs.append(together)
+    assert epochs[0] != epochs[1]
+    again = ShardShuffleSampler(shards, seed=5, window=2, rank=0, world_size=2)
+    again.set_epoch(1)
+    assert list(again) == epochs[1][: len(again)]
+
+
+def test_uneven_and_drop_remainders():
+    shards = np.arange(21) // 4
+    uneven = [list(ShardShuffleSampler(shards, rank=r, world_size=2, remainder="uneven")) for r in range(2)]
+    assert sorted(uneven[0] + uneven[1]) == list(range(21)) and [len(u) for u in uneven] == [11, 10]
+    drop = [list(ShardShuffleSampler(shards, rank=r, world_size=2, remainder="drop")) for r in range(2)]
+    assert [len(d) for d in drop] == [10, 10] and len(set(drop[0] + drop[1])) == 20
+
+
+def test_sampler_start_and_state_dict():
+    sampler = ShardShuffleSampler(SHARDS, seed=1)
+    sampler.set_epoch(3)
+    full = list(sampler)
+    sampler.set_epoch(3, start=7)
+    assert list(sampler) == full[7:] and len(sampler) == len(SHARDS) - 7
+    restored = ShardShuffleSampler(SHARDS, seed=1)
+    restored.load_state_dict(sampler.state_dict())
+    assert list(restored) == full[7:]
+
+
+def test_unshuffled_sampler_keeps_dataset_order():
+    assert list(ShardShuffleSampler(SHARDS, shuffle=False)) == list(range(len(SHARDS)))
+
+
+def test_tumour_weights_and_weighted_sampler():
+    weights = tumour_weights(np.array([0.0, 0.5, 0.5]), floor=0.01)
+    np.testing.assert_allclose(weights, np.array([0.01, 0.5, 0.5]) / 1.01)
+    shards = np.array([0, 0, 1])
+    sampler = ShardShuffleSampler(shards, seed=0, weights=weights, num_samples=3000)
+    drawn = np.bincount(list(sampler), minlength=3)
+    assert drawn.sum() == 3000 and drawn[0] < 60 and drawn[1] > 1300 and drawn[2] > 1300
+    with pytest.raises(ConfigError):
+        ShardShuffleSampler(shards, weights=np.array([1.0, -1.0, 1.0]))
+
+
+def test_filter_by_tumour_fraction_by_hand():
+    fractions = np.array([0.0, 0.2, 0.05, 0.5, 0.01], dtype=np.float32)
+    kept = filter_by_tumour_fraction(np.array([4, 0, 1, 3, 2]), fractions, 0.05)
+    assert kept.tolist() == [1, 3, 2]
+    with pytest.raises(ConfigError):
+        filter_by_tumour_fraction(np.arange(5), fractions, 1.5)
+
+
+def test_flip_pair_flips_image_and_target_alike():
+    image = np.arange(2 * 2 * 3 * 1, dtype=np.float32).reshape(2, 2, 3, 1)
+    target = np.arange(2 * 3, dtype=np.float32).reshape(1, 2, 3, 1)
+    flipped_image, flipped_target = flip_pair(image, target, [1])  # spatial axis 1 = Y
+    assert flipped_image[0, 0, :, 0].tolist() == [2.0, 1.0, 0.0]
+    assert flipped_target[0, 1, :, 0].tolist() == [5.0, 4.0, 3.0]
+
+
+# ------------------------------------------------------------------------------------ on a store
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from brainprep.build import build_patches
+    from brainprep.params import BuildParams, SamplingParams
+    from brainprep.store import open_store
+    from brainprep.synth import SynthParams, write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    data = write_synthetic_dataset(root / "synth", SynthParams(n_cases=6, shape=(64, 64, 32), seed=0))
+    params = BuildParams(sampling=SamplingParams(patch_size=(32, 32, 8), patches_per_case=8))
+    build_patches(data, root / "store.zarr", params, workers=1, progress=False)
+    return open_store(root / "store.zarr")
+
+
+def test_dataset_yields_float32_image_and_one_hot_target(store):
+    slots = split_slots(store, "train")
+    dataset = PatchDataset(store, slots)
+    assert len(dataset) == len(slots) > 0
+    for position in (0, len(dataset) - 1):
+        sample = dataset[position]
+        slot = int(slots[position])
+        label = store.read_label(slot)
+        assert sample["slot"] == slot
+        assert sample["image"].dtype == torch.float32 and sample["image"].shape == (4, 32, 32, 8)
+        assert sample["target"].dtype == torch.float32 and sample["target"].shape == (3, 32, 32, 8)
+        np.testing.assert_array_equal(sample["image"].numpy(), store.read_image(slot).astype(np.float32))
+        for channel, value in enumerate((1, 2, 3)):
+            np.testing.assert_array_equal(
+                sample["target"][channel].numpy(), (label == value).astype(np.float32)
+            )
+        # one-hot without background: channels never overlap, and sum to 1 exactly on tumour voxels
+        np.testing.assert_array_equal(sample["target"].sum(0).numpy(), (label > 0).astype(np.float32))
+
+
+def test_batched_read_returns_samples_in_the_order_asked(store):
+    dataset = PatchDataset(store, split_slots(store, None))
+    positions = [5, 0, 17, 5, 9]
+    batch = dataset.__getitems__(positions)
+    for position, sample in zip(positions, batch, strict=True):
+        assert sample["slot"] == int(dataset.slots[position])
+        np.testing.assert_array_equal(sample["image"].numpy(), dataset[position]["image"].numpy())
+
+
+def test_flips_are_the_same_on_image_and_target_and_reproducible(store):
+    slots = split_slots(store, "train")
+    plain = PatchDataset(store, slots)
+    flipped = PatchDataset(store, slots, flip_axes=(0, 1, 2), seed=3)
+    n_flipped = 0
+    for position in range(8):
+        a, b = plain[position], flipped[position]
+        rng = np.random.default_rng([3, 0, position])
+        axes = [axis for axis, f in zip((0, 1, 2), rng.random(3) < 0.5, strict=True) if f]
+        dims = [1 + axis for axis in axes]
+        np.testing.assert_array_equal(b["image"].numpy(), np.flip(a["image"].numpy(), dims))
+        np.testing.assert_array_equal(b["target"].numpy(), np.flip(a["target"].numpy(), dims))
+        n_flipped += bool(axes)
+    assert n_flipped > 0
+
+
+def test_fraction_filter_uses_the_table_only(store, monkeypatch):
+    expected = [s for s in store.patch_indices("train") if store.table.tumour_fraction[s] >= 0.2]
+
+    def no_images(*args, **kwargs):
+        raise AssertionError("image data was read")
+
+    for name in ("read_image", "read_label", "read_patches"):
+        monkeypatch.setattr(store, name, no_images)
+    kept = filter_by_tumour_fraction(split_slots(store, "train"), store.table.tumour_fraction, 0.2)
+    assert kept.tolist() == expected
+    assert 0 < len(kept) < len(store.patch_indices("train"))  # the threshold bites on this store
+    assert (store.table.tumour_fraction[kept] >= 0.2).all()
+
+
+def test_loader_with_two_workers_matches_single_process(store):
+    dataset = PatchDataset(store, split_slots(store, "train"))
+    batches = {}
+    for workers in (0, 2):
+        sampler = ShardShuffleSampler(dataset.shards, seed=0)
+        loader = make_loader(dataset, sampler, batch_size=3, workers=workers)
+        got = list(loader)
+        assert got[0]["image"].shape == (3, 4, 32, 32, 8) and got[0]["target"].shape == (3, 3, 32, 32, 8)
+        batches[workers] = got
+    slots0 = torch.cat([b["slot"] for b in batches[0]]).tolist()
+    slots2 = torch.cat([b["slot"] for b in batches[2]]).tolist()
+    assert slots0 == slots2 and sorted(slots0) == split_slots(store, "train").tolist()
+    for a, b in zip(batches[0], batches[2], strict=True):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["target"], b["target"])
+
+
+def test_hdf5_store_with_two_workers(tmp_path):
+    from brainprep.build import build_patches
+    from brainprep.params import BuildParams, SamplingParams, StoreParams
+    from brainprep.store import open_store
+    from brainprep.synth import SynthParams, write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "synth", SynthParams(n_cases=2, shape=(64, 64, 32), seed=0))
+    params = BuildParams(
+        sampling=SamplingParams(patch_size=(32, 32, 8), patches_per_case=4), store=StoreParams(format="hdf5")
+    )
+    build_patches(data, tmp_path / "store.h5", params, workers=1, progress=False)
+    store = open_store(tmp_path / "store.h5")
+    dataset = PatchDataset(store, split_slots(store, None))
+    loader = make_loader(dataset, ShardShuffleSampler(dataset.shards, seed=0), batch_size=3, workers=2)
+    for batch in loader:
+        for slot, image in zip(batch["slot"].tolist(), batch["image"], strict=True):
+            np.testing.assert_array_equal(image.numpy(), store.read_image(slot).astype(np.float32))
+    assert store.format == "hdf5" and len(dataset) == 8
+
+
+def test_store_pickles_into_workers_by_location(store):
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(store))
+    assert Path(clone.location) == Path(store.location)
+    np.testing.assert_array_equal(clone.read_label(0), store.read_label(0))

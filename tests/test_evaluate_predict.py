@@ -1,0 +1,253 @@
+"""brainnet.evaluate and brainnet.predict: store metrics, whole-scan prediction, their CLIs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from brainnet.cli import main
+from brainnet.evaluate import TARGETS, confusion_counts, evaluate_store, metrics_from_counts
+from brainnet.metrics import probabilities_to_labels, segmentation_metrics
+from brainnet.model import ModelConfig, build_model
+from brainnet.predict import model_probabilities, predict_case, prepare_volume, segment_case, window_predictor
+from brainnet.train.checkpoint import load_model, save_checkpoint
+from brainprep import discover_cases, read_case
+from brainprep.params import BuildParams, SamplingParams, SplitParams, StandardizeParams
+from brainprep.standardize import brain_mask
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REAL_CASE = DATA / "brats2023-with-seg"
+TINY_MODEL = ModelConfig(depth=2, base_filters=2)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _build(root: Path, name: str, params: BuildParams, n_cases: int = 6) -> tuple[Path, Path]:
+    from brainprep.build import build_patches
+    from brainprep.synth import SynthParams, write_synthetic_dataset
+
+    data = root / f"synth{n_cases}"
+    if not data.exists():
+        write_synthetic_dataset(data, SynthParams(n_cases=n_cases, shape=(64, 64, 32), seed=0))
+    build_patches(data, root / name, params, workers=1, progress=False)
+    return data, root / name
+
+
+def _checkpoint(path: Path, build_params: BuildParams, store: str = "") -> Path:
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL)
+    payload = {
+        "format_version": 1,
+        "model": model.state_dict(),
+        "model_config": TINY_MODEL.to_dict(),
+        "build_params": build_params.to_dict(),
+        "store": store,
+        "epoch": 0,
+    }
+    return save_checkpoint(payload, path)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(data folder, store, checkpoint): 6 synthetic cases, val = BRATS_003 and BRATS_005."""
+    from brainprep.store import open_store
+
+    root = tmp_path_factory.mktemp("evaluate")
+    params = BuildParams(
+        sampling=SamplingParams(patch_size=(32, 32, 8), patches_per_case=4),
+        split=SplitParams(val_fraction=0.34),
+        seed=1,
+    )
+    data, store = _build(root, "store.zarr", params)
+    checkpoint = _checkpoint(root / "tiny.pt", open_store(store).params, str(store))
+    return data, store, checkpoint
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def test_metrics_from_counts_by_hand():
+    pred = np.array([0, 1, 1, 0, 3], dtype=np.uint8)
+    true = np.array([0, 1, 0, 0, 0], dtype=np.uint8)
+    counts = confusion_counts(pred, true)
+    assert counts[TARGETS.index("edema")].tolist() == [1, 1, 0, 3]  # tp, fp, fn, tn
+    metrics = metrics_from_counts(counts)
+    assert metrics["edema"] == pytest.approx({"dice": 2 / 3, "sensitivity": 1.0, "specificity": 3 / 4})
+    assert metrics["non_enhancing"] == {"dice": 1.0, "sensitivity": 1.0, "specificity": 1.0}  # empty/empty
+    assert metrics["enhancing"] == pytest.approx({"dice": 0.0, "sensitivity": 0.0, "specificity": 4 / 5})
+    # whole tumour: pred [0,1,1,0,1] vs true [0,1,0,0,0] -> tp 1, fp 2, fn 0, tn 2
+    assert metrics["whole_tumour"] == pytest.approx({"dice": 2 / 4, "sensitivity": 1.0, "specificity": 2 / 4})
+
+
+def test_summed_counts_equal_segmentation_metrics_of_the_concatenation():
+    rng = np.random.default_rng(0)
+    parts = [(rng.integers(0, 4, (6, 5, 4)), rng.integers(0, 3, (6, 5, 4))) for _ in range(3)]
+    total = sum(confusion_counts(p, t) for p, t in parts)
+    expected = segmentation_metrics(
+        np.concatenate([p for p, _ in parts]), np.concatenate([t for _, t in parts])
+    )
+    got = metrics_from_counts(total)
+    for target in TARGETS:
+        assert got[target] == pytest.approx(expected[target])
+
+
+# -------------------------------------------------------------------------------- preprocessing
+def _case_of_slot(store, data: Path, slot: int):
+    case_index = int(store.table.case[slot])
+    case_id = next(c["case_id"] for c in store.cases if c["index"] == case_index)
+    return read_case(discover_cases(data).case(case_id))
+
+
+def test_window_predictor_standardizes_each_window_as_the_store_did(built):
+    from brainprep.store import open_store
+
+    data, store_path, _ = built
+    store = open_store(store_path)
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL).eval()
+    slots = store.patch_indices("val")[:3]
+    predictor = window_predictor(model, store.params)
+    for slot in slots:
+        case = _case_of_slot(store, data, int(slot))
+        x, y, z = store.table.corner[slot]
+        raw = prepare_volume(case.image, store.params)[:, x : x + 32, y : y + 32, z : z + 8]
+        np.testing.assert_array_equal(raw, case.image[:, x : x + 32, y : y + 32, z : z + 8])  # raw
+        stored = torch.from_numpy(store.read_image(int(slot)).astype(np.float32))[None]
+        assert torch.equal(predictor(torch.from_numpy(raw)[None]), model_probabilities(model, stored))
+
+
+def test_volume_nonzero_volume_matches_the_stored_patches(tmp_path):
+    from brainprep.store import open_store
+
+    params = BuildParams(
+        sampling=SamplingParams(patch_size=(32, 32, 8), patches_per_case=2),
+        standardize=StandardizeParams(method="volume-nonzero"),
+    )
+    data, store_path = _build(tmp_path, "nonzero.zarr", params, n_cases=2)
+    store = open_store(store_path)
+    for slot in store.patch_indices()[:3]:
+        case = _case_of_slot(store, data, int(slot))
+        x, y, z = store.table.corner[slot]
+        volume = prepare_volume(case.image, store.params)
+        np.testing.assert_array_equal(
+            volume[:, x : x + 32, y : y + 32, z : z + 8], store.read_image(int(slot)).astype(np.float32)
+        )
+
+
+def test_predict_case_covers_the_scan(built):
+    data, _, checkpoint = built
+    loaded = load_model(checkpoint)
+    case = read_case(discover_cases(data).cases[0])
+    labels, probabilities = predict_case(loaded.model, case, loaded.build_params, overlap=0.5, batch_size=8)
+    assert labels.shape == case.shape and labels.dtype == np.uint8
+    assert probabilities.shape == (3, *case.shape) and probabilities.dtype == np.float32
+    assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
+    np.testing.assert_array_equal(labels, probabilities_to_labels(probabilities))
+    outside = ~brain_mask(case.image)
+    assert outside.any() and not labels[outside].any() and not probabilities[:, outside].any()
+
+
+# ---------------------------------------------------------------------------------------- evaluate
+def test_evaluate_store_per_case_and_overall(built):
+    from brainprep.store import open_store
+
+    _, store_path, checkpoint = built
+    store = open_store(store_path)
+    loaded = load_model(checkpoint)
+    result = evaluate_store(loaded.model, store, "val", batch_size=3)
+    assert sorted(result.cases) == ["BRATS_003", "BRATS_005"]
+    assert result.patches == {"BRATS_003": 4, "BRATS_005": 4}
+    predictions, truths = [], []
+    for case_id in sorted(result.cases):
+        index = next(c["index"] for c in store.cases if c["case_id"] == case_id)
+        slots = store.patch_indices("val")[store.table.case[store.patch_indices("val")] == index]
+        images, labels = store.read_patches(slots)
+        probabilities = model_probabilities(loaded.model, torch.from_numpy(images.astype(np.float32)))
+        predicted = probabilities_to_labels(probabilities, axis=1).numpy()
+        for target, metrics in segmentation_metrics(predicted, labels).items():
+            assert result.cases[case_id][target] == pytest.approx(metrics)
+        predictions.append(predicted)
+        truths.append(labels)
+    overall = segmentation_metrics(np.concatenate(predictions), np.concatenate(truths))
+    for target in TARGETS:
+        assert result.overall[target] == pytest.approx(overall[target])
+    assert len(result.overlays) == 2
+
+
+def test_cli_evaluate_writes_table_csv_json_png(built, tmp_path):
+    _, store_path, checkpoint = built
+    out = tmp_path / "eval"
+    args = ["evaluate", "--checkpoint", str(checkpoint), "--store", str(store_path), "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "whole_tumour" in result.output and "BRATS_005" in result.output
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "case,patches,target,dice,sensitivity,specificity"
+    assert len(rows) == 1 + 3 * len(TARGETS)  # 2 cases + overall
+    assert rows[-1].startswith("overall,8,enhancing_tumour,")
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["split"] == "val" and set(saved["overall"]) == set(TARGETS)
+    assert saved["checkpoint"] == str(checkpoint)
+    assert (out / "overlay.png").read_bytes()[:8] == PNG_MAGIC
+
+
+# ----------------------------------------------------------------------------------------- predict
+def test_cli_predict_data_folder_case_and_msd_file(built, tmp_path):
+    data, _, checkpoint = built
+    out = tmp_path / "pred.nii.gz"
+    args = ["predict", "--checkpoint", str(checkpoint), "--input", str(data), "--case", "BRATS_002"]
+    result = CliRunner().invoke(main, [*args, "--out", str(out), "--batch-size", "16", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "BRATS_002: wrote" in result.output and "whole_tumour" in result.output  # the case has a label
+    written = nib.load(out)
+    source = nib.load(data / "imagesTr" / "BRATS_002.nii.gz")
+    np.testing.assert_allclose(written.affine, source.affine)
+    assert written.shape == source.shape[:3] and written.get_data_dtype() == np.uint8
+    # The 4D image file alone: its label is found through labelsTr beside imagesTr.
+    args = [
+        "predict",
+        "--checkpoint",
+        str(checkpoint),
+        "--input",
+        str(data / "imagesTr" / "BRATS_002.nii.gz"),
+    ]
+    result = CliRunner().invoke(
+        main, [*args, "--out", str(tmp_path / "b.nii.gz"), "--batch-size", "16", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(nib.load(tmp_path / "b.nii.gz").get_fdata(), written.get_fdata())
+    # A data folder of several cases without --case is refused with the reason.
+    result = CliRunner().invoke(
+        main, ["predict", "--checkpoint", str(checkpoint), "--input", str(data), "--out", str(out)]
+    )
+    assert result.exit_code != 0 and "--case" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_CASE.is_dir(), reason=f"real BraTS 2023 case not found at {REAL_CASE}")
+def test_predict_real_case_writes_source_space_nifti(tmp_path):
+    from brainprep.read.labels import LabelConvention, from_msd_labels
+
+    # Window = the store's patch size; a 240x240x16 slab with no overlap keeps the CPU test to 10 windows.
+    params = BuildParams(sampling=SamplingParams(patch_size=(240, 240, 16)))
+    loaded = load_model(_checkpoint(tmp_path / "tiny.pt", params))
+    files = discover_cases(REAL_CASE).cases[0]
+    out = tmp_path / "seg.nii.gz"
+    result = segment_case(
+        loaded, files, out, overlap=0.0, batch_size=2, source_labels=True, png=tmp_path / "seg.png"
+    )
+    written = nib.load(out)
+    source = nib.load(REAL_CASE / "t1c.nii.gz")
+    np.testing.assert_allclose(written.affine, source.affine)
+    assert written.shape == source.shape == (240, 240, 155)
+    data = np.asarray(written.dataobj)
+    assert data.dtype == np.uint8
+    # The source is LPS: back in source space the RAS labels are flipped in x and y, in BraTS 2023 values.
+    np.testing.assert_array_equal(
+        data, from_msd_labels(np.flip(result.labels, (0, 1)), LabelConvention.BRATS2023)
+    )
+    assert set(result.metrics) == set(TARGETS)  # the case has a segmentation: whole-scan metrics
+    assert result.png is not None and result.png.read_bytes()[:8] == PNG_MAGIC

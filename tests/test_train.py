@@ -1,0 +1,251 @@
+"""brainnet.train: checkpoints, exact resume, NaN stop, logs, DDP over two CPU processes, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import random
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from brainnet.model import ModelConfig
+from brainnet.train import (
+    NonFiniteLossError,
+    TrainConfig,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    train,
+)
+from brainnet.train.checkpoint import capture_rng_state, restore_rng_state
+from brainnet.train.loop import dice_counts, dice_from_counts
+from brainprep.errors import ConfigError
+
+TINY_MODEL = ModelConfig(depth=2, base_filters=2)
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory) -> Path:
+    from brainprep.build import build_patches
+    from brainprep.params import BuildParams, SamplingParams, SplitParams
+    from brainprep.synth import SynthParams, write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("train")
+    data = write_synthetic_dataset(root / "synth", SynthParams(n_cases=6, shape=(64, 64, 32), seed=0))
+    # seed 1 puts BRATS_003 and BRATS_005 in val; BRATS_004 (a small tumour) gives no patch: 12 train patches.
+    params = BuildParams(
+        sampling=SamplingParams(patch_size=(32, 32, 8), patches_per_case=4),
+        split=SplitParams(val_fraction=0.34),
+        seed=1,
+    )
+    build_patches(data, root / "store.zarr", params, workers=1, progress=False)
+    return root / "store.zarr"
+
+
+def _config(**changes) -> TrainConfig:
+    base = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, lr=1e-3, device="cpu", seed=0, workers=0)
+    return base.replace(**changes)
+
+
+# ------------------------------------------------------------------------------------- pure pieces
+def test_dice_counts_by_hand():
+    prob = torch.zeros(1, 2, 2, 1, 1)
+    target = torch.zeros(1, 2, 2, 1, 1)
+    prob[0, 0, :, 0, 0] = torch.tensor([0.9, 0.2])  # class 0: predicts voxel 0
+    target[0, 0, :, 0, 0] = torch.tensor([1.0, 1.0])  # class 0: truth voxels 0 and 1
+    counts = dice_counts(prob, target, threshold=0.5)
+    assert counts.tolist() == [[1.0, 0.0], [1.0, 0.0], [2.0, 0.0]]  # rows: intersection, predicted, true
+    assert dice_from_counts(counts).tolist() == pytest.approx([2 / 3, 1.0])  # class 1 absent in both -> 1
+
+
+def test_rng_state_round_trip():
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    state = capture_rng_state()
+    first = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    restore_rng_state(state)
+    second = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    assert torch.equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+    assert first[2] == second[2]
+
+
+def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(2)}, "epoch": 1}, path)
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"model": {"w": torch.zeros(2)}, "epoch": 2}, path)
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+# ---------------------------------------------------------------------------------------- training
+def test_checkpoint_loads_with_weights_only_and_holds_the_run(store_path, tmp_path):
+    from brainprep.store import open_store
+
+    store = open_store(store_path)
+    result = train(store, tmp_path / "run", _config(), TINY_MODEL)
+    assert result.epochs == 1 and result.global_step == 2
+    payload = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert payload["model_config"] == TINY_MODEL.to_dict()
+    assert payload["train_config"] == _config().to_dict()
+    assert payload["build_params"] == store.params.to_dict()
+    assert payload["store"] == str(store.location)
+    assert payload["epoch"] == 1 and payload["global_step"] == 2
+    assert isinstance(payload["rng"]["torch"], torch.Tensor)
+    assert (tmp_path / "run" / "best.pt").exists()
+    loaded = load_model(tmp_path / "run" / "last.pt")
+    for name, tensor in result.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor)
+    assert loaded.build_params.sampling.patch_size == (32, 32, 8)
+    with (tmp_path / "run" / "log.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 1 and rows[0]["epoch"] == "1"
+    for column in (
+        "train_loss",
+        "train_dice",
+        "val_loss",
+        "val_dice",
+        "val_dice_edema",
+        "val_dice_enhancing",
+    ):
+        assert 0.0 <= float(rows[0][column]) <= 1.0
+    assert any((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_equals_an_uninterrupted_run(store_path, tmp_path):
+    # 4 steps of 2 patches per epoch do not divide the 12 train patches, so the resumed run has to restart
+    # the data stream in the middle of a sampler pass; flips check that augmentation resumes too.
+    config = _config(epochs=2, steps_per_epoch=4, flip_axes=(0, 1), deterministic=True)
+    straight = train(store_path, tmp_path / "straight", config, TINY_MODEL)
+    first = train(store_path, tmp_path / "resumed", config.replace(epochs=1), TINY_MODEL)
+    second = train(store_path, tmp_path / "resumed", config, TINY_MODEL, resume=True)
+    assert not torch.are_deterministic_algorithms_enabled()  # train() restores the global setting
+    assert second.epochs == 2 and second.global_step == straight.global_step == 8
+    np.testing.assert_array_equal(np.concatenate([first.slots_seen, second.slots_seen]), straight.slots_seen)
+    expected = straight.model.state_dict()
+    for name, tensor in second.model.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    assert a["sampler"] == b["sampler"]
+    for key, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg_sq"], b["optimizer"]["state"][key]["exp_avg_sq"])
+    with (tmp_path / "resumed" / "log.csv").open() as file:
+        assert [row["epoch"] for row in csv.DictReader(file)] == ["1", "2"]
+
+
+def test_worker_processes_do_not_change_the_result(store_path, tmp_path):
+    config = _config(steps_per_epoch=3, flip_axes=(0, 1, 2))
+    single = train(store_path, tmp_path / "w0", config, TINY_MODEL)
+    workers = train(store_path, tmp_path / "w2", config.replace(workers=2), TINY_MODEL)
+    np.testing.assert_array_equal(single.slots_seen, workers.slots_seen)
+    for name, tensor in single.model.state_dict().items():
+        assert torch.equal(tensor, workers.model.state_dict()[name]), name
+
+
+def test_resume_refuses_a_different_trajectory(store_path, tmp_path):
+    train(store_path, tmp_path / "run", _config(), TINY_MODEL)
+    with pytest.raises(ConfigError, match="lr"):
+        train(store_path, tmp_path / "run", _config(epochs=2, lr=1e-2), TINY_MODEL, resume=True)
+    with pytest.raises(ConfigError, match="model config"):
+        train(
+            store_path, tmp_path / "run", _config(epochs=2), ModelConfig(depth=2, base_filters=4), resume=True
+        )
+
+
+def test_nan_loss_stops_with_a_clear_message(store_path, tmp_path, monkeypatch):
+    import brainnet.train.loop as loop
+
+    calls = {"n": 0}
+    real = loop.compute_loss
+
+    def nan_on_second_step(logits, target):
+        calls["n"] += 1
+        loss = real(logits, target)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(loop, "compute_loss", nan_on_second_step)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 2 \(epoch 1, batch 2 of 2\)"):
+        train(store_path, tmp_path / "run", _config(), TINY_MODEL)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_empty_train_selection_is_an_error(store_path, tmp_path):
+    with pytest.raises(ConfigError, match="no train patches"):
+        train(store_path, tmp_path / "run", _config(min_tumour_fraction=1.0), TINY_MODEL)
+
+
+def test_cli_train_then_resume(store_path, tmp_path):
+    from brainnet.cli import main
+
+    run = tmp_path / "run"
+    common = ["train", "--store", str(store_path), "--out", str(run), "--steps-per-epoch", "1"]
+    common += ["--batch-size", "2", "--base-filters", "2", "--depth", "2", "--workers", "0"]
+    common += ["--device", "cpu", "--no-progress", "--lr", "1e-3"]
+    result = CliRunner().invoke(main, [*common, "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "trained 1 epochs" in result.output
+    result = CliRunner().invoke(main, [*common, "--epochs", "2", "--resume"])
+    assert result.exit_code == 0, result.output
+    payload = load_checkpoint(run / "last.pt")
+    assert payload["epoch"] == 2 and payload["global_step"] == 2
+    result = CliRunner().invoke(main, [*common, "--epochs", "3", "--resume", "--seed", "7"])
+    assert result.exit_code != 0 and "cannot change --seed 7 (checkpoint: 0)" in result.output
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    assert payload["train_config"]["lr"] == 1e-3 and payload["model_config"]["base_filters"] == 2
+
+
+# --------------------------------------------------------------------------------------------- DDP
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, port: int, store: str, out: str, results: str) -> None:
+    import os
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    result = train(store, out, _config(steps_per_epoch=None), TINY_MODEL)
+    torch.save(
+        {"slots": torch.from_numpy(result.slots_seen), "weights": result.model.state_dict()},
+        Path(results) / f"rank{rank}.pt",
+    )
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_split_the_data_and_agree(store_path, tmp_path):
+    import torch.multiprocessing as mp
+
+    from brainprep.store import open_store
+
+    mp.spawn(
+        _ddp_worker, args=(_free_port(), str(store_path), str(tmp_path / "run"), str(tmp_path)), nprocs=2
+    )
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    seen = [r["slots"].tolist() for r in ranks]
+    train_slots = open_store(store_path).patch_indices("train").tolist()
+    assert len(seen[0]) == len(seen[1]) == -(-len(train_slots) // 2)
+    assert sorted(set(seen[0]) | set(seen[1])) == train_slots
+    padding = 2 * len(seen[0]) - len(train_slots)  # 0 for an even split, else 1 repeated patch
+    assert len(set(seen[0]) & set(seen[1])) == padding
+    for name, tensor in ranks[0]["weights"].items():
+        assert torch.equal(tensor, ranks[1]["weights"][name]), name
+    payload = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert payload["world_size"] == 2
+    for name, tensor in ranks[0]["weights"].items():
+        assert torch.equal(payload["model"][name], tensor)
