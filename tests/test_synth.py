@@ -12,12 +12,14 @@ import pytest
 from click.testing import CliRunner
 
 import brainprep
+import brainprep.synth.contrast as contrast_module
 from brainprep.cli import main
 from brainprep.errors import ConfigError
 from brainprep.sample import valid_corner_share
 from brainprep.synth import SynthParams, build_case, synth_case, write_synthetic_dataset
 from brainprep.synth.anatomy import Tissue
-from brainprep.synth.fields import Grid, smooth_field
+from brainprep.synth.contrast import NOISE_SHARE, render_image
+from brainprep.synth.fields import Grid, interpolated_noise, smooth_field
 from brainprep.synth.tumour import fit_to_shape
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -50,6 +52,11 @@ def test_params_round_trip_and_validation():
         SynthParams(seed=-1)
     with pytest.raises(ConfigError, match="n_cases"):
         SynthParams(n_cases=0)
+    assert SynthParams().skull_stripped is True
+    head = SynthParams(skull_stripped=False)
+    assert SynthParams.from_dict(json.loads(head.to_json())) == head
+    with pytest.raises(ConfigError, match="skull_stripped"):
+        SynthParams(skull_stripped="no")
 
 
 def test_small_tumour_case_selection():
@@ -85,16 +92,66 @@ def test_case_shapes_dtypes_and_label_values():
     assert image.max() < np.iinfo(np.int16).max
 
 
-def test_background_is_exactly_zero_outside_the_head():
+def test_default_case_is_skull_stripped_zero_outside_the_brain_nonzero_inside():
     case = build_case(small_params(), 1)
-    head = case.tissue > 0
-    assert head.any() and (~head).any()
-    assert np.all(case.image[~head] == 0)
-    assert np.all(case.image[head] >= 1)
-    assert np.all(case.label[~head] == 0)
-    # The tumour lies in the brain.
+    brain = np.isin(case.tissue, [Tissue.CSF, Tissue.GREY_MATTER, Tissue.WHITE_MATTER]) | (case.label > 0)
+    assert brain.any() and (~brain).any()
+    # No scalp or skull left: the tissue map shows what the image shows.
+    assert set(np.unique(case.tissue).tolist()) == {0, Tissue.CSF, Tissue.GREY_MATTER, Tissue.WHITE_MATTER}
+    assert np.all(case.image[~brain] == 0)  # every channel, exactly 0
+    assert np.all(case.image[brain] >= 1)  # every channel of every brain voxel
+    assert np.all(case.label[~brain] == 0)
+    # The tumour and its edema lie in the brain.
     tumour_tissue = set(np.unique(case.tissue[case.label > 0]).tolist())
     assert tumour_tissue <= {Tissue.CSF, Tissue.GREY_MATTER, Tissue.WHITE_MATTER}
+
+
+def test_with_skull_case_is_zero_outside_the_head_and_strips_to_the_default_case():
+    stripped = build_case(small_params(), 1)
+    head_case = build_case(small_params(skull_stripped=False), 1)
+    head = head_case.tissue > 0
+    assert np.any(head_case.tissue == Tissue.SCALP) and np.any(head_case.tissue == Tissue.SKULL)
+    assert np.all(head_case.image[~head] == 0)
+    assert np.all(head_case.image[head] >= 1)
+    np.testing.assert_array_equal(head_case.label, stripped.label)
+    # Same random draws: stripping is exactly masking the head image with the brain.
+    brain = stripped.tissue > 0
+    assert brain.sum() < head.sum()
+    np.testing.assert_array_equal(stripped.image, np.where(brain[..., None], head_case.image, 0))
+    np.testing.assert_array_equal(stripped.tissue, np.where(brain, head_case.tissue, 0))
+
+
+def test_interpolated_noise_has_unit_variance_and_the_filter_correlation():
+    noise = interpolated_noise((80, 60, 40), np.random.default_rng(2))
+    assert noise.dtype == np.float32 and noise.shape == (80, 60, 40)
+    assert 0.97 < noise.std() < 1.03
+    assert 0.95 < noise[0].std() < 1.05 and 0.95 < noise[:, :, -1].std() < 1.05  # borders too
+    # [1, 2, 1] / 4 per axis: lag-1 correlation (1/4 * 1/2 * 2) / (1/16 + 1/4 + 1/16) = 2/3, lag-2 1/6,
+    # lag-3 0.
+    for axis in range(3):
+        moved = np.moveaxis(noise, axis, 0)
+        for lag, expected in ((1, 2 / 3), (2, 1 / 6), (3, 0.0)):
+            corr = np.corrcoef(moved[:-lag].ravel(), moved[lag:].ravel())[0, 1]
+            assert abs(corr - expected) < 0.02, (axis, lag, corr)
+
+
+def test_white_matter_noise_is_a_few_percent_and_not_noisier_than_real_brats(monkeypatch):
+    # Switch off the texture and bias field: what remains of a uniform white-matter block is the noise.
+    monkeypatch.setattr(contrast_module, "TEXTURE_STRENGTH", 0.0)
+    monkeypatch.setattr(contrast_module, "BIAS_STRENGTH", 0.0)
+    classes = np.full((48, 48, 32), Tissue.WHITE_MATTER, dtype=np.uint8)
+    image = render_image(classes, Grid(classes.shape), np.random.default_rng(3))
+    np.testing.assert_array_equal(image, np.rint(image))
+    relative = image.std(axis=(0, 1, 2)) / image.mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(relative, NOISE_SHARE, rtol=0.1)
+    # First-difference noise (std of neighbour differences / sqrt(2) / mean) of 5x5x5 white-matter
+    # patches of the real BraTS 2023 cases in shared/data (medians of two cases, FLAIR T1w T1gd T2w):
+    # 0.045-0.060, 0.013-0.018, 0.019-0.032, 0.038-0.054. The synthetic noise stays under the lower ends.
+    real_low = np.array([0.045, 0.013, 0.019, 0.038])
+    step = np.diff(image, axis=0).std(axis=(0, 1, 2)) / np.sqrt(2) / image.mean(axis=(0, 1, 2))
+    assert np.all(step < real_low), step
+    # Interpolated noise: neighbours correlate (2/3), so differences are sqrt(1/3) of the noise.
+    np.testing.assert_allclose(step, relative * np.sqrt(1 / 3), rtol=0.1)
 
 
 def test_contrasts_follow_mri_relations():
@@ -286,7 +343,7 @@ def test_cli_synth_writes_refuses_and_overwrites(tmp_path):
     args = ["synth", str(out), "--cases", "2", "--seed", "3", "--shape", "48", "48", "24"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "wrote 2 synthetic cases (msd layout, 48x48x24, seed 3)" in result.output
+    assert "wrote 2 synthetic cases (msd layout, 48x48x24, seed 3, skull-stripped)" in result.output
     assert brainprep.discover_cases(out).case_ids == ("BRATS_001", "BRATS_002")
 
     result = runner.invoke(main, args)
@@ -309,3 +366,18 @@ def test_cli_synth_release_layout_and_bad_option(tmp_path):
     assert brainprep.discover_cases(tmp_path / "b").layout == "brats2021"
     result = runner.invoke(main, ["synth", str(tmp_path / "c"), "--layout", "nifti"])
     assert result.exit_code != 0 and "nifti" in result.output
+
+
+def test_cli_synth_with_skull_writes_the_whole_head(tmp_path):
+    out = tmp_path / "head"
+    args = ["synth", str(out), "--cases", "1", "--shape", "48", "48", "24", "--with-skull"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "with skull" in result.output
+    params = SynthParams(n_cases=1, shape=(48, 48, 24), skull_stripped=False)
+    description = json.loads((out / "dataset.json").read_text())
+    assert SynthParams.from_dict(description["brainprep_synth"]) == params
+    case = brainprep.read_case(brainprep.discover_cases(out).cases[0])
+    head_case = build_case(params, 0)
+    np.testing.assert_array_equal(case.image, np.moveaxis(head_case.image, -1, 0))
+    assert np.all(case.image[:, head_case.tissue == Tissue.SKULL] > 0)

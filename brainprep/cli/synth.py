@@ -35,6 +35,11 @@ LAYOUT_CHOICES = ("msd", "brats2021", "brats2023")
     default=None,
     help="Folder of real MSD label maps (e.g. labelsTr) whose tumours to use, cycled.",
 )
+@click.option(
+    "--with-skull",
+    is_flag=True,
+    help="Keep scalp and skull (default: skull-stripped, 0 outside the brain, like the real MSD/BraTS data).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
 def synth(
     out_dir: Path,
@@ -44,6 +49,7 @@ def synth(
     layout: str,
     small_tumour_every: int,
     labels_from: Path | None,
+    with_skull: bool,
     overwrite: bool,
 ) -> None:
     """Write N synthetic BraTS-like cases to OUT_DIR (MSD layout by default)."""
@@ -60,9 +66,13 @@ def synth(
             layout=layout,
             small_tumour_every=small_tumour_every,
             labels_from=str(labels_from) if labels_from is not None else None,
+            skull_stripped=not with_skull,
         )
         write_synthetic_dataset(out_dir, params, progress=True, overwrite=overwrite)
     except BrainprepError as err:
         raise click.ClickException(str(err)) from err
     x, y, z = params.shape
-    click.echo(f"wrote {n_cases} synthetic cases ({layout} layout, {x}x{y}x{z}, seed {seed}) to {out_dir}")
+    head = "skull-stripped" if params.skull_stripped else "with skull"
+    click.echo(
+        f"wrote {n_cases} synthetic cases ({layout} layout, {x}x{y}x{z}, seed {seed}, {head}) to {out_dir}"
+    )

@@ -38,6 +38,20 @@ SULCUS_DEPTH_MM = 20.0
 GYRUS_LENGTH_MM = 5.0
 
 
+def brain_mask(tissue: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """What a skull-stripping tool keeps: CSF (ventricles, sulci, the thin outer layer), grey and white
+    matter, and the lesion.
+
+    Args:
+        tissue: uint8 (X, Y, Z) :class:`Tissue` map.
+        label: uint8 (X, Y, Z) MSD labels (the lesion already lies in the brain; counted in all the same).
+
+    Returns:
+        bool (X, Y, Z).
+    """
+    return np.isin(tissue, [int(t) for t in BRAIN_TISSUES]) | (label > 0)
+
+
 def ellipsoid_into(
     tissue: np.ndarray,
     grid: Grid,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainprep.synth.anatomy import BRAIN_TISSUES, Tissue, make_anatomy
+from brainprep.synth.anatomy import BRAIN_TISSUES, Tissue, brain_mask, make_anatomy
 from brainprep.synth.contrast import class_map, render_image
 from brainprep.synth.fields import Grid
 from brainprep.synth.params import SMALL_TUMOUR_MAX_FRACTION, SynthParams
@@ -20,9 +20,12 @@ class SynthCase:
 
     Attributes:
         case_id: ``BRATS_001`` for index 0.
-        image: float32 (X, Y, Z, 4), channels FLAIR, T1w, T1gd, T2w; 0 outside the head.
+        image: float32 (X, Y, Z, 4), channels FLAIR, T1w, T1gd, T2w; 0 outside the brain (skull-stripped,
+            the default) or outside the head, at least 1 inside.
         label: uint8 (X, Y, Z), MSD convention.
-        tissue: uint8 (X, Y, Z), :class:`~brainprep.synth.anatomy.Tissue` values (under the tumour too).
+        tissue: uint8 (X, Y, Z), :class:`~brainprep.synth.anatomy.Tissue` values (under the tumour too) of
+            what the image shows: no scalp or skull in a skull-stripped case, so ``tissue > 0`` is
+            exactly where the image is nonzero.
     """
 
     case_id: str
@@ -58,6 +61,13 @@ def build_case(params: SynthParams, index: int) -> SynthCase:
             max_fraction=SMALL_TUMOUR_MAX_FRACTION,
         )
     image = render_image(class_map(tissue, label), grid, rng)
+    if params.skull_stripped:
+        # The distributed MSD / BraTS images were skull-stripped after co-registration: exactly 0 outside
+        # the brain mask. The whole head is rendered first, so both settings make the same random draws
+        # and a stripped case is its head case with the outside of the brain set to 0.
+        outside = ~brain_mask(tissue, label)
+        image[outside] = 0.0
+        tissue[outside] = Tissue.BACKGROUND
     return SynthCase(params.case_id(index), image, label, tissue)
 
 
@@ -66,8 +76,8 @@ def synth_case(params: SynthParams, index: int) -> tuple[np.ndarray, np.ndarray]
 
     Returns:
         image float32 (X, Y, Z, 4), channels FLAIR, T1w, T1gd, T2w (integer values, 0 outside the
-        head); label uint8 (X, Y, Z) in the MSD convention (0 background, 1 edema, 2 non-enhancing,
-        3 enhancing).
+        brain, or outside the head when ``params.skull_stripped`` is False); label uint8 (X, Y, Z) in
+        the MSD convention (0 background, 1 edema, 2 non-enhancing, 3 enhancing).
     """
     case = build_case(params, index)
     return case.image, case.label

@@ -32,6 +32,8 @@ class SynthParams(Params):
             any patch to hold more than 5 % tumour; 0 = never. Ignored with ``labels_from``.
         labels_from: folder of real MSD label maps (``labelsTr``); case ``index`` takes the label map
             ``sorted(files)[index % n_files]`` (centre-cropped/zero-padded to ``shape``) as its tumour.
+        skull_stripped: like the distributed MSD Task01 / BraTS images, every voxel outside the brain
+            (CSF, grey and white matter, tumour) is exactly 0; False keeps the whole head (scalp, skull).
     """
 
     n_cases: int = 8
@@ -40,6 +42,7 @@ class SynthParams(Params):
     layout: str = "msd"
     small_tumour_every: int = 4
     labels_from: str | None = None
+    skull_stripped: bool = True
 
     def __post_init__(self) -> None:
         if self.n_cases < 1:
@@ -55,6 +58,8 @@ class SynthParams(Params):
             raise ConfigError(f"small_tumour_every must be >= 0, got {self.small_tumour_every}")
         if self.labels_from is not None:
             object.__setattr__(self, "labels_from", str(self.labels_from))
+        if not isinstance(self.skull_stripped, bool):
+            raise ConfigError(f"skull_stripped must be true or false, got {self.skull_stripped!r}")
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
