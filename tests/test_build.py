@@ -241,3 +241,42 @@ def test_bad_cases_stop_before_writing_or_are_recorded(data: Path, tmp_path: Pat
             assert problem in case["skip_reason"]
             assert not opened.table.valid[case["index"] * K : (case["index"] + 1) * K].any()
         assert by_id["BRATS_001"]["n_patches"] == K and opened.metadata["summary"]["skipped"] == 3
+
+
+def test_case_table_records_the_hash_of_every_source_file(data: Path, reference: Path) -> None:
+    # Images are hashed by the write stage from the bytes it reads, labels by the plan: every case
+    # (with or without patches) still records every file, as sha256 of its stored bytes.
+    import hashlib
+
+    cases = {c.case_id: c for c in discover_cases(data).cases}
+    with open_store(reference) as store:
+        for entry in store.cases:
+            files = cases[entry["case_id"]]
+            expected = [
+                {
+                    "path": p.relative_to(data).as_posix(),
+                    "size": p.stat().st_size,
+                    "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+                }
+                for p in files.all_paths
+            ]
+            assert entry["files"] == expected
+
+
+@pytest.mark.parametrize("method", ["patch-slice", "volume-nonzero"])
+def test_fast_cut_equals_cut_of_the_plain_reader(data: Path, method: str) -> None:
+    from brainprep.build.case import cut_case_patches, cut_patches
+    from brainprep.read.case import read_case_arrays
+
+    params = PARAMS.replace(standardize=StandardizeParams(method))
+    files = discover_cases(data).cases[0]
+    corners = np.array([[0, 0, 0], [10, 20, 5], [32, 32, 24]], dtype=np.int32)
+    plain = read_case(files)
+    fast = read_case_arrays(files)
+    expected = cut_patches(plain.image, plain.label, corners, params, K)
+    got = cut_case_patches(fast, fast.label, corners, params, K)
+    for x, y in zip(got, expected, strict=True):
+        if y is None:
+            assert x is None
+        else:
+            assert x.dtype == y.dtype and x.tobytes() == y.tobytes()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 
 import nibabel as nib
 import numpy as np
@@ -379,3 +380,145 @@ def test_verify_gzip_stream_accepts_a_whole_file(tmp_path):
     path.write_bytes(bytes(corrupt))
     with pytest.raises(UnreadableFileError, match="CRC"):
         verify_gzip_stream(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the build's fast path: read_case_arrays / read_label give the plain reader's arrays and errors
+
+
+def _assert_same_as_read_case(files) -> None:
+    from brainprep.read.case import read_case_arrays
+    from brainprep.sample import extract_patch
+
+    fast, plain = read_case_arrays(files), read_case(files)
+    np.testing.assert_array_equal(fast.volume(), plain.image)
+    assert fast.volume().dtype == np.float32
+    corner, size = (1, 2, 1), (5, 4, 3)
+    np.testing.assert_array_equal(fast.patch(corner, size), extract_patch(plain.image, corner, size))
+    np.testing.assert_array_equal(fast.label, plain.label)
+    np.testing.assert_allclose(fast.affine, plain.affine)
+    np.testing.assert_allclose(fast.source_affine, plain.source_affine)
+    assert fast.source_shape == plain.source_shape
+    for path in files.all_paths:
+        size, digest = fast.digests[path]
+        assert (size, digest) == (path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+@pytest.mark.parametrize("axcodes", ["RAS", "LPS", "PIL"])
+def test_read_case_arrays_equals_read_case_msd(tmp_path, axcodes):
+    from conftest import write_msd_case
+
+    image, label = small_case()
+    write_msd_case(tmp_path, "BRATS_007", image, label, axcodes=axcodes)
+    _assert_same_as_read_case(discover_cases(tmp_path).cases[0])
+
+
+@pytest.mark.parametrize("layout", ["brats2021", "brats2023"])
+def test_read_case_arrays_equals_read_case_brats_int16(tmp_path, layout):
+    # int16 channel files in LPS, labels in the BraTS conventions.
+    image, label = small_case()
+    case_id = "BraTS2021_00005" if layout == "brats2021" else "BraTS-GLI-00005-000"
+    write_brats_case(tmp_path, case_id, image * 100, label, layout)
+    _assert_same_as_read_case(discover_cases(tmp_path).cases[0])
+
+
+def test_read_case_arrays_applies_nifti_scaling_like_nibabel(tmp_path):
+    image, label = small_case(shape=(8, 6, 4))
+    root = tmp_path / "scaled"
+    source = (image * 50).astype(np.int16)
+    nifti = nib.Nifti1Image(np.moveaxis(source, 0, -1), ras_affine())
+    nifti.header.set_slope_inter(0.37, -12.5)
+    (root / "imagesTr").mkdir(parents=True)
+    nib.save(nifti, root / "imagesTr" / "BRATS_001.nii.gz")
+    write_nifti_file(root / "labelsTr" / "BRATS_001.nii.gz", label, ras_affine(), "uint8")
+    from brainprep.read.case import read_case_arrays
+
+    fast = read_case_arrays(discover_cases(root).cases[0])
+    assert fast.scaling[0] == pytest.approx((0.37, -12.5))
+    expected = nib.load(root / "imagesTr" / "BRATS_001.nii.gz").get_fdata(dtype=np.float32)
+    np.testing.assert_array_equal(fast.volume(), np.moveaxis(expected, -1, 0))
+
+
+def test_read_case_arrays_names_the_nan_channel_like_read_case(tmp_path):
+    from brainprep.read.case import read_case_arrays
+
+    image, label = small_case()
+    image[2, 3, 4, 1] = np.nan
+    image[2, 0, 0, 0] = np.inf
+    root = tmp_path / "nan"
+    write_nifti_file(root / "imagesTr" / "BRATS_001.nii.gz", np.moveaxis(image, 0, -1), ras_affine())
+    write_nifti_file(root / "labelsTr" / "BRATS_001.nii.gz", label, ras_affine(), "uint8")
+    files = discover_cases(root).cases[0]
+    with pytest.raises(InvalidValueError) as plain:
+        read_case(files)
+    with pytest.raises(InvalidValueError) as fast:
+        read_case_arrays(files)
+    assert str(fast.value) == str(plain.value)
+    assert "2 NaN/Inf voxels in channel T1gd" in str(fast.value)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from(["image", "label"]), cut=st.floats(0.0, 0.999), gz=st.booleans())
+@example(which="label", cut=0.97, gz=True)  # cut inside the gzip trailer: the fast path refuses it
+@example(which="image", cut=0.5, gz=False)
+def test_read_case_arrays_refuses_every_truncated_file(tmp_path, which, cut, gz):
+    """Cut a file anywhere: the fast reader raises a one-line CaseError naming it (it inflates the whole
+    gzip stream, so a cut trailer is caught too), and a cut voxel block says "truncated" as nibabel does."""
+    from brainprep.read.case import read_case_arrays
+
+    root = tmp_path / f"case-{which}-{cut}-{gz}"
+    for kind, folder in (("image", "imagesTr"), ("label", "labelsTr")):
+        data = _clean_nifti_bytes()[kind]
+        data = gzip.compress(data) if gz else data
+        if kind == which:
+            data = data[: int(len(data) * cut)]
+        path = root / folder / ("BRATS_900.nii.gz" if gz else "BRATS_900.nii")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    files = discover_cases(root).cases[0]
+    broken = files.image_paths[0] if which == "image" else files.label_path
+    with pytest.raises(CaseError) as info:
+        read_case_arrays(files)
+    assert str(broken) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_fast_reader_says_truncated_for_a_cut_gzip_and_a_cut_voxel_block(tmp_path):
+    from brainprep.read.nifti import read_nifti_voxels
+
+    data = _clean_nifti_bytes()["image"]
+    cut_gz = tmp_path / "cut.nii.gz"
+    cut_gz.write_bytes(gzip.compress(data)[:-20])
+    with pytest.raises(UnreadableFileError, match="truncated file"):
+        read_nifti_voxels(cut_gz)
+    cut_raw = tmp_path / "cut.nii"
+    cut_raw.write_bytes(data[:-100])
+    with pytest.raises(UnreadableFileError, match=r"truncated file \(Expected \d+ bytes, got \d+ bytes\)"):
+        read_nifti_voxels(cut_raw)
+    corrupt = bytearray(gzip.compress(data))
+    corrupt[-8] ^= 0xFF  # the CRC32 in the trailer: nibabel would not notice
+    bad_crc = tmp_path / "crc.nii.gz"
+    bad_crc.write_bytes(bytes(corrupt))
+    with pytest.raises(UnreadableFileError, match="corrupt or not gzip"):
+        read_nifti_voxels(bad_crc)
+
+
+def test_read_label_checks_values_like_to_msd_labels(tmp_path):
+    from brainprep.read.case import read_label
+
+    image, label = small_case()
+    written = write_brats_case(tmp_path, "BraTS2021_00009", image, label, "brats2021")
+    assert written.label_path is not None
+    source = nib.load(written.label_path)
+    bad = np.asarray(source.dataobj).copy()
+    bad[0, 0, 0] = 7
+    write_nifti_file(written.label_path, bad, source.affine, "uint8")
+    files = discover_cases(tmp_path).cases[0]
+    with pytest.raises(
+        InvalidValueError, match=r"\{0,1,2,4\} \(brats2021 convention\), found \{.*\}"
+    ) as fast:
+        read_label(files)
+    with pytest.raises(InvalidValueError) as plain:
+        read_case(files)
+    assert str(fast.value) == str(plain.value)
+    assert "found {7}" in str(fast.value)

@@ -101,6 +101,21 @@ def _run_distributed(client: Any, func: Callable, items: list[Any], bar: Any) ->
         client.cancel([f for f in futures if not f.done()])
 
 
+def _single_threaded() -> None:
+    """Start-up of a local worker process: one core each, so N workers never run more than N threads.
+
+    zarr encodes a shard's chunks on its thread pool (default: CPU count + 4 threads), which would make
+    every worker compete for every core; blosc and numpy's BLAS threads are pinned to one as well.
+    """
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLOSC_NTHREADS"):
+        os.environ[name] = "1"
+    import numcodecs.blosc
+    import zarr
+
+    zarr.config.set({"threading.max_workers": 1})
+    numcodecs.blosc.set_nthreads(1)
+
+
 class Executor:
     """Runs one function over many cases: inline, on a local dask scheduler, or on a dask cluster.
 
@@ -143,7 +158,9 @@ class Executor:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_single_threaded
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -515,7 +532,9 @@ def build_patches(
         for plan in bad:
             state.mark_done(plan.index, case_record(plan, layout.patches_per_case, problem=plan.problem))
         tasks = [
-            CaseTask(cases[p.index], p, params, layout, store, skip_bad) for p in plans if p.problem is None
+            CaseTask(cases[p.index], p, params, layout, store, skip_bad, root)
+            for p in plans
+            if p.problem is None
         ]
         for record in executor.map(write_case, tasks, "write"):
             logger.debug("case %s done: %d patches", record["case_id"], record["n_patches"])

@@ -2,8 +2,10 @@
 
 The plan of every case is made before anything is written, so a bad case (missing or unreadable file,
 label/image shape or affine mismatch, label values outside the convention) stops the build before it
-writes a byte. Only the label voxels are decoded here; image files are opened for their headers (shape,
-affine) and hashed, never decoded (that is the write stage's job, done once).
+writes a byte. Only the label voxels are decoded here (read once: hashed, inflated and checked from the
+same bytes); image files are opened for their headers (shape, affine) only. Image files are hashed by
+the write stage, from the bytes it reads anyway, so no file is read twice for its hash; the write stage
+takes the label's values from its planned hash instead of checking the volume again.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import numpy as np
 from brainprep.errors import BrainprepError, CaseError, ShapeMismatchError
 from brainprep.params import BuildParams
 from brainprep.read import CaseFiles
-from brainprep.read.case import AFFINE_TOLERANCE, N_CHANNELS, _read_label
-from brainprep.read.nifti import open_nifti, to_ras
+from brainprep.read.case import AFFINE_TOLERANCE, N_CHANNELS, LabelVoxels, read_label
+from brainprep.read.nifti import open_nifti
 from brainprep.sample import case_rng, extract_patch, patch_fractions, sample_corners
 
 logger = logging.getLogger(__name__)
@@ -48,7 +50,8 @@ class CasePlan:
         index: position in the store's case table (slots ``index*K .. index*K+K-1``).
         case_id: e.g. ``BRATS_001``.
         split: ``train`` or ``val``.
-        files: the case's source files as ``{"path" (relative to the data root), "size", "sha256"}``.
+        files: source files as ``{"path" (relative to the data root), "size", "sha256"}``: the label's
+            alone for a readable case (the write stage adds the images'), every file's for a bad case.
         corners: int32 (n, 3), n <= K, patch corners on the case's RAS grid.
         tumour_fraction: float32 (n,) share of label > 0 in each patch.
         class_fractions: float32 (n, 3) shares of edema, non-enhancing, enhancing in each patch.
@@ -75,17 +78,22 @@ class CasePlan:
         return len(self.corners)
 
 
+def file_entry(path: Path, root: Path, size: int, sha256: str) -> dict[str, Any]:
+    """``{"path", "size", "sha256"}`` of a hashed file; ``path`` relative to ``root`` when inside it."""
+    try:
+        relative = path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        relative = str(path)
+    return {"path": relative, "size": int(size), "sha256": sha256}
+
+
 def file_record(path: Path, root: Path) -> dict[str, Any]:
     """``{"path", "size", "sha256"}`` of one existing file; ``path`` relative to ``root`` when inside it."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(HASH_BLOCK):
             digest.update(block)
-    try:
-        relative = path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        relative = str(path)
-    return {"path": relative, "size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return file_entry(path, root, path.stat().st_size, digest.hexdigest())
 
 
 def source_fingerprint(file_records: list[dict[str, Any]]) -> str:
@@ -94,8 +102,9 @@ def source_fingerprint(file_records: list[dict[str, Any]]) -> str:
     return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
-def read_plan_label(files: CaseFiles) -> np.ndarray:
-    """The case's label, uint8 (X, Y, Z) MSD on the RAS grid, checked against the image headers only.
+def read_plan_label(files: CaseFiles) -> LabelVoxels:
+    """The case's label (``.label``: uint8 (X, Y, Z) MSD on the RAS grid, with the file's size and sha256),
+    checked against the image headers only.
 
     Raises:
         CaseError: missing/unreadable file, image/label shape or affine mismatch, bad label values.
@@ -122,8 +131,7 @@ def read_plan_label(files: CaseFiles) -> np.ndarray:
                 case_id=files.case_id,
                 path=path,
             )
-    label = _read_label(files, shape, first.affine)
-    return to_ras(label, first.affine)[0]
+    return read_label(files, shape, first.affine)
 
 
 def plan_corners(label: np.ndarray, params: BuildParams, case_id: str) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -155,12 +163,13 @@ def plan_case(files: CaseFiles, index: int, split: str, params: BuildParams, roo
         root: the data folder (file paths are recorded relative to it).
 
     Returns:
-        The case's :class:`CasePlan`; a bad case has ``problem`` set and no corners.
+        The case's :class:`CasePlan`; a bad case has ``problem`` set and no corners. ``files`` holds the
+        label's record only (the write stage hashes the images as it reads them), every file's for a bad
+        case.
     """
-    records = tuple(file_record(p, root) for p in files.all_paths if p.is_file())
     try:
-        label = read_plan_label(files)
-        sampling, tumour, classes = plan_corners(label, params, files.case_id)
+        labels = read_plan_label(files)
+        sampling, tumour, classes = plan_corners(labels.label, params, files.case_id)
     except CaseError as err:
         problem = " ".join(err.message.split())
         logger.info("bad case: %s", problem)
@@ -168,7 +177,7 @@ def plan_case(files: CaseFiles, index: int, split: str, params: BuildParams, roo
             index,
             files.case_id,
             split,
-            records,
+            tuple(file_record(p, root) for p in files.all_paths if p.is_file()),
             np.zeros((0, 3), dtype=np.int32),
             np.zeros(0, dtype=np.float32),
             np.zeros((0, 3), dtype=np.float32),
@@ -177,11 +186,12 @@ def plan_case(files: CaseFiles, index: int, split: str, params: BuildParams, roo
             f"bad case: {problem}",
             problem,
         )
+    assert files.label_path is not None  # read_plan_label checked it; not an input check
     return CasePlan(
         index,
         files.case_id,
         split,
-        records,
+        (file_entry(files.label_path, root, labels.size, labels.sha256),),
         sampling.corners,
         tumour,
         classes,

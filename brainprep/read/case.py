@@ -7,10 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
-from brainprep.errors import InvalidValueError, ShapeMismatchError
+from brainprep.errors import CaseError, InvalidValueError, ShapeMismatchError
 from brainprep.read.labels import LabelConvention, from_msd_labels, to_msd_labels
 from brainprep.read.layouts import CHANNEL_NAMES, CaseFiles
-from brainprep.read.nifti import from_ras, open_nifti, read_voxels, to_ras, write_nifti
+from brainprep.read.nifti import (
+    from_ras,
+    open_nifti,
+    ras_view,
+    read_nifti_voxels,
+    read_voxels,
+    scale_voxels,
+    to_ras,
+    write_nifti,
+)
 
 N_CHANNELS = len(CHANNEL_NAMES)
 AFFINE_TOLERANCE = 1e-3  # mm; BraTS exports differ in float rounding of the same affine
@@ -117,34 +126,248 @@ def _read_image(files: CaseFiles) -> tuple[np.ndarray, np.ndarray]:
     return image, first.affine
 
 
+def _check_label_header(
+    path: Path, case_id: str, shape: tuple[int, ...], affine: np.ndarray, image_shape, image_affine
+) -> tuple[int, ...]:
+    """The label's spatial shape, checked against the image's (both optional); raises on a mismatch."""
+    spatial = tuple(shape)
+    if len(spatial) == 4 and spatial[3] == 1:
+        spatial = spatial[:3]
+    if image_shape is not None and spatial != tuple(image_shape):
+        raise ShapeMismatchError(
+            f"label shape {tuple(shape)} does not match image shape {tuple(image_shape)}",
+            case_id=case_id,
+            path=path,
+        )
+    if image_affine is not None and not np.allclose(affine, image_affine, atol=AFFINE_TOLERANCE):
+        raise ShapeMismatchError(
+            "label affine does not match the image affine "
+            f"(label {np.round(affine[:3], 3).tolist()}, "
+            f"image {np.round(image_affine[:3], 3).tolist()})",
+            case_id=case_id,
+            path=path,
+        )
+    return spatial
+
+
 def _read_label(files: CaseFiles, image_shape: tuple[int, ...], image_affine: np.ndarray) -> np.ndarray:
-    """(X, Y, Z) uint8 MSD labels in source orientation."""
+    """(X, Y, Z) uint8 MSD labels in source orientation (nibabel's reader, as :func:`read_case` uses)."""
     path = files.label_path
     assert path is not None  # callers check; not an input check
     nifti = open_nifti(path, files.case_id)
-    shape = tuple(nifti.shape)
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if shape != tuple(image_shape):
-        raise ShapeMismatchError(
-            f"label shape {tuple(nifti.shape)} does not match image shape {tuple(image_shape)}",
-            case_id=files.case_id,
-            path=path,
-        )
-    if not np.allclose(nifti.affine, image_affine, atol=AFFINE_TOLERANCE):
-        raise ShapeMismatchError(
-            "label affine does not match the image affine "
-            f"(label {np.round(nifti.affine[:3], 3).tolist()}, "
-            f"image {np.round(image_affine[:3], 3).tolist()})",
-            case_id=files.case_id,
-            path=path,
-        )
+    shape = _check_label_header(path, files.case_id, nifti.shape, nifti.affine, image_shape, image_affine)
     raw = read_voxels(
         nifti, path, np.float64 if nifti.get_data_dtype().kind == "f" else int, files.case_id
     ).reshape(shape)
     if raw.dtype.kind == "f" and not np.isfinite(raw).all():
         raise InvalidValueError("label holds NaN/Inf values", case_id=files.case_id, path=path)
     return to_msd_labels(raw, files.label_convention, case_id=files.case_id, path=str(path))
+
+
+def msd_label_table(
+    raw: np.ndarray, convention: LabelConvention | str, case_id: str, path: Path
+) -> np.ndarray:
+    """256-entry uint8 table taking the values present in ``raw`` to MSD, after checking them.
+
+    Only the distinct values are checked (one ``bincount``, not a sort of the volume), with the same
+    error as :func:`~brainprep.read.labels.to_msd_labels`.
+
+    Args:
+        raw: uint8 label voxels, any shape.
+
+    Raises:
+        InvalidValueError: a value the convention does not define.
+    """
+    present = np.flatnonzero(np.bincount(raw.reshape(-1), minlength=256)).astype(np.uint8)
+    table = np.zeros(256, dtype=np.uint8)
+    table[present] = to_msd_labels(present, convention, case_id=case_id, path=str(path))
+    return table
+
+
+@dataclass(frozen=True, eq=False)
+class LabelVoxels:
+    """A label file read once (see :func:`read_label`).
+
+    Attributes:
+        label: uint8 (X, Y, Z) MSD labels on the RAS grid (a view when possible, read-only).
+        affine: (4, 4) source affine of the label file.
+        shape: spatial shape of the file.
+        sha256, size: of the file's stored bytes.
+    """
+
+    label: np.ndarray
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+    sha256: str
+    size: int
+
+
+def read_label(
+    files: CaseFiles,
+    image_shape: tuple[int, ...] | None = None,
+    image_affine: np.ndarray | None = None,
+) -> LabelVoxels:
+    """Read the case's label file once (one read, one hash, one inflate), in MSD on the RAS grid.
+
+    Gives the same labels as ``read_case(files).label``; a gzip stream cut inside its trailer or with
+    a bad CRC is an error here (see :func:`~brainprep.read.nifti.read_nifti_voxels`).
+
+    Args:
+        files: the case's files (``files.label_path`` must be set).
+        image_shape, image_affine: the image's spatial shape and source affine, checked when given.
+
+    Raises:
+        CaseError: no label file, unreadable file, shape/affine mismatch, NaN/Inf or values outside the
+            convention.
+    """
+    path = files.label_path
+    if path is None:
+        raise CaseError("the case has no label file", case_id=files.case_id)
+    voxels = read_nifti_voxels(path, files.case_id)
+    shape = _check_label_header(path, files.case_id, voxels.shape, voxels.affine, image_shape, image_affine)
+    raw = voxels.raw.reshape(shape)
+    unscaled = voxels.slope == 1.0 and voxels.inter == 0.0
+    if raw.dtype == np.uint8 and unscaled:
+        source = msd_label_table(raw, files.label_convention, files.case_id, path)[raw]
+    else:
+        # The plain reader's values: float files as float64, integer files as nibabel's dataobj.
+        if raw.dtype.kind == "f":
+            values = scale_voxels(raw, voxels.slope, voxels.inter, np.float64)
+        else:
+            values = raw if unscaled else np.asarray(voxels.image.dataobj).reshape(shape)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise InvalidValueError("label holds NaN/Inf values", case_id=files.case_id, path=path)
+        source = to_msd_labels(values, files.label_convention, case_id=files.case_id, path=str(path))
+    label, _ = ras_view(source, voxels.affine)
+    return LabelVoxels(label, voxels.affine, shape, voxels.sha256, voxels.size)  # type: ignore[arg-type]
+
+
+def _check_finite_fast(channel: np.ndarray, slope: float, inter: float) -> bool:
+    """Whether every voxel of ``channel`` (file dtype) is finite once scaled, in two fast reductions.
+
+    NaN propagates through ``min``/``max`` and Inf is an extreme, so checking the scaled extremes
+    (scaling is monotonic) is exact; integers are finite, but a huge slope could overflow float32.
+    """
+    if channel.size == 0:
+        return True
+    extremes = np.array([channel.min(), channel.max()])
+    return bool(np.isfinite(scale_voxels(extremes, slope, inter, np.float32)).all())
+
+
+@dataclass(frozen=True, eq=False)
+class CaseArrays:
+    """One case read once, as views of the decoded file bytes (the build's fast path).
+
+    ``read_case_arrays(files).patch(corner, size)`` equals ``extract_patch(read_case(files).image, corner,
+    size)``, and :attr:`label` equals ``read_case(files).label``; nothing of the volume is converted or
+    copied until a patch is asked for.
+
+    Attributes:
+        case_id: e.g. ``BRATS_001``.
+        channels: 4 read-only (X, Y, Z) views in the file's dtype on the RAS grid, unscaled.
+        scaling: (slope, inter) of each channel's file.
+        label: uint8 (X, Y, Z) MSD labels on the RAS grid, or ``None``.
+        affine: (4, 4) RAS affine; source_affine: (4, 4) affine of the files; source_shape: their shape.
+        digests: ``{path: (size, sha256)}`` of every file read.
+    """
+
+    case_id: str
+    channels: tuple[np.ndarray, ...]
+    scaling: tuple[tuple[float, float], ...]
+    label: np.ndarray | None
+    affine: np.ndarray
+    source_affine: np.ndarray
+    source_shape: tuple[int, int, int]
+    digests: dict[Path, tuple[int, str]]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.channels[0].shape)  # type: ignore[return-value]
+
+    def patch(self, corner: tuple[int, int, int] | np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
+        """float32 (4, px, py, pz) C-contiguous patch at ``corner``, scaled as nibabel's ``get_fdata``."""
+        window = tuple(slice(int(c), int(c) + int(s)) for c, s in zip(corner, size, strict=True))
+        out = np.empty((len(self.channels), *(int(s) for s in size)), dtype=np.float32)
+        for c, (channel, (slope, inter)) in enumerate(zip(self.channels, self.scaling, strict=True)):
+            block = channel[window]
+            if block.shape != out.shape[1:]:
+                raise ShapeMismatchError(
+                    f"patch {tuple(size)} at corner {tuple(int(v) for v in corner)} does not fit in "
+                    f"(X, Y, Z) = {self.shape}",
+                    case_id=self.case_id,
+                )
+            if block.dtype == np.float32 and slope == 1.0 and inter == 0.0:
+                out[c] = block
+            else:
+                out[c] = scale_voxels(block, slope, inter, np.float32)
+        return out
+
+    def volume(self) -> np.ndarray:
+        """float32 (4, X, Y, Z) C-contiguous: the whole image as :attr:`Case.image` holds it."""
+        return self.patch((0, 0, 0), self.shape)
+
+
+def read_case_arrays(files: CaseFiles, *, with_label: bool = True) -> CaseArrays:
+    """Read one case the fast way: every file read once, hashed, inflated in one shot, viewed in place.
+
+    Same checks and errors as :func:`read_case` (shapes, affines, NaN/Inf, label values), plus the whole
+    gzip stream check of :func:`~brainprep.read.nifti.read_nifti_voxels`. Peak memory is the decoded
+    files (the float32 volume is never made).
+
+    Raises:
+        CaseError: any problem with the files, as one line naming the case and the file.
+    """
+    case_id = files.case_id
+    read = [read_nifti_voxels(path, case_id) for path in files.image_paths]
+    first_path, first = files.image_paths[0], read[0]
+    if len(read) == 1:
+        if len(first.shape) != 4 or first.shape[3] != N_CHANNELS:
+            raise ShapeMismatchError(
+                f"expected a 4D image (X, Y, Z, {N_CHANNELS}) with channels "
+                f"{', '.join(CHANNEL_NAMES)}, found shape {first.shape}",
+                case_id=case_id,
+                path=first_path,
+            )
+        _check_affine(first.affine, case_id, first_path)
+        sources = [(first.raw[..., c], first.slope, first.inter, first_path) for c in range(N_CHANNELS)]
+    else:
+        _check_affine(first.affine, case_id, first_path)
+        for path, voxels in zip(files.image_paths, read, strict=True):
+            if len(voxels.shape) != 3:
+                raise ShapeMismatchError(
+                    f"expected a 3D channel image, found shape {voxels.shape}", case_id=case_id, path=path
+                )
+            if voxels.shape != first.shape:
+                raise ShapeMismatchError(
+                    f"channel shape {voxels.shape} differs from {first.shape} of {first_path.name}",
+                    case_id=case_id,
+                    path=path,
+                )
+            if not np.allclose(voxels.affine, first.affine, atol=AFFINE_TOLERANCE):
+                raise ShapeMismatchError(
+                    f"channel affine differs from that of {first_path.name}", case_id=case_id, path=path
+                )
+        sources = [(v.raw, v.slope, v.inter, p) for p, v in zip(files.image_paths, read, strict=True)]
+    for channel, (raw, slope, inter, path) in enumerate(sources):
+        if not _check_finite_fast(raw, slope, inter):
+            count = int((~np.isfinite(scale_voxels(raw, slope, inter, np.float32))).sum())
+            raise InvalidValueError(
+                f"image holds {count} NaN/Inf voxels in channel {CHANNEL_NAMES[channel]}",
+                case_id=case_id,
+                path=path,
+            )
+    source_affine = first.affine
+    source_shape = tuple(int(s) for s in first.shape[:3])
+    digests = {p: (v.size, v.sha256) for p, v in zip(files.image_paths, read, strict=True)}
+    label = None
+    if with_label and files.label_path is not None:
+        labels = read_label(files, source_shape, source_affine)
+        label = labels.label
+        digests[files.label_path] = (labels.size, labels.sha256)
+    channels = tuple(ras_view(raw, source_affine)[0] for raw, _, _, _ in sources)
+    affine = ras_view(sources[0][0], source_affine)[1]
+    scaling = tuple((slope, inter) for _, slope, inter, _ in sources)
+    return CaseArrays(case_id, channels, scaling, label, affine, source_affine, source_shape, digests)  # type: ignore[arg-type]
 
 
 def read_case(files: CaseFiles, *, with_label: bool = True) -> Case:
