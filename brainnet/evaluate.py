@@ -34,13 +34,6 @@ from brainprep.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 TARGETS: tuple[str, ...] = (*CLASS_LABELS, *REGION_LABELS)
-#: overlay colours of MSD labels 1 edema, 2 non-enhancing, 3 enhancing (RGBA).
-LABEL_COLOURS: tuple[tuple[float, float, float, float], ...] = (
-    (0.0, 0.0, 0.0, 0.0),
-    (0.2, 0.8, 0.2, 0.45),
-    (1.0, 0.85, 0.1, 0.55),
-    (0.95, 0.1, 0.1, 0.6),
-)
 OVERALL = "overall"
 
 
@@ -99,38 +92,43 @@ class OverlayRow:
 
 
 def draw_overlays(rows: list[OverlayRow], path: Path) -> Path:
-    """PNG with one row per slice: image, truth over image, prediction over image (matplotlib Agg)."""
+    """PNG with one row per axial slice: image, truth over image, prediction over image.
+
+    Same colours (edema red, non-enhancing green, enhancing blue) and radiological orientation as
+    ``brainprep show``: drawn by its ``overlay_rgb`` and ``plane_slice``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    colours = ListedColormap(LABEL_COLOURS)
-    figure, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
+    from brainprep.show import LABEL_COLOURS, overlay_rgb, plane_slice
+
+    figure, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False, facecolor="black")
     for row, ax_row in zip(rows, axes, strict=True):
-        # Arrays are (X, Y) in RAS: transpose and flip so anterior is up, patient right on the right.
-        grey = np.flipud(np.asarray(row.image, dtype=np.float32).T)
+        grey = plane_slice(np.asarray(row.image, dtype=np.float32)[:, :, None], "axial", 0)
         panels = (("image", None), ("truth", row.truth), ("prediction", row.prediction))
         for ax, (name, labels) in zip(ax_row, panels, strict=True):
-            ax.imshow(grey, cmap="gray", interpolation="nearest")
-            if labels is not None:
-                ax.imshow(np.flipud(labels.T), cmap=colours, vmin=0, vmax=3, interpolation="nearest")
-            ax.set_title(f"{row.title}: {name}" if name == "image" else name, fontsize=8)
+            shown = np.zeros(grey.shape, dtype=np.uint8) if labels is None else labels
+            ax.imshow(overlay_rgb(grey, plane_slice(shown[:, :, None], "axial", 0)), interpolation="nearest")
+            title = f"{row.title}: {name}" if name == "image" else name
             if name == "truth" and labels is None:
-                ax.set_title("truth: not available", fontsize=8)
+                title = "truth: not available"
+            ax.set_title(title, fontsize=8, color="white")
             ax.axis("off")
     figure.legend(
-        handles=[Patch(color=c, label=n) for c, n in zip(LABEL_COLOURS[1:], CLASS_LABELS, strict=True)],
+        handles=[Patch(color=LABEL_COLOURS[i + 1] / 255.0, label=n) for i, n in enumerate(CLASS_LABELS)],
         loc="lower center",
         ncol=3,
         fontsize=8,
+        facecolor="black",
+        labelcolor="white",
     )
     figure.tight_layout(rect=(0, 0.04, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, facecolor=figure.get_facecolor())
     plt.close(figure)
     return path
 
