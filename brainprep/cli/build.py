@@ -107,7 +107,7 @@ def _params_from_options(options: dict[str, Any]) -> Any:
     "--compression-level",
     type=click.IntRange(min=1, max=9),
     default=None,
-    help="zstd level (Zarr) or gzip level (HDF5) [3].",
+    help="zstd level (Zarr) or gzip level (HDF5) [1].",
 )
 @click.option(
     "--val-fraction",
