@@ -211,3 +211,11 @@ def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path: Path) -> 
     )
     with BuildLock(store):
         assert json.loads(lock.path.read_text())["pid"] != dead.pid
+
+
+def test_consecutive_runs_by_hand():
+    from brainprep.store.reader import consecutive_runs
+
+    assert consecutive_runs(np.array([2, 3, 4, 9, 11, 12])) == [(0, 3), (3, 4), (4, 6)]
+    assert consecutive_runs(np.array([5])) == [(0, 1)]
+    assert consecutive_runs(np.array([], dtype=np.int64)) == []

@@ -7,6 +7,7 @@ handle on first use (an h5py handle or a zarr store must not be shared across pr
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -60,6 +61,19 @@ def _format_of(location: str) -> str:
             if f.read(8) == b"\x89HDF\r\n\x1a\n":
                 return "hdf5"
     return "zarr"
+
+
+def consecutive_runs(sorted_slots: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, stop)`` positions of the runs of consecutive values in a sorted int array.
+
+    >>> consecutive_runs(np.array([2, 3, 4, 9, 11, 12]))
+    [(0, 3), (3, 4), (4, 6)]
+    """
+    if len(sorted_slots) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(sorted_slots) != 1) + 1
+    bounds = [0, *breaks.tolist(), len(sorted_slots)]
+    return list(itertools.pairwise(bounds))
 
 
 class PatchStore:
@@ -250,10 +264,14 @@ class PatchStore:
             self._check_slot(slot)
         unique, inverse = np.unique(slots, return_inverse=True)  # sorted: grouped by shard (case)
         if self.format == "zarr":
-            # One orthogonal selection: zarr fetches each shard's index once and reads its chunks
-            # concurrently, instead of B independent small reads.
-            images = np.asarray(self.images.get_orthogonal_selection((unique,)))
-            labels = np.asarray(self.labels.get_orthogonal_selection((unique,)))
+            # Runs of consecutive slots are read as basic slices: zarr 3.1's orthogonal (integer-array)
+            # selection is ~30x slower per patch than a slice over the same chunks of a shard.
+            images = np.empty((len(unique), *self.images.shape[1:]), dtype=self.images.dtype)
+            labels = np.empty((len(unique), *self.labels.shape[1:]), dtype=self.labels.dtype)
+            for start, stop in consecutive_runs(unique):
+                first, last = int(unique[start]), int(unique[stop - 1]) + 1
+                images[start:stop] = self.images[first:last]
+                labels[start:stop] = self.labels[first:last]
         else:
             images = np.empty((len(unique), *self.images.shape[1:]), dtype=self.images.dtype)
             labels = np.empty((len(unique), *self.labels.shape[1:]), dtype=self.labels.dtype)
