@@ -17,6 +17,7 @@ from brainnet.data import (
     shard_window_order,
     split_for_rank,
     split_slots,
+    to_training_batch,
     tumour_weights,
 )
 from brainprep.errors import ConfigError
@@ -149,24 +150,46 @@ def store(tmp_path_factory):
     return open_store(root / "store.zarr")
 
 
-def test_dataset_yields_float32_image_and_one_hot_target(store):
+def test_dataset_yields_compact_patches_as_stored(store):
     slots = split_slots(store, "train")
     dataset = PatchDataset(store, slots)
     assert len(dataset) == len(slots) > 0
     for position in (0, len(dataset) - 1):
         sample = dataset[position]
         slot = int(slots[position])
-        label = store.read_label(slot)
         assert sample["slot"] == slot
-        assert sample["image"].dtype == torch.float32 and sample["image"].shape == (4, 32, 32, 8)
-        assert sample["target"].dtype == torch.float32 and sample["target"].shape == (3, 32, 32, 8)
-        np.testing.assert_array_equal(sample["image"].numpy(), store.read_image(slot).astype(np.float32))
+        assert sample["image"].dtype == torch.float16 and sample["image"].shape == (4, 32, 32, 8)
+        assert sample["label"].dtype == torch.uint8 and sample["label"].shape == (32, 32, 8)
+        np.testing.assert_array_equal(sample["image"].numpy(), store.read_image(slot))
+        np.testing.assert_array_equal(sample["label"].numpy(), store.read_label(slot))
+
+
+def test_training_batch_is_float32_image_and_one_hot_target(store):
+    slots = split_slots(store, "train")[:3]
+    dataset = PatchDataset(store, slots)
+    batch = torch.utils.data.default_collate(dataset.__getitems__([0, 1, 2]))
+    image, target = to_training_batch(batch)
+    assert image.dtype == torch.float32 and image.shape == (3, 4, 32, 32, 8)
+    assert target.dtype == torch.float32 and target.shape == (3, 3, 32, 32, 8)
+    for k, slot in enumerate(slots.tolist()):
+        label = store.read_label(slot)
+        np.testing.assert_array_equal(image[k].numpy(), store.read_image(slot).astype(np.float32))
         for channel, value in enumerate((1, 2, 3)):
-            np.testing.assert_array_equal(
-                sample["target"][channel].numpy(), (label == value).astype(np.float32)
-            )
+            np.testing.assert_array_equal(target[k, channel].numpy(), (label == value).astype(np.float32))
         # one-hot without background: channels never overlap, and sum to 1 exactly on tumour voxels
-        np.testing.assert_array_equal(sample["target"].sum(0).numpy(), (label > 0).astype(np.float32))
+        np.testing.assert_array_equal(target[k].sum(0).numpy(), (label > 0).astype(np.float32))
+
+
+def test_to_training_batch_by_hand():
+    label = torch.tensor([[[[0, 1], [2, 3]]]], dtype=torch.uint8)  # (B=1, X=1, Y=2, Z=2)
+    image = torch.ones((1, 4, 1, 2, 2), dtype=torch.float16)
+    got_image, target = to_training_batch({"image": image, "label": label})
+    assert got_image.dtype == torch.float32
+    assert target[0, :, 0].tolist() == [
+        [[0.0, 1.0], [0.0, 0.0]],  # edema: label 1
+        [[0.0, 0.0], [1.0, 0.0]],  # non-enhancing: label 2
+        [[0.0, 0.0], [0.0, 1.0]],  # enhancing: label 3
+    ]
 
 
 def test_batched_read_returns_samples_in_the_order_asked(store):
@@ -189,7 +212,7 @@ def test_flips_are_the_same_on_image_and_target_and_reproducible(store):
         axes = [axis for axis, f in zip((0, 1, 2), rng.random(3) < 0.5, strict=True) if f]
         dims = [1 + axis for axis in axes]
         np.testing.assert_array_equal(b["image"].numpy(), np.flip(a["image"].numpy(), dims))
-        np.testing.assert_array_equal(b["target"].numpy(), np.flip(a["target"].numpy(), dims))
+        np.testing.assert_array_equal(b["label"].numpy(), np.flip(a["label"].numpy(), axes))
         n_flipped += bool(axes)
     assert n_flipped > 0
 
@@ -215,13 +238,13 @@ def test_loader_with_two_workers_matches_single_process(store):
         sampler = ShardShuffleSampler(dataset.shards, seed=0)
         loader = make_loader(dataset, sampler, batch_size=3, workers=workers)
         got = list(loader)
-        assert got[0]["image"].shape == (3, 4, 32, 32, 8) and got[0]["target"].shape == (3, 3, 32, 32, 8)
+        assert got[0]["image"].shape == (3, 4, 32, 32, 8) and got[0]["label"].shape == (3, 32, 32, 8)
         batches[workers] = got
     slots0 = torch.cat([b["slot"] for b in batches[0]]).tolist()
     slots2 = torch.cat([b["slot"] for b in batches[2]]).tolist()
     assert slots0 == slots2 and sorted(slots0) == split_slots(store, "train").tolist()
     for a, b in zip(batches[0], batches[2], strict=True):
-        assert torch.equal(a["image"], b["image"]) and torch.equal(a["target"], b["target"])
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
 
 
 def test_hdf5_store_with_two_workers(tmp_path):
@@ -240,7 +263,7 @@ def test_hdf5_store_with_two_workers(tmp_path):
     loader = make_loader(dataset, ShardShuffleSampler(dataset.shards, seed=0), batch_size=3, workers=2)
     for batch in loader:
         for slot, image in zip(batch["slot"].tolist(), batch["image"], strict=True):
-            np.testing.assert_array_equal(image.numpy(), store.read_image(slot).astype(np.float32))
+            np.testing.assert_array_equal(image.numpy(), store.read_image(slot))
     assert store.format == "hdf5" and len(dataset) == 8
 
 

@@ -1,6 +1,6 @@
 """Data stage of brainnet: patch datasets over brainprep stores, shard-aware samplers, loaders."""
 
-from brainnet.data.dataset import PatchDataset, flip_pair, split_slots
+from brainnet.data.dataset import PatchDataset, flip_pair, split_slots, to_training_batch
 from brainnet.data.loader import make_loader
 from brainnet.data.sampler import (
     ShardShuffleSampler,
@@ -19,5 +19,6 @@ __all__ = [
     "shard_window_order",
     "split_for_rank",
     "split_slots",
+    "to_training_batch",
     "tumour_weights",
 ]

@@ -4,9 +4,12 @@ Position ``i`` of a :class:`PatchDataset` is store slot ``dataset.slots[i]``; th
 store's patch table (split, tumour fraction) without reading any image. Each DataLoader worker gets a
 pickled copy and the :class:`~brainprep.store.reader.PatchStore` reopens its handle lazily in that process.
 
-A sample is ``{"image": float32 (4, X, Y, Z), "target": float32 (3, X, Y, Z), "slot": int64}``, the target
-being the one-hot of edema, non-enhancing and enhancing tumour (MSD labels 1, 2, 3; background dropped,
-as the course's generator does with ``y[1:]``).
+A sample is compact, as stored: ``{"image": float16 (4, X, Y, Z) (the store's dtype), "label": uint8
+(X, Y, Z), "slot": int64}``. Worker processes hand batches to the training process through shared memory,
+so shipping 2 + 1 bytes per voxel instead of 4 * (4 + 3) is what keeps the loader near the store's decode
+speed; :func:`to_training_batch` then makes the float32 image and the float32 one-hot target of edema,
+non-enhancing and enhancing tumour (MSD labels 1, 2, 3; background dropped, as the course's generator does
+with ``y[1:]``) on the training device, where the conversion is nearly free.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from brainnet.metrics import labels_to_onehot
 from brainprep.errors import ConfigError
 from brainprep.store.schema import SPLIT_CODES
 
@@ -26,12 +28,34 @@ if TYPE_CHECKING:
     from brainprep.store.reader import PatchStore
 
 
-def flip_pair(image: np.ndarray, target: np.ndarray, axes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Flip image (C, X, Y, Z) and target (K, X, Y, Z) along the same spatial ``axes`` (0 = X)."""
+def flip_pair(image: np.ndarray, label: np.ndarray, axes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Flip image (C, X, Y, Z) and label (X, Y, Z) (or a target (K, X, Y, Z)) along the same spatial
+    ``axes`` (0 = X), i.e. the last three axes of each array."""
     if not axes:
-        return image, target
-    dims = tuple(1 + a for a in axes)
-    return np.ascontiguousarray(np.flip(image, dims)), np.ascontiguousarray(np.flip(target, dims))
+        return image, label
+    return tuple(  # type: ignore[return-value]
+        np.ascontiguousarray(np.flip(a, tuple(a.ndim - 3 + axis for axis in axes))) for a in (image, label)
+    )
+
+
+TUMOUR_LABELS: tuple[int, ...] = (1, 2, 3)
+
+
+def to_training_batch(
+    batch: dict[str, Any], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move a compact batch to ``device`` and expand it for the network and the loss.
+
+    Args:
+        batch: ``image`` (B, 4, X, Y, Z) float16/32 and ``label`` uint8 (B, X, Y, Z), as the loader yields.
+
+    Returns:
+        image float32 (B, 4, X, Y, Z) and target float32 (B, 3, X, Y, Z), the one-hot of MSD labels 1, 2, 3.
+    """
+    image = batch["image"].to(device, non_blocking=True).float()
+    label = batch["label"].to(device, non_blocking=True)
+    target = torch.stack([label == value for value in TUMOUR_LABELS], dim=1).float()
+    return image, target
 
 
 def split_slots(store: PatchStore, split: str | None) -> np.ndarray:
@@ -87,8 +111,6 @@ class PatchDataset(torch.utils.data.Dataset):
         return len(self.slots)
 
     def _sample(self, position: int, image: np.ndarray, label: np.ndarray) -> dict[str, Any]:
-        image = np.asarray(image, dtype=np.float32)
-        target = labels_to_onehot(np.asarray(label))  # float32 (3, X, Y, Z)
         if self.flip_axes:
             rng = np.random.default_rng([self.seed, self.epoch, position])
             axes = [
@@ -96,10 +118,10 @@ class PatchDataset(torch.utils.data.Dataset):
                 for a, flip in zip(self.flip_axes, rng.random(len(self.flip_axes)) < 0.5, strict=True)
                 if flip
             ]
-            image, target = flip_pair(image, target, axes)
+            image, label = flip_pair(image, label, axes)
         return {
-            "image": torch.from_numpy(image),
-            "target": torch.from_numpy(target),
+            "image": torch.from_numpy(np.ascontiguousarray(image)),
+            "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.uint8)),
             "slot": int(self.slots[position]),
         }
 

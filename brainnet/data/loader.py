@@ -28,8 +28,8 @@ def make_loader(
     and every worker reopens the store itself.
 
     Returns:
-        A loader of dicts ``image`` float32 (B, 4, X, Y, Z), ``target`` float32 (B, 3, X, Y, Z),
-        ``slot`` int64 (B,).
+        A loader of compact dicts ``image`` (B, 4, X, Y, Z) in the store's dtype, ``label`` uint8
+        (B, X, Y, Z), ``slot`` int64 (B,); :func:`~brainnet.data.dataset.to_training_batch` expands them.
     """
     on_cuda = torch.device(device).type == "cuda"
     batches = torch.utils.data.BatchSampler(sampler, batch_size=batch_size, drop_last=False)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainnet.data.dataset import PatchDataset, split_slots
+from brainnet.data.dataset import PatchDataset, split_slots, to_training_batch
 from brainnet.data.loader import make_loader
 from brainnet.data.sampler import ShardShuffleSampler, filter_by_tumour_fraction, tumour_weights
 from brainnet.losses import soft_dice_loss
@@ -189,8 +189,7 @@ def train_step(
         NonFiniteLossError: the loss is NaN/Inf on any rank (all ranks raise together).
     """
     device = context.device
-    image = batch["image"].to(device, non_blocking=True)
-    target = batch["target"].to(device, non_blocking=True)
+    image, target = to_training_batch(batch, device)
     with precision.autocast(device):
         logits = network(image)
     loss = compute_loss(logits, target)
@@ -233,8 +232,7 @@ def validate(
     for index, batch in enumerate(loader):
         if max_batches is not None and index >= max_batches:
             break
-        image = batch["image"].to(device, non_blocking=True)
-        target = batch["target"].to(device, non_blocking=True)
+        image, target = to_training_batch(batch, device)
         with precision.autocast(device):
             logits = network(image)
         probabilities = torch.sigmoid(logits.float())
