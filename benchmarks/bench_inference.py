@@ -1,0 +1,237 @@
+"""Inference benchmark: seconds per 240x240x155 scan, brainnet's sliding window vs MONAI's, on CPU.
+
+    python benchmarks/bench_inference.py [--quick] [--json FILE] [--workdir DIR] [--base-filters N]
+
+brainnet runs through ``brainnet.predict.predict_case`` (the Python API behind ``brainnet predict``:
+per-window standardization as the store was made, float16 rounding, the U-Net, sigmoid, Gaussian
+blending, zeroing outside the brain, thresholding to labels). MONAI runs ``sliding_window_inference``
+with the very same predictor (``brainnet.predict.window_predictor``) and the same window 160x160x16,
+overlap 0.5, Gaussian blending (sigma 1/8), constant zero padding and windows per batch, followed by the
+same brain mask and thresholding. Both sides
+alternate ``--repeats`` times; the fastest run of each counts.
+
+The U-Net is ``UNet3D(ModelConfig(base_filters=N))`` with random (seeded) weights; the course default
+is N = 32 (16.3 M parameters), about 3 s per window on this 2-core CPU, i.e. ~4 min per scan per side,
+so the CPU default is N = 8 (same depth and layout, 16x fewer FLOPs; ``--base-filters 32`` for the real
+one). A second pair of rows uses a 1x1x1 convolution as the predictor, to show the windowing overhead
+alone.
+
+Bars: brainnet / MONAI seconds <= 1.0; max |probability difference| <= 1e-5.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from common import (
+    PATCH_SIZE,
+    SCAN_SHAPE,
+    Bar,
+    Report,
+    Row,
+    base_parser,
+    case_files,
+    finish,
+    measure_rows,
+    require,
+    setup_logging,
+    synthetic_dataset,
+)
+
+OVERLAP = 0.5
+SW_BATCH_SIZE = 4  # predict_case's default
+SIGMA_SCALE = 0.125
+TOLERANCE = 1e-5
+SEED = 0
+FULL = {"cases": 8, "base_filters": 8, "repeats": 2}
+QUICK = {"cases": 3, "base_filters": 4, "repeats": 1}
+
+ROW_BRAINNET = "brainnet predict_case"
+ROW_MONAI = "MONAI sliding_window_inference"
+ROW_DIFF = "max |p_brainnet - p_monai|"
+ROW_LABELS = "labels equal"
+ROW_BRAINNET_1X1 = "brainnet sliding_window, 1x1x1 conv"
+ROW_MONAI_1X1 = "MONAI sliding_window_inference, 1x1x1 conv"
+
+
+def _model(base_filters: int) -> Any:
+    torch = require("torch")
+    model_module = require("brainnet.model")
+    torch.manual_seed(SEED)
+    return model_module.UNet3D(model_module.ModelConfig(base_filters=base_filters)).eval()
+
+
+def _fastest(runs: list[tuple[float, Any]]) -> tuple[float, Any]:
+    return min(runs, key=lambda r: r[0])
+
+
+def _timed(func: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    out = func()
+    return time.perf_counter() - started, out
+
+
+def compare_model(args: Any, sizes: dict[str, Any]) -> list[Row]:
+    """Rows brainnet / MONAI / max diff / labels equal with the U-Net predictor."""
+    torch = require("torch")
+    np = require("numpy")
+    predict = require("brainnet.predict")
+    metrics = require("brainnet.metrics")
+    inferers = require("monai.inferers")
+    read = require("brainprep.read")
+    params = require("brainprep.params")
+
+    data_dir = synthetic_dataset(args.workdir, sizes["cases"], fresh=args.fresh)
+    files = read.discover_cases(data_dir).case(case_files(data_dir)[0][0])
+    case = read.read_case(files)
+    build_params = params.BuildParams(sampling=params.SamplingParams(patch_size=PATCH_SIZE))
+    model = _model(args.base_filters or sizes["base_filters"])
+    predictor = predict.window_predictor(model, build_params)
+    # predict_case zeroes the probabilities outside the brain by default (brain_only); MONAI's side gets
+    # the same post-processing so both compute the same thing.
+    brain_only = inspect.signature(predict.predict_case).parameters.get("brain_only")
+    mask_brain = brain_only is not None and brain_only.default is True
+    standardize = require("brainprep.standardize") if mask_brain else None
+
+    def brainnet_run() -> Any:
+        return predict.predict_case(
+            model, case, build_params, window=PATCH_SIZE, overlap=OVERLAP, batch_size=SW_BATCH_SIZE
+        )
+
+    def monai_run() -> Any:
+        volume = torch.from_numpy(predict.prepare_volume(case.image, build_params))
+        with torch.inference_mode():
+            probabilities = inferers.sliding_window_inference(
+                volume[None],
+                roi_size=PATCH_SIZE,
+                sw_batch_size=SW_BATCH_SIZE,
+                predictor=predictor,
+                overlap=OVERLAP,
+                mode="gaussian",
+                sigma_scale=SIGMA_SCALE,
+                padding_mode="constant",
+                cval=0.0,
+            )[0].numpy()
+        if mask_brain:
+            probabilities[:, ~standardize.brain_mask(case.image)] = 0.0
+        return metrics.probabilities_to_labels(probabilities), probabilities
+
+    brainnet_runs, monai_runs = [], []
+    for _ in range(args.repeats or sizes["repeats"]):
+        brainnet_runs.append(_timed(brainnet_run))
+        monai_runs.append(_timed(monai_run))
+    b_seconds, (b_labels, b_prob) = _fastest(brainnet_runs)
+    m_seconds, (m_labels, m_prob) = _fastest(monai_runs)
+    shape = "x".join(map(str, case.shape))
+    b_prob, m_prob = np.asarray(b_prob), np.asarray(m_prob)
+    diff = float(np.abs(b_prob - m_prob).max())
+    equal = float((np.asarray(b_labels) == np.asarray(m_labels)).mean())
+    return [
+        Row(ROW_BRAINNET, b_seconds, "s/scan", f"{shape} scan", {"runs_s": [r[0] for r in brainnet_runs]}),
+        Row(
+            ROW_MONAI,
+            m_seconds,
+            "s/scan",
+            "same predictor" + (", same brain mask" if mask_brain else ""),
+            {"runs_s": [r[0] for r in monai_runs]},
+        ),
+        Row(ROW_DIFF, diff, "", f"probabilities {tuple(b_prob.shape)}"),
+        Row(ROW_LABELS, equal, "share", "voxels with the same thresholded label"),
+    ]
+
+
+def compare_overhead(args: Any, sizes: dict[str, Any]) -> list[Row]:
+    """Rows brainnet / MONAI with a 1x1x1 convolution predictor: the windowing cost alone."""
+    torch = require("torch")
+    sliding = require("brainnet.infer", "sliding_window")
+    inferers = require("monai.inferers")
+    torch.manual_seed(SEED)
+    conv = torch.nn.Conv3d(4, 3, kernel_size=1).eval()
+    volume = torch.randn((4, *SCAN_SHAPE), generator=torch.Generator().manual_seed(SEED))
+
+    def predictor(x: Any) -> Any:
+        with torch.inference_mode():
+            return conv(x)
+
+    def brainnet_run() -> Any:
+        return sliding(volume, predictor, PATCH_SIZE, OVERLAP, "gaussian", SW_BATCH_SIZE)
+
+    def monai_run() -> Any:
+        with torch.inference_mode():
+            return inferers.sliding_window_inference(
+                volume[None], PATCH_SIZE, SW_BATCH_SIZE, predictor, OVERLAP, mode="gaussian"
+            )[0]
+
+    repeats = max(3, args.repeats or sizes["repeats"])
+    brainnet_runs, monai_runs = [], []
+    for _ in range(repeats):
+        brainnet_runs.append(_timed(brainnet_run))
+        monai_runs.append(_timed(monai_run))
+    b_seconds, b_out = _fastest(brainnet_runs)
+    m_seconds, m_out = _fastest(monai_runs)
+    diff = float((b_out - m_out).abs().max())
+    return [
+        Row(ROW_BRAINNET_1X1, b_seconds, "s/scan", f"fastest of {repeats}; max |diff| {diff:.2g}"),
+        Row(ROW_MONAI_1X1, m_seconds, "s/scan", f"fastest of {repeats}"),
+    ]
+
+
+def run(args: Any) -> Report:
+    sizes = QUICK if args.quick else FULL
+    torch = require("torch")
+    base = args.base_filters or sizes["base_filters"]
+    report = Report(
+        "Inference: seconds per 240x240x155 scan, brainnet vs MONAI sliding window (CPU)",
+        settings={
+            "model": f"UNet3D depth 4, base_filters {base}" + (" (course default)" if base == 32 else ""),
+            "window": "x".join(map(str, PATCH_SIZE)),
+            "overlap": OVERLAP,
+            "blend": "gaussian",
+            "sw_batch_size": SW_BATCH_SIZE,
+            "repeats": args.repeats or sizes["repeats"],
+            "torch_threads": torch.get_num_threads(),
+            "quick": args.quick,
+        },
+    )
+    print(report.title, flush=True)
+
+    report.rows += measure_rows(
+        [ROW_BRAINNET, ROW_MONAI, ROW_DIFF, ROW_LABELS], "s/scan", lambda: compare_model(args, sizes)
+    )
+    report.rows += measure_rows(
+        [ROW_BRAINNET_1X1, ROW_MONAI_1X1], "s/scan", lambda: compare_overhead(args, sizes)
+    )
+    report.bars = [
+        Bar("brainnet / MONAI, U-Net", report.value(ROW_BRAINNET), report.value(ROW_MONAI), "<=", 1.0),
+        Bar("max |probability difference|", report.value(ROW_DIFF), None, "<=", TOLERANCE, unit=""),
+        Bar(
+            "brainnet / MONAI, 1x1x1 conv",
+            report.value(ROW_BRAINNET_1X1),
+            report.value(ROW_MONAI_1X1),
+            "<=",
+            1.0,
+            note="windowing overhead alone",
+        ),
+    ]
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--base-filters", type=int, default=None, help="U-Net base filters (CPU default 8; course 32)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="alternating runs per side (fastest counts)"
+    )
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    return finish(run(args), args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,487 @@
+"""Streaming benchmark: patches/s delivered to a training loop, preprocessing-first vs on-the-fly.
+
+    python benchmarks/bench_streaming.py [--quick] [--json FILE] [--workdir DIR]
+
+Every row delivers 160x160x16 patches of the same synthetic 240x240x155x4 cases to a loop that touches
+each batch (no model), with 2 worker processes and batches of 2 dataset items; worker start-up and the
+first batches are excluded (warm-up), then a fixed number of patches is timed. Every loader runs one long
+epoch drawn with replacement (as a store or dataset of hundreds of cases would), so the few benchmark
+cases do not make it pay a worker restart every few batches.
+
+Rows:
+  (a) brainnet loader (PatchDataset + ShardShuffleSampler + make_loader) over a Zarr v3 store
+  (b) the same over an HDF5 store
+  (c) MONAI on the fly: LoadImaged + EnsureChannelFirstd + RandCropByPosNegLabeld(num_samples=4)
+      + NormalizeIntensityd(channel_wise) in a DataLoader of 2 workers
+  (d) MONAI CacheDataset: loading cached in memory, FgBgToIndicesd cached too (MONAI's advice), the
+      crop + normalization random per draw
+  (d2) MONAI PersistentDataset: the same with the cache on disk (skipped with --quick)
+  (e) TorchIO Queue + LabelSampler (2 workers, samples_per_volume 4, ZNormalization on load)
+  (f) the limit: bare reads of random patches from the Zarr store in 2 processes, no loader (per slot and
+      per batch of 2, the better counts), and raw memcpy of the decoded bytes in 2 processes
+
+Bars: (a) >= 40x (c); (a) >= 3x the best of (d), (d2), (e); (a) >= 85% of the bare decode limit.
+The baselines do not build the one-hot target the brainnet loader returns (less work for them).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import (
+    N_CHANNELS,
+    PATCH_SIZE,
+    Bar,
+    Report,
+    Row,
+    base_parser,
+    case_files,
+    cycle,
+    data_fingerprint,
+    finish,
+    measure_row,
+    patch_store,
+    require,
+    setup_logging,
+    synthetic_dataset,
+    time_stream,
+    touch,
+)
+
+WORKERS = 2
+BATCH_SIZE = 2
+SAMPLES_PER_VOLUME = 4  # MONAI num_samples and TorchIO samples_per_volume
+SEED = 0
+UNIT = "patches/s"
+FG_KEY, BG_KEY = "label_fg_indices", "label_bg_indices"
+MEMCPY_RING = 32  # decoded patches cycled by the memcpy row: 118 MB, beyond any CPU cache
+
+FULL = {"cases": 8, "patches_per_case": 20, "fast_patches": 480, "slow_patches": 96}
+QUICK = {"cases": 3, "patches_per_case": 8, "fast_patches": 96, "slow_patches": 24}
+
+ROW_ZARR = "(a) brainnet loader, Zarr"
+ROW_HDF5 = "(b) brainnet loader, HDF5"
+ROW_MONAI = "(c) MONAI on the fly"
+ROW_CACHE = "(d) MONAI CacheDataset"
+ROW_PERSISTENT = "(d2) MONAI PersistentDataset"
+ROW_TORCHIO = "(e) TorchIO Queue+LabelSampler"
+ROW_DECODE = "(f) bare Zarr decode, 2 procs"
+ROW_DECODE_H5 = "(f) bare HDF5 decode, 2 procs"
+ROW_MEMCPY = "(f) memcpy of decoded bytes, 2 procs"
+
+
+def _rate_row(name: str, result: Any, note: str) -> Row:
+    return Row(
+        name,
+        result.rate,
+        UNIT,
+        note,
+        {
+            "patches": result.patches,
+            "seconds": round(result.seconds, 3),
+            "warmup_s": round(result.warmup_seconds, 2),
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------------ brainnet
+
+
+def brainnet_row(name: str, store: Path, n_patches: int) -> Row:
+    """(a)/(b): the brainnet DataLoader over ``store``, one long shard-aware epoch drawn with replacement.
+
+    One long epoch (``weights`` + ``num_samples``) keeps the small benchmark store from paying a worker
+    restart every few batches, which a real store of hundreds of cases amortizes.
+    """
+    data = require("brainnet.data")
+    open_store = require("brainprep.store.reader", "open_store")
+    patch_store_ = open_store(store)
+    dataset = data.PatchDataset(patch_store_, data.split_slots(patch_store_, None))
+    warmup = 2 * WORKERS
+    draws = items_needed(n_patches, 1)
+    sampler = data.ShardShuffleSampler(
+        dataset.shards, seed=SEED, weights=np.ones(len(dataset)), num_samples=draws
+    )
+    loader = data.make_loader(dataset, sampler, batch_size=BATCH_SIZE, workers=WORKERS)
+    # What a training loop gets: the float32 image and one-hot target (made here, on the CPU, counted).
+    result = time_stream(
+        cycle(lambda: loader),
+        n_patches,
+        warmup_batches=warmup,
+        count=lambda batch: touch(data.to_training_batch(batch)),
+    )
+    return _rate_row(name, result, f"{len(dataset)} slots, batch {BATCH_SIZE}, {WORKERS} workers")
+
+
+# --------------------------------------------------------------------------------------------- MONAI
+
+
+def _monai_items(data_dir: Path) -> list[dict[str, str]]:
+    return [{"image": str(image), "label": str(label)} for _, image, label in case_files(data_dir)]
+
+
+def _monai_crop(cached_indices: bool) -> Any:
+    transforms = require("monai.transforms")
+    extra = {"fg_indices_key": FG_KEY, "bg_indices_key": BG_KEY} if cached_indices else {}
+    return transforms.RandCropByPosNegLabeld(
+        keys=["image", "label"],
+        label_key="label",
+        spatial_size=PATCH_SIZE,
+        pos=1,
+        neg=1,
+        num_samples=SAMPLES_PER_VOLUME,
+        image_key="image",
+        image_threshold=0,
+        **extra,
+    )
+
+
+def _monai_transform(cached_indices: bool) -> Any:
+    """Load -> channel first -> [FgBgToIndicesd] -> random crop x4 -> per-channel z-score of each patch."""
+    transforms = require("monai.transforms")
+    steps = [
+        transforms.LoadImaged(keys=["image", "label"], image_only=True),
+        transforms.EnsureChannelFirstd(keys=["image", "label"]),
+    ]
+    if cached_indices:
+        # FgBgToIndicesd's default postfixes name the keys label_fg_indices / label_bg_indices
+        steps.append(transforms.FgBgToIndicesd(keys="label", image_key="image", image_threshold=0))
+    steps += [
+        _monai_crop(cached_indices),
+        transforms.NormalizeIntensityd(keys="image", channel_wise=True),
+    ]
+    compose = transforms.Compose(steps)
+    compose.set_random_state(seed=SEED)
+    return compose
+
+
+def items_needed(n_patches: int, patches_per_item: int) -> int:
+    """Dataset items one long epoch must hold: the timed patches, the warm-up and the prefetched batches."""
+    slack_batches = 2 * WORKERS + 2 * WORKERS + 2  # warm-up + prefetch_factor 2 per worker + margin
+    return -(-n_patches // patches_per_item) + slack_batches * BATCH_SIZE
+
+
+def _long_sampler(n_items: int, draws: int) -> Any:
+    """Uniform draws with replacement: one epoch covers the whole measurement, as a large dataset would."""
+    torch = require("torch")
+    generator = torch.Generator().manual_seed(SEED)
+    return torch.utils.data.RandomSampler(
+        range(n_items), replacement=True, num_samples=draws, generator=generator
+    )
+
+
+def _monai_loader(dataset: Any, n_patches: int) -> Any:
+    monai_data = require("monai.data")
+    draws = items_needed(n_patches, SAMPLES_PER_VOLUME)
+    return monai_data.DataLoader(
+        dataset, batch_size=BATCH_SIZE, sampler=_long_sampler(len(dataset), draws), num_workers=WORKERS
+    )
+
+
+def monai_on_the_fly_row(data_dir: Path, n_patches: int) -> Row:
+    monai_data = require("monai.data")
+    dataset = monai_data.Dataset(_monai_items(data_dir), transform=_monai_transform(cached_indices=False))
+    loader = _monai_loader(dataset, n_patches)
+    result = time_stream(cycle(lambda: loader), n_patches, warmup_batches=WORKERS)
+    return _rate_row(
+        ROW_MONAI, result, f"{len(dataset)} cases, {SAMPLES_PER_VOLUME} crops/load, batch {BATCH_SIZE} items"
+    )
+
+
+def monai_cache_row(data_dir: Path, n_patches: int) -> Row:
+    monai_data = require("monai.data")
+    items = _monai_items(data_dir)
+    started = time.perf_counter()
+    dataset = monai_data.CacheDataset(
+        items,
+        transform=_monai_transform(cached_indices=True),
+        cache_rate=1.0,
+        num_workers=WORKERS,
+        progress=False,
+    )
+    cache_s = time.perf_counter() - started
+    loader = _monai_loader(dataset, n_patches)
+    result = time_stream(cycle(lambda: loader), n_patches, warmup_batches=WORKERS)
+    row = _rate_row(
+        ROW_CACHE, result, f"{len(items)} cases cached in RAM (cache build {cache_s:.0f} s, excluded)"
+    )
+    row.extra["cache_build_s"] = round(cache_s, 2)
+    return row
+
+
+def monai_persistent_row(data_dir: Path, cache_dir: Path, n_patches: int) -> Row:
+    monai_data = require("monai.data")
+    items = _monai_items(data_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    dataset = monai_data.PersistentDataset(
+        items, transform=_monai_transform(cached_indices=True), cache_dir=cache_dir
+    )
+    started = time.perf_counter()
+    for i in range(len(dataset)):  # fill the disk cache (or find it filled by an earlier run)
+        dataset[i]
+    fill_s = time.perf_counter() - started
+    loader = _monai_loader(dataset, n_patches)
+    result = time_stream(cycle(lambda: loader), n_patches, warmup_batches=WORKERS)
+    row = _rate_row(
+        ROW_PERSISTENT, result, f"{len(items)} cases cached on disk (fill {fill_s:.0f} s, excluded)"
+    )
+    row.extra["cache_fill_s"] = round(fill_s, 2)
+    return row
+
+
+# ------------------------------------------------------------------------------------------- TorchIO
+
+
+def torchio_row(data_dir: Path, n_patches: int) -> Row:
+    tio = require("torchio")
+    torch = require("torch")
+    cases = case_files(data_dir)
+    # The case list repeated: one Queue epoch covers the measurement (no worker restart per 3-case epoch).
+    repeats = -(-items_needed(n_patches, SAMPLES_PER_VOLUME) // len(cases))
+    subjects = [
+        tio.Subject(image=tio.ScalarImage(image), label=tio.LabelMap(label))
+        for _, image, label in cases * repeats
+    ]
+    dataset = tio.SubjectsDataset(subjects, transform=tio.ZNormalization())
+    queue = tio.Queue(
+        dataset,
+        max_length=4 * SAMPLES_PER_VOLUME,
+        samples_per_volume=SAMPLES_PER_VOLUME,
+        sampler=tio.LabelSampler(patch_size=PATCH_SIZE, label_name="label"),
+        num_workers=WORKERS,
+        shuffle_subjects=True,
+        shuffle_patches=True,
+    )
+    loader = torch.utils.data.DataLoader(queue, batch_size=BATCH_SIZE, num_workers=0)  # the Queue's rule
+    torch.manual_seed(SEED)
+    result = time_stream(cycle(lambda: loader), n_patches, warmup_batches=WORKERS)
+    return _rate_row(
+        ROW_TORCHIO,
+        result,
+        f"{len(cases)} cases, queue {4 * SAMPLES_PER_VOLUME}, {SAMPLES_PER_VOLUME} patches/volume",
+    )
+
+
+# ----------------------------------------------------------------------------------------- the limit
+
+
+def _open_arrays(store: str, fmt: str) -> tuple[Any, Any, np.ndarray]:
+    """(images, labels, valid slots) of a store, opened with zarr / h5py directly (no brainprep)."""
+    if fmt == "zarr":
+        import zarr
+
+        group = zarr.open_group(store, mode="r")
+    else:
+        import h5py
+
+        group = h5py.File(store, "r")
+    valid = np.flatnonzero(np.asarray(group["patch_valid"][...]).astype(bool))
+    return group["images"], group["labels"], valid
+
+
+def _bare_worker(
+    mode: str, store: str, fmt: str, n_reads: int, warmup: int, seed: int, barrier: Any, results: Any
+) -> None:
+    """One process of the limit: ``mode`` is ``slot`` (one patch per read), ``batch`` (BATCH_SIZE sorted
+    random slots per orthogonal read, Zarr only) or ``memcpy`` (copy a decoded patch's bytes, no store)."""
+    rng = np.random.default_rng(seed)
+    images, labels, valid = _open_arrays(store, fmt)
+    per_read = BATCH_SIZE if mode == "batch" else 1
+    if mode == "memcpy":
+        # a ring of decoded patches larger than the CPU caches, so the copy runs at memory speed
+        first = (np.asarray(images[int(valid[0])]), np.asarray(labels[int(valid[0])]))
+        ring = [(first[0].copy(), first[1].copy()) for _ in range(MEMCPY_RING)]
+        dst = (np.empty_like(first[0]), np.empty_like(first[1]))
+        position = [0]
+
+    def read_once() -> None:
+        if mode == "memcpy":
+            image, label = ring[position[0] % MEMCPY_RING]
+            position[0] += 1
+            np.copyto(dst[0], image)
+            np.copyto(dst[1], label)
+        elif mode == "slot":
+            slot = int(rng.choice(valid))
+            np.asarray(images[slot])
+            np.asarray(labels[slot])
+        else:
+            slots = np.sort(rng.choice(valid, size=per_read))
+            np.asarray(images.get_orthogonal_selection((slots,)))
+            np.asarray(labels.get_orthogonal_selection((slots,)))
+
+    for _ in range(warmup):
+        read_once()
+    barrier.wait()
+    t0 = time.monotonic()
+    for _ in range(n_reads):
+        read_once()
+    results.put((t0, time.monotonic(), n_reads * per_read))
+
+
+def bare_rate(
+    mode: str, store: Path, fmt: str, n_patches: int, processes: int = WORKERS
+) -> tuple[float, int]:
+    """Patches/s of ``processes`` bare reader processes started together; returns (rate, patches)."""
+    context = mp.get_context("spawn")  # a clean process: no zarr/asyncio state inherited by fork
+    barrier = context.Barrier(processes)
+    results = context.Queue()
+    per_read = BATCH_SIZE if mode == "batch" else 1
+    reads = max(1, n_patches // (processes * per_read))
+    if mode == "memcpy":
+        reads *= 20  # far faster than decoding; more repeats for a measurable time
+    procs = [
+        context.Process(
+            target=_bare_worker, args=(mode, str(store), fmt, reads, 4, SEED + i, barrier, results)
+        )
+        for i in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    spans = [results.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    if any(p.exitcode != 0 for p in procs):
+        raise RuntimeError(f"a bare {mode} reader process failed (exit codes {[p.exitcode for p in procs]})")
+    start = min(s[0] for s in spans)
+    end = max(s[1] for s in spans)
+    total = sum(s[2] for s in spans)
+    return total / (end - start), total
+
+
+def bare_decode_row(name: str, store: Path, fmt: str, n_patches: int) -> Row:
+    """The limit: per-slot reads, and for Zarr also one orthogonal read per batch (what
+    ``PatchStore.read_patches`` does); the better of the two counts."""
+    slot_rate, slot_n = bare_rate("slot", store, fmt, n_patches)
+    if fmt != "zarr":
+        return Row(name, slot_rate, UNIT, "per-slot reads of random valid slots, images+labels")
+    # fewer patches: with zarr 3.1 an orthogonal read of 2 slots is far slower than 2 slot reads
+    batch_rate, batch_n = bare_rate("batch", store, fmt, max(n_patches // 4, 8 * WORKERS * BATCH_SIZE))
+    return Row(
+        name,
+        max(slot_rate, batch_rate),
+        UNIT,
+        f"best of per-slot reads ({slot_rate:.0f}/s) and orthogonal reads of {BATCH_SIZE} sorted slots "
+        f"({batch_rate:.0f}/s), random valid slots, images+labels",
+        {"per_slot": slot_rate, "per_batch": batch_rate, "patches": slot_n + batch_n},
+    )
+
+
+def memcpy_row(store: Path, n_patches: int) -> Row:
+    rate, total = bare_rate("memcpy", store, "zarr", n_patches)
+    patch_bytes = N_CHANNELS * int(np.prod(PATCH_SIZE)) * 2 + int(np.prod(PATCH_SIZE))
+    return Row(
+        ROW_MEMCPY,
+        rate,
+        UNIT,
+        f"np.copyto of decoded float16 image + uint8 label patches ({patch_bytes / 1e6:.1f} MB each, "
+        f"a ring of {MEMCPY_RING}), "
+        f"{rate * patch_bytes / 1e9:.1f} GB/s",
+        {"patches": total, "patch_bytes": patch_bytes},
+    )
+
+
+# -------------------------------------------------------------------------------------------- driver
+
+
+def run(args: Any) -> Report:
+    sizes = QUICK if args.quick else FULL
+    fast, slow = args.patches or sizes["fast_patches"], args.slow_patches or sizes["slow_patches"]
+    report = Report(
+        "Streaming: 160x160x16 patches/s delivered to a loop (no model)",
+        settings={
+            "cases": sizes["cases"],
+            "patches_per_case": sizes["patches_per_case"],
+            "workers": WORKERS,
+            "batch_size": BATCH_SIZE,
+            "timed_patches_fast_rows": fast,
+            "timed_patches_slow_rows": slow,
+            "quick": args.quick,
+        },
+    )
+    data_dir: Path | None = None
+    stores: dict[str, Path] = {}
+
+    def need_data() -> Path:
+        nonlocal data_dir
+        if data_dir is None:
+            data_dir = synthetic_dataset(args.workdir, sizes["cases"], fresh=args.fresh)
+        return data_dir
+
+    def need_store(fmt: str) -> Path:
+        if fmt not in stores:
+            stores[fmt] = patch_store(
+                args.workdir, need_data(), fmt, sizes["patches_per_case"], fresh=args.fresh
+            )
+        return stores[fmt]
+
+    print(report.title, flush=True)
+    rows = report.rows
+    rows.append(measure_row(ROW_ZARR, UNIT, lambda: brainnet_row(ROW_ZARR, need_store("zarr"), fast)))
+    rows.append(measure_row(ROW_HDF5, UNIT, lambda: brainnet_row(ROW_HDF5, need_store("hdf5"), fast)))
+    rows.append(measure_row(ROW_MONAI, UNIT, lambda: monai_on_the_fly_row(need_data(), slow)))
+    rows.append(measure_row(ROW_CACHE, UNIT, lambda: monai_cache_row(need_data(), slow)))
+    if args.quick:
+        rows.append(Row(ROW_PERSISTENT, None, UNIT, "skipped with --quick"))
+    else:
+
+        def persistent() -> Row:
+            # MONAI keys its disk cache by the file paths only: one folder per version of the data
+            data = need_data()
+            cache = args.workdir / "monai-persistent" / f"{data.name}-{data_fingerprint(data)}"
+            return monai_persistent_row(data, cache, slow)
+
+        rows.append(measure_row(ROW_PERSISTENT, UNIT, persistent))
+    rows.append(measure_row(ROW_TORCHIO, UNIT, lambda: torchio_row(need_data(), slow)))
+    rows.append(
+        measure_row(ROW_DECODE, UNIT, lambda: bare_decode_row(ROW_DECODE, need_store("zarr"), "zarr", fast))
+    )
+    rows.append(
+        measure_row(
+            ROW_DECODE_H5, UNIT, lambda: bare_decode_row(ROW_DECODE_H5, need_store("hdf5"), "hdf5", fast)
+        )
+    )
+    rows.append(measure_row(ROW_MEMCPY, UNIT, lambda: memcpy_row(need_store("zarr"), fast)))
+
+    zarr_rate = report.value(ROW_ZARR)
+    cached = [
+        v for v in (report.value(ROW_CACHE), report.value(ROW_PERSISTENT), report.value(ROW_TORCHIO)) if v
+    ]
+    best_cached = max(cached) if cached else None
+    best_name = next(
+        (r.name for r in rows if best_cached is not None and r.value == best_cached), "no cached baseline ran"
+    )
+    report.bars = [
+        Bar("(a) Zarr / (c) MONAI on the fly", zarr_rate, report.value(ROW_MONAI), ">=", 40.0),
+        Bar("(a) Zarr / best cached (d, d2, e)", zarr_rate, best_cached, ">=", 3.0, note=best_name),
+        Bar("(a) Zarr / bare Zarr decode limit", zarr_rate, report.value(ROW_DECODE), ">=", 0.85),
+        Bar(
+            "(b) HDF5 / (c) MONAI on the fly",
+            report.value(ROW_HDF5),
+            report.value(ROW_MONAI),
+            ">=",
+            40.0,
+            note="information, no claim",
+        ),
+    ]
+    report.notes.append(
+        "the baselines return the label map, the brainnet loader a float32 one-hot target (more work)"
+    )
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--patches", type=int, default=None, help="timed patches of the fast rows (a, b, f)")
+    parser.add_argument("--slow-patches", type=int, default=None, help="timed patches of the rows c, d, e")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    return finish(run(args), args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
