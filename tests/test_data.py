@@ -231,20 +231,36 @@ def test_fraction_filter_uses_the_table_only(store, monkeypatch):
     assert (store.table.tumour_fraction[kept] >= 0.2).all()
 
 
-def test_loader_with_two_workers_matches_single_process(store):
+def test_loader_backends_and_worker_counts_give_the_same_batches(store):
     dataset = PatchDataset(store, split_slots(store, "train"))
     batches = {}
-    for workers in (0, 2):
+    for workers, backend in ((0, "processes"), (2, "processes"), (2, "threads")):
         sampler = ShardShuffleSampler(dataset.shards, seed=0)
-        loader = make_loader(dataset, sampler, batch_size=3, workers=workers)
+        loader = make_loader(dataset, sampler, batch_size=3, workers=workers, backend=backend)
         got = list(loader)
+        assert len(got) == len(loader)
         assert got[0]["image"].shape == (3, 4, 32, 32, 8) and got[0]["label"].shape == (3, 32, 32, 8)
-        batches[workers] = got
-    slots0 = torch.cat([b["slot"] for b in batches[0]]).tolist()
-    slots2 = torch.cat([b["slot"] for b in batches[2]]).tolist()
-    assert slots0 == slots2 and sorted(slots0) == split_slots(store, "train").tolist()
-    for a, b in zip(batches[0], batches[2], strict=True):
-        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+        batches[workers, backend] = got
+    reference = batches[0, "processes"]
+    slots0 = torch.cat([b["slot"] for b in reference]).tolist()
+    assert sorted(slots0) == split_slots(store, "train").tolist()
+    for key in ((2, "processes"), (2, "threads")):
+        assert torch.cat([b["slot"] for b in batches[key]]).tolist() == slots0, key
+        for a, b in zip(reference, batches[key], strict=True):
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+
+
+def test_threaded_loader_stops_cleanly_when_abandoned(store):
+    dataset = PatchDataset(store, split_slots(store, "train"))
+    loader = make_loader(
+        dataset, ShardShuffleSampler(dataset.shards, seed=0), batch_size=2, workers=2, backend="threads"
+    )
+    iterator = iter(loader)
+    first = next(iterator)
+    iterator.close()  # a training loop that breaks out early
+    assert first["image"].shape[0] == 2
+    with pytest.raises(ConfigError, match="loader backend"):
+        make_loader(dataset, ShardShuffleSampler(dataset.shards, seed=0), batch_size=2, backend="fibers")
 
 
 def test_hdf5_store_with_two_workers(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 #: options that may change when resuming (the rest come from the checkpoint).
-_RESUME_OVERRIDES = ("epochs", "workers", "device", "amp")
+_RESUME_OVERRIDES = ("epochs", "workers", "loader", "device", "amp")
 
 
 def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) -> None:
@@ -55,6 +55,13 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
 @click.option(
     "--workers", type=click.IntRange(min=0), default=2, show_default=True, help="DataLoader workers."
 )
+@click.option(
+    "--loader",
+    type=click.Choice(["processes", "threads"]),
+    default="processes",
+    show_default=True,
+    help="Loader workers: processes (any store) or threads (faster for Zarr on CPU).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option(
@@ -98,6 +105,7 @@ def train(ctx: click.Context, store: str, out_dir: Path, **options: object) -> N
             device=options["device"],
             amp=options["amp"],
             workers=options["workers"],
+            loader=options["loader"],
             min_tumour_fraction=options["min_tumour_fraction"],
             weighting=options["weighting"],
             flip_axes=(0, 1, 2) if options["flips"] else (),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from brainnet.data.loader import LOADER_BACKENDS
 from brainprep.config import Params
 from brainprep.errors import ConfigError
 from brainprep.store.schema import SPLIT_NAMES
@@ -37,7 +38,8 @@ class TrainConfig(Params):
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         amp: mixed precision on CUDA (ignored on CPU).
         amp_dtype: ``bfloat16`` (no loss scaling needed) or ``float16`` (with a GradScaler).
-        workers: DataLoader worker processes (results do not depend on it).
+        workers: loader workers, processes or threads (results do not depend on it).
+        loader: ``processes`` (torch DataLoader workers) or ``threads`` (faster for Zarr stores on CPU).
         shuffle_window: shards (cases) whose patches are shuffled together.
         min_tumour_fraction: train only on patches whose stored tumour fraction is at least this.
         weighting: ``uniform`` (every patch once per pass) or ``tumour`` (drawn with replacement,
@@ -58,6 +60,7 @@ class TrainConfig(Params):
     amp: bool = True
     amp_dtype: str = "bfloat16"
     workers: int = 0
+    loader: str = "processes"
     shuffle_window: int = 4
     min_tumour_fraction: float = 0.0
     weighting: str = "uniform"
@@ -75,6 +78,8 @@ class TrainConfig(Params):
                 raise ConfigError(f"TrainConfig.{name} must be >= 1 or None, got {value}")
         if not self.lr > 0:
             raise ConfigError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.loader not in LOADER_BACKENDS:
+            raise ConfigError(f"TrainConfig.loader must be one of {LOADER_BACKENDS}, got {self.loader!r}")
         if self.workers < 0:
             raise ConfigError(f"TrainConfig.workers must be >= 0, got {self.workers}")
         if self.val_split is not None and self.val_split not in SPLIT_NAMES:

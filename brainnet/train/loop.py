@@ -37,7 +37,7 @@ LAST_NAME = "last.pt"
 BEST_NAME = "best.pt"
 #: TrainConfig fields that may change when resuming; any other change would break the trajectory.
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "workers", "device", "amp", "deterministic", "val_steps", "threshold"}
+    {"epochs", "workers", "loader", "device", "amp", "deterministic", "val_steps", "threshold"}
 )
 
 
@@ -148,7 +148,12 @@ class _Stream:
         self.dataset = dataset
         self.sampler = sampler
         self.loader = make_loader(
-            dataset, sampler, batch_size=config.batch_size, workers=config.workers, device=device
+            dataset,
+            sampler,
+            batch_size=config.batch_size,
+            workers=config.workers,
+            device=device,
+            backend=config.loader,
         )
         self.iterator: Iterator[dict[str, Any]] | None = None
         self.consumed = sampler.start
@@ -283,7 +288,12 @@ def _val_loader(store: Any, config: TrainConfig, context: DistributedContext):
         dataset.shards, shuffle=False, rank=context.rank, world_size=context.world_size, remainder="uneven"
     )
     return make_loader(
-        dataset, sampler, batch_size=config.batch_size, workers=config.workers, device=context.device
+        dataset,
+        sampler,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        device=context.device,
+        backend=config.loader,
     )
 
 
