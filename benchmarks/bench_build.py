@@ -4,6 +4,7 @@
 
 Rows (the same synthetic 240x240x155x4 MSD cases, files in the page cache for every row):
   nibabel load       nib.load(image).get_fdata(dtype=float32) + the same of the label, one process
+  course load        the course's load_case: np.array(nib.load(f).get_fdata()) (float64), information
   build, 1 worker    build_patches(..., workers=1) into a fresh Zarr store (runs in one process)
   build, 2 workers   build_patches(..., workers=2) into a fresh Zarr store (spawned worker processes)
   build HDF5, 2 w.   the same into an HDF5 store (information)
@@ -59,6 +60,7 @@ SAMPLE_INTERVAL_S = 0.05
 GB = 1e9
 
 ROW_LOAD = "nibabel load (image + label)"
+ROW_LOAD_COURSE = "nibabel load, course code (float64)"
 ROW_BUILD1 = "build Zarr, 1 worker"
 ROW_BUILD2 = "build Zarr, 2 workers"
 ROW_BUILD_H5 = "build HDF5, 2 workers"
@@ -84,8 +86,12 @@ print(json.dumps({"seconds": time.perf_counter() - started, "patches": summary.p
 """
 
 
-def nibabel_load_seconds(data_dir: Path) -> tuple[float, int]:
-    """Seconds to load every case's image and label as float32 with nibabel alone; (total, cases)."""
+def nibabel_load_seconds(data_dir: Path, course: bool = False) -> tuple[float, int]:
+    """Seconds to load every case's image and label with nibabel alone; (total, cases).
+
+    float32 ``get_fdata`` (the fastest plain nibabel read), or with ``course`` the course's ``load_case``:
+    ``np.array(nib.load(path).get_fdata())`` (float64, plus a copy).
+    """
     import nibabel as nib
 
     cases = case_files(data_dir)
@@ -94,8 +100,12 @@ def nibabel_load_seconds(data_dir: Path) -> tuple[float, int]:
         label.read_bytes()
     started = time.perf_counter()
     for _, image, label in cases:
-        nib.load(image).get_fdata(dtype=np.float32)
-        nib.load(label).get_fdata(dtype=np.float32)
+        if course:
+            np.array(nib.load(image).get_fdata())
+            np.array(nib.load(label).get_fdata())
+        else:
+            nib.load(image).get_fdata(dtype=np.float32)
+            nib.load(label).get_fdata(dtype=np.float32)
     return time.perf_counter() - started, len(cases)
 
 
@@ -186,6 +196,18 @@ def run(args: Any) -> Report:
         seconds, n = min((nibabel_load_seconds(data()) for _ in range(repeats)), key=lambda t: t[0])
         return Row(ROW_LOAD, seconds / n, "s/case", f"{n} cases, one process", {"total_s": seconds})
 
+    def course_load_row() -> Row:
+        seconds, n = min(
+            (nibabel_load_seconds(data(), course=True) for _ in range(repeats)), key=lambda t: t[0]
+        )
+        return Row(
+            ROW_LOAD_COURSE,
+            seconds / n,
+            "s/case",
+            "the course's load_case, one process",
+            {"total_s": seconds},
+        )
+
     def build_row(name: str, fmt: str, workers: int) -> Row:
         store = runs_dir / f"bench-{workers}w{store_suffix(fmt)}"
         result = best_build(data(), store, fmt, workers, repeats)
@@ -223,6 +245,7 @@ def run(args: Any) -> Report:
 
     rows = report.rows
     rows.append(measure_row(ROW_LOAD, "s/case", load_row))
+    rows.append(measure_row(ROW_LOAD_COURSE, "s/case", course_load_row))
     rows.append(measure_row(ROW_BUILD1, "s/case", lambda: build_row(ROW_BUILD1, "zarr", 1)))
     rows.append(measure_row(ROW_BUILD2, "s/case", lambda: build_row(ROW_BUILD2, "zarr", 2)))
     rows.append(measure_row(ROW_BUILD_H5, "s/case", lambda: build_row(ROW_BUILD_H5, "hdf5", 2)))
@@ -239,6 +262,8 @@ def run(args: Any) -> Report:
         Bar("build 2 workers, per worker / load", 2 * t2 if t2 else None, load, "<=", 1.5,
             note="2 x s/case of the 2-worker build"),
         Bar("speed-up 2 workers over 1", t1, t2, ">=", 1.7),
+        Bar("build 1 worker / course's nibabel load", t1, report.value(ROW_LOAD_COURSE), "<=", 1.5,
+            note="information: the loading code of the course's pipeline"),
         Bar("Zarr bytes per patch / raw", zarr_bytes * 1e6 if zarr_bytes else None, RAW_PATCH_BYTES,
             "<=", 0.40),
         Bar("peak memory per worker", max(peaks) if peaks else None, None, "<=", 1.5, unit=" GB",
