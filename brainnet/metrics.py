@@ -179,8 +179,12 @@ def probabilities_to_labels(prob: ArrayLike, threshold: float = 0.5, axis: int =
     """Sigmoid probabilities -> one MSD label per voxel.
 
     The course's three sigmoid channels are independent, so a voxel may pass the threshold in several.
-    Rule: background (0) where no channel is strictly above ``threshold``; otherwise the label of the
-    most probable channel among those above it (``argmax + 1``; ties go to the lower label).
+    Rule: background (0) where no channel is strictly above ``threshold``; otherwise the innermost
+    structure among those above it wins, following the BraTS nesting enhancing < core < whole tumour:
+    enhancing (3) over non-enhancing (2) over edema (1). The outer classes' channels bleed inwards (a
+    network trained on whole tumours lights the edema channel inside the core too): an argmax would then
+    label the core as edema, while this rule keeps each inner class where its own channel sees it, so the
+    label map's class Dice matches the course's per-channel Dice.
 
     Args:
         prob: float ``(3, X, Y, Z)`` (or the class axis at ``axis``, e.g. 1 for a batch).
@@ -191,9 +195,10 @@ def probabilities_to_labels(prob: ArrayLike, threshold: float = 0.5, axis: int =
         uint8 labels, ``prob``'s shape without ``axis``, of ``prob``'s type (numpy or torch).
     """
     p = _as_tensor(prob)
-    above = p > threshold
-    masked = torch.where(above, p, torch.full_like(p, -torch.inf))
-    labels = torch.where(above.any(dim=axis), masked.argmax(dim=axis) + 1, 0).to(torch.uint8)
+    above = (p > threshold).movedim(axis, 0)
+    labels = torch.zeros(above.shape[1:], dtype=torch.uint8, device=p.device)
+    for channel in range(above.shape[0]):  # inner classes come later and overwrite
+        labels[above[channel]] = channel + 1
     return _like(labels, prob)  # type: ignore[return-value]
 
 

@@ -176,18 +176,19 @@ def test_labels_to_onehot_rejects_bad_labels():
 def test_probabilities_to_labels_rule():
     prob = np.array(
         [
-            # vox: none  edema  overlap  enh   all=0.5  tie
-            [0.1, 0.9, 0.6, 0.2, 0.5, 0.7],
-            [0.2, 0.1, 0.8, 0.55, 0.5, 0.7],
-            [0.3, 0.1, 0.1, 0.7, 0.5, 0.1],
+            # vox: none  edema  core in edema  enh over core  all=0.5  all three
+            [0.1, 0.9, 0.95, 0.2, 0.5, 0.9],
+            [0.2, 0.1, 0.6, 0.8, 0.5, 0.9],
+            [0.3, 0.1, 0.1, 0.7, 0.5, 0.6],
         ],
         dtype=np.float32,
     )
     labels = probabilities_to_labels(prob)
     assert isinstance(labels, np.ndarray) and labels.dtype == np.uint8
-    np.testing.assert_array_equal(labels, [0, 1, 2, 3, 0, 1])
+    # the innermost structure above the threshold wins, even against a more probable outer one
+    np.testing.assert_array_equal(labels, [0, 1, 2, 3, 0, 3])
     batch = torch.from_numpy(prob)[None]  # (1, 3, 6), class axis 1
-    assert probabilities_to_labels(batch, axis=1).tolist() == [[0, 1, 2, 3, 0, 1]]
+    assert probabilities_to_labels(batch, axis=1).tolist() == [[0, 1, 2, 3, 0, 3]]
 
 
 def test_onehot_labels_round_trip():
