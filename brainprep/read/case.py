@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,6 +87,32 @@ def _check_affine(affine: np.ndarray, case_id: str, path: Path) -> None:
         )
 
 
+def _check_channel_files(files: CaseFiles, channels: Sequence[Any]) -> None:
+    """Each per-channel file is 3D with the shape and affine of the first one.
+
+    Args:
+        channels: one object per file of ``files.image_paths`` with ``.shape`` and ``.affine`` (an opened
+            nibabel image or decoded voxels).
+    """
+    first_path, first = files.image_paths[0], channels[0]
+    for path, channel in zip(files.image_paths, channels, strict=True):
+        shape = tuple(channel.shape)
+        if len(shape) != 3:
+            raise ShapeMismatchError(
+                f"expected a 3D channel image, found shape {shape}", case_id=files.case_id, path=path
+            )
+        if shape != tuple(first.shape):
+            raise ShapeMismatchError(
+                f"channel shape {shape} differs from {tuple(first.shape)} of {first_path.name}",
+                case_id=files.case_id,
+                path=path,
+            )
+        if not np.allclose(channel.affine, first.affine, atol=AFFINE_TOLERANCE):
+            raise ShapeMismatchError(
+                f"channel affine differs from that of {first_path.name}", case_id=files.case_id, path=path
+            )
+
+
 def _read_image(files: CaseFiles) -> tuple[np.ndarray, np.ndarray]:
     """(X, Y, Z, 4) float32 in source orientation, and the source affine."""
     case_id = files.case_id
@@ -103,23 +131,7 @@ def _read_image(files: CaseFiles) -> tuple[np.ndarray, np.ndarray]:
     headers = [open_nifti(p, case_id) for p in files.image_paths]
     first_path, first = files.image_paths[0], headers[0]
     _check_affine(first.affine, case_id, first_path)
-    for path, nifti in zip(files.image_paths, headers, strict=True):
-        if len(nifti.shape) != 3:
-            raise ShapeMismatchError(
-                f"expected a 3D channel image, found shape {tuple(nifti.shape)}",
-                case_id=case_id,
-                path=path,
-            )
-        if nifti.shape != first.shape:
-            raise ShapeMismatchError(
-                f"channel shape {tuple(nifti.shape)} differs from {tuple(first.shape)} of {first_path.name}",
-                case_id=case_id,
-                path=path,
-            )
-        if not np.allclose(nifti.affine, first.affine, atol=AFFINE_TOLERANCE):
-            raise ShapeMismatchError(
-                f"channel affine differs from that of {first_path.name}", case_id=case_id, path=path
-            )
+    _check_channel_files(files, headers)
     image = np.empty((*first.shape, N_CHANNELS), dtype=np.float32)
     for channel, (path, nifti) in enumerate(zip(files.image_paths, headers, strict=True)):
         image[..., channel] = read_voxels(nifti, path, np.float32, case_id)
@@ -332,21 +344,7 @@ def read_case_arrays(files: CaseFiles, *, with_label: bool = True) -> CaseArrays
         sources = [(first.raw[..., c], first.slope, first.inter, first_path) for c in range(N_CHANNELS)]
     else:
         _check_affine(first.affine, case_id, first_path)
-        for path, voxels in zip(files.image_paths, read, strict=True):
-            if len(voxels.shape) != 3:
-                raise ShapeMismatchError(
-                    f"expected a 3D channel image, found shape {voxels.shape}", case_id=case_id, path=path
-                )
-            if voxels.shape != first.shape:
-                raise ShapeMismatchError(
-                    f"channel shape {voxels.shape} differs from {first.shape} of {first_path.name}",
-                    case_id=case_id,
-                    path=path,
-                )
-            if not np.allclose(voxels.affine, first.affine, atol=AFFINE_TOLERANCE):
-                raise ShapeMismatchError(
-                    f"channel affine differs from that of {first_path.name}", case_id=case_id, path=path
-                )
+        _check_channel_files(files, read)
         sources = [(v.raw, v.slope, v.inter, p) for p, v in zip(files.image_paths, read, strict=True)]
     for channel, (raw, slope, inter, path) in enumerate(sources):
         if not _check_finite_fast(raw, slope, inter):
