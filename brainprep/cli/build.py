@@ -7,6 +7,12 @@ from typing import Any
 
 import click
 
+from brainprep.params import BuildParams
+
+#: defaults shown in --help come from the parameter dataclasses, so they cannot drift from them.
+_DEFAULT = BuildParams()
+_SAMPLING, _STORE = _DEFAULT.sampling, _DEFAULT.store
+
 #: options that set the store's content; with --recipe they come from the recipe instead.
 CONTENT_OPTIONS = (
     "patches_per_case",
@@ -62,7 +68,10 @@ def _params_from_options(options: dict[str, Any]) -> Any:
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option(
-    "--patches-per-case", type=click.IntRange(min=1), default=None, help="K, patches drawn per case [20]."
+    "--patches-per-case",
+    type=click.IntRange(min=1),
+    default=None,
+    help=f"K, patches drawn per case [{_SAMPLING.patches_per_case}].",
 )
 @click.option(
     "--patch-size",
@@ -70,50 +79,51 @@ def _params_from_options(options: dict[str, Any]) -> Any:
     type=click.IntRange(min=1),
     default=None,
     metavar="X Y Z",
-    help="Patch size in voxels [160 160 16].",
+    help=f"Patch size in voxels [{' '.join(map(str, _SAMPLING.patch_size))}].",
 )
 @click.option(
     "--background-threshold",
     type=click.FloatRange(min=0.0, max=1.0, min_open=True),
     default=None,
-    help="Keep a patch only when its background share is below this [0.95].",
+    help=f"Keep a patch only when its background share is below this [{_SAMPLING.background_threshold}].",
 )
 @click.option(
     "--sampler",
     type=click.Choice(["exact", "rejection"]),
     default=None,
-    help="exact: uniform among all valid corners; rejection: the course's random tries [exact].",
+    help="exact: uniform among all valid corners; rejection: the course's random tries "
+    f"[{_SAMPLING.sampler}].",
 )
 @click.option(
     "--max-tries",
     type=click.IntRange(min=1),
     default=None,
-    help="Tries per patch of the rejection sampler [1000].",
+    help=f"Tries per patch of the rejection sampler [{_SAMPLING.max_tries}].",
 )
 @click.option(
     "--standardize",
     type=click.Choice(["patch-slice", "volume-nonzero"]),
     default=None,
     help="patch-slice: each channel of each z-slice of a patch to mean 0/std 1 (course); volume-nonzero: "
-    "per channel over the brain voxels of the volume (nnU-Net) [patch-slice].",
+    f"per channel over the brain voxels of the volume (nnU-Net) [{_DEFAULT.standardize.method}].",
 )
 @click.option(
     "--dtype",
     type=click.Choice(["float16", "float32"]),
     default=None,
-    help="Image dtype in the store [float16].",
+    help=f"Image dtype in the store [{_STORE.dtype}].",
 )
 @click.option(
     "--compression-level",
     type=click.IntRange(min=1, max=9),
     default=None,
-    help="zstd level (Zarr) or gzip level (HDF5) [1].",
+    help=f"zstd level (Zarr) or gzip level (HDF5) [{_STORE.compression_level}].",
 )
 @click.option(
     "--val-fraction",
     type=click.FloatRange(min=0.0, max=1.0, max_open=True),
     default=None,
-    help="Share of cases in the validation split [0.2].",
+    help=f"Share of cases in the validation split [{_DEFAULT.split.val_fraction}].",
 )
 @click.option(
     "--split-file",
@@ -121,7 +131,7 @@ def _params_from_options(options: dict[str, Any]) -> Any:
     default=None,
     help='JSON {"train": [ids], "val": [ids]} fixing the split (instead of --val-fraction).',
 )
-@click.option("--seed", type=int, default=None, help="Seed of the corners and the split [0].")
+@click.option("--seed", type=int, default=None, help=f"Seed of the corners and the split [{_DEFAULT.seed}].")
 @click.option(
     "--recipe",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
