@@ -7,6 +7,7 @@ once per module into a Zarr and an HDF5 store (one worker, in process); the test
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -211,6 +212,33 @@ def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path: Path) -> 
     )
     with BuildLock(store):
         assert json.loads(lock.path.read_text())["pid"] != dead.pid
+
+
+def test_two_builds_taking_over_one_stale_lock_do_not_both_own_the_store(tmp_path: Path) -> None:
+    store = tmp_path / "s.zarr"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = {"pid": dead.pid, "host": __import__("socket").gethostname(), "started": 0}
+    first, second = BuildLock(store), BuildLock(store)
+    first.path.write_text(json.dumps(stale))
+    seen = iter([stale])
+
+    def owner_then_race():
+        # The second build reads the stale owner; before it renames the lock away, the first build
+        # takes the stale lock over and creates its own.
+        recorded = next(seen, None)
+        if recorded is not None:
+            first.acquire()
+            return recorded
+        return json.loads(first.path.read_text())
+
+    second._owner = owner_then_race  # type: ignore[method-assign]
+    second._try_create = lambda: False if first.path.exists() else BuildLock._try_create(second)  # type: ignore[method-assign]
+    with pytest.raises(StoreLockedError, match="being built by another build-patches"):
+        second.acquire()
+    assert json.loads(first.path.read_text())["pid"] == os.getpid()  # the first build's lock survived
+    first.release()
+    assert not first.path.exists()
 
 
 def test_consecutive_runs_by_hand():

@@ -12,6 +12,7 @@ and one ``done/NNNNNN.json`` marker per finished case, each written atomically (
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -54,6 +55,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The lock file's owner record; ``None`` when absent, ``{}`` when unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
 class BuildLock:
     """Exclusive lock of a store for one build (a context manager).
 
@@ -70,12 +81,7 @@ class BuildLock:
         self._owned = False
 
     def _owner(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {}
+        return _read_json(self.path)
 
     def _try_create(self) -> bool:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
@@ -104,9 +110,14 @@ class BuildLock:
                 stale = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.stale")
                 try:
                     os.replace(self.path, stale)
-                    stale.unlink()
                 except FileNotFoundError:
-                    pass
+                    continue
+                # Another build may have taken over the same stale lock between our read and the rename:
+                # then we moved *its* live lock. Put it back (link fails only if a third lock appeared).
+                if _read_json(stale) != owner:
+                    with contextlib.suppress(FileExistsError):
+                        os.link(stale, self.path)
+                stale.unlink(missing_ok=True)
                 continue
             started = owner.get("started")
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "?"
