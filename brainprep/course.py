@@ -110,7 +110,10 @@ def parse_patch_name(name: str) -> tuple[str, int, tuple[int, int, int]]:
             f"course patch file name must look like BRATS_NNN.nii.gz_K_xX_yY_zZ.h5, found {name!r}"
         )
     corner = (int(match["x"]), int(match["y"]), int(match["z"]))
-    return match["case"], int(match["index"]), corner
+    index = int(match["index"])
+    if index < 1:  # the course numbers patches from 1; patch K is stored in slot K - 1 of its case
+        raise ConfigError(f"course patch numbers start at 1, found patch {index} in {name!r}")
+    return match["case"], index, corner
 
 
 def onehot_to_labels(y: np.ndarray, *, path: Path | None = None, case_id: str | None = None) -> np.ndarray:

@@ -59,6 +59,8 @@ def test_parse_patch_name() -> None:
     assert parse_patch_name("BRATS_009.nii.gz_11_x21_y0_z68.h5") == ("BRATS_009", 11, (21, 0, 68))
     with pytest.raises(ConfigError, match=re.escape("BRATS_NNN.nii.gz_K_xX_yY_zZ.h5, found 'patch_7.h5'")):
         parse_patch_name("patch_7.h5")
+    with pytest.raises(ConfigError, match="start at 1, found patch 0"):
+        parse_patch_name("BRATS_009.nii.gz_0_x21_y0_z68.h5")
 
 
 def test_onehot_to_labels_by_hand() -> None:
