@@ -192,7 +192,9 @@ def segment_case(
     """
     from brainprep import read_case
 
-    case = read_case(files)
+    # The label only adds metrics: an image alone (no labelsTr/ beside it) is segmented all the same.
+    has_label = files.label_path is not None and files.label_path.is_file()
+    case = read_case(files, with_label=has_label)
     threshold = loaded.train_config.threshold if loaded.train_config is not None else 0.5
     labels, _ = predict_case(
         loaded.model,

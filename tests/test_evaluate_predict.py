@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -219,6 +220,26 @@ def test_cli_predict_data_folder_case_and_msd_file(built, tmp_path):
     )
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(nib.load(tmp_path / "b.nii.gz").get_fdata(), written.get_fdata())
+    # The image alone, without labelsTr/ beside it: segmented, no metrics.
+    lone = tmp_path / "lone" / "imagesTr"
+    lone.mkdir(parents=True)
+    shutil.copy(data / "imagesTr" / "BRATS_002.nii.gz", lone)
+    result = CliRunner().invoke(
+        main,
+        [
+            *args[:3],
+            "--input",
+            str(lone / "BRATS_002.nii.gz"),
+            "--out",
+            str(tmp_path / "c.nii.gz"),
+            "--batch-size",
+            "16",
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "whole_tumour" not in result.output
+    np.testing.assert_array_equal(nib.load(tmp_path / "c.nii.gz").get_fdata(), written.get_fdata())
     # A data folder of several cases without --case is refused with the reason.
     result = CliRunner().invoke(
         main, ["predict", "--checkpoint", str(checkpoint), "--input", str(data), "--out", str(out)]
