@@ -522,7 +522,7 @@ def build_patches(
         plans = sorted(executor.map(_plan_task, todo, "plan"), key=lambda p: p.index)
         bad = [p for p in plans if p.problem is not None]
         if bad and not skip_bad:
-            raise BadCasesError([p.problem for p in bad if p.problem is not None])
+            raise BadCasesError([p.problem for p in bad if p.problem is not None], resumed=resumed)
         if not resumed:
             state.create(info)
             if fmt == "zarr":

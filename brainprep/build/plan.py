@@ -33,13 +33,21 @@ HASH_BLOCK = 1 << 20
 class BadCasesError(BrainprepError, ValueError):
     """Some cases cannot be read; ``messages`` holds one line per case, naming the file."""
 
-    def __init__(self, messages: list[str]):
+    def __init__(self, messages: list[str], *, resumed: bool = False):
         self.messages = list(messages)
+        self.resumed = resumed
         lines = "\n".join(self.messages)
-        super().__init__(
-            f"{len(self.messages)} bad case(s), nothing written (fix them, or pass --skip-bad to record "
-            f"and skip them):\n{lines}"
-        )
+        super().__init__(f"{self.summary} (fix them, or pass --skip-bad to record and skip them):\n{lines}")
+
+    @property
+    def summary(self) -> str:
+        """One line: how many cases are bad and what this build wrote."""
+        if self.resumed:
+            return (
+                f"{len(self.messages)} bad case(s) among those left to build; nothing more written "
+                "(the cases done before the interruption are kept, the store stays incomplete)"
+            )
+        return f"{len(self.messages)} bad case(s), nothing written"
 
 
 @dataclass(frozen=True, eq=False)

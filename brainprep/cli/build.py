@@ -209,9 +209,7 @@ def build_patches(
     except BadCasesError as err:
         for message in err.messages:
             click.echo(message, err=True)
-        raise click.ClickException(
-            f"{len(err.messages)} bad case(s), nothing written; fix them or pass --skip-bad"
-        ) from err
+        raise click.ClickException(f"{err.summary}; fix them or pass --skip-bad") from err
     except BrainprepError as err:
         raise click.ClickException(str(err)) from err
     click.echo(summary.line())
