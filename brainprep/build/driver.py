@@ -82,6 +82,7 @@ def _run_local(
 
 def _run_distributed(client: Any, func: Callable, items: list[Any], bar: Any) -> Iterator[Any]:
     from distributed import as_completed
+    from distributed import wait as distributed_wait
 
     window = max(1, TASKS_PER_THREAD * sum(client.nthreads().values()))
     pending = iter(items)
@@ -95,10 +96,14 @@ def _run_distributed(client: Any, func: Callable, items: list[Any], bar: Any) ->
                 bar.update(1)
             following = next(pending, None)
             if following is not None:
-                running.add(client.submit(func, following, pure=False))
+                futures.append(client.submit(func, following, pure=False))
+                running.add(futures[-1])
             yield result
     finally:
-        client.cancel([f for f in futures if not f.done()])
+        # Every task submitted, not only the first window: none may write after the lock is released.
+        unfinished = [f for f in futures if not f.done()]
+        client.cancel(unfinished)
+        distributed_wait(unfinished)
 
 
 def _single_threaded() -> None:
@@ -485,11 +490,12 @@ def build_patches(
         StoreError: the store exists and is complete (without ``overwrite``), or is not a brainprep store.
     """
     started = time.perf_counter()
-    store = Path(store)
+    # Absolute paths: tasks may run on dask workers whose working directory is not ours.
+    store = Path(store).resolve()
     params = params if params is not None else BuildParams()
     fmt = store_format(store)
     params = params.replace(store=params.store.replace(format=fmt))
-    dataset, cases, assigned = _select_cases(Path(data_dir), params, splits)
+    dataset, cases, assigned = _select_cases(Path(data_dir).resolve(), params, splits)
     root = Path(dataset.root).resolve()
     info = {
         "params": params.to_dict(),
