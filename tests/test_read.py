@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 
 from brainprep.errors import CaseError, InvalidValueError, UnreadableFileError
 from brainprep.read import (
+    CaseFiles,
     LabelConvention,
     discover_cases,
     from_msd_labels,
@@ -336,15 +338,11 @@ def _clean_nifti_bytes() -> dict[str, bytes]:
     }
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(which=st.sampled_from(["image", "label"]), cut=st.floats(0.0, 0.999), gz=st.booleans())
-@example(which="label", cut=0.97, gz=True)  # 104-byte gzip cut to 100: inside the trailer only
-@example(which="image", cut=0.5, gz=True)
-@example(which="image", cut=0.5, gz=False)
-def test_truncated_file_never_reads_silently_wrong(tmp_path, which, cut, gz):
-    """Cut a file anywhere: read_case raises a one-line CaseError naming it, or (a gzip cut inside its
-    8-byte trailer, after the last voxel) returns the intact arrays -- and then the whole-stream check
-    that ``brainprep check`` runs names the file."""
+def _write_cut_case(tmp_path: Path, which: str, cut: float, gz: bool) -> tuple[CaseFiles, Path]:
+    """An MSD case whose ``which`` file ("image" or "label") is cut to ``cut`` of its bytes.
+
+    Returns the case's files and the path of the cut file.
+    """
     root = tmp_path / f"case-{which}-{cut}-{gz}"
     for kind, folder in (("image", "imagesTr"), ("label", "labelsTr")):
         data = _clean_nifti_bytes()[kind]
@@ -355,7 +353,19 @@ def test_truncated_file_never_reads_silently_wrong(tmp_path, which, cut, gz):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     files = discover_cases(root).cases[0]
-    broken = files.image_paths[0] if which == "image" else files.label_path
+    return files, files.image_paths[0] if which == "image" else files.label_path
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from(["image", "label"]), cut=st.floats(0.0, 0.999), gz=st.booleans())
+@example(which="label", cut=0.97, gz=True)  # 104-byte gzip cut to 100: inside the trailer only
+@example(which="image", cut=0.5, gz=True)
+@example(which="image", cut=0.5, gz=False)
+def test_truncated_file_never_reads_silently_wrong(tmp_path, which, cut, gz):
+    """Cut a file anywhere: read_case raises a one-line CaseError naming it, or (a gzip cut inside its
+    8-byte trailer, after the last voxel) returns the intact arrays -- and then the whole-stream check
+    that ``brainprep check`` runs names the file."""
+    files, broken = _write_cut_case(tmp_path, which, cut, gz)
     try:
         case = read_case(files)
     except CaseError as err:
@@ -466,17 +476,7 @@ def test_read_case_arrays_refuses_every_truncated_file(tmp_path, which, cut, gz)
     gzip stream, so a cut trailer is caught too), and a cut voxel block says "truncated" as nibabel does."""
     from brainprep.read.case import read_case_arrays
 
-    root = tmp_path / f"case-{which}-{cut}-{gz}"
-    for kind, folder in (("image", "imagesTr"), ("label", "labelsTr")):
-        data = _clean_nifti_bytes()[kind]
-        data = gzip.compress(data) if gz else data
-        if kind == which:
-            data = data[: int(len(data) * cut)]
-        path = root / folder / ("BRATS_900.nii.gz" if gz else "BRATS_900.nii")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    files = discover_cases(root).cases[0]
-    broken = files.image_paths[0] if which == "image" else files.label_path
+    files, broken = _write_cut_case(tmp_path, which, cut, gz)
     with pytest.raises(CaseError) as info:
         read_case_arrays(files)
     assert str(broken) in str(info.value)
