@@ -54,6 +54,8 @@ def to_training_batch(
     """
     image = batch["image"].to(device, non_blocking=True).float()
     label = batch["label"].to(device, non_blocking=True)
+    # Not metrics.labels_to_onehot: its value check reads min/max back, a device sync on every step;
+    # stored labels were validated when the store was built.
     target = torch.stack([label == value for value in TUMOUR_LABELS], dim=1).float()
     return image, target
 
