@@ -7,8 +7,9 @@ Two methods (``StandardizeParams.method``):
 - ``volume-nonzero`` (:func:`nonzero_statistics` + :func:`standardize_with_statistics`): nnU-Net's
   z-score, one mean / std per channel over the brain voxels of the whole *volume*, background set to 0.
 
-Everything is vectorized over slices; only the channel axis (4) is looped, to keep float64 temporaries
-to one channel at a time (a float64 channel of a 240x240x155 volume is ~71 MB).
+``patch-slice`` works through a patch a few slices at a time, so its float64 temporaries stay in cache;
+``volume-nonzero`` loops over channels, to keep float64 temporaries to one channel at a time (a float64
+channel of a 240x240x155 volume is ~71 MB).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from brainprep.errors import ShapeMismatchError
 
 #: Floor of the divisor in :func:`standardize_with_statistics` (nnU-Net's ``max(std, 1e-8)``).
 MIN_STD = 1e-8
+#: float64 values :func:`standardize_channel_slices` works on at once (256 KiB: stays in the L2 cache).
+BLOCK_VALUES = 1 << 15
 
 
 def _check_channels_first(array: np.ndarray, name: str) -> None:
@@ -26,11 +29,13 @@ def _check_channels_first(array: np.ndarray, name: str) -> None:
         raise ShapeMismatchError(f"{name} must be (C, X, Y, Z), found shape {tuple(array.shape)}")
 
 
-def standardize_patch_slices(patch: np.ndarray) -> np.ndarray:
+def standardize_patch_slices(patch: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """The course's standardization: each channel of each z-slice to mean 0 / std 1.
 
     Equals the course's loop (``for c: for z: centered = s - mean(s); if std(centered) != 0: centered /
-    std(centered)``) to float32 rounding, computed in float64 on ``patch.astype(float64)``.
+    std(centered)``) bit for bit, rounded to the output dtype: the same float64 operations in the same
+    order, with each slice summed as the course sums it (numpy's pairwise sum over the slice with x
+    fastest, the memory order of the course's nibabel arrays), whatever the layout of ``patch``.
 
     Why float64 and not float32 with float64 sums: the centering must be float64. In a near-constant
     slice (one voxel one float32 ulp above the rest) the centered values are ~1e-7 of the intensities;
@@ -39,10 +44,9 @@ def standardize_patch_slices(patch: np.ndarray) -> np.ndarray:
 
     Constant slices. A slice whose values are all equal stays all zeros. For float32/integer input this is
     exactly the course's ``std != 0`` test (the float64 mean of n <= 2**29 equal float32 values is exact,
-    so the centered slice and its std are exactly 0). For float64 input a rounded mean could in principle
-    leave a constant slice with a std of a few ulp (not observed with numpy's pairwise summation), and the
-    course would then divide rounding noise by rounding noise; we also test ``max == min``, so a constant
-    slice always stays exactly 0.
+    so the centered slice and its std are exactly 0). For wider input a rounded mean could in principle
+    leave a constant slice with a std of a few ulp, and the course would then divide rounding noise by
+    rounding noise; we also test ``max == min``, so a constant slice always stays exactly 0.
 
     Range (and float16 storage). Every standardized slice of ``n = X * Y`` voxels satisfies
     ``|value| <= sqrt(n - 1)`` (Samuelson's inequality: 159.997 for 160x160, 239.998 for 240x240), however
@@ -50,39 +54,76 @@ def standardize_patch_slices(patch: np.ndarray) -> np.ndarray:
     one ulp off) standardizes to one value near ``sqrt(n - 1)`` and the rest near ``-1 / sqrt(n - 1)``,
     which is what the course computes too. Nothing is clipped.
 
-    Speed. All channels (and patches) at once, in place on one float64 copy: the same float64 operations
-    in the same order as a per-channel loop (so the same bits), without its temporaries and fancy indexing.
+    Speed. The float64 work runs on a few slices at a time (:data:`BLOCK_VALUES`), so its temporaries stay
+    in the CPU cache; only the input and the output travel through memory, once each.
 
     Args:
-        patch: (C, X, Y, Z) or (K, C, X, Y, Z) (K patches at once), any float or integer dtype.
+        patch: (C, X, Y, Z) or (K, C, X, Y, Z) (K patches at once), any float or integer dtype, any
+            layout (a strided view of a volume is fine and is not copied).
+        out: where to write, same shape, float32 (default, a new C-contiguous array) or float16 (the
+            store dtype: the float32 result rounded once more, as ``result.astype(float16)`` rounds it).
 
     Returns:
-        float32 of the same shape, a new C-contiguous array.
+        ``out``.
     """
-    if patch.ndim == 5:
-        return (
-            np.stack([standardize_patch_slices(p) for p in patch]) if len(patch) else patch.astype(np.float32)
+    if out is None:
+        out = np.empty(patch.shape, dtype=np.float32)
+    elif out.shape != patch.shape or out.dtype.kind != "f":
+        raise ShapeMismatchError(
+            f"out must be a float array of shape {tuple(patch.shape)}, found {out.dtype} {tuple(out.shape)}"
         )
+    if patch.ndim == 5:
+        for one, one_out in zip(patch, out, strict=True):
+            standardize_patch_slices(one, one_out)
+        return out
     _check_channels_first(patch, "patch")
-    if patch.size == 0:
-        return np.zeros(patch.shape, dtype=np.float32)
-    slices = (1, 2)  # (C, X, Y, Z): a slice is [c, :, :, z]
-    # C order, as ``patch[c].astype(float64)`` is: the reductions below then add in the same order.
-    centered = np.array(patch, dtype=np.float64, order="C")
-    centered -= centered.mean(axis=slices, keepdims=True)
-    std = centered.std(axis=slices, keepdims=True)  # (C, 1, 1, Z), np.std of each centered slice
-    # Slices with std 0 stay zeros: dividing by 0 would give NaN, and a constant slice (e.g. a slice
-    # entirely outside the skull-stripped brain) carries no information.
-    flat = std[:, 0, 0, :] == 0
-    if not (patch.dtype.kind in "fiub" and patch.dtype.itemsize <= 4):
-        # Values with more than 24 mantissa bits: a rounded mean could leave a constant slice a std of a
-        # few ulp (see above), so test constancy itself; for narrower dtypes std == 0 already says it.
-        flat |= patch.max(axis=slices) == patch.min(axis=slices)
-    std[:, 0, 0, :][flat] = 1.0
-    out = np.empty(patch.shape, dtype=np.float32)
-    np.divide(centered, std, out=out, casting="same_kind")
-    out.transpose(0, 3, 1, 2)[flat] = 0
+    for channel, channel_out in zip(patch, out, strict=True):
+        standardize_channel_slices(channel, channel_out)
     return out
+
+
+def standardize_channel_slices(channel: np.ndarray, out: np.ndarray) -> None:
+    """:func:`standardize_patch_slices` of one channel, written into ``out``.
+
+    Args:
+        channel: (X, Y, Z), any float or integer dtype and layout.
+        out: float (X, Y, Z), written in place.
+    """
+    nx, ny, nz = channel.shape
+    n = nx * ny
+    if channel.size == 0:
+        return
+    # Values with more than 24 mantissa bits: a rounded mean could leave a constant slice a std of a few
+    # ulp (see standardize_patch_slices), so test constancy itself; for narrower dtypes std == 0 says it.
+    test_constant = not (channel.dtype.kind in "fiub" and channel.dtype.itemsize <= 4)
+    step = max(1, min(nz, BLOCK_VALUES // n))
+    result = np.empty((step, n), dtype=np.float32)
+    for z0 in range(0, nz, step):
+        block = channel[:, :, z0 : z0 + step]
+        depth = block.shape[2]
+        # (z, y, x) rows, x fastest: each row is one slice in the course's summation order.
+        rows = np.array(block.transpose(2, 1, 0), dtype=np.float64, order="C").reshape(depth, n)
+        mean = np.add.reduce(rows, axis=1, keepdims=True)
+        mean /= n
+        rows -= mean  # centered, as the course's ``s - np.mean(s)``
+        # np.std(centered): the mean of the centered rows is removed again, then squared and averaged
+        centered_mean = np.add.reduce(rows, axis=1, keepdims=True)
+        centered_mean /= n
+        deviation = rows - centered_mean
+        np.multiply(deviation, deviation, out=deviation)
+        std = np.add.reduce(deviation, axis=1, keepdims=True)
+        std /= n
+        np.sqrt(std, out=std)
+        flat = std[:, 0] == 0
+        if test_constant:
+            flat |= block.max(axis=(0, 1)) == block.min(axis=(0, 1))
+        # Slices with std 0 stay zeros: dividing by 0 would give NaN, and a constant slice (e.g. a slice
+        # entirely outside the skull-stripped brain) carries no information.
+        std[flat] = 1.0
+        slices = result[:depth]
+        np.divide(rows, std, out=slices, casting="same_kind")
+        slices[flat] = 0
+        out[:, :, z0 : z0 + depth] = slices.reshape(depth, ny, nx).transpose(2, 1, 0)
 
 
 def brain_mask(image: np.ndarray) -> np.ndarray:

@@ -179,34 +179,44 @@ def test_standardize_with_statistics_checks_shapes() -> None:
         standardize_with_statistics(patch, np.zeros(4), np.ones(4), np.ones((3, 3, 3), dtype=bool))
 
 
-def _per_channel_reference(patch: np.ndarray) -> np.ndarray:
-    """The previous implementation (one channel at a time, float64, fancy indexing): the stored patches
-    of earlier stores were made with it, so the vectorized one must give the same bits."""
-    out = np.zeros(patch.shape, dtype=np.float32)
-    for c in range(patch.shape[0]):
-        channel = patch[c].astype(np.float64)
-        centered = channel - channel.mean(axis=(0, 1))
-        std = centered.std(axis=(0, 1))
-        varying = (std != 0) & (channel.max(axis=(0, 1)) != channel.min(axis=(0, 1)))
-        out[c][:, :, varying] = centered[:, :, varying] / std[varying]
-    return out
+def course_layout(patch: np.ndarray) -> np.ndarray:
+    """``patch`` as the course holds it: ``np.moveaxis`` of an F-ordered (X, Y, Z, C) float64 copy (nibabel
+    arrays are F-ordered, and ``np.copy`` keeps the order), so each slice is summed x fastest."""
+    return np.moveaxis(np.asfortranarray(np.moveaxis(patch, 0, -1), dtype=np.float64), -1, 0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.int16, np.float64])
-def test_same_bits_as_the_per_channel_loop(dtype: type) -> None:
+@pytest.mark.parametrize("layout", ["C", "F", "flipped"])
+def test_same_bits_as_the_course_loop(dtype: type, layout: str) -> None:
     rng = np.random.default_rng(3)
-    patch = (rng.normal(300.0, 80.0, size=(4, 40, 36, 6)) * rng.uniform(0.2, 3.0, size=(4, 1, 1, 6))).astype(
-        dtype
-    )
-    patch[0, :, :, 2] = 17  # constant
-    patch[3, :, :, 5] = 0  # background
+    values = rng.normal(300.0, 80.0, size=(4, 40, 36, 70)) * rng.uniform(0.2, 3.0, size=(4, 1, 1, 70))
+    values = values.astype(dtype)
+    values[0, :, :, 2] = 17  # constant
+    values[3, :, :, 5] = 0  # background
+    values[1, :, :, 9] = 1000.0  # near-constant: one voxel one ulp up
+    up = 1001 if values.dtype.kind == "i" else np.nextafter(values.dtype.type(1000), values.dtype.type(2000))
+    values[1, 3, 4, 9] = up
+    expected = course_standardize(course_layout(values)).astype(np.float32)
+    if layout == "F":  # a patch of the build's channels-last volume: x fastest
+        patch = np.moveaxis(np.asfortranarray(np.moveaxis(values, 0, -1)), -1, 0)
+    elif layout == "flipped":  # a RAS view of an LPS file
+        patch = np.ascontiguousarray(values[:, ::-1, ::-1])[:, ::-1, ::-1]
+    else:
+        patch = values
     out = standardize_patch_slices(patch)
     assert out.dtype == np.float32 and out.flags.c_contiguous
-    assert out.tobytes() == _per_channel_reference(patch).tobytes()
-    # a strided view (the build cuts patches out of a channels-last volume) gives the same bits for float32
-    if dtype is np.float32:
-        view = np.moveaxis(np.asfortranarray(np.moveaxis(patch, 0, -1)), -1, 0)
-        assert standardize_patch_slices(view).tobytes() == out.tobytes()
+    assert out.tobytes() == expected.tobytes()
+    assert out[1, 3, 4, 9] > 30 and (out[0, :, :, 2] == 0).all()
+
+
+def test_writes_the_store_dtype_into_out() -> None:
+    rng = np.random.default_rng(5)
+    patch = rng.normal(100.0, 20.0, size=(2, 3, 24, 20, 7)).astype(np.float32)
+    out = np.full(patch.shape, np.nan, dtype=np.float16)
+    assert standardize_patch_slices(patch, out) is out
+    assert out.tobytes() == standardize_patch_slices(patch).astype(np.float16).tobytes()
+    with pytest.raises(ShapeMismatchError, match="out must be"):
+        standardize_patch_slices(patch, np.empty(patch.shape, dtype=np.int16))
 
 
 def test_k_patches_at_once_equal_one_by_one() -> None:
