@@ -3,8 +3,8 @@
     python benchmarks/profile_build_stages.py [DATA_DIR]
 
 DATA_DIR defaults to the 8-case dataset that ``bench_streaming.py`` caches (run it once first). The stages
-are the ones ``build_patches`` runs per case: read the label, sample corners, read the image, cut and
-standardize the K patches, write the case's Zarr shard.
+are the ones ``build_patches`` runs per case: plan (read the label, sample corners, cut and pack the label
+patches), read the image, cut and standardize the K image patches, write the case's Zarr shards.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 from brainprep import discover_cases
-from brainprep.build.case import cut_case_patches
+from brainprep.build.case import cut_case_images, slot_labels
+from brainprep.build.plan import plan_case
 from brainprep.params import BuildParams
-from brainprep.read.case import read_case_arrays, read_label
-from brainprep.sample import case_rng, sample_corners
+from brainprep.read.case import read_case_arrays
 from brainprep.store import schema
 from brainprep.store.zarr_store import create_zarr_store, write_case_zarr
 
@@ -45,16 +45,13 @@ def main() -> None:
     try:
         create_zarr_store(store, layout, {"complete": False})
         for index, files in enumerate(cases):
-            label = timed("read label", lambda f=files: read_label(f)).label
-            sampling = timed(
-                "sample",
-                lambda f=files, lab=label: sample_corners(lab, params.sampling, case_rng(0, f.case_id)),
-            )
+            plan = timed("plan", lambda i=index, f=files: plan_case(f, i, "train", params, data))
             arrays = timed("read image", lambda f=files: read_case_arrays(f, with_label=False))
-            images, labels, _, _ = timed(
+            images, _, _ = timed(
                 "cut + standardize",
-                lambda a=arrays, lab=label, s=sampling: cut_case_patches(a, lab, s.corners, params, k),
+                lambda a=arrays, p=plan: cut_case_images(a, p.corners, params, k),
             )
+            labels = slot_labels(plan.label_patches(params.sampling.patch_size), k)
             timed(
                 "zarr write", lambda i=index, im=images, lb=labels: write_case_zarr(store, layout, i, im, lb)
             )

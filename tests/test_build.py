@@ -113,11 +113,34 @@ def test_every_patch_equals_the_standardized_source(data: Path, tmp_path: Path, 
                 )
 
 
-def test_two_process_workers_give_the_same_bytes(data: Path, reference: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_two_process_workers_give_the_same_bytes(
+    data: Path, reference: Path, tmp_path: Path, start_method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from brainprep.build import driver
+
+    monkeypatch.setattr(driver, "_start_method", lambda: start_method)
     summary = build_patches(data, tmp_path / "two.zarr", PARAMS, workers=2)
     assert summary.workers == 2
     assert_same_store(reference, tmp_path / "two.zarr")
     assert shard_bytes(reference) == shard_bytes(tmp_path / "two.zarr")
+
+
+def test_workers_are_forked_only_from_a_single_threaded_process() -> None:
+    import threading
+
+    from brainprep.build.driver import _start_method
+
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        assert _start_method() == "spawn"
+    finally:
+        release.set()
+        other.join()
+    if sys.platform == "linux" and threading.active_count() == 1:
+        assert _start_method() == "fork"
 
 
 def test_local_cluster_build_equals_local_build(data: Path, reference: Path, tmp_path: Path) -> None:
@@ -265,7 +288,7 @@ def test_case_table_records_the_hash_of_every_source_file(data: Path, reference:
 
 @pytest.mark.parametrize("method", ["patch-slice", "volume-nonzero"])
 def test_fast_cut_equals_cut_of_the_plain_reader(data: Path, method: str) -> None:
-    from brainprep.build.case import cut_case_patches, cut_patches
+    from brainprep.build.case import cut_case_images, cut_image_patches
     from brainprep.read.case import read_case_arrays
 
     params = PARAMS.replace(standardize=StandardizeParams(method))
@@ -273,10 +296,25 @@ def test_fast_cut_equals_cut_of_the_plain_reader(data: Path, method: str) -> Non
     corners = np.array([[0, 0, 0], [10, 20, 5], [32, 32, 24]], dtype=np.int32)
     plain = read_case(files)
     fast = read_case_arrays(files)
-    expected = cut_patches(plain.image, plain.label, corners, params, K)
-    got = cut_case_patches(fast, fast.label, corners, params, K)
+    expected = cut_image_patches(plain.image, corners, params, K)
+    got = cut_case_images(fast, corners, params, K)
     for x, y in zip(got, expected, strict=True):
         if y is None:
             assert x is None
         else:
             assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
+    assert np.count_nonzero(got[0][: len(corners)]) > 0 and not got[0][len(corners) :].any()
+
+
+def test_plan_carries_the_label_patches_at_its_corners(data: Path) -> None:
+    from brainprep.build.plan import plan_case
+
+    files = discover_cases(data).cases[0]
+    plan = plan_case(files, 0, "train", PARAMS, data)
+    label = read_case(files).label
+    patches = plan.label_patches(PATCH)
+    assert plan.n_patches > 0 and patches.shape == (plan.n_patches, *PATCH)
+    assert len(plan.packed_labels) < patches.nbytes / 4
+    for corner, patch, fraction in zip(plan.corners, patches, plan.tumour_fraction, strict=True):
+        np.testing.assert_array_equal(patch, extract_patch(label, corner, PATCH))
+        assert fraction == np.float32(np.count_nonzero(patch) / patch.size)

@@ -503,7 +503,8 @@ def test_fast_reader_says_truncated_for_a_cut_gzip_and_a_cut_voxel_block(tmp_pat
         read_nifti_voxels(bad_crc)
 
 
-def test_read_label_checks_values_like_to_msd_labels(tmp_path):
+@pytest.mark.parametrize("bad_value", [7, 3])  # 7: above every 2021 value; 3: the gap below 4
+def test_read_label_checks_values_like_to_msd_labels(tmp_path, bad_value):
     from brainprep.read.case import read_label
 
     image, label = small_case()
@@ -511,7 +512,7 @@ def test_read_label_checks_values_like_to_msd_labels(tmp_path):
     assert written.label_path is not None
     source = nib.load(written.label_path)
     bad = np.asarray(source.dataobj).copy()
-    bad[0, 0, 0] = 7
+    bad[0, 0, 0] = bad_value
     write_nifti_file(written.label_path, bad, source.affine, "uint8")
     files = discover_cases(tmp_path).cases[0]
     with pytest.raises(
@@ -521,4 +522,26 @@ def test_read_label_checks_values_like_to_msd_labels(tmp_path):
     with pytest.raises(InvalidValueError) as plain:
         read_case(files)
     assert str(fast.value) == str(plain.value)
-    assert "found {7}" in str(fast.value)
+    assert f"found {{{bad_value}}}" in str(fast.value)
+
+
+def test_inflate_reads_every_member_into_a_reused_buffer():
+    import gzip
+
+    from brainprep.read.nifti import INFLATE_SLICE, ReadBuffers, inflate
+
+    rng = np.random.default_rng(0)
+    first = rng.integers(0, 4, size=INFLATE_SLICE + 12345, dtype=np.uint8).tobytes()
+    second = rng.integers(0, 255, size=777, dtype=np.uint8).tobytes()
+    # two gzip members: the trailer's size (777) understates the whole, so the output must grow
+    data = gzip.compress(first) + gzip.compress(second)
+    assert inflate(data).tobytes() == first + second
+    buffers = ReadBuffers()
+    out = inflate(data, buffers.for_file(0, data))
+    assert out.tobytes() == first + second
+    single = gzip.compress(first)
+    reused = buffers.for_file(0, single)
+    again = inflate(single, reused)
+    assert again.tobytes() == first and np.shares_memory(again, reused)
+    with pytest.raises(EOFError):
+        inflate(single[: len(single) // 2], reused)

@@ -113,6 +113,31 @@ def test_corner_counts_equal_brute_force(label: np.ndarray, fractions: tuple[flo
     np.testing.assert_array_equal(counts, brute_force_counts(label, size))
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.tuples(st.integers(4, 12), st.integers(4, 12), st.integers(4, 12)),
+    blob=st.tuples(*[st.floats(0.0, 1.0)] * 6),
+    fractions=st.tuples(*[st.floats(0.0, 1.0)] * 3),
+)
+def test_corner_counts_of_a_small_tumour_equal_brute_force(
+    shape: tuple[int, int, int], blob: tuple[float, ...], fractions: tuple[float, float, float]
+) -> None:
+    # one box of tumour anywhere (also on the borders): only corners near it are computed
+    label = np.zeros(shape, dtype=np.uint8)
+    starts = [int(f * (s - 1)) for f, s in zip(blob[:3], shape, strict=True)]
+    stops = [a + 1 + int(f * (s - a - 1)) for a, f, s in zip(starts, blob[3:], shape, strict=True)]
+    label[tuple(slice(a, b) for a, b in zip(starts, stops, strict=True))] = 2
+    size = tuple(max(1, round(f * s)) for f, s in zip(fractions, shape, strict=True))
+    counts = corner_tumour_counts(label, size)
+    np.testing.assert_array_equal(counts, brute_force_counts(label, size))
+    assert counts.max() > 0
+
+
+def test_corner_counts_of_an_empty_label_are_zero() -> None:
+    counts = corner_tumour_counts(np.zeros((6, 5, 4), dtype=np.uint8), (2, 2, 2))
+    assert counts.shape == (5, 4, 3) and counts.dtype == np.int32 and not counts.any()
+
+
 def test_corner_counts_when_patch_does_not_fit() -> None:
     counts = corner_tumour_counts(np.ones((4, 4, 4), dtype=np.uint8), (5, 2, 2))
     assert counts.shape == (0, 3, 3)

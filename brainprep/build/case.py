@@ -1,33 +1,36 @@
 """The per-case work of a build: read -> standardize -> cut -> write -> done marker.
 
 :func:`cut_patches` is the pure array function; :func:`write_case` does the I/O of one case and runs on
-a dask worker. A worker holds one case at a time: the decoded files (read once each, hashed from the same
-bytes, voxels viewed in place in their own dtype: ~140 MB for a float32 240x240x155x4 case, see
+a dask worker. A worker holds one case at a time: the decoded image files (read once each, hashed from
+the same bytes, voxels viewed in place in their own dtype: ~140 MB for a float32 240x240x155x4 case, see
 :func:`brainprep.read.case.read_case_arrays`) and the K patches in the store dtype. Only the K patches
-are converted to float32 and standardized (``patch-slice``); ``volume-nonzero`` needs the whole float32
-volume for its statistics and makes it.
+are standardized (``patch-slice``); ``volume-nonzero`` needs the whole float32 volume for its statistics
+and makes it. The label file is not read here: its patches come with the plan, cut when the plan read it.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from brainprep.build.plan import CasePlan, file_entry, file_record
-from brainprep.errors import CaseError
+from brainprep.errors import CaseError, ShapeMismatchError
 from brainprep.params import BuildParams
 from brainprep.read import CaseFiles
-from brainprep.read.case import CaseArrays, msd_label_table, read_case_arrays, read_label
-from brainprep.read.labels import LABEL_MAPS, LabelConvention
-from brainprep.read.nifti import ras_view, read_nifti_voxels
-from brainprep.sample import extract_patch
+from brainprep.read.case import CaseArrays, read_case_arrays
+from brainprep.read.nifti import ReadBuffers
+from brainprep.sample import cut_label_patches, extract_patch
 from brainprep.standardize import (
     brain_mask,
     nonzero_statistics,
+    standardize_channel_slices,
     standardize_patch_slices,
     standardize_with_statistics,
 )
@@ -60,29 +63,23 @@ class CaseTask:
     root: Path | None = None
 
 
-def cut_patches(
-    image: np.ndarray,
-    label: np.ndarray,
-    corners: np.ndarray,
-    params: BuildParams,
-    n_slots: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Standardize and cut the patches of one case.
+def cut_image_patches(
+    image: np.ndarray, corners: np.ndarray, params: BuildParams, n_slots: int
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Standardize and cut the image patches of one case.
 
     Args:
         image: float32 (4, X, Y, Z) RAS volume.
-        label: uint8 (X, Y, Z) RAS labels.
         corners: int (n, 3) patch corners, n <= ``n_slots``.
         params: standardization method, patch size and store dtype.
         n_slots: K; slots past ``n`` stay zero.
 
     Returns:
-        (images (K, 4, px, py, pz) store dtype, labels uint8 (K, px, py, pz), mean float64 (4,) or None,
-        std float64 (4,) or None); mean/std are the volume statistics of ``volume-nonzero``.
+        (images (K, 4, px, py, pz) store dtype, mean float64 (4,) or None, std float64 (4,) or None);
+        mean/std are the volume statistics of ``volume-nonzero``.
     """
     size = params.sampling.patch_size
     images = np.zeros((n_slots, image.shape[0], *size), dtype=params.store.dtype)
-    labels = np.zeros((n_slots, *size), dtype=np.uint8)
     mean = std = None
     if params.standardize.method == "volume-nonzero" and len(corners):
         mean, std = nonzero_statistics(image)
@@ -92,40 +89,114 @@ def cut_patches(
             # brain_mask is voxelwise, so the patch's mask is the volume mask cut at the same corner.
             images[i] = standardize_with_statistics(patch, mean, std, mask=brain_mask(patch))
         else:
-            images[i] = standardize_patch_slices(patch)
-        labels[i] = extract_patch(label, corner, size)
-    return images, labels, mean, std
+            standardize_patch_slices(patch, images[i])
+    return images, mean, std
 
 
-def cut_case_patches(
-    arrays: CaseArrays,
+def slot_labels(label_patches: np.ndarray, n_slots: int) -> np.ndarray:
+    """uint8 (K, px, py, pz): the n label patches in the first slots, zeros after."""
+    labels = np.zeros((n_slots, *label_patches.shape[1:]), dtype=np.uint8)
+    labels[: len(label_patches)] = label_patches
+    return labels
+
+
+def cut_patches(
+    image: np.ndarray,
     label: np.ndarray,
     corners: np.ndarray,
     params: BuildParams,
     n_slots: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """:func:`cut_patches` on a case read with :func:`read_case_arrays` (same arrays, same bits).
+    """Standardize and cut the patches of one case: :func:`cut_image_patches` plus the label patches.
 
-    ``patch-slice`` converts only the K patches to float32, one at a time (peak: one float64 patch);
-    ``volume-nonzero`` makes the float32 volume and calls :func:`cut_patches`.
+    Args:
+        image: float32 (4, X, Y, Z) RAS volume.
+        label: uint8 (X, Y, Z) RAS labels.
+        corners, params, n_slots: as for :func:`cut_image_patches`.
+
+    Returns:
+        (images (K, 4, px, py, pz) store dtype, labels uint8 (K, px, py, pz), mean, std).
+    """
+    images, mean, std = cut_image_patches(image, corners, params, n_slots)
+    labels = slot_labels(cut_label_patches(label, corners, params.sampling.patch_size), n_slots)
+    return images, labels, mean, std
+
+
+def cut_case_images(
+    arrays: CaseArrays,
+    corners: np.ndarray,
+    params: BuildParams,
+    n_slots: int,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """:func:`cut_image_patches` on a case read with :func:`read_case_arrays` (same arrays, same bits).
+
+    ``patch-slice`` standardizes each patch straight from the file's voxels into the store dtype (a few
+    float64 slices at a time); ``volume-nonzero`` makes the float32 volume and calls
+    :func:`cut_image_patches`.
 
     Args:
         arrays: the case's channels as views.
-        label: uint8 (X, Y, Z) RAS labels (a view is fine).
-        corners, params, n_slots: as for :func:`cut_patches`.
+        corners, params, n_slots: as for :func:`cut_image_patches`.
+        out: (K, 4, px, py, pz) store-dtype array to fill (``patch-slice``; any content, every slot is
+            written); ``None``: a new one.
 
     Returns:
-        As :func:`cut_patches`.
+        As :func:`cut_image_patches`.
     """
     if params.standardize.method != "patch-slice":
-        return cut_patches(arrays.volume(), label, corners, params, n_slots)
+        return cut_image_patches(arrays.volume(), corners, params, n_slots)
     size = params.sampling.patch_size
-    images = np.zeros((n_slots, len(arrays.channels), *size), dtype=params.store.dtype)
-    labels = np.zeros((n_slots, *size), dtype=np.uint8)
+    shape = (n_slots, len(arrays.channels), *size)
+    if out is None:
+        out = np.empty(shape, dtype=params.store.dtype)
+    elif out.shape != shape or out.dtype != np.dtype(params.store.dtype):
+        raise ShapeMismatchError(f"out must be {params.store.dtype} {shape}, found {out.dtype} {out.shape}")
+    images = out
+    images[len(corners) :] = 0
     for i, corner in enumerate(corners):
-        images[i] = standardize_patch_slices(arrays.patch(corner, size))
-        labels[i] = extract_patch(label, corner, size)
-    return images, labels, None, None
+        for c in range(len(arrays.channels)):
+            standardize_channel_slices(arrays.channel_window(c, corner, size), images[i, c])
+    return images, None, None
+
+
+@dataclass(eq=False)
+class WorkerBuffers:
+    """Memory a build worker reuses from one case to the next: the inflated image files and the K image
+    patches (~210 MB for a float32 240x240x155x4 case and 20 float16 patches of 160x160x16). Fresh memory
+    for every case costs the kernel time to map it; see :class:`~brainprep.read.nifti.ReadBuffers`."""
+
+    files: ReadBuffers = field(default_factory=ReadBuffers)
+    _images: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint8))
+
+    def images(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        """An uninitialized array of ``shape`` and ``dtype`` in the reused memory."""
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if self._images.nbytes < nbytes:
+            self._images = np.empty(nbytes, dtype=np.uint8)
+        return self._images[:nbytes].view(dtype).reshape(shape)
+
+
+_FREE_BUFFERS: list[WorkerBuffers] = []
+_BUFFERS_LOCK = threading.Lock()
+
+
+@contextmanager
+def borrowed_buffers() -> Iterator[WorkerBuffers]:
+    """One :class:`WorkerBuffers` for the duration of a case (each thread of a process gets its own)."""
+    with _BUFFERS_LOCK:
+        buffers = _FREE_BUFFERS.pop() if _FREE_BUFFERS else WorkerBuffers()
+    try:
+        yield buffers
+    finally:
+        with _BUFFERS_LOCK:
+            _FREE_BUFFERS.append(buffers)
+
+
+def release_buffers() -> None:
+    """Free the buffers this process keeps between cases (the driver calls it when a build ends)."""
+    with _BUFFERS_LOCK:
+        _FREE_BUFFERS.clear()
 
 
 def case_record(
@@ -159,30 +230,6 @@ def case_record(
     }
 
 
-def planned_label(files: CaseFiles, plan: CasePlan) -> np.ndarray:
-    """The case's uint8 MSD RAS label, read again for its patches: when the file still has the planned
-    sha256 its values were checked by the plan, so only a lookup table is applied (no second check of the
-    volume); otherwise (or for a non-uint8 file) it is read and checked in full.
-
-    Raises:
-        CaseError: the label changed since planning, or cannot be read.
-    """
-    path = files.label_path
-    if path is None:
-        raise CaseError("the label disappeared since planning", case_id=files.case_id)
-    planned = {record["sha256"] for record in plan.files}
-    voxels = read_nifti_voxels(path, files.case_id)
-    if voxels.sha256 not in planned:
-        raise CaseError("the label file changed since planning", case_id=files.case_id, path=path)
-    shape = voxels.shape[:3]
-    if voxels.raw.dtype != np.uint8 or voxels.slope != 1.0 or voxels.inter != 0.0 or len(shape) != 3:
-        return read_label(files).label
-    convention = LabelConvention(files.label_convention)
-    known = np.array(sorted(LABEL_MAPS[convention]), dtype=np.uint8)
-    table = msd_label_table(known, convention, files.case_id, path)
-    return table[ras_view(voxels.raw.reshape(shape), voxels.affine)[0]]
-
-
 def _source_records(task: CaseTask, arrays: CaseArrays) -> tuple[dict[str, Any], ...]:
     """Records of every source file, in ``files.all_paths`` order: images hashed on reading, label planned."""
     root = task.root if task.root is not None else Path("/")
@@ -212,21 +259,24 @@ def write_case(task: CaseTask) -> dict[str, Any]:
         images = tuple(file_record(p, root) for p in task.files.image_paths if p.is_file())
         record = case_record(plan, k, files=images + plan.files)
     else:
-        try:
-            arrays = read_case_arrays(task.files, with_label=False)
-            label = planned_label(task.files, plan)
-        except CaseError as err:
-            if not task.skip_bad:
-                raise
-            problem = " ".join(err.message.split())
-            logger.warning("skipping bad case: %s", problem)
-            record = case_record(plan, k, problem=problem)
-        else:
-            images, labels, mean, std = cut_case_patches(arrays, label, plan.corners, task.params, k)
-            files = _source_records(task, arrays)
-            del arrays, label
-            _write_patches(task, images, labels, plan.n_patches)
-            record = case_record(plan, k, mean, std, files=files)
+        with borrowed_buffers() as buffers:
+            try:
+                arrays = read_case_arrays(task.files, with_label=False, buffers=buffers.files)
+            except CaseError as err:
+                if not task.skip_bad:
+                    raise
+                problem = " ".join(err.message.split())
+                logger.warning("skipping bad case: %s", problem)
+                record = case_record(plan, k, problem=problem)
+            else:
+                size = task.params.sampling.patch_size
+                out = buffers.images((k, len(arrays.channels), *size), task.params.store.dtype)
+                images, mean, std = cut_case_images(arrays, plan.corners, task.params, k, out)
+                files = _source_records(task, arrays)
+                del arrays
+                labels = slot_labels(plan.label_patches(size), k)
+                _write_patches(task, images, labels, plan.n_patches)
+                record = case_record(plan, k, mean, std, files=files)
     state.mark_done(plan.index, record)
     return record
 

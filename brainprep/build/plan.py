@@ -4,8 +4,8 @@ The plan of every case is made before anything is written, so a bad case (missin
 label/image shape or affine mismatch, label values outside the convention) stops the build before it
 writes a byte. Only the label voxels are decoded here (read once: hashed, inflated and checked from the
 same bytes); image files are opened for their headers (shape, affine) only. Image files are hashed by
-the write stage, from the bytes it reads anyway, so no file is read twice for its hash; the write stage
-takes the label's values from its planned hash instead of checking the volume again.
+the write stage, from the bytes it reads anyway, so no file is read twice; the label patches travel
+with the plan (packed), so the write stage never reads the label file.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from brainprep.params import BuildParams
 from brainprep.read import CaseFiles
 from brainprep.read.case import AFFINE_TOLERANCE, N_CHANNELS, LabelVoxels, read_label
 from brainprep.read.nifti import open_nifti
-from brainprep.sample import case_rng, extract_patch, patch_fractions, sample_corners
+from brainprep.sample import case_rng, cut_label_patches, patch_fractions, sample_corners
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ class CasePlan:
         best_tumour_fraction: best tumour fraction over all corners.
         skip_reason: why fewer than K patches (``None`` when K), or the problem of a bad case.
         problem: the one-line error of a bad case, ``None`` for a readable one.
+        packed_labels: the n uint8 label patches, cut when the plan read the label file (so the write
+            stage does not read it again), packed by :func:`pack_label_patches`: ~1% of their 8 MB for
+            20 patches of 160x160x16.
     """
 
     index: int
@@ -80,10 +83,15 @@ class CasePlan:
     best_tumour_fraction: float
     skip_reason: str | None
     problem: str | None = None
+    packed_labels: bytes = b""
 
     @property
     def n_patches(self) -> int:
         return len(self.corners)
+
+    def label_patches(self, patch_size: tuple[int, int, int]) -> np.ndarray:
+        """uint8 (n, px, py, pz) label patches at :attr:`corners`."""
+        return unpack_label_patches(self.packed_labels, self.n_patches, patch_size)
 
 
 def file_entry(path: Path, root: Path, size: int, sha256: str) -> dict[str, Any]:
@@ -142,22 +150,43 @@ def read_plan_label(files: CaseFiles) -> LabelVoxels:
     return read_label(files, shape, first.affine)
 
 
-def plan_corners(label: np.ndarray, params: BuildParams, case_id: str) -> tuple[Any, np.ndarray, np.ndarray]:
-    """Pure part of the plan: corners of one case and the fractions of each patch.
+def plan_corners(
+    label: np.ndarray, params: BuildParams, case_id: str
+) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """Pure part of the plan: corners of one case, its label patches and the fractions of each patch.
 
     Args:
         label: uint8 (X, Y, Z), MSD, RAS.
 
     Returns:
-        (CaseSampling, float32 (n,) tumour fractions, float32 (n, 3) class fractions).
+        (CaseSampling, uint8 (n, px, py, pz) label patches, float32 (n,) tumour fractions, float32 (n, 3)
+        class fractions).
     """
     sampling = sample_corners(label, params.sampling, case_rng(params.seed, case_id))
-    n = len(sampling.corners)
+    patches = cut_label_patches(label, sampling.corners, params.sampling.patch_size)
+    n = len(patches)
     tumour = np.zeros(n, dtype=np.float32)
     classes = np.zeros((n, 3), dtype=np.float32)
-    for i, corner in enumerate(sampling.corners):
-        tumour[i], classes[i] = patch_fractions(extract_patch(label, corner, params.sampling.patch_size))
-    return sampling, tumour, classes
+    for i, patch in enumerate(patches):
+        tumour[i], classes[i] = patch_fractions(patch)
+    return sampling, patches, tumour, classes
+
+
+def pack_label_patches(patches: np.ndarray) -> bytes:
+    """uint8 label patches as a few bytes (Blosc LZ4: labels are long runs) to travel with a plan."""
+    from numcodecs import Blosc
+
+    return bytes(Blosc(cname="lz4", clevel=1, shuffle=Blosc.NOSHUFFLE).encode(np.ascontiguousarray(patches)))
+
+
+def unpack_label_patches(data: bytes, n: int, patch_size: tuple[int, int, int]) -> np.ndarray:
+    """Inverse of :func:`pack_label_patches`: uint8 (n, px, py, pz)."""
+    if n == 0:
+        return np.zeros((0, *patch_size), dtype=np.uint8)
+    from numcodecs import Blosc
+
+    flat = np.frombuffer(Blosc().decode(data), dtype=np.uint8)
+    return flat.reshape(n, *patch_size)
 
 
 def plan_case(files: CaseFiles, index: int, split: str, params: BuildParams, root: Path) -> CasePlan:
@@ -177,7 +206,7 @@ def plan_case(files: CaseFiles, index: int, split: str, params: BuildParams, roo
     """
     try:
         labels = read_plan_label(files)
-        sampling, tumour, classes = plan_corners(labels.label, params, files.case_id)
+        sampling, patches, tumour, classes = plan_corners(labels.label, params, files.case_id)
     except CaseError as err:
         problem = " ".join(err.message.split())
         logger.info("bad case: %s", problem)
@@ -206,4 +235,5 @@ def plan_case(files: CaseFiles, index: int, split: str, params: BuildParams, roo
         float(sampling.valid_corner_share),
         float(sampling.best_tumour_fraction),
         sampling.skip_reason,
+        packed_labels=pack_label_patches(patches),
     )

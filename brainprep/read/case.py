@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 
 from brainprep.errors import CaseError, InvalidValueError, ShapeMismatchError
-from brainprep.read.labels import LabelConvention, from_msd_labels, to_msd_labels
+from brainprep.read.labels import LABEL_MAPS, LabelConvention, from_msd_labels, to_msd_labels
 from brainprep.read.layouts import CHANNEL_NAMES, CaseFiles
 from brainprep.read.nifti import (
+    ReadBuffers,
     from_ras,
     open_nifti,
     ras_view,
@@ -179,21 +180,36 @@ def _read_label(files: CaseFiles, image_shape: tuple[int, ...], image_affine: np
 def msd_label_table(
     raw: np.ndarray, convention: LabelConvention | str, case_id: str, path: Path
 ) -> np.ndarray:
-    """256-entry uint8 table taking the values present in ``raw`` to MSD, after checking them.
+    """256-entry uint8 table taking the values of ``convention`` to MSD, after checking ``raw`` holds no
+    other value.
 
-    Only the distinct values are checked (one ``bincount``, not a sort of the volume), with the same
-    error as :func:`~brainprep.read.labels.to_msd_labels`.
+    The check costs one ``max`` when every value up to the maximum is defined (MSD, BraTS 2023), plus one
+    comparison per undefined value below it (3 in BraTS 2021); only a bad file pays for a ``bincount``,
+    to name its values in the same error as :func:`~brainprep.read.labels.to_msd_labels`.
 
     Args:
-        raw: uint8 label voxels, any shape.
+        raw: uint8 label voxels, any shape and layout.
 
     Raises:
         InvalidValueError: a value the convention does not define.
     """
-    present = np.flatnonzero(np.bincount(raw.reshape(-1), minlength=256)).astype(np.uint8)
+    known = sorted(LABEL_MAPS[LabelConvention(convention)])
+    top = int(raw.max()) if raw.size else 0
+    gaps = [value for value in range(top + 1) if value not in known]
+    if top > known[-1] or any((raw == value).any() for value in gaps):
+        present = np.flatnonzero(np.bincount(raw.reshape(-1, order="A"), minlength=256)).astype(np.uint8)
+        to_msd_labels(present, convention, case_id=case_id, path=str(path))  # raises, naming the values
     table = np.zeros(256, dtype=np.uint8)
-    table[present] = to_msd_labels(present, convention, case_id=case_id, path=str(path))
+    table[known] = to_msd_labels(np.array(known, dtype=np.uint8), convention, case_id=case_id, path=str(path))
     return table
+
+
+def _apply_label_table(raw: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[raw]``, or ``raw`` itself when the table leaves every value up to ``raw.max()`` alone."""
+    top = int(raw.max()) if raw.size else 0
+    if np.array_equal(table[: top + 1], np.arange(top + 1)):
+        return raw
+    return table[raw]
 
 
 @dataclass(frozen=True, eq=False)
@@ -237,16 +253,16 @@ def read_label(
         raise CaseError("the case has no label file", case_id=files.case_id)
     voxels = read_nifti_voxels(path, files.case_id)
     shape = _check_label_header(path, files.case_id, voxels.shape, voxels.affine, image_shape, image_affine)
-    raw = voxels.raw.reshape(shape)
+    raw = voxels.raw.reshape(shape, order="A")  # "A": a view of the file's (Fortran-ordered) voxels
     unscaled = voxels.slope == 1.0 and voxels.inter == 0.0
     if raw.dtype == np.uint8 and unscaled:
-        source = msd_label_table(raw, files.label_convention, files.case_id, path)[raw]
+        source = _apply_label_table(raw, msd_label_table(raw, files.label_convention, files.case_id, path))
     else:
         # The plain reader's values: float files as float64, integer files as nibabel's dataobj.
         if raw.dtype.kind == "f":
             values = scale_voxels(raw, voxels.slope, voxels.inter, np.float64)
         else:
-            values = raw if unscaled else np.asarray(voxels.image.dataobj).reshape(shape)
+            values = raw if unscaled else np.asarray(open_nifti(path, files.case_id).dataobj).reshape(shape)
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             raise InvalidValueError("label holds NaN/Inf values", case_id=files.case_id, path=path)
         source = to_msd_labels(values, files.label_convention, case_id=files.case_id, path=str(path))
@@ -296,22 +312,33 @@ class CaseArrays:
     def shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.channels[0].shape)  # type: ignore[return-value]
 
+    def channel_window(
+        self, channel: int, corner: tuple[int, int, int] | np.ndarray, size: tuple[int, int, int]
+    ) -> np.ndarray:
+        """(px, py, pz) window of one channel at ``corner``, with :meth:`patch`'s values: a view when the
+        file holds unscaled float32 (no copy), else a float32 copy scaled as nibabel's ``get_fdata``.
+
+        Raises:
+            ShapeMismatchError: the window does not fit in the volume.
+        """
+        window = tuple(slice(int(c), int(c) + int(s)) for c, s in zip(corner, size, strict=True))
+        block = self.channels[channel][window]
+        if block.shape != tuple(int(s) for s in size):
+            raise ShapeMismatchError(
+                f"patch {tuple(size)} at corner {tuple(int(v) for v in corner)} does not fit in "
+                f"(X, Y, Z) = {self.shape}",
+                case_id=self.case_id,
+            )
+        slope, inter = self.scaling[channel]
+        if block.dtype == np.float32 and slope == 1.0 and inter == 0.0:
+            return block
+        return scale_voxels(block, slope, inter, np.float32)
+
     def patch(self, corner: tuple[int, int, int] | np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
         """float32 (4, px, py, pz) C-contiguous patch at ``corner``, scaled as nibabel's ``get_fdata``."""
-        window = tuple(slice(int(c), int(c) + int(s)) for c, s in zip(corner, size, strict=True))
         out = np.empty((len(self.channels), *(int(s) for s in size)), dtype=np.float32)
-        for c, (channel, (slope, inter)) in enumerate(zip(self.channels, self.scaling, strict=True)):
-            block = channel[window]
-            if block.shape != out.shape[1:]:
-                raise ShapeMismatchError(
-                    f"patch {tuple(size)} at corner {tuple(int(v) for v in corner)} does not fit in "
-                    f"(X, Y, Z) = {self.shape}",
-                    case_id=self.case_id,
-                )
-            if block.dtype == np.float32 and slope == 1.0 and inter == 0.0:
-                out[c] = block
-            else:
-                out[c] = scale_voxels(block, slope, inter, np.float32)
+        for c in range(len(self.channels)):
+            out[c] = self.channel_window(c, corner, size)
         return out
 
     def volume(self) -> np.ndarray:
@@ -319,18 +346,26 @@ class CaseArrays:
         return self.patch((0, 0, 0), self.shape)
 
 
-def read_case_arrays(files: CaseFiles, *, with_label: bool = True) -> CaseArrays:
+def read_case_arrays(
+    files: CaseFiles, *, with_label: bool = True, buffers: ReadBuffers | None = None
+) -> CaseArrays:
     """Read one case the fast way: every file read once, hashed, inflated in one shot, viewed in place.
 
     Same checks and errors as :func:`read_case` (shapes, affines, NaN/Inf, label values), plus the whole
     gzip stream check of :func:`~brainprep.read.nifti.read_nifti_voxels`. Peak memory is the decoded
     files (the float32 volume is never made).
 
+    Args:
+        files: the case's files.
+        with_label: also read the label.
+        buffers: inflate the image files into these (a worker reading case after case); the returned
+            arrays are then valid until the next read with the same buffers. ``None``: new memory.
+
     Raises:
         CaseError: any problem with the files, as one line naming the case and the file.
     """
     case_id = files.case_id
-    read = [read_nifti_voxels(path, case_id) for path in files.image_paths]
+    read = [read_nifti_voxels(path, case_id, buffers, i) for i, path in enumerate(files.image_paths)]
     first_path, first = files.image_paths[0], read[0]
     if len(read) == 1:
         if len(first.shape) != 4 or first.shape[3] != N_CHANNELS:
