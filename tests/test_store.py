@@ -247,3 +247,57 @@ def test_consecutive_runs_by_hand():
     assert consecutive_runs(np.array([2, 3, 4, 9, 11, 12])) == [(0, 3), (3, 4), (4, 6)]
     assert consecutive_runs(np.array([5])) == [(0, 1)]
     assert consecutive_runs(np.array([], dtype=np.int64)) == []
+
+
+# --- direct shard reads of a local Zarr store -----------------------------------------------------------
+def test_local_zarr_store_reads_chunks_directly_with_zarrs_values(built: dict[str, Path]) -> None:
+    from brainprep.store.shards import LocalShardReader
+
+    group = zarr.open_group(str(built["zarr"]), mode="r")
+    with open_store(built["zarr"]) as store:
+        assert store._shards is not None and all(isinstance(r, LocalShardReader) for r in store._shards)
+        valid = store.table.valid
+        assert not valid.all(), "the fixture must hold empty slots (a skipped case)"
+        for slot in range(store.n_slots):  # every slot: patches, empty slots, a case with no shard
+            np.testing.assert_array_equal(store.read_image(slot), group[schema.IMAGES][slot])
+            np.testing.assert_array_equal(store.read_label(slot), group[schema.LABELS][slot])
+        slots = [3, 0, 3, store.n_slots - 1]
+        images = np.full((4, 4, *PATCH), np.nan, dtype=np.float16)
+        labels = np.full((4, *PATCH), 9, dtype=np.uint8)
+        store.read_patches_into(slots, images, labels)
+        np.testing.assert_array_equal(images, group[schema.IMAGES].get_orthogonal_selection((slots,)))
+        np.testing.assert_array_equal(labels, group[schema.LABELS].get_orthogonal_selection((slots,)))
+
+
+def test_damaged_shard_index_and_cut_chunk_are_named(built: dict[str, Path], tmp_path: Path) -> None:
+    copy = tmp_path / "s.zarr"
+    shutil.copytree(built["zarr"], copy)
+    with open_store(copy) as store:
+        slot = int(store.patch_indices()[0])
+        reader = store._shards[0]
+        shard = reader._shard_path(slot // K)
+    data = bytearray(shard.read_bytes())
+    data[-20] ^= 0xFF  # inside the index
+    shard.write_bytes(bytes(data))
+    with open_store(copy) as store, pytest.raises(StoreError, match="index checksum mismatch"):
+        store.read_image(slot)
+    data[-20] ^= 0xFF
+    index = np.frombuffer(bytes(data[-(16 * K + 4) : -4]), dtype="<u8").reshape(K, 2)
+    offset, length = (int(v) for v in index[slot % K])
+    assert offset + length <= len(data)
+    shard.write_bytes(bytes(data[: offset + length // 2]))  # the index is gone too: too short or wrong
+    with open_store(copy) as store, pytest.raises(StoreError) as cut:
+        store.read_image(slot)
+    assert str(shard) in str(cut.value) and "\n" not in str(cut.value)
+
+
+def test_remote_like_zarr_store_falls_back_to_zarr(built: dict[str, Path]) -> None:
+    with open_store(built["zarr"]) as store:
+        expected = store.read_image(int(store.patch_indices()[0]))
+    packed = built["root"] / "fallback.zip"
+    from brainprep.pack import pack_store
+
+    pack_store(built["zarr"], packed)
+    with open_store(packed) as store:
+        assert store._shards is None
+        np.testing.assert_array_equal(store.read_image(int(store.patch_indices()[0])), expected)

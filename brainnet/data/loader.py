@@ -4,9 +4,11 @@ Two backends yield the same batches in the same order:
 
 - ``processes``: a torch DataLoader; each worker process opens its own store handle and batches reach the
   training process through shared memory. Works for every store (HDF5 needs it: h5py serializes threads).
-- ``threads``: a pool of threads in the training process. Zarr's blosc decoding releases the GIL, so
-  threads decode in parallel without the per-batch shared-memory copies of worker processes; on a small
-  CPU machine this delivers about 1.5-2x more patches per second from a Zarr store.
+- ``threads``: a pool of threads in the training process, each decoding a whole batch straight into its
+  tensors (pinned for a GPU; :meth:`PatchDataset.read_batch`). Blosc decoding releases the GIL, so
+  threads decode in parallel without the per-batch shared-memory copies of worker processes; from a local
+  Zarr store on 2 cores this delivers ~1,100 patches/s against ~260 for worker processes
+  (``benchmarks/bench_streaming.py``).
 """
 
 from __future__ import annotations
@@ -40,17 +42,27 @@ class ThreadedLoader:
         The same compact batch dicts as the DataLoader backend.
     """
 
-    def __init__(self, dataset: PatchDataset, batch_sampler: Any, *, threads: int, prefetch: int) -> None:
+    def __init__(
+        self,
+        dataset: PatchDataset,
+        batch_sampler: Any,
+        *,
+        threads: int,
+        prefetch: int,
+        pin_memory: bool = False,
+    ) -> None:
         self.dataset = dataset
         self.batch_sampler = batch_sampler
         self.threads = max(1, int(threads))
         self.prefetch = max(self.threads, int(prefetch))
+        self.pin_memory = pin_memory
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
     def _load(self, positions: list[int]) -> dict[str, Any]:
-        return torch.utils.data.default_collate(self.dataset.__getitems__(positions))
+        # Decoded straight into the batch tensors (pinned for a GPU): no collate copy.
+        return self.dataset.read_batch(positions, pin_memory=self.pin_memory)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         positions = iter(self.batch_sampler)
@@ -94,7 +106,9 @@ def make_loader(
     if backend not in LOADER_BACKENDS:
         raise ConfigError(f"loader backend must be one of {LOADER_BACKENDS}, got {backend!r}")
     if backend == "threads" and workers > 0:
-        return ThreadedLoader(dataset, batches, threads=workers, prefetch=prefetch_factor * workers)
+        return ThreadedLoader(
+            dataset, batches, threads=workers, prefetch=prefetch_factor * workers, pin_memory=on_cuda
+        )
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=batches,

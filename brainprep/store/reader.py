@@ -93,6 +93,7 @@ class PatchStore:
         self._labels: Any = None
         self._metadata: dict[str, Any] | None = None
         self._table: PatchTable | None = None
+        self._shards: tuple[Any, Any] | None = None  # LocalShardReader of images and labels
 
     # -- opening ---------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -135,6 +136,16 @@ class PatchStore:
         metadata = group.attrs.get(schema.ATTRS_KEY)
         self._handle = group
         self._check_metadata(metadata)
+        if not _is_remote(self.location):
+            from brainprep.store.shards import LocalShardReader
+
+            try:
+                self._shards = tuple(  # type: ignore[assignment]
+                    LocalShardReader(Path(self.location, name), group[name])
+                    for name in (schema.IMAGES, schema.LABELS)
+                )
+            except StoreError as err:  # another layout: zarr reads it
+                logger.debug("reading %s through zarr: %s", self.location, err)
 
     def _open_hdf5(self) -> None:
         import h5py
@@ -244,11 +255,40 @@ class PatchStore:
 
     def read_image(self, slot: int) -> np.ndarray:
         """(4, X, Y, Z) image patch of ``slot`` in the store dtype."""
-        return np.asarray(self.images[self._check_slot(slot)])
+        slot = self._check_slot(slot)
+        if self._shards is not None:
+            return self._shards[0].read(slot)
+        return np.asarray(self.images[slot])
 
     def read_label(self, slot: int) -> np.ndarray:
         """uint8 (X, Y, Z) label patch of ``slot``."""
-        return np.asarray(self.labels[self._check_slot(slot)])
+        slot = self._check_slot(slot)
+        if self._shards is not None:
+            return self._shards[1].read(slot)
+        return np.asarray(self.labels[slot])
+
+    def read_patches_into(
+        self, slots: np.ndarray | list[int], images: np.ndarray, labels: np.ndarray
+    ) -> None:
+        """Read ``slots`` into ``images[i]`` / ``labels[i]`` (C-contiguous arrays of the store dtypes).
+
+        A local Zarr store decodes each chunk straight into the arrays (no other copy); other stores read
+        through :meth:`read_patches`.
+
+        Args:
+            slots: int (B,) slot indices (repeats allowed).
+            images: (B, 4, X, Y, Z) store dtype; labels: uint8 (B, X, Y, Z).
+        """
+        slots = np.asarray(slots, dtype=np.int64).reshape(-1)
+        for slot in slots:
+            self._check_slot(slot)
+        if self._shards is None:
+            images[...], labels[...] = self.read_patches(slots)
+            return
+        image_reader, label_reader = self._shards
+        for i, slot in enumerate(slots):
+            image_reader.read_into(int(slot), images[i])
+            label_reader.read_into(int(slot), labels[i])
 
     def read_patches(self, slots: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Read several slots at once, in shard order, returned in the order asked.
@@ -262,6 +302,11 @@ class PatchStore:
         slots = np.asarray(slots, dtype=np.int64).reshape(-1)
         for slot in slots:
             self._check_slot(slot)
+        if self._shards is not None:
+            images = np.empty((len(slots), *self.images.shape[1:]), dtype=self.images.dtype)
+            labels = np.empty((len(slots), *self.labels.shape[1:]), dtype=self.labels.dtype)
+            self.read_patches_into(slots, images, labels)
+            return images, labels
         unique, inverse = np.unique(slots, return_inverse=True)  # sorted: grouped by shard (case)
         if self.format == "zarr":
             # Runs of consecutive slots are read as basic slices: zarr 3.1's orthogonal (integer-array)
@@ -284,6 +329,7 @@ class PatchStore:
     def close(self) -> None:
         handle, self._handle = self._handle, None
         self._images = self._labels = None
+        self._shards = None
         if handle is not None and self.format == "hdf5":
             from brainprep.store.remote import close_h5_file
 
