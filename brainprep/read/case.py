@@ -204,10 +204,11 @@ def msd_label_table(
     return table
 
 
-def _apply_label_table(raw: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """``table[raw]``, or ``raw`` itself when the table leaves every value up to ``raw.max()`` alone."""
-    top = int(raw.max()) if raw.size else 0
-    if np.array_equal(table[: top + 1], np.arange(top + 1)):
+def _apply_label_table(raw: np.ndarray, table: np.ndarray, convention: LabelConvention | str) -> np.ndarray:
+    """``table[raw]``, or ``raw`` itself when the table leaves every value of ``convention`` alone (the
+    MSD convention): :func:`msd_label_table` checked that ``raw`` holds no other value."""
+    known = sorted(LABEL_MAPS[LabelConvention(convention)])
+    if all(int(table[value]) == value for value in known):
         return raw
     return table[raw]
 
@@ -256,7 +257,8 @@ def read_label(
     raw = voxels.raw.reshape(shape, order="A")  # "A": a view of the file's (Fortran-ordered) voxels
     unscaled = voxels.slope == 1.0 and voxels.inter == 0.0
     if raw.dtype == np.uint8 and unscaled:
-        source = _apply_label_table(raw, msd_label_table(raw, files.label_convention, files.case_id, path))
+        table = msd_label_table(raw, files.label_convention, files.case_id, path)
+        source = _apply_label_table(raw, table, files.label_convention)
     else:
         # The plain reader's values: float files as float64, integer files as nibabel's dataobj.
         if raw.dtype.kind == "f":
