@@ -167,14 +167,12 @@ class WorkerBuffers:
     for every case costs the kernel time to map it; see :class:`~brainprep.read.nifti.ReadBuffers`."""
 
     files: ReadBuffers = field(default_factory=ReadBuffers)
-    _images: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint8))
+    patches: ReadBuffers = field(default_factory=ReadBuffers)
 
     def images(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
         """An uninitialized array of ``shape`` and ``dtype`` in the reused memory."""
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        if self._images.nbytes < nbytes:
-            self._images = np.empty(nbytes, dtype=np.uint8)
-        return self._images[:nbytes].view(dtype).reshape(shape)
+        return self.patches.take(0, nbytes)[:nbytes].view(dtype).reshape(shape)
 
 
 _FREE_BUFFERS: list[WorkerBuffers] = []

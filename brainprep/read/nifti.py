@@ -266,18 +266,17 @@ class ReadBuffers:
     def __init__(self) -> None:
         self._arrays: list[np.ndarray] = []
 
-    def for_file(self, position: int, data: bytes) -> np.ndarray:
-        """The buffer of the ``position``-th file of a case, grown to hold ``data`` inflated."""
+    def take(self, position: int, nbytes: int) -> np.ndarray:
+        """uint8 buffer ``position``, grown to at least ``nbytes`` (its content is undefined)."""
         while len(self._arrays) <= position:
             self._arrays.append(np.empty(0, dtype=np.uint8))
-        needed = gzip_size_hint(data)
-        if len(self._arrays[position]) < needed:
-            self._arrays[position] = np.empty(needed, dtype=np.uint8)
+        if len(self._arrays[position]) < nbytes:
+            self._arrays[position] = np.empty(nbytes, dtype=np.uint8)
         return self._arrays[position]
 
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self._arrays)
+    def for_file(self, position: int, data: bytes) -> np.ndarray:
+        """The buffer of the ``position``-th file of a case, grown to hold ``data`` inflated."""
+        return self.take(position, gzip_size_hint(data))
 
 
 def _nifti_class(raw: bytes) -> type[nib.Nifti1Image]:

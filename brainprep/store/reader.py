@@ -253,6 +253,13 @@ class PatchStore:
             raise IndexError(f"slot {slot} out of range [0, {self.n_slots}) in {self.location}")
         return slot
 
+    def _check_slots(self, slots: np.ndarray | list[int]) -> np.ndarray:
+        """int64 (B,) ``slots``, each checked."""
+        slots = np.asarray(slots, dtype=np.int64).reshape(-1)
+        for slot in slots:
+            self._check_slot(slot)
+        return slots
+
     def read_image(self, slot: int) -> np.ndarray:
         """(4, X, Y, Z) image patch of ``slot`` in the store dtype."""
         slot = self._check_slot(slot)
@@ -279,12 +286,15 @@ class PatchStore:
             slots: int (B,) slot indices (repeats allowed).
             images: (B, 4, X, Y, Z) store dtype; labels: uint8 (B, X, Y, Z).
         """
-        slots = np.asarray(slots, dtype=np.int64).reshape(-1)
-        for slot in slots:
-            self._check_slot(slot)
+        slots = self._check_slots(slots)
         if self._shards is None:
-            images[...], labels[...] = self.read_patches(slots)
+            images[...], labels[...] = self._read_checked(slots)
             return
+        self._decode_into(slots, images, labels)
+
+    def _decode_into(self, slots: np.ndarray, images: np.ndarray, labels: np.ndarray) -> None:
+        """Decode checked ``slots`` of a local Zarr store into ``images[i]`` / ``labels[i]``."""
+        assert self._shards is not None  # callers test it; not an input check
         image_reader, label_reader = self._shards
         for i, slot in enumerate(slots):
             image_reader.read_into(int(slot), images[i])
@@ -299,13 +309,14 @@ class PatchStore:
         Returns:
             (images (B, 4, X, Y, Z) store dtype, labels uint8 (B, X, Y, Z)).
         """
-        slots = np.asarray(slots, dtype=np.int64).reshape(-1)
-        for slot in slots:
-            self._check_slot(slot)
+        return self._read_checked(self._check_slots(slots))
+
+    def _read_checked(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`read_patches` of slots already checked."""
         if self._shards is not None:
             images = np.empty((len(slots), *self.images.shape[1:]), dtype=self.images.dtype)
             labels = np.empty((len(slots), *self.labels.shape[1:]), dtype=self.labels.dtype)
-            self.read_patches_into(slots, images, labels)
+            self._decode_into(slots, images, labels)
             return images, labels
         unique, inverse = np.unique(slots, return_inverse=True)  # sorted: grouped by shard (case)
         if self.format == "zarr":
