@@ -20,6 +20,7 @@ from brainnet.data import (
     to_training_batch,
     tumour_weights,
 )
+from brainnet.data.buffers import RecycledArrays
 from brainprep.errors import ConfigError
 
 # 7 shards of unequal size: 3 + 1 + 4 + 2 + 5 + 2 + 3 = 20 positions.
@@ -261,6 +262,63 @@ def test_threaded_loader_stops_cleanly_when_abandoned(store):
     assert first["image"].shape[0] == 2
     with pytest.raises(ConfigError, match="loader backend"):
         make_loader(dataset, ShardShuffleSampler(dataset.shards, seed=0), batch_size=2, backend="fibers")
+
+
+def test_recycled_arrays_never_hand_out_memory_still_in_use():
+    pool = RecycledArrays(capacity=4)
+    first = pool.tensor((2, 3), np.float16)
+    address = first.data_ptr()
+    view, as_numpy = first[1], first.numpy()
+    del first
+    assert pool.tensor((2, 3), np.float16).data_ptr() != address  # a view keeps it
+    del view
+    assert pool.tensor((2, 3), np.float16).data_ptr() != address  # so does a numpy array over it
+    del as_numpy
+    again = pool.tensor((2, 3), np.float16)
+    assert again.data_ptr() == address and again.dtype == torch.float16 and again.shape == (2, 3)
+    other = pool.tensor((2, 3), np.uint8)
+    assert other.dtype == torch.uint8 and other.data_ptr() != address  # kept apart by dtype
+
+
+def test_recycled_arrays_keep_at_most_capacity_and_never_share_between_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = RecycledArrays(capacity=3)
+    held = [pool.tensor((64,), np.int64) for _ in range(5)]  # beyond capacity: allocated, not kept
+    assert pool.kept == 3 and len({t.data_ptr() for t in held}) == 5
+    del held
+
+    def fill(value: int) -> bool:
+        tensor = pool.tensor((4096,), np.int64)
+        for _ in range(20):
+            tensor.fill_(value)
+            if not bool((tensor == value).all()):
+                return False  # another thread wrote into memory handed to this one
+        return True
+
+    with ThreadPoolExecutor(8) as threads:
+        assert all(threads.map(fill, range(400)))
+    assert pool.kept <= 3 + 3  # 3 of the first shape plus at most 3 of this one
+
+
+def test_threaded_loader_reuses_memory_without_touching_batches_the_loop_holds(store):
+    dataset = PatchDataset(store, split_slots(store, None))
+    sampler = ShardShuffleSampler(dataset.shards, seed=1)
+    loader = make_loader(dataset, sampler, batch_size=2, workers=2, backend="threads")
+    held, addresses = [], set()
+    for _epoch in range(2):
+        for i, batch in enumerate(loader):
+            addresses.add(batch["image"].data_ptr())
+            if i % 3 == 0:
+                held.append((batch["slot"], batch["image"][0], batch["label"]))  # a view and a tensor
+    # every held batch still holds what the store says, though the loader reused the memory it let go
+    for slots, first_image, labels in held:
+        np.testing.assert_array_equal(first_image.numpy(), store.read_image(int(slots[0])))
+        for slot, label in zip(slots.tolist(), labels, strict=True):
+            np.testing.assert_array_equal(label.numpy(), store.read_label(slot))
+    n_batches = 2 * len(loader)
+    assert len(addresses) < n_batches - len(held)
+    assert loader.buffers.kept <= 2 * loader.buffers.capacity + 2  # image and label shapes (+ short batch)
 
 
 def test_hdf5_store_with_two_workers(tmp_path):

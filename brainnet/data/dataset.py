@@ -25,6 +25,7 @@ from brainprep.errors import ConfigError
 from brainprep.store.schema import SPLIT_CODES
 
 if TYPE_CHECKING:
+    from brainnet.data.buffers import RecycledArrays
     from brainprep.store.reader import PatchStore
 
 
@@ -133,14 +134,22 @@ class PatchDataset(torch.utils.data.Dataset):
         slot = int(self.slots[position])
         return self._sample(position, self.store.read_image(slot), self.store.read_label(slot))
 
-    def read_batch(self, positions: Sequence[int], *, pin_memory: bool = False) -> dict[str, torch.Tensor]:
+    def read_batch(
+        self,
+        positions: Sequence[int],
+        *,
+        pin_memory: bool = False,
+        buffers: RecycledArrays | None = None,
+    ) -> dict[str, torch.Tensor]:
         """A batch decoded straight into its tensors (no per-sample arrays, no collate copy).
 
         Equals ``default_collate(self.__getitems__(positions))``.
 
         Args:
             positions: dataset positions.
-            pin_memory: allocate the tensors in pinned memory (for an asynchronous copy to a GPU).
+            pin_memory: allocate the tensors in pinned memory (for an asynchronous copy to a GPU; torch's
+                pinned allocator caches those blocks itself).
+            buffers: otherwise, take the tensors from this pool of reused memory instead of fresh memory.
 
         Returns:
             ``image`` (B, 4, X, Y, Z) in the store's dtype, ``label`` uint8 (B, X, Y, Z), ``slot`` int64 (B,).
@@ -148,9 +157,15 @@ class PatchDataset(torch.utils.data.Dataset):
         positions = [int(p) for p in positions]
         slots = self.slots[positions]
         store = self.store
-        image_dtype = torch.from_numpy(np.empty(0, dtype=store.images.dtype)).dtype
-        image = torch.empty((len(slots), *store.images.shape[1:]), dtype=image_dtype, pin_memory=pin_memory)
-        label = torch.empty((len(slots), *store.labels.shape[1:]), dtype=torch.uint8, pin_memory=pin_memory)
+        image_shape = (len(slots), *store.images.shape[1:])
+        label_shape = (len(slots), *store.labels.shape[1:])
+        if buffers is not None and not pin_memory:
+            image = buffers.tensor(image_shape, store.images.dtype)
+            label = buffers.tensor(label_shape, np.uint8)
+        else:
+            image_dtype = torch.from_numpy(np.empty(0, dtype=store.images.dtype)).dtype
+            image = torch.empty(image_shape, dtype=image_dtype, pin_memory=pin_memory)
+            label = torch.empty(label_shape, dtype=torch.uint8, pin_memory=pin_memory)
         images, labels = image.numpy(), label.numpy()
         store.read_patches_into(slots, images, labels)
         for i, position in enumerate(positions):

@@ -5,10 +5,9 @@ Two backends yield the same batches in the same order:
 - ``processes``: a torch DataLoader; each worker process opens its own store handle and batches reach the
   training process through shared memory. Works for every store (HDF5 needs it: h5py serializes threads).
 - ``threads``: a pool of threads in the training process, each decoding a whole batch straight into its
-  tensors (pinned for a GPU; :meth:`PatchDataset.read_batch`). Blosc decoding releases the GIL, so
-  threads decode in parallel without the per-batch shared-memory copies of worker processes; from a local
-  Zarr store on 2 cores this delivers ~1,100 patches/s against ~260 for worker processes
-  (``benchmarks/bench_streaming.py``).
+  tensors (pinned for a GPU; :meth:`PatchDataset.read_batch`), in memory reused from batch to batch once
+  the loop has let go of it (:class:`~brainnet.data.buffers.RecycledArrays`). Blosc decoding releases the
+  GIL, so threads decode in parallel without the per-batch shared-memory copies of worker processes.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from brainnet.data.buffers import RecycledArrays
 from brainnet.data.dataset import PatchDataset
 from brainnet.data.sampler import ShardShuffleSampler
 from brainprep.errors import ConfigError
@@ -56,13 +56,15 @@ class ThreadedLoader:
         self.threads = max(1, int(threads))
         self.prefetch = max(self.threads, int(prefetch))
         self.pin_memory = pin_memory
+        # Batches in flight: prefetched, the one yielded, the one the loop still holds, one spare.
+        self.buffers = RecycledArrays(capacity=self.prefetch + 3)
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
     def _load(self, positions: list[int]) -> dict[str, Any]:
-        # Decoded straight into the batch tensors (pinned for a GPU): no collate copy.
-        return self.dataset.read_batch(positions, pin_memory=self.pin_memory)
+        # Decoded straight into the batch tensors (pinned for a GPU, else reused memory): no collate copy.
+        return self.dataset.read_batch(positions, pin_memory=self.pin_memory, buffers=self.buffers)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         positions = iter(self.batch_sampler)
