@@ -21,6 +21,9 @@ Rows:
       zarr's API (per slot and per batch of 2, the better counts) and of the chunks' bytes directly
       (os.pread + Blosc decode); raw memcpy of the decoded bytes in 2 processes
 
+(a2) and the chunk decode, the two sides of the 85% bar, run in 5 alternating rounds and report their
+medians, so the machine's drift during the run falls on both alike.
+
 Bars: (a) >= 40x (c); (a) >= 3x the best of (d), (d2), (e); (a) >= 85% of the faster bare decode limit.
 (a) is the faster of the two loader backends; both deliver the compact batch (float16 image, uint8 labels)
 that brainnet's training loop moves to the GPU and expands there; (a3) adds the float32 + one-hot
@@ -48,6 +51,7 @@ from common import (
     data_fingerprint,
     finish,
     measure_row,
+    measure_rows,
     patch_store,
     require,
     setup_logging,
@@ -62,6 +66,7 @@ SAMPLES_PER_VOLUME = 4  # MONAI num_samples and TorchIO samples_per_volume
 SEED = 0
 UNIT = "patches/s"
 FG_KEY, BG_KEY = "label_fg_indices", "label_bg_indices"
+ROUNDS = 5  # alternating rounds of (a2) and the chunk decode (see paired_rows)
 MEMCPY_RING = 32  # decoded patches cycled by the memcpy row: 118 MB, beyond any CPU cache
 
 FULL = {"cases": 8, "patches_per_case": 20, "fast_patches": 2000, "slow_patches": 96}
@@ -405,6 +410,26 @@ def chunk_decode_row(store: Path, n_patches: int) -> Row:
     )
 
 
+def paired_rows(store: Path, n_patches: int, rounds: int) -> list[Row]:
+    """(a2) and the chunk-decode limit measured in alternating rounds, each reported as its median.
+
+    The machine's speed drifts by 10-20% over a benchmark run (a shared 2-core VM); alternating the two
+    rows of the 85% bar makes that drift fall on both alike instead of on whichever ran in a slow minute.
+    """
+    loader_rows, limit_rows = [], []
+    for _ in range(rounds):
+        loader_rows.append(brainnet_row(ROW_ZARR_THREADS, store, n_patches, backend="threads"))
+        limit_rows.append(chunk_decode_row(store, n_patches))
+    paired = []
+    for rounds_rows in (loader_rows, limit_rows):
+        values = [row.value for row in rounds_rows]
+        middle = sorted(rounds_rows, key=lambda row: row.value)[len(rounds_rows) // 2]
+        middle.note += f"; median of {rounds} rounds alternating (a2) and the chunk decode"
+        middle.extra["rounds"] = [round(v, 1) for v in values]
+        paired.append(middle)
+    return paired
+
+
 def memcpy_row(store: Path, n_patches: int) -> Row:
     rate, total = bare_rate("memcpy", store, "zarr", n_patches)
     patch_bytes = N_CHANNELS * int(np.prod(PATCH_SIZE)) * 2 + int(np.prod(PATCH_SIZE))
@@ -456,13 +481,10 @@ def run(args: Any) -> Report:
     print(report.title, flush=True)
     rows = report.rows
     rows.append(measure_row(ROW_ZARR, UNIT, lambda: brainnet_row(ROW_ZARR, need_store("zarr"), fast)))
-    rows.append(
-        measure_row(
-            ROW_ZARR_THREADS,
-            UNIT,
-            lambda: brainnet_row(ROW_ZARR_THREADS, need_store("zarr"), fast, backend="threads"),
-        )
+    threads_row, chunk_row = measure_rows(
+        [ROW_ZARR_THREADS, ROW_DECODE_CHUNK], UNIT, lambda: paired_rows(need_store("zarr"), fast, ROUNDS)
     )
+    rows.append(threads_row)
     rows.append(
         measure_row(
             ROW_ZARR_EXPANDED,
@@ -495,7 +517,7 @@ def run(args: Any) -> Report:
             ROW_DECODE_H5, UNIT, lambda: bare_decode_row(ROW_DECODE_H5, need_store("hdf5"), "hdf5", fast)
         )
     )
-    rows.append(measure_row(ROW_DECODE_CHUNK, UNIT, lambda: chunk_decode_row(need_store("zarr"), fast)))
+    rows.append(chunk_row)
     rows.append(measure_row(ROW_MEMCPY, UNIT, lambda: memcpy_row(need_store("zarr"), fast)))
 
     # The bars take the faster of the two loader backends (both are product configurations).
