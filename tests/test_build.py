@@ -200,6 +200,52 @@ def test_kill_and_resume_ends_with_the_uninterrupted_store(tmp_path: Path) -> No
     assert shard_bytes(tmp_path / "whole.zarr") == shard_bytes(store)
 
 
+def _living_children(pid: int) -> set[int]:
+    """Pids whose parent is ``pid`` and that have not exited (zombies count as exited), from /proc."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended while we looked
+        if int(fields[1]) == pid and fields[0] != "Z":
+            children.add(int(stat.parent.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_workers_end_when_the_driver_is_killed(tmp_path: Path) -> None:
+    data = write_synthetic_dataset(
+        tmp_path / "data", SynthParams(n_cases=16, shape=(96, 96, 48), seed=3, small_tumour_every=0)
+    )
+    launcher = "from brainprep.cli import main; main()"
+    options = [*CLI_OPTIONS, "--workers", "2"]
+    command = [sys.executable, "-c", launcher, "build-patches", str(data), str(tmp_path / "s.zarr"), *options]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    done = tmp_path / "s.zarr.build" / "done"
+    deadline = time.monotonic() + 60
+    while not (done.is_dir() and any(done.glob("*.json"))):  # workers are writing cases
+        assert driver.poll() is None, f"build ended before it could be killed: {driver.stderr.read()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    workers = _living_children(driver.pid)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert len(list(done.glob("*.json"))) < 16 and len(workers) >= 2
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if _alive(pid)], "workers outlived their killed driver"
+
+
 def test_concurrent_build_is_refused(data: Path, tmp_path: Path) -> None:
     store = tmp_path / "s.zarr"
     with BuildLock(store):

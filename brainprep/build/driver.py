@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 LOCAL_SCHEDULERS = ("processes", "threads", "synchronous")
 #: tasks in flight per worker thread on a distributed cluster: one running, one queued.
 TASKS_PER_THREAD = 2
+#: seconds between a local worker's checks that the driver still runs
+PARENT_POLL_S = 0.5
 
 
 def store_format(store: Path) -> str:
@@ -129,6 +131,26 @@ def _single_threaded() -> None:
     numcodecs.blosc.set_nthreads(1)
 
 
+def _start_worker(parent_pid: int) -> None:
+    """Start-up of a local worker process: one core (:func:`_single_threaded`), and an exit when the
+    driver dies.
+
+    A pool worker waits on a pipe whose writing end its sibling workers hold too, so after a ``kill -9``
+    of the driver it would wait forever, or finish its case and then wait; a sleeping thread that
+    watches the parent's pid ends it within :data:`PARENT_POLL_S`. The half-written case is not marked
+    done, so resuming the build writes it again.
+    """
+    _single_threaded()
+
+    def exit_with_parent() -> None:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=exit_with_parent, name="brainprep-parent-watch", daemon=True).start()
+
+
 def _start_method() -> str:
     """How local worker processes start: ``fork`` on Linux when this process runs no other thread, else
     ``spawn``.
@@ -197,7 +219,10 @@ class Executor:
             if method == "fork":
                 _preload_worker_modules()  # imported once here, instead of once per worker
             self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context(method), initializer=_single_threaded
+                self.workers,
+                mp_context=multiprocessing.get_context(method),
+                initializer=_start_worker,
+                initargs=(os.getpid(),),
             )
         return self
 
