@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from brainnet.infer import gaussian_weights, sliding_window, window_starts
+from brainnet.infer.sliding_window import weight_sum, window_regions
 from brainnet.model import ModelConfig, build_model
 from brainprep.errors import ConfigError, ShapeMismatchError
 
@@ -135,6 +136,32 @@ def test_constant_blend_by_hand():
     w_in, w_out = math.exp(-(0.5**2) / 0.5), math.exp(-(1.5**2) / 0.5)
     assert gauss[0, 2, 0, 0].item() == pytest.approx((1.5 * w_in + 3.5 * w_out) / (w_in + w_out), rel=1e-6)
     assert gauss[0, 3, 0, 0].item() == pytest.approx((1.5 * w_out + 3.5 * w_in) / (w_in + w_out), rel=1e-6)
+
+
+def test_weight_sum_counts_covering_windows_by_hand():
+    # x: 10 voxels, window 4, overlap 0.5 -> starts 0, 2, 4, 6: voxels covered 1,1,2,2,2,2,2,2,1,1 times;
+    # y: 3 voxels, one window of 3 -> 1; z: 6 voxels, window 4, no overlap -> starts 0, 2: 1,1,2,2,1,1.
+    total = weight_sum((10, 3, 6), (4, 3, 4), 0.5, torch.ones(4, 3, 4))
+    x = torch.tensor([1, 1, 2, 2, 2, 2, 2, 2, 1, 1.0])
+    z = torch.tensor([1, 1, 2, 2, 1, 1.0])
+    assert torch.equal(total[0], x[:, None, None] * torch.ones(3)[None, :, None] * z[None, None, :])
+    assert window_regions((10, 3, 6), (4, 3, 4), 0.5)[:3] == [
+        (slice(0, 4), slice(0, 3), slice(0, 4)),
+        (slice(0, 4), slice(0, 3), slice(2, 6)),  # the last axis moves fastest, as in MONAI
+        (slice(2, 6), slice(0, 3), slice(0, 4)),
+    ]
+
+
+def test_divisor_kept_between_scans_follows_shape_and_blend():
+    volumes = [
+        torch.rand(shape, generator=torch.Generator().manual_seed(1)) + 0.5
+        for shape in ((1, 37, 21, 9), (1, 20, 20, 9), (1, 37, 21, 9))
+    ]
+    for blend in ("gaussian", "constant", "gaussian"):
+        for volume in volumes:
+            out = sliding_window(volume, identity, window=(16, 16, 8), overlap=0.5, blend=blend)
+            torch.testing.assert_close(out, volume, rtol=1e-6, atol=1e-6)
+            out.mul_(0)  # a caller writing into its result leaves the next scan's divisor alone
 
 
 def test_padding_is_zero_and_centred():

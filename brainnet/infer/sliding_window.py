@@ -14,6 +14,7 @@ Pure tensor code, no file I/O. Window placement, padding and weights reproduce M
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -124,6 +125,41 @@ def _pad_to_window(volume: torch.Tensor, window: tuple[int, ...]) -> tuple[torch
     return volume, crop
 
 
+def window_regions(spatial: Sequence[int], window: Sequence[int], overlap: float) -> list[tuple[slice, ...]]:
+    """The spatial slices of every window over a (padded) volume of shape ``spatial``, first axis slowest
+    (MONAI's order: its meshgrid ``"ij"``)."""
+    axis_starts = [window_starts(s, w, overlap) for s, w in zip(spatial, window, strict=True)]
+    return [
+        tuple(slice(c, c + w) for c, w in zip(corner, window, strict=True))
+        for corner in itertools.product(*axis_starts)
+    ]
+
+
+def weight_sum(
+    spatial: Sequence[int], window: Sequence[int], overlap: float, weights: torch.Tensor
+) -> torch.Tensor:
+    """float32 ``(1, *spatial)``: the sum of ``weights`` (shape ``window``) over every window, in window
+    order (the divisor of the blend; equal to MONAI's count map bit for bit)."""
+    total = torch.zeros((1, *spatial), dtype=torch.float32, device=weights.device)
+    for region in window_regions(spatial, window, overlap):
+        total[(slice(None), *region)] += weights
+    return total
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_weight_sum(
+    spatial: tuple[int, ...],
+    window: tuple[int, ...],
+    overlap: float,
+    blend: str,
+    sigma_scale: float | tuple[float, ...],
+    device: torch.device,
+) -> torch.Tensor:
+    # Scans of a dataset share one shape: the divisor is made once, not once per scan (never written to).
+    with torch.inference_mode():
+        return weight_sum(spatial, window, overlap, _importance_map(window, blend, sigma_scale).to(device))
+
+
 def sliding_window(
     volume: torch.Tensor,
     predictor: Predictor,
@@ -141,7 +177,8 @@ def sliding_window(
         volume: float ``(C, X, Y, Z)`` scan of any size (numpy arrays are wrapped).
         predictor: maps a float batch ``(b, C, *window)`` on ``device`` to ``(b, K, *window)``; e.g. the
             model after ``model.eval()`` (its probabilities are blended; MONAI too blends whatever the
-            predictor returns). It runs under ``torch.inference_mode()``.
+            predictor returns). It runs under ``torch.inference_mode()``; the tensor it returns is
+            weighted in place (as in MONAI), so it must not be one the predictor keeps.
         window: window size ``(x, y, z)``, e.g. the training patch size.
         overlap: fraction of a window shared by neighbours along each axis, ``[0, 1)``.
         blend: ``gaussian`` (centre voxels of a window count more) or ``constant`` (plain average).
@@ -169,27 +206,27 @@ def sliding_window(
     device = torch.device(device) if device is not None else volume.device
     out_device = volume.device
 
+    spatial = tuple(max(s, w) for s, w in zip(volume.shape[1:], window, strict=True))
+    sigma_key = (
+        tuple(float(v) for v in sigma_scale) if isinstance(sigma_scale, Sequence) else float(sigma_scale)
+    )
+    divisor = _cached_weight_sum(spatial, window, float(overlap), blend, sigma_key, torch.device(out_device))
+    # The output is an ordinary tensor, made outside inference mode and only updated in place inside it,
+    # so it is returned without a copy and callers may still modify it or use it in autograd.
+    output = torch.empty(0)  # allocated once the first batch tells the channel count K
     with torch.inference_mode():
         padded, crop = _pad_to_window(volume.float(), window)
-        spatial = tuple(padded.shape[1:])
-        axis_starts = [window_starts(s, w, overlap) for s, w in zip(spatial, window, strict=True)]
-        corners = list(itertools.product(*axis_starts))  # first axis slowest, as MONAI's meshgrid "ij"
+        regions = window_regions(spatial, window, overlap)
         weights = _importance_map(window, blend, sigma_scale).to(out_device)
-        logger.debug("sliding_window: %d windows of %s over %s", len(corners), window, spatial)
-
-        output = torch.empty(0)  # allocated once the first batch tells the channel count K
-        weight_sum = torch.zeros((1, *spatial), dtype=torch.float32, device=out_device)
-        batches = range(0, len(corners), batch_size)
+        logger.debug("sliding_window: %d windows of %s over %s", len(regions), window, spatial)
+        batches = range(0, len(regions), batch_size)
         if progress:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc="windows", unit="batch")
         for first in batches:
-            chunk = corners[first : first + batch_size]
-            regions = [
-                tuple(slice(c, c + w) for c, w in zip(corner, window, strict=True)) for corner in chunk
-            ]
-            tiles = torch.stack([padded[(slice(None), *region)] for region in regions]).to(device)
+            chunk = regions[first : first + batch_size]
+            tiles = torch.stack([padded[(slice(None), *region)] for region in chunk]).to(device)
             pred = predictor(tiles)
             if pred.ndim != 5 or pred.shape[0] != len(chunk) or tuple(pred.shape[2:]) != window:
                 raise ShapeMismatchError(
@@ -197,14 +234,16 @@ def sliding_window(
                     f"for a batch of {len(chunk)} windows, got {tuple(pred.shape)}"
                 )
             pred = pred.to(device=out_device, dtype=torch.float32)
+            pred.mul_(weights)  # in place, as MONAI does: one pass over the batch, no temporary
             if first == 0:
-                output = torch.zeros((pred.shape[1], *spatial), dtype=torch.float32, device=out_device)
-            for region, tile_pred in zip(regions, pred, strict=True):
-                output[(slice(None), *region)] += weights * tile_pred
-                weight_sum[(slice(None), *region)] += weights
-        output /= weight_sum
-    # cloned outside inference mode: callers may modify the result in place or use it in autograd
-    return output[(slice(None), *crop)].clone()
+                with torch.inference_mode(False):
+                    output = torch.zeros((pred.shape[1], *spatial), dtype=torch.float32, device=out_device)
+            for region, tile_pred in zip(chunk, pred, strict=True):
+                output[(slice(None), *region)] += tile_pred
+        output /= divisor
+    if spatial != tuple(volume.shape[1:]):
+        return output[(slice(None), *crop)].clone()  # padded axes cropped back into a compact tensor
+    return output
 
 
 __all__ = [
@@ -213,5 +252,7 @@ __all__ = [
     "MIN_WEIGHT",
     "gaussian_weights",
     "sliding_window",
+    "weight_sum",
+    "window_regions",
     "window_starts",
 ]
