@@ -125,6 +125,7 @@ def predict_case(
         threshold: a class is present where its probability is above this.
         brain_only: zero the probabilities (hence labels) outside the brain (voxels that are 0 in every
             channel of the skull-stripped scan): no training patch taught the network anything there.
+            Windows holding no brain voxel are then not predicted (the top and bottom slices of a scan).
 
     Returns:
         (labels uint8 (X, Y, Z) MSD convention on the case's RAS grid, probabilities float32 (3, X, Y, Z)).
@@ -143,9 +144,9 @@ def predict_case(
         batch_size=batch_size,
         device="cpu",  # windows are standardized on the CPU; the predictor moves them to the model
         progress=progress,
+        # zero outside the brain, where windows without a brain voxel are not run through the network
+        mask=torch.from_numpy(brain_mask(case.image)) if brain_only else None,
     ).numpy()
-    if brain_only:
-        probabilities[:, ~brain_mask(case.image)] = 0.0
     labels = probabilities_to_labels(probabilities, threshold=threshold)
     return labels, probabilities
 

@@ -164,6 +164,30 @@ def test_divisor_kept_between_scans_follows_shape_and_blend():
             out.mul_(0)  # a caller writing into its result leaves the next scan's divisor alone
 
 
+@pytest.mark.parametrize("shape", [(2, 40, 21, 24), (2, 12, 21, 24)])  # the second is padded along x
+def test_mask_skips_empty_windows_and_equals_the_masked_full_prediction(shape):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(2, 3, kernel_size=3, padding=1)
+    volume = torch.rand(shape, generator=torch.Generator().manual_seed(2))
+    mask = torch.zeros(shape[1:], dtype=torch.bool)
+    mask[3:9, 2:15, 5:11] = True  # z 5..10: windows starting at z 16 hold none of it
+    calls: list[int] = []
+
+    def counted(tiles: torch.Tensor) -> torch.Tensor:
+        calls.append(len(tiles))
+        return conv(tiles)
+
+    full = sliding_window(volume, counted, window=(16, 16, 8), overlap=0.5, batch_size=2)
+    n_full, calls[:] = sum(calls), []
+    masked = sliding_window(volume, counted, window=(16, 16, 8), overlap=0.5, batch_size=2, mask=mask)
+    assert 0 < sum(calls) < n_full
+    assert torch.equal(masked, full * mask)  # bit for bit inside the mask, zero outside
+    empty = sliding_window(volume, counted, window=(16, 16, 8), mask=torch.zeros_like(mask))
+    assert empty.shape == (3, *shape[1:]) and not empty.any()
+    with pytest.raises(ShapeMismatchError, match="mask must have"):
+        sliding_window(volume, counted, window=(16, 16, 8), mask=mask[1:])
+
+
 def test_padding_is_zero_and_centred():
     # A volume shorter than the window along x is padded by (4 - 2) // 2 = 1 zero before and 1 after;
     # the window sum therefore sees exactly the volume's values.

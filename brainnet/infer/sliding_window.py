@@ -170,6 +170,8 @@ def sliding_window(
     device: torch.device | str | None = None,
     sigma_scale: float | Sequence[float] = 0.125,
     progress: bool = False,
+    *,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Predict a whole volume window by window and blend the overlapping predictions.
 
@@ -187,6 +189,9 @@ def sliding_window(
             the result stay on the volume's device.
         sigma_scale: Gaussian sigma as a fraction of the window (MONAI and nnU-Net: 1/8).
         progress: show a tqdm bar over window batches.
+        mask: bool ``(X, Y, Z)``, e.g. the brain: the output is zero outside it, and windows holding none
+            of its voxels are not predicted at all. Inside the mask the output equals the unmasked one bit
+            for bit: every window covering a mask voxel is still predicted, in the same order.
 
     Returns:
         float32 ``(K, X, Y, Z)`` on the volume's device.
@@ -203,6 +208,11 @@ def sliding_window(
         raise ConfigError(f"sliding_window: blend must be one of {BLEND_MODES}, got {blend!r}")
     if batch_size < 1:
         raise ConfigError(f"sliding_window: batch_size must be >= 1, got {batch_size}")
+    if mask is not None and tuple(mask.shape) != tuple(volume.shape[1:]):
+        raise ShapeMismatchError(
+            f"sliding_window: mask must have the volume's spatial shape {tuple(volume.shape[1:])}, "
+            f"got {tuple(mask.shape)}"
+        )
     device = torch.device(device) if device is not None else volume.device
     out_device = volume.device
 
@@ -217,6 +227,12 @@ def sliding_window(
     with torch.inference_mode():
         padded, crop = _pad_to_window(volume.float(), window)
         regions = window_regions(spatial, window, overlap)
+        if mask is not None:
+            mask, _ = _pad_to_window(torch.as_tensor(mask, device=out_device).bool()[None], window)
+            holding = [region for region in regions if bool(mask[(slice(None), *region)].any())]
+            skipped = len(regions) - len(holding)
+            regions = holding or regions[:1]  # one window still tells the channel count of an empty mask
+            logger.debug("sliding_window: %d windows hold no mask voxel, not predicted", skipped)
         weights = _importance_map(window, blend, sigma_scale).to(out_device)
         logger.debug("sliding_window: %d windows of %s over %s", len(regions), window, spatial)
         batches = range(0, len(regions), batch_size)
@@ -241,6 +257,8 @@ def sliding_window(
             for region, tile_pred in zip(chunk, pred, strict=True):
                 output[(slice(None), *region)] += tile_pred
         output /= divisor
+        if mask is not None:
+            output.masked_fill_(~mask, 0.0)  # outside the mask, skipped windows left partial sums
     if spatial != tuple(volume.shape[1:]):
         return output[(slice(None), *crop)].clone()  # padded axes cropped back into a compact tensor
     return output
