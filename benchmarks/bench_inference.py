@@ -13,9 +13,11 @@ alternate ``--repeats`` times; the fastest run of each counts.
 The U-Net is ``UNet3D(ModelConfig(base_filters=N))`` with random (seeded) weights; the course default
 is N = 32 (16.3 M parameters), about 3 s per window on this 2-core CPU, i.e. ~4 min per scan per side,
 so the CPU default is N = 8 (same depth and layout, 16x fewer FLOPs; ``--base-filters 32`` for the real
-one). A second pair of rows uses a trivial elementwise predictor (3 channels made by one addition), so
-that the windowing itself (gathering windows, weighting, accumulating, dividing) is what is timed; a
-1x1x1 convolution, tried first, spent 90% of the time in oneDNN and timed the convolution instead.
+one). predict_case does not run the network on windows that hold no brain voxel (their voxels are zeroed
+anyway); the row says how many of the case's windows that is. A second pair of rows uses a trivial
+elementwise predictor (3 channels made by one addition), so that the windowing itself (gathering
+windows, weighting, accumulating, dividing) is what is timed; a 1x1x1 convolution, tried first, spent
+90% of the time in oneDNN and timed the convolution instead.
 
 Bars: brainnet / MONAI seconds <= 1.0; max |probability difference| <= 1e-5.
 """
@@ -128,11 +130,20 @@ def compare_model(args: Any, sizes: dict[str, Any]) -> list[Row]:
     b_seconds, (b_labels, b_prob) = _fastest(brainnet_runs)
     m_seconds, (m_labels, m_prob) = _fastest(monai_runs)
     shape = "x".join(map(str, case.shape))
+    regions = require("brainnet.infer.sliding_window", "window_regions")(case.shape, PATCH_SIZE, OVERLAP)
+    brain = require("brainprep.standardize", "brain_mask")(case.image)
+    empty = sum(not brain[region].any() for region in regions)
     b_prob, m_prob = np.asarray(b_prob), np.asarray(m_prob)
     diff = float(np.abs(b_prob - m_prob).max())
     equal = float((np.asarray(b_labels) == np.asarray(m_labels)).mean())
     return [
-        Row(ROW_BRAINNET, b_seconds, "s/scan", f"{shape} scan", {"runs_s": [r[0] for r in brainnet_runs]}),
+        Row(
+            ROW_BRAINNET,
+            b_seconds,
+            "s/scan",
+            f"{shape} scan; {empty} of {len(regions)} windows hold no brain voxel and are not predicted",
+            {"runs_s": [r[0] for r in brainnet_runs], "windows": len(regions), "windows_skipped": empty},
+        ),
         Row(
             ROW_MONAI,
             m_seconds,
