@@ -7,7 +7,6 @@ manifest and in brainnet checkpoints, so any store or model says exactly how its
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from brainprep.config import Params
 from brainprep.errors import ConfigError
@@ -105,9 +104,8 @@ class SplitParams(Params):
 
     Attributes:
         val_fraction: share of cases in the validation split (ignored with ``split_file``).
-        split_file: JSON file ``{"train": [ids], "val": [ids]}`` fixing the split; ``None`` draws it. A
-            relative path is made absolute against the working directory when the params are made, so a
-            build resumed from another directory records and compares the same file.
+        split_file: JSON file ``{"train": [ids], "val": [ids]}`` fixing the split; ``None`` draws it
+            (:func:`~brainprep.build.build_patches` records it resolved to an absolute path).
     """
 
     val_fraction: float = 0.2
@@ -116,8 +114,6 @@ class SplitParams(Params):
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.split_file is not None and not Path(self.split_file).is_absolute():
-            object.__setattr__(self, "split_file", str(Path(self.split_file).absolute()))
 
 
 @dataclass(frozen=True)

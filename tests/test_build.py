@@ -3,6 +3,7 @@ kill -9 and resume, locks, parameter checks and bad cases. Small synthetic data 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -19,7 +20,7 @@ from click.testing import CliRunner
 from brainprep.build import build_patches
 from brainprep.cli import main as cli
 from brainprep.errors import StoreIncompleteError
-from brainprep.params import BuildParams, SamplingParams, StandardizeParams
+from brainprep.params import BuildParams, SamplingParams, SplitParams, StandardizeParams
 from brainprep.read import discover_cases, read_case
 from brainprep.sample import extract_patch
 from brainprep.standardize import (
@@ -244,6 +245,26 @@ def test_workers_end_when_the_driver_is_killed(tmp_path: Path) -> None:
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [pid for pid in workers if _alive(pid)], "workers outlived their killed driver"
+
+
+def test_split_file_sets_the_split_and_is_recorded_resolved(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "splits"
+    folder.mkdir()
+    fixed = {"train": ["BRATS_001", "BRATS_003", "BRATS_004"], "val": ["BRATS_002"]}
+    (folder / "fixed.json").write_text(json.dumps(fixed))
+    monkeypatch.chdir(folder)
+    params = PARAMS.replace(split=SplitParams(split_file="../splits/fixed.json"))
+    build_patches(data, tmp_path / "s.zarr", params, workers=1)
+    with open_store(tmp_path / "s.zarr") as store:
+        assert store.params.split.split_file == str((folder / "fixed.json").resolve())  # no "..", absolute
+        assert {case["case_id"]: case["split"] for case in store.cases} == {
+            case_id: name for name, ids in fixed.items() for case_id in ids
+        }
+        val_cases = set(np.asarray(store.table.case)[store.patch_indices("val")].tolist())
+        assert val_cases == {1}  # BRATS_002's patches only
+    assert SplitParams.from_dict({"split_file": "rel.json"}).split_file == "rel.json"  # read back verbatim
 
 
 def test_concurrent_build_is_refused(data: Path, tmp_path: Path) -> None:

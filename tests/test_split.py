@@ -117,16 +117,3 @@ def test_read_split_file_missing_or_not_json(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not readable JSON") as info:
         read_split_file(path, ["BRATS_001"])
     assert str(path) in str(info.value)
-
-
-def test_relative_split_file_is_recorded_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from brainprep.params import SplitParams
-
-    monkeypatch.chdir(tmp_path)
-    relative = SplitParams(split_file="splits/fixed.json")
-    assert relative.split_file == str(tmp_path / "splits" / "fixed.json")
-    # the same file named from elsewhere gives equal params: a resume from another directory is accepted
-    monkeypatch.chdir(tmp_path.parent)
-    assert SplitParams(split_file=str(tmp_path / "splits" / "fixed.json")) == relative
-    assert SplitParams.from_dict(relative.to_dict()) == relative
-    assert SplitParams().split_file is None

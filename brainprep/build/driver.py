@@ -558,6 +558,11 @@ def build_patches(
     params = params if params is not None else BuildParams()
     fmt = store_format(store)
     params = params.replace(store=params.store.replace(format=fmt))
+    if params.split.split_file is not None:
+        # recorded resolved, so a resume from another working directory names the same file
+        params = params.replace(
+            split=params.split.replace(split_file=str(Path(params.split.split_file).resolve()))
+        )
     dataset, cases, assigned = _select_cases(Path(data_dir).resolve(), params, splits)
     root = Path(dataset.root).resolve()
     info = {
