@@ -188,6 +188,21 @@ def test_mask_skips_empty_windows_and_equals_the_masked_full_prediction(shape):
         sliding_window(volume, counted, window=(16, 16, 8), mask=mask[1:])
 
 
+def test_predictor_tensors_are_never_written():
+    # A predictor may return an expanded view (one value per window) or a tensor it keeps and reuses.
+    volume = torch.arange(6.0).reshape(1, 6, 1, 1)
+    kept: list[torch.Tensor] = []
+
+    def window_mean(tiles: torch.Tensor) -> torch.Tensor:
+        mean = tiles.mean(dim=(2, 3, 4), keepdim=True)
+        kept.append(mean)
+        return mean.expand_as(tiles)
+
+    out = sliding_window(volume, window_mean, window=(4, 1, 1), overlap=0.5, blend="constant", batch_size=1)
+    assert out.flatten().tolist() == [1.5, 1.5, 2.5, 2.5, 3.5, 3.5]
+    assert [float(m) for m in kept] == [1.5, 3.5]  # unweighted, as the predictor returned them
+
+
 def test_padding_is_zero_and_centred():
     # A volume shorter than the window along x is padded by (4 - 2) // 2 = 1 zero before and 1 after;
     # the window sum therefore sees exactly the volume's values.
