@@ -7,10 +7,15 @@ loader 10-25% of its rate, varying with how glibc's arenas happened to trim
 (``benchmarks/bench_streaming.py``). :class:`RecycledArrays` hands out tensors over numpy arrays it keeps,
 and reuses an array only when nothing refers to it any more.
 
-How it knows: ``torch.from_numpy(array)`` makes the tensor's storage hold a reference to ``array``, and
-every view, slice or ``.numpy()`` of that tensor keeps the storage, hence ``array``, alive. So an array whose
+How it knows: ``torch.from_numpy(array)`` makes the tensor's storage hold a reference to ``array``; every
+view or slice of that tensor keeps the storage, and a ``.numpy()`` of it keeps the tensor. So an array whose
 only reference is the pool's own list is free, whatever the caller did with the tensors it was given.
 That count is exact in CPython with a GIL, the interpreter torch runs on here.
+
+One torch operation swaps a tensor's storage out from under its views: ``share_memory_()`` (also run
+when a tensor is put on a ``torch.multiprocessing`` queue) moves the data to shared memory and drops the
+array. A ``.numpy()`` view taken before it would then read whatever batch reuses the array next (without
+the pool it would read freed memory), so send a copy, or share before taking views.
 """
 
 from __future__ import annotations
@@ -56,4 +61,5 @@ class RecycledArrays:
     @property
     def kept(self) -> int:
         """Arrays the pool holds, in use or free."""
-        return sum(len(arrays) for arrays in self._arrays.values())
+        with self._lock:
+            return sum(len(arrays) for arrays in self._arrays.values())
