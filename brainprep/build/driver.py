@@ -131,16 +131,19 @@ def _single_threaded() -> None:
     numcodecs.blosc.set_nthreads(1)
 
 
-def _start_worker(parent_pid: int) -> None:
+def _start_worker() -> None:
     """Start-up of a local worker process: one core (:func:`_single_threaded`), and an exit when the
     driver dies.
 
     A pool worker waits on a pipe whose writing end its sibling workers hold too, so after a ``kill -9``
     of the driver it would wait forever, or finish its case and then wait; a sleeping thread that
     watches the parent's pid ends it within :data:`PARENT_POLL_S`. The half-written case is not marked
-    done, so resuming the build writes it again.
+    done, so resuming the build writes it again. The parent is whatever process started this one (the
+    driver, or a launcher between them), read here rather than passed in, so it never mistakes one for
+    the other.
     """
     _single_threaded()
+    parent_pid = os.getppid()
 
     def exit_with_parent() -> None:
         while True:
@@ -222,7 +225,6 @@ class Executor:
                 self.workers,
                 mp_context=multiprocessing.get_context(method),
                 initializer=_start_worker,
-                initargs=(os.getpid(),),
             )
         return self
 
