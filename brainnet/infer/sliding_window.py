@@ -239,7 +239,7 @@ def sliding_window(
             regions = holding or regions[:1]  # one window still tells the channel count of an empty mask
             logger.debug("sliding_window: %d windows hold no mask voxel, not predicted", skipped)
         weights = _importance_map(window, blend, sigma_scale).to(out_device)
-        weighted = torch.empty(0)  # one buffer for every batch's weighted predictions, made by the first
+        weighted = torch.empty(0)  # (K, *window), made with the first batch
         logger.debug("sliding_window: %d windows of %s over %s", len(regions), window, spatial)
         batches = range(0, len(regions), batch_size)
         if progress:
@@ -257,14 +257,14 @@ def sliding_window(
                 )
             pred = pred.to(device=out_device, dtype=torch.float32)
             if first == 0:
-                weighted = torch.empty_like(pred)
+                weighted = torch.empty_like(pred[0])
                 with torch.inference_mode(False):
                     output = torch.zeros((pred.shape[1], *spatial), dtype=torch.float32, device=out_device)
-            # one pass over the batch into a reused buffer: no temporary per batch, and the predictor's own
-            # tensor (which it may keep, or which may be an expanded view) is never written
-            batch_weighted = torch.mul(pred, weights, out=weighted[: len(chunk)])
-            for region, tile_pred in zip(chunk, batch_weighted, strict=True):
-                output[(slice(None), *region)] += tile_pred
+            # Weighted one window at a time into a reused window-sized buffer, which stays in the CPU cache:
+            # MONAI's product and sum bit for bit (addcmul_ would round differently), no temporary per
+            # batch, and the predictor's tensor (it may keep it, or it may be an expanded view) only read.
+            for region, tile_pred in zip(chunk, pred, strict=True):
+                output[(slice(None), *region)] += torch.mul(tile_pred, weights, out=weighted)
         output /= divisor
         if mask is not None:
             output.masked_fill_(~mask, 0.0)  # outside the mask, skipped windows left partial sums
