@@ -417,9 +417,13 @@ def paired_rows(store: Path, n_patches: int, rounds: int) -> list[Row]:
     rows of the 85% bar makes that drift fall on both alike instead of on whichever ran in a slow minute.
     """
     loader_rows, limit_rows = [], []
-    for _ in range(rounds):
-        loader_rows.append(brainnet_row(ROW_ZARR_THREADS, store, n_patches, backend="threads"))
+    for i in range(rounds):
+        # which side goes first alternates too, so neither always runs right after the other's processes
+        if i % 2 == 0:
+            loader_rows.append(brainnet_row(ROW_ZARR_THREADS, store, n_patches, backend="threads"))
         limit_rows.append(chunk_decode_row(store, n_patches))
+        if i % 2 == 1:
+            loader_rows.append(brainnet_row(ROW_ZARR_THREADS, store, n_patches, backend="threads"))
     paired = []
     for rounds_rows in (loader_rows, limit_rows):
         values = [row.value for row in rounds_rows]
@@ -427,6 +431,8 @@ def paired_rows(store: Path, n_patches: int, rounds: int) -> list[Row]:
         middle.note += f"; median of {rounds} rounds alternating (a2) and the chunk decode"
         middle.extra["rounds"] = [round(v, 1) for v in values]
         paired.append(middle)
+    ratios = [a.value / b.value for a, b in zip(loader_rows, limit_rows, strict=True)]
+    paired[0].extra["round_ratios"] = [round(r, 3) for r in ratios]
     return paired
 
 
