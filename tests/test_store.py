@@ -269,6 +269,43 @@ def test_local_zarr_store_reads_chunks_directly_with_zarrs_values(built: dict[st
         np.testing.assert_array_equal(labels, group[schema.LABELS].get_orthogonal_selection((slots,)))
 
 
+@pytest.mark.parametrize(("dtype", "level"), [("float16", 1), ("float32", 3), ("uint8", 1)])
+def test_shard_writer_writes_zarrs_bytes(tmp_path: Path, dtype: str, level: int) -> None:
+    from brainprep.store.shards import LocalShardReader, LocalShardWriter
+    from brainprep.store.zarr_store import image_codec
+
+    patch, k = (2, 16, 16, 8), 3
+    rng = np.random.default_rng(0)
+    data = (rng.standard_normal((k, *patch)) * 40).astype(dtype)
+    data[1] = 0  # an empty slot is stored too (write_empty_chunks)
+    arrays = {}
+    for name in ("by_zarr", "by_brainprep"):
+        group = zarr.open_group(str(tmp_path / "s.zarr"), mode="a")
+        arrays[name] = group.create_array(
+            name,
+            shape=(2 * k, *patch),
+            dtype=dtype,
+            chunks=(1, *patch),
+            shards=(k, *patch),
+            compressors=image_codec(dtype, level),
+            fill_value=0,
+        )
+    with zarr.config.set({"array.write_empty_chunks": True}):  # read when an array is opened
+        zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")["by_zarr"][k:] = data
+    writer = LocalShardWriter(tmp_path / "s.zarr" / "by_brainprep", arrays["by_brainprep"])
+    writer.write(1, data)
+    written = writer._shard_path(1)
+    assert (
+        written.read_bytes()
+        == (tmp_path / "s.zarr" / "by_zarr" / written.relative_to(writer.folder)).read_bytes()
+    )
+    np.testing.assert_array_equal(arrays["by_brainprep"][k:], data)  # and zarr reads it back
+    reader = LocalShardReader(writer.folder, arrays["by_brainprep"])
+    np.testing.assert_array_equal(reader.read(k + 2), data[2])
+    with pytest.raises(StoreError, match="a shard is"):
+        writer.write(0, data[:2])
+
+
 def test_damaged_shard_index_and_cut_chunk_are_named(built: dict[str, Path], tmp_path: Path) -> None:
     copy = tmp_path / "s.zarr"
     shutil.copytree(built["zarr"], copy)

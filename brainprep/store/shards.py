@@ -24,7 +24,46 @@ MISSING = np.iinfo(np.uint64).max
 _CRC_BYTES = 4
 
 
-class LocalShardReader:
+def _blosc_of_brainprep_layout(folder: Path, array: Any) -> Any:
+    """The inner ``BloscCodec`` of a brainprep Zarr array (one patch per chunk, one case per shard, index
+    at the end with crc32c), checked; raises StoreError for any other layout (then use zarr itself)."""
+    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
+
+    codecs = tuple(array.metadata.codecs)
+    sharding = codecs[0] if len(codecs) == 1 else None
+    inner = tuple(sharding.codecs) if isinstance(sharding, ShardingCodec) else ()
+    if (
+        not isinstance(sharding, ShardingCodec)
+        or len(inner) != 2
+        or not isinstance(inner[0], BytesCodec)
+        or not isinstance(inner[1], BloscCodec)
+        or sharding.index_location.value != "end"
+        or tuple(type(c) for c in sharding.index_codecs) != (BytesCodec, Crc32cCodec)
+        or sharding.chunk_shape[0] != 1
+        or tuple(sharding.chunk_shape[1:]) != tuple(array.shape[1:])
+        or np.dtype(array.dtype).byteorder not in "=<|"
+        or array.fill_value != 0
+    ):
+        raise StoreError(f"{folder}: not a brainprep shard layout (one patch per chunk, Blosc)")
+    return inner[1]
+
+
+class _ShardFiles:
+    """Where the shards of one local brainprep Zarr array live, and their shapes."""
+
+    def __init__(self, folder: Path, array: Any) -> None:
+        self.blosc = _blosc_of_brainprep_layout(folder, array)
+        self.folder = Path(folder)
+        self.dtype = np.dtype(array.dtype)
+        self.patch_shape = tuple(int(s) for s in array.shape[1:])
+        self.per_shard = int(array.metadata.chunk_grid.chunk_shape[0])
+        self._key = array.metadata.encode_chunk_key
+
+    def _shard_path(self, shard: int) -> Path:
+        return self.folder / self._key((shard,) + (0,) * len(self.patch_shape))
+
+
+class LocalShardReader(_ShardFiles):
     """Chunks of one local brainprep Zarr array, decoded into caller-provided arrays (thread-safe).
 
     Args:
@@ -37,30 +76,8 @@ class LocalShardReader:
 
     def __init__(self, folder: Path, array: Any) -> None:
         from numcodecs import Blosc
-        from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 
-        metadata = array.metadata
-        codecs = tuple(metadata.codecs)
-        sharding = codecs[0] if len(codecs) == 1 else None
-        inner = tuple(sharding.codecs) if isinstance(sharding, ShardingCodec) else ()
-        if (
-            not isinstance(sharding, ShardingCodec)
-            or len(inner) != 2
-            or not isinstance(inner[0], BytesCodec)
-            or not isinstance(inner[1], BloscCodec)
-            or sharding.index_location.value != "end"
-            or tuple(type(c) for c in sharding.index_codecs) != (BytesCodec, Crc32cCodec)
-            or sharding.chunk_shape[0] != 1
-            or tuple(sharding.chunk_shape[1:]) != tuple(array.shape[1:])
-            or np.dtype(array.dtype).byteorder not in "=<|"
-            or array.fill_value != 0
-        ):
-            raise StoreError(f"{folder}: not a brainprep shard layout (one patch per chunk, Blosc)")
-        self.folder = Path(folder)
-        self.dtype = np.dtype(array.dtype)
-        self.patch_shape = tuple(int(s) for s in array.shape[1:])
-        self.per_shard = int(metadata.chunk_grid.chunk_shape[0])
-        self._key = metadata.encode_chunk_key
+        super().__init__(folder, array)
         self._codec = Blosc()  # decoding reads the codec settings from each chunk's Blosc header
         self._indexes: dict[int, np.ndarray | None] = {}
 
@@ -92,9 +109,6 @@ class LocalShardReader:
         self._indexes[shard] = index
         return index
 
-    def _shard_path(self, shard: int) -> Path:
-        return self.folder / self._key((shard,) + (0,) * len(self.patch_shape))
-
     def read_into(self, slot: int, out: np.ndarray) -> None:
         """Decode the chunk of ``slot`` into ``out`` (C-contiguous, the array's patch shape and dtype)."""
         if out.shape != self.patch_shape or out.dtype != self.dtype or not out.flags.c_contiguous:
@@ -124,3 +138,60 @@ class LocalShardReader:
         out = np.empty(self.patch_shape, dtype=self.dtype)
         self.read_into(slot, out)
         return out
+
+
+class LocalShardWriter(_ShardFiles):
+    """Writes whole shards of one local brainprep Zarr array, byte for byte as zarr writes them.
+
+    zarr 3.1 spends about as long around the codec as in it when it writes a shard (its asynchronous
+    pipeline, a comparison of every chunk key, garbage collection of its buffers): 0.23 s against 0.10 s
+    for a case's 20 float16 patches on one core. Here each chunk is one Blosc encode with the array's own
+    settings, and the shard one file write. ``tests/test_store.py`` checks the bytes against zarr's.
+
+    Args:
+        folder: the array's folder (``STORE.zarr/images``).
+        array: the open ``zarr.Array`` (its metadata gives the codecs and the chunk keys).
+    """
+
+    def __init__(self, folder: Path, array: Any) -> None:
+        from numcodecs import Blosc
+
+        super().__init__(folder, array)
+        blosc = self.blosc
+        # the codec zarr itself builds from this metadata (zarr.codecs.blosc.BloscCodec._blosc_codec)
+        self._codec = Blosc.from_config(
+            {
+                "cname": blosc.cname.name,
+                "clevel": blosc.clevel,
+                "shuffle": {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[blosc.shuffle.value],
+                "blocksize": blosc.blocksize,
+                "typesize": blosc.typesize,
+            }
+        )
+
+    def write(self, shard: int, chunks: np.ndarray) -> None:
+        """Write shard ``shard``: every one of its ``per_shard`` chunks, empty ones included (as zarr does
+        with ``write_empty_chunks``).
+
+        Args:
+            chunks: (per_shard, *patch_shape) in the array's dtype.
+        """
+        import google_crc32c  # zarr's crc32c (a zarr dependency)
+
+        expected = (self.per_shard, *self.patch_shape)
+        if chunks.shape != expected or chunks.dtype != self.dtype:
+            raise StoreError(
+                f"{self.folder}: a shard is {self.dtype} {expected}, got {chunks.dtype} {chunks.shape}"
+            )
+        parts = [
+            self._codec.encode(np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)) for chunk in chunks
+        ]
+        index = np.empty((self.per_shard, 2), dtype="<u8")
+        index[:, 1] = [len(part) for part in parts]
+        index[:, 0] = np.cumsum(index[:, 1]) - index[:, 1]
+        index_bytes = index.tobytes()
+        crc = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
+        path = self._shard_path(shard)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as file:
+            file.writelines([*parts, index_bytes, crc])

@@ -77,14 +77,14 @@ def write_case_zarr(
     """
     import zarr
 
+    from brainprep.store.shards import LocalShardWriter
+
     group = zarr.open_group(str(path), mode="r+")
-    slots = layout.case_slots(index)
-    # write_empty_chunks: store every chunk, without zarr's test of each against the fill value; that
-    # test runs in numpy's emulated float16 (~2 ms per patch, 0.04 s of a 0.17 s case). An empty slot
-    # then holds a few hundred bytes of compressed zeros and reads as zeros, as an absent chunk does.
-    with zarr.config.set({"array.write_empty_chunks": True}):
-        group[schema.IMAGES][slots] = images
-        group[schema.LABELS][slots] = labels
+    # A case is one shard of each array, written whole by LocalShardWriter: the bytes zarr would write
+    # with write_empty_chunks (every chunk stored; an empty slot holds a few hundred bytes of compressed
+    # zeros and reads as zeros, as an absent chunk does), in under half of zarr's time.
+    for name, data in ((schema.IMAGES, images), (schema.LABELS, labels)):
+        LocalShardWriter(Path(path) / name, group[name]).write(index, np.ascontiguousarray(data))
 
 
 def write_table_zarr(path: Path, arrays: dict[str, np.ndarray]) -> None:
