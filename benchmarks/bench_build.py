@@ -59,7 +59,7 @@ from common import (
 )
 
 # 16 cases: enough that the 2-worker pool's start-up (forked worker processes) is a small part of a build
-FULL = {"cases": 16, "repeats": 3}
+FULL = {"cases": 16, "repeats": 5}
 QUICK = {"cases": 3, "repeats": 1}
 PATCHES_PER_CASE = 20  # SamplingParams' default
 SAMPLE_INTERVAL_S = 0.05
@@ -295,7 +295,7 @@ def run(args: Any) -> Report:
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument(
-        "--repeats", type=int, default=None, help="runs per row, the fastest counts (default 3, quick 1)"
+        "--repeats", type=int, default=None, help="runs per row, the fastest counts (default 5, quick 1)"
     )
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
