@@ -186,7 +186,7 @@ def compare_overhead(args: Any, sizes: dict[str, Any]) -> list[Row]:
     """Rows brainnet / MONAI with a trivial predictor (``x[:, :3] + x[:, 3:]``): the windowing cost alone."""
     torch = require("torch")
     sliding = require("brainnet.infer", "sliding_window")
-    divisor_cache = require("brainnet.infer.sliding_window", "_cached_weight_sum")
+    divisor_cache = require("brainnet.infer.sliding_window", "_cached_weights")
     inferers = require("monai.inferers")
     volume = torch.randn((4, *SCAN_SHAPE), generator=torch.Generator().manual_seed(SEED))
 

@@ -147,17 +147,19 @@ def weight_sum(
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_weight_sum(
+def _cached_weights(
     spatial: tuple[int, ...],
     window: tuple[int, ...],
     overlap: float,
     blend: str,
     sigma_scale: float | tuple[float, ...],
     device: torch.device,
-) -> torch.Tensor:
-    # Scans of a dataset share one shape: the divisor is made once, not once per scan (never written to).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(window weights, their sum over every window) for these shapes; never written to."""
+    # Scans of a dataset share one shape: both are made once, not once per scan.
     with torch.inference_mode():
-        return weight_sum(spatial, window, overlap, _importance_map(window, blend, sigma_scale).to(device))
+        weights = _importance_map(window, blend, sigma_scale).to(device)
+        return weights, weight_sum(spatial, window, overlap, weights)
 
 
 def sliding_window(
@@ -174,6 +176,10 @@ def sliding_window(
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Predict a whole volume window by window and blend the overlapping predictions.
+
+    The window weights and their sum over the windows (the blend's divisor) depend only on the shapes and
+    the blend, so those of the last two shapes are kept (:func:`_cached_weights`; the divisor of a
+    240x240x155 scan is 36 MB, on the volume's device); ``_cached_weights.cache_clear()`` frees them.
 
     Args:
         volume: float ``(C, X, Y, Z)`` scan of any size (numpy arrays are wrapped).
@@ -193,10 +199,6 @@ def sliding_window(
             and accumulated in the same order, so inside the mask the output equals the unmasked one bit
             for bit when the predictor's result for a window does not depend on the other windows of its
             batch (true of the U-Net on CPU; skipping regroups the batches).
-
-    The blend's divisor (the sum of the window weights) depends only on the shapes and the blend, so the
-    last two are kept (:func:`_cached_weight_sum`; for 240x240x155 scans 36 MB each, on the volume's
-    device); ``_cached_weight_sum.cache_clear()`` frees them.
 
     Returns:
         float32 ``(K, X, Y, Z)`` on the volume's device.
@@ -225,7 +227,9 @@ def sliding_window(
     sigma_key = (
         tuple(float(v) for v in sigma_scale) if isinstance(sigma_scale, Sequence) else float(sigma_scale)
     )
-    divisor = _cached_weight_sum(spatial, window, float(overlap), blend, sigma_key, torch.device(out_device))
+    weights, divisor = _cached_weights(
+        spatial, window, float(overlap), blend, sigma_key, torch.device(out_device)
+    )
     # The output is an ordinary tensor, made outside inference mode and only updated in place inside it,
     # so it is returned without a copy and callers may still modify it or use it in autograd.
     output = torch.empty(0)  # allocated once the first batch tells the channel count K
@@ -233,12 +237,11 @@ def sliding_window(
         padded, crop = _pad_to_window(volume.float(), window)
         regions = window_regions(spatial, window, overlap)
         if mask is not None:
-            mask, _ = _pad_to_window(torch.as_tensor(mask, device=out_device).bool()[None], window)
-            holding = [region for region in regions if bool(mask[(slice(None), *region)].any())]
+            padded_mask, _ = _pad_to_window(torch.as_tensor(mask, device=out_device).bool()[None], window)
+            holding = [region for region in regions if bool(padded_mask[(slice(None), *region)].any())]
             skipped = len(regions) - len(holding)
             regions = holding or regions[:1]  # one window still tells the channel count of an empty mask
             logger.debug("sliding_window: %d windows hold no mask voxel, not predicted", skipped)
-        weights = _importance_map(window, blend, sigma_scale).to(out_device)
         weighted = torch.empty(0)  # (K, *window), made with the first batch
         logger.debug("sliding_window: %d windows of %s over %s", len(regions), window, spatial)
         batches = range(0, len(regions), batch_size)
@@ -267,7 +270,7 @@ def sliding_window(
                 output[(slice(None), *region)] += torch.mul(tile_pred, weights, out=weighted)
         output /= divisor
         if mask is not None:
-            output.masked_fill_(~mask, 0.0)  # outside the mask, skipped windows left partial sums
+            output.masked_fill_(~padded_mask, 0.0)  # outside the mask, skipped windows left partial sums
     if spatial != tuple(volume.shape[1:]):
         return output[(slice(None), *crop)].clone()  # padded axes cropped back into a compact tensor
     return output
