@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from brainprep.errors import ConfigError, InvalidValueError, ShapeMismatchError, UnreadableFileError
-from brainprep.manifest import label_fractions
 from brainprep.params import BuildParams, SamplingParams, SplitParams, StoreParams
+from brainprep.sample import patch_fractions
 from brainprep.standardize import standardize_patch_slices
 from brainprep.store import schema
 from brainprep.store.remote import store_format
@@ -328,14 +328,14 @@ def import_course(
             offset = patch.index - 1
             images[offset], labels[offset] = image, label
             slot = case_index * per_case + offset
-            tumour, classes = label_fractions(label)
+            tumour, classes = patch_fractions(label)
             table[schema.PATCH_VALID][slot] = True
             table[schema.PATCH_CASE][slot] = case_index
             table[schema.PATCH_CORNER][slot] = patch.corner
             table[schema.PATCH_TUMOUR_FRACTION][slot] = tumour
             table[schema.PATCH_CLASS_FRACTIONS][slot] = classes
             table[schema.PATCH_SPLIT][slot] = schema.SPLIT_CODES[patch.split]
-        writer.write_case(case_index, images, labels)
+        digest = writer.write_case(case_index, images, labels)
         case_rows = by_case[case_id]
         fractions = table[schema.PATCH_TUMOUR_FRACTION][case_index * per_case : (case_index + 1) * per_case]
         records.append(
@@ -351,6 +351,7 @@ def import_course(
                 "skip_reason": None
                 if len(case_rows) == per_case
                 else f"{per_case - len(case_rows)} of {per_case} course patches not imported",
+                "data_digest": digest,
             }
         )
     n_patches = len(patches)
@@ -435,16 +436,17 @@ class _ZarrWriter:
 
         create_zarr_store(self.path, self.layout, metadata)
 
-    def write_case(self, index: int, images: np.ndarray, labels: np.ndarray) -> None:
+    def write_case(self, index: int, images: np.ndarray, labels: np.ndarray) -> dict[str, str]:
         from brainprep.store.zarr_store import write_case_zarr
 
-        write_case_zarr(self.path, self.layout, index, images, labels)
+        return write_case_zarr(self.path, self.layout, index, images, labels)
 
     def finish(self, arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
+        from brainprep.store.integrity import seal
         from brainprep.store.zarr_store import set_metadata_zarr, write_table_zarr
 
         write_table_zarr(self.path, arrays)
-        set_metadata_zarr(self.path, metadata)
+        set_metadata_zarr(self.path, seal(metadata, arrays))
 
 
 class _Hdf5Writer:
@@ -459,8 +461,9 @@ class _Hdf5Writer:
     def create(self, metadata: dict[str, Any]) -> None:
         del metadata  # written once, complete, by assemble_hdf5
 
-    def write_case(self, index: int, images: np.ndarray, labels: np.ndarray) -> None:
+    def write_case(self, index: int, images: np.ndarray, labels: np.ndarray) -> dict[str, str]:
         from brainprep.store.hdf5_store import encode_case_chunks, write_case_part
+        from brainprep.store.shards import checksum_digest
 
         # encode_case_chunks encodes the first n slots; course patches may leave holes, so encode all K
         # (an empty slot's chunk is a compressed block of zeros, read back as zeros like an unwritten one).
@@ -468,11 +471,13 @@ class _Hdf5Writer:
         part = Path(self.staging.name) / f"{index:06d}.npz"
         write_case_part(part, image_chunks, label_chunks)
         self.parts[index] = part
+        return {"images": checksum_digest(image_chunks), "labels": checksum_digest(label_chunks)}
 
     def finish(self, arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
         from brainprep.store.hdf5_store import assemble_hdf5
+        from brainprep.store.integrity import seal
 
         try:
-            assemble_hdf5(self.path, self.layout, self.parts, arrays, metadata)
+            assemble_hdf5(self.path, self.layout, self.parts, arrays, seal(metadata, arrays))
         finally:
             self.staging.cleanup()

@@ -81,3 +81,14 @@ class StoreLockedError(StoreError):
 
 class StoreMismatchError(StoreError):
     """A store does not match its manifest or the parameters of a resumed build."""
+
+
+class StoreCorruptError(StoreError, ValueError):
+    """Stored bytes or metadata fail their checksum or digest, or a chunk of a complete store is missing.
+
+    The message names the slot, its case and the shard or file, and suggests ``brainprep verify``.
+    """
+
+
+class StoreSpaceError(StoreError, OSError):
+    """The disk holding a store being built is full (the store stays incomplete and resumable)."""

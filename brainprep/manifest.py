@@ -9,9 +9,8 @@ inner chunk (one patch each), so a changed byte is traced to the exact patch slo
 Hashing walks the chunk grid computed from each array's metadata instead of listing folders, so the same
 code hashes a local folder, a packed ``.zarr.zip`` and a store served over plain HTTP (no listing there).
 
-Without a manifest, :func:`check_store_consistency` checks what a store says about itself: the complete
-flag, the case of every slot, the split, and the patch table against tumour fractions recomputed from the
-stored labels.
+Without a manifest, :func:`brainprep.verify.check_store_consistency` checks what a store says about
+itself (checksums, digests, the patch table against its labels).
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ import numpy as np
 from brainprep.errors import ConfigError, StoreError
 from brainprep.store import schema
 from brainprep.store.remote import close_h5_file, open_h5_file, open_zarr_store, store_format
+from brainprep.store.shards import chunk_ranges
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +46,6 @@ ARRAY_NAMES: tuple[str, ...] = (
 )
 #: Arrays whose first axis is the case index; every other array's first axis is the patch slot.
 CASE_AXIS_ARRAYS: tuple[str, ...] = (schema.CASE_MEAN, schema.CASE_STD)
-#: Tolerance of the recomputed tumour / class fractions (stored as float32).
-FRACTION_ATOL = 1e-6
-_EMPTY_INNER_CHUNK = 2**64 - 1
 
 
 def sha256_hex(data: bytes) -> str:
@@ -111,56 +108,6 @@ def grid_coords(shape: tuple[int, ...], chunk_shape: tuple[int, ...]) -> Iterato
     return itertools.product(*(range(n) for n in grid_shape(shape, chunk_shape)))
 
 
-def shard_inner_ranges(
-    shard: bytes, n_inner: int, index_location: str = "end", with_crc32c: bool = True
-) -> list[tuple[int, int] | None] | None:
-    """Byte ranges of the inner chunks of a Zarr v3 shard, from its index.
-
-    Args:
-        shard: the raw shard file.
-        n_inner: inner chunks per shard (product of the inner chunk grid).
-        index_location: ``"end"`` or ``"start"`` (sharding codec configuration).
-        with_crc32c: the index codecs end with ``crc32c`` (4 bytes after the index).
-
-    Returns:
-        One ``(offset, nbytes)`` per inner chunk in C order, ``None`` for an empty chunk; ``None`` overall
-        when the shard is too short or an index entry points outside the shard (a damaged index).
-    """
-    index_bytes = 16 * n_inner + (4 if with_crc32c else 0)
-    if len(shard) < index_bytes:
-        return None
-    raw = shard[-index_bytes:] if index_location == "end" else shard[:index_bytes]
-    entries = np.frombuffer(raw[: 16 * n_inner], dtype="<u8").reshape(n_inner, 2)
-    ranges: list[tuple[int, int] | None] = []
-    for offset, nbytes in entries.tolist():
-        if offset == _EMPTY_INNER_CHUNK and nbytes == _EMPTY_INNER_CHUNK:
-            ranges.append(None)
-        elif offset + nbytes > len(shard):
-            return None
-        else:
-            ranges.append((int(offset), int(nbytes)))
-    return ranges
-
-
-def label_fractions(label: np.ndarray) -> tuple[float, np.ndarray]:
-    """Tumour fraction and per-class fractions of one label patch.
-
-    Args:
-        label: uint8 (X, Y, Z), MSD labels 0..3.
-
-    Returns:
-        ``(tumour_fraction, class_fractions)``: the share of voxels with label > 0 and float64 (3,) shares
-        of labels 1 (edema), 2 (non-enhancing), 3 (enhancing).
-    """
-    size = label.size
-    counts = np.bincount(label.ravel(), minlength=4)
-    return float(counts[1:].sum() / size), counts[1:4] / size
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Hashing: Zarr.
-
-
 def _zarr_get(store: Any, key: str) -> bytes | None:
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
@@ -204,9 +151,9 @@ def _inner_hashes(data: bytes, array: dict[str, Any]) -> dict[str, str | None] |
     shard_shape, inner_shape = array["shards"], array["chunks"]
     n_inner = math.prod(grid_shape(tuple(shard_shape), tuple(inner_shape)))
     index_names = [codec["name"] for codec in array["index_codecs"]]
-    if index_names not in (["bytes"], ["bytes", "crc32c"]):
-        return None
-    ranges = shard_inner_ranges(data, n_inner, array["index_location"], index_names[-1] == "crc32c")
+    if index_names != ["bytes", "crc32c"] or array["index_location"] != "end":
+        return None  # not a shard brainprep writes: hashed whole only
+    ranges = chunk_ranges(data, n_inner)
     if ranges is None:
         return None
     return {str(i): None if r is None else sha256_hex(data[r[0] : r[0] + r[1]]) for i, r in enumerate(ranges)}
@@ -548,117 +495,3 @@ def verify_against_manifest(
 ) -> list[Difference]:
     """Recompute every hash of ``location`` and compare with ``manifest``; ``[]`` when all match."""
     return compare_hashes(manifest, hash_store(location, progress=progress))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Verification of a store's internal consistency.
-
-
-def check_table_slot(
-    slot: int, label: np.ndarray, tumour_fraction: float, class_fractions: np.ndarray
-) -> list[str]:
-    """Problems of one valid slot's table row against its label patch (``[]`` when consistent)."""
-    problems = []
-    values = np.unique(label)
-    if values.size and int(values.max()) > 3:
-        problems.append(f"label values must be in {{0,1,2,3}}, found {values.tolist()}")
-    want_tumour, want_classes = label_fractions(label)
-    if not np.isclose(tumour_fraction, want_tumour, rtol=0.0, atol=FRACTION_ATOL):
-        problems.append(f"tumour fraction {tumour_fraction:.6f} in the table, labels give {want_tumour:.6f}")
-    if not np.allclose(class_fractions, want_classes, rtol=0.0, atol=FRACTION_ATOL):
-        problems.append(
-            f"class fractions {np.round(class_fractions, 6).tolist()} in the table, labels give "
-            f"{np.round(want_classes, 6).tolist()}"
-        )
-    return problems
-
-
-def check_store_consistency(
-    location: str | Path, *, check_images: bool = True, progress: bool = False
-) -> list[Difference]:
-    """What a store says about itself, checked without a manifest.
-
-    Checks the complete flag; that every valid slot ``s`` belongs to case ``s // K``, has that case's split
-    and a table row matching its decoded label patch (tumour and class fractions recomputed); that empty
-    slots are marked ``-1``; that each case's ``n_patches`` equals its valid slots; and, with
-    ``check_images``, that every valid image patch decodes to finite values.
-    """
-    from brainprep.store.reader import open_store
-
-    store = open_store(location, require_complete=False)
-    out: list[Difference] = []
-    try:
-        metadata = store.metadata
-        if metadata.get("complete") is not True:
-            out.append(
-                Difference("metadata", "complete", "store is not marked complete (interrupted build?)")
-            )
-        per_case = int(store.params.sampling.patches_per_case)
-        records = metadata.get("cases", [])
-        ids = [record["case_id"] for record in records]
-        table = store.table
-        valid = np.asarray(table.valid, dtype=bool)
-
-        def case_of(slot: int) -> tuple[str, ...]:
-            return (ids[slot // per_case],) if slot // per_case < len(ids) else ()
-
-        if len(ids) * per_case != store.n_slots:
-            out.append(
-                Difference("table", "(shape)", f"{store.n_slots} slots for {len(ids)} cases x {per_case}")
-            )
-        for index, record in enumerate(records):
-            n_valid = int(valid[index * per_case : (index + 1) * per_case].sum())
-            if record.get("n_patches") is not None and int(record["n_patches"]) != n_valid:
-                out.append(
-                    Difference(
-                        "table",
-                        f"case {index}",
-                        f"n_patches is {record['n_patches']} in the metadata, "
-                        f"{n_valid} valid slots in the table",
-                        None,
-                        (record["case_id"],),
-                    )
-                )
-        for slot in _progress(list(range(store.n_slots)), progress, "checking slots", "slot"):
-            found = _check_slot(store, table, slot, per_case, records, valid[slot], check_images)
-            out.extend(Difference("table", f"slot {slot}", p, (slot, slot), case_of(slot)) for p in found)
-    finally:
-        store.close()
-    return out
-
-
-def _check_slot(
-    store: Any, table: Any, slot: int, per_case: int, records: list, is_valid: bool, check_images: bool
-) -> list[str]:
-    case_index = slot // per_case
-    if not is_valid:
-        problems = []
-        if int(table.case[slot]) != schema.EMPTY_SLOT or int(table.split[slot]) != schema.EMPTY_SLOT:
-            problems.append(
-                f"empty slot has case {int(table.case[slot])} and split {int(table.split[slot])}, expected -1"
-            )
-        return problems
-    problems = []
-    if int(table.case[slot]) != case_index:
-        problems.append(
-            f"case index {int(table.case[slot])} in the table, slot {slot} belongs to case {case_index}"
-        )
-    if case_index < len(records):
-        want_split = schema.SPLIT_CODES.get(records[case_index].get("split", ""), None)
-        if want_split is not None and int(table.split[slot]) != want_split:
-            found = int(table.split[slot])
-            problems.append(f"split code {found} in the table, case split is {records[case_index]['split']}")
-    try:
-        label = np.asarray(store.read_label(slot))
-        problems.extend(
-            check_table_slot(
-                slot, label, float(table.tumour_fraction[slot]), np.asarray(table.class_fractions[slot])
-            )
-        )
-        if check_images:
-            image = np.asarray(store.read_image(slot))
-            if not np.isfinite(image).all():
-                problems.append("image patch holds NaN or Inf")
-    except Exception as error:  # a damaged chunk fails in the codec; report it rather than stop
-        problems.append(f"cannot decode patch: {type(error).__name__}: {error}")
-    return problems

@@ -18,15 +18,14 @@ from brainprep.errors import ConfigError
 from brainprep.manifest import (
     Difference,
     build_manifest,
-    check_store_consistency,
     chunk_key,
-    label_fractions,
     load_manifest,
-    shard_inner_ranges,
     verify_against_manifest,
 )
 from brainprep.params import BuildParams, SamplingParams
 from brainprep.recipe import load_recipe, msd_task01_recipe, recipe_dict, write_recipe
+from brainprep.store.shards import chunk_ranges, crc32c
+from brainprep.verify import check_store_consistency
 
 REPO = Path(__file__).resolve().parents[1]
 PATCHES_PER_CASE = 4
@@ -44,23 +43,16 @@ def test_chunk_key_encodings() -> None:
     assert chunk_key((), {"name": "v2"}) == "0"
 
 
-def test_shard_inner_ranges_reads_the_index() -> None:
+def test_chunk_ranges_reads_the_checked_index() -> None:
     # three inner chunks: 5 bytes at 0, empty, 3 bytes at 5; index (3 x (offset, nbytes) uint64) + crc32c
     empty = 2**64 - 1
     index = np.array([[0, 5], [empty, empty], [5, 3]], dtype="<u8").tobytes()
-    shard = b"AAAAABBB" + index + b"CRC!"
-    assert shard_inner_ranges(shard, 3) == [(0, 5), None, (5, 3)]
-    broken = b"AAAAABBB" + np.array([[0, 5], [empty, empty], [5, 300]], dtype="<u8").tobytes() + b"CRC!"
-    assert shard_inner_ranges(broken, 3) is None  # points outside the shard
-    assert shard_inner_ranges(b"short", 3) is None
-
-
-def test_label_fractions_by_hand() -> None:
-    label = np.zeros((2, 2, 2), dtype=np.uint8)
-    label[0, 0, 0], label[0, 0, 1], label[1, 1, 1] = 1, 3, 3
-    tumour, classes = label_fractions(label)
-    assert tumour == 3 / 8
-    assert classes.tolist() == [1 / 8, 0.0, 2 / 8]
+    shard = b"AAAAABBB" + index + crc32c(index)
+    assert chunk_ranges(shard, 3) == [(0, 5), None, (5, 3)]
+    assert chunk_ranges(b"AAAAABBB" + index + b"CRC!", 3) is None  # the index fails its crc32c
+    broken = np.array([[0, 5], [empty, empty], [5, 300]], dtype="<u8").tobytes()
+    assert chunk_ranges(b"AAAAABBB" + broken + crc32c(broken), 3) is None  # points outside the shard
+    assert chunk_ranges(b"short", 3) is None
 
 
 def test_difference_names_slots_and_case() -> None:
@@ -117,7 +109,7 @@ def test_zarr_manifest_content(built: dict[str, Path]) -> None:
     images = manifest["arrays"]["images"]
     assert images["shape"] == [16, 4, 32, 32, 8] and images["dtype"] == "float16"
     assert images["chunks"] == [1, 4, 32, 32, 8] and images["shards"] == [4, 4, 32, 32, 8]
-    assert images["codecs"][-1]["name"] == "blosc"
+    assert [c["name"] for c in images["codecs"]] == ["bytes", "blosc", "crc32c"]
     # every hash is the sha256 of the file on disk; empty shards (the skipped case) are not stored
     on_disk = {
         p.relative_to(store / "images").as_posix() for p in (store / "images" / "c").rglob("*") if p.is_file()
@@ -148,7 +140,7 @@ def test_flipped_byte_in_a_zarr_shard_is_traced_to_slot_and_case(
     assert result.exit_code == 0, result.output
     store = copy_store(built["zarr"], tmp_path)
     shard = store / "images" / "c" / "1" / "0" / "0" / "0" / "0"  # case 1 = BRATS_002, slots 4..7
-    ranges = shard_inner_ranges(shard.read_bytes(), PATCHES_PER_CASE)
+    ranges = chunk_ranges(shard.read_bytes(), PATCHES_PER_CASE)
     offset, nbytes = ranges[2]  # inner chunk 2 = slot 6
     flip_byte(shard, offset + nbytes // 2)
 
@@ -176,7 +168,7 @@ def test_flipped_byte_in_an_hdf5_chunk_is_traced_to_slot_and_case(
     assert result.exit_code == 0, result.output
     manifest = load_manifest(manifest_path)
     assert manifest["arrays"]["labels"]["chunks"] == [1, 32, 32, 8]
-    assert {c["name"] for c in manifest["arrays"]["labels"]["codecs"]} == {"shuffle", "gzip"}
+    assert {c["name"] for c in manifest["arrays"]["labels"]["codecs"]} == {"shuffle", "gzip", "fletcher32"}
     store = copy_store(built["h5"], tmp_path)
     with h5py.File(store, "r") as handle:
         info = handle["labels"].id.get_chunk_info_by_coord((5, 0, 0, 0))
@@ -212,13 +204,15 @@ def test_consistency_finds_a_wrong_table_row(built: dict[str, Path], tmp_path: P
     values[5] += 0.25
     fractions[:] = values
     differences = check_store_consistency(store, check_images=False)
-    assert len(differences) == 1
-    assert (differences[0].key, differences[0].slots, differences[0].case_ids) == (
+    assert len(differences) == 2
+    assert (differences[0].array, differences[0].key) == ("patch_tumour_fraction", "(table)")
+    assert "recorded digest" in differences[0].problem
+    assert (differences[1].key, differences[1].slots, differences[1].case_ids) == (
         "slot 5",
         (5, 5),
         ("BRATS_002",),
     )
-    assert "tumour fraction" in differences[0].problem
+    assert "tumour fraction" in differences[1].problem
     result = CliRunner().invoke(main, ["verify", str(store), "--no-progress"])
     assert result.exit_code == 1 and "table slot 5: tumour fraction" in result.output
 
@@ -226,7 +220,7 @@ def test_consistency_finds_a_wrong_table_row(built: dict[str, Path], tmp_path: P
 def test_consistency_finds_a_damaged_label_chunk(built: dict[str, Path], tmp_path: Path) -> None:
     store = copy_store(built["zarr"], tmp_path)
     shard = store / "labels" / "c" / "1" / "0" / "0" / "0"
-    offset, nbytes = shard_inner_ranges(shard.read_bytes(), PATCHES_PER_CASE)[2]
+    offset, nbytes = chunk_ranges(shard.read_bytes(), PATCHES_PER_CASE)[2]
     flip_byte(shard, offset + nbytes // 2)
     differences = check_store_consistency(store, check_images=False)
     assert differences and {d.slots for d in differences} == {(6, 6)}

@@ -204,10 +204,12 @@ def case_record(
     std: np.ndarray | None = None,
     problem: str | None = None,
     files: tuple[dict[str, Any], ...] | None = None,
+    data_digest: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The done marker of a case: its case-table entry plus its rows of the patch table (JSON types).
 
-    ``files``: the records of every source file (default: the plan's).
+    ``files``: the records of every source file (default: the plan's). ``data_digest``: the
+    :func:`~brainprep.store.shards.checksum_digest` of the case's stored image and label chunks.
     """
     written = problem is None
     return {
@@ -220,6 +222,7 @@ def case_record(
         "valid_corner_share": plan.valid_corner_share,
         "best_tumour_fraction": plan.best_tumour_fraction,
         "skip_reason": plan.skip_reason if written else f"bad case: {problem}",
+        "data_digest": data_digest,
         "mean": None if mean is None else [float(v) for v in mean],
         "std": None if std is None else [float(v) for v in std],
         "corners": plan.corners.tolist() if written else [],
@@ -273,19 +276,21 @@ def write_case(task: CaseTask) -> dict[str, Any]:
                 files = _source_records(task, arrays)
                 del arrays
                 labels = slot_labels(plan.label_patches(size), k)
-                _write_patches(task, images, labels, plan.n_patches)
-                record = case_record(plan, k, mean, std, files=files)
+                digest = _write_patches(task, images, labels, plan.n_patches)
+                record = case_record(plan, k, mean, std, files=files, data_digest=digest)
     state.mark_done(plan.index, record)
     return record
 
 
-def _write_patches(task: CaseTask, images: np.ndarray, labels: np.ndarray, n_patches: int) -> None:
+def _write_patches(task: CaseTask, images: np.ndarray, labels: np.ndarray, n_patches: int) -> dict[str, str]:
+    """Write a case's chunks; returns their ``{"images", "labels"}`` checksum digests."""
     if task.params.store.format == "hdf5":
         from brainprep.store.hdf5_store import encode_case_chunks, write_case_part
+        from brainprep.store.shards import checksum_digest
 
         image_chunks, label_chunks = encode_case_chunks(images, labels, task.layout, n_patches)
         write_case_part(BuildState(task.store).part_path(task.plan.index), image_chunks, label_chunks)
-    else:
-        from brainprep.store.zarr_store import write_case_zarr
+        return {"images": checksum_digest(image_chunks), "labels": checksum_digest(label_chunks)}
+    from brainprep.store.zarr_store import write_case_zarr
 
-        write_case_zarr(task.store, task.layout, task.plan.index, images, labels)
+    return write_case_zarr(task.store, task.layout, task.plan.index, images, labels)

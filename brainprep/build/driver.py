@@ -42,6 +42,7 @@ from brainprep.read import CHANNEL_NAMES, CaseFiles, discover_cases
 from brainprep.read.labels import MSD_CLASS_NAMES
 from brainprep.split import read_split_file, split_cases
 from brainprep.store import schema
+from brainprep.store.integrity import seal
 from brainprep.store.lock import BuildLock, BuildState
 
 logger = logging.getLogger(__name__)
@@ -402,6 +403,7 @@ CASE_TABLE_KEYS = (
     "valid_corner_share",
     "best_tumour_fraction",
     "skip_reason",
+    "data_digest",
 )
 
 
@@ -418,7 +420,7 @@ def store_metadata(
     else:
         cases = []
         for index in sorted(records):
-            entry = {key: records[index][key] for key in CASE_TABLE_KEYS}
+            entry = {key: records[index].get(key) for key in CASE_TABLE_KEYS}
             if params.standardize.method == "volume-nonzero":
                 entry["mean"], entry["std"] = records[index]["mean"], records[index]["std"]
             cases.append(entry)
@@ -467,7 +469,7 @@ def _seal(
     summary = BuildSummary(
         str(store), layout.n_cases, patches, skipped, payload, time.perf_counter() - started, workers, resumed
     )
-    metadata = store_metadata(params, info, records, summary.to_dict())
+    metadata = seal(store_metadata(params, info, records, summary.to_dict()), arrays)
     if params.store.format == "zarr":
         set_metadata_zarr(store, metadata)  # complete: true, the very last write
     else:

@@ -63,7 +63,8 @@ def manifest(store: str, output: Path, progress: bool) -> None:
 def verify(store: str, manifest_path: Path | None, images: bool, progress: bool) -> None:
     """Verify STORE against a manifest (or its own patch table); print every difference, naming the array,
     shard/chunk, patch slots and case. Exit status 1 on any difference, 0 when all match."""
-    from brainprep.manifest import check_store_consistency, load_manifest, verify_against_manifest
+    from brainprep.manifest import load_manifest, verify_against_manifest
+    from brainprep.verify import check_store_consistency, unverified_note
 
     location = _store_location(store)
     try:
@@ -72,7 +73,11 @@ def verify(store: str, manifest_path: Path | None, images: bool, progress: bool)
             what = f"manifest {manifest_path}"
         else:
             differences = check_store_consistency(location, check_images=images, progress=progress)
-            what = "its own patch table and labels"
+            what = "its own checksums, digests, patch table and labels"
+            note = unverified_note(location) if not differences else None
+            if note is not None:
+                click.echo(f"note: {note}", err=True)
+                what = "its own patch table and labels (no checksums to check)"
     except BrainprepError as error:
         raise click.ClickException(str(error)) from None
     for difference in differences:

@@ -7,7 +7,9 @@ atomic); at the end the driver copies the already-compressed chunks into ``STORE
 ``write_direct_chunk`` (no recompression, I/O bound) and renames it to ``STORE.h5``
 (:func:`assemble_hdf5`). A killed build leaves the staged parts; ``STORE.h5`` exists only complete.
 
-Filters: shuffle + gzip (deflate), which every HDF5 library has built in, so plain h5py reads the file.
+Filters: shuffle + gzip (deflate) + fletcher32, which every HDF5 library has built in, so plain h5py reads
+the file and checks every chunk's fletcher32 checksum on every read (gzip alone would not notice a flipped
+byte that still inflates). The tables carry fletcher32 too.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ LABEL_CHUNKS_KEY = "label_chunks"
 
 
 def _dataset_options(level: int) -> dict[str, Any]:
-    return {"compression": "gzip", "compression_opts": int(level), "shuffle": True}
+    return {"compression": "gzip", "compression_opts": int(level), "shuffle": True, "fletcher32": True}
 
 
 def encode_case_chunks(
@@ -141,6 +143,6 @@ def assemble_hdf5(
                 images.id.write_direct_chunk((slot, 0, 0, 0, 0), image_chunk)
                 labels.id.write_direct_chunk((slot, 0, 0, 0), label_chunk)
         for name, array in arrays.items():
-            out.create_dataset(name, data=array)
+            out.create_dataset(name, data=array, fletcher32=True)
         out.attrs[schema.ATTRS_KEY] = json.dumps(metadata, sort_keys=True)
     os.replace(partial, path)

@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from brainprep.errors import StoreError, StoreIncompleteError
+from brainprep.errors import StoreCorruptError, StoreError, StoreIncompleteError
 from brainprep.params import BuildParams
-from brainprep.store import schema
+from brainprep.store import integrity, schema
 
 logger = logging.getLogger(__name__)
+#: locations already reported as unverified (a store without checksums is named once per process)
+_WARNED_UNVERIFIED: set[str] = set()
 
 URL_PREFIXES: tuple[str, ...] = ("http://", "https://", "s3://")
 
@@ -84,10 +86,13 @@ class PatchStore:
         format: ``"zarr"`` or ``"hdf5"``.
     """
 
-    def __init__(self, location: str | os.PathLike, *, require_complete: bool = True):
+    def __init__(
+        self, location: str | os.PathLike, *, require_complete: bool = True, check_integrity: bool = True
+    ):
         self.location = os.fspath(location)
         self.format = _format_of(self.location)
         self.require_complete = require_complete
+        self.check_integrity = check_integrity
         self._handle: Any = None
         self._images: Any = None
         self._labels: Any = None
@@ -136,16 +141,26 @@ class PatchStore:
         metadata = group.attrs.get(schema.ATTRS_KEY)
         self._handle = group
         self._check_metadata(metadata)
-        if not _is_remote(self.location):
-            from brainprep.store.shards import LocalShardReader
+        if self.require_complete or metadata.get("complete"):
+            self._shards = self._shard_readers(group)
 
+    def _shard_readers(self, group: Any) -> tuple[Any, Any] | None:
+        """Checked direct readers of the image and label shards (None: another layout, read by zarr)."""
+        from brainprep.store.shards import LocalFiles, ShardReader, StoreBytes, shard_layout
+
+        readers = []
+        for name in (schema.IMAGES, schema.LABELS):
             try:
-                self._shards = tuple(  # type: ignore[assignment]
-                    LocalShardReader(Path(self.location, name), group[name])
-                    for name in (schema.IMAGES, schema.LABELS)
-                )
-            except StoreError as err:  # another layout: zarr reads it
+                layout = shard_layout(name, group[name])
+            except (StoreError, KeyError) as err:  # another layout: zarr reads it
                 logger.debug("reading %s through zarr: %s", self.location, err)
+                return None
+            if _is_remote(self.location):
+                source: Any = StoreBytes(group.store, name, self.location)
+            else:
+                source = LocalFiles(Path(self.location, name))
+            readers.append(ShardReader(layout, source, self.describe_slot))
+        return readers[0], readers[1]
 
     def _open_hdf5(self) -> None:
         import h5py
@@ -183,7 +198,29 @@ class PatchStore:
                 "interrupted; rerun the same `brainprep build-patches` command to finish it "
                 "(or open with require_complete=False to inspect it)"
             )
+        if metadata.get("complete", False) and self.check_integrity:
+            self._check_integrity(metadata)
         self._metadata = metadata
+
+    def _check_integrity(self, metadata: dict[str, Any]) -> None:
+        """Refuse a sealed store whose metadata fails its digest; say once that an older one is unverified."""
+        if not integrity.is_sealed(metadata):
+            if self.location not in _WARNED_UNVERIFIED:
+                _WARNED_UNVERIFIED.add(self.location)
+                logger.warning(
+                    "%s was built without checksums (brainprep %s): its reads are not verified; rebuild it "
+                    "with this brainprep to have every chunk checked",
+                    self.location,
+                    metadata.get("tool_version", "?"),
+                )
+            return
+        problem = integrity.metadata_problem(metadata)
+        if problem is not None:
+            self.close()
+            raise StoreCorruptError(
+                f"{self.location}: {problem}; restore the store from its source or rebuild it "
+                f"(`brainprep verify {self.location}` lists what it can check)"
+            )
 
     # -- metadata ---------------------------------------------------------------------------------
     @property
@@ -196,6 +233,23 @@ class PatchStore:
     @property
     def params(self) -> BuildParams:
         return BuildParams.from_dict(self.metadata["params"])
+
+    @property
+    def content_id(self) -> str | None:
+        """The store's content id (sha256 hex, see :mod:`brainprep.store.integrity`); ``None`` for a store
+        built before stores carried one."""
+        return integrity.store_id(self.metadata)
+
+    def describe_slot(self, slot: int | None) -> str:
+        """``"slot 7 (case BRATS_003)"``, for messages."""
+        if slot is None:
+            return "the store"
+        metadata = self._metadata or {}
+        cases = metadata.get("cases", [])
+        per_case = int(metadata.get("params", {}).get("sampling", {}).get("patches_per_case", 0) or 0)
+        if per_case and 0 <= slot // per_case < len(cases):
+            return f"slot {slot} (case {cases[slot // per_case].get('case_id')})"
+        return f"slot {slot}"
 
     @property
     def cases(self) -> list[dict[str, Any]]:
@@ -225,16 +279,42 @@ class PatchStore:
     def table(self) -> PatchTable:
         if self._table is None:
             self._open()
-            read = {name: np.asarray(self._handle[name][...]) for name in schema.PATCH_TABLE_ARRAYS}
-            self._table = PatchTable(
-                valid=read[schema.PATCH_VALID].astype(bool),
-                case=read[schema.PATCH_CASE],
-                corner=read[schema.PATCH_CORNER],
-                tumour_fraction=read[schema.PATCH_TUMOUR_FRACTION],
-                class_fractions=read[schema.PATCH_CLASS_FRACTIONS],
-                split=read[schema.PATCH_SPLIT],
-            )
+            self.use_table({name: self.read_table_array(name) for name in schema.PATCH_TABLE_ARRAYS})
+        assert self._table is not None  # set just above; not an input check
         return self._table
+
+    def use_table(self, arrays: dict[str, np.ndarray]) -> None:
+        """Take the patch table from ``arrays`` (name -> array) instead of reading it: for
+        :mod:`brainprep.verify`, which reads the tables without their digest check to report them."""
+        self._table = PatchTable(
+            valid=arrays[schema.PATCH_VALID].astype(bool),
+            case=arrays[schema.PATCH_CASE],
+            corner=arrays[schema.PATCH_CORNER],
+            tumour_fraction=arrays[schema.PATCH_TUMOUR_FRACTION],
+            class_fractions=arrays[schema.PATCH_CLASS_FRACTIONS],
+            split=arrays[schema.PATCH_SPLIT],
+        )
+
+    def read_table_array(self, name: str, *, check: bool = True) -> np.ndarray:
+        """A whole table array (patch table or case statistics), checked against its recorded digest
+        (``check=False``: not, for :mod:`brainprep.verify`, which reports a mismatch instead).
+
+        Raises:
+            StoreCorruptError: the array fails its checksum or digest (edited or damaged).
+        """
+        self._open()
+        try:
+            array = np.asarray(self._handle[name][...])
+        except KeyError as error:
+            raise StoreCorruptError(f"{self.location}: table {name} missing") from error
+        except (OSError, ValueError) as error:  # a chunk failing its crc32c / fletcher32
+            raise StoreCorruptError(
+                f"{self.location}: table {name} does not decode ({error}); run `brainprep verify "
+                f"{self.location}`"
+            ) from error
+        if check and self._metadata is not None and self._metadata.get("complete", False):
+            integrity.check_table(self.location, self._metadata, name, array)
+        return array
 
     def patch_indices(self, split: str | None = None) -> np.ndarray:
         """int64 slots holding a patch, ascending; only those of ``split`` (``train``/``val``) if given."""
@@ -260,48 +340,63 @@ class PatchStore:
             self._check_slot(slot)
         return slots
 
+    def _holds_patch(self, slot: int) -> bool:
+        """False for an empty slot of a complete store (it reads as zeros without touching the data,
+        since a case without patches may have no shard); True otherwise."""
+        if self._metadata is None or not self._metadata.get("complete", False):
+            return True
+        return bool(self.table.valid[slot])
+
     def read_image(self, slot: int) -> np.ndarray:
-        """(4, X, Y, Z) image patch of ``slot`` in the store dtype."""
-        slot = self._check_slot(slot)
-        if self._shards is not None:
-            return self._shards[0].read(slot)
-        return np.asarray(self.images[slot])
+        """(4, X, Y, Z) image patch of ``slot`` in the store dtype (zeros for an empty slot)."""
+        return self._read_one(0, slot)
 
     def read_label(self, slot: int) -> np.ndarray:
-        """uint8 (X, Y, Z) label patch of ``slot``."""
+        """uint8 (X, Y, Z) label patch of ``slot`` (zeros for an empty slot)."""
+        return self._read_one(1, slot)
+
+    def _read_one(self, which: int, slot: int) -> np.ndarray:
+        """Array ``which`` (0 images, 1 labels) of one slot, checked (see :meth:`read_patches_into`)."""
         slot = self._check_slot(slot)
+        array = (self.images, self.labels)[which]
+        out = np.zeros(array.shape[1:], dtype=array.dtype)
+        if not self._holds_patch(slot):
+            return out
         if self._shards is not None:
-            return self._shards[1].read(slot)
-        return np.asarray(self.labels[slot])
+            self._shards[which].read_into(slot, out)
+            return out
+        return self._read_fallback(np.array([slot]))[which][0]
 
     def read_patches_into(
         self, slots: np.ndarray | list[int], images: np.ndarray, labels: np.ndarray
     ) -> None:
         """Read ``slots`` into ``images[i]`` / ``labels[i]`` (C-contiguous arrays of the store dtypes).
 
-        A local Zarr store decodes each chunk straight into the arrays (no other copy); other stores read
-        through :meth:`read_patches`.
+        A brainprep Zarr store (any location) decodes each chunk straight into the arrays after checking
+        its crc32c; HDF5 checks each chunk's fletcher32; an empty slot reads as zeros.
 
         Args:
             slots: int (B,) slot indices (repeats allowed).
             images: (B, 4, X, Y, Z) store dtype; labels: uint8 (B, X, Y, Z).
+
+        Raises:
+            StoreCorruptError: a chunk is missing, cut short or fails its checksum; the message names the
+                slot, its case and the shard or dataset.
         """
         slots = self._check_slots(slots)
         if self._shards is None:
-            images[...], labels[...] = self._read_checked(slots)
+            images[...], labels[...] = self._read_fallback(slots)
             return
-        self._decode_into(slots, images, labels)
-
-    def _decode_into(self, slots: np.ndarray, images: np.ndarray, labels: np.ndarray) -> None:
-        """Decode checked ``slots`` of a local Zarr store into ``images[i]`` / ``labels[i]``."""
-        assert self._shards is not None  # callers test it; not an input check
         image_reader, label_reader = self._shards
         for i, slot in enumerate(slots):
+            if not self._holds_patch(int(slot)):
+                images[i], labels[i] = 0, 0
+                continue
             image_reader.read_into(int(slot), images[i])
             label_reader.read_into(int(slot), labels[i])
 
     def read_patches(self, slots: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Read several slots at once, in shard order, returned in the order asked.
+        """Read several slots at once, returned in the order asked (see :meth:`read_patches_into`).
 
         Args:
             slots: int (B,) slot indices (repeats allowed).
@@ -309,32 +404,48 @@ class PatchStore:
         Returns:
             (images (B, 4, X, Y, Z) store dtype, labels uint8 (B, X, Y, Z)).
         """
-        return self._read_checked(self._check_slots(slots))
+        slots = self._check_slots(slots)
+        images = np.empty((len(slots), *self.images.shape[1:]), dtype=self.images.dtype)
+        labels = np.empty((len(slots), *self.labels.shape[1:]), dtype=self.labels.dtype)
+        self.read_patches_into(slots, images, labels)
+        return images, labels
 
-    def _read_checked(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`read_patches` of slots already checked."""
-        if self._shards is not None:
-            images = np.empty((len(slots), *self.images.shape[1:]), dtype=self.images.dtype)
-            labels = np.empty((len(slots), *self.labels.shape[1:]), dtype=self.labels.dtype)
-            self._decode_into(slots, images, labels)
-            return images, labels
+    def _read_fallback(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Checked ``slots`` of an HDF5 store or a Zarr store of another layout, in the order asked."""
         unique, inverse = np.unique(slots, return_inverse=True)  # sorted: grouped by shard (case)
+        images = np.zeros((len(unique), *self.images.shape[1:]), dtype=self.images.dtype)
+        labels = np.zeros((len(unique), *self.labels.shape[1:]), dtype=self.labels.dtype)
         if self.format == "zarr":
             # Runs of consecutive slots are read as basic slices: zarr 3.1's orthogonal (integer-array)
             # selection is ~30x slower per patch than a slice over the same chunks of a shard.
-            images = np.empty((len(unique), *self.images.shape[1:]), dtype=self.images.dtype)
-            labels = np.empty((len(unique), *self.labels.shape[1:]), dtype=self.labels.dtype)
             for start, stop in consecutive_runs(unique):
                 first, last = int(unique[start]), int(unique[stop - 1]) + 1
                 images[start:stop] = self.images[first:last]
                 labels[start:stop] = self.labels[first:last]
         else:
-            images = np.empty((len(unique), *self.images.shape[1:]), dtype=self.images.dtype)
-            labels = np.empty((len(unique), *self.labels.shape[1:]), dtype=self.labels.dtype)
             for i, slot in enumerate(unique):
-                self.images.read_direct(images, np.s_[slot], np.s_[i])
-                self.labels.read_direct(labels, np.s_[slot], np.s_[i])
+                if self._holds_patch(int(slot)):
+                    self._read_hdf5_slot(int(slot), images, labels, i)
         return images[inverse], labels[inverse]
+
+    def _read_hdf5_slot(self, slot: int, images: np.ndarray, labels: np.ndarray, i: int) -> None:
+        """One valid slot of an HDF5 store into ``images[i]`` / ``labels[i]``: its chunks must be stored
+        (an unallocated chunk would read as zeros) and pass their fletcher32."""
+        for dataset, out in ((self.images, images), (self.labels, labels)):
+            offset = (slot,) + (0,) * (dataset.ndim - 1)
+            if dataset.id.get_chunk_info_by_coord(offset).byte_offset is None:
+                raise StoreCorruptError(
+                    f"{dataset.name.lstrip('/')} of {self.describe_slot(slot)}: chunk missing in "
+                    f"{self.location}; run `brainprep verify {self.location}`"
+                )
+            try:
+                dataset.read_direct(out, np.s_[slot], np.s_[i])
+            except OSError as error:
+                raise StoreCorruptError(
+                    f"{dataset.name.lstrip('/')} of {self.describe_slot(slot)}: chunk fails its checksum "
+                    f"or does not decode ({error}) in {self.location}; run `brainprep verify "
+                    f"{self.location}`"
+                ) from error
 
     # -- lifecycle --------------------------------------------------------------------------------
     def close(self) -> None:
@@ -354,10 +465,18 @@ class PatchStore:
         self.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"location": self.location, "require_complete": self.require_complete}
+        return {
+            "location": self.location,
+            "require_complete": self.require_complete,
+            "check_integrity": self.check_integrity,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["location"], require_complete=state["require_complete"])  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]
+            state["location"],
+            require_complete=state["require_complete"],
+            check_integrity=state.get("check_integrity", True),
+        )
 
     def __len__(self) -> int:
         return self.n_slots
@@ -366,21 +485,27 @@ class PatchStore:
         return f"PatchStore({self.location!r}, format={self.format!r})"
 
 
-def open_store(location: str | os.PathLike, *, require_complete: bool = True) -> PatchStore:
+def open_store(
+    location: str | os.PathLike, *, require_complete: bool = True, check_integrity: bool = True
+) -> PatchStore:
     """Open a patch store for reading.
 
     Args:
         location: ``STORE.zarr`` folder, ``STORE.h5`` file, a packed ``.zip``, or an ``http(s)://`` /
             ``s3://`` URL of either.
         require_complete: refuse a store whose build has not finished (the default).
+        check_integrity: refuse a sealed store whose metadata fails its digest (the default; only
+            :mod:`brainprep.verify` turns it off, to report the mismatch). Chunk checksums are checked
+            on every read regardless.
 
     Returns:
         The open :class:`PatchStore` (opened eagerly here, so problems show at once).
 
     Raises:
         StoreIncompleteError: the store's build is still running or was interrupted.
+        StoreCorruptError: its metadata fails its recorded digest (hand-edited or damaged).
         StoreError: nothing, or no brainprep store, at ``location``.
     """
-    store = PatchStore(location, require_complete=require_complete)
+    store = PatchStore(location, require_complete=require_complete, check_integrity=check_integrity)
     store._open()
     return store

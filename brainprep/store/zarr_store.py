@@ -3,8 +3,11 @@
 Workers write the shards of their own cases directly (:func:`write_case_zarr`): shards are disjoint
 files, so a parallel build needs no locking and a resumed build rewrites a case by rewriting its shard.
 The driver creates the arrays (:func:`create_zarr_store`) and, at the very end, the patch table and the
-metadata (:func:`finish_zarr_store`). zarr's LocalStore writes every file through a temporary name and a
-rename, so a killed build leaves whole shards or none.
+metadata (:func:`finish_zarr_store`). Shards and zarr's own files are written through a temporary name and
+a rename, so a killed build leaves whole shards or none.
+
+Every chunk carries a crc32c (the core Zarr v3 ``crc32c`` codec after Blosc, and after zstd in the
+tables), so every Zarr v3 reader checks it on every read.
 """
 
 from __future__ import annotations
@@ -17,17 +20,26 @@ import numpy as np
 from brainprep.store import schema
 
 
-def image_codec(dtype: str, level: int) -> Any:
-    """Blosc zstd with byte shuffle: a core Zarr v3 codec (no numcodecs extension needed to read)."""
-    from zarr.codecs import BloscCodec
+def image_codec(dtype: str, level: int) -> tuple[Any, Any]:
+    """Blosc zstd with byte shuffle, then crc32c: core Zarr v3 codecs (no numcodecs extension needed to
+    read); the crc32c lets every reader tell a damaged chunk, which Blosc alone decodes silently."""
+    from zarr.codecs import BloscCodec, Crc32cCodec
 
-    return BloscCodec(
+    blosc = BloscCodec(
         cname="zstd",
         clevel=int(level),
         shuffle="shuffle",
         typesize=np.dtype(dtype).itemsize,
         blocksize=schema.BLOSC_BLOCKSIZE,
     )
+    return blosc, Crc32cCodec()
+
+
+def table_codec() -> tuple[Any, Any]:
+    """zstd (zarr's default compressor) then crc32c, for the patch table and case statistics."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return ZstdCodec(level=0, checksum=False), Crc32cCodec()
 
 
 def create_zarr_store(path: Path, layout: schema.StoreLayout, metadata: dict[str, Any]) -> None:
@@ -67,24 +79,31 @@ def create_zarr_store(path: Path, layout: schema.StoreLayout, metadata: dict[str
 
 def write_case_zarr(
     path: Path, layout: schema.StoreLayout, index: int, images: np.ndarray, labels: np.ndarray
-) -> None:
+) -> dict[str, str]:
     """Write the K slots (one whole shard per array) of case ``index``.
 
     Args:
         path: ``STORE.zarr`` folder created by :func:`create_zarr_store`.
         images: (K, 4, X, Y, Z) in the store dtype; slots without a patch are zeros.
         labels: uint8 (K, X, Y, Z).
+
+    Returns:
+        ``{"images": digest, "labels": digest}``: each shard's
+        :func:`~brainprep.store.shards.checksum_digest`, recorded in the case table.
     """
     import zarr
 
-    from brainprep.store.shards import LocalShardWriter
+    from brainprep.store.shards import ShardWriter, shard_layout
 
     group = zarr.open_group(str(path), mode="r+")
-    # A case is one shard of each array, written whole by LocalShardWriter: the bytes zarr would write
-    # with write_empty_chunks (every chunk stored; an empty slot holds a few hundred bytes of compressed
-    # zeros and reads as zeros, as an absent chunk does), in under half of zarr's time.
+    # A case is one shard of each array, written whole by ShardWriter: the bytes zarr would write with
+    # write_empty_chunks (every chunk stored: an empty slot holds a few hundred bytes of compressed zeros,
+    # and a chunk that is absent from a complete store is damage, not zeros), in under half of zarr's time.
+    digests = {}
     for name, data in ((schema.IMAGES, images), (schema.LABELS, labels)):
-        LocalShardWriter(Path(path) / name, group[name]).write(index, np.ascontiguousarray(data))
+        writer = ShardWriter(Path(path) / name, shard_layout(name, group[name]))
+        digests[name] = writer.write(index, np.ascontiguousarray(data))
+    return digests
 
 
 def write_table_zarr(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -93,7 +112,7 @@ def write_table_zarr(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
     group = zarr.open_group(str(path), mode="r+")
     for name, array in arrays.items():
-        group.create_array(name, data=array, chunks=array.shape, overwrite=True)
+        group.create_array(name, data=array, chunks=array.shape, compressors=table_codec(), overwrite=True)
 
 
 def set_metadata_zarr(path: Path, metadata: dict[str, Any]) -> None:
