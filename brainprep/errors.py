@@ -92,3 +92,20 @@ class StoreCorruptError(StoreError, ValueError):
 
 class StoreSpaceError(StoreError, OSError):
     """The disk holding a store being built is full (the store stays incomplete and resumable)."""
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` as the one line a command prints.
+
+    An error raised in a torch DataLoader worker reaches the training process re-raised with the worker's
+    whole traceback in its message (``Caught StoreCorruptError in DataLoader worker process 0. Original
+    Traceback ...``); its last line is the original message, prefixed with the exception's qualified name.
+    """
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(error).__name__
+    last = lines[-1]
+    name, _, rest = last.partition(": ")
+    if rest and name.rsplit(".", 1)[-1] == type(error).__name__:
+        return rest
+    return " ".join(line.strip() for line in lines)

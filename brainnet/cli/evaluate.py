@@ -34,13 +34,16 @@ def evaluate(
     from brainnet.evaluate import evaluate_store, format_table, write_evaluation
     from brainnet.train.checkpoint import load_model
     from brainnet.train.distributed import resolve_device
-    from brainprep.errors import BrainprepError
+    from brainprep.errors import BrainprepError, one_line
     from brainprep.store import open_store
+    from brainprep.store.integrity import short_id
 
     try:
         target = resolve_device(device)
         loaded = load_model(checkpoint, target)
         patch_store = open_store(store)
+        click.echo(loaded.provenance(), err=True)
+        click.echo(f"evaluating on {store} (store id {short_id(patch_store.content_id)})", err=True)
         if patch_store.params.to_dict() != loaded.build_params.to_dict():
             click.echo(
                 f"warning: {store} was built with other parameters than the checkpoint's training store",
@@ -57,7 +60,7 @@ def evaluate(
             progress=progress,
         )
     except BrainprepError as err:
-        raise click.ClickException(str(err)) from err
+        raise click.ClickException(one_line(err)) from err
     click.echo(format_table(result))
     if out_dir is not None:
         paths = write_evaluation(result, out_dir, {"checkpoint": str(checkpoint), "store": str(store)})

@@ -70,12 +70,13 @@ def predict(
     from brainnet.predict import segment_case
     from brainnet.train.checkpoint import load_model
     from brainnet.train.distributed import resolve_device
-    from brainprep.errors import BrainprepError
+    from brainprep.errors import BrainprepError, one_line
 
     try:
         files = _resolve_case(input_path, case_id)
         target = resolve_device(device)
         loaded = load_model(checkpoint, target)
+        click.echo(loaded.provenance(), err=True)
         result = segment_case(
             loaded,
             files,
@@ -88,7 +89,7 @@ def predict(
             progress=progress,
         )
     except BrainprepError as err:
-        raise click.ClickException(str(err)) from err
+        raise click.ClickException(one_line(err)) from err
     counts = [int((result.labels == v).sum()) for v in range(4)]
     click.echo(
         f"{result.case_id}: wrote {result.output} (voxels per label 0/1/2/3: {'/'.join(map(str, counts))})"

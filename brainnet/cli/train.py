@@ -81,6 +81,11 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
 @click.option(
     "--resume", is_flag=True, help="Continue RUN_DIR/last.pt (its configs; --epochs etc. may change)."
 )
+@click.option(
+    "--allow-store-change",
+    is_flag=True,
+    help="With --resume: go on training on a store other than the checkpoint's (fine-tuning on purpose).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.pass_context
 def train(ctx: click.Context, store: str, out_dir: Path, **options: object) -> None:
@@ -89,7 +94,7 @@ def train(ctx: click.Context, store: str, out_dir: Path, **options: object) -> N
     from brainnet.train import TrainConfig
     from brainnet.train import train as run_training
     from brainnet.train.checkpoint import load_checkpoint
-    from brainprep.errors import BrainprepError
+    from brainprep.errors import BrainprepError, one_line
     from brainprep.store import open_store
 
     val_split = None if options["val_split"] == "none" else str(options["val_split"])
@@ -130,10 +135,16 @@ def train(ctx: click.Context, store: str, out_dir: Path, **options: object) -> N
             config = TrainConfig.from_dict(saved["train_config"]).replace(**given)
         patch_store = open_store(store)
         result = run_training(
-            patch_store, out_dir, config, model_config, progress=options["progress"], resume=options["resume"]
+            patch_store,
+            out_dir,
+            config,
+            model_config,
+            progress=options["progress"],
+            resume=options["resume"],
+            allow_store_change=bool(options["allow_store_change"]),
         )
     except BrainprepError as err:
-        raise click.ClickException(str(err)) from err
+        raise click.ClickException(one_line(err)) from err
     if result.rank == 0:
         click.echo(
             f"trained {result.epochs} epochs ({result.global_step} steps); "

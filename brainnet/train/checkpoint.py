@@ -12,6 +12,7 @@ model_config       ``ModelConfig.to_dict()``
 train_config       ``TrainConfig.to_dict()``
 build_params       the store's ``BuildParams.to_dict()`` (patch size, standardization, ...)
 store              the store location (str)
+store_id           the store's content id (sha256 hex; ``None`` for a store without one)
 optimizer          Adam's ``state_dict``
 scaler             GradScaler ``state_dict`` (float16 AMP) or ``{}``
 epoch              epochs completed
@@ -30,6 +31,7 @@ while saving leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from dataclasses import dataclass
@@ -41,7 +43,7 @@ import torch
 
 from brainnet.model import ModelConfig, UNet3D, build_model
 from brainnet.train.config import TrainConfig
-from brainprep.errors import BrainprepError
+from brainprep.errors import BrainprepError, one_line
 from brainprep.params import BuildParams
 
 FORMAT_VERSION = 1
@@ -113,6 +115,14 @@ def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dic
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():
+            raise CheckpointError(f"cannot read checkpoint {path}: {one_line(err)}") from err
+        # torch's own message suggests weights_only=False, which would run the code the file holds
+        raise CheckpointError(
+            f"refused checkpoint {path}: it holds code objects or classes (not only tensors, numbers and "
+            "strings), so loading it could run code; brainnet never loads such files"
+        ) from err
     except Exception as err:  # torch raises several unrelated types for a bad file
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
     missing = [k for k in ("model", "model_config", "build_params") if k not in payload]
@@ -134,6 +144,7 @@ class LoadedModel:
         model: the network in eval mode, on the requested device.
         model_config, train_config, build_params: as stored in the checkpoint.
         store: location of the store it was trained on.
+        store_id: content id of that store (``None`` for a checkpoint or store from before store ids).
         epoch: epochs completed when the checkpoint was written.
     """
 
@@ -143,6 +154,15 @@ class LoadedModel:
     build_params: BuildParams
     store: str
     epoch: int
+    store_id: str | None = None
+
+    def provenance(self) -> str:
+        """One line naming the training store and its content id, for commands that use the model."""
+        from brainprep.store.integrity import short_id
+
+        return (
+            f"model trained {self.epoch} epoch(s) on {self.store or '?'} (store id {short_id(self.store_id)})"
+        )
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
@@ -160,4 +180,5 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
         build_params=BuildParams.from_dict(payload["build_params"]),
         store=str(payload.get("store", "")),
         epoch=int(payload.get("epoch", 0)),
+        store_id=payload.get("store_id"),
     )

@@ -316,6 +316,32 @@ def _check_resumable(
         )
 
 
+def _check_same_store(saved: dict[str, Any], store: Any, path: Path, allow_change: bool) -> None:
+    """Refuse to resume ``path`` on a store other than the one it was trained on (by content id, or by
+    build parameters for stores and checkpoints from before content ids), unless ``allow_change``."""
+    from brainprep.store.integrity import short_id
+
+    old_id, new_id = saved.get("store_id"), getattr(store, "content_id", None)
+    if old_id and new_id:
+        if old_id != new_id and not allow_change:
+            raise StoreMismatchError(
+                f"cannot resume {path} on store {store.location} (id {short_id(new_id)}): it was trained on "
+                f"{saved.get('store', '?')} (id {short_id(old_id)}); pass --allow-store-change to go on "
+                "training on another store on purpose"
+            )
+        return
+    if saved["build_params"] != store.params.to_dict() and not allow_change:
+        raise StoreMismatchError(
+            f"cannot resume {path}: store {store.location} was not built like the store it was trained on "
+            f"({saved.get('store', '?')}); pass --allow-store-change to go on on purpose"
+        )
+    logger.warning(
+        "resuming %s without a store id to compare (a store or checkpoint from before store ids): only the "
+        "build parameters were compared",
+        path,
+    )
+
+
 def _open(store: Any):
     if hasattr(store, "read_patches"):
         return store
@@ -332,6 +358,7 @@ def train(
     progress: bool = False,
     *,
     resume: bool = False,
+    allow_store_change: bool = False,
 ) -> TrainResult:
     """Train a :class:`~brainnet.model.UNet3D` on the ``train`` split of a store.
 
@@ -346,10 +373,13 @@ def train(
         progress: show a tqdm bar with loss and Dice (rank 0 only).
         resume: continue from ``out_dir/last.pt`` (model, optimizer, epoch, step, RNG and sampler state);
             the run then ends after ``config.epochs`` epochs in total. A fresh start when it is absent.
+        allow_store_change: let ``resume`` continue on a store other than the checkpoint's (fine-tuning
+            on purpose); otherwise a different store content id is refused.
 
     Raises:
         NonFiniteLossError: the loss became NaN/Inf (message names epoch and step).
         ConfigError: an empty train split, or a resume with a different model / trajectory.
+        StoreMismatchError: a resume on another store (without ``allow_store_change``).
     """
     store = _open(store)
     out_dir = Path(out_dir)
@@ -357,7 +387,7 @@ def train(
     context = init_distributed(config.device)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        return _run(store, out_dir, config, model_config, progress, resume, context)
+        return _run(store, out_dir, config, model_config, progress, resume, context, allow_store_change)
     finally:
         torch.use_deterministic_algorithms(deterministic)
         shutdown(context)
@@ -371,6 +401,7 @@ def _run(
     progress: bool,
     resume: bool,
     context: DistributedContext,
+    allow_store_change: bool = False,
 ) -> TrainResult:
     device = context.device
     if config.deterministic:
@@ -389,8 +420,7 @@ def _run(
     if resume and last_path.exists():
         saved = ckpt.load_checkpoint(last_path, map_location=device)
         _check_resumable(saved, config, model_config, last_path)
-        if saved["build_params"] != store.params.to_dict():
-            raise StoreMismatchError(f"store {store.location} was not built like the store of {last_path}")
+        _check_same_store(saved, store, last_path, allow_store_change)
         if saved.get("world_size", 1) != context.world_size:
             raise ConfigError(
                 f"cannot resume {last_path} (written by {saved.get('world_size', 1)} ranks) "
@@ -480,6 +510,7 @@ def _run(
                     "train_config": config.to_dict(),
                     "build_params": store.params.to_dict(),
                     "store": str(store.location),
+                    "store_id": getattr(store, "content_id", None),
                     "optimizer": optimizer.state_dict(),
                     "scaler": precision.scaler.state_dict() if precision.scaler is not None else {},
                     "epoch": epoch,

@@ -181,7 +181,7 @@ def build_patches(
     """
     from brainprep.build import BadCasesError
     from brainprep.build import build_patches as run_build
-    from brainprep.errors import BrainprepError
+    from brainprep.errors import BrainprepError, one_line
 
     if recipe is not None:
         clashing = sorted(f"--{k.replace('_', '-')}" for k in CONTENT_OPTIONS if options.get(k) is not None)
@@ -211,5 +211,5 @@ def build_patches(
             click.echo(message, err=True)
         raise click.ClickException(f"{err.summary}; fix them or pass --skip-bad") from err
     except BrainprepError as err:
-        raise click.ClickException(str(err)) from err
+        raise click.ClickException(one_line(err)) from err
     click.echo(summary.line())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from brainprep.errors import BrainprepError
+from brainprep.errors import BrainprepError, one_line
 from brainprep.params import STORE_DTYPES
 
 
@@ -42,7 +42,7 @@ def import_course(
             progress=progress,
         )
     except BrainprepError as error:
-        raise click.ClickException(str(error)) from None
+        raise click.ClickException(one_line(error)) from None
     for name in result.unlisted:
         action = "skipped" if unlisted == "skip" else "imported as train"
         click.echo(f"not in config.json, {action}: {name}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from brainprep.errors import BrainprepError
+from brainprep.errors import BrainprepError, one_line
 
 
 def _store_location(value: str) -> str:
@@ -37,7 +37,7 @@ def manifest(store: str, output: Path, progress: bool) -> None:
     try:
         written = write_manifest(location, output, progress=progress)
     except BrainprepError as error:
-        raise click.ClickException(str(error)) from None
+        raise click.ClickException(one_line(error)) from None
     n_chunks = sum(len(array["stored"]) for array in written["arrays"].values())
     click.echo(
         f"{output}: {len(written['cases'])} cases, {len(written['arrays'])} arrays, {n_chunks} chunks hashed"
@@ -79,7 +79,7 @@ def verify(store: str, manifest_path: Path | None, images: bool, progress: bool)
                 click.echo(f"note: {note}", err=True)
                 what = "its own patch table and labels (no checksums to check)"
     except BrainprepError as error:
-        raise click.ClickException(str(error)) from None
+        raise click.ClickException(one_line(error)) from None
     for difference in differences:
         click.echo(str(difference))
     if differences:
@@ -101,5 +101,5 @@ def pack(store: Path, output: Path, overwrite: bool, progress: bool) -> None:
     try:
         pack_store(store, output, progress=progress, overwrite=overwrite)
     except BrainprepError as error:
-        raise click.ClickException(str(error)) from None
+        raise click.ClickException(one_line(error)) from None
     click.echo(f"{output}: {output.stat().st_size} bytes")

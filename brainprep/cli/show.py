@@ -57,7 +57,7 @@ def show(
     data_dir: Path, case_id: str, out_png: Path, out_gif: Path | None, channel: str, gif_step: int
 ) -> None:
     """Draw case CASE_ID of DATA_DIR: four channels x three planes through the tumour centre."""
-    from brainprep.errors import BrainprepError
+    from brainprep.errors import BrainprepError, one_line
     from brainprep.read import discover_cases, read_case
     from brainprep.show import write_gif, write_planes_png
 
@@ -71,4 +71,4 @@ def show(
         if out_gif is not None:
             click.echo(str(write_gif(case, out_gif, channel=index, step=gif_step)))
     except BrainprepError as err:
-        raise click.ClickException(str(err)) from err
+        raise click.ClickException(one_line(err)) from err

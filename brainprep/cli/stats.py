@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from brainprep.errors import BrainprepError
+from brainprep.errors import BrainprepError, one_line
 
 
 @click.command("stats")
@@ -29,7 +29,7 @@ def stats(store: str, plot_path: Path | None, bins: int) -> None:
     try:
         result = store_stats(store, bins=bins)
     except BrainprepError as error:
-        raise click.ClickException(str(error)) from None
+        raise click.ClickException(one_line(error)) from None
     click.echo(format_stats(result))
     if plot_path is not None:
         plot_stats(result, plot_path, title=str(store))

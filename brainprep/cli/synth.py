@@ -53,7 +53,7 @@ def synth(
     overwrite: bool,
 ) -> None:
     """Write N synthetic BraTS-like cases to OUT_DIR (MSD layout by default)."""
-    from brainprep.errors import BrainprepError
+    from brainprep.errors import BrainprepError, one_line
     from brainprep.synth import SynthParams, write_synthetic_dataset
 
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
@@ -70,7 +70,7 @@ def synth(
         )
         write_synthetic_dataset(out_dir, params, progress=True, overwrite=overwrite)
     except BrainprepError as err:
-        raise click.ClickException(str(err)) from err
+        raise click.ClickException(one_line(err)) from err
     x, y, z = params.shape
     head = "skull-stripped" if params.skull_stripped else "with skull"
     click.echo(
