@@ -27,7 +27,7 @@ from brainprep.params import SamplingParams
 from brainprep.read import CaseFiles, discover_cases, read_case
 from brainprep.read.labels import MSD_CLASS_NAMES
 from brainprep.read.nifti import open_nifti, verify_gzip_stream
-from brainprep.sample import valid_corner_share
+from brainprep.sample import patch_misfit, valid_corner_share
 
 logger = logging.getLogger(__name__)
 
@@ -247,6 +247,9 @@ def check_case(
                 case_id=files.case_id,
                 path=files.image_paths[0],
             )
+        misfit = patch_misfit(case.shape, patch_size)
+        if misfit is not None:
+            raise ShapeMismatchError(misfit, case_id=files.case_id, path=files.image_paths[0])
         if case.label is not None:
             voxel_counts = class_voxel_counts(case.label)
             share = valid_corner_share(case.label, patch_size, background_threshold)

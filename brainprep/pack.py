@@ -53,7 +53,7 @@ def pack_store(store: Path, output: Path, *, progress: bool = False, overwrite: 
     if output.suffix.lower() != ".zip":
         raise StoreError(f"packed store must end in .zip (e.g. {store.name}.zip), got {output}")
     if output.exists() and not overwrite:
-        raise StoreError(f"{output} exists; remove it or pass overwrite=True")
+        raise StoreError(f"{output} exists; remove it or pass --overwrite (overwrite=True in Python)")
     open_store(store, require_complete=True).close()  # refuses an incomplete or foreign store
     files = store_files(store)
     iterator = files

@@ -132,6 +132,17 @@ def valid_corner_mask(
     return corner_background_ratio(label, patch_size) < background_threshold
 
 
+def patch_misfit(shape: tuple[int, ...], patch_size: tuple[int, int, int]) -> str | None:
+    """Why no patch of ``patch_size`` fits a volume of ``shape`` (``None`` when one fits): one line."""
+    if all(int(p) <= int(s) for p, s in zip(patch_size, shape, strict=True)):
+        return None
+    axes = [name for name, p, s in zip("XYZ", patch_size, shape, strict=True) if int(p) > int(s)]
+    return (
+        f"the {_patch_label(patch_size)} patch does not fit the {'x'.join(map(str, shape))} volume "
+        f"(larger along {', '.join(axes)}): no corner to cut a patch from"
+    )
+
+
 def valid_corner_share(
     label: np.ndarray, patch_size: tuple[int, int, int], background_threshold: float = 0.95
 ) -> float:

@@ -19,6 +19,7 @@ The content of the store depends only on the data, the parameters and the seed (
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -26,6 +27,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,7 @@ from brainprep import __version__
 from brainprep.build.case import CaseTask, case_record, release_buffers, write_case
 from brainprep.build.plan import BadCasesError, CasePlan, plan_case, source_fingerprint
 from brainprep.build.summary import BuildSummary
-from brainprep.errors import ConfigError, StoreError, StoreMismatchError
+from brainprep.errors import ConfigError, StoreError, StoreMismatchError, StoreSpaceError
 from brainprep.params import BuildParams
 from brainprep.read import CHANNEL_NAMES, CaseFiles, discover_cases
 from brainprep.read.labels import MSD_CLASS_NAMES
@@ -300,13 +303,24 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _case_difference(before: list, after: list) -> str:
+    """The first case (id and split) that differs between two case lists, named with both values."""
+    for position, (old, new) in enumerate(zip(before, after, strict=False)):
+        if list(old) != list(new):
+            return (
+                f"cases (case {position + 1} of {len(before)}: interrupted build {old[0]} {old[1]}, "
+                f"this build {new[0]} {new[1]})"
+            )
+    return f"cases (interrupted build: {len(before)} cases, this build: {len(after)} cases)"
+
+
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     before, after = _flatten(old), _flatten(new)
     lines = []
     for key in sorted(set(before) | set(after)):
         if before.get(key) != after.get(key):
             if key == "cases":
-                lines.append(f"cases (interrupted build: {len(before[key])}, this build: {len(after[key])})")
+                lines.append(_case_difference(before.get(key) or [], after.get(key) or []))
             else:
                 lines.append(
                     f"{key} (interrupted build: {before.get(key)!r}, this build: {after.get(key)!r})"
@@ -555,6 +569,8 @@ def build_patches(
         StoreLockedError: another build holds the store.
         StoreMismatchError: an interrupted build of this store used other parameters.
         StoreError: the store exists and is complete (without ``overwrite``), or is not a brainprep store.
+        StoreSpaceError: the disk filled up (the store stays incomplete; rerun to resume once freed).
+        ConfigError: no case can be built (e.g. a patch larger than every volume); nothing is written.
     """
     started = time.perf_counter()
     # Absolute paths: tasks may run on dask workers whose working directory is not ours.
@@ -583,37 +599,108 @@ def build_patches(
         params.store.dtype,
         params.store.compression_level,
     )
-    with BuildLock(store), Executor(workers, scheduler, progress) as executor:
-        state = BuildState(store)
-        mode = _prepare(store, fmt, state, info, overwrite)
-        if mode == "sealed":
-            return _sealed_summary(store, fmt, state)
-        resumed = mode == "resume"
-        done = state.done() if resumed else {}
-        if done:
-            logger.info("resuming %s: %d of %d cases already done", store, len(done), len(cases))
-        todo = [
-            (files, i, assigned[files.case_id], params, root)
-            for i, files in enumerate(cases)
-            if i not in done
-        ]
-        plans = sorted(executor.map(_plan_task, todo, "plan"), key=lambda p: p.index)
-        bad = [p for p in plans if p.problem is not None]
-        if bad and not skip_bad:
-            raise BadCasesError([p.problem for p in bad if p.problem is not None], resumed=resumed)
-        if not resumed:
-            state.create(info)
-            if fmt == "zarr":
-                from brainprep.store.zarr_store import create_zarr_store
+    job = _BuildJob(store, fmt, params, info, cases, assigned, layout, root, skip_bad, overwrite, started)
+    with (
+        _full_disk_as_store_error(store, layout),
+        BuildLock(store),
+        Executor(workers, scheduler, progress) as executor,
+    ):
+        return _locked_build(job, executor)
 
-                create_zarr_store(store, layout, store_metadata(params, info, None, None))
-        for plan in bad:
+
+@contextmanager
+def _full_disk_as_store_error(store: Path, layout: schema.StoreLayout) -> Iterator[None]:
+    """Turn a full disk (ENOSPC, EDQUOT), met anywhere in the build, into one :class:`StoreSpaceError`."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise _space_error(store, layout, error) from error
+
+
+def _space_error(store: Path, layout: schema.StoreLayout, error: OSError) -> StoreSpaceError:
+    """One line for a full disk: where, how much more a build of this size needs, and that it resumes."""
+    state = BuildState(store)
+    done = len(state.done()) if state.exists else 0
+    written = sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) if store.is_dir() else 0
+    # raw bytes of a case's patches, and the compressed share measured so far (about 0.4 when unknown)
+    raw = (
+        layout.patches_per_case * int(np.prod(layout.patch_size)) * (4 * np.dtype(layout.dtype).itemsize + 1)
+    )
+    per_case = written / done if done and written else 0.4 * raw
+    need = per_case * (layout.n_cases - done)
+    free = shutil.disk_usage(store.parent).free
+    return StoreSpaceError(
+        f"no space left on the device holding {store} ({error.filename or store}): {done} of "
+        f"{layout.n_cases} cases are written; about {need / 1e6:,.0f} MB more are needed "
+        f"({free / 1e6:,.0f} MB free); free space and rerun the same command to resume"
+    )
+
+
+@dataclass(frozen=True)
+class _BuildJob:
+    """What one call of :func:`build_patches` builds (resolved paths, parameters and cases)."""
+
+    store: Path
+    fmt: str
+    params: BuildParams
+    info: dict[str, Any]
+    cases: list[CaseFiles]
+    assigned: Mapping[str, str]
+    layout: schema.StoreLayout
+    root: Path
+    skip_bad: bool
+    overwrite: bool
+    started: float
+
+
+def _plan(job: _BuildJob, executor: Executor, done: Mapping[int, Any], resumed: bool) -> list[CasePlan]:
+    """Plan the cases not done yet; refuse bad cases (unless ``skip_bad``) and a build with no good case,
+    before anything is written."""
+    todo = [
+        (files, i, job.assigned[files.case_id], job.params, job.root)
+        for i, files in enumerate(job.cases)
+        if i not in done
+    ]
+    plans = sorted(executor.map(_plan_task, todo, "plan"), key=lambda p: p.index)
+    bad = [p for p in plans if p.problem is not None]
+    if bad and not job.skip_bad:
+        raise BadCasesError([p.problem for p in bad if p.problem is not None], resumed=resumed)
+    if bad and len(bad) == len(plans) and not done:
+        raise ConfigError(
+            f"no case of {job.root} can be built, so no store was written: {bad[0].problem}"
+            + (f" (and {len(bad) - 1} more bad case(s))" if len(bad) > 1 else "")
+        )
+    return plans
+
+
+def _locked_build(job: _BuildJob, executor: Executor) -> BuildSummary:
+    """The part of :func:`build_patches` under the store's lock: prepare, plan, write and seal."""
+    store, layout = job.store, job.layout
+    state = BuildState(store)
+    mode = _prepare(store, job.fmt, state, job.info, job.overwrite)
+    if mode == "sealed":
+        return _sealed_summary(store, job.fmt, state)
+    resumed = mode == "resume"
+    done = state.done() if resumed else {}
+    if done:
+        logger.info("resuming %s: %d of %d cases already done", store, len(done), len(job.cases))
+    plans = _plan(job, executor, done, resumed)
+    if not resumed:
+        state.create(job.info)
+        if job.fmt == "zarr":
+            from brainprep.store.zarr_store import create_zarr_store
+
+            create_zarr_store(store, layout, store_metadata(job.params, job.info, None, None))
+    for plan in plans:
+        if plan.problem is not None:
             state.mark_done(plan.index, case_record(plan, layout.patches_per_case, problem=plan.problem))
-        tasks = [
-            CaseTask(cases[p.index], p, params, layout, store, skip_bad, root)
-            for p in plans
-            if p.problem is None
-        ]
-        for record in executor.map(write_case, tasks, "write"):
-            logger.debug("case %s done: %d patches", record["case_id"], record["n_patches"])
-        return _seal(store, params, layout, state, info, started, executor.workers, len(done))
+    tasks = [
+        CaseTask(job.cases[p.index], p, job.params, layout, store, job.skip_bad, job.root)
+        for p in plans
+        if p.problem is None
+    ]
+    for record in executor.map(write_case, tasks, "write"):
+        logger.debug("case %s done: %d patches", record["case_id"], record["n_patches"])
+    return _seal(store, job.params, layout, state, job.info, job.started, executor.workers, len(done))

@@ -23,7 +23,7 @@ from brainprep.params import BuildParams
 from brainprep.read import CaseFiles
 from brainprep.read.case import AFFINE_TOLERANCE, N_CHANNELS, LabelVoxels, read_label
 from brainprep.read.nifti import open_nifti
-from brainprep.sample import case_rng, cut_label_patches, patch_fractions, sample_corners
+from brainprep.sample import case_rng, cut_label_patches, patch_fractions, patch_misfit, sample_corners
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +206,9 @@ def plan_case(files: CaseFiles, index: int, split: str, params: BuildParams, roo
     """
     try:
         labels = read_plan_label(files)
+        misfit = patch_misfit(labels.label.shape, params.sampling.patch_size)
+        if misfit is not None:
+            raise ShapeMismatchError(misfit, case_id=files.case_id, path=files.label_path)
         sampling, patches, tumour, classes = plan_corners(labels.label, params, files.case_id)
     except CaseError as err:
         problem = " ".join(err.message.split())
