@@ -84,6 +84,7 @@ ROW_DECODE = "(f) bare Zarr decode, 2 procs"
 ROW_DECODE_CHUNK = "(f) bare chunk decode, 2 procs"
 ROW_DECODE_H5 = "(f) bare HDF5 decode, 2 procs"
 ROW_MEMCPY = "(f) memcpy of decoded bytes, 2 procs"
+ROW_CHECKSUM = "(f) crc32c check of a patch's chunks"
 
 
 def _rate_row(name: str, result: Any, note: str) -> Row:
@@ -311,10 +312,14 @@ def _bare_worker(
     images, labels, valid = _open_arrays(store, fmt)
     per_read = BATCH_SIZE if mode == "batch" else 1
     if mode == "chunk":
-        # the chunk's bytes (one pread, shard index read once) decoded by Blosc into a buffer: no zarr
-        shards = require("brainprep.store.shards", "LocalShardReader")
+        # the chunk's bytes (one pread, shard index read once), its crc32c checked, decoded by Blosc into a
+        # buffer: no zarr; the same checks as the loader's reads
+        shards = require("brainprep.store.shards")
         arrays = (("images", images), ("labels", labels))
-        readers = [shards(Path(store, name), array) for name, array in arrays]
+        readers = [
+            shards.ShardReader(shards.shard_layout(name, array), shards.LocalFiles(Path(store, name)))
+            for name, array in arrays
+        ]
         buffers = [np.empty(r.patch_shape, dtype=r.dtype) for r in readers]
     if mode == "memcpy":
         # a ring of decoded patches larger than the CPU caches, so the copy runs at memory speed
@@ -436,6 +441,35 @@ def paired_rows(store: Path, n_patches: int, rounds: int) -> list[Row]:
     return paired
 
 
+def checksum_row(store: Path, n_patches: int) -> Row:
+    """What the crc32c check of a patch's chunks (image + label) costs, on one core."""
+    shards = require("brainprep.store.shards")
+    images, labels, valid = _open_arrays(str(store), "zarr")
+    readers = [
+        shards.ShardReader(shards.shard_layout(name, array), shards.LocalFiles(Path(store, name)))
+        for name, array in (("images", images), ("labels", labels))
+    ]
+    rng = np.random.default_rng(SEED)
+    slots = rng.choice(valid, size=min(n_patches, 400))
+    chunks = [[np.frombuffer(r.chunk(int(s)), dtype=np.uint8) for r in readers] for s in slots]
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for pair in chunks:
+            for chunk in pair:
+                shards.crc32c(chunk[:-4])
+        best = min(best, (time.perf_counter() - start) / len(chunks))
+    nbytes = np.mean([sum(c.size for c in pair) for pair in chunks])
+    return Row(
+        ROW_CHECKSUM,
+        best * 1e6,
+        "us/patch",
+        f"crc32c of a patch's stored image + label chunks ({nbytes / 1e6:.2f} MB), one core, fastest of 5; "
+        "the chunk-decode row and the loaders check it on every read",
+        {"bytes_per_patch": float(nbytes)},
+    )
+
+
 def memcpy_row(store: Path, n_patches: int) -> Row:
     rate, total = bare_rate("memcpy", store, "zarr", n_patches)
     patch_bytes = N_CHANNELS * int(np.prod(PATCH_SIZE)) * 2 + int(np.prod(PATCH_SIZE))
@@ -524,6 +558,7 @@ def run(args: Any) -> Report:
         )
     )
     rows.append(chunk_row)
+    rows.append(measure_row(ROW_CHECKSUM, "us/patch", lambda: checksum_row(need_store("zarr"), fast)))
     rows.append(measure_row(ROW_MEMCPY, UNIT, lambda: memcpy_row(need_store("zarr"), fast)))
 
     # The bars take the faster of the two loader backends (both are product configurations).

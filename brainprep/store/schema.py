@@ -5,7 +5,8 @@ opens with plain ``zarr`` / ``h5py`` / ``dask`` and no brainprep import.
 
 Slots. A store with ``C`` cases and ``K`` patches per case has ``N = C * K`` slots; slot ``s`` belongs to
 case ``s // K``. A slot holds a patch when ``patch_valid[s]`` is true (a skipped case, or a rejection
-sampler that gave up, leaves slots empty; they read as zeros). Giving every case the same ``K`` slots is
+sampler that gave up, leaves slots empty; they read as zeros, without their chunks being read). Giving
+every case the same ``K`` slots is
 why a Zarr shard holds exactly one case: workers write disjoint shards, so a parallel build needs no
 locking, a resumed build rewrites whole cases, and a manifest can hash one shard per case.
 
@@ -62,6 +63,12 @@ Refinements (schema version 1, written by :mod:`brainprep.build`):
   ``parts/``: staged HDF5 chunks) and ``STORE.lock`` the lock. Both disappear when the build completes.
   An HDF5 store is assembled from the staged chunks at the end into ``STORE.h5.partial`` and renamed, so
   ``STORE.h5`` only ever exists complete.
+- Integrity (written since brainprep 0.1 stores gained checksums; older stores lack both and still read):
+  every Zarr chunk is ``bytes -> blosc -> crc32c`` (tables: ``bytes -> zstd -> crc32c``), every HDF5
+  dataset has fletcher32; ``cases[i].data_digest`` is ``{"images", "labels"}``, the
+  :func:`~brainprep.store.shards.checksum_digest` of the case's stored chunks (``null`` for a case without
+  patches); ``integrity`` holds ``version``, ``tables`` (sha256 of each table array), ``content_id`` and
+  ``metadata_sha256`` (see :mod:`brainprep.store.integrity`).
 """
 
 from __future__ import annotations
