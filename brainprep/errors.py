@@ -81,3 +81,11 @@ class StoreLockedError(StoreError):
 
 class StoreMismatchError(StoreError):
     """A store does not match its manifest or the parameters of a resumed build."""
+
+
+class StoreUnreachableError(StoreError, ConnectionError):
+    """A remote store stopped answering (connection refused, reset or timed out) after bounded retries."""
+
+
+class RangeRequestsUnsupportedError(StoreError):
+    """An HTTP server that answers a ranged GET with the whole file: chunks cannot be read from it."""

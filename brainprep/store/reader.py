@@ -13,17 +13,18 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from brainprep.errors import StoreError, StoreIncompleteError
 from brainprep.params import BuildParams
-from brainprep.store import schema
+from brainprep.store import locations, schema
+
+if TYPE_CHECKING:
+    from brainprep.store.chunk_cache import ChunkCacheParams
 
 logger = logging.getLogger(__name__)
-
-URL_PREFIXES: tuple[str, ...] = ("http://", "https://", "s3://")
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,22 +48,6 @@ class PatchTable:
     split: np.ndarray
 
 
-def _is_remote(location: str) -> bool:
-    lower = location.lower()
-    return lower.startswith(URL_PREFIXES) or lower.endswith(".zip")
-
-
-def _format_of(location: str) -> str:
-    if location.lower().rstrip("/").endswith(schema.HDF5_SUFFIXES):
-        return "hdf5"
-    path = Path(location)
-    if not _is_remote(location) and path.is_file():
-        with path.open("rb") as f:
-            if f.read(8) == b"\x89HDF\r\n\x1a\n":
-                return "hdf5"
-    return "zarr"
-
-
 def consecutive_runs(sorted_slots: np.ndarray) -> list[tuple[int, int]]:
     """``[start, stop)`` positions of the runs of consecutive values in a sorted int array.
 
@@ -82,12 +67,25 @@ class PatchStore:
     Attributes:
         location: where the store lives (a path string or URL).
         format: ``"zarr"`` or ``"hdf5"``.
+        kind: ``"local"``, ``"zip"``, ``"http"``, ``"s3"`` or ``"gs"`` (:mod:`brainprep.store.locations`).
+        storage_options: fsspec options of a remote store (``None`` for none).
+        cache: the disk cache a remote Zarr store reads through (``None`` for none).
     """
 
-    def __init__(self, location: str | os.PathLike, *, require_complete: bool = True):
+    def __init__(
+        self,
+        location: str | os.PathLike,
+        *,
+        require_complete: bool = True,
+        storage_options: dict[str, Any] | None = None,
+        cache: ChunkCacheParams | None = None,
+    ):
         self.location = os.fspath(location)
-        self.format = _format_of(self.location)
+        self.format = locations.store_format(self.location)
+        self.kind = locations.location_kind(self.location)
         self.require_complete = require_complete
+        self.storage_options = storage_options
+        self.cache = cache
         self._handle: Any = None
         self._images: Any = None
         self._labels: Any = None
@@ -108,7 +106,7 @@ class PatchStore:
 
     def _missing(self) -> StoreError:
         """The error for a location that holds no store: incomplete when a build state exists."""
-        if not _is_remote(self.location):
+        if self.kind == locations.LOCAL:
             path = Path(self.location)
             state = path.with_name(path.name + schema.BUILD_DIR_SUFFIX)
             if state.is_dir():
@@ -121,10 +119,10 @@ class PatchStore:
     def _open_zarr(self) -> None:
         import zarr
 
-        if _is_remote(self.location):
+        if self.kind != locations.LOCAL:
             from brainprep.store.remote import open_zarr_store
 
-            store = open_zarr_store(self.location)
+            store = open_zarr_store(self.location, storage_options=self.storage_options, cache=self.cache)
         else:
             if not Path(self.location, "zarr.json").is_file():
                 raise self._missing()
@@ -136,7 +134,7 @@ class PatchStore:
         metadata = group.attrs.get(schema.ATTRS_KEY)
         self._handle = group
         self._check_metadata(metadata)
-        if not _is_remote(self.location):
+        if self.kind == locations.LOCAL:
             from brainprep.store.shards import LocalShardReader
 
             try:
@@ -150,10 +148,12 @@ class PatchStore:
     def _open_hdf5(self) -> None:
         import h5py
 
-        if _is_remote(self.location):
+        if self.cache is not None and self.kind != locations.LOCAL:
+            logger.warning("the chunk cache serves Zarr stores only; %s is read uncached", self.location)
+        if self.kind != locations.LOCAL:
             from brainprep.store.remote import open_h5_file
 
-            handle = open_h5_file(self.location)
+            handle = open_h5_file(self.location, storage_options=self.storage_options)
         else:
             if not Path(self.location).is_file():
                 raise self._missing()
@@ -354,10 +354,15 @@ class PatchStore:
         self.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"location": self.location, "require_complete": self.require_complete}
+        return {
+            "location": self.location,
+            "require_complete": self.require_complete,
+            "storage_options": self.storage_options,
+            "cache": self.cache,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["location"], require_complete=state["require_complete"])  # type: ignore[misc]
+        self.__init__(state.pop("location"), **state)  # type: ignore[misc]
 
     def __len__(self) -> int:
         return self.n_slots
@@ -366,13 +371,22 @@ class PatchStore:
         return f"PatchStore({self.location!r}, format={self.format!r})"
 
 
-def open_store(location: str | os.PathLike, *, require_complete: bool = True) -> PatchStore:
+def open_store(
+    location: str | os.PathLike,
+    *,
+    require_complete: bool = True,
+    storage_options: dict[str, Any] | None = None,
+    cache: ChunkCacheParams | None = None,
+) -> PatchStore:
     """Open a patch store for reading.
 
     Args:
-        location: ``STORE.zarr`` folder, ``STORE.h5`` file, a packed ``.zip``, or an ``http(s)://`` /
-            ``s3://`` URL of either.
+        location: ``STORE.zarr`` folder, ``STORE.h5`` file, a packed ``.zip``, or an ``http(s)://``,
+            ``s3://`` or ``gs://`` URL of any of them (:mod:`brainprep.store.locations`).
         require_complete: refuse a store whose build has not finished (the default).
+        storage_options: fsspec options of a remote store (credentials, ``endpoint_url``, ``anon``...).
+        cache: read a remote Zarr store through this size-bounded disk cache
+            (:mod:`brainprep.store.chunk_cache`); ignored for local stores and HDF5.
 
     Returns:
         The open :class:`PatchStore` (opened eagerly here, so problems show at once).
@@ -380,7 +394,11 @@ def open_store(location: str | os.PathLike, *, require_complete: bool = True) ->
     Raises:
         StoreIncompleteError: the store's build is still running or was interrupted.
         StoreError: nothing, or no brainprep store, at ``location``.
+        StoreUnreachableError: a remote store does not answer.
+        RangeRequestsUnsupportedError: an HTTP server ignores Range requests.
     """
-    store = PatchStore(location, require_complete=require_complete)
+    store = PatchStore(
+        location, require_complete=require_complete, storage_options=storage_options, cache=cache
+    )
     store._open()
     return store
