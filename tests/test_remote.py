@@ -41,7 +41,9 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
     reader that needs to list a folder fails here as it would against a real object store."""
 
     requested: list[str]  # set per server: every path asked for
-    #: set per server: ``{"truncate": True}`` sends half of every chunk file's bytes, then closes.
+    #: set per server: ``{"truncate": True}`` sends half of every chunk file's bytes, then closes;
+    #: ``{"drop_chunks": True}`` closes the connection on an image/label chunk request unanswered (a server
+    #: going away while its metadata was already read).
     faults: dict[str, bool]
 
     def log_message(self, format: str, *args: object) -> None:  # keep the test output quiet
@@ -53,6 +55,9 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
 
     def send_head(self):
         self.requested.append(self.path)
+        if self.faults.get("drop_chunks") and re.search(r"/(images|labels)/c/", self.path):
+            self.close_connection = True
+            return None
         path = self.translate_path(self.path)
         if os.path.isdir(path):
             return self.list_directory(path)
@@ -303,6 +308,20 @@ def test_cli_stopped_server_exits_non_zero(built: dict[str, Path]) -> None:
     assert re.fullmatch(
         rf"Error: cannot reach {re.escape(url)}/zarr.json after 3 attempts: .+\n", result.output
     )
+
+
+def test_cli_train_when_the_server_goes_away_is_one_line(built: dict[str, Path], tmp_path: Path) -> None:
+    from brainnet.cli import main as brainnet_main
+
+    with serving(built["zarr"].parent, faults={"drop_chunks": True}) as served:
+        url = f"{served.url}/store.zarr"
+        args = ["train", "--store", url, "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2"]
+        args += ["--base-filters", "2", "--depth", "2", "--workers", "1", "--loader", "processes"]
+        args += ["--device", "cpu", "--no-progress", "--val-split", "none", "--steps-per-epoch", "1"]
+        result = CliRunner().invoke(brainnet_main, args)
+    assert result.exit_code == 1
+    pattern = rf"Error: cannot reach {re.escape(url)}/(images|labels)/c/\S+ after 3 attempts: [^\n]+\n"
+    assert re.fullmatch(pattern, result.output), result.output
 
 
 # ---------------------------------------------------------------------------------------------------------

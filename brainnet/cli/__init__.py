@@ -30,3 +30,17 @@ def main(verbose: int) -> None:
     """brainnet: a thin PyTorch 3D U-Net over brainprep patch stores."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def error_line(error: BaseException) -> str:
+    """The one-line message of ``error`` for the CLI.
+
+    An error raised in a DataLoader worker process reaches the main process re-raised by torch with the
+    worker's whole traceback as its message (``Caught X in DataLoader worker process 0. Original
+    Traceback ...``); its last line holds the original message, which is what the user needs.
+    """
+    text = str(error)
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return text
+    last = text.rstrip().splitlines()[-1]
+    return last.removeprefix(f"{type(error).__module__}.{type(error).__qualname__}: ")

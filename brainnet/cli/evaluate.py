@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from brainnet.cli import error_line
 from brainprep.cli.options import cache_options, chunk_cache, storage_options_option, store_location
 
 
@@ -68,7 +69,7 @@ def evaluate(
             progress=progress,
         )
     except BrainprepError as err:
-        raise click.ClickException(str(err)) from err
+        raise click.ClickException(error_line(err)) from err
     click.echo(format_table(result))
     if out_dir is not None:
         paths = write_evaluation(result, out_dir, {"checkpoint": str(checkpoint), "store": str(store)})

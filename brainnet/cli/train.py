@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from brainnet.cli import error_line
 from brainprep.cli.options import cache_options, chunk_cache, storage_options_option, store_location
 
 #: options that may change when resuming (the rest come from the checkpoint).
@@ -149,7 +150,7 @@ def train(
             patch_store, out_dir, config, model_config, progress=options["progress"], resume=options["resume"]
         )
     except BrainprepError as err:
-        raise click.ClickException(str(err)) from err
+        raise click.ClickException(error_line(err)) from err
     if result.rank == 0:
         click.echo(
             f"trained {result.epochs} epochs ({result.global_step} steps); "
