@@ -1,6 +1,6 @@
 """Streaming benchmark: patches/s delivered to a training loop, preprocessing-first vs on-the-fly.
 
-    python benchmarks/bench_streaming.py [--quick] [--json FILE] [--workdir DIR]
+    python benchmarks/bench_streaming.py [--quick] [--remote-only] [--json FILE] [--workdir DIR]
 
 Every row delivers 160x160x16 patches of the same synthetic 240x240x155x4 cases to a loop that touches
 each batch (no model), with 2 worker processes and batches of 2 dataset items; worker start-up and the
@@ -20,6 +20,9 @@ Rows:
   (f) the limit: bare reads of random patches from the Zarr store in 2 processes, no loader: through
       zarr's API (per slot and per batch of 2, the better counts) and of the chunks' bytes directly
       (os.pread + Blosc decode); raw memcpy of the decoded bytes in 2 processes
+  (g) one pass over every slot of the Zarr store with the threads loader: local, from S3 (moto's server
+      in a child process on 127.0.0.1) without cache, and from S3 and HTTP through the disk chunk cache,
+      cold then warm (:mod:`remote_rows`; ``--remote-only`` runs these rows alone; needs s3fs and moto)
 
 (a2) and the chunk decode, the two sides of the 85% bar, run in 5 alternating rounds and report their
 medians, so the machine's drift during the run falls on both alike.
@@ -59,6 +62,8 @@ from common import (
     time_stream,
     touch,
 )
+from remote_rows import ROWS as REMOTE_ROWS
+from remote_rows import remote_rows
 
 WORKERS = 2
 BATCH_SIZE = 2
@@ -520,6 +525,15 @@ def run(args: Any) -> Report:
 
     print(report.title, flush=True)
     rows = report.rows
+
+    def measure_remote() -> list[Row]:
+        return measure_rows(
+            list(REMOTE_ROWS), UNIT, lambda: remote_rows(need_store("zarr"), WORKERS, BATCH_SIZE)
+        )
+
+    if args.remote_only:
+        rows.extend(measure_remote())
+        return report
     rows.append(measure_row(ROW_ZARR, UNIT, lambda: brainnet_row(ROW_ZARR, need_store("zarr"), fast)))
     threads_row, chunk_row = measure_rows(
         [ROW_ZARR_THREADS, ROW_DECODE_CHUNK], UNIT, lambda: paired_rows(need_store("zarr"), fast, ROUNDS)
@@ -560,6 +574,7 @@ def run(args: Any) -> Report:
     rows.append(chunk_row)
     rows.append(measure_row(ROW_CHECKSUM, "us/patch", lambda: checksum_row(need_store("zarr"), fast)))
     rows.append(measure_row(ROW_MEMCPY, UNIT, lambda: memcpy_row(need_store("zarr"), fast)))
+    rows.extend(measure_remote())  # last: the rows before them run as they always did
 
     # The bars take the faster of the two loader backends (both are product configurations).
     zarr_rows = [
@@ -614,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--patches", type=int, default=None, help="timed patches of the fast rows (a, b, f)")
     parser.add_argument("--slow-patches", type=int, default=None, help="timed patches of the rows c, d, e")
+    parser.add_argument("--remote-only", action="store_true", help="run the rows (g) alone, no bars")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     return finish(run(args), args.json)

@@ -33,7 +33,7 @@ from brainprep.params import BuildParams, SamplingParams, SplitParams, StorePara
 from brainprep.sample import patch_fractions
 from brainprep.standardize import standardize_patch_slices
 from brainprep.store import schema
-from brainprep.store.remote import store_format
+from brainprep.store.locations import format_for_new_store
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def import_course(
 
     start = time.perf_counter()
     source, store = Path(source), Path(store)
-    fmt = store_format(store)
+    fmt = format_for_new_store(store)
     store_params = (store_params or StoreParams()).replace(format=fmt)
     patches, unlisted, missing = discover_course_patches(source, unlisted_policy)
     # INFO, not WARNING: the result (and the CLI) lists them; config.json of the course omits 3 train files.

@@ -109,3 +109,11 @@ def one_line(error: BaseException) -> str:
     if rest and name.rsplit(".", 1)[-1] == type(error).__name__:
         return rest
     return " ".join(line.strip() for line in lines)
+
+
+class StoreUnreachableError(StoreError, ConnectionError):
+    """A remote store stopped answering (connection refused, reset or timed out) after bounded retries."""
+
+
+class RangeRequestsUnsupportedError(StoreError):
+    """An HTTP server that answers a ranged GET with the whole file: chunks cannot be read from it."""

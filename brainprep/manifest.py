@@ -29,7 +29,8 @@ import numpy as np
 
 from brainprep.errors import ConfigError, StoreError
 from brainprep.store import schema
-from brainprep.store.remote import close_h5_file, open_h5_file, open_zarr_store, store_format
+from brainprep.store.locations import HDF5, store_format
+from brainprep.store.remote import close_h5_file, open_h5_file, open_zarr_store
 from brainprep.store.shards import chunk_ranges
 
 logger = logging.getLogger(__name__)
@@ -159,15 +160,19 @@ def _inner_hashes(data: bytes, array: dict[str, Any]) -> dict[str, str | None] |
     return {str(i): None if r is None else sha256_hex(data[r[0] : r[0] + r[1]]) for i, r in enumerate(ranges)}
 
 
-def hash_zarr(location: str | Path, *, progress: bool = False) -> dict[str, Any]:
+def hash_zarr(
+    location: str | Path, *, progress: bool = False, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Hash the metadata documents and every stored shard/chunk of a Zarr v3 store.
+
+    ``storage_options`` go to fsspec for a remote store (as everywhere below).
 
     Returns:
         ``{"documents": {key: sha256}, "arrays": {name: schema + {"stored": {key: entry}}}}`` where an entry
         is ``{"sha256", "size"}`` (+ ``"inner"``: sha256 per inner chunk of a shard, C order). Chunks never
         written (all fill value) are absent from ``stored``; a missing array is absent from ``arrays``.
     """
-    store = open_zarr_store(location)
+    store = open_zarr_store(location, storage_options=storage_options)
     documents: dict[str, str] = {}
     root = _zarr_get(store, "zarr.json")
     if root is None:
@@ -229,7 +234,9 @@ def hdf5_array_schema(dataset: Any) -> dict[str, Any]:
     }
 
 
-def hash_hdf5(location: str | Path, *, progress: bool = False) -> dict[str, Any]:
+def hash_hdf5(
+    location: str | Path, *, progress: bool = False, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Hash the attributes and every chunk's raw bytes of an HDF5 store.
 
     Returns:
@@ -237,7 +244,7 @@ def hash_hdf5(location: str | Path, *, progress: bool = False) -> dict[str, Any]
         chunk keys are ``c/i/j/...`` chunk-grid coordinates (offset / chunk shape); a contiguous dataset
         has the single key ``contiguous`` (its bytes, which carry no filter).
     """
-    handle = open_h5_file(location)
+    handle = open_h5_file(location, storage_options=storage_options)
     try:
         documents = {f"attrs/{k}": sha256_hex(_attribute_bytes(v)) for k, v in sorted(handle.attrs.items())}
         arrays: dict[str, Any] = {}
@@ -269,11 +276,12 @@ def hash_hdf5(location: str | Path, *, progress: bool = False) -> dict[str, Any]
     return {"documents": documents, "arrays": arrays}
 
 
-def hash_store(location: str | Path, *, progress: bool = False) -> dict[str, Any]:
-    """:func:`hash_zarr` or :func:`hash_hdf5` depending on the location's suffix."""
-    if store_format(location) == "hdf5":
-        return hash_hdf5(location, progress=progress)
-    return hash_zarr(location, progress=progress)
+def hash_store(
+    location: str | Path, *, progress: bool = False, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """:func:`hash_zarr` or :func:`hash_hdf5` depending on the location's format."""
+    hasher = hash_hdf5 if store_format(location) == HDF5 else hash_zarr
+    return hasher(location, progress=progress, storage_options=storage_options)
 
 
 def _progress(items: list, enabled: bool, desc: str, unit: str = "chunk"):
@@ -314,12 +322,14 @@ def case_rows(metadata: dict[str, Any], table: Any, patches_per_case: int) -> li
     return rows
 
 
-def build_manifest(location: str | Path, *, progress: bool = False) -> dict[str, Any]:
+def build_manifest(
+    location: str | Path, *, progress: bool = False, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The manifest of a complete store (see the module docstring); a JSON-able dict, deterministic."""
     from brainprep import __version__
     from brainprep.store.reader import open_store
 
-    store = open_store(location, require_complete=True)
+    store = open_store(location, require_complete=True, storage_options=storage_options)
     try:
         metadata = store.metadata
         patches_per_case = int(store.params.sampling.patches_per_case)
@@ -332,7 +342,7 @@ def build_manifest(location: str | Path, *, progress: bool = False) -> dict[str,
     split: dict[str, list[str]] = {name: [] for name in schema.SPLIT_NAMES}
     for row in rows:
         split.setdefault(row.get("split", "train"), []).append(row["case_id"])
-    hashes = hash_store(location, progress=progress)
+    hashes = hash_store(location, progress=progress, storage_options=storage_options)
     return {
         "kind": MANIFEST_KIND,
         "version": MANIFEST_VERSION,
@@ -355,9 +365,15 @@ def build_manifest(location: str | Path, *, progress: bool = False) -> dict[str,
     }
 
 
-def write_manifest(location: str | Path, output: Path, *, progress: bool = False) -> dict[str, Any]:
+def write_manifest(
+    location: str | Path,
+    output: Path,
+    *,
+    progress: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Build the manifest of ``location`` and write it to ``output`` (indented, sorted JSON)."""
-    manifest = build_manifest(location, progress=progress)
+    manifest = build_manifest(location, progress=progress, storage_options=storage_options)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
@@ -491,7 +507,11 @@ def compare_hashes(manifest: dict[str, Any], actual: dict[str, Any]) -> list[Dif
 
 
 def verify_against_manifest(
-    location: str | Path, manifest: dict[str, Any], *, progress: bool = False
+    location: str | Path,
+    manifest: dict[str, Any],
+    *,
+    progress: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> list[Difference]:
     """Recompute every hash of ``location`` and compare with ``manifest``; ``[]`` when all match."""
-    return compare_hashes(manifest, hash_store(location, progress=progress))
+    return compare_hashes(manifest, hash_store(location, progress=progress, storage_options=storage_options))

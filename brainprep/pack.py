@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from brainprep.errors import StoreError
+from brainprep.store import locations
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,9 @@ def pack_store(store: Path, output: Path, *, progress: bool = False, overwrite: 
     store, output = Path(store), Path(output)
     if not store.is_dir() or not (store / "zarr.json").is_file():
         raise StoreError(f"pack needs a Zarr store folder with a zarr.json, found {store}")
-    if output.suffix.lower() != ".zip":
-        raise StoreError(f"packed store must end in .zip (e.g. {store.name}.zip), got {output}")
+    if not locations.is_packed(output):
+        suffix = locations.ZIP_SUFFIX
+        raise StoreError(f"packed store must end in {suffix} (e.g. {store.name}{suffix}), got {output}")
     if output.exists() and not overwrite:
         raise StoreError(f"{output} exists; remove it or pass --overwrite (overwrite=True in Python)")
     open_store(store, require_complete=True).close()  # refuses an incomplete or foreign store

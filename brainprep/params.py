@@ -13,7 +13,6 @@ from brainprep.errors import ConfigError
 
 SAMPLERS = ("exact", "rejection")
 STANDARDIZE_METHODS = ("patch-slice", "volume-nonzero")
-STORE_FORMATS = ("zarr", "hdf5")
 STORE_DTYPES = ("float16", "float32")
 
 
@@ -92,6 +91,9 @@ class StoreParams(Params):
     compression_level: int = 1
 
     def __post_init__(self) -> None:
+        # imported here: brainprep.store imports this module (its reader reads BuildParams)
+        from brainprep.store.locations import STORE_FORMATS
+
         if self.format not in STORE_FORMATS:
             raise ConfigError(f"store format must be one of {STORE_FORMATS}, got {self.format!r}")
         if self.dtype not in STORE_DTYPES:

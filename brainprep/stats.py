@@ -122,11 +122,16 @@ def table_stats(table: Any, bins: int = HISTOGRAM_BINS) -> list[SplitStats]:
     return out
 
 
-def store_stats(location: str | Path, bins: int = HISTOGRAM_BINS) -> list[SplitStats]:
-    """:func:`table_stats` of a store (local, packed or URL); reads only the patch table."""
+def store_stats(
+    location: str | Path, bins: int = HISTOGRAM_BINS, *, storage_options: dict[str, Any] | None = None
+) -> list[SplitStats]:
+    """:func:`table_stats` of a store (local, packed or URL); reads only the patch table.
+
+    ``storage_options`` go to fsspec for a remote store.
+    """
     from brainprep.store.reader import open_store
 
-    store = open_store(location)
+    store = open_store(location, storage_options=storage_options)
     try:
         return table_stats(store.table, bins)
     finally:

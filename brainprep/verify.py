@@ -31,11 +31,14 @@ from brainprep.store.shards import checksum_digest
 FRACTION_ATOL = 1e-6
 
 
-def unverified_note(location: str | Path) -> str | None:
+def unverified_note(location: str | Path, *, storage_options: dict[str, Any] | None = None) -> str | None:
     """A one-line note when ``location`` is a complete store built without checksums (else ``None``)."""
     from brainprep.store.reader import open_store
 
-    with open_store(location, require_complete=False, check_integrity=False) as store:
+    opened = open_store(
+        location, require_complete=False, check_integrity=False, storage_options=storage_options
+    )
+    with opened as store:
         metadata = store.metadata
     if metadata.get("complete") and not integrity.is_sealed(metadata):
         return (
@@ -63,13 +66,20 @@ def check_table_slot(label: np.ndarray, tumour_fraction: float, class_fractions:
 
 
 def check_store_consistency(
-    location: str | Path, *, check_images: bool = True, progress: bool = False
+    location: str | Path,
+    *,
+    check_images: bool = True,
+    progress: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> list[Difference]:
     """Every way the store at ``location`` disagrees with itself (``[]`` when it is whole); see the module
-    docstring for what is checked."""
+    docstring for what is checked. ``storage_options``: fsspec options of a remote store."""
     from brainprep.store.reader import open_store
 
-    with open_store(location, require_complete=False, check_integrity=False) as store:
+    opened = open_store(
+        location, require_complete=False, check_integrity=False, storage_options=storage_options
+    )
+    with opened as store:
         metadata = store.metadata
         if metadata.get("complete") is not True:
             return [Difference("metadata", "complete", _incomplete_problem(location))]

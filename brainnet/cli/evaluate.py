@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from brainprep.cli.options import cache_options, chunk_cache, storage_options_option, store_location
+
 
 @click.command("evaluate")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -21,6 +23,8 @@ import click
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@storage_options_option
+@cache_options
 def evaluate(
     checkpoint: Path,
     store: str,
@@ -29,6 +33,9 @@ def evaluate(
     batch_size: int,
     device: str,
     progress: bool,
+    storage_options: dict | None,
+    cache_dir: Path | None,
+    cache_size: str,
 ) -> None:
     """Score CHECKPOINT on the patches of one split of STORE, per case and overall."""
     from brainnet.evaluate import evaluate_store, format_table, write_evaluation
@@ -41,7 +48,11 @@ def evaluate(
     try:
         target = resolve_device(device)
         loaded = load_model(checkpoint, target)
-        patch_store = open_store(store)
+        patch_store = open_store(
+            store_location(store),
+            storage_options=storage_options,
+            cache=chunk_cache(cache_dir, cache_size),
+        )
         click.echo(loaded.provenance(), err=True)
         click.echo(f"evaluating on {store} (store id {short_id(patch_store.content_id)})", err=True)
         if patch_store.params.to_dict() != loaded.build_params.to_dict():

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from brainprep.cli.options import cache_options, chunk_cache, storage_options_option, store_location
+
 #: options that may change when resuming (the rest come from the checkpoint).
 _RESUME_OVERRIDES = ("epochs", "workers", "loader", "device", "amp")
 
@@ -87,8 +89,18 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
     help="With --resume: go on training on a store other than the checkpoint's (fine-tuning on purpose).",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@storage_options_option
+@cache_options
 @click.pass_context
-def train(ctx: click.Context, store: str, out_dir: Path, **options: object) -> None:
+def train(
+    ctx: click.Context,
+    store: str,
+    out_dir: Path,
+    storage_options: dict | None,
+    cache_dir: Path | None,
+    cache_size: str,
+    **options: object,
+) -> None:
     """Train on the train split of STORE; checkpoints, log.csv and TensorBoard events go to RUN_DIR."""
     from brainnet.model import ModelConfig
     from brainnet.train import TrainConfig
@@ -133,7 +145,11 @@ def train(ctx: click.Context, store: str, out_dir: Path, **options: object) -> N
             model_config = ModelConfig.from_dict(saved["model_config"])
             given = {name: getattr(config, name) for name in _RESUME_OVERRIDES if name in explicit}
             config = TrainConfig.from_dict(saved["train_config"]).replace(**given)
-        patch_store = open_store(store)
+        patch_store = open_store(
+            store_location(store),
+            storage_options=storage_options,
+            cache=chunk_cache(cache_dir, cache_size),
+        )
         result = run_training(
             patch_store,
             out_dir,

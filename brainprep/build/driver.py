@@ -46,6 +46,7 @@ from brainprep.read.labels import MSD_CLASS_NAMES
 from brainprep.split import read_split_file, split_cases
 from brainprep.store import schema
 from brainprep.store.integrity import seal
+from brainprep.store.locations import format_for_new_store
 from brainprep.store.lock import BuildLock, BuildState
 
 logger = logging.getLogger(__name__)
@@ -55,19 +56,6 @@ LOCAL_SCHEDULERS = ("processes", "threads", "synchronous")
 TASKS_PER_THREAD = 2
 #: seconds between a local worker's checks that the driver still runs
 PARENT_POLL_S = 0.5
-
-
-def store_format(store: Path) -> str:
-    """``zarr`` or ``hdf5`` from the store's suffix."""
-    name = store.name.lower()
-    if name.endswith(schema.ZARR_SUFFIXES):
-        return "zarr"
-    if name.endswith(schema.HDF5_SUFFIXES):
-        return "hdf5"
-    raise ConfigError(
-        f"store {store} must end in {' or '.join(schema.ZARR_SUFFIXES + schema.HDF5_SUFFIXES)} "
-        f"(the suffix chooses Zarr v3 or HDF5)"
-    )
 
 
 # -- running tasks -------------------------------------------------------------------------------------
@@ -576,7 +564,7 @@ def build_patches(
     # Absolute paths: tasks may run on dask workers whose working directory is not ours.
     store = Path(store).resolve()
     params = params if params is not None else BuildParams()
-    fmt = store_format(store)
+    fmt = format_for_new_store(store)
     params = params.replace(store=params.store.replace(format=fmt))
     if params.split.split_file is not None:
         # recorded resolved, so a resume from another working directory names the same file

@@ -6,16 +6,8 @@ from pathlib import Path
 
 import click
 
+from brainprep.cli.options import storage_options_option, store_location
 from brainprep.errors import BrainprepError, one_line
-
-
-def _store_location(value: str) -> str:
-    """A URL as is; a local path must exist (click.BadParameter otherwise)."""
-    from brainprep.store.remote import is_url
-
-    if not is_url(value) and not Path(value).exists():
-        raise click.BadParameter(f"{value} does not exist", param_hint="STORE")
-    return value
 
 
 @click.command("manifest")
@@ -28,14 +20,15 @@ def _store_location(value: str) -> str:
     help="Manifest JSON to write, e.g. manifests/NAME.json.",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar while hashing.")
-def manifest(store: str, output: Path, progress: bool) -> None:
+@storage_options_option
+def manifest(store: str, output: Path, progress: bool, storage_options: dict | None) -> None:
     """Write the manifest of STORE (folder, .zarr.zip, .h5 or URL): parameters, cases, split, array
     schema and a sha256 per shard/chunk."""
     from brainprep.manifest import write_manifest
 
-    location = _store_location(store)
+    location = store_location(store)
     try:
-        written = write_manifest(location, output, progress=progress)
+        written = write_manifest(location, output, progress=progress, storage_options=storage_options)
     except BrainprepError as error:
         raise click.ClickException(one_line(error)) from None
     n_chunks = sum(len(array["stored"]) for array in written["arrays"].values())
@@ -60,21 +53,28 @@ def manifest(store: str, output: Path, progress: bool) -> None:
     help="Without --manifest: also decode every image patch and check it is finite.",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
-def verify(store: str, manifest_path: Path | None, images: bool, progress: bool) -> None:
+@storage_options_option
+def verify(
+    store: str, manifest_path: Path | None, images: bool, progress: bool, storage_options: dict | None
+) -> None:
     """Verify STORE against a manifest (or its own patch table); print every difference, naming the array,
     shard/chunk, patch slots and case. Exit status 1 on any difference, 0 when all match."""
     from brainprep.manifest import load_manifest, verify_against_manifest
     from brainprep.verify import check_store_consistency, unverified_note
 
-    location = _store_location(store)
+    location = store_location(store)
     try:
         if manifest_path is not None:
-            differences = verify_against_manifest(location, load_manifest(manifest_path), progress=progress)
+            differences = verify_against_manifest(
+                location, load_manifest(manifest_path), progress=progress, storage_options=storage_options
+            )
             what = f"manifest {manifest_path}"
         else:
-            differences = check_store_consistency(location, check_images=images, progress=progress)
+            differences = check_store_consistency(
+                location, check_images=images, progress=progress, storage_options=storage_options
+            )
             what = "its own checksums, digests, patch table and labels"
-            note = unverified_note(location) if not differences else None
+            note = unverified_note(location, storage_options=storage_options) if not differences else None
             if note is not None:
                 click.echo(f"note: {note}", err=True)
                 what = "its own patch table and labels (no checksums to check)"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from brainprep.cli.options import storage_options_option, store_location
 from brainprep.errors import BrainprepError, one_line
 
 
@@ -19,15 +20,13 @@ from brainprep.errors import BrainprepError, one_line
     help="Also draw the histograms and class balance into this PNG.",
 )
 @click.option("--bins", type=click.IntRange(min=1), default=10, show_default=True, help="Histogram bins.")
-def stats(store: str, plot_path: Path | None, bins: int) -> None:
+@storage_options_option
+def stats(store: str, plot_path: Path | None, bins: int, storage_options: dict | None) -> None:
     """Statistics of STORE (folder, .zarr.zip, .h5 or URL), read from its patch table only."""
     from brainprep.stats import format_stats, plot_stats, store_stats
-    from brainprep.store.remote import is_url
 
-    if not is_url(store) and not Path(store).exists():
-        raise click.BadParameter(f"{store} does not exist", param_hint="STORE")
     try:
-        result = store_stats(store, bins=bins)
+        result = store_stats(store_location(store), bins=bins, storage_options=storage_options)
     except BrainprepError as error:
         raise click.ClickException(one_line(error)) from None
     click.echo(format_stats(result))

@@ -13,19 +13,20 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from brainprep.errors import StoreCorruptError, StoreError, StoreIncompleteError
 from brainprep.params import BuildParams
-from brainprep.store import integrity, schema
+from brainprep.store import integrity, locations, schema
+
+if TYPE_CHECKING:
+    from brainprep.store.chunk_cache import ChunkCacheParams
 
 logger = logging.getLogger(__name__)
 #: locations already reported as unverified (a store without checksums is named once per process)
 _WARNED_UNVERIFIED: set[str] = set()
-
-URL_PREFIXES: tuple[str, ...] = ("http://", "https://", "s3://")
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,22 +50,6 @@ class PatchTable:
     split: np.ndarray
 
 
-def _is_remote(location: str) -> bool:
-    lower = location.lower()
-    return lower.startswith(URL_PREFIXES) or lower.endswith(".zip")
-
-
-def _format_of(location: str) -> str:
-    if location.lower().rstrip("/").endswith(schema.HDF5_SUFFIXES):
-        return "hdf5"
-    path = Path(location)
-    if not _is_remote(location) and path.is_file():
-        with path.open("rb") as f:
-            if f.read(8) == b"\x89HDF\r\n\x1a\n":
-                return "hdf5"
-    return "zarr"
-
-
 def consecutive_runs(sorted_slots: np.ndarray) -> list[tuple[int, int]]:
     """``[start, stop)`` positions of the runs of consecutive values in a sorted int array.
 
@@ -84,21 +69,33 @@ class PatchStore:
     Attributes:
         location: where the store lives (a path string or URL).
         format: ``"zarr"`` or ``"hdf5"``.
+        kind: ``"local"``, ``"zip"``, ``"http"``, ``"s3"`` or ``"gs"`` (:mod:`brainprep.store.locations`).
+        storage_options: fsspec options of a remote store (``None`` for none).
+        cache: the disk cache a remote Zarr store reads through (``None`` for none).
     """
 
     def __init__(
-        self, location: str | os.PathLike, *, require_complete: bool = True, check_integrity: bool = True
+        self,
+        location: str | os.PathLike,
+        *,
+        require_complete: bool = True,
+        check_integrity: bool = True,
+        storage_options: dict[str, Any] | None = None,
+        cache: ChunkCacheParams | None = None,
     ):
         self.location = os.fspath(location)
-        self.format = _format_of(self.location)
+        self.format = locations.store_format(self.location)
+        self.kind = locations.location_kind(self.location)
         self.require_complete = require_complete
         self.check_integrity = check_integrity
+        self.storage_options = storage_options
+        self.cache = cache
         self._handle: Any = None
         self._images: Any = None
         self._labels: Any = None
         self._metadata: dict[str, Any] | None = None
         self._table: PatchTable | None = None
-        self._shards: tuple[Any, Any] | None = None  # LocalShardReader of images and labels
+        self._shards: tuple[Any, Any] | None = None  # ShardReader of images and labels
 
     # -- opening ---------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -113,7 +110,7 @@ class PatchStore:
 
     def _missing(self) -> StoreError:
         """The error for a location that holds no store: incomplete when a build state exists."""
-        if not _is_remote(self.location):
+        if self.kind == locations.LOCAL:
             path = Path(self.location)
             state = path.with_name(path.name + schema.BUILD_DIR_SUFFIX)
             if state.is_dir():
@@ -126,10 +123,10 @@ class PatchStore:
     def _open_zarr(self) -> None:
         import zarr
 
-        if _is_remote(self.location):
+        if self.kind != locations.LOCAL:
             from brainprep.store.remote import open_zarr_store
 
-            store = open_zarr_store(self.location)
+            store = open_zarr_store(self.location, storage_options=self.storage_options, cache=self.cache)
         else:
             if not Path(self.location, "zarr.json").is_file():
                 raise self._missing()
@@ -155,7 +152,7 @@ class PatchStore:
             except (StoreError, KeyError) as err:  # another layout: zarr reads it
                 logger.debug("reading %s through zarr: %s", self.location, err)
                 return None
-            if _is_remote(self.location):
+            if self.kind != locations.LOCAL:
                 source: Any = StoreBytes(group.store, name, self.location)
             else:
                 source = LocalFiles(Path(self.location, name))
@@ -165,10 +162,12 @@ class PatchStore:
     def _open_hdf5(self) -> None:
         import h5py
 
-        if _is_remote(self.location):
+        if self.cache is not None and self.kind != locations.LOCAL:
+            logger.warning("the chunk cache serves Zarr stores only; %s is read uncached", self.location)
+        if self.kind != locations.LOCAL:
             from brainprep.store.remote import open_h5_file
 
-            handle = open_h5_file(self.location)
+            handle = open_h5_file(self.location, storage_options=self.storage_options)
         else:
             if not Path(self.location).is_file():
                 raise self._missing()
@@ -307,6 +306,8 @@ class PatchStore:
             array = np.asarray(self._handle[name][...])
         except KeyError as error:
             raise StoreCorruptError(f"{self.location}: table {name} missing") from error
+        except StoreError:
+            raise  # an unreachable server is not damage
         except (OSError, ValueError) as error:  # a chunk failing its crc32c / fletcher32
             raise StoreCorruptError(
                 f"{self.location}: table {name} does not decode ({error}); run `brainprep verify "
@@ -440,6 +441,8 @@ class PatchStore:
                 )
             try:
                 dataset.read_direct(out, np.s_[slot], np.s_[i])
+            except StoreError:
+                raise  # an unreachable server (a ConnectionError too) is not damage
             except OSError as error:
                 raise StoreCorruptError(
                     f"{dataset.name.lstrip('/')} of {self.describe_slot(slot)}: chunk fails its checksum "
@@ -469,14 +472,12 @@ class PatchStore:
             "location": self.location,
             "require_complete": self.require_complete,
             "check_integrity": self.check_integrity,
+            "storage_options": self.storage_options,
+            "cache": self.cache,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(  # type: ignore[misc]
-            state["location"],
-            require_complete=state["require_complete"],
-            check_integrity=state.get("check_integrity", True),
-        )
+        self.__init__(state.pop("location"), **state)  # type: ignore[misc]
 
     def __len__(self) -> int:
         return self.n_slots
@@ -486,17 +487,25 @@ class PatchStore:
 
 
 def open_store(
-    location: str | os.PathLike, *, require_complete: bool = True, check_integrity: bool = True
+    location: str | os.PathLike,
+    *,
+    require_complete: bool = True,
+    check_integrity: bool = True,
+    storage_options: dict[str, Any] | None = None,
+    cache: ChunkCacheParams | None = None,
 ) -> PatchStore:
     """Open a patch store for reading.
 
     Args:
-        location: ``STORE.zarr`` folder, ``STORE.h5`` file, a packed ``.zip``, or an ``http(s)://`` /
-            ``s3://`` URL of either.
+        location: ``STORE.zarr`` folder, ``STORE.h5`` file, a packed ``.zip``, or an ``http(s)://``,
+            ``s3://`` or ``gs://`` URL of any of them (:mod:`brainprep.store.locations`).
         require_complete: refuse a store whose build has not finished (the default).
         check_integrity: refuse a sealed store whose metadata fails its digest (the default; only
             :mod:`brainprep.verify` turns it off, to report the mismatch). Chunk checksums are checked
             on every read regardless.
+        storage_options: fsspec options of a remote store (credentials, ``endpoint_url``, ``anon``...).
+        cache: read a remote Zarr store through this size-bounded disk cache
+            (:mod:`brainprep.store.chunk_cache`); ignored for local stores and HDF5.
 
     Returns:
         The open :class:`PatchStore` (opened eagerly here, so problems show at once).
@@ -505,7 +514,15 @@ def open_store(
         StoreIncompleteError: the store's build is still running or was interrupted.
         StoreCorruptError: its metadata fails its recorded digest (hand-edited or damaged).
         StoreError: nothing, or no brainprep store, at ``location``.
+        StoreUnreachableError: a remote store does not answer.
+        RangeRequestsUnsupportedError: an HTTP server ignores Range requests.
     """
-    store = PatchStore(location, require_complete=require_complete, check_integrity=check_integrity)
+    store = PatchStore(
+        location,
+        require_complete=require_complete,
+        check_integrity=check_integrity,
+        storage_options=storage_options,
+        cache=cache,
+    )
     store._open()
     return store

@@ -75,6 +75,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from brainprep.store import locations
+
 SCHEMA_VERSION = 1
 ATTRS_KEY = "brainprep"
 SPLIT_NAMES: tuple[str, ...] = ("train", "val")
@@ -110,8 +112,9 @@ N_CHANNELS = 4
 #: Blosc's automatic choice), encode 20% faster and decode 36% faster than 256 KiB blocks.
 BLOSC_BLOCKSIZE = 1024 * 1024
 
-ZARR_SUFFIXES: tuple[str, ...] = (".zarr",)
-HDF5_SUFFIXES: tuple[str, ...] = (".h5", ".hdf5")
+# Store suffixes belong to brainprep.store.locations; these names stay for the writers that import them here.
+ZARR_SUFFIXES = locations.ZARR_SUFFIXES
+HDF5_SUFFIXES = locations.HDF5_SUFFIXES
 BUILD_DIR_SUFFIX = ".build"
 LOCK_SUFFIX = ".lock"
 PARTIAL_SUFFIX = ".partial"
