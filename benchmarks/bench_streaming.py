@@ -1,6 +1,7 @@
 """Streaming benchmark: patches/s delivered to a training loop, preprocessing-first vs on-the-fly.
 
-    python benchmarks/bench_streaming.py [--quick] [--remote-only] [--json FILE] [--workdir DIR]
+    python benchmarks/bench_streaming.py [--quick] [--remote-only] [--readers-only] [--json FILE]
+        [--workdir DIR]
 
 Every row delivers 160x160x16 patches of the same synthetic 240x240x155x4 cases to a loop that touches
 each batch (no model), with 2 worker processes and batches of 2 dataset items; worker start-up and the
@@ -23,11 +24,16 @@ Rows:
   (g) one pass over every slot of the Zarr store with the threads loader: local, from S3 (moto's server
       in a child process on 127.0.0.1) without cache, and from S3 and HTTP through the disk chunk cache,
       cold then warm (:mod:`remote_rows`; ``--remote-only`` runs these rows alone; needs s3fs and moto)
+  (h) readers side by side, 2 threads in one process, batches of 2 random valid slots (images + labels):
+      brainprep's direct reader (``ShardReader.read_into``), tensorstore (its concurrency tuned),
+      zarr-python, zarr-python with the zarrs codec pipeline; 3 alternating rounds, medians
+      (``--readers-only`` runs only these)
 
 (a2) and the chunk decode, the two sides of the 85% bar, run in 5 alternating rounds and report their
 medians, so the machine's drift during the run falls on both alike.
 
-Bars: (a) >= 40x (c); (a) >= 3x the best of (d), (d2), (e); (a) >= 85% of the faster bare decode limit.
+Bars: (a) >= 40x (c); (a) >= 3x the best of (d), (d2), (e); (a) >= 85% of the faster bare decode limit;
+the best library reader of (g) < 0.9x the direct reader (at >= 0.9x that library becomes the one reader).
 (a) is the faster of the two loader backends; both deliver the compact batch (float16 image, uint8 labels)
 that brainnet's training loop moves to the GPU and expands there; (a3) adds the float32 + one-hot
 expansion on the CPU (information). The baselines deliver a float32 image and a label map.
@@ -36,8 +42,13 @@ expansion on the CPU (information). The baselines deliver a float32 image and a 
 from __future__ import annotations
 
 import multiprocessing as mp
+import statistics
 import sys
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +57,7 @@ from common import (
     N_CHANNELS,
     PATCH_SIZE,
     Bar,
+    MissingPiece,
     Report,
     Row,
     base_parser,
@@ -90,6 +102,14 @@ ROW_DECODE_CHUNK = "(f) bare chunk decode, 2 procs"
 ROW_DECODE_H5 = "(f) bare HDF5 decode, 2 procs"
 ROW_MEMCPY = "(f) memcpy of decoded bytes, 2 procs"
 ROW_CHECKSUM = "(f) crc32c check of a patch's chunks"
+ROW_READ_DIRECT = "(h) readers, 2 threads: direct"
+ROW_READ_TS = "(h) readers, 2 threads: tensorstore"
+ROW_READ_ZARR = "(h) readers, 2 threads: zarr-python"
+ROW_READ_ZARRS = "(h) readers, 2 threads: zarr-python+zarrs"
+READER_THREADS = 2
+READER_ROUNDS = 3
+READER_BAR = 0.9  # a library at >= 0.9x the direct reader replaces it (issue 11)
+TS_LIMITS = (None, 1, 2, 4)  # tensorstore data_copy / file_io concurrency limits tried (None: its default)
 
 
 def _rate_row(name: str, result: Any, note: str) -> Row:
@@ -308,6 +328,15 @@ def _open_arrays(store: str, fmt: str) -> tuple[Any, Any, np.ndarray]:
     return group["images"], group["labels"], valid
 
 
+def _shard_readers(store: Path, images: Any, labels: Any) -> list[Any]:
+    """brainprep's direct readers (``ShardReader`` over local files) of the images and labels of a store."""
+    shards = require("brainprep.store.shards")
+    return [
+        shards.ShardReader(shards.shard_layout(name, array), shards.LocalFiles(store / name))
+        for name, array in (("images", images), ("labels", labels))
+    ]
+
+
 def _bare_worker(
     mode: str, store: str, fmt: str, n_reads: int, warmup: int, seed: int, barrier: Any, results: Any
 ) -> None:
@@ -319,12 +348,7 @@ def _bare_worker(
     if mode == "chunk":
         # the chunk's bytes (one pread, shard index read once), its crc32c checked, decoded by Blosc into a
         # buffer: no zarr; the same checks as the loader's reads
-        shards = require("brainprep.store.shards")
-        arrays = (("images", images), ("labels", labels))
-        readers = [
-            shards.ShardReader(shards.shard_layout(name, array), shards.LocalFiles(Path(store, name)))
-            for name, array in arrays
-        ]
+        readers = _shard_readers(Path(store), images, labels)
         buffers = [np.empty(r.patch_shape, dtype=r.dtype) for r in readers]
     if mode == "memcpy":
         # a ring of decoded patches larger than the CPU caches, so the copy runs at memory speed
@@ -450,10 +474,7 @@ def checksum_row(store: Path, n_patches: int) -> Row:
     """What the crc32c check of a patch's chunks (image + label) costs, on one core."""
     shards = require("brainprep.store.shards")
     images, labels, valid = _open_arrays(str(store), "zarr")
-    readers = [
-        shards.ShardReader(shards.shard_layout(name, array), shards.LocalFiles(Path(store, name)))
-        for name, array in (("images", images), ("labels", labels))
-    ]
+    readers = _shard_readers(store, images, labels)
     rng = np.random.default_rng(SEED)
     slots = rng.choice(valid, size=min(n_patches, 400))
     chunks = [[np.frombuffer(r.chunk(int(s)), dtype=np.uint8) for r in readers] for s in slots]
@@ -489,6 +510,216 @@ def memcpy_row(store: Path, n_patches: int) -> Row:
     )
 
 
+# --------------------------------------------------------------------------------- readers side by side
+
+#: a reader of the benchmark: ``per_thread()`` gives one thread's ``read(slots)``, which reads the images
+#: and labels of those slots (int64 (BATCH_SIZE,)) into arrays
+ReaderFactory = Callable[[], Callable[[np.ndarray], None]]
+
+
+def direct_reader(store: Path) -> ReaderFactory:
+    """brainprep's :class:`~brainprep.store.shards.ShardReader`: each chunk checked and decoded straight
+    into a buffer preallocated per thread (what the loader does)."""
+    images, labels, _ = _open_arrays(str(store), "zarr")
+    readers = _shard_readers(store, images, labels)
+
+    def per_thread() -> Callable[[np.ndarray], None]:
+        buffers = [np.empty((BATCH_SIZE, *r.patch_shape), dtype=r.dtype) for r in readers]
+
+        def read(slots: np.ndarray) -> None:
+            for reader, buffer in zip(readers, buffers, strict=True):
+                for out, slot in zip(buffer, slots, strict=True):
+                    reader.read_into(int(slot), out)
+
+        return read
+
+    return per_thread
+
+
+def tensorstore_reader(store: Path, limit: int | None) -> ReaderFactory:
+    """tensorstore's zarr3 driver over the file kvstore, one batched read per array (both in flight at
+    once); ``limit`` caps its ``data_copy_concurrency`` and ``file_io_concurrency`` (None: its defaults).
+
+    No cache pool (tensorstore's default): a decoded-chunk cache would serve the few benchmark slots from
+    memory, which a store of hundreds of cases read at random does not.
+    """
+    ts = require("tensorstore")
+    spec = (
+        {}
+        if limit is None
+        else {key: {"limit": limit} for key in ("data_copy_concurrency", "file_io_concurrency")}
+    )
+    context = ts.Context(spec)
+    arrays = [
+        ts.open(
+            {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(store / name)}},
+            read=True,
+            context=context,
+        ).result()
+        for name in ("images", "labels")
+    ]
+
+    def read(slots: np.ndarray) -> None:
+        futures = [array[np.sort(slots)].read() for array in arrays]
+        for future in futures:
+            future.result()
+
+    return lambda: read
+
+
+def zarr_reader(store: Path, pipeline: str | None = None) -> ReaderFactory:
+    """zarr-python, ``group["images"][slot]`` per slot; ``pipeline`` is a ``codec_pipeline.path``
+    (``zarrs.ZarrsCodecPipeline``), in force while the arrays are opened (zarr binds it then)."""
+    zarr = require("zarr")
+    config = {} if pipeline is None else {"codec_pipeline.path": pipeline}
+    if pipeline is not None:
+        require(pipeline.rsplit(".", 1)[0])
+    with zarr.config.set(config):
+        group = zarr.open_group(str(store), mode="r")
+        arrays = [group["images"], group["labels"]]
+    found = type(arrays[0]._async_array.codec_pipeline)
+    if pipeline is not None and f"{found.__module__}.{found.__name__}" != pipeline:
+        raise MissingPiece(f"zarr opened the store with {found.__name__}, not {pipeline}")
+
+    def read(slots: np.ndarray) -> None:
+        for array in arrays:
+            for slot in slots:
+                np.asarray(array[int(slot)])
+
+    return lambda: read
+
+
+def threaded_rate(
+    per_thread: ReaderFactory, valid: np.ndarray, n_patches: int, threads: int = READER_THREADS
+) -> tuple[float, float]:
+    """(patches/s, process CPU ms per patch) of ``threads`` threads of one process, each reading batches
+    of BATCH_SIZE random valid slots (after 2 warm-up batches each), started together; the span runs from
+    the first start to the last end.
+
+    The CPU time counts every thread of the process (a library's own pool too). On a machine shared with
+    other work it is the steadier number: a reader that runs more threads also wins a larger share of
+    the contended cores, which raises its patches/s without making it cheaper.
+    """
+    batches = max(1, n_patches // (threads * BATCH_SIZE))
+    barrier = threading.Barrier(threads)
+
+    def work(seed: int) -> tuple[float, float, float, float]:
+        rng = np.random.default_rng(seed)
+        read = per_thread()
+        for _ in range(2):
+            read(rng.choice(valid, size=BATCH_SIZE))
+        barrier.wait()
+        t0, c0 = time.monotonic(), time.process_time()
+        for _ in range(batches):
+            read(rng.choice(valid, size=BATCH_SIZE))
+        return t0, time.monotonic(), c0, time.process_time()
+
+    with ThreadPoolExecutor(threads) as pool:
+        spans = list(pool.map(work, [SEED + i for i in range(threads)]))
+    patches = threads * batches * BATCH_SIZE
+    seconds = max(s[1] for s in spans) - min(s[0] for s in spans)
+    cpu = max(s[3] for s in spans) - min(s[2] for s in spans)
+    return patches / seconds, 1e3 * cpu / patches
+
+
+def _tuned_tensorstore(
+    store: Path, valid: np.ndarray, n_patches: int
+) -> tuple[ReaderFactory, dict[str, Any]]:
+    """The tensorstore reader at its best concurrency limit of TS_LIMITS (one short pass each)."""
+    tried = {}
+    for limit in TS_LIMITS:
+        tried[limit] = threaded_rate(tensorstore_reader(store, limit), valid, max(n_patches // 2, 16))[0]
+    best = max(tried, key=lambda limit: tried[limit])
+    info = {"limit": best, "tuning": {str(k): round(v, 1) for k, v in tried.items()}}
+    return tensorstore_reader(store, best), info
+
+
+def reader_rows(store: Path, n_patches: int, rounds: int = READER_ROUNDS) -> list[Row]:
+    """(g): the four readers on the same store, threads and batches, in ``rounds`` alternating rounds
+    (the order reverses every round), each reported as its median; a reader whose package is absent is a
+    row without a value saying so."""
+    _, _, valid = _open_arrays(str(store), "zarr")
+    makers: dict[str, Callable[[], tuple[ReaderFactory, dict[str, Any]]]] = {
+        ROW_READ_DIRECT: lambda: (direct_reader(store), {}),
+        ROW_READ_TS: lambda: _tuned_tensorstore(store, valid, n_patches),
+        ROW_READ_ZARR: lambda: (zarr_reader(store), {}),
+        ROW_READ_ZARRS: lambda: (zarr_reader(store, "zarrs.ZarrsCodecPipeline"), {}),
+    }
+    readers: dict[str, tuple[ReaderFactory, dict[str, Any]]] = {}
+    skipped: dict[str, str] = {}
+    for name, make in makers.items():
+        try:
+            readers[name] = make()
+        except MissingPiece as err:
+            skipped[name] = f"not run: {err}"
+    rates: dict[str, list[float]] = {name: [] for name in readers}
+    cpu: dict[str, list[float]] = {name: [] for name in readers}
+    for i in range(rounds):
+        for name in list(readers) if i % 2 == 0 else list(readers)[::-1]:
+            rate, cpu_ms = threaded_rate(readers[name][0], valid, n_patches)
+            rates[name].append(rate)
+            cpu[name].append(cpu_ms)
+    versions = {m: metadata.version(m) for m in ("zarr", "tensorstore", "zarrs") if m in sys.modules}
+    direct, direct_cpu = rates.get(ROW_READ_DIRECT), cpu.get(ROW_READ_DIRECT)
+    rows = []
+    for name in makers:
+        if name in skipped:
+            rows.append(Row(name, None, UNIT, skipped[name]))
+            continue
+        info = dict(readers[name][1])
+        if direct and name != ROW_READ_DIRECT:
+            # the ratio within each round: the machine's drift between rounds falls on both sides alike
+            ratios = [a / b for a, b in zip(rates[name], direct, strict=True)]
+            info["ratio_to_direct"] = round(statistics.median(ratios), 3)
+            info["round_ratios"] = [round(r, 3) for r in ratios]
+            # direct CPU per patch / this reader's: what the same cores deliver when nothing else runs
+            cpu_ratios = [a / b for a, b in zip(direct_cpu, cpu[name], strict=True)]
+            info["cpu_ratio_to_direct"] = round(statistics.median(cpu_ratios), 3)
+        how = f"; concurrency limit {info['limit']} (best of {TS_LIMITS})" if "limit" in info else ""
+        if "ratio_to_direct" in info:
+            how += (
+                f"; {info['ratio_to_direct']:.2f}x direct in patches/s, {info['cpu_ratio_to_direct']:.2f}x "
+                "in CPU per patch (medians of the per-round ratios)"
+            )
+        info["cpu_ms_per_patch"] = round(statistics.median(cpu[name]), 2)
+        info["cpu_rounds"] = [round(v, 2) for v in cpu[name]]
+        rows.append(
+            Row(
+                name,
+                statistics.median(rates[name]),
+                UNIT,
+                f"{len(valid)} slots, {READER_THREADS} threads, batches of {BATCH_SIZE}, images+labels, "
+                f"median of {rounds} alternating rounds{how}",
+                {"rounds": [round(v, 1) for v in rates[name]], "versions": versions, **info},
+            )
+        )
+    return rows
+
+
+def reader_bars(report: Report) -> list[Bar]:
+    """Keep the direct reader while the best library reader of (g) stays under READER_BAR of it, in
+    patches/s and in CPU per patch (each the median of the per-round ratios to the direct reader)."""
+    bars = []
+    for key, what in (("ratio_to_direct", "patches/s"), ("cpu_ratio_to_direct", "CPU per patch")):
+        libraries = [
+            (row.extra[key], name)
+            for name in (ROW_READ_TS, ROW_READ_ZARR, ROW_READ_ZARRS)
+            if (row := report.row(name)) is not None and key in row.extra
+        ]
+        best, best_name = max(libraries) if libraries else (None, "no library reader ran")
+        bars.append(
+            Bar(
+                f"(g) best library reader / direct, {what}",
+                best,
+                None,
+                "<",
+                READER_BAR,
+                note=f"{best_name}; at >= {READER_BAR}x that library becomes the one reader (issue 11)",
+            )
+        )
+    return bars
+
+
 # -------------------------------------------------------------------------------------------- driver
 
 
@@ -505,6 +736,7 @@ def run(args: Any) -> Report:
             "timed_patches_fast_rows": fast,
             "timed_patches_slow_rows": slow,
             "quick": args.quick,
+            "readers_only": args.readers_only,
         },
     )
     data_dir: Path | None = None
@@ -533,6 +765,15 @@ def run(args: Any) -> Report:
 
     if args.remote_only:
         rows.extend(measure_remote())
+        return report
+    reader_names = [ROW_READ_DIRECT, ROW_READ_TS, ROW_READ_ZARR, ROW_READ_ZARRS]
+
+    def measure_readers() -> list[Row]:
+        return measure_rows(reader_names, UNIT, lambda: reader_rows(need_store("zarr"), fast))
+
+    if args.readers_only:
+        rows.extend(measure_readers())
+        report.bars = reader_bars(report)
         return report
     rows.append(measure_row(ROW_ZARR, UNIT, lambda: brainnet_row(ROW_ZARR, need_store("zarr"), fast)))
     threads_row, chunk_row = measure_rows(
@@ -575,6 +816,7 @@ def run(args: Any) -> Report:
     rows.append(measure_row(ROW_CHECKSUM, "us/patch", lambda: checksum_row(need_store("zarr"), fast)))
     rows.append(measure_row(ROW_MEMCPY, UNIT, lambda: memcpy_row(need_store("zarr"), fast)))
     rows.extend(measure_remote())  # last: the rows before them run as they always did
+    rows.extend(measure_readers())
 
     # The bars take the faster of the two loader backends (both are product configurations).
     zarr_rows = [
@@ -609,6 +851,7 @@ def run(args: Any) -> Report:
             0.85,
             note=f"{zarr_name}; limit: {decode_name}",
         ),
+        *reader_bars(report),
     ]
     hdf5, monai, hdf5_limit = report.value(ROW_HDF5), report.value(ROW_MONAI), report.value(ROW_DECODE_H5)
     if hdf5 and monai and hdf5_limit:
@@ -627,7 +870,14 @@ def run(args: Any) -> Report:
 
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--patches", type=int, default=None, help="timed patches of the fast rows (a, b, f)")
+    parser.add_argument(
+        "--patches", type=int, default=None, help="timed patches of the fast rows (a, b, f, h)"
+    )
+    parser.add_argument(
+        "--readers-only",
+        action="store_true",
+        help="only the rows (h): the readers side by side, and their bar",
+    )
     parser.add_argument("--slow-patches", type=int, default=None, help="timed patches of the rows c, d, e")
     parser.add_argument("--remote-only", action="store_true", help="run the rows (g) alone, no bars")
     args = parser.parse_args(argv)
