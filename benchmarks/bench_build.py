@@ -81,7 +81,7 @@ RAW_PATCH_BYTES = N_CHANNELS * int(np.prod(PATCH_SIZE)) * 2 + int(np.prod(PATCH_
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from brainprep.build import build_patches
+from brainprep.builder import build_patches
 from brainprep.params import BuildParams
 params = BuildParams.from_dict(json.loads(sys.argv[3]))
 started = time.perf_counter()
@@ -139,7 +139,7 @@ def timed_build(data_dir: Path, store: Path, fmt: str, workers: int) -> dict[str
         there is none), ``ru_maxrss`` (bytes, the kernel's max over the child and its reaped children).
     """
     psutil = require("psutil")
-    require("brainprep.build", "build_patches")
+    require("brainprep.builder", "build_patches")
     remove_path(store)
     params = build_params(fmt, PATCHES_PER_CASE)
     command = [sys.executable, "-c", CHILD, str(data_dir), str(store), params.to_json(), str(workers)]

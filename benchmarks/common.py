@@ -3,7 +3,7 @@
 Every benchmark prepares its own data under a cache folder (``--workdir``, default
 ``$BRAINPREP_BENCH_DIR`` or ``~/.cache/brainprep-bench``) and reuses it across runs: synthetic full-size
 240x240x155x4 cases in the MSD layout (``brainprep.synth``) and patch stores built from them
-(``brainprep.build``). A project piece that is not there yet (an import fails) turns into a
+(``brainprep.builder``). A project piece that is not there yet (an import fails) turns into a
 :class:`MissingPiece`, reported as one row of the table with its reason instead of a number.
 
 A benchmark is three layers like the rest of the project: a measure function per row (returns a
@@ -382,9 +382,9 @@ def patch_store(
     """A patch store of ``data_dir`` in ``fmt`` (``zarr``/``hdf5``), built once and reused.
 
     Raises:
-        MissingPiece: ``brainprep.build.build_patches`` or ``brainprep.store.reader.open_store`` is missing.
+        MissingPiece: ``brainprep.builder.build_patches`` or ``brainprep.store.reader.open_store`` is missing.
     """
-    build_patches = require("brainprep.build", "build_patches")
+    build_patches = require("brainprep.builder", "build_patches")
     open_store = require("brainprep.store.reader", "open_store")
     params = build_params(fmt, patches_per_case)
     store = workdir / "stores" / f"{data_dir.name}-k{patches_per_case}{store_suffix(fmt)}"

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from brainprep import discover_cases
-from brainprep.build.case import cut_case_images, slot_labels
-from brainprep.build.plan import plan_case
+from brainprep.builder.case import cut_case_images, slot_labels
+from brainprep.builder.plan import plan_case
 from brainprep.params import BuildParams
 from brainprep.read.case import read_case_arrays
 from brainprep.store import schema

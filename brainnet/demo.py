@@ -87,7 +87,7 @@ def run_demo(
     from brainnet.predict import segment_case
     from brainnet.train import TrainConfig, load_model, train
     from brainprep import discover_cases, read_case
-    from brainprep.build import build_patches
+    from brainprep.builder import build_patches
     from brainprep.check import CheckParams, check_dataset, format_table
     from brainprep.params import BuildParams, SamplingParams
     from brainprep.show import write_gif, write_planes_png

@@ -107,7 +107,7 @@ class SplitParams(Params):
     Attributes:
         val_fraction: share of cases in the validation split (ignored with ``split_file``).
         split_file: JSON file ``{"train": [ids], "val": [ids]}`` fixing the split; ``None`` draws it
-            (:func:`~brainprep.build.build_patches` records it resolved to an absolute path).
+            (:func:`~brainprep.builder.build_patches` records it resolved to an absolute path).
     """
 
     val_fraction: float = 0.2

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from brainprep.build import build_patches
+from brainprep.builder import build_patches
 from brainprep.cli import main as cli
 from brainprep.errors import StoreIncompleteError
 from brainprep.params import BuildParams, SamplingParams, SplitParams, StandardizeParams
@@ -123,7 +123,7 @@ def test_every_patch_equals_the_standardized_source(data: Path, tmp_path: Path, 
 def test_two_process_workers_give_the_same_bytes(
     data: Path, reference: Path, tmp_path: Path, start_method: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from brainprep.build import driver
+    from brainprep.builder import driver
 
     monkeypatch.setattr(driver, "_start_method", lambda: start_method)
     summary = build_patches(data, tmp_path / "two.zarr", PARAMS, workers=2)
@@ -135,7 +135,7 @@ def test_two_process_workers_give_the_same_bytes(
 def test_workers_are_forked_only_from_a_single_threaded_process() -> None:
     import threading
 
-    from brainprep.build.driver import _start_method
+    from brainprep.builder.driver import _start_method
 
     release = threading.Event()
     other = threading.Thread(target=release.wait)
@@ -360,7 +360,7 @@ def test_case_table_records_the_hash_of_every_source_file(data: Path, reference:
 
 @pytest.mark.parametrize("method", ["patch-slice", "volume-nonzero"])
 def test_fast_cut_equals_cut_of_the_plain_reader(data: Path, method: str) -> None:
-    from brainprep.build.case import cut_case_images, cut_image_patches
+    from brainprep.builder.case import cut_case_images, cut_image_patches
     from brainprep.read.case import read_case_arrays
 
     params = PARAMS.replace(standardize=StandardizeParams(method))
@@ -379,7 +379,7 @@ def test_fast_cut_equals_cut_of_the_plain_reader(data: Path, method: str) -> Non
 
 
 def test_plan_carries_the_label_patches_at_its_corners(data: Path) -> None:
-    from brainprep.build.plan import plan_case
+    from brainprep.builder.plan import plan_case
 
     files = discover_cases(data).cases[0]
     plan = plan_case(files, 0, "train", PARAMS, data)
@@ -390,3 +390,28 @@ def test_plan_carries_the_label_patches_at_its_corners(data: Path) -> None:
     for corner, patch, fraction in zip(plan.corners, patches, plan.tumour_fraction, strict=True):
         np.testing.assert_array_equal(patch, extract_patch(label, corner, PATCH))
         assert fraction == np.float32(np.count_nonzero(patch) / patch.size)
+
+
+def test_the_builder_package_is_not_named_like_a_build_output_folder() -> None:
+    """An unanchored ``build/`` in a .gitignore template must not drop the package from commits."""
+    import fnmatch
+    import importlib
+
+    root = Path(__file__).resolve().parents[1]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", "-q", "--stdin"],
+        input="brainprep/builder/driver.py\n",
+        text=True,
+        cwd=root,
+        capture_output=True,
+    )
+    assert not (root / "brainprep" / "build").is_dir()
+    assert ignored.returncode == 1  # not ignored by the project's own .gitignore
+    template = ["build/", "dist/", "*.egg-info/", "__pycache__/"]  # github/gitignore Python.gitignore
+    parts = Path("brainprep/builder/driver.py").parts[:-1]
+    assert not any(fnmatch.fnmatch(part + "/", pattern) for part in parts for pattern in template)
+    with pytest.warns(DeprecationWarning, match="brainprep.builder"):
+        import brainprep.build
+
+        importlib.reload(brainprep.build)
+    assert brainprep.build.build_patches is build_patches

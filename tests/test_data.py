@@ -139,7 +139,7 @@ def test_flip_pair_flips_image_and_target_alike():
 # ------------------------------------------------------------------------------------ on a store
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from brainprep.build import build_patches
+    from brainprep.builder import build_patches
     from brainprep.params import BuildParams, SamplingParams
     from brainprep.store import open_store
     from brainprep.synth import SynthParams, write_synthetic_dataset
@@ -322,7 +322,7 @@ def test_threaded_loader_reuses_memory_without_touching_batches_the_loop_holds(s
 
 
 def test_hdf5_store_with_two_workers(tmp_path):
-    from brainprep.build import build_patches
+    from brainprep.builder import build_patches
     from brainprep.params import BuildParams, SamplingParams, StoreParams
     from brainprep.store import open_store
     from brainprep.synth import SynthParams, write_synthetic_dataset

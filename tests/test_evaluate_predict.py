@@ -29,7 +29,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _build(root: Path, name: str, params: BuildParams, n_cases: int = 6) -> tuple[Path, Path]:
-    from brainprep.build import build_patches
+    from brainprep.builder import build_patches
     from brainprep.synth import SynthParams, write_synthetic_dataset
 
     data = root / f"synth{n_cases}"

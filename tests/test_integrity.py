@@ -18,7 +18,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from brainprep.build import build_patches
+from brainprep.builder import build_patches
 from brainprep.cli import main as brainprep_main
 from brainprep.errors import (
     ConfigError,

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_tiny_model_learns_whole_tumour(tmp_path):
-    from brainprep.build import build_patches
+    from brainprep.builder import build_patches
     from brainprep.params import BuildParams, SamplingParams, SplitParams
     from brainprep.store import open_store
     from brainprep.synth import SynthParams, write_synthetic_dataset

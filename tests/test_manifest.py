@@ -69,7 +69,7 @@ def test_difference_names_slots_and_case() -> None:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from brainprep.build import build_patches
+    from brainprep.builder import build_patches
     from brainprep.synth import SynthParams, write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("manifest")

@@ -102,7 +102,7 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from brainprep.build import build_patches
+    from brainprep.builder import build_patches
     from brainprep.synth import SynthParams, write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("remote")

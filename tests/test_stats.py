@@ -97,8 +97,8 @@ def test_plot_stats_writes_a_png(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def built_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("brainprep.build", reason="brainprep.build (the store writer) is not there yet")
-    from brainprep.build import build_patches
+    pytest.importorskip("brainprep.builder", reason="brainprep.builder (the store writer) is not there yet")
+    from brainprep.builder import build_patches
     from brainprep.params import BuildParams, SamplingParams
     from brainprep.synth import SynthParams, write_synthetic_dataset
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import zarr
 
-from brainprep.build import build_patches
+from brainprep.builder import build_patches
 from brainprep.errors import StoreError, StoreIncompleteError, StoreLockedError
 from brainprep.params import BuildParams, SamplingParams
 from brainprep.sample import patch_fractions

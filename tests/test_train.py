@@ -30,7 +30,7 @@ TINY_MODEL = ModelConfig(depth=2, base_filters=2)
 
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory) -> Path:
-    from brainprep.build import build_patches
+    from brainprep.builder import build_patches
     from brainprep.params import BuildParams, SamplingParams, SplitParams
     from brainprep.synth import SynthParams, write_synthetic_dataset
 

@@ -179,8 +179,8 @@ def build_patches(
     resumes and ends with the store an uninterrupted build makes; the store says complete only at the
     very end. The content depends only on the data, the parameters and --seed, not on --workers.
     """
-    from brainprep.build import BadCasesError
-    from brainprep.build import build_patches as run_build
+    from brainprep.builder import BadCasesError
+    from brainprep.builder import build_patches as run_build
     from brainprep.errors import BrainprepError, one_line
 
     if recipe is not None:

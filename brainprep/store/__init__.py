@@ -1,6 +1,6 @@
 """Store stage: the patch store schema, its writers (Zarr v3, HDF5) and its reader.
 
-Readers need only :func:`open_store`; the writers are used by :mod:`brainprep.build`.
+Readers need only :func:`open_store`; the writers are used by :mod:`brainprep.builder`.
 """
 
 from brainprep.store.reader import PatchStore, PatchTable, open_store

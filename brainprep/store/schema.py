@@ -41,7 +41,7 @@ Metadata: the group's (file's) attribute ``brainprep`` holds a JSON object (in H
 - ``complete``: ``true`` only once the last byte of the last case is written; readers refuse others
 - ``summary``: cases, patches, skipped, bytes, seconds of the build
 
-Refinements (schema version 1, written by :mod:`brainprep.build`):
+Refinements (schema version 1, written by :mod:`brainprep.builder`):
 
 - ``cases[i].files[j].path`` is relative to ``source.root``; ``source.fingerprint`` is the sha256 of the
   per-file sha256 hex digests of all cases, sorted and joined by newlines (so it does not depend on where

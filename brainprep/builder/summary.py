@@ -8,7 +8,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class BuildSummary:
-    """The outcome of :func:`brainprep.build.build_patches`.
+    """The outcome of :func:`brainprep.builder.build_patches`.
 
     Attributes:
         store: the store path.

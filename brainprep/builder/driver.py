@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 
 from brainprep import __version__
-from brainprep.build.case import CaseTask, case_record, release_buffers, write_case
-from brainprep.build.plan import BadCasesError, CasePlan, plan_case, source_fingerprint
-from brainprep.build.summary import BuildSummary
+from brainprep.builder.case import CaseTask, case_record, release_buffers, write_case
+from brainprep.builder.plan import BadCasesError, CasePlan, plan_case, source_fingerprint
+from brainprep.builder.summary import BuildSummary
 from brainprep.errors import ConfigError, StoreError, StoreMismatchError, StoreSpaceError
 from brainprep.params import BuildParams
 from brainprep.read import CHANNEL_NAMES, CaseFiles, discover_cases

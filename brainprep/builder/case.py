@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from brainprep.build.plan import CasePlan, file_entry, file_record
+from brainprep.builder.plan import CasePlan, file_entry, file_record
 from brainprep.errors import CaseError, ShapeMismatchError
 from brainprep.params import BuildParams
 from brainprep.read import CaseFiles
