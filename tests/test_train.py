@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from brainnet.augment import augment_preset
 from brainnet.model import ModelConfig
 from brainnet.train import (
     NonFiniteLossError,
@@ -26,6 +27,19 @@ from brainnet.train.loop import dice_counts, dice_from_counts
 from brainprep.errors import ConfigError
 
 TINY_MODEL = ModelConfig(depth=2, base_filters=2)
+#: every transform of the nnunet preset on every sample: a resume or a worker count that changed any draw
+#: would change the weights.
+EVERY_TRANSFORM = augment_preset(
+    "nnunet",
+    {
+        "spatial.p_rotation": 1.0,
+        "spatial.p_scaling": 1.0,
+        "spatial.p_elastic": 1.0,
+        **{f"{block}.p": 1.0 for block in ("noise", "blur", "brightness", "contrast", "low_resolution")},
+        "gamma_inverted.p": 0.5,
+        "gamma.p": 1.0,
+    },
+)
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +139,8 @@ def test_checkpoint_loads_with_weights_only_and_holds_the_run(store_path, tmp_pa
 
 def test_resume_equals_an_uninterrupted_run(store_path, tmp_path):
     # 4 steps of 2 patches per epoch do not divide the 12 train patches, so the resumed run has to restart
-    # the data stream in the middle of a sampler pass; flips check that augmentation resumes too.
-    config = _config(epochs=2, steps_per_epoch=4, flip_axes=(0, 1), deterministic=True)
+    # the data stream in the middle of a sampler pass; augmentation must resume with the same draws too.
+    config = _config(epochs=2, steps_per_epoch=4, augment=EVERY_TRANSFORM, deterministic=True)
     straight = train(store_path, tmp_path / "straight", config, TINY_MODEL)
     first = train(store_path, tmp_path / "resumed", config.replace(epochs=1), TINY_MODEL)
     second = train(store_path, tmp_path / "resumed", config, TINY_MODEL, resume=True)
@@ -146,7 +160,7 @@ def test_resume_equals_an_uninterrupted_run(store_path, tmp_path):
 
 
 def test_worker_processes_do_not_change_the_result(store_path, tmp_path):
-    config = _config(steps_per_epoch=3, flip_axes=(0, 1, 2))
+    config = _config(steps_per_epoch=3, augment=EVERY_TRANSFORM)
     single = train(store_path, tmp_path / "w0", config, TINY_MODEL)
     workers = train(store_path, tmp_path / "w2", config.replace(workers=2), TINY_MODEL)
     np.testing.assert_array_equal(single.slots_seen, workers.slots_seen)
@@ -249,3 +263,28 @@ def test_ddp_two_cpu_processes_split_the_data_and_agree(store_path, tmp_path):
     assert payload["world_size"] == 2
     for name, tensor in ranks[0]["weights"].items():
         assert torch.equal(payload["model"][name], tensor)
+
+
+@pytest.mark.parametrize("preset", ["none", "flips", "nnunet"])
+def test_every_augmentation_preset_trains_end_to_end(preset, store_path, tmp_path):
+    from brainnet.augment import AugmentConfig, with_overrides
+    from brainnet.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "--store", str(store_path), "--out", str(run), "--steps-per-epoch", "2", "--epochs", "1"]
+    args += ["--batch-size", "2", "--base-filters", "2", "--depth", "2", "--workers", "0", "--device", "cpu"]
+    args += ["--no-progress", "--val-split", "none", "--augment", preset]
+    if preset == "nnunet":
+        args += ["--augment-set", "spatial.p_rotation=1", "--augment-set", "spatial.rotation_degrees=-10,10"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    saved = load_checkpoint(run / "last.pt")["train_config"]["augment"]
+    expected = augment_preset(preset)
+    if preset == "nnunet":
+        expected = with_overrides(
+            expected, {"spatial.p_rotation": 1.0, "spatial.rotation_degrees": (-10, 10)}
+        )
+    assert AugmentConfig.from_dict(saved) == expected
+    # --resume may not change the augmentation
+    changed = CliRunner().invoke(main, [*args[:-1], "flips" if preset != "flips" else "none", "--resume"])
+    assert changed.exit_code != 0 and "--augment" in changed.output

@@ -15,6 +15,41 @@ from brainprep.cli.options import cache_options, chunk_cache, storage_options_op
 _RESUME_OVERRIDES = ("epochs", "workers", "loader", "device", "amp")
 
 
+#: CLI options that set a TrainConfig field of another name.
+_CONFIG_FIELD = {"flips": "augment", "augment_set": "augment"}
+
+
+def _parse_value(text: str) -> object:
+    """A value of --augment-set: a number, true/false, a comma-separated tuple of numbers, or a word."""
+    if "," in text:
+        return tuple(_parse_value(part) for part in text.split(",") if part.strip())
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return int(lowered) if lowered.lstrip("+-").isdigit() else float(lowered)
+    except ValueError:
+        return text.strip()
+
+
+def _augment_config(options: dict) -> object:
+    """The AugmentConfig of --augment, --augment-set and --flips."""
+    from brainnet.augment import augment_preset
+
+    preset = str(options["augment"])
+    if options["flips"]:
+        if preset not in ("none", "flips"):
+            raise click.UsageError(f"--flips contradicts --augment {preset} (it means --augment flips)")
+        preset = "flips"
+    overrides = {}
+    for item in options["augment_set"]:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise click.BadParameter(f"expected BLOCK.FIELD=VALUE, got {item!r}", param_hint="--augment-set")
+        overrides[key.strip()] = _parse_value(value)
+    return augment_preset(preset, overrides)
+
+
 def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) -> None:
     """Raise when an option given with --resume contradicts the checkpoint (it would be ignored)."""
     changed = sorted(
@@ -79,7 +114,21 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
 @click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA.")
 @click.option("--min-tumour-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option("--weighting", type=click.Choice(["uniform", "tumour"]), default="uniform", show_default=True)
-@click.option("--flips/--no-flips", default=False, show_default=True, help="Random flips along X, Y and Z.")
+@click.option(
+    "--augment",
+    type=click.Choice(["none", "flips", "nnunet"]),
+    default="none",
+    show_default=True,
+    help="Batch augmentation on the training device: none (course), flips (X, Y, Z), nnunet (nnU-Net's).",
+)
+@click.option(
+    "--augment-set",
+    "augment_set",
+    multiple=True,
+    metavar="BLOCK.FIELD=VALUE",
+    help="Override one augmentation field, e.g. noise.p=0.2 or spatial.rotation_degrees=-15,15 (repeatable).",
+)
+@click.option("--flips/--no-flips", default=False, help="Same as --augment flips (kept for older scripts).")
 @click.option(
     "--resume", is_flag=True, help="Continue RUN_DIR/last.pt (its configs; --epochs etc. may change)."
 )
@@ -125,7 +174,7 @@ def train(
             loader=options["loader"],
             min_tumour_fraction=options["min_tumour_fraction"],
             weighting=options["weighting"],
-            flip_axes=(0, 1, 2) if options["flips"] else (),
+            augment=_augment_config(options),
         )
         model_config = ModelConfig(
             depth=options["depth"],
@@ -136,10 +185,13 @@ def train(
         if options["resume"] and last.exists():
             saved = load_checkpoint(last)
             explicit = {
-                name
+                _CONFIG_FIELD.get(name, name)
                 for name in options
                 if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
             }
+            saved["train_config"] = TrainConfig.from_dict(
+                saved["train_config"]
+            ).to_dict()  # older checkpoints
             _refuse_changes(explicit, config.to_dict(), saved["train_config"], last)
             _refuse_changes(explicit, model_config.to_dict(), saved["model_config"], last)
             model_config = ModelConfig.from_dict(saved["model_config"])

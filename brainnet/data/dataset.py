@@ -14,7 +14,7 @@ with ``y[1:]``) on the training device, where the conversion is nearly free.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,18 +43,24 @@ TUMOUR_LABELS: tuple[int, ...] = (1, 2, 3)
 
 
 def to_training_batch(
-    batch: dict[str, Any], device: torch.device | str = "cpu"
+    batch: dict[str, Any],
+    device: torch.device | str = "cpu",
+    augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Move a compact batch to ``device`` and expand it for the network and the loss.
 
     Args:
         batch: ``image`` (B, 4, X, Y, Z) float16/32 and ``label`` uint8 (B, X, Y, Z), as the loader yields.
+        augment: ``(image float32, label uint8) -> (image, label)`` applied on ``device`` before the
+            one-hot (e.g. a bound :class:`brainnet.augment.BatchAugment`).
 
     Returns:
         image float32 (B, 4, X, Y, Z) and target float32 (B, 3, X, Y, Z), the one-hot of MSD labels 1, 2, 3.
     """
     image = batch["image"].to(device, non_blocking=True).float()
     label = batch["label"].to(device, non_blocking=True)
+    if augment is not None:
+        image, label = augment(image, label)
     # Not metrics.labels_to_onehot: its value check reads min/max back, a device sync on every step;
     # stored labels were validated when the store was built.
     target = torch.stack([label == value for value in TUMOUR_LABELS], dim=1).float()

@@ -8,8 +8,10 @@ Course defaults (AI for Medicine, course 1 week 3): ``unet_model_3d`` compiles w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from brainnet.augment.config import AugmentConfig, flips_config
 from brainnet.data.loader import LOADER_BACKENDS
 from brainprep.config import Params
 from brainprep.errors import ConfigError
@@ -44,7 +46,9 @@ class TrainConfig(Params):
         min_tumour_fraction: train only on patches whose stored tumour fraction is at least this.
         weighting: ``uniform`` (every patch once per pass) or ``tumour`` (drawn with replacement,
             probability proportional to the stored tumour fraction).
-        flip_axes: spatial axes randomly flipped (0 X, 1 Y, 2 Z); empty = none (the course uses none).
+        augment: batch augmentation on the training device (default none, as the course; presets and
+            fields: :mod:`brainnet.augment.config`). Replaces the former ``flip_axes``, which
+            :meth:`from_dict` still reads (as the ``flips`` preset on those axes).
         threshold: probability threshold of the reported Dice.
         deterministic: ``torch.use_deterministic_algorithms`` (bit-exact reruns on CPU; slower on GPU).
     """
@@ -64,7 +68,7 @@ class TrainConfig(Params):
     shuffle_window: int = 4
     min_tumour_fraction: float = 0.0
     weighting: str = "uniform"
-    flip_axes: tuple[int, ...] = ()
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     threshold: float = 0.5
     deterministic: bool = False
 
@@ -96,8 +100,23 @@ class TrainConfig(Params):
             raise ConfigError(
                 f"TrainConfig.min_tumour_fraction must be in [0, 1], got {self.min_tumour_fraction}"
             )
-        object.__setattr__(self, "flip_axes", tuple(int(a) for a in self.flip_axes))
-        if any(a not in (0, 1, 2) for a in self.flip_axes):
-            raise ConfigError(f"TrainConfig.flip_axes must be among 0, 1, 2, got {self.flip_axes}")
+        if not isinstance(self.augment, AugmentConfig):
+            raise ConfigError(
+                f"TrainConfig.augment must be an AugmentConfig, got {type(self.augment).__name__}"
+            )
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"TrainConfig.threshold must be in (0, 1), got {self.threshold}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Like :meth:`Params.from_dict`; a dict of a checkpoint from before ``augment`` (with ``flip_axes``)
+        reads as the ``flips`` preset on those axes (no augmentation when they are empty)."""
+        data = dict(data)
+        if "flip_axes" in data:
+            axes = tuple(data.pop("flip_axes"))
+            if "augment" in data and axes:
+                raise ConfigError(
+                    "TrainConfig has both flip_axes and augment; flip_axes was replaced by augment"
+                )
+            data.setdefault("augment", flips_config(axes).to_dict())
+        return super().from_dict(data)

@@ -7,6 +7,7 @@ checkpoints). Run it on several processes with ``torchrun`` (see :mod:`brainnet.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from brainnet.augment import BatchAugment
 from brainnet.data.dataset import PatchDataset, split_slots, to_training_batch
 from brainnet.data.loader import make_loader
 from brainnet.data.sampler import ShardShuffleSampler, filter_by_tumour_fraction, tumour_weights
@@ -187,14 +189,18 @@ def train_step(
     precision: _Precision,
     context: DistributedContext,
     threshold: float,
+    augment: Any = None,
 ) -> tuple[float, torch.Tensor]:
     """One optimizer step. Returns the loss averaged over ranks and the batch's Dice counts (3, C).
+
+    Args:
+        augment: ``(image, label) -> (image, label)`` applied to the batch on the device, or ``None``.
 
     Raises:
         NonFiniteLossError: the loss is NaN/Inf on any rank (all ranks raise together).
     """
     device = context.device
-    image, target = to_training_batch(batch, device)
+    image, target = to_training_batch(batch, device, augment)
     with precision.autocast(device):
         logits = network(image)
     loss = compute_loss(logits, target)
@@ -261,7 +267,7 @@ def _train_dataset(store: Any, config: TrainConfig, context: DistributedContext)
             f"store {store.location} has no train patches with tumour fraction "
             f">= {config.min_tumour_fraction}"
         )
-    dataset = PatchDataset(store, slots, flip_axes=config.flip_axes, seed=config.seed)
+    dataset = PatchDataset(store, slots)  # augmentation happens on the batch, in train_step
     weights = tumour_weights(dataset.tumour_fraction) if config.weighting == "tumour" else None
     sampler = ShardShuffleSampler(
         dataset.shards,
@@ -305,7 +311,7 @@ def _check_resumable(
             f"cannot resume {path}: model config {model_config.to_dict()} differs from the checkpoint's "
             f"{saved['model_config']}"
         )
-    old = saved.get("train_config", {})
+    old = TrainConfig.from_dict(saved.get("train_config", {})).to_dict()  # older dicts: today's fields
     changed = sorted(
         k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and k in old and old[k] != v
     )
@@ -453,6 +459,7 @@ def _run(
         out_dir.mkdir(parents=True, exist_ok=True)
         run_logger = RunLogger(out_dir, resume_epoch=epoch, resume_step=global_step)
     seen: list[np.ndarray] = []
+    augmenter = BatchAugment(config.augment) if config.augment.active else None
     network.train()
     try:
         while epoch < config.epochs:
@@ -466,9 +473,14 @@ def _run(
             for index in range(steps):
                 batch = stream.next()
                 seen.append(batch["slot"].numpy())
+                augment = None
+                if augmenter is not None:
+                    # keyed by the step: the same draws whatever the workers, the backend or a resume
+                    key = (config.seed, context.rank, global_step)
+                    augment = functools.partial(augmenter, key=key)
                 try:
                     loss, batch_counts = train_step(
-                        network, optimizer, batch, precision, context, config.threshold
+                        network, optimizer, batch, precision, context, config.threshold, augment
                     )
                 except NonFiniteLossError as err:
                     raise NonFiniteLossError(

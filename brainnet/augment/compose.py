@@ -1,0 +1,338 @@
+"""The batched augmentation: per-sample parameters drawn on the CPU, transforms applied on the batch's device.
+
+Layers: :func:`draw_parameters` (the only random part: a seeded CPU ``torch.Generator``, a fixed number of
+draws per batch whatever the probabilities) gives :class:`BatchParams`; :func:`apply_parameters` applies
+them with the pure functions of :mod:`brainnet.augment.functional`; :class:`BatchAugment` does both for a
+key such as ``(seed, rank, global_step)``. The training loop augments each batch on its device after it
+arrives, so loader workers do no augmentation, and since every random number comes from the key the
+batches do not depend on the worker count, the loader backend, a resume or the device (CPU and CUDA agree
+within float rounding: parameters are drawn on the CPU, noise voxels come from a counter-based hash).
+
+Each transform runs only on the samples (or (sample, channel) pairs) it fires on, selected with index
+tensors known on the host (no device sync), and one tensor call covers them all: no Python loop over
+samples. Order, probabilities and ranges: :class:`~brainnet.augment.config.AugmentConfig`.
+
+Border rule. Rotation and scaling read positions outside the patch (a 160x160 patch rotated by 45 degrees
+reaches 41% beyond its faces; a scale of 1.4 reaches 20%). nnU-Net reads a larger window around each patch
+(``initial_patch_size``) so that those positions hold real data and pads with zeros only outside the scan.
+A patch store holds only the patch, so brainnet reflects it at its faces (``SpatialParams.padding =
+"reflection"``, ``grid_sample``'s mirror about the face of the boundary voxel): the field of view keeps
+image texture and labels (mirrored with the image, so they stay aligned) instead of a block of constant
+image with background labels that exists in no scan. ``zeros`` (image 0, labels background) and ``border``
+(nearest face voxel) are the alternatives.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from brainnet.augment import functional as AF
+from brainnet.augment.config import AugmentConfig, GammaParams, SpatialParams
+
+#: Intensity transforms in nnU-Net's order (``trainer.py:772-829``), by AugmentConfig field.
+_INTENSITY_ORDER = ("noise", "blur", "brightness", "contrast", "low_resolution", "gamma_inverted", "gamma")
+
+
+@dataclass(frozen=True)
+class BatchParams:
+    """Every random choice for one batch of B samples with C channels (CPU tensors).
+
+    Attributes:
+        spatial: bool (B,) sample is resampled; matrices float64 (B, 3, 3) output -> input;
+            control float32 (B, D, G1, .., GD) elastic control displacements in voxels (zero where
+            off; D = 2, over the plane, for an anisotropic patch), ``None`` without elastic deformation.
+        noise: bool (B,), noise_std (B,), noise_keys int64 (B,).
+        blur: bool (B, C), blur_sigma (B, C, 3).
+        brightness, contrast: bool (B, C), their factors (B, C).
+        low_resolution: bool (B, C), low_resolution_scale (B, C, 3).
+        gamma_inverted, gamma: bool (B, C), their exponents (B, C).
+        flips: bool (B, 3).
+    """
+
+    spatial: torch.Tensor
+    matrices: torch.Tensor
+    control: torch.Tensor | None
+    noise: torch.Tensor
+    noise_std: torch.Tensor
+    noise_keys: torch.Tensor
+    blur: torch.Tensor
+    blur_sigma: torch.Tensor
+    brightness: torch.Tensor
+    brightness_factor: torch.Tensor
+    contrast: torch.Tensor
+    contrast_factor: torch.Tensor
+    low_resolution: torch.Tensor
+    low_resolution_scale: torch.Tensor
+    gamma_inverted: torch.Tensor
+    gamma_inverted_gamma: torch.Tensor
+    gamma: torch.Tensor
+    gamma_gamma: torch.Tensor
+    flips: torch.Tensor
+
+
+def generator_for(key: Sequence[int]) -> torch.Generator:
+    """A CPU generator seeded from integers (e.g. ``(seed, rank, step)``) through numpy's SeedSequence."""
+    state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def short_axis(shape: Sequence[int], spatial: SpatialParams) -> int | None:
+    """The axis an anisotropic patch is augmented across (in-plane only), ``None`` for a 3D patch.
+
+    nnU-Net's rule (``do_dummy_2d_data_aug``): longest side over the short one above the threshold.
+    """
+    shortest = int(np.argmin(shape))
+    return shortest if max(shape) / shape[shortest] > spatial.anisotropy_threshold else None
+
+
+def _uniform(u: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+    return bounds[0] + u * (bounds[1] - bounds[0])
+
+
+def _split_uniform(coin: torch.Tensor, u: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+    """batchgeneratorsv2's ``BGContrast``: half the time uniform in (low, 1), else in (max(low, 1), high)."""
+    low, high = bounds
+    below = (coin < 0.5) & (low < 1)
+    lower = torch.where(below, torch.full_like(u, low), torch.full_like(u, max(low, 1.0)))
+    upper = torch.where(below, torch.ones_like(u), torch.full_like(u, high))
+    return lower + u * (upper - lower)
+
+
+def _control_shape(shape: Sequence[int], spacing: float) -> tuple[int, ...]:
+    return tuple(max(2, math.ceil((s - 1) / spacing) + 1) for s in shape)
+
+
+def _spatial_draws(config: SpatialParams, batch: int, shape: Sequence[int], g: torch.Generator):
+    fire = torch.rand(batch, 3, generator=g)  # rotation, scaling, elastic
+    angle_u = torch.rand(batch, 3, generator=g, dtype=torch.float64)
+    scale_u = torch.rand(batch, generator=g, dtype=torch.float64)
+    magnitude_u = torch.rand(batch, generator=g)
+    rotate, scale, deform = (fire[:, k] < p for k, p in enumerate(config.probabilities))
+    short = short_axis(shape, config)
+    angles = torch.zeros(batch, 3, dtype=torch.float64)
+    if short is None:
+        angles = _uniform(angle_u, config.rotation_degrees)
+    else:
+        angles[:, short] = _uniform(angle_u[:, short], config.rotation_degrees_2d)
+    angles = torch.where(rotate[:, None], torch.deg2rad(angles), torch.zeros_like(angles))
+    scales = torch.where(scale, _uniform(scale_u, config.scaling), torch.ones_like(scale_u))
+    scales = scales[:, None].expand(batch, 3).clone()
+    if short is not None:
+        scales[:, short] = 1.0
+    return rotate | scale | deform, AF.rotation_scaling_matrices(angles, scales), deform, magnitude_u, short
+
+
+def draw_parameters(
+    config: AugmentConfig, batch: int, channels: int, shape: Sequence[int], generator: torch.Generator
+) -> BatchParams:
+    """Draw every random choice of one batch; the draws' count and order depend only on (B, C, shape).
+
+    Args:
+        config: the augmentation.
+        batch, channels: B and C of the image batch.
+        shape: (X, Y, Z) of the patches.
+        generator: a CPU generator (:func:`generator_for`).
+    """
+    g = generator
+    spatial, matrices, deform, magnitude_u, short = _spatial_draws(config.spatial, batch, shape, g)
+
+    def fires(p: float) -> torch.Tensor:
+        return torch.rand(batch, generator=g) < p
+
+    def per_channel(sample: torch.Tensor, p: float) -> torch.Tensor:
+        return sample[:, None] & (torch.rand(batch, channels, generator=g) < p)
+
+    def split(bounds: tuple[float, float]) -> torch.Tensor:
+        coin, u = torch.rand(2, batch, channels, generator=g)
+        return _split_uniform(coin, u, bounds)
+
+    noise = fires(config.noise.p)
+    noise_std = _uniform(torch.rand(batch, generator=g), config.noise.std)
+    noise_keys = torch.randint(0, 2**31 - 1, (batch,), generator=g, dtype=torch.int64)
+    blur = per_channel(fires(config.blur.p), config.blur.p_per_channel)
+    blur_sigma = _uniform(torch.rand(batch, channels, 3, generator=g), config.blur.sigma)
+    brightness = per_channel(fires(config.brightness.p), 1.0)
+    brightness_factor = split(config.brightness.multiplier)
+    contrast = per_channel(fires(config.contrast.p), 1.0)
+    contrast_factor = split(config.contrast.factor)
+    low = config.low_resolution
+    low_resolution = per_channel(fires(low.p), low.p_per_channel)
+    low_scale = _uniform(torch.rand(batch, channels, generator=g), low.scale)[..., None].expand(-1, -1, 3)
+    low_scale = low_scale.clone()
+    if short is not None:
+        low_scale[..., short] = 1.0  # nnU-Net's ignore_axes: the short axis keeps its resolution
+    gamma_inverted = per_channel(fires(config.gamma_inverted.p), 1.0)
+    gamma_inverted_gamma = split(config.gamma_inverted.gamma)
+    gamma = per_channel(fires(config.gamma.p), 1.0)
+    gamma_gamma = split(config.gamma.gamma)
+    mirror = config.mirror
+    axes = torch.tensor([a in mirror.axes for a in range(3)])
+    flips = (torch.rand(batch, 3, generator=g) < mirror.p) & axes[None, :]
+    control = None
+    if config.spatial.p_elastic > 0:  # drawn last: its size depends on the patch shape
+        plane = [shape[a] for a in range(3) if a != short]  # in-plane only for an anisotropic patch
+        grid = _control_shape(plane, config.spatial.elastic_spacing)
+        std = _uniform(magnitude_u, config.spatial.elastic_magnitude) * deform
+        control = torch.randn(batch, len(plane), *grid, generator=g) * std.view(-1, *[1] * (len(plane) + 1))
+    return BatchParams(
+        spatial=spatial,
+        matrices=matrices,
+        control=control,
+        noise=noise,
+        noise_std=noise_std,
+        noise_keys=noise_keys,
+        blur=blur,
+        blur_sigma=blur_sigma,
+        brightness=brightness,
+        brightness_factor=brightness_factor,
+        contrast=contrast,
+        contrast_factor=contrast_factor,
+        low_resolution=low_resolution,
+        low_resolution_scale=low_scale,
+        gamma_inverted=gamma_inverted,
+        gamma_inverted_gamma=gamma_inverted_gamma,
+        gamma=gamma,
+        gamma_gamma=gamma_gamma,
+        flips=flips,
+    )
+
+
+def _on_pairs(
+    image: torch.Tensor, mask: torch.Tensor, transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """Apply ``transform(volumes (P, X, Y, Z), pair_index (P,))`` to the (sample, channel) pairs of ``mask``
+    (bool (B, C)) and write the results back into ``image`` (a contiguous tensor the caller owns)."""
+    index = mask.flatten().nonzero().flatten()
+    if index.numel() == 0:
+        return image
+    flat = image.view(-1, *image.shape[2:])
+    device_index = index.to(image.device)
+    flat.index_copy_(0, device_index, transform(flat.index_select(0, device_index), index))
+    return image
+
+
+def _apply_spatial(
+    config: SpatialParams, params: BatchParams, image: torch.Tensor, label: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Resample the samples that drew a spatial transform, in place; an anisotropic patch slice by slice
+    (2D grids: a quarter of the taps of 3D ones, and nnU-Net's dummy 2D)."""
+    index = params.spatial.nonzero().flatten()
+    if index.numel() == 0:
+        return image, label
+    shape = image.shape[2:]
+    short = short_axis(shape, config)
+    plane = [a for a in range(3) if a != short]
+    matrices = params.matrices[index][:, plane][:, :, plane]
+    displacement = None
+    if params.control is not None:
+        displacement = AF.elastic_displacement(
+            params.control[index].to(image.device), [shape[a] for a in plane]
+        )
+    grid = AF.sampling_grid(
+        matrices, [shape[a] for a in plane], displacement=displacement, device=image.device
+    )
+    device_index = index.to(image.device)
+    # slices of an anisotropic patch: its short axis becomes a channel axis, (B, C, S, P1, P2)
+    moved = image.index_select(0, device_index)
+    if short is not None:
+        moved = moved.movedim(2 + short, 2)
+    moved = AF.warp(moved, grid, config.padding)
+    image.index_copy_(0, device_index, moved if short is None else moved.movedim(2, 2 + short))
+    if label is not None:
+        moved = label.index_select(0, device_index)
+        if short is not None:
+            moved = moved.movedim(1 + short, 1)
+        moved = AF.warp_labels(moved, grid, config.padding)
+        label.index_copy_(0, device_index, moved if short is None else moved.movedim(1, 1 + short))
+    return image, label
+
+
+def _gamma(block: GammaParams, gammas: torch.Tensor):
+    return lambda x, i: AF.gamma(x, gammas.flatten()[i], block.invert, block.retain_stats)
+
+
+def apply_parameters(
+    config: AugmentConfig, params: BatchParams, image: torch.Tensor, label: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Apply one batch's draws.
+
+    Args:
+        config: the augmentation the parameters were drawn for (padding, contrast range, gamma flags).
+        params: :func:`draw_parameters` of this batch.
+        image: float (B, C, X, Y, Z) on any device.
+        label: (B, X, Y, Z) label map (any integer dtype), or ``None``; only spatial transforms and
+            mirroring touch it.
+
+    Returns:
+        New image and label tensors (the inputs are not modified).
+    """
+    image = image.contiguous().clone()  # one working copy, changed in place from here on
+    if label is not None and (bool(params.spatial.any()) or bool(params.flips.any())):
+        label = label.contiguous().clone()
+    image, label = _apply_spatial(config.spatial, params, image, label)
+    channels = image.shape[1]
+    noise_pairs = params.noise[:, None].expand(-1, channels)
+
+    def noise(x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        sample = i // channels
+        # one key per (sample, channel): channels share the std, not the noise
+        return AF.gaussian_noise(
+            x, params.noise_std[sample], params.noise_keys[sample] * channels + i % channels
+        )
+
+    steps = {
+        "noise": (noise_pairs, noise),
+        "blur": (params.blur, lambda x, i: AF.gaussian_blur(x, params.blur_sigma.reshape(-1, 3)[i])),
+        "brightness": (
+            params.brightness,
+            lambda x, i: AF.multiply(x, params.brightness_factor.flatten()[i]),
+        ),
+        "contrast": (
+            params.contrast,
+            lambda x, i: AF.contrast(x, params.contrast_factor.flatten()[i], config.contrast.preserve_range),
+        ),
+        "low_resolution": (
+            params.low_resolution,
+            lambda x, i: AF.low_resolution(x, params.low_resolution_scale.reshape(-1, 3)[i]),
+        ),
+        "gamma_inverted": (params.gamma_inverted, _gamma(config.gamma_inverted, params.gamma_inverted_gamma)),
+        "gamma": (params.gamma, _gamma(config.gamma, params.gamma_gamma)),
+    }
+    for name in _INTENSITY_ORDER:
+        mask, transform = steps[name]
+        image = _on_pairs(image, mask, transform)
+    image = AF.mirror_(image, params.flips)
+    if label is not None:
+        label = AF.mirror_(label, params.flips)
+    return image, label
+
+
+class BatchAugment:
+    """``augment(image, label, key)``: draw from ``key`` and apply :class:`AugmentConfig` to a batch.
+
+    Args:
+        config: the augmentation.
+
+    Call args:
+        image: float (B, C, X, Y, Z), label (B, X, Y, Z) or ``None``, on any device.
+        key: integers naming the batch, e.g. ``(seed, rank, global_step)``.
+    """
+
+    def __init__(self, config: AugmentConfig) -> None:
+        self.config = config
+
+    def parameters(self, image: torch.Tensor, key: Sequence[int]) -> BatchParams:
+        batch, channels, *shape = image.shape
+        return draw_parameters(self.config, batch, channels, shape, generator_for(key))
+
+    def __call__(
+        self, image: torch.Tensor, label: torch.Tensor | None, key: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.config.active:
+            return image, label
+        return apply_parameters(self.config, self.parameters(image, key), image, label)

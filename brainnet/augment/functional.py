@@ -1,0 +1,418 @@
+"""Augmentation transforms as pure tensor functions on batches, on whatever device the tensors are on.
+
+Spatial functions take a batch ``(B, C, X, Y, Z)`` (labels ``(B, X, Y, Z)``) and per-sample parameters;
+intensity functions take a stack of channel volumes ``(P, X, Y, Z)`` (the (sample, channel) pairs a
+transform applies to) and one parameter per pair. Nothing here draws random numbers: parameters come in
+(:mod:`brainnet.augment.compose` draws them), so each function is exact and testable on its own, and the
+one source of noise voxels, :func:`hash_normal`, is a pure function of integer keys that gives the same
+numbers on the CPU and on CUDA.
+
+Parameter tensors may live on the CPU (where they are drawn); they are moved to the data's device here.
+The transforms follow batchgeneratorsv2 (github.com/MIC-DKFZ/batchgeneratorsv2 at 3cb4f07, the library
+nnU-Net v2 augments with), transform by transform: the file each one follows is named in its docstring.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+MASK32 = 0xFFFFFFFF
+#: Floor of a range or std divisor (batchgeneratorsv2's ``eps`` in ``intensity/gamma.py``).
+EPS = 1e-7
+#: Half-width of the blur kernel in sigmas: batchgeneratorsv2's ``blur_dimension(..., truncate=6)`` builds a
+#: kernel of ``round_to_odd(6 sigma + 0.5)`` taps (``noise/gaussian_blur.py``).
+BLUR_TRUNCATE = 6.0
+
+
+# ---------------------------------------------------------------------------------------------- spatial
+def mirror(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Flip each sample along the axes it asks for.
+
+    Args:
+        x: (B, ..., X, Y, Z) images (B, C, X, Y, Z) or labels (B, X, Y, Z), any dtype.
+        flips: bool (B, 3), whether sample b is flipped along X, Y, Z.
+
+    Returns:
+        A new tensor like ``x`` (``x`` itself when nothing flips).
+    """
+    return mirror_(x.clone(), flips) if bool(flips.any()) else x
+
+
+def mirror_(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """:func:`mirror` in place (for a tensor the caller owns): one flip per combination of axes present."""
+    code = (flips.long() * torch.tensor([1, 2, 4])).sum(dim=1)
+    for combination in code.unique().tolist():
+        dims = [x.ndim - 3 + axis for axis in range(3) if combination >> axis & 1]
+        if not dims:
+            continue
+        index = (code == combination).nonzero().flatten().to(x.device)
+        x.index_copy_(0, index, x.index_select(0, index).flip(dims))
+    return x
+
+
+def rotation_scaling_matrices(angles: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Per-sample 3x3 matrices ``R2 @ R1 @ R0 @ diag(scales)`` in voxel units (output -> input position).
+
+    ``Rk`` rotates about axis k (0 X, 1 Y, 2 Z) by ``angles[:, k]`` radians, composed in the order of
+    batchgeneratorsv2's ``create_affine_matrix_3d`` (``Rz @ Ry @ Rx @ S``, ``spatial/spatial.py``). A scale
+    above 1 samples a larger field of view (structures shrink). A positive angle about Z takes the sample
+    of output voxel (x, y) from input (c x - s y, s x + c y): +90 degrees is ``torch.rot90(x, -1, (X, Y))``.
+
+    Args:
+        angles: float (B, 3) radians.
+        scales: float (B, 3).
+
+    Returns:
+        float64 (B, 3, 3).
+    """
+    angles, scales = angles.double(), scales.double()
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    one = torch.ones_like(cos[:, 0])
+
+    def rotation(k: int, a: int, b: int) -> torch.Tensor:
+        """Rotation about axis k acting on axes (a, b)."""
+        m = torch.diag_embed(torch.stack([one, one, one], dim=1))
+        m[:, a, a], m[:, a, b], m[:, b, a], m[:, b, b] = cos[:, k], -sin[:, k], sin[:, k], cos[:, k]
+        return m
+
+    # Ry of batchgeneratorsv2 is [[c, 0, s], [0, 1, 0], [-s, 0, c]]: axes (2, 0) in this notation.
+    r0, r1, r2 = rotation(0, 1, 2), rotation(1, 2, 0), rotation(2, 0, 1)
+    return r2 @ r1 @ r0 @ torch.diag_embed(scales)
+
+
+def centered_coordinates(shape: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """float32 (*shape, D): each voxel's position relative to the grid centre, in voxels (D = len(shape))."""
+    axes = [torch.arange(s, dtype=torch.float32, device=device) - (s - 1) / 2 for s in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+
+
+def sampling_grid(
+    matrices: torch.Tensor,
+    out_shape: Sequence[int],
+    in_shape: Sequence[int] | None = None,
+    *,
+    translation: torch.Tensor | None = None,
+    displacement: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """The ``grid_sample`` grid that reads output voxel p from input position ``M (p + d(p)) + t``.
+
+    Positions are in voxels about each grid's centre (the deformation first, then the matrix, as
+    batchgeneratorsv2's ``SpatialTransform``), so rotations are isotropic whatever the patch's shape, and an
+    input larger than the output (a context window) is read about its centre. D = 3 for volumes, 2 for
+    in-plane transforms of slices.
+
+    Args:
+        matrices: (B, D, D) output -> input (:func:`rotation_scaling_matrices`).
+        out_shape: the D output sides, e.g. (X, Y, Z).
+        in_shape: the D input sides (default ``out_shape``).
+        translation: (B, D) shift t in voxels (+1 along X: output voxel i reads input voxel i + 1).
+        displacement: (B, *out_shape, D) deformation d in voxels (:func:`elastic_displacement`).
+        device: where the grid is made.
+
+    Returns:
+        float32 (B, *out_shape, D) normalized coordinates, last axis first (``grid_sample``'s order), for
+        ``align_corners=False``.
+    """
+    in_shape = tuple(out_shape if in_shape is None else in_shape)
+    batch, dims = matrices.shape[0], len(out_shape)
+    points = centered_coordinates(out_shape, device).reshape(1, -1, dims).expand(batch, -1, -1)
+    if displacement is not None:
+        points = points + displacement.to(device, torch.float32).reshape(batch, -1, dims)
+    points = points @ matrices.to(device, torch.float32).transpose(1, 2)
+    if translation is not None:
+        points = points + translation.to(device, torch.float32)[:, None, :]
+    # align_corners=False: input voxel j sits at normalized (2 j + 1) / S - 1 = (j - (S - 1) / 2) * 2 / S.
+    scale = torch.tensor([2.0 / s for s in in_shape], dtype=torch.float32, device=device)
+    return (points * scale).flip(-1).reshape(batch, *out_shape, dims)
+
+
+def _stacked(x: torch.Tensor, dims: int) -> torch.Tensor:
+    """(B, ..., *spatial) as (B, K, *spatial): axes between the batch and the D spatial ones are channels."""
+    return x.reshape(x.shape[0], -1, *x.shape[x.ndim - dims :])
+
+
+def warp(x: torch.Tensor, grid: torch.Tensor, padding: str = "reflection") -> torch.Tensor:
+    """Trilinear (bilinear for D = 2) resampling of ``x`` (B, ..., *spatial) on ``grid`` (B, *out, D).
+
+    Axes between the batch and the last D are channels: (B, C, S, X, Y) with a 2D grid warps every slice S.
+
+    Returns:
+        (B, ..., *out) in ``x``'s dtype.
+    """
+    dims = grid.shape[-1]
+    out = F.grid_sample(
+        _stacked(x, dims), grid.to(x.dtype), mode="bilinear", padding_mode=padding, align_corners=False
+    )
+    return out.view(*x.shape[: x.ndim - dims], *grid.shape[1:-1])
+
+
+def warp_labels(label: torch.Tensor, grid: torch.Tensor, padding: str = "reflection") -> torch.Tensor:
+    """Nearest-neighbour resampling of label maps (B, ..., *spatial) like :func:`warp`: every output value is
+    an input value (``zeros`` padding reads background 0)."""
+    dims = grid.shape[-1]
+    out = F.grid_sample(
+        _stacked(label, dims).float(), grid.float(), mode="nearest", padding_mode=padding, align_corners=False
+    )
+    return out.to(label.dtype).view(*label.shape[: label.ndim - dims], *grid.shape[1:-1])
+
+
+def elastic_displacement(control: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """A smooth displacement field from displacements at a coarse grid of control points.
+
+    Args:
+        control: float (B, D, G1, ..., GD) displacements in voxels at control points spread evenly from
+            face to face (every G >= 2), D = 3 (or 2 for slices).
+        shape: the D sides of the field.
+
+    Returns:
+        float32 (B, *shape, D), trilinear (bilinear) between the control points.
+    """
+    mode = "trilinear" if len(shape) == 3 else "bilinear"
+    field = F.interpolate(control.float(), size=tuple(shape), mode=mode, align_corners=True)
+    return field.movedim(1, -1)
+
+
+# ------------------------------------------------------------------------------------------------ noise
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xor-shift-multiply rounds, Wellons' lowbias32 form) of int64 values < 2**32.
+
+    The multipliers are below 2**31, so each product stays below 2**63: int64 arithmetic never overflows
+    and the CPU and CUDA give the same bits.
+    """
+    x = x ^ (x >> 16)
+    x.mul_(0x7FEB352D).bitwise_and_(MASK32)
+    x.bitwise_xor_(x >> 15).mul_(0x2C1B3C6D).bitwise_and_(MASK32)
+    return x.bitwise_xor_(x >> 16)
+
+
+def hash_normal(keys: torch.Tensor, shape: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """Standard normal numbers that are a pure function of ``(key, position)``, the same on every device.
+
+    One 32-bit hash per pair of numbers, split into two 16-bit uniforms for a Box-Muller transform; the
+    16-bit resolution caps |z| at 4.7 (ample for augmentation noise).
+
+    Args:
+        keys: int (P,) one key per output volume (values below 2**31).
+        shape: the volume shape.
+
+    Returns:
+        float32 (P, *shape).
+    """
+    count = math.prod(shape)
+    pairs = (count + 1) // 2
+    keys = keys.to(device, torch.int64)
+    position = _mix32(torch.arange(pairs, dtype=torch.int64, device=device))
+    bits = _mix32(position[None, :] ^ _mix32(keys & MASK32)[:, None])
+    radius = (bits >> 16).float().add_(0.5).div_(65536.0).log_().mul_(-2.0).sqrt_()
+    angle = (bits & 0xFFFF).float().add_(0.5).mul_(2.0 * math.pi / 65536.0)
+    z = torch.cat([torch.cos(angle).mul_(radius), angle.sin_().mul_(radius)], dim=1)
+    return z[:, :count].reshape(len(keys), *shape)
+
+
+def gaussian_noise(x: torch.Tensor, std: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """``x + std * N(0, 1)`` (``intensity/gaussian_noise.py``).
+
+    Args:
+        x: float (P, X, Y, Z).
+        std: (P,) standard deviations.
+        keys: int (P,) keys of :func:`hash_normal` (one per volume: distinct keys, independent noise).
+    """
+    noise = hash_normal(keys, x.shape[1:], x.device).to(x.dtype)
+    return noise.mul_(std.to(x.device, x.dtype).view(-1, 1, 1, 1)).add_(x)
+
+
+# ------------------------------------------------------------------------------------------------- blur
+def _round_to_odd(n: torch.Tensor) -> torch.Tensor:
+    """batchgeneratorsv2's ``_round_to_nearest_odd`` (Python's ``round`` is half-to-even, as torch's)."""
+    rounded = torch.round(n)
+    even_fix = torch.where(n - rounded >= 0, rounded + 1, rounded - 1)
+    return torch.where(rounded % 2 == 1, rounded, even_fix)
+
+
+def gaussian_kernels(sigma: torch.Tensor, max_radius: int | None = None) -> torch.Tensor:
+    """One normalized 1D Gaussian per sigma, centred in a common odd length (zeros beyond each own support).
+
+    Each kernel has batchgeneratorsv2's taps: ``round_to_odd(6 sigma + 0.5)`` of them, at integer offsets
+    (``noise/gaussian_blur.py``: ``_build_kernel(sigma, truncate=6)``).
+
+    Args:
+        sigma: float (P,) on the CPU.
+        max_radius: cut every kernel to at most this many taps on each side (then renormalized).
+
+    Returns:
+        float32 (P, 2 R + 1) with R the largest radius.
+    """
+    sigma = sigma.double().cpu()
+    radius = (_round_to_odd(sigma * BLUR_TRUNCATE + 0.5) - 1) / 2
+    if max_radius is not None:
+        radius = radius.clamp(max=max_radius)
+    reach = int(radius.max())
+    offsets = torch.arange(-reach, reach + 1, dtype=torch.float64)
+    pdf = torch.exp(-0.5 * (offsets[None, :] / sigma[:, None]) ** 2)
+    pdf = torch.where(offsets.abs()[None, :] <= radius[:, None], pdf, torch.zeros_like(pdf))
+    return (pdf / pdf.sum(dim=1, keepdim=True)).float()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of each volume with its own sigma per axis, mirrored borders.
+
+    Each axis is a weighted sum of shifted views of the padded stack (one fused multiply-add per tap),
+    about twice as fast on the CPU as a grouped ``conv3d`` with the same taps.
+
+    Args:
+        x: float (P, X, Y, Z).
+        sigma: float (P, 3) in voxels, on the CPU.
+    """
+    out = x
+    for axis in range(3):
+        size = x.shape[1 + axis]
+        kernel = gaussian_kernels(sigma[:, axis], max_radius=size - 1).to(x.device, x.dtype)
+        radius = (kernel.shape[1] - 1) // 2
+        if radius == 0:
+            continue
+        pad = [0] * 6
+        pad[2 * (2 - axis) : 2 * (2 - axis) + 2] = [radius, radius]  # F.pad lists the last axis first
+        padded = F.pad(out[None], pad, mode="reflect")[0]
+        dim = 1 + axis
+        out = padded.narrow(dim, 0, size) * kernel[:, 0].view(-1, 1, 1, 1)
+        for tap in range(1, kernel.shape[1]):
+            out.addcmul_(padded.narrow(dim, tap, size), kernel[:, tap].view(-1, 1, 1, 1))
+    return out
+
+
+# -------------------------------------------------------------------------------------------- intensity
+def _per_volume(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return values.to(x.device, x.dtype).view(-1, 1, 1, 1)
+
+
+def multiply(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Multiplicative brightness: float (P, X, Y, Z) times ``factor`` (P,) (``intensity/brightness.py``)."""
+    return x * _per_volume(factor, x)
+
+
+def contrast(x: torch.Tensor, factor: torch.Tensor, preserve_range: bool = True) -> torch.Tensor:
+    """``(x - mean) * factor + mean`` per volume, clipped to the volume's former [min, max] when asked
+    (``intensity/contrast.py``, ``ContrastTransform``).
+
+    Args:
+        x: float (P, X, Y, Z).
+        factor: (P,).
+    """
+    dims = (1, 2, 3)
+    mean = x.mean(dim=dims, keepdim=True)
+    out = (x - mean).mul_(_per_volume(factor, x)).add_(mean)
+    if preserve_range:
+        out.clamp_(x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True))
+    return out
+
+
+def _low_resolution_taps(size: int, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each volume, the two source voxels and weight of every output voxel along one axis of
+    ``interpolate(interpolate(x, down, "nearest-exact"), size, "linear")`` (align_corners=False).
+
+    Computed in float32 like torch's upsampling kernels (``area_pixel_compute_source_index``,
+    ``nearest_neighbor_exact_compute_source_index``), so the composite equals the two interpolations.
+
+    Args:
+        size: the axis length N.
+        down: int64 (P,) downsampled lengths n (1 <= n <= N).
+
+    Returns:
+        int64 first and second source index (P, N) and float32 weight of the second (P, N).
+    """
+    n = down.float()[:, None]
+    out = torch.arange(size, dtype=torch.float32)[None, :]
+    source = ((out + 0.5) * (n / size) - 0.5).clamp(min=0)
+    first = source.floor()
+    second = torch.minimum(first + 1, n - 1)
+    weight = source - first
+
+    def nearest(k: torch.Tensor) -> torch.Tensor:
+        return torch.minimum(((k + 0.5) * (size / n)).floor(), torch.tensor(size - 1.0)).long()
+
+    return nearest(first), nearest(second), weight
+
+
+def low_resolution(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Simulated low resolution: nearest-exact downsampling to ``round(N * scale)`` per axis, then linear
+    upsampling back (``spatial/low_resolution.py``), done axis by axis as gathers for the whole stack.
+
+    Args:
+        x: float (P, X, Y, Z).
+        scale: float (P, 3) on the CPU, factors in (0, 1]; 1 leaves an axis alone.
+    """
+    out = x
+    for axis in range(3):
+        size = x.shape[1 + axis]
+        down = torch.round(size * scale[:, axis].double()).long().clamp(1, size)
+        if bool((down == size).all()):
+            continue
+        first, second, weight = _low_resolution_taps(size, down)
+        view = [x.shape[0], 1, 1, 1]
+        view[1 + axis] = size
+        weight = weight.to(x.device, x.dtype).view(view)
+        a = gather_axis(out, first.to(x.device), axis)
+        b = gather_axis(out, second.to(x.device), axis)
+        out = a.mul_(1 - weight).add_(b.mul_(weight))
+    return out
+
+
+def gather_axis(x: torch.Tensor, index: torch.Tensor, axis: int) -> torch.Tensor:
+    """``out[p, ..., i, ...] = x[p, ..., index[p, i], ...]`` along spatial ``axis`` of (P, X, Y, Z).
+
+    One ``index_select`` of contiguous rows (everything after ``axis``), much faster on the CPU than
+    ``take_along_dim``'s element-wise gather.
+
+    Args:
+        x: (P, X, Y, Z).
+        index: int64 (P, N) on ``x``'s device.
+    """
+    count, shape = x.shape[0], x.shape[1:]
+    before, size = math.prod(shape[:axis]), shape[axis]
+    rows = x.reshape(count * before * size, -1)
+    start = torch.arange(count * before, device=x.device).view(count, before, 1) * size
+    flat = (start + index[:, None, :]).flatten()
+    return rows.index_select(0, flat).view(count, *shape[:axis], index.shape[1], *shape[axis + 1 :])
+
+
+def gamma(
+    x: torch.Tensor, gammas: torch.Tensor, invert: bool = False, retain_stats: bool = True
+) -> torch.Tensor:
+    """Gamma of each volume rescaled to [0, 1] and back, optionally of ``-x`` (``intensity/gamma.py``).
+
+    With ``retain_stats`` the result gets the volume's former mean and (unbiased) std back.
+
+    Args:
+        x: float (P, X, Y, Z).
+        gammas: (P,) exponents.
+    """
+    dims = (1, 2, 3)
+    y = -x if invert else x
+    if retain_stats:
+        mean, std = _mean_std(y)
+    low, high = y.amin(dim=dims, keepdim=True), y.amax(dim=dims, keepdim=True)
+    spread = high - low
+    # t ** g as exp(g log t) (t in [0, 1]; log 0 = -inf gives 0): 4x faster than pow with a tensor exponent
+    y = (y - low).div_(spread.clamp(min=EPS)).log_().mul_(_per_volume(gammas, x)).exp_()
+    y.mul_(spread).add_(low)
+    if retain_stats:
+        now_mean, now_std = _mean_std(y)
+        y.sub_(now_mean).mul_(std / now_std.clamp(min=EPS)).add_(mean)
+    return y.neg_() if invert else y
+
+
+def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased std of each volume of (P, X, Y, Z), shaped (P, 1, 1, 1).
+
+    Two passes over the centred values: torch's ``std`` over three trailing dims is ~5x slower on the CPU.
+    """
+    dims = (1, 2, 3)
+    mean = x.mean(dim=dims, keepdim=True)
+    count = x[0].numel()
+    variance = (x - mean).square_().sum(dim=dims, keepdim=True) / max(count - 1, 1)
+    return mean, variance.sqrt_()

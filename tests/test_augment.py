@@ -1,0 +1,260 @@
+"""brainnet.augment: exact spatial transforms on tiny hand-made tensors, label safety, determinism, config."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from brainnet.augment import (
+    AugmentConfig,
+    BatchAugment,
+    augment_preset,
+    draw_parameters,
+    generator_for,
+    with_overrides,
+)
+from brainnet.augment import functional as AF
+from brainnet.augment.compose import short_axis
+from brainnet.train import TrainConfig
+from brainprep.errors import ConfigError
+
+INTENSITY = ("noise", "blur", "brightness", "contrast", "low_resolution", "gamma_inverted", "gamma")
+EVERYTHING = {
+    "spatial.p_rotation": 1.0,
+    "spatial.p_scaling": 1.0,
+    "spatial.p_elastic": 1.0,
+    **{f"{name}.p": 1.0 for name in INTENSITY},
+}
+
+
+def _ramp(shape=(1, 2, 6, 5, 4)) -> torch.Tensor:
+    return torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape)
+
+
+def _grid(angles=(0.0, 0.0, 0.0), scales=(1.0, 1.0, 1.0), shape=(6, 5, 4), **kwargs) -> torch.Tensor:
+    matrices = AF.rotation_scaling_matrices(torch.tensor([angles]), torch.tensor([scales]))
+    return AF.sampling_grid(matrices, shape, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ spatial
+def test_identity_parameters_give_the_input():
+    x, label = _ramp(), (_ramp((1, 6, 5, 4)) % 4).to(torch.uint8)
+    grid = _grid()
+    torch.testing.assert_close(AF.warp(x, grid), x, atol=1e-4, rtol=0)
+    assert torch.equal(AF.warp_labels(label, grid), label)
+    # a batch whose draws fire nothing comes back exactly, whatever the preset says about ranges
+    quiet = with_overrides(augment_preset("nnunet"), {f"{n}.p": 0.0 for n in INTENSITY} | {"mirror.axes": ()})
+    quiet = with_overrides(quiet, {"spatial.p_rotation": 0.0, "spatial.p_scaling": 0.0})
+    image = torch.randn(2, 4, 8, 8, 8)
+    out, out_label = BatchAugment(quiet)(image, (image[:, 0] > 0).to(torch.uint8), key=(0, 0, 0))
+    assert torch.equal(out, image) and torch.equal(out_label, (image[:, 0] > 0).to(torch.uint8))
+
+
+def test_rotation_by_90_degrees_about_z_equals_rot90():
+    x = _ramp((1, 2, 5, 5, 3))
+    label = (_ramp((1, 5, 5, 3)) % 7).to(torch.uint8)
+    grid = _grid(angles=(0.0, 0.0, math.pi / 2), shape=(5, 5, 3))
+    torch.testing.assert_close(AF.warp(x, grid), torch.rot90(x, -1, (2, 3)), atol=1e-4, rtol=0)
+    assert torch.equal(AF.warp_labels(label, grid), torch.rot90(label, -1, (1, 2)))
+    # about X: the (Y, Z) plane turns
+    cube = _ramp((1, 1, 3, 4, 4))
+    grid = _grid(angles=(math.pi / 2, 0.0, 0.0), shape=(3, 4, 4))
+    torch.testing.assert_close(AF.warp(cube, grid), torch.rot90(cube, -1, (3, 4)), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("padding", ["reflection", "zeros", "border"])
+def test_scaling_one_with_a_whole_voxel_shift_is_a_roll_and_the_border_rule(padding):
+    x = _ramp()
+    grid = _grid(translation=torch.tensor([[1.0, 0.0, -2.0]]))
+    out = AF.warp(x, grid, padding)
+    rolled = torch.roll(x, shifts=(-1, 2), dims=(2, 4))
+    # inside: output voxel (i, j, k) reads (i + 1, j, k - 2)
+    torch.testing.assert_close(out[:, :, :-1, :, 2:], rolled[:, :, :-1, :, 2:], atol=1e-4, rtol=0)
+    # outside the patch, the border rule: the last X plane reads plane 6, the first Z planes read -2, -1
+    if padding == "reflection":  # mirrored at the face: 6 -> 5, -1 -> 0, -2 -> 1
+        expected_x, expected_z = x[:, :, 5], x[:, :, :, :, [1, 0]]
+    elif padding == "border":
+        expected_x, expected_z = x[:, :, 5], x[:, :, :, :, [0, 0]]
+    else:
+        expected_x, expected_z = torch.zeros_like(x[:, :, 5]), torch.zeros_like(x[:, :, :, :, :2])
+    torch.testing.assert_close(out[:, :, 5, :, 2:], expected_x[..., :-2], atol=1e-4, rtol=0)
+    torch.testing.assert_close(out[:, :, 1:-1, :, :2], expected_z[:, :, 2:], atol=1e-4, rtol=0)
+
+
+def test_a_larger_input_is_read_about_its_centre():
+    x = _ramp((1, 1, 8, 7, 6))
+    out = AF.warp(x, _grid(shape=(4, 5, 2), in_shape=(8, 7, 6)))
+    torch.testing.assert_close(out, x[:, :, 2:6, 1:6, 2:4], atol=1e-4, rtol=0)
+
+
+def test_image_and_label_move_together():
+    """One rotation + scaling on a one-hot label and on an image made from it: the thresholded image is the
+    transformed label wherever the image is not a blend of neighbours, and nearly everywhere else."""
+    label = torch.zeros(1, 12, 12, 12, dtype=torch.uint8)
+    label[0, 3:9, 4:10, 2:7] = 1
+    label[0, 5:7, 5:8, 7:11] = 1
+    grid = _grid(angles=(0.3, -0.4, 0.7), scales=(1.2, 1.2, 1.2), shape=(12, 12, 12))
+    image = AF.warp(label[:, None].float(), grid, "zeros")[:, 0]
+    moved = AF.warp_labels(label, grid, "zeros")
+    pure = (image < 1e-6) | (image > 1 - 1e-6)
+    assert torch.equal((image[pure] > 0.5).to(torch.uint8), moved[pure])
+    assert ((image > 0.5).to(torch.uint8) == moved).float().mean() > 0.97
+    assert 0 < moved.sum() < label.numel()
+
+
+def test_labels_stay_within_their_classes():
+    labels = torch.tensor([0, 2, 3], dtype=torch.uint8)[torch.randint(0, 3, (3, 16, 16, 8))]
+    image = torch.randn(3, 4, 16, 16, 8)
+    augment = BatchAugment(augment_preset("nnunet", EVERYTHING))
+    for step in range(3):
+        out_image, out_label = augment(image, labels, key=(0, 0, step))
+        assert out_label.dtype == torch.uint8
+        assert set(out_label.unique().tolist()) <= {0, 2, 3}
+        assert torch.isfinite(out_image).all()
+    assert not torch.equal(out_label, labels)
+
+
+def test_intensity_transforms_never_touch_labels():
+    config = with_overrides(AugmentConfig(), {f"{name}.p": 1.0 for name in INTENSITY})
+    image = torch.randn(2, 4, 8, 8, 8)
+    label = torch.randint(0, 4, (2, 8, 8, 8), dtype=torch.uint8)
+    copy = label.clone()
+    out_image, out_label = BatchAugment(config)(image, label, key=(1, 0, 0))
+    assert torch.equal(out_label, copy) and torch.equal(label, copy)
+    assert not torch.allclose(out_image, image)
+
+
+def test_mirror_flips_the_axes_asked_for():
+    x = _ramp((3, 1, 2, 3, 4))
+    flips = torch.tensor([[True, False, True], [False, False, False], [False, True, False]])
+    out = AF.mirror(x, flips)
+    assert torch.equal(out[0], x[0].flip((1, 3)))
+    assert torch.equal(out[1], x[1]) and torch.equal(out[2], x[2].flip(2))
+    assert torch.equal(AF.mirror(x[:, 0], flips)[0], x[0, 0].flip((0, 2)))  # labels: no channel axis
+
+
+def test_an_anisotropic_patch_turns_in_plane_only():
+    spatial = augment_preset("nnunet").spatial
+    assert short_axis((160, 160, 16), spatial) == 2 and short_axis((112, 160, 128), spatial) is None
+    params = draw_parameters(augment_preset("nnunet", EVERYTHING), 8, 1, (32, 32, 4), generator_for((0,)))
+    matrices = params.matrices
+    assert torch.equal(matrices[:, 2], torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand(8, 3))
+    assert torch.equal(matrices[:, :2, 2], torch.zeros(8, 2, dtype=torch.float64))
+    assert (params.low_resolution_scale[..., 2] == 1).all()
+    # slice by slice: the Z planes are transformed alike, and each stays a plane of its own
+    image = torch.zeros(1, 1, 32, 32, 4)
+    image[0, 0, 10:20, 12:16, 1] = 1.0
+    only_spatial = augment_preset("nnunet", {"spatial.p_rotation": 1.0, "spatial.p_scaling": 1.0})
+    only_spatial = with_overrides(only_spatial, {f"{n}.p": 0.0 for n in INTENSITY} | {"mirror.axes": ()})
+    out, _ = BatchAugment(only_spatial)(image, None, key=(0, 0, 3))
+    assert out[0, 0, :, :, [0, 2, 3]].abs().max() == 0 and out[0, 0, :, :, 1].sum() > 10
+
+
+# ---------------------------------------------------------------------------------------- intensity
+def test_low_resolution_equals_torchs_two_interpolations():
+    x = torch.randn(3, 9, 7, 6)
+    scale = torch.tensor([[0.5, 0.5, 0.5], [0.71, 0.71, 1.0], [0.9, 0.6, 0.51]])
+    out = AF.low_resolution(x, scale)
+    for p in range(3):
+        down = [round(s * float(f)) for s, f in zip(x.shape[1:], scale[p], strict=True)]
+        small = F.interpolate(x[p][None, None], down, mode="nearest-exact")
+        expected = F.interpolate(small, x.shape[1:], mode="trilinear")[0, 0]
+        torch.testing.assert_close(out[p], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_blur_kernels_and_the_shifted_sum_equal_a_convolution():
+    # batchgeneratorsv2's sizes: round_to_odd(6 sigma + 0.5) taps; 3.5 rounds (half to even) to 4 -> 3
+    sizes = [k.count_nonzero().item() for k in AF.gaussian_kernels(torch.tensor([0.5, 1.0, 0.75]))]
+    assert sizes == [3, 7, 5]
+    x = torch.randn(2, 8, 7, 6)
+    sigma = torch.tensor([[0.5, 1.0, 0.7], [0.9, 0.6, 0.5]])
+    out = AF.gaussian_blur(x, sigma)
+    for p in range(2):
+        expected = x[p][None, None]
+        for axis in range(3):
+            kernel = AF.gaussian_kernels(sigma[p : p + 1, axis])[0]
+            r = (len(kernel) - 1) // 2
+            shape, pad = [1, 1, 1, 1, 1], [0] * 6
+            shape[2 + axis] = len(kernel)
+            pad[2 * (2 - axis) : 2 * (2 - axis) + 2] = [r, r]
+            expected = F.conv3d(F.pad(expected, pad, mode="reflect"), kernel.view(shape))
+        torch.testing.assert_close(out[p], expected[0, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_intensity_functions_by_hand():
+    x = torch.tensor([0.0, 1.0, 2.0, 5.0]).view(1, 4, 1, 1)
+    assert AF.multiply(x, torch.tensor([2.0])).flatten().tolist() == [0.0, 2.0, 4.0, 10.0]
+    # mean 2: (x - 2) * 2 + 2 = [-2, 0, 2, 8], clipped to [0, 5]
+    assert AF.contrast(x, torch.tensor([2.0])).flatten().tolist() == [0.0, 0.0, 2.0, 5.0]
+    assert AF.contrast(x, torch.tensor([2.0]), preserve_range=False).flatten().tolist() == [-2, 0, 2, 8]
+    # gamma 2 without stats: ((x - 0) / 5) ** 2 * 5 = [0, 0.2, 0.8, 5]
+    torch.testing.assert_close(
+        AF.gamma(x, torch.tensor([2.0]), retain_stats=False).flatten(), torch.tensor([0.0, 0.2, 0.8, 5.0])
+    )
+    inverted = AF.gamma(x, torch.tensor([2.0]), invert=True, retain_stats=False)  # on -x, then negated back
+    torch.testing.assert_close(inverted.flatten(), torch.tensor([0.0, 1.8, 3.2, 5.0]))
+    kept = AF.gamma(x, torch.tensor([1.7]))
+    torch.testing.assert_close(kept.mean(), x.mean())
+    torch.testing.assert_close(kept.std(), x.std())
+
+
+def test_hash_noise_is_a_function_of_its_key():
+    keys = torch.tensor([3, 4, 3])
+    z = AF.hash_normal(keys, (50, 41, 50))
+    assert torch.equal(z[0], z[2]) and not torch.equal(z[0], z[1])
+    assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01
+    assert abs(float(torch.corrcoef(torch.stack([z[0].flatten(), z[1].flatten()]))[0, 1])) < 0.01
+    x = torch.zeros(2, 3, 3, 3)
+    noisy = AF.gaussian_noise(x, torch.tensor([0.0, 2.0]), torch.tensor([1, 2]))
+    assert torch.equal(noisy[0], x[0]) and torch.equal(
+        noisy[1], 2 * AF.hash_normal(torch.tensor([2]), (3, 3, 3))[0]
+    )
+
+
+# -------------------------------------------------------------------------------------- determinism
+def test_the_same_key_gives_the_same_batch():
+    augment = BatchAugment(augment_preset("nnunet", EVERYTHING))
+    image, label = torch.randn(2, 4, 16, 16, 8), torch.randint(0, 4, (2, 16, 16, 8), dtype=torch.uint8)
+    a = augment(image, label, key=(0, 0, 5))
+    b = augment(image.clone(), label.clone(), key=(0, 0, 5))
+    c = augment(image, label, key=(0, 0, 6))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cpu_and_cuda_agree():
+    augment = BatchAugment(augment_preset("nnunet", EVERYTHING))
+    image, label = torch.randn(2, 4, 32, 32, 16), torch.randint(0, 4, (2, 32, 32, 16), dtype=torch.uint8)
+    cpu = augment(image, label, key=(0, 0, 1))
+    gpu = augment(image.cuda(), label.cuda(), key=(0, 0, 1))
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], atol=1e-3, rtol=1e-3)
+    assert (gpu[1].cpu() != cpu[1]).float().mean() < 1e-3  # nearest: a tie may round the other way
+
+
+# --------------------------------------------------------------------------------------------- config
+def test_presets_and_overrides():
+    assert not augment_preset("none").active and augment_preset("flips").mirror.axes == (0, 1, 2)
+    nnunet = augment_preset("nnunet")
+    assert nnunet.spatial.p_rotation == 0.2 and nnunet.gamma_inverted.invert and not nnunet.gamma.invert
+    assert AugmentConfig.from_dict(nnunet.to_dict()) == nnunet
+    assert augment_preset("nnunet", {"noise.p": 0.5}).noise.p == 0.5
+    with pytest.raises(ConfigError, match="no field 'q'"):
+        augment_preset("nnunet", {"noise.q": 0.5})
+    with pytest.raises(ConfigError, match="probability"):
+        augment_preset("nnunet", {"noise.p": 1.5})
+    with pytest.raises(ConfigError, match="low <= high"):
+        augment_preset("none", {"spatial.scaling": (1.4, 0.7)})
+
+
+def test_old_train_configs_read_their_flips():
+    old = TrainConfig().to_dict()
+    del old["augment"]
+    assert TrainConfig.from_dict({**old, "flip_axes": [0, 1]}).augment.mirror.axes == (0, 1)
+    assert TrainConfig.from_dict({**old, "flip_axes": []}).augment == AugmentConfig()
+    assert TrainConfig.from_dict(old).augment == AugmentConfig()
+    config = TrainConfig(augment=augment_preset("nnunet"))
+    assert TrainConfig.from_dict(config.to_dict()) == config
