@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -65,8 +64,8 @@ CANONICAL_AXCODES: tuple[str, str, str] = ("R", "A", "S")
 
 # What nibabel's header classes raise for bytes that are not a (whole) NIfTI header.
 _HEADER_ERRORS = (ImageFileError, HeaderDataError, OSError, ValueError, WrapStructError, EOFError)
-# What the inflaters raise for damaged data (isal's error is not a zlib.error).
-_INFLATE_ERRORS = (zlib.error, isal_zlib.error)
+# What ISA-L raises for damaged data (not a zlib.error).
+_INFLATE_ERRORS = (isal_zlib.error,)
 
 
 def _describe(err: BaseException) -> str:
