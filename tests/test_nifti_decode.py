@@ -155,10 +155,11 @@ def test_multi_member_gzip_decodes_like_nibabel(tmp_path, members):
     assert_decodes_like_nibabel(path)
 
 
-def test_nifti2_and_an_extension_decode_like_nibabel(tmp_path):
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti2_and_an_extension_decode_like_nibabel(tmp_path, suffix):
     image = _image("int16", (6, 5, 4), nifti2=True)
     image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"x" * 70_000))
-    path = _save(image, tmp_path / "x.nii.gz")
+    path = _save(image, tmp_path / f"x{suffix}")
     assert read_nifti_header(path).dataobj.offset > 70_000  # more than the first read inflates
     assert_decodes_like_nibabel(path)
 

@@ -345,20 +345,23 @@ def _head(stream: BinaryIO, gz: bool, want: int, path: Path, case_id: str | None
     A ``.gz`` file is read in growing prefixes until they inflate to ``want`` bytes; only a stream
     that ends (or breaks) before that is an error, with :func:`read_nifti_voxels`' words.
     """
-    chunk = HEAD_READ
+    chunk = max(HEAD_READ, want)
     while True:
         stream.seek(0)
         data = stream.read(chunk)
+        whole = len(data) < chunk
         if not gz:
             return data
-        whole = len(data) < chunk
         try:
-            return inflate(data, limit=want)
-        except EOFError as err:
+            head = inflate(data, limit=want)
+        except EOFError as err:  # the prefix ends inside a member: read more, unless it is the file
             if whole:
                 raise _inflate_failure(err, path, case_id) from err
         except _INFLATE_ERRORS as err:
             raise _inflate_failure(err, path, case_id) from err
+        else:
+            if len(head) >= want or whole:
+                return head
         chunk *= 4
 
 
