@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create (or reuse) .venv and install brainprep + brainnet with the test extra.
+# Create (or reuse) .venv and install brainprep + brainnet with the test extra (which pulls the train and
+# remote extras: torch, tensorboard, fsspec, aiohttp, s3fs; see the README's "What to install").
 # The CPU build of torch is installed first: a plain `pip install torch` would pull a multi-GB CUDA build.
 # Set BRAINPREP_TORCH to another requirement (e.g. "torch" for CUDA) to override.
 set -euo pipefail

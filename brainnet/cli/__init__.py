@@ -28,5 +28,11 @@ HELP = {
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """brainnet: a thin PyTorch 3D U-Net over brainprep patch stores."""
+    try:  # every brainnet command needs torch; `pip install brainprep` is the offline half alone
+        import torch  # noqa: F401
+    except ImportError as err:
+        raise click.ClickException(
+            f'brainnet needs PyTorch and TensorBoard ({err}): pip install "brainprep[train]" (see the README)'
+        ) from err
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

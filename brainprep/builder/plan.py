@@ -21,8 +21,8 @@ import numpy as np
 from brainprep.errors import BrainprepError, CaseError, ShapeMismatchError
 from brainprep.params import BuildParams
 from brainprep.read import CaseFiles
-from brainprep.read.case import AFFINE_TOLERANCE, N_CHANNELS, LabelVoxels, read_label
-from brainprep.read.nifti import open_nifti
+from brainprep.read.case import LabelVoxels, check_image_headers, read_label
+from brainprep.read.nifti import read_nifti_header
 from brainprep.sample import case_rng, cut_label_patches, patch_fractions, patch_misfit, sample_corners
 
 logger = logging.getLogger(__name__)
@@ -120,34 +120,16 @@ def source_fingerprint(file_records: list[dict[str, Any]]) -> str:
 
 def read_plan_label(files: CaseFiles) -> LabelVoxels:
     """The case's label (``.label``: uint8 (X, Y, Z) MSD on the RAS grid, with the file's size and sha256),
-    checked against the image headers only.
+    checked against the image headers only (the image voxels are decoded by the write stage).
 
     Raises:
         CaseError: missing/unreadable file, image/label shape or affine mismatch, bad label values.
     """
     if files.label_path is None:
         raise CaseError("the case has no label file; a patch store needs labels", case_id=files.case_id)
-    headers = [open_nifti(path, files.case_id) for path in files.image_paths]
-    first = headers[0]
-    shape = tuple(first.shape[:3])
-    expected_ndim = 4 if len(headers) == 1 else 3
-    for path, nifti in zip(files.image_paths, headers, strict=True):
-        if len(nifti.shape) != expected_ndim or (expected_ndim == 4 and nifti.shape[3] != N_CHANNELS):
-            wanted = f"(X, Y, Z, {N_CHANNELS})" if expected_ndim == 4 else "(X, Y, Z)"
-            raise ShapeMismatchError(
-                f"expected an image of shape {wanted}, found {tuple(nifti.shape)}",
-                case_id=files.case_id,
-                path=path,
-            )
-        if tuple(nifti.shape[:3]) != shape or not np.allclose(
-            nifti.affine, first.affine, atol=AFFINE_TOLERANCE
-        ):
-            raise ShapeMismatchError(
-                f"channel shape/affine differs from that of {files.image_paths[0].name}",
-                case_id=files.case_id,
-                path=path,
-            )
-    return read_label(files, shape, first.affine)
+    headers = [read_nifti_header(path, files.case_id) for path in files.image_paths]
+    shape, affine = check_image_headers(files, headers)  # read_case's checks and words, on headers only
+    return read_label(files, shape, affine)
 
 
 def plan_corners(

@@ -15,12 +15,9 @@ from brainprep.read.layouts import CHANNEL_NAMES, CaseFiles
 from brainprep.read.nifti import (
     ReadBuffers,
     from_ras,
-    open_nifti,
     ras_view,
     read_nifti_voxels,
-    read_voxels,
     scale_voxels,
-    to_ras,
     write_nifti,
 )
 
@@ -64,19 +61,6 @@ class Case:
         return self.label is not None
 
 
-def _check_finite(image: np.ndarray, case_id: str, paths: tuple[Path, ...]) -> None:
-    """Raise on NaN/Inf; ``image`` is (X, Y, Z, C) in source order."""
-    finite = np.isfinite(image.reshape(-1, image.shape[-1])).all(axis=0)
-    for channel in np.flatnonzero(~finite):
-        path = paths[channel] if len(paths) > 1 else paths[0]
-        count = int((~np.isfinite(image[..., channel])).sum())
-        raise InvalidValueError(
-            f"image holds {count} NaN/Inf voxels in channel {CHANNEL_NAMES[channel]}",
-            case_id=case_id,
-            path=path,
-        )
-
-
 def _check_affine(affine: np.ndarray, case_id: str, path: Path) -> None:
     """Raise unless the (4, 4) voxel-to-world affine is finite and invertible (has axis directions)."""
     linear = affine[:3, :3]
@@ -114,29 +98,33 @@ def _check_channel_files(files: CaseFiles, channels: Sequence[Any]) -> None:
             )
 
 
-def _read_image(files: CaseFiles) -> tuple[np.ndarray, np.ndarray]:
-    """(X, Y, Z, 4) float32 in source orientation, and the source affine."""
-    case_id = files.case_id
-    if len(files.image_paths) == 1:
-        path = files.image_paths[0]
-        nifti = open_nifti(path, case_id)
-        if len(nifti.shape) != 4 or nifti.shape[3] != N_CHANNELS:
-            raise ShapeMismatchError(
-                f"expected a 4D image (X, Y, Z, {N_CHANNELS}) with channels "
-                f"{', '.join(CHANNEL_NAMES)}, found shape {tuple(nifti.shape)}",
-                case_id=case_id,
-                path=path,
-            )
-        _check_affine(nifti.affine, case_id, path)
-        return read_voxels(nifti, path, np.float32, case_id), nifti.affine
-    headers = [open_nifti(p, case_id) for p in files.image_paths]
+def check_image_headers(files: CaseFiles, headers: Sequence[Any]) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The case's spatial shape and source affine, after checking what its image headers say.
+
+    One 4D file must hold the 4 channels; per-channel files must be 3D with the shape and affine of the
+    first; the first affine must be finite and invertible. Every reader of a case (:func:`read_case`,
+    :func:`read_case_arrays`, the build plan) checks here, so a case fails with the same words on each.
+
+    Args:
+        headers: one object per file of ``files.image_paths`` with ``.shape`` and ``.affine`` (a header
+            from :func:`~brainprep.read.nifti.read_nifti_header` or decoded voxels).
+
+    Raises:
+        ShapeMismatchError: wrong dimensions or channel count, channel files that disagree.
+        InvalidValueError: a degenerate affine.
+    """
     first_path, first = files.image_paths[0], headers[0]
-    _check_affine(first.affine, case_id, first_path)
-    _check_channel_files(files, headers)
-    image = np.empty((*first.shape, N_CHANNELS), dtype=np.float32)
-    for channel, (path, nifti) in enumerate(zip(files.image_paths, headers, strict=True)):
-        image[..., channel] = read_voxels(nifti, path, np.float32, case_id)
-    return image, first.affine
+    if len(headers) == 1 and (len(first.shape) != 4 or first.shape[3] != N_CHANNELS):
+        raise ShapeMismatchError(
+            f"expected a 4D image (X, Y, Z, {N_CHANNELS}) with channels "
+            f"{', '.join(CHANNEL_NAMES)}, found shape {tuple(first.shape)}",
+            case_id=files.case_id,
+            path=first_path,
+        )
+    _check_affine(first.affine, files.case_id, first_path)
+    if len(headers) > 1:
+        _check_channel_files(files, headers)
+    return tuple(int(s) for s in first.shape[:3]), first.affine  # type: ignore[return-value]
 
 
 def _check_label_header(
@@ -161,20 +149,6 @@ def _check_label_header(
             path=path,
         )
     return spatial
-
-
-def _read_label(files: CaseFiles, image_shape: tuple[int, ...], image_affine: np.ndarray) -> np.ndarray:
-    """(X, Y, Z) uint8 MSD labels in source orientation (nibabel's reader, as :func:`read_case` uses)."""
-    path = files.label_path
-    assert path is not None  # callers check; not an input check
-    nifti = open_nifti(path, files.case_id)
-    shape = _check_label_header(path, files.case_id, nifti.shape, nifti.affine, image_shape, image_affine)
-    raw = read_voxels(
-        nifti, path, np.float64 if nifti.get_data_dtype().kind == "f" else int, files.case_id
-    ).reshape(shape)
-    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
-        raise InvalidValueError("label holds NaN/Inf values", case_id=files.case_id, path=path)
-    return to_msd_labels(raw, files.label_convention, case_id=files.case_id, path=str(path))
 
 
 def msd_label_table(
@@ -255,16 +229,15 @@ def read_label(
     voxels = read_nifti_voxels(path, files.case_id)
     shape = _check_label_header(path, files.case_id, voxels.shape, voxels.affine, image_shape, image_affine)
     raw = voxels.raw.reshape(shape, order="A")  # "A": a view of the file's (Fortran-ordered) voxels
-    unscaled = voxels.slope == 1.0 and voxels.inter == 0.0
-    if raw.dtype == np.uint8 and unscaled:
+    if raw.dtype == np.uint8 and not voxels.scaled:
         table = msd_label_table(raw, files.label_convention, files.case_id, path)
         source = _apply_label_table(raw, table, files.label_convention)
     else:
-        # The plain reader's values: float files as float64, integer files as nibabel's dataobj.
+        # Float files as float64, integer files as nibabel's dataobj gives them (float64 when scaled).
         if raw.dtype.kind == "f":
             values = scale_voxels(raw, voxels.slope, voxels.inter, np.float64)
         else:
-            values = raw if unscaled else np.asarray(open_nifti(path, files.case_id).dataobj).reshape(shape)
+            values = voxels.values().reshape(shape, order="A")
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             raise InvalidValueError("label holds NaN/Inf values", case_id=files.case_id, path=path)
         source = to_msd_labels(values, files.label_convention, case_id=files.case_id, path=str(path))
@@ -353,9 +326,9 @@ def read_case_arrays(
 ) -> CaseArrays:
     """Read one case the fast way: every file read once, hashed, inflated in one shot, viewed in place.
 
-    Same checks and errors as :func:`read_case` (shapes, affines, NaN/Inf, label values), plus the whole
-    gzip stream check of :func:`~brainprep.read.nifti.read_nifti_voxels`. Peak memory is the decoded
-    files (the float32 volume is never made).
+    Checks shapes and affines (:func:`check_image_headers`), NaN/Inf, label values, and the whole gzip
+    stream of every file (:func:`~brainprep.read.nifti.read_nifti_voxels`); :func:`read_case` is this plus
+    the float32 volume. Peak memory is the decoded files (the float32 volume is never made).
 
     Args:
         files: the case's files.
@@ -368,20 +341,11 @@ def read_case_arrays(
     """
     case_id = files.case_id
     read = [read_nifti_voxels(path, case_id, buffers, i) for i, path in enumerate(files.image_paths)]
-    first_path, first = files.image_paths[0], read[0]
+    source_shape, source_affine = check_image_headers(files, read)
     if len(read) == 1:
-        if len(first.shape) != 4 or first.shape[3] != N_CHANNELS:
-            raise ShapeMismatchError(
-                f"expected a 4D image (X, Y, Z, {N_CHANNELS}) with channels "
-                f"{', '.join(CHANNEL_NAMES)}, found shape {first.shape}",
-                case_id=case_id,
-                path=first_path,
-            )
-        _check_affine(first.affine, case_id, first_path)
-        sources = [(first.raw[..., c], first.slope, first.inter, first_path) for c in range(N_CHANNELS)]
+        first, path = read[0], files.image_paths[0]
+        sources = [(first.raw[..., c], first.slope, first.inter, path) for c in range(N_CHANNELS)]
     else:
-        _check_affine(first.affine, case_id, first_path)
-        _check_channel_files(files, read)
         sources = [(v.raw, v.slope, v.inter, p) for p, v in zip(files.image_paths, read, strict=True)]
     for channel, (raw, slope, inter, path) in enumerate(sources):
         if not _check_finite_fast(raw, slope, inter):
@@ -391,8 +355,6 @@ def read_case_arrays(
                 case_id=case_id,
                 path=path,
             )
-    source_affine = first.affine
-    source_shape = tuple(int(s) for s in first.shape[:3])
     digests = {p: (v.size, v.sha256) for p, v in zip(files.image_paths, read, strict=True)}
     label = None
     if with_label and files.label_path is not None:
@@ -408,6 +370,8 @@ def read_case_arrays(
 def read_case(files: CaseFiles, *, with_label: bool = True) -> Case:
     """Read, validate and reorient one case.
 
+    The whole volume made from :func:`read_case_arrays` (the same decode, checks and errors).
+
     Args:
         files: the case's files, from :func:`brainprep.discover_cases`.
         with_label: read the label file when the case has one.
@@ -418,17 +382,17 @@ def read_case(files: CaseFiles, *, with_label: bool = True) -> Case:
     Raises:
         CaseError: any problem with the files, as one line naming the case and the file.
     """
-    image, source_affine = _read_image(files)
-    _check_finite(image, files.case_id, files.image_paths)
-    label = None
-    if with_label and files.label_path is not None:
-        label = _read_label(files, image.shape[:3], source_affine)
-    source_shape = tuple(int(s) for s in image.shape[:3])
-    image_ras, affine = to_ras(image, source_affine)
-    del image  # a full case is ~140 MB float32: hold at most two copies while moving channels first
-    image_ras = np.ascontiguousarray(np.moveaxis(image_ras, -1, 0))
-    label_ras = to_ras(label, source_affine)[0] if label is not None else None
-    return Case(files.case_id, image_ras, label_ras, affine, source_affine, source_shape, files)  # type: ignore[arg-type]
+    arrays = read_case_arrays(files, with_label=with_label)
+    label = None if arrays.label is None else np.array(arrays.label, order="C")  # writable, C order
+    return Case(
+        files.case_id,
+        arrays.volume(),
+        label,
+        arrays.affine,
+        arrays.source_affine,
+        arrays.source_shape,
+        files,
+    )
 
 
 def write_label_in_source_space(

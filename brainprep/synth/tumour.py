@@ -14,7 +14,7 @@ import numpy as np
 
 from brainprep.errors import ConfigError, ShapeMismatchError
 from brainprep.read.labels import to_msd_labels
-from brainprep.read.nifti import open_nifti, read_voxels
+from brainprep.read.nifti import read_nifti_voxels
 from brainprep.synth.anatomy import BRAIN_CENTRE_MM, Tissue
 from brainprep.synth.fields import Grid, smooth_field
 
@@ -194,8 +194,8 @@ def read_source_label(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
 
     The file must be in RAS orientation like the MSD files, whose identity affine we also write.
     """
-    nifti = open_nifti(path)
-    if len(nifti.shape) != 3:
-        raise ShapeMismatchError(f"expected a 3D label map, found shape {tuple(nifti.shape)}", path=path)
-    raw = read_voxels(nifti, path, int)
+    voxels = read_nifti_voxels(path)
+    if len(voxels.shape) != 3:
+        raise ShapeMismatchError(f"expected a 3D label map, found shape {voxels.shape}", path=path)
+    raw = voxels.values()
     return fit_to_shape(to_msd_labels(raw, "msd", path=str(path)), shape)
