@@ -159,10 +159,11 @@ def test_a_preprocessing_install_pulls_no_training_or_remote_package():
     assert not pulled, f"`pip install brainprep` would install {sorted(pulled)}"
 
 
-# A fresh interpreter in which every top-level module of a blocked distribution fails to import.
+# A fresh interpreter in which every top-level module of a blocked distribution fails to import, and the
+# blocked distributions' metadata is hidden (zarr, for one, loads the entry points of installed plugins).
 BLOCKER = """
-import importlib.abc, json, sys
-blocked = frozenset(json.loads(sys.argv[1]))
+import importlib.abc, importlib.metadata, json, re, sys
+blocked, hidden = (frozenset(names) for names in json.loads(sys.argv[1]))
 # (a site .pth may import its own private helper, e.g. setuptools' _distutils_hack, before us)
 already = sorted(n for n in blocked & {m.partition(".")[0] for m in sys.modules} if not n.startswith("_"))
 if already:
@@ -173,6 +174,12 @@ class Blocked(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named {name!r} (not a declared dependency)", name=name)
         return None
 sys.meta_path.insert(0, Blocked())
+every_distribution = importlib.metadata.distributions
+def distributions(**kwargs):
+    for dist in every_distribution(**kwargs):
+        if re.sub(r"[-_.]+", "-", dist.metadata["Name"] or "").lower() not in hidden:
+            yield dist
+importlib.metadata.distributions = distributions  # what entry_points() and version() look through
 """
 IMPORT_ALL = """
 import importlib, pkgutil
@@ -194,9 +201,10 @@ def run_blocked(allowed_groups: tuple[str, ...], body: str, *args: str, cwd: Pat
         for m, dists in module_distributions().items()
         if not dists & allowed and m not in (*PACKAGES, *sys.stdlib_module_names)
     )
+    hidden = sorted({d for dists in module_distributions().values() for d in dists} - allowed)
     assert "torch" in blocked or "torch" not in module_distributions() or "train" in allowed_groups
     result = subprocess.run(
-        [sys.executable, "-c", BLOCKER + body, json.dumps(blocked), *args],
+        [sys.executable, "-c", BLOCKER + body, json.dumps([blocked, hidden]), *args],
         cwd=cwd,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg", "HOME": str(cwd)},
         capture_output=True,
