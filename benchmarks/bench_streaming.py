@@ -709,7 +709,7 @@ def reader_bars(report: Report) -> list[Bar]:
         best, best_name = max(libraries) if libraries else (None, "no library reader ran")
         bars.append(
             Bar(
-                f"(g) best library reader / direct, {what}",
+                f"(h) best library reader / direct, {what}",
                 best,
                 None,
                 "<",
