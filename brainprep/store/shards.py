@@ -6,16 +6,16 @@ the end with its crc32c, see :mod:`brainprep.store.schema`); inside a shard each
 reader can tell a damaged chunk before it decodes it (Blosc itself carries no checksum: a flipped byte
 decodes to wrong values without a word).
 
-Why not zarr-python or tensorstore. Rows (g) of ``benchmarks/bench_streaming.py`` (``python
-benchmarks/bench_streaming.py --quick --readers-only --patches 200``) read the same store with this
-module, tensorstore 0.1.86 (file kvstore, its concurrency limit tuned), zarr-python 3.1.6 and zarr-python
-with the zarrs 0.2.3 codec pipeline, 2 threads, batches of 2 slots, 3 alternating rounds. In CPU per
-patch this path is the cheapest: tensorstore costs 1.27x its CPU (0.79x its efficiency), zarrs 1.7x
-(0.60x), zarr-python 2.4x (0.42x), since each of their reads goes through an asynchronous pipeline per
-chunk. In patches/s on a shared, overloaded machine tensorstore reached 1.20x this path and zarrs 0.96x
-(zarr-python 0.61x): their own thread pools win a larger share of contended cores, not cheaper reads.
-Whether a library passes the 0.9x bar of issue 11 in patches/s therefore needs that command on an idle
-machine; until then this path stays. Here :class:`ShardReader` reads each shard's index once (checking
+Why not zarr-python or tensorstore. Rows (h) of ``benchmarks/bench_streaming.py`` (``python
+benchmarks/bench_streaming.py --readers-only``) read the benchmark's full-size store (8 cases, 160 slots)
+with this module, tensorstore 0.1.86 (file kvstore, its concurrency limit tuned over default, 1, 2, 4),
+zarr-python 3.1.6 and zarr-python with the zarrs 0.2.3 codec pipeline, 2 threads, batches of 2 slots, 3
+alternating rounds. The best library, tensorstore, reached 0.78x of this path in patches/s and 0.76x in
+CPU per patch (zarrs 0.32x / 0.52x, zarr-python 0.21x / 0.36x; an earlier run gave tensorstore 0.75x /
+0.71x): below the 0.9x bar of issue 11, so this path stays the one reader. Each library read goes through
+an asynchronous pipeline per chunk; on a small overloaded store tensorstore's own thread pool once took a
+larger share of contended cores (1.20x in patches/s, still 0.79x in CPU per patch), which is why the
+benchmark reports both. Here :class:`ShardReader` reads each shard's index once (checking
 its crc32c) and then each chunk with one ranged read, one crc32c and one Blosc decode straight into the
 caller's array. The same code reads a local folder (``os.pread``) and any zarr ``Store`` (a packed zip,
 http(s), s3: ranged ``Store.get``), so every location is checked the same way. :class:`ShardWriter`
