@@ -1,11 +1,11 @@
 """Evaluate a checkpoint on a store split: Dice, sensitivity and specificity per class and BraTS region.
 
-Per case, the metrics are those of :func:`brainnet.metrics.segmentation_metrics` over all of the case's
-patches of the split taken together (patches may overlap; each is counted as cut). Overall metrics are
-computed from voxel counts (tp, fp, fn, tn) summed over every patch of the split, so evaluating a large
-store never holds more than one case in memory; :func:`metrics_from_counts` follows the empty-structure
-rules of :mod:`brainnet.metrics` and gives the same numbers as ``segmentation_metrics`` on the
-concatenation.
+The Dice is the label-map Dice of :mod:`brainnet.metrics` (``dice_labelmap``), the one the training log
+reports and ``best.pt`` is chosen by. Per case, the metrics are over all of the case's patches of the split
+taken together (patches may overlap; each is counted as cut). Overall metrics come from the voxel counts
+of :func:`~brainnet.metrics.confusion_counts` summed over every patch of the split, so evaluating a large
+store never holds more than one case in memory, and give the same numbers as
+:func:`~brainnet.metrics.segmentation_metrics` on the concatenation.
 """
 
 from __future__ import annotations
@@ -22,56 +22,22 @@ import torch
 
 from brainnet.metrics import (
     CLASS_LABELS,
+    DICE_DEFINITION,
+    DICE_NAME,
+    METRIC_COLUMNS,
     METRIC_NAMES,
-    REGION_LABELS,
-    label_masks,
+    TARGETS,
+    class_score,
+    confusion_counts,
+    metrics_from_counts,
     probabilities_to_labels,
-    segmentation_metrics,
 )
 from brainnet.predict import model_probabilities
 from brainprep.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-TARGETS: tuple[str, ...] = (*CLASS_LABELS, *REGION_LABELS)
 OVERALL = "overall"
-
-
-def confusion_counts(pred_labels: np.ndarray, true_labels: np.ndarray) -> np.ndarray:
-    """int64 (6, 4) voxel counts tp, fp, fn, tn per target of :data:`TARGETS` (classes, then regions).
-
-    Args:
-        pred_labels, true_labels: integer MSD label arrays of the same shape.
-    """
-    groups = {**CLASS_LABELS, **REGION_LABELS}
-    pred_masks, true_masks = label_masks(pred_labels, groups), label_masks(true_labels, groups)
-    counts = np.zeros((len(TARGETS), 4), dtype=np.int64)
-    for i, name in enumerate(TARGETS):
-        p, t = pred_masks[name], true_masks[name]
-        tp = int((p & t).sum())
-        fp = int((p & ~t).sum())
-        fn = int((~p & t).sum())
-        counts[i] = (tp, fp, fn, p.numel() - tp - fp - fn)
-    return counts
-
-
-def _ratio_or_rule(hits: int, misses: int, false_claims: int) -> float:
-    """``hits / (hits + misses)``; where nothing existed 1.0 without false claims, else 0.0."""
-    total = hits + misses
-    return hits / total if total > 0 else float(false_claims == 0)
-
-
-def metrics_from_counts(counts: np.ndarray) -> dict[str, dict[str, float]]:
-    """``{target: {"dice", "sensitivity", "specificity"}}`` from (6, 4) counts of :func:`confusion_counts`."""
-    out: dict[str, dict[str, float]] = {}
-    for name, (tp, fp, fn, tn) in zip(TARGETS, counts.tolist(), strict=True):
-        denominator = 2 * tp + fp + fn
-        out[name] = {
-            "dice": 2 * tp / denominator if denominator > 0 else 1.0,
-            "sensitivity": _ratio_or_rule(tp, fn, fp),
-            "specificity": _ratio_or_rule(tn, fp, fn),
-        }
-    return out
 
 
 @dataclass(frozen=True)
@@ -151,8 +117,20 @@ class EvaluationResult:
     patches: dict[str, int]
     overlays: list[OverlayRow] = field(default_factory=list, repr=False)
 
+    @property
+    def score(self) -> float:
+        """:func:`~brainnet.metrics.class_score` of :attr:`overall` (the log's ``val_dice_labelmap``)."""
+        return class_score(self.overall)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"split": self.split, "overall": self.overall, "cases": self.cases, "patches": self.patches}
+        return {
+            "split": self.split,
+            "dice_definition": DICE_DEFINITION,
+            "score": self.score,
+            "overall": self.overall,
+            "cases": self.cases,
+            "patches": self.patches,
+        }
 
 
 def _overlay_row(
@@ -190,7 +168,7 @@ def evaluate_store(
     model.eval()
     case_of_slot = np.asarray(store.table.case)[slots]
     case_ids = {int(c["index"]): str(c["case_id"]) for c in store.cases}
-    total = np.zeros((len(TARGETS), 4), dtype=np.int64)
+    total = torch.zeros((len(TARGETS), 4), dtype=torch.int64)
     cases: dict[str, dict[str, dict[str, float]]] = {}
     patches: dict[str, int] = {}
     overlays: list[OverlayRow] = []
@@ -210,9 +188,10 @@ def evaluate_store(
                 probabilities, threshold, axis=1
             ).numpy()
         case_id = case_ids.get(int(case_index), f"case{int(case_index)}")
-        cases[case_id] = segmentation_metrics(predicted, truth)
+        counts = confusion_counts(predicted, truth)
+        cases[case_id] = metrics_from_counts(counts)
         patches[case_id] = len(case_slots)
-        total += confusion_counts(predicted, truth)
+        total += counts
         if len(overlays) < n_overlays:
             best = int(np.argmax((truth > 0).sum(axis=(1, 2, 3))))
             overlays.append(
@@ -224,15 +203,22 @@ def evaluate_store(
 
 
 def format_table(result: EvaluationResult) -> str:
-    """Plain-text tables: overall Dice / sensitivity / specificity per target, then Dice per case."""
+    """Plain-text tables: overall Dice / sensitivity / specificity per target, then Dice per case.
+
+    The header names the Dice (:data:`~brainnet.metrics.DICE_DEFINITION`); the score line is the number
+    the training log calls ``val_dice_labelmap``.
+    """
     width = max(len(t) for t in TARGETS)
-    lines = [f"{'target':<{width}}  " + "  ".join(f"{m:>11}" for m in METRIC_NAMES)]
+    columns = [METRIC_COLUMNS[m] for m in METRIC_NAMES]
+    lines = [DICE_DEFINITION, "", f"{'target':<{width}}  " + "  ".join(f"{c:>13}" for c in columns)]
     for target in TARGETS:
-        values = "  ".join(f"{result.overall[target][m]:>11.4f}" for m in METRIC_NAMES)
+        values = "  ".join(f"{result.overall[target][m]:>13.4f}" for m in METRIC_NAMES)
         lines.append(f"{target:<{width}}  {values}")
+    classes = ", ".join(CLASS_LABELS)
+    lines.append(f"score (mean {DICE_NAME} of {classes}; best.pt is chosen by it): {result.score:.4f}")
     id_width = max([len(OVERALL), *(len(c) for c in result.cases)])
     short = ("ED", "NE", "EN", "WT", "TC", "ET")
-    lines += ["", "Dice per case", f"{'case':<{id_width}}  " + "  ".join(f"{s:>6}" for s in short)]
+    lines += ["", f"{DICE_NAME} per case", f"{'case':<{id_width}}  " + "  ".join(f"{s:>6}" for s in short)]
     for case_id, metrics in [*result.cases.items(), (OVERALL, result.overall)]:
         lines.append(f"{case_id:<{id_width}}  " + "  ".join(f"{metrics[t]['dice']:>6.3f}" for t in TARGETS))
     return "\n".join(lines)
@@ -248,7 +234,7 @@ def write_evaluation(
     csv_path = out_dir / "metrics.csv"
     with csv_path.open("w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["case", "patches", "target", *METRIC_NAMES])
+        writer.writerow(["case", "patches", "target", *(METRIC_COLUMNS[m] for m in METRIC_NAMES)])
         n_all = sum(result.patches.values())
         for case_id, metrics in [*result.cases.items(), (OVERALL, result.overall)]:
             n = result.patches.get(case_id, n_all)

@@ -1,4 +1,16 @@
-"""Segmentation metrics of the course (Dice, sensitivity, specificity), BraTS regions, label conversions.
+"""Segmentation metrics (Dice, sensitivity, specificity), BraTS regions, label conversions.
+
+**The Dice of brainnet** (``dice_labelmap``, :data:`DICE_DEFINITION`), the one number the training log,
+``brainnet evaluate``, ``brainnet predict`` and the choice of ``best.pt`` all report: sigmoid probabilities
+become the MSD label map that ``predict`` writes (:func:`probabilities_to_labels`: threshold, innermost
+class wins); for each tumour class and BraTS region, ``2 tp / (2 tp + fp + fn)`` over the voxel counts of
+that label map against the true labels (:func:`confusion_counts`, :func:`metrics_from_counts`), the
+counts pooled over all the voxels scored together: every patch of a split (training log, ``evaluate``
+overall), the patches of one case (``evaluate`` per case), or a whole scan (``predict``). The score of a
+model (:func:`class_score`, the log's ``val_dice_labelmap``, what ``best.pt`` is chosen by) is the mean of
+the three class Dice. Why the label map and not each sigmoid channel on its own: the label map is what a
+user gets; a channel's voxels that a more inner class overwrites are in no written file, so a per-channel
+Dice scores a segmentation nobody sees.
 
 One implementation per formula, in torch: every function accepts a ``numpy.ndarray`` or a
 ``torch.Tensor`` (numpy arrays are wrapped without a copy), so training metrics on torch batches and
@@ -47,7 +59,19 @@ REGION_LABELS: Mapping[str, tuple[int, ...]] = MappingProxyType(
     {"whole_tumour": (1, 2, 3), "tumour_core": (2, 3), "enhancing_tumour": (3,)}
 )
 METRIC_NAMES: tuple[str, ...] = ("dice", "sensitivity", "specificity")
+#: classes, then regions: the rows of :func:`confusion_counts` and the keys of :func:`segmentation_metrics`.
+TARGETS: tuple[str, ...] = (*CLASS_LABELS, *REGION_LABELS)
 DICE_EPSILON = 1e-5
+#: the name of the Dice of this module (see the module docstring) in every table header and log column.
+DICE_NAME = "dice_labelmap"
+DICE_DEFINITION = (
+    f"{DICE_NAME}: Dice per class/region on the label map predict writes (threshold, innermost class wins), "
+    "voxels pooled over the patches or scan scored"
+)
+#: the table header of each metric of :data:`METRIC_NAMES`.
+METRIC_COLUMNS: Mapping[str, str] = MappingProxyType(
+    {"dice": DICE_NAME, "sensitivity": "sensitivity", "specificity": "specificity"}
+)
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -93,7 +117,9 @@ def dice_coefficient(
 ) -> torch.Tensor:
     """Course's Dice ``(2 sum(p t) + eps) / (sum(p) + sum(t) + eps)``, sums over ``axis``.
 
-    Meant for thresholded predictions (``probs > 0.5``); float inputs are used as they are.
+    Meant for thresholded predictions (``probs > 0.5``); float inputs are used as they are. The course's
+    formula for any axes and masks; the Dice brainnet reports is :func:`segmentation_metrics`' (module
+    docstring), which equals this one with ``epsilon=0`` on the masks of the label map.
 
     Args:
         pred: prediction, bool or float, any shape (e.g. ``(B, C, X, Y, Z)``).
@@ -183,8 +209,10 @@ def probabilities_to_labels(prob: ArrayLike, threshold: float = 0.5, axis: int =
     structure among those above it wins, following the BraTS nesting enhancing < core < whole tumour:
     enhancing (3) over non-enhancing (2) over edema (1). The outer classes' channels bleed inwards (a
     network trained on whole tumours lights the edema channel inside the core too): an argmax would then
-    label the core as edema, while this rule keeps each inner class where its own channel sees it, so the
-    label map's class Dice matches the course's per-channel Dice.
+    label the core as edema, while this rule keeps each inner class where its own channel sees it. The
+    label map's class Dice is *not* the per-channel Dice of the course (an edema channel that also lights
+    the core scores those voxels in a per-channel Dice, never in the label map): brainnet reports the label
+    map's (module docstring).
 
     Args:
         prob: float ``(3, X, Y, Z)`` (or the class axis at ``axis``, e.g. 1 for a batch).
@@ -198,7 +226,8 @@ def probabilities_to_labels(prob: ArrayLike, threshold: float = 0.5, axis: int =
     above = (p > threshold).movedim(axis, 0)
     labels = torch.zeros(above.shape[1:], dtype=torch.uint8, device=p.device)
     for channel in range(above.shape[0]):  # inner classes come later and overwrite
-        labels[above[channel]] = channel + 1
+        # masked_fill, not labels[mask] = v: boolean indexing waits for the GPU on every training step
+        labels = labels.masked_fill(above[channel], channel + 1)
     return _like(labels, prob)  # type: ignore[return-value]
 
 
@@ -228,47 +257,109 @@ def onehot_to_regions(onehot: ArrayLike, axis: int = 0) -> ArrayLike:
     return _like(regions, onehot)  # type: ignore[return-value]
 
 
+def confusion_counts(
+    pred_labels: np.ndarray | torch.Tensor, true_labels: np.ndarray | torch.Tensor
+) -> torch.Tensor:
+    """Voxel counts of the label-map Dice: tp, fp, fn, tn per target of :data:`TARGETS`.
+
+    Counts add up: the counts of several patches summed are the counts of the patches taken together.
+
+    Args:
+        pred_labels, true_labels: integer MSD labels of the same shape, any (a scan ``(X, Y, Z)`` or a
+            batch ``(B, X, Y, Z)``).
+
+    Returns:
+        int64 ``(6, 4)`` (classes then regions; columns tp, fp, fn, tn) on the inputs' device.
+    """
+    pred, true = _as_tensor(pred_labels), _as_tensor(true_labels)
+    _check_same_shape("confusion_counts", pred, true)
+    groups = {**CLASS_LABELS, **REGION_LABELS}
+    pred_masks, true_masks = label_masks(pred, groups), label_masks(true, groups)
+    rows = []
+    for name in TARGETS:
+        p, t = pred_masks[name], true_masks[name]
+        tp, predicted, present = (p & t).sum(), p.sum(), t.sum()
+        fp, fn = predicted - tp, present - tp
+        rows.append(torch.stack([tp, fp, fn, pred.numel() - tp - fp - fn]))
+    return torch.stack(rows).to(torch.int64)
+
+
+def label_map_counts(
+    probabilities: torch.Tensor, onehot: torch.Tensor, threshold: float = 0.5, axis: int = 1
+) -> torch.Tensor:
+    """:func:`confusion_counts` of the label map ``predict`` would write from ``probabilities``.
+
+    Args:
+        probabilities: float sigmoid outputs, class axis at ``axis`` (a batch ``(B, 3, X, Y, Z)``).
+        onehot: the true one-hot of the same shape (as :func:`brainnet.data.dataset.to_training_batch`).
+        threshold: see :func:`probabilities_to_labels`.
+
+    Returns:
+        int64 ``(6, 4)`` on the inputs' device (no device synchronisation).
+    """
+    pred = probabilities_to_labels(probabilities, threshold, axis=axis)
+    return confusion_counts(pred, probabilities_to_labels(onehot, 0.5, axis=axis))
+
+
+def metrics_from_counts(counts: np.ndarray | torch.Tensor) -> dict[str, dict[str, float]]:
+    """``{target: {"dice", "sensitivity", "specificity"}}`` from the ``(6, 4)`` :func:`confusion_counts`.
+
+    Dice is exact (no epsilon); empty structures follow the module table.
+    """
+    tp, fp, fn, tn = _as_tensor(counts).to(torch.float64).cpu().unbind(-1)
+    denominator = 2 * tp + fp + fn
+    dice = torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), torch.ones_like(denominator))
+    sensitivity, specificity = _ratio_or_rule(tp, fn, fp), _ratio_or_rule(tn, fp, fn)
+    return {
+        name: {
+            "dice": float(dice[i]),
+            "sensitivity": float(sensitivity[i]),
+            "specificity": float(specificity[i]),
+        }
+        for i, name in enumerate(TARGETS)
+    }
+
+
+def class_score(metrics: Mapping[str, Mapping[str, float]]) -> float:
+    """The score of a model: the mean label-map Dice of the three classes (``best.pt`` is chosen by it)."""
+    return float(np.mean([metrics[name]["dice"] for name in CLASS_LABELS]))
+
+
 def segmentation_metrics(
     pred_labels: np.ndarray | torch.Tensor, true_labels: np.ndarray | torch.Tensor
 ) -> dict[str, dict[str, float]]:
     """Dice, sensitivity and specificity per tumour class and per BraTS region of one scan.
 
-    Dice is exact here (``epsilon=0``, empty rule of the module table).
+    :func:`metrics_from_counts` of :func:`confusion_counts`: the label-map Dice of the module docstring.
 
     Args:
         pred_labels: predicted MSD labels, integer ``(X, Y, Z)``.
         true_labels: true MSD labels, same shape.
 
     Returns:
-        ``{name: {"dice", "sensitivity", "specificity"}}`` for the names of :data:`CLASS_LABELS`
-        (edema, non_enhancing, enhancing) then :data:`REGION_LABELS` (whole_tumour, tumour_core,
-        enhancing_tumour), plain floats.
+        ``{name: {"dice", "sensitivity", "specificity"}}`` for the names of :data:`TARGETS`
+        (edema, non_enhancing, enhancing, whole_tumour, tumour_core, enhancing_tumour), plain floats.
     """
-    pred, true = _as_tensor(pred_labels), _as_tensor(true_labels)
-    _check_same_shape("segmentation_metrics", pred, true)
-    groups = {**CLASS_LABELS, **REGION_LABELS}
-    pred_masks, true_masks = label_masks(pred, groups), label_masks(true, groups)
-    out: dict[str, dict[str, float]] = {}
-    for name in groups:
-        p, t = pred_masks[name], true_masks[name]
-        sens, spec = sensitivity_specificity(p, t)
-        out[name] = {
-            "dice": float(dice_coefficient(p, t, epsilon=0.0)),
-            "sensitivity": float(sens),
-            "specificity": float(spec),
-        }
-    return out
+    return metrics_from_counts(confusion_counts(pred_labels, true_labels))
 
 
 __all__ = [
     "CLASS_LABELS",
+    "DICE_DEFINITION",
     "DICE_EPSILON",
+    "DICE_NAME",
+    "METRIC_COLUMNS",
     "METRIC_NAMES",
     "NUM_CLASSES",
     "REGION_LABELS",
+    "TARGETS",
+    "class_score",
+    "confusion_counts",
     "dice_coefficient",
+    "label_map_counts",
     "label_masks",
     "labels_to_onehot",
+    "metrics_from_counts",
     "onehot_to_regions",
     "probabilities_to_labels",
     "segmentation_metrics",

@@ -30,6 +30,7 @@ from brainnet.infer.sliding_window import sliding_window
 from brainnet.metrics import probabilities_to_labels, segmentation_metrics
 from brainnet.train.checkpoint import LoadedModel
 from brainprep import Case, CaseFiles, LabelConvention, write_label_in_source_space
+from brainprep.errors import CaseError, one_line
 from brainprep.params import BuildParams
 from brainprep.standardize import (
     brain_mask,
@@ -159,8 +160,10 @@ class CasePrediction:
         case_id: the case.
         labels: uint8 (X, Y, Z) MSD labels on the RAS grid.
         output: the written NIfTI (source orientation, affine and shape).
-        metrics: :func:`~brainnet.metrics.segmentation_metrics` against the case's label, or ``None``.
+        metrics: :func:`~brainnet.metrics.segmentation_metrics` against the case's label (the label-map
+            Dice ``evaluate`` reports, over the whole scan), or ``None``.
         png: the overlay picture, when asked for.
+        warning: why a label file that exists or should exist gave no metrics, else ``None``.
     """
 
     case_id: str
@@ -168,6 +171,32 @@ class CasePrediction:
     output: Path
     metrics: dict[str, dict[str, float]] | None
     png: Path | None
+    warning: str | None = None
+
+
+def read_truth(case: Case) -> tuple[np.ndarray | None, str | None]:
+    """The case's label, only to score a prediction: never an error, since predicting needs no label.
+
+    Args:
+        case: read without its label (``read_case(files, with_label=False)``).
+
+    Returns:
+        (uint8 (X, Y, Z) MSD labels on the case's RAS grid or ``None``, the warning when a label file is
+        missing, unreadable (truncated...), of another grid, or holds values outside its convention).
+        A case without a label by design (an image alone, a validation release) gives ``(None, None)``.
+    """
+    path = case.files.label_path
+    if path is None:
+        return None, None
+    if not path.is_file():
+        return None, f"no label file {path} for case {case.case_id}: no metrics"
+    from brainprep.read.case import read_label
+
+    try:
+        label = read_label(case.files, case.source_shape, case.source_affine).label
+    except CaseError as err:
+        return None, f"label not used, no metrics: {one_line(err)}"
+    return np.array(label, order="C"), None
 
 
 def segment_case(
@@ -184,6 +213,9 @@ def segment_case(
 ) -> CasePrediction:
     """Read a case, segment it and write the label map in the case's source space.
 
+    The label, when there is one, only adds metrics: a missing, truncated or out-of-convention label is a
+    warning (logged, and in :attr:`CasePrediction.warning`), never a refusal.
+
     Args:
         loaded: the network and its store parameters (:func:`brainnet.train.load_model`).
         files: the case, from :func:`brainprep.discover_cases`.
@@ -193,9 +225,10 @@ def segment_case(
     """
     from brainprep import read_case
 
-    # The label only adds metrics: an image alone (no labelsTr/ beside it) is segmented all the same.
-    has_label = files.label_path is not None and files.label_path.is_file()
-    case = read_case(files, with_label=has_label)
+    case = read_case(files, with_label=False)
+    truth, warning = read_truth(case)
+    if warning is not None:
+        logger.warning("%s", warning)
     threshold = loaded.train_config.threshold if loaded.train_config is not None else 0.5
     labels, _ = predict_case(
         loaded.model,
@@ -209,19 +242,19 @@ def segment_case(
     )
     convention = files.label_convention if source_labels else LabelConvention.MSD
     output = write_label_in_source_space(labels, case, Path(out_path), convention)
-    metrics = segmentation_metrics(labels, case.label) if case.label is not None else None
+    metrics = segmentation_metrics(labels, truth) if truth is not None else None
     picture = None
     if png is not None:
         from brainnet.evaluate import OverlayRow, draw_overlays
 
         # The slice with the most tumour: true tumour when the case has a label, else predicted.
-        shown = case.label if case.label is not None and case.label.any() else labels
+        shown = truth if truth is not None and truth.any() else labels
         z = int(np.argmax((shown > 0).sum(axis=(0, 1)))) if shown.any() else labels.shape[2] // 2
         row = OverlayRow(
             title=f"{case.case_id} z={z}",
             image=case.image[0, :, :, z],
-            truth=case.label[:, :, z] if case.label is not None else None,
+            truth=truth[:, :, z] if truth is not None else None,
             prediction=labels[:, :, z],
         )
         picture = draw_overlays([row], Path(png))
-    return CasePrediction(case.case_id, labels, output, metrics, picture)
+    return CasePrediction(case.case_id, labels, output, metrics, picture, warning)

@@ -185,12 +185,16 @@ def test_cli_evaluate_writes_table_csv_json_png(built, tmp_path):
     result = CliRunner().invoke(main, [*args, "--device", "cpu", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "whole_tumour" in result.output and "BRATS_005" in result.output
+    assert "dice_labelmap: Dice per class/region on the label map" in result.output  # the definition, named
     rows = (out / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "case,patches,target,dice,sensitivity,specificity"
+    assert rows[0] == "case,patches,target,dice_labelmap,sensitivity,specificity"
     assert len(rows) == 1 + 3 * len(TARGETS)  # 2 cases + overall
     assert rows[-1].startswith("overall,8,enhancing_tumour,")
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["split"] == "val" and set(saved["overall"]) == set(TARGETS)
+    classes = ("edema", "non_enhancing", "enhancing")
+    assert saved["score"] == pytest.approx(np.mean([saved["overall"][c]["dice"] for c in classes]))
+    assert f"best.pt is chosen by it): {saved['score']:.4f}" in result.output
     assert saved["checkpoint"] == str(checkpoint)
     assert (out / "overlay.png").read_bytes()[:8] == PNG_MAGIC
 
@@ -245,6 +249,84 @@ def test_cli_predict_data_folder_case_and_msd_file(built, tmp_path):
         main, ["predict", "--checkpoint", str(checkpoint), "--input", str(data), "--out", str(out)]
     )
     assert result.exit_code != 0 and "--case" in result.output
+
+
+def test_predict_scores_the_label_map_it_writes_by_evaluates_definition(built, tmp_path):
+    data, _, checkpoint = built
+    loaded = load_model(checkpoint)
+    files = discover_cases(data).case("BRATS_002")
+    result = segment_case(loaded, files, tmp_path / "pred.nii.gz", batch_size=16)
+    assert result.warning is None
+    written = np.asarray(nib.load(tmp_path / "pred.nii.gz").dataobj)  # MSD labels, source space
+    truth = np.asarray(nib.load(files.label_path).dataobj).astype(np.uint8)
+    # evaluate's per-case definition (label-map counts pooled over the voxels scored) on the written file
+    expected = metrics_from_counts(confusion_counts(written, truth))
+    for target in TARGETS:
+        assert result.metrics[target] == pytest.approx(expected[target]), target
+    assert result.metrics == segmentation_metrics(result.labels, read_case(files).label)
+
+
+def _case_copy(data: Path, root: Path, label_bytes: bytes | None) -> Path:
+    """An MSD folder holding BRATS_002's image and, unless ``None``, ``label_bytes`` as its label."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    shutil.copy(data / "imagesTr" / "BRATS_002.nii.gz", root / "imagesTr")
+    if label_bytes is not None:
+        (root / "labelsTr" / "BRATS_002.nii.gz").write_bytes(label_bytes)
+    return root
+
+
+def _bad_label(kind: str, label: Path, tmp_path: Path) -> bytes | None:
+    """The bytes of a missing (``None``), truncated or out-of-convention copy of ``label``."""
+    if kind == "missing":
+        return None
+    if kind == "truncated":
+        whole = label.read_bytes()
+        return whole[: len(whole) // 2]
+    image = nib.load(label)
+    values = np.asarray(image.dataobj).astype(np.uint8)
+    values[values == 3] = 4  # a BraTS 2021 enhancing label in an MSD folder
+    nib.save(nib.Nifti1Image(values, image.affine), tmp_path / "bad.nii.gz")
+    return (tmp_path / "bad.nii.gz").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("missing", "no label file"),
+        ("truncated", "label not used, no metrics"),
+        ("out of convention", "label not used, no metrics: label values"),
+    ],
+)
+def test_predict_never_needs_a_valid_label(built, tmp_path, caplog, kind, message):
+    data, _, checkpoint = built
+    label = _bad_label(kind, data / "labelsTr" / "BRATS_002.nii.gz", tmp_path)
+    image = _case_copy(data, tmp_path / "case", label) / "imagesTr" / "BRATS_002.nii.gz"
+    args = [
+        "predict",
+        "--checkpoint",
+        str(checkpoint),
+        "--input",
+        str(image),
+        "--out",
+        str(tmp_path / "p.nii.gz"),
+    ]
+    with caplog.at_level("WARNING", logger="brainnet.predict"):
+        result = CliRunner().invoke(main, [*args, "--batch-size", "16", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "whole_tumour" not in result.output  # no metrics
+    warnings = [r.getMessage() for r in caplog.records if r.name == "brainnet.predict"]
+    assert len(warnings) == 1 and warnings[0].startswith(message), warnings
+    assert str(image.parent.parent / "labelsTr" / "BRATS_002.nii.gz") in warnings[0]
+    # the segmentation is the one of the case with its valid label
+    reference = tmp_path / "r.nii.gz"
+    valid = segment_case(
+        load_model(checkpoint), discover_cases(data).case("BRATS_002"), reference, batch_size=16
+    )
+    assert valid.metrics is not None and valid.warning is None
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(tmp_path / "p.nii.gz").dataobj), np.asarray(nib.load(reference).dataobj)
+    )
 
 
 @pytest.mark.slow

@@ -10,9 +10,14 @@ import torch
 
 from brainnet.losses import SoftDiceLoss, soft_dice_loss
 from brainnet.metrics import (
+    TARGETS,
+    class_score,
+    confusion_counts,
     dice_coefficient,
+    label_map_counts,
     label_masks,
     labels_to_onehot,
+    metrics_from_counts,
     onehot_to_regions,
     probabilities_to_labels,
     segmentation_metrics,
@@ -243,3 +248,42 @@ def test_segmentation_metrics_absent_enhancing_tumour():
     assert segmentation_metrics(wrong, true)["enhancing_tumour"]["dice"] == 0.0
     with pytest.raises(ShapeMismatchError):
         segmentation_metrics(wrong[:3], true)
+
+
+def test_the_dice_is_the_label_maps_not_each_channels():
+    # Truth: background, edema, non-enhancing, enhancing. The edema channel bleeds into the core (as a
+    # network trained on whole tumours does); each inner channel sees its own class.
+    true = np.array([0, 1, 2, 3], dtype=np.uint8)
+    prob = np.array(
+        [[0.1, 0.9, 0.9, 0.9], [0.1, 0.1, 0.9, 0.9], [0.1, 0.1, 0.1, 0.9]],
+        dtype=np.float32,
+    )
+    onehot = labels_to_onehot(true)
+    # Per channel, edema predicts voxels 1, 2, 3 against truth {1}: 2 / (3 + 1).
+    per_channel = dice_coefficient(prob > 0.5, onehot, axis=1, epsilon=0.0, reduction="none")
+    assert per_channel.tolist() == pytest.approx([0.5, 2 / 3, 1.0])
+    # The label map predict writes is exactly the truth, so every label-map Dice is 1.
+    counts = label_map_counts(torch.from_numpy(prob)[None], torch.from_numpy(onehot)[None], 0.5)
+    assert counts.dtype == torch.int64 and counts.shape == (len(TARGETS), 4)
+    assert counts[TARGETS.index("edema")].tolist() == [1, 0, 0, 3]  # tp, fp, fn, tn
+    metrics = metrics_from_counts(counts)
+    assert all(metrics[t]["dice"] == 1.0 for t in TARGETS)
+    assert metrics == segmentation_metrics(probabilities_to_labels(prob), true)
+    assert class_score(metrics) == 1.0
+
+
+def test_confusion_counts_of_batches_add_up_and_score_is_the_class_mean():
+    true = np.array([[0, 1, 1, 2], [3, 3, 0, 0]], dtype=np.uint8)
+    pred = np.array([[0, 1, 2, 2], [3, 0, 0, 1]], dtype=np.uint8)
+    total = confusion_counts(pred[:1], true[:1]) + confusion_counts(pred[1:], true[1:])
+    assert torch.equal(total, confusion_counts(pred, true))
+    # edema: true {1, 2}, pred {1, 7}: tp 1, fp 1, fn 1 -> 2/4; non-enhancing: true {3}, pred {2, 3} -> 2/3;
+    # enhancing: true {4, 5}, pred {4} -> 2/3 (as in test_segmentation_metrics_by_hand).
+    assert class_score(metrics_from_counts(total)) == pytest.approx((1 / 2 + 2 / 3 + 2 / 3) / 3)
+
+
+def test_probabilities_to_labels_on_a_batch_tensor_keeps_dtype_and_device():
+    prob = torch.tensor([[[0.9, 0.2], [0.9, 0.1], [0.2, 0.7]]])  # (1, 3, 2)
+    labels = probabilities_to_labels(prob, axis=1)
+    assert labels.dtype == torch.uint8 and labels.device == prob.device
+    assert labels.tolist() == [[2, 3]]

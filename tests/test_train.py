@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from brainnet.augment import augment_preset
+from brainnet.metrics import TARGETS
 from brainnet.model import ModelConfig
 from brainnet.train import (
     NonFiniteLossError,
@@ -23,7 +24,6 @@ from brainnet.train import (
     train,
 )
 from brainnet.train.checkpoint import capture_rng_state, restore_rng_state
-from brainnet.train.loop import dice_counts, dice_from_counts
 from brainprep.errors import ConfigError
 
 TINY_MODEL = ModelConfig(depth=2, base_filters=2)
@@ -66,16 +66,6 @@ def _config(**changes) -> TrainConfig:
 
 
 # ------------------------------------------------------------------------------------- pure pieces
-def test_dice_counts_by_hand():
-    prob = torch.zeros(1, 2, 2, 1, 1)
-    target = torch.zeros(1, 2, 2, 1, 1)
-    prob[0, 0, :, 0, 0] = torch.tensor([0.9, 0.2])  # class 0: predicts voxel 0
-    target[0, 0, :, 0, 0] = torch.tensor([1.0, 1.0])  # class 0: truth voxels 0 and 1
-    counts = dice_counts(prob, target, threshold=0.5)
-    assert counts.tolist() == [[1.0, 0.0], [1.0, 0.0], [2.0, 0.0]]  # rows: intersection, predicted, true
-    assert dice_from_counts(counts).tolist() == pytest.approx([2 / 3, 1.0])  # class 1 absent in both -> 1
-
-
 def test_rng_state_round_trip():
     torch.manual_seed(1)
     np.random.seed(2)
@@ -117,6 +107,15 @@ def test_checkpoint_loads_with_weights_only_and_holds_the_run(store_path, tmp_pa
     assert payload["store"] == str(store.location)
     assert payload["epoch"] == 1 and payload["global_step"] == 2
     assert isinstance(payload["rng"]["torch"], torch.Tensor)
+    # every key of the table in brainnet/train/checkpoint.py, built there by training_payload
+    assert set(payload) == {
+        *("format_version", "model", "model_config", "train_config", "build_params", "store", "store_id"),
+        *("optimizer", "scaler", "epoch", "global_step", "sampler", "rng", "best_score", "best_metric"),
+        *("history", "world_size"),
+    }
+    assert payload["store_id"] == store.content_id and payload["world_size"] == 1
+    assert payload["best_metric"] == "val_dice_labelmap"
+    assert payload["best_score"] == payload["history"][0]["val_dice_labelmap"]
     assert (tmp_path / "run" / "best.pt").exists()
     loaded = load_model(tmp_path / "run" / "last.pt")
     for name, tensor in result.model.state_dict().items():
@@ -125,16 +124,56 @@ def test_checkpoint_loads_with_weights_only_and_holds_the_run(store_path, tmp_pa
     with (tmp_path / "run" / "log.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert len(rows) == 1 and rows[0]["epoch"] == "1"
-    for column in (
-        "train_loss",
-        "train_dice",
-        "val_loss",
-        "val_dice",
-        "val_dice_edema",
-        "val_dice_enhancing",
-    ):
+    columns = ["train_loss", "train_dice_labelmap", "val_loss", "val_dice_labelmap"]
+    columns += [f"val_dice_labelmap_{target}" for target in TARGETS]
+    for column in columns:
         assert 0.0 <= float(rows[0][column]) <= 1.0
     assert any((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_log_evaluate_and_the_metric_give_one_dice(store_path, tmp_path):
+    """The validation row of the log, ``evaluate`` and the metric function: one number per target."""
+    from brainnet.evaluate import evaluate_store
+    from brainnet.metrics import class_score, dice_coefficient, probabilities_to_labels, segmentation_metrics
+    from brainnet.predict import model_probabilities
+    from brainprep.store import open_store
+
+    store = open_store(store_path)
+    train(store, tmp_path / "run", _config(), TINY_MODEL)
+    with (tmp_path / "run" / "log.csv").open() as file:
+        row = next(csv.DictReader(file))
+    loaded = load_model(tmp_path / "run" / "best.pt")  # the model that was validated (1 epoch)
+    evaluation = evaluate_store(loaded.model, store, "val", batch_size=2, threshold=0.5)
+    images, labels = store.read_patches(store.patch_indices(split="val"))
+    probabilities = model_probabilities(loaded.model, torch.from_numpy(images.astype(np.float32)))
+    direct = segmentation_metrics(probabilities_to_labels(probabilities, axis=1), labels)
+    for target in TARGETS:
+        logged = float(row[f"val_dice_labelmap_{target}"])
+        assert logged == pytest.approx(evaluation.overall[target]["dice"], abs=1e-12), target
+        assert logged == pytest.approx(direct[target]["dice"], abs=1e-12), target
+    assert float(row["val_dice_labelmap"]) == pytest.approx(evaluation.score, abs=1e-12)
+    assert evaluation.score == pytest.approx(class_score(direct), abs=1e-12)
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["best_score"] == pytest.approx(evaluation.score)
+    # this checkpoint's channels overlap, so the per-channel Dice of the old log would disagree
+    onehot = torch.stack([torch.from_numpy(labels) == v for v in (1, 2, 3)], dim=1)
+    per_channel = dice_coefficient(
+        probabilities > 0.5, onehot, axis=(0, 2, 3, 4), epsilon=0.0, reduction="none"
+    )
+    label_map = torch.tensor([direct[name]["dice"] for name in ("edema", "non_enhancing", "enhancing")])
+    assert not torch.allclose(per_channel, label_map.to(per_channel.dtype))
+
+
+def test_resume_of_a_checkpoint_scored_by_an_older_dice_forgets_its_best(store_path, tmp_path):
+    run = tmp_path / "run"
+    train(store_path, run, _config(), TINY_MODEL)
+    old = load_checkpoint(run / "last.pt")
+    del old["best_metric"]  # as written before the label-map Dice
+    old["best_score"] = 2.0  # no Dice reaches it: kept, best.pt would never move again
+    save_checkpoint(old, run / "last.pt")
+    result = train(store_path, run, _config(epochs=2), TINY_MODEL, resume=True)
+    best = load_checkpoint(run / "best.pt")
+    assert best["epoch"] == 2 and best["best_metric"] == "val_dice_labelmap"
+    assert result.best_score == best["best_score"] == result.history[-1]["val_dice_labelmap"]
 
 
 def test_resume_equals_an_uninterrupted_run(store_path, tmp_path):

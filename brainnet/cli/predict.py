@@ -66,7 +66,7 @@ def predict(
     progress: bool,
 ) -> None:
     """Segment one scan with CHECKPOINT, preprocessed as its training store was."""
-    from brainnet.evaluate import TARGETS
+    from brainnet.metrics import DICE_DEFINITION, DICE_NAME, TARGETS
     from brainnet.predict import segment_case
     from brainnet.train.checkpoint import load_model
     from brainnet.train.distributed import resolve_device
@@ -95,9 +95,10 @@ def predict(
         f"{result.case_id}: wrote {result.output} (voxels per label 0/1/2/3: {'/'.join(map(str, counts))})"
     )
     if result.metrics is not None:
-        click.echo(f"{'target':<18} {'dice':>8} {'sens':>8} {'spec':>8}")
+        click.echo(DICE_DEFINITION)
+        click.echo(f"{'target':<18} {DICE_NAME:>13} {'sens':>8} {'spec':>8}")
         for name in TARGETS:
             m = result.metrics[name]
-            click.echo(f"{name:<18} {m['dice']:>8.4f} {m['sensitivity']:>8.4f} {m['specificity']:>8.4f}")
+            click.echo(f"{name:<18} {m['dice']:>13.4f} {m['sensitivity']:>8.4f} {m['specificity']:>8.4f}")
     if result.png is not None:
         click.echo(f"wrote {result.png}")

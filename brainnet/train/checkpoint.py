@@ -19,10 +19,14 @@ epoch              epochs completed
 global_step        optimizer steps taken
 sampler            ``{"epoch", "start"}``: where the training data stream stands
 rng                ``{"torch": uint8 tensor, "cuda": [uint8 tensors], "numpy": {...}, "python": [...]}``
-best_score         best validation mean Dice so far (``-1.0`` before any)
-history            one dict of numbers per finished epoch
+best_score         best score so far (``-1.0`` before any), the log column ``best_metric``
+best_metric        the log column ``best_score`` was chosen by (``val_dice_labelmap``, or
+                   ``train_dice_labelmap`` without validation; absent before the label-map Dice)
+history            one dict of numbers per finished epoch (the log's rows)
 world_size         ranks of the run that wrote it
 =================  =====================================================================
+
+:func:`training_payload` builds it and :func:`restore_training` reads it back for a resume.
 
 Files are written atomically (temporary file in the same folder, then ``os.replace``), so a run killed
 while saving leaves the previous checkpoint intact.
@@ -30,11 +34,12 @@ while saving leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import random
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +52,8 @@ from brainprep.errors import BrainprepError, one_line
 from brainprep.params import BuildParams
 
 FORMAT_VERSION = 1
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(BrainprepError, ValueError):
@@ -89,6 +96,104 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     )
     python_state = state["python"]
     random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss_next"]))
+
+
+@dataclass
+class RunState:
+    """Where a training run stands: saved in every checkpoint, restored on resume.
+
+    Attributes:
+        epoch: epochs completed.
+        global_step: optimizer steps taken.
+        best_score: best value of the score column so far (``-1.0`` before any).
+        history: one dict of numbers per finished epoch.
+    """
+
+    epoch: int = 0
+    global_step: int = 0
+    best_score: float = -1.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def training_payload(
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    store: Any,
+    sampler: dict[str, int],
+    state: RunState,
+    best_metric: str,
+    world_size: int,
+) -> dict[str, Any]:
+    """The checkpoint of a training run after an epoch (keys of the module table).
+
+    Args:
+        model: the unwrapped network.
+        scaler: the float16 loss scaler, or ``None``.
+        store: the training :class:`~brainprep.store.reader.PatchStore`.
+        sampler: the data stream's position (``{"epoch", "start"}``).
+        state: epoch, step, best score and history.
+        best_metric: the log column ``state.best_score`` comes from.
+        world_size: ranks of the run.
+    """
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": model.state_dict(),
+        "model_config": model_config.to_dict(),
+        "train_config": train_config.to_dict(),
+        "build_params": store.params.to_dict(),
+        "store": str(store.location),
+        "store_id": getattr(store, "content_id", None),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "epoch": state.epoch,
+        "global_step": state.global_step,
+        "sampler": sampler,
+        "rng": capture_rng_state(),
+        "best_score": state.best_score,
+        "best_metric": best_metric,
+        "history": state.history,
+        "world_size": world_size,
+    }
+
+
+def restore_training(
+    saved: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    sampler: Any,
+    best_metric: str,
+) -> RunState:
+    """Load a :func:`training_payload` back into the run's objects and the global RNGs (last).
+
+    A checkpoint whose best score was measured by another column (one from before the label-map Dice)
+    keeps its weights and trajectory, but its best score is forgotten: the next epoch becomes ``best.pt``
+    by the current measure.
+
+    Returns:
+        the run's state.
+    """
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if scaler is not None and saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
+    best_score = float(saved["best_score"])
+    if saved.get("best_metric") != best_metric:
+        logger.warning(
+            "the checkpoint's best score %.4f was measured by %s, not %s: the next epoch is best.pt",
+            best_score,
+            saved.get("best_metric", "an older Dice"),
+            best_metric,
+        )
+        best_score = -1.0
+    state = RunState(int(saved["epoch"]), int(saved["global_step"]), best_score, list(saved["history"]))
+    sampler.load_state_dict(saved["sampler"])
+    restore_rng_state(saved["rng"])
+    return state
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path) -> Path:

@@ -1,8 +1,10 @@
 """The training loop: Adam on the soft Dice loss, per-epoch validation, checkpoints, resume, DDP.
 
-Layers: :func:`dice_counts` / :func:`compute_loss` are pure tensor functions; :func:`train_step` and
-:func:`validate` run one batch / one split; :func:`train` is the driver (data, model, epochs, logs,
-checkpoints). Run it on several processes with ``torchrun`` (see :mod:`brainnet.train.distributed`).
+Layers: :func:`compute_loss` is a pure tensor function; :func:`train_step` and :func:`validate` run one
+batch / one split; :func:`train` is the driver (data, model, epochs). The Dice of the log is the label-map
+Dice of :mod:`brainnet.metrics` (the one ``brainnet evaluate`` reports), the checkpoint is built by
+:mod:`brainnet.train.checkpoint`, the CSV / TensorBoard log by :mod:`brainnet.train.logs`. Run it on
+several processes with ``torchrun`` (see :mod:`brainnet.train.distributed`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from brainnet.data.dataset import PatchDataset, split_slots, to_training_batch
 from brainnet.data.loader import make_loader
 from brainnet.data.sampler import ShardShuffleSampler, filter_by_tumour_fraction, tumour_weights
 from brainnet.losses import soft_dice_loss
+from brainnet.metrics import DICE_NAME, TARGETS, class_score, label_map_counts, metrics_from_counts
 from brainnet.model import ModelConfig, build_model
 from brainnet.train import checkpoint as ckpt
 from brainnet.train.config import TrainConfig
@@ -34,13 +37,16 @@ from brainprep.errors import BrainprepError, ConfigError, StoreMismatchError
 
 logger = logging.getLogger(__name__)
 
-CLASS_KEYS: tuple[str, ...] = ("edema", "non_enhancing", "enhancing")
 LAST_NAME = "last.pt"
 BEST_NAME = "best.pt"
 #: TrainConfig fields that may change when resuming; any other change would break the trajectory.
 RESUMABLE_CHANGES = frozenset(
     {"epochs", "workers", "loader", "device", "amp", "deterministic", "val_steps", "threshold"}
 )
+#: log columns of the label-map Dice: the score of the train batches, of the validation split (the mean of
+#: its class columns; ``best.pt`` is chosen by it), and one column per target of the validation split.
+TRAIN_SCORE = f"train_{DICE_NAME}"
+VAL_SCORE = f"val_{DICE_NAME}"
 
 
 class NonFiniteLossError(BrainprepError, FloatingPointError):
@@ -56,7 +62,7 @@ class TrainResult:
         last_checkpoint, best_checkpoint: paths (``best`` is ``None`` if no epoch finished).
         epochs: epochs completed (including those of a resumed run).
         global_step: optimizer steps taken in total.
-        best_score: best mean validation Dice (train Dice when there is no validation split).
+        best_score: best ``val_dice_labelmap`` (``train_dice_labelmap`` without a validation split).
         history: one dict per finished epoch (the CSV rows).
         slots_seen: int64, the store slots this rank trained on in this call, in order.
         model: the trained network (unwrapped, on the training device).
@@ -84,31 +90,6 @@ def compute_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target: float32 (B, 3, X, Y, Z) one-hot.
     """
     return soft_dice_loss(torch.sigmoid(logits.float()), target)
-
-
-def dice_counts(probabilities: torch.Tensor, target: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Per-class voxel counts of thresholded predictions.
-
-    Args:
-        probabilities: float (B, C, X, Y, Z).
-        target: one-hot float (B, C, X, Y, Z).
-
-    Returns:
-        float64 (3, C): rows intersection, predicted voxels, true voxels (summed over the batch).
-    """
-    pred = probabilities > threshold
-    truth = target > 0.5
-    dims = (0, 2, 3, 4)
-    return torch.stack(
-        [(pred & truth).sum(dims), pred.sum(dims), truth.sum(dims)],
-    ).to(torch.float64)
-
-
-def dice_from_counts(counts: torch.Tensor) -> torch.Tensor:
-    """float64 (C,) Dice ``2 I / (P + T)`` per class; 1 where a class is absent from both."""
-    intersection, predicted, true = counts
-    total = predicted + true
-    return torch.where(total > 0, 2 * intersection / total.clamp(min=1), torch.ones_like(total))
 
 
 class _Logits(nn.Module):
@@ -191,7 +172,9 @@ def train_step(
     threshold: float,
     augment: Any = None,
 ) -> tuple[float, torch.Tensor]:
-    """One optimizer step. Returns the loss averaged over ranks and the batch's Dice counts (3, C).
+    """One optimizer step. Returns the loss averaged over ranks and the batch's label-map counts.
+
+    The counts are :func:`brainnet.metrics.label_map_counts`' int64 (6, 4), on the device.
 
     Args:
         augment: ``(image, label) -> (image, label)`` applied to the batch on the device, or ``None``.
@@ -216,7 +199,7 @@ def train_step(
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        counts = dice_counts(torch.sigmoid(logits.detach().float()), target, threshold)
+        counts = label_map_counts(torch.sigmoid(logits.detach().float()), target, threshold)
     return mean_loss, counts
 
 
@@ -229,17 +212,18 @@ def validate(
     threshold: float,
     max_batches: int | None,
 ) -> dict[str, float]:
-    """Loss and Dice per class over a split, summed over all ranks.
+    """Loss and label-map Dice over a split, voxel counts summed over all ranks.
 
     Returns:
-        ``{"val_loss", "val_dice", "val_dice_edema", "val_dice_non_enhancing", "val_dice_enhancing"}``
-        where Dice counts voxels over the whole split (thresholded) and ``val_dice`` is their mean.
+        ``{"val_loss", "val_dice_labelmap", "val_dice_labelmap_<target>" for each target}``: the Dice of
+        :mod:`brainnet.metrics` per class and region over the whole split, and their score (the mean of
+        the class Dice), the numbers ``brainnet evaluate`` reports on the same patches.
     """
     network.eval()
     device = context.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     patches = torch.zeros((), dtype=torch.float64, device=device)
-    counts = torch.zeros((3, len(CLASS_KEYS)), dtype=torch.float64, device=device)
+    counts = torch.zeros((len(TARGETS), 4), dtype=torch.int64, device=device)
     for index, batch in enumerate(loader):
         if max_batches is not None and index >= max_batches:
             break
@@ -250,12 +234,12 @@ def validate(
         for k in range(len(image)):
             loss_sum += soft_dice_loss(probabilities[k : k + 1], target[k : k + 1]).double()
         patches += len(image)
-        counts += dice_counts(probabilities, target, threshold)
+        counts += label_map_counts(probabilities, target, threshold)
     loss_sum, patches, counts = (all_reduce_sum(t, context) for t in (loss_sum, patches, counts))
     network.train()
-    dice = dice_from_counts(counts)
-    metrics = {"val_loss": float(loss_sum / patches.clamp(min=1)), "val_dice": float(dice.mean())}
-    metrics.update({f"val_dice_{name}": float(d) for name, d in zip(CLASS_KEYS, dice, strict=True)})
+    dice = metrics_from_counts(counts)
+    metrics = {"val_loss": float(loss_sum / patches.clamp(min=1)), VAL_SCORE: class_score(dice)}
+    metrics.update({f"{VAL_SCORE}_{name}": dice[name]["dice"] for name in TARGETS})
     return metrics
 
 
@@ -368,8 +352,9 @@ def train(
 ) -> TrainResult:
     """Train a :class:`~brainnet.model.UNet3D` on the ``train`` split of a store.
 
-    Writes ``out_dir/last.pt`` after every epoch, ``out_dir/best.pt`` whenever the mean validation Dice
-    improves, ``out_dir/log.csv`` and TensorBoard events in ``out_dir/tensorboard``.
+    Writes ``out_dir/last.pt`` after every epoch, ``out_dir/best.pt`` whenever the validation score
+    (``val_dice_labelmap``, the score ``brainnet evaluate`` reports) improves, ``out_dir/log.csv`` and
+    TensorBoard events in ``out_dir/tensorboard``.
 
     Args:
         store: a :class:`~brainprep.store.reader.PatchStore` or its location.
@@ -399,6 +384,145 @@ def train(
         shutdown(context)
 
 
+@dataclass
+class _Run:
+    """What the epochs of one :func:`train` call work with."""
+
+    config: TrainConfig
+    context: DistributedContext
+    model: nn.Module
+    plain: nn.Module  # the model returning logits
+    network: nn.Module  # ``plain``, wrapped by DDP when distributed
+    optimizer: torch.optim.Optimizer
+    precision: _Precision
+    stream: _Stream
+    steps: int
+    augmenter: BatchAugment | None
+    last_path: Path
+    best_path: Path
+    score_column: str
+    run_logger: RunLogger | None = None
+    seen: list[np.ndarray] = field(default_factory=list)
+
+
+def _load_for_resume(
+    path: Path,
+    config: TrainConfig,
+    model_config: ModelConfig,
+    store: Any,
+    context: DistributedContext,
+    allow_store_change: bool,
+) -> dict[str, Any]:
+    """The checkpoint at ``path``, once it is known to continue this very run."""
+    saved = ckpt.load_checkpoint(path, map_location=context.device)
+    _check_resumable(saved, config, model_config, path)
+    _check_same_store(saved, store, path, allow_store_change)
+    if saved.get("world_size", 1) != context.world_size:
+        raise ConfigError(
+            f"cannot resume {path} (written by {saved.get('world_size', 1)} ranks) "
+            f"on {context.world_size} ranks: the data order would change"
+        )
+    return saved
+
+
+def _wrap(model: nn.Module, context: DistributedContext) -> tuple[nn.Module, nn.Module]:
+    """(the model returning logits, the same wrapped by DDP when distributed)."""
+    plain = _Logits(model)
+    if not context.enabled:
+        return plain, plain
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = context.device
+    return plain, DistributedDataParallel(plain, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _train_epoch(run: _Run, state: ckpt.RunState, bar: Any) -> tuple[float, torch.Tensor]:
+    """The optimizer steps of one epoch: mean loss and summed label-map counts of this rank."""
+    loss_sum = 0.0
+    counts = torch.zeros((len(TARGETS), 4), dtype=torch.int64, device=run.context.device)
+    for index in range(run.steps):
+        batch = run.stream.next()
+        run.seen.append(batch["slot"].numpy())
+        augment = None
+        if run.augmenter is not None:
+            # keyed by the step: the same draws whatever the workers, the backend or a resume
+            key = (run.config.seed, run.context.rank, state.global_step)
+            augment = functools.partial(run.augmenter, key=key)
+        try:
+            loss, batch_counts = train_step(
+                run.network, run.optimizer, batch, run.precision, run.context, run.config.threshold, augment
+            )
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(
+                f"{err} at step {state.global_step + 1} (epoch {state.epoch + 1}, batch {index + 1} of "
+                f"{run.steps}); training stopped, last good checkpoint: "
+                f"{run.last_path if run.last_path.exists() else 'none'}"
+            ) from None
+        state.global_step += 1
+        loss_sum += loss
+        counts += batch_counts
+        if run.run_logger is not None:
+            run.run_logger.step({"train/loss": loss}, state.global_step)
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.4f}", dice=f"{class_score(metrics_from_counts(counts)):.4f}")
+            bar.update()
+    return loss_sum / run.steps, counts
+
+
+def _epoch_row(run: _Run, state: ckpt.RunState, val_loader: Any, progress: bool) -> dict[str, Any]:
+    """Train one epoch and validate: the log row (label-map Dice of :mod:`brainnet.metrics`)."""
+    started = time.perf_counter()
+    bar = None
+    if progress and run.context.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=run.steps, desc=f"epoch {state.epoch + 1}/{run.config.epochs}", unit="batch")
+    train_loss, counts = _train_epoch(run, state, bar)
+    if bar is not None:
+        bar.close()
+    row: dict[str, Any] = {
+        "epoch": state.epoch + 1,
+        "global_step": state.global_step,
+        "train_loss": train_loss,
+        TRAIN_SCORE: class_score(metrics_from_counts(all_reduce_sum(counts, run.context))),
+    }
+    if val_loader is not None:
+        config = run.config
+        row.update(
+            validate(run.plain, val_loader, run.precision, run.context, config.threshold, config.val_steps)
+        )
+    row["seconds"] = time.perf_counter() - started
+    return row
+
+
+def _end_epoch(run: _Run, state: ckpt.RunState, row: dict[str, Any], model_config: ModelConfig, store: Any):
+    """Record the epoch: state, ``last.pt``, ``best.pt`` when the score improved, the log (rank 0)."""
+    state.epoch = int(row["epoch"])
+    score = float(row[run.score_column])
+    improved = score > state.best_score
+    state.best_score = max(state.best_score, score)
+    state.history.append(row)
+    if run.context.is_main:
+        payload = ckpt.training_payload(
+            model=run.model,
+            optimizer=run.optimizer,
+            scaler=run.precision.scaler,
+            model_config=model_config,
+            train_config=run.config,
+            store=store,
+            sampler=run.stream.state(),
+            state=state,
+            best_metric=run.score_column,
+            world_size=run.context.world_size,
+        )
+        ckpt.save_checkpoint(payload, run.last_path)
+        if improved:
+            ckpt.save_checkpoint(payload, run.best_path)
+        run.run_logger.epoch(row)
+        logger.info("epoch %d: %s", state.epoch, {k: round(v, 4) for k, v in row.items()})
+    barrier(run.context)
+
+
 def _run(
     store: Any,
     out_dir: Path,
@@ -420,137 +544,51 @@ def _run(
     precision = _precision(config, device)
     dataset, sampler = _train_dataset(store, config, context)
     val_loader = _val_loader(store, config, context)
-
-    last_path, best_path = out_dir / LAST_NAME, out_dir / BEST_NAME
-    epoch, global_step, best_score, history = 0, 0, -1.0, []
+    score_column = VAL_SCORE if val_loader is not None else TRAIN_SCORE
+    last_path = out_dir / LAST_NAME
+    state = ckpt.RunState()
     if resume and last_path.exists():
-        saved = ckpt.load_checkpoint(last_path, map_location=device)
-        _check_resumable(saved, config, model_config, last_path)
-        _check_same_store(saved, store, last_path, allow_store_change)
-        if saved.get("world_size", 1) != context.world_size:
-            raise ConfigError(
-                f"cannot resume {last_path} (written by {saved.get('world_size', 1)} ranks) "
-                f"on {context.world_size} ranks: the data order would change"
-            )
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if precision.scaler is not None and saved.get("scaler"):
-            precision.scaler.load_state_dict(saved["scaler"])
-        epoch, global_step = int(saved["epoch"]), int(saved["global_step"])
-        best_score, history = float(saved["best_score"]), list(saved["history"])
-        sampler.load_state_dict(saved["sampler"])
-        ckpt.restore_rng_state(saved["rng"])
-        logger.info("resumed %s at epoch %d, step %d", last_path, epoch, global_step)
+        saved = _load_for_resume(last_path, config, model_config, store, context, allow_store_change)
+        state = ckpt.restore_training(saved, model, optimizer, precision.scaler, sampler, score_column)
+        logger.info("resumed %s at epoch %d, step %d", last_path, state.epoch, state.global_step)
     elif resume:
         logger.warning("no %s to resume from: starting a fresh run", last_path)
-
-    plain = _Logits(model)
-    network: nn.Module = plain
-    if context.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        network = DistributedDataParallel(
-            network, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    plain, network = _wrap(model, context)
     stream = _Stream(dataset, sampler, config, device)
-    steps = config.steps_per_epoch or math.ceil(stream.pass_length() / config.batch_size)
-    run_logger = None
+    run = _Run(
+        config=config,
+        context=context,
+        model=model,
+        plain=plain,
+        network=network,
+        optimizer=optimizer,
+        precision=precision,
+        stream=stream,
+        steps=config.steps_per_epoch or math.ceil(stream.pass_length() / config.batch_size),
+        augmenter=BatchAugment(config.augment) if config.augment.active else None,
+        last_path=last_path,
+        best_path=out_dir / BEST_NAME,
+        score_column=score_column,
+    )
     if context.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        run_logger = RunLogger(out_dir, resume_epoch=epoch, resume_step=global_step)
-    seen: list[np.ndarray] = []
-    augmenter = BatchAugment(config.augment) if config.augment.active else None
+        run.run_logger = RunLogger(out_dir, resume_epoch=state.epoch, resume_step=state.global_step)
     network.train()
     try:
-        while epoch < config.epochs:
-            started = time.perf_counter()
-            loss_sum, counts = 0.0, torch.zeros((3, len(CLASS_KEYS)), dtype=torch.float64, device=device)
-            bar = None
-            if progress and context.is_main:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=True)
-            for index in range(steps):
-                batch = stream.next()
-                seen.append(batch["slot"].numpy())
-                augment = None
-                if augmenter is not None:
-                    # keyed by the step: the same draws whatever the workers, the backend or a resume
-                    key = (config.seed, context.rank, global_step)
-                    augment = functools.partial(augmenter, key=key)
-                try:
-                    loss, batch_counts = train_step(
-                        network, optimizer, batch, precision, context, config.threshold, augment
-                    )
-                except NonFiniteLossError as err:
-                    raise NonFiniteLossError(
-                        f"{err} at step {global_step + 1} (epoch {epoch + 1}, batch {index + 1} of {steps}); "
-                        f"training stopped, last good checkpoint: "
-                        f"{last_path if last_path.exists() else 'none'}"
-                    ) from None
-                global_step += 1
-                loss_sum += loss
-                counts += batch_counts
-                if run_logger is not None:
-                    run_logger.step({"train/loss": loss}, global_step)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss:.4f}", dice=f"{float(dice_from_counts(counts).mean()):.4f}")
-                    bar.update()
-            if bar is not None:
-                bar.close()
-            epoch += 1
-            row: dict[str, Any] = {
-                "epoch": epoch,
-                "global_step": global_step,
-                "train_loss": loss_sum / steps,
-                "train_dice": float(dice_from_counts(all_reduce_sum(counts, context)).mean()),
-            }
-            if val_loader is not None:
-                row.update(
-                    validate(plain, val_loader, precision, context, config.threshold, config.val_steps)
-                )
-            row["seconds"] = time.perf_counter() - started
-            score = float(row.get("val_dice", row["train_dice"]))
-            improved = score > best_score
-            best_score = max(best_score, score)
-            history.append(row)
-            if context.is_main:
-                payload = {
-                    "format_version": ckpt.FORMAT_VERSION,
-                    "model": model.state_dict(),
-                    "model_config": model_config.to_dict(),
-                    "train_config": config.to_dict(),
-                    "build_params": store.params.to_dict(),
-                    "store": str(store.location),
-                    "store_id": getattr(store, "content_id", None),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": precision.scaler.state_dict() if precision.scaler is not None else {},
-                    "epoch": epoch,
-                    "global_step": global_step,
-                    "sampler": stream.state(),
-                    "rng": ckpt.capture_rng_state(),
-                    "best_score": best_score,
-                    "history": history,
-                    "world_size": context.world_size,
-                }
-                ckpt.save_checkpoint(payload, last_path)
-                if improved:
-                    ckpt.save_checkpoint(payload, best_path)
-                run_logger.epoch(row)
-                logger.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
-            barrier(context)
+        while state.epoch < config.epochs:
+            _end_epoch(run, state, _epoch_row(run, state, val_loader, progress), model_config, store)
     finally:
-        if run_logger is not None:
-            run_logger.close()
+        if run.run_logger is not None:
+            run.run_logger.close()
     return TrainResult(
         out_dir=out_dir,
         last_checkpoint=last_path,
-        best_checkpoint=best_path if best_path.exists() else None,
-        epochs=epoch,
-        global_step=global_step,
-        best_score=best_score,
-        history=history,
-        slots_seen=np.concatenate(seen) if seen else np.zeros(0, dtype=np.int64),
+        best_checkpoint=run.best_path if run.best_path.exists() else None,
+        epochs=state.epoch,
+        global_step=state.global_step,
+        best_score=state.best_score,
+        history=state.history,
+        slots_seen=np.concatenate(run.seen) if run.seen else np.zeros(0, dtype=np.int64),
         model=model,
         rank=context.rank,
         world_size=context.world_size,
