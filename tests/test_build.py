@@ -338,6 +338,20 @@ def test_bad_cases_stop_before_writing_or_are_recorded(data: Path, tmp_path: Pat
         assert by_id["BRATS_001"]["n_patches"] == K and opened.metadata["summary"]["skipped"] == 3
 
 
+def test_a_duplicate_case_id_is_refused_naming_both_files(data: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    (copy / "imagesTs").mkdir()
+    shutil.copy(copy / "imagesTr" / "BRATS_002.nii.gz", copy / "imagesTs")  # one id, train and test
+    result = CliRunner().invoke(cli, ["build-patches", str(copy), str(tmp_path / "s.zarr"), *CLI_OPTIONS])
+    assert result.exit_code == 1 and "duplicate case id 'BRATS_002'" in result.output
+    assert (
+        f"{copy / 'imagesTr' / 'BRATS_002.nii.gz'} and {copy / 'imagesTs' / 'BRATS_002.nii.gz'}"
+        in result.output
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # nothing written
+
+
 def test_case_table_records_the_hash_of_every_source_file(data: Path, reference: Path) -> None:
     # Images are hashed by the write stage from the bytes it reads, labels by the plan: every case
     # (with or without patches) still records every file, as sha256 of its stored bytes.

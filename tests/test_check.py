@@ -364,6 +364,17 @@ def test_unknown_layout_exits_2(tmp_path):
         check_dataset(tmp_path)
 
 
+def test_duplicate_case_id_exits_2_naming_both_files(msd_dataset):
+    images = msd_dataset.root / "imagesTr"
+    (images / "BRATS_001.nii").write_bytes(gzip.decompress((images / "BRATS_001.nii.gz").read_bytes()))
+    result = run_check(msd_dataset.root)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "duplicate file name 'BRATS_001'" in result.output
+    assert (
+        str(images / "BRATS_001.nii") in result.output and str(images / "BRATS_001.nii.gz") in result.output
+    )
+
+
 def test_empty_msd_dataset_exits_2(tmp_path):
     (tmp_path / "imagesTr").mkdir()
     result = run_check(tmp_path)

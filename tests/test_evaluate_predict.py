@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -244,6 +245,15 @@ def test_cli_predict_data_folder_case_and_msd_file(built, tmp_path):
     assert result.exit_code == 0, result.output
     assert "whole_tumour" not in result.output
     np.testing.assert_array_equal(nib.load(tmp_path / "c.nii.gz").get_fdata(), written.get_fdata())
+    # A data folder with two files of one case id: refused, naming both.
+    double = tmp_path / "double"
+    shutil.copytree(data, double)
+    gz = double / "imagesTr" / "BRATS_002.nii.gz"
+    (double / "imagesTr" / "BRATS_002.nii").write_bytes(gzip.decompress(gz.read_bytes()))
+    result = CliRunner().invoke(
+        main, [*args[:3], "--input", str(double), "--case", "BRATS_002", "--out", str(out)]
+    )
+    assert result.exit_code != 0 and f"{gz.with_suffix('')} and {gz}" in result.output
     # A data folder of several cases without --case is refused with the reason.
     result = CliRunner().invoke(
         main, ["predict", "--checkpoint", str(checkpoint), "--input", str(data), "--out", str(out)]

@@ -22,7 +22,7 @@ from conftest import (
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from brainprep.errors import CaseError, InvalidValueError, UnreadableFileError
+from brainprep.errors import CaseError, InvalidValueError, LayoutError, UnreadableFileError
 from brainprep.read import (
     CaseFiles,
     LabelConvention,
@@ -253,6 +253,73 @@ def test_brats2021_layout_finds_every_file(brats2021_dataset):
     assert files.label_convention is LabelConvention.BRATS2021
     case = read_case(files)
     np.testing.assert_array_equal(case.label, brats2021_dataset.cases["BraTS2021_00000"].label)
+
+
+def _gunzip(path: Path) -> Path:
+    """``x.nii.gz`` -> ``x.nii`` beside it (the compressed file removed)."""
+    plain = path.with_name(path.name[: -len(".gz")])
+    plain.write_bytes(gzip.decompress(path.read_bytes()))
+    path.unlink()
+    return plain
+
+
+def test_a_folder_mixing_nii_and_nii_gz_is_found_per_file(msd_dataset, brats2023_dataset):
+    root = msd_dataset.root
+    image = _gunzip(root / "imagesTr" / "BRATS_001.nii.gz")  # uncompressed image, compressed label
+    label = _gunzip(root / "labelsTr" / "BRATS_002.nii.gz")  # compressed image, uncompressed label
+    dataset = discover_cases(root)
+    assert dataset.case_ids == ("BRATS_001", "BRATS_002")
+    first, second = dataset.cases
+    assert first.image_paths == (image,) and first.label_path == root / "labelsTr" / "BRATS_001.nii.gz"
+    assert second.label_path == label
+    for files in dataset.cases:
+        np.testing.assert_array_equal(read_case(files).label, msd_dataset.cases[files.case_id].label)
+    # a case folder too: one channel uncompressed
+    case_id = "BraTS-GLI-00000-000"
+    t1c = _gunzip(brats2023_dataset.root / case_id / f"{case_id}-t1c.nii.gz")
+    files = discover_cases(brats2023_dataset.root).case(case_id)
+    assert files.image_paths[2] == t1c
+    np.testing.assert_array_equal(read_case(files).image, brats2023_dataset.cases[case_id].image)
+
+
+def _duplicate(kind: str, msd: Path, brats: Path) -> tuple[Path, Path, Path]:
+    """Make two files of one name in a copy of a fixture: (data folder, first file, second file)."""
+    if kind == "image .nii and .nii.gz":
+        first = msd / "imagesTr" / "BRATS_001.nii"
+        first.write_bytes(gzip.decompress((msd / "imagesTr" / "BRATS_001.nii.gz").read_bytes()))
+        return msd, first, msd / "imagesTr" / "BRATS_001.nii.gz"
+    if kind == "label .nii and .nii.gz":
+        first = msd / "labelsTr" / "BRATS_002.nii"
+        first.write_bytes(gzip.decompress((msd / "labelsTr" / "BRATS_002.nii.gz").read_bytes()))
+        return msd, first, msd / "labelsTr" / "BRATS_002.nii.gz"
+    if kind == "imagesTr and imagesTs":
+        (msd / "imagesTs").mkdir()
+        second = msd / "imagesTs" / "BRATS_002.nii.gz"
+        second.write_bytes((msd / "imagesTr" / "BRATS_002.nii.gz").read_bytes())
+        return msd, msd / "imagesTr" / "BRATS_002.nii.gz", second
+    folder = brats / "BraTS-GLI-00002-000"
+    second = folder / "BraTS-GLI-00002-000-t2w.nii.gz"
+    first = folder / "BraTS-GLI-00002-000-t2w.nii"
+    first.write_bytes(gzip.decompress(second.read_bytes()))
+    return brats, first, second
+
+
+DUPLICATES = (
+    "image .nii and .nii.gz",
+    "label .nii and .nii.gz",
+    "imagesTr and imagesTs",
+    "case folder channel",
+)
+
+
+@pytest.mark.parametrize("kind", DUPLICATES)
+def test_duplicate_case_files_are_refused_naming_both(msd_dataset, brats2023_dataset, kind):
+    root, first, second = _duplicate(kind, msd_dataset.root, brats2023_dataset.root)
+    with pytest.raises(LayoutError) as caught:
+        discover_cases(root)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("duplicate ")
+    assert str(first) in message and str(second) in message
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -9,12 +9,18 @@ Known layouts (auto-detected by :func:`discover_cases`):
 
 A folder that itself holds the channel files of one case (``t1c.nii.gz``, ..., ``segmentation.nii.gz``)
 is read as a one-case dataset named after the folder.
+
+Files are matched by name without their suffix, so a folder may mix ``.nii`` and ``.nii.gz`` (an
+uncompressed image with a compressed label). Two files of one name (``BRATS_001.nii`` and
+``BRATS_001.nii.gz``, or one case id in ``imagesTr`` and ``imagesTs``) would make two cases of one id, or
+leave it to chance which file is read: :func:`discover_cases` refuses them, naming both files.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +109,32 @@ def _file_key(path: Path) -> str:
     return re.split(r"[-_.]", stem)[-1].lower()
 
 
+def _unique(named: Iterable[tuple[str, Path]], what: str) -> dict[str, Path]:
+    """``{name: path}``; two paths of one name are a :class:`LayoutError` naming both.
+
+    Args:
+        named: (name, path) pairs, e.g. (case id, image file).
+        what: the message's words for a name, ``{name}`` where it goes, e.g. ``"case id {name}"``.
+    """
+    found: dict[str, Path] = {}
+    for name, path in named:
+        if name in found:
+            where = what.format(name=repr(name))
+            raise LayoutError(f"duplicate {where}: {found[name]} and {path}; keep one of them")
+        found[name] = path
+    return found
+
+
+def _nifti_by_name(folder: Path) -> dict[str, Path]:
+    """The visible NIfTI files of ``folder`` by name without suffix (``{}`` when it does not exist)."""
+    if not folder.is_dir():
+        return {}
+    files = sorted(p for p in folder.iterdir() if _is_visible_nifti(p))
+    return _unique(
+        ((strip_nifti_suffix(p.name) or p.name, p) for p in files), f"file name {{name}} in {folder}"
+    )
+
+
 def _folder_layout(files: list[Path]) -> str | None:
     keys = {_file_key(p) for p in files}
     scores = {layout: len(keys & set(k)) for layout, k in CHANNEL_KEYS.items()}
@@ -112,7 +144,10 @@ def _folder_layout(files: list[Path]) -> str | None:
 
 def _case_from_folder(folder: Path, layout: str, case_id: str, labelled: bool) -> CaseFiles:
     files = sorted(p for p in folder.iterdir() if _is_visible_nifti(p))
-    by_key = {_file_key(p): p for p in files}
+    wanted = {*CHANNEL_KEYS[layout], *LABEL_KEYS}
+    by_key = _unique(
+        ((_file_key(p), p) for p in files if _file_key(p) in wanted), f"{{name}} file in case {case_id}"
+    )
     separator = "-" if layout == "brats2023" else "_"
     images = tuple(
         by_key.get(key, folder / f"{case_id}{separator}{key}.nii.gz") for key in CHANNEL_KEYS[layout]
@@ -132,24 +167,22 @@ def _read_dataset_json(path: Path) -> dict:
 
 def _discover_msd(root: Path) -> Dataset:
     description = _read_dataset_json(root / "dataset.json") if (root / "dataset.json").exists() else {}
-    cases: list[CaseFiles] = []
-    for images_dir, labels_dir in (("imagesTr", "labelsTr"), ("imagesTs", None)):
-        folder = root / images_dir
-        if not folder.is_dir():
-            continue
-        for image in sorted(p for p in folder.iterdir() if _is_visible_nifti(p)):
-            case_id = strip_nifti_suffix(image.name) or image.name
-            label = root / labels_dir / image.name if labels_dir else None
-            cases.append(CaseFiles(case_id, "msd", (image,), label, LabelConvention.MSD))
+    images = {name: _nifti_by_name(root / name) for name in ("imagesTr", "imagesTs")}
+    # one id in imagesTr and imagesTs would be two cases of one id in the store
+    _unique(((i, p) for folder in images.values() for i, p in folder.items()), "case id {name}")
+    labels = _nifti_by_name(root / "labelsTr")
+    cases = [
+        CaseFiles(i, "msd", (image,), labels.get(i, root / "labelsTr" / image.name), LabelConvention.MSD)
+        for i, image in images["imagesTr"].items()
+    ]
+    cases += [
+        CaseFiles(i, "msd", (image,), None, LabelConvention.MSD) for i, image in images["imagesTs"].items()
+    ]
     # A label without its image is a broken case too: list it so check reports the missing image.
-    labels_dir = root / "labelsTr"
-    known = {c.case_id for c in cases}
-    if labels_dir.is_dir():
-        for label in sorted(p for p in labels_dir.iterdir() if _is_visible_nifti(p)):
-            case_id = strip_nifti_suffix(label.name)
-            if case_id not in known:
-                image = root / "imagesTr" / label.name
-                cases.append(CaseFiles(str(case_id), "msd", (image,), label, LabelConvention.MSD))
+    for case_id, label in labels.items():
+        if case_id not in images["imagesTr"] and case_id not in images["imagesTs"]:
+            image = root / "imagesTr" / label.name
+            cases.append(CaseFiles(case_id, "msd", (image,), label, LabelConvention.MSD))
     cases.sort(key=lambda c: c.case_id)
     channel_names = CHANNEL_NAMES
     label_names: tuple[str, ...] = Dataset.__dataclass_fields__["label_names"].default
