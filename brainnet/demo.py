@@ -204,13 +204,16 @@ def run_demo(
 
 def format_result(result: DemoResult) -> str:
     """A short report: validation Dice, whole-scan Dice, timings and where every output is."""
+    from brainnet.metrics import DICE_NAME
+
     lines = [
         "",
-        "validation Dice (patches): " + ", ".join(f"{k} {v:.3f}" for k, v in result.val_dice.items()),
+        f"validation {DICE_NAME} (patches): " + ", ".join(f"{k} {v:.3f}" for k, v in result.val_dice.items()),
     ]
     if result.scan_metrics:
         lines.append(
-            "whole-scan Dice: " + ", ".join(f"{k} {v['dice']:.3f}" for k, v in result.scan_metrics.items())
+            f"whole-scan {DICE_NAME}: "
+            + ", ".join(f"{k} {v['dice']:.3f}" for k, v in result.scan_metrics.items())
         )
     lines.append(
         f"total {sum(result.seconds.values()):.0f} s: "

@@ -149,6 +149,7 @@ def evaluate_store(
     batch_size: int = 4,
     threshold: float = 0.5,
     amp: bool = False,
+    amp_dtype: str = "bfloat16",
     n_overlays: int = 4,
     progress: bool = False,
 ) -> EvaluationResult:
@@ -160,6 +161,8 @@ def evaluate_store(
         split: ``train`` or ``val``.
         batch_size: patches per forward pass.
         threshold: probability threshold of :func:`~brainnet.metrics.probabilities_to_labels`.
+        amp, amp_dtype: autocast on CUDA (see :func:`~brainnet.predict.model_probabilities`); the
+            training's settings reproduce its validation numbers.
         n_overlays: patches to keep for the picture (the most tumorous patch of the first cases).
     """
     slots = store.patch_indices(split=split)
@@ -183,7 +186,7 @@ def evaluate_store(
         predicted = np.empty_like(truth)
         for first in range(0, len(case_slots), batch_size):
             batch = torch.from_numpy(np.asarray(images[first : first + batch_size], dtype=np.float32))
-            probabilities = model_probabilities(model, batch, amp).cpu()
+            probabilities = model_probabilities(model, batch, amp, amp_dtype).cpu()
             predicted[first : first + batch_size] = probabilities_to_labels(
                 probabilities, threshold, axis=1
             ).numpy()

@@ -42,14 +42,18 @@ from brainprep.standardize import (
 logger = logging.getLogger(__name__)
 
 
-def model_probabilities(model: torch.nn.Module, batch: torch.Tensor, amp: bool = False) -> torch.Tensor:
+def model_probabilities(
+    model: torch.nn.Module, batch: torch.Tensor, amp: bool = False, amp_dtype: str = "bfloat16"
+) -> torch.Tensor:
     """Sigmoid probabilities float32 (B, 3, X, Y, Z) of a float batch (B, 4, X, Y, Z) on the model's device.
 
-    With ``amp`` (CUDA only) the network runs under bfloat16 autocast; the sigmoid is taken in float32.
+    With ``amp`` (CUDA only) the network runs under ``amp_dtype`` (``bfloat16`` or ``float16``) autocast,
+    as training validated it; the sigmoid is taken in float32.
     """
     device = next(model.parameters()).device
     enabled = amp and device.type == "cuda"
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
+    dtype = torch.float16 if amp_dtype == "float16" else torch.bfloat16
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=enabled):
         logits = model.forward_logits(batch.to(device, dtype=torch.float32, non_blocking=True))
     return torch.sigmoid(logits.float())
 

@@ -41,7 +41,7 @@ def test_run_demo_writes_every_output(tmp_path):
     assert all(0.0 <= v <= 1.0 for v in result.val_dice.values())
     assert result.scan_metrics is not None
     report = format_result(result)
-    assert "validation Dice" in report and str(result.outputs["checkpoint"]) in report
+    assert "validation dice_labelmap" in report and str(result.outputs["checkpoint"]) in report
 
 
 def test_demo_cli_refuses_a_non_empty_folder(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import random
 import socket
 from pathlib import Path
@@ -154,6 +155,16 @@ def test_log_evaluate_and_the_metric_give_one_dice(store_path, tmp_path):
     assert float(row["val_dice_labelmap"]) == pytest.approx(evaluation.score, abs=1e-12)
     assert evaluation.score == pytest.approx(class_score(direct), abs=1e-12)
     assert load_checkpoint(tmp_path / "run" / "best.pt")["best_score"] == pytest.approx(evaluation.score)
+    # the command, with the checkpoint's own threshold and precision, prints and writes that score
+    from brainnet.cli import main
+
+    args = ["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--store", str(store_path)]
+    args += ["--batch-size", "2", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "eval")]
+    command = CliRunner().invoke(main, args)
+    assert command.exit_code == 0, command.output
+    assert f"best.pt is chosen by it): {float(row['val_dice_labelmap']):.4f}" in command.output
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["score"] == pytest.approx(float(row["val_dice_labelmap"]), abs=1e-12)
     # this checkpoint's channels overlap, so the per-channel Dice of the old log would disagree
     onehot = torch.stack([torch.from_numpy(labels) == v for v in (1, 2, 3)], dim=1)
     per_channel = dice_coefficient(

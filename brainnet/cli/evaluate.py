@@ -40,6 +40,7 @@ def evaluate(
     """Score CHECKPOINT on the patches of one split of STORE, per case and overall."""
     from brainnet.evaluate import evaluate_store, format_table, write_evaluation
     from brainnet.train.checkpoint import load_model
+    from brainnet.train.config import TrainConfig
     from brainnet.train.distributed import resolve_device
     from brainprep.errors import BrainprepError, one_line
     from brainprep.store import open_store
@@ -60,14 +61,16 @@ def evaluate(
                 f"warning: {store} was built with other parameters than the checkpoint's training store",
                 err=True,
             )
-        threshold = loaded.train_config.threshold if loaded.train_config is not None else 0.5
+        # the training's threshold and precision: the numbers its validation logged on the same patches
+        train_config = loaded.train_config if loaded.train_config is not None else TrainConfig()
         result = evaluate_store(
             loaded.model,
             patch_store,
             split,
             batch_size=batch_size,
-            threshold=threshold,
-            amp=target.type == "cuda",
+            threshold=train_config.threshold,
+            amp=target.type == "cuda" and train_config.amp,
+            amp_dtype=train_config.amp_dtype,
             progress=progress,
         )
     except BrainprepError as err:

@@ -216,5 +216,5 @@ def train(
     if result.rank == 0:
         click.echo(
             f"trained {result.epochs} epochs ({result.global_step} steps); "
-            f"best score {result.best_score:.4f}; checkpoints in {result.out_dir}"
+            f"best {result.best_metric} {result.best_score:.4f}; checkpoints in {result.out_dir}"
         )

@@ -62,7 +62,8 @@ class TrainResult:
         last_checkpoint, best_checkpoint: paths (``best`` is ``None`` if no epoch finished).
         epochs: epochs completed (including those of a resumed run).
         global_step: optimizer steps taken in total.
-        best_score: best ``val_dice_labelmap`` (``train_dice_labelmap`` without a validation split).
+        best_score: best value of the log column ``best_metric``.
+        best_metric: ``val_dice_labelmap`` (``train_dice_labelmap`` without a validation split).
         history: one dict per finished epoch (the CSV rows).
         slots_seen: int64, the store slots this rank trained on in this call, in order.
         model: the trained network (unwrapped, on the training device).
@@ -80,6 +81,7 @@ class TrainResult:
     model: nn.Module | None = field(default=None, repr=False)
     rank: int = 0
     world_size: int = 1
+    best_metric: str = VAL_SCORE
 
 
 def compute_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -592,4 +594,5 @@ def _run(
         model=model,
         rank=context.rank,
         world_size=context.world_size,
+        best_metric=run.score_column,
     )
