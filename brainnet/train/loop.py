@@ -497,7 +497,9 @@ def _epoch_row(run: _Run, state: ckpt.RunState, val_loader: Any, progress: bool)
     return row
 
 
-def _end_epoch(run: _Run, state: ckpt.RunState, row: dict[str, Any], model_config: ModelConfig, store: Any):
+def _end_epoch(
+    run: _Run, state: ckpt.RunState, row: dict[str, Any], model_config: ModelConfig, store: Any
+) -> None:
     """Record the epoch: state, ``last.pt``, ``best.pt`` when the score improved, the log (rank 0)."""
     state.epoch = int(row["epoch"])
     score = float(row[run.score_column])
