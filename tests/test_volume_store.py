@@ -130,7 +130,7 @@ def test_hdf5_and_zarr_hold_the_same_arrays_and_workers_do_not_change_a_byte(
 ) -> None:
     build_patches(data, tmp_path / "two.zarr", VOLUMES, workers=2)
     assert store_files(tmp_path / "two.zarr") == store_files(reference)
-    build_patches(data, tmp_path / "v.h5", VOLUMES, workers=2)
+    build_patches(data, tmp_path / "v.h5", VOLUMES, workers=1)
     with open_store(reference) as z, open_store(tmp_path / "v.h5") as h:
         assert z.content_id == open_store(tmp_path / "two.zarr").content_id
         for index in z.case_indices():
@@ -304,3 +304,37 @@ def test_crop_offset_maps_the_corner_table_back_to_a_real_label_map(tmp_path: Pa
         for slot in p.patch_indices():
             corner = p.table.corner[slot] - np.array(crop.offset)
             np.testing.assert_array_equal(store.read_window(0, corner)[1], p.read_label(slot))
+
+
+def test_verify_pack_and_the_patch_commands_on_a_volume_store(reference: Path, tmp_path: Path) -> None:
+    import shutil
+
+    runner = CliRunner()
+    good = runner.invoke(cli, ["verify", str(reference), "--no-progress"])
+    assert good.exit_code == 0 and "OK" in good.output, good.output
+    packed = tmp_path / "v.zarr.zip"
+    assert runner.invoke(cli, ["pack", str(reference), str(packed), "--no-progress"]).exit_code == 0
+    with open_store(reference) as folder, open_store(packed) as zipped:
+        assert isinstance(zipped, VolumeStore) and zipped.content_id == folder.content_id
+        for a, b in zip(folder.read_window(2, (3, -4, 5)), zipped.read_window(2, (3, -4, 5)), strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert runner.invoke(cli, ["verify", str(packed), "--no-progress"]).exit_code == 0
+    for command in (["stats", str(reference)], ["manifest", str(reference), "-o", str(tmp_path / "m.json")]):
+        refused = runner.invoke(cli, command)
+        assert refused.exit_code == 1 and "is a volumes store, not a patch store" in refused.output
+
+    copy = tmp_path / "damaged.zarr"
+    shutil.copytree(reference, copy)
+    shard = copy / "labels" / "000002" / "c" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[30] ^= 0x01
+    shard.write_bytes(bytes(raw))
+    import zarr
+
+    zarr.open_group(str(copy), mode="r+")[vs.case_key(vs.TUMOUR_VOXELS, 0)][0] += 1
+    bad = runner.invoke(cli, ["verify", str(copy), "--no-progress"])
+    assert bad.exit_code == 1
+    lines = bad.output.splitlines()
+    assert any(line.startswith("labels labels/000002: a chunk fails its checksum") for line in lines)
+    assert any(line.startswith("tumour_voxels tumour_voxels/000000: table") for line in lines)
+    assert "2 difference(s)" in bad.output

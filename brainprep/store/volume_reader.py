@@ -98,20 +98,25 @@ class VolumeStore(PatchStore):
 
     def sampling_tables(self, index: int) -> dict[str, np.ndarray]:
         """``tumour_corners`` int32 (M, 3), ``tumour_voxels`` int32 (M,), ``class_locations`` int32 (L, 4)
-        of case ``index``, each checked against the case's recorded digest."""
+        of case ``index`` (see :meth:`sampling_table`)."""
+        return {name: self.sampling_table(index, name) for name in vs.SAMPLING_TABLES}
+
+    def sampling_table(self, index: int, name: str) -> np.ndarray:
+        """Sampling table ``name`` of case ``index``, checked against the case's recorded digest.
+
+        Raises:
+            StoreCorruptError: the table is missing, fails its chunk checksum or its digest.
+        """
         entry = self._case(index)
-        tables = {}
-        for name in vs.SAMPLING_TABLES:
-            key = vs.case_key(name, index)
-            array = self.read_table_array(key, check=False)
-            want = (entry.get("data_digest") or {}).get(name)
-            if integrity.is_sealed(self.metadata) and integrity.array_digest(array) != want:
-                raise StoreCorruptError(
-                    f"{self.location}: table {key} of case {entry['case_id']} does not match its recorded "
-                    f"digest (edited or damaged); run `brainprep verify {self.location}`"
-                )
-            tables[name] = array
-        return tables
+        key = vs.case_key(name, index)
+        array = self.read_table_array(key, check=False)
+        want = (entry.get("data_digest") or {}).get(name)
+        if integrity.is_sealed(self.metadata) and integrity.array_digest(array) != want:
+            raise StoreCorruptError(
+                f"{self.location}: table {key} of case {entry['case_id']} does not match its recorded "
+                f"digest (edited or damaged); run `brainprep verify {self.location}`"
+            )
+        return array
 
     # -- data -----------------------------------------------------------------------------------
     def _array(self, name: str, index: int) -> Any:
@@ -142,15 +147,11 @@ class VolumeStore(PatchStore):
         return None if stored == expected else f"{expected - stored} of {expected} chunks missing"
 
     def _shard_problem(self, key: str, array: Any) -> str | None:
-        from brainprep.store.shards import MISSING, LocalFiles, StoreBytes, parse_shard_index
+        from brainprep.store.shards import CRC_BYTES, INDEX_ENTRY_BYTES, MISSING, parse_shard_index
+        from brainprep.store.volume_zarr import chunks_per_shard, shard_key
 
-        chunks = array.metadata.codecs[0].chunk_shape
-        per_shard = math.prod(math.ceil(s / c) for s, c in zip(array.shards, chunks, strict=True))
-        if self.kind == locations.LOCAL:
-            source: Any = LocalFiles(Path(self.location, key))
-        else:
-            source = StoreBytes(self._handle.store, key, self.location)
-        raw = source.read_suffix(array.metadata.encode_chunk_key((0,) * array.ndim), 16 * per_shard + 4)
+        per_shard = chunks_per_shard(array)
+        raw = self.source(key).read_suffix(shard_key(array), INDEX_ENTRY_BYTES * per_shard + CRC_BYTES)
         if raw is None:
             return "shard file missing"
         index = parse_shard_index(raw, per_shard)
@@ -158,6 +159,15 @@ class VolumeStore(PatchStore):
             return "shard index checksum mismatch (a damaged or cut shard)"
         missing = int(np.count_nonzero(index[:, 0] == MISSING))
         return f"{missing} of {per_shard} chunks missing" if missing else None
+
+    def source(self, key: str) -> Any:
+        """Ranged reads of the files of array ``key`` (a :class:`~brainprep.store.shards.LocalFiles` or
+        :class:`~brainprep.store.shards.StoreBytes`), for a Zarr store."""
+        from brainprep.store.shards import LocalFiles, StoreBytes
+
+        if self.kind == locations.LOCAL:
+            return LocalFiles(Path(self.location, key))
+        return StoreBytes(self._handle.store, key, self.location)
 
     def _read(self, name: str, index: int, selection: tuple[slice, ...]) -> np.ndarray:
         array = self._array(name, index)

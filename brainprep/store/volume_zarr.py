@@ -36,16 +36,24 @@ def create_volume_zarr(path: Path, metadata: dict[str, Any]) -> None:
         group.create_group(name)
 
 
-def _shard_digest(path: Path, name: str, array: Any) -> str:
-    """checksum_digest of the chunks of a one-shard array, read back from its shard file; every chunk
-    must be there (written with ``write_empty_chunks``)."""
+def chunks_per_shard(array: Any) -> int:
+    """Inner chunks in the one shard of a brainprep volume array (a ``zarr.Array``)."""
     chunks = array.metadata.codecs[0].chunk_shape
-    per_shard = math.prod(math.ceil(s / c) for s, c in zip(array.shards, chunks, strict=True))
-    shard = (Path(path) / name / array.metadata.encode_chunk_key((0,) * array.ndim)).read_bytes()
-    ranges = chunk_ranges(shard, per_shard)
+    return math.prod(math.ceil(s / c) for s, c in zip(array.shards, chunks, strict=True))
+
+
+def shard_key(array: Any) -> str:
+    """The key of the one shard of a volume array, under the array's folder (``c/0/0/0/0``)."""
+    return array.metadata.encode_chunk_key((0,) * array.ndim)
+
+
+def shard_digest(data: bytes, array: Any) -> str | None:
+    """:func:`~brainprep.store.shards.checksum_digest` of the chunks of a volume array's shard file
+    ``data`` (``None`` when its index fails its crc32c or a chunk is not stored)."""
+    ranges = chunk_ranges(data, chunks_per_shard(array))
     if ranges is None or any(r is None for r in ranges):
-        raise StoreError(f"{path}/{name}: the shard just written is incomplete")
-    return checksum_digest([shard[o : o + n] for o, n in ranges])  # type: ignore[misc]
+        return None
+    return checksum_digest([data[o : o + n] for o, n in ranges])  # type: ignore[misc]
 
 
 def write_sharded(
@@ -66,7 +74,10 @@ def write_sharded(
         dimension_names=IMAGE_AXES if data.ndim == 4 else LABEL_AXES,
     )
     array[...] = data
-    return _shard_digest(path, name, array)
+    digest = shard_digest((Path(path) / name / shard_key(array)).read_bytes(), array)
+    if digest is None:
+        raise StoreError(f"{path}/{name}: the shard just written is incomplete")
+    return digest
 
 
 def write_small_table(group: Any, name: str, data: np.ndarray) -> str:
