@@ -319,9 +319,16 @@ def test_verify_pack_and_the_patch_commands_on_a_volume_store(reference: Path, t
         for a, b in zip(folder.read_window(2, (3, -4, 5)), zipped.read_window(2, (3, -4, 5)), strict=True):
             np.testing.assert_array_equal(a, b)
     assert runner.invoke(cli, ["verify", str(packed), "--no-progress"]).exit_code == 0
-    for command in (["stats", str(reference)], ["manifest", str(reference), "-o", str(tmp_path / "m.json")]):
-        refused = runner.invoke(cli, command)
-        assert refused.exit_code == 1 and "is a volumes store, not a patch store" in refused.output
+    refused = runner.invoke(cli, ["manifest", str(reference), "-o", str(tmp_path / "m.json")])
+    assert refused.exit_code == 1 and "is a volumes store, not a patch store" in refused.output
+    stats = runner.invoke(cli, ["stats", str(reference)])
+    assert stats.exit_code == 0, stats.output
+    with open_store(reference) as store:
+        entries = [c for c in store.cases if c["split"] == "train"]
+    train_row = stats.output.splitlines()[1].split()
+    assert train_row[0] == "train" and int(train_row[1]) == len(entries)
+    assert int(train_row[4]) == sum(c["n_brain_corners"] for c in entries)
+    assert int(train_row[5]) == sum(c["n_tumour_corners"] for c in entries)
 
     copy = tmp_path / "damaged.zarr"
     shutil.copytree(reference, copy)
