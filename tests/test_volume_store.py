@@ -319,8 +319,13 @@ def test_verify_pack_and_the_patch_commands_on_a_volume_store(reference: Path, t
         for a, b in zip(folder.read_window(2, (3, -4, 5)), zipped.read_window(2, (3, -4, 5)), strict=True):
             np.testing.assert_array_equal(a, b)
     assert runner.invoke(cli, ["verify", str(packed), "--no-progress"]).exit_code == 0
-    refused = runner.invoke(cli, ["manifest", str(reference), "-o", str(tmp_path / "m.json")])
-    assert refused.exit_code == 1 and "is a volumes store, not a patch store" in refused.output
+    manifest = tmp_path / "m.json"
+    written = runner.invoke(cli, ["manifest", str(reference), "-o", str(manifest), "--no-progress"])
+    assert written.exit_code == 0, written.output
+    assert (
+        runner.invoke(cli, ["verify", str(packed), "--manifest", str(manifest), "--no-progress"]).exit_code
+        == 0
+    )
     stats = runner.invoke(cli, ["stats", str(reference)])
     assert stats.exit_code == 0, stats.output
     with open_store(reference) as store:
@@ -339,6 +344,12 @@ def test_verify_pack_and_the_patch_commands_on_a_volume_store(reference: Path, t
     import zarr
 
     zarr.open_group(str(copy), mode="r+")[vs.case_key(vs.TUMOUR_VOXELS, 0)][0] += 1
+    against = runner.invoke(cli, ["verify", str(copy), "--manifest", str(manifest), "--no-progress"])
+    assert against.exit_code == 1
+    assert any(
+        line.startswith("labels/000002 c/0/0/0: sha256") and "BRATS_003" in line
+        for line in against.output.splitlines()
+    ), against.output
     bad = runner.invoke(cli, ["verify", str(copy), "--no-progress"])
     assert bad.exit_code == 1
     lines = bad.output.splitlines()

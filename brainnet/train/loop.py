@@ -308,22 +308,19 @@ def _val_loader(store: Any, config: TrainConfig, context: DistributedContext):
             logger.warning("store %s has no %s cases: no validation", store.location, config.val_split)
             return None
         dataset, sampler = _volume_stream(store, config, context, config.val_split, train=False)
-        return make_loader(
-            dataset,
-            sampler,
-            batch_size=config.batch_size,
-            workers=config.workers,
-            device=context.device,
-            backend=config.loader,
+    else:
+        slots = split_slots(store, config.val_split)
+        if len(slots) == 0:
+            logger.warning("store %s has no %s patches: no validation", store.location, config.val_split)
+            return None
+        dataset = PatchDataset(store, slots)
+        sampler = ShardShuffleSampler(
+            dataset.shards,
+            shuffle=False,
+            rank=context.rank,
+            world_size=context.world_size,
+            remainder="uneven",
         )
-    slots = split_slots(store, config.val_split)
-    if len(slots) == 0:
-        logger.warning("store %s has no %s patches: no validation", store.location, config.val_split)
-        return None
-    dataset = PatchDataset(store, slots)
-    sampler = ShardShuffleSampler(
-        dataset.shards, shuffle=False, rank=context.rank, world_size=context.world_size, remainder="uneven"
-    )
     return make_loader(
         dataset,
         sampler,
