@@ -121,3 +121,44 @@ def test_training_on_a_volume_store_resumes_the_stream_bit_for_bit(store_path: P
     for name, tensor in second.model.state_dict().items():
         assert torch.equal(tensor, straight.model.state_dict()[name]), name
     assert "val_dice" in straight.history[-1]  # validated on the val case's tumour windows
+
+
+def test_brainnet_sample_writes_what_training_reads_from_both_kinds(store_path: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from brainnet.cli import main
+
+    runner = CliRunner()
+    out, png = tmp_path / "v.npz", tmp_path / "v.png"
+    result = runner.invoke(
+        main, ["sample", "--store", str(store_path), "--count", "5", "--out", str(out), "--png", str(png)]
+    )
+    assert result.exit_code == 0, result.output
+    got = np.load(out)
+    with open_store(store_path) as store:
+        draws = VolumeDraws(store, "train", WindowSamplingParams(draws_per_epoch=5), seed=0)
+        for i in range(5):
+            drawn = draws.draw(0, i)
+            assert int(got["case"][i]) == drawn.case and got["kind"][i] == drawn.kind
+            np.testing.assert_array_equal(got["corner"][i], store.corner_on_source(drawn.case, drawn.corner))
+            window, label = store.read_window(drawn.case, drawn.corner, standardize="patch-slice")
+            np.testing.assert_array_equal(got["image"][i], window.astype(np.float16))
+            np.testing.assert_array_equal(got["label"][i], label)
+    from PIL import Image
+
+    assert Image.open(png).size == (8 * PATCH[0], PATCH[1])  # one row of 8 axial tiles (5 and 3 blank)
+    patches = tmp_path / "p.zarr"
+    data = store_path.parent / "data"
+    build_patches(
+        data, patches, BuildParams(sampling=SamplingParams(patch_size=PATCH, patches_per_case=2)), workers=1
+    )
+    result = runner.invoke(
+        main, ["sample", "--store", str(patches), "--count", "3", "--out", str(tmp_path / "p.npz")]
+    )
+    assert result.exit_code == 0, result.output
+    got = np.load(tmp_path / "p.npz")
+    with open_store(patches) as store:
+        for image, case, corner in zip(got["image"], got["case"], got["corner"], strict=True):
+            slots = np.flatnonzero((store.table.case == case) & (store.table.corner == corner).all(axis=1))
+            np.testing.assert_array_equal(image, store.read_image(int(slots[0])))
+    assert set(got["kind"]) == {"patch"}
