@@ -44,17 +44,37 @@ own test (:func:`brainprep.sample.valid_from_counts`).
 
 Why raw float16. Standardization happens at read time (``patch-slice`` on the window cut, or
 ``volume-nonzero`` with ``case_mean`` / ``case_std``; :class:`brainprep.store.volume_reader.VolumeStore`),
-so the store keeps intensities. float16 holds integers exactly up to 2048 and then keeps 11 significant
-bits (a relative rounding error <= 2**-12 = 0.024%); BraTS intensities are integers of a few thousand at
-most, so a standardized value moves by at most ~|x| * 2**-12 / std, a few thousandths of a standard
-deviation, the order of the float16 rounding of the patch store's own standardized values. What float16
-cannot hold is refused per case, never altered silently: an intensity beyond 65504 (it would become
-infinite) or a nonzero intensity below 2**-24 (it would become 0 and leave the brain mask); such a case
-needs ``--dtype float32``.
+so the store keeps intensities. float16 holds integers exactly up to 2048, then keeps 11 significant bits
+(a rounding error <= 2**-12 = 0.024% of the value); a standardized value moves by ~|x| * 2**-12 / std.
+Measured on the real cases in ../shared/data (``python benchmarks/measure_float16_raw.py``, 20 random
+160x160x16 windows each): BraTS-GLI-00001-000 (int16, T1gd up to 15462) moves by at most 0.013 (patch-slice)
+and 0.0046 (volume-nonzero) standard deviations, the size of the float16 rounding the patch store applies
+to its standardized values (0.012); brats2023-with-seg (all below 2048) does not move at all. So float16
+costs no more than the patch store's own float16, at half of float32's bytes. What float16 cannot hold
+is refused per case, never altered silently: an intensity beyond 65504 (it would become infinite) or a
+nonzero intensity below 2**-24 (it would become 0 and leave the brain mask); such a case needs
+``--dtype float32``.
 
 Chunks and codecs. Images are chunked ``(4, cx, cy, cz)`` (all channels in one chunk: a window needs all
-four), labels ``(cx, cy, cz)``; see :func:`volume_chunk_shape` for the shape and the measurement behind
-it. Zarr: each case array is one shard (``sharding_indexed``, index at the end with its crc32c) of chunks
+four), labels ``(cx, cy, cz)``: whole planes of the crop (up to 256 x 256) by 16 slices
+(:func:`volume_chunk_shape`). Measured with ``python benchmarks/measure_volume_chunks.py --cases 2
+--windows 40 --rounds 3`` (two synthetic 240x240x155 cases, float16, zstd 1, the same 40 random
+160x160x16 windows read raw through :meth:`VolumeStore.read_window`, median of 3 alternating rounds, one
+core of the 2-core development machine):
+
+==============  ========  ===================  ===========
+chunks          MB/case   / 20-patch store     ms/window
+==============  ========  ===================  ===========
+64 x 64 x 16    7.48      0.250                81.3
+32 x 32 x 16    7.90      0.265                142.6
+plane x 8       7.21      0.241                44.0
+plane x 16      7.28      0.244                32.2
+==============  ========  ===================  ===========
+
+A brain crop is barely wider than the course's 160 x 160 patch, so a window covers most of each plane
+anyway: whole planes cost little extra decoding and the fewest chunks per window, and zarr's cost per
+chunk, not the decoding, decides (plane x 16 reads ~2 chunks a window, 32 x 32 x 16 about 70). Sizes
+barely differ. Zarr: each case array is one shard (``sharding_indexed``, index at the end with its crc32c) of chunks
 ``bytes -> blosc(zstd, level, shuffle) -> crc32c``, every chunk written (a missing one is damage, not
 zeros); the small per-case tables are ``bytes -> zstd -> crc32c``. HDF5: shuffle + gzip + fletcher32 on
 every dataset. ``cases[i].data_digest`` holds the :func:`~brainprep.store.shards.checksum_digest` of the
@@ -118,8 +138,8 @@ CASE_KEYS: tuple[str, ...] = (
 
 #: the float16 range: larger magnitudes become infinite
 FLOAT16_MAX = 65504.0
-#: largest chunk edge along x and y (see :func:`volume_chunk_shape`)
-CHUNK_XY = 64
+#: largest chunk edge along x and y (a whole plane of a brain crop) and along z (see the measurement above)
+CHUNK_XY = 256
 CHUNK_Z = 16
 
 
