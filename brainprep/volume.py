@@ -26,6 +26,8 @@ from brainprep.standardize import brain_mask
 #: least 1% of the class's voxels.
 CLASS_SAMPLES = 10_000
 CLASS_MIN_COVERAGE = 0.01
+#: edge of the columns :func:`copy_tiled` copies
+TILE = 16
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,29 @@ def _axis_extent(first: int, last: int, size: int, patch: int) -> tuple[int, int
     return -((patch - size) // 2), patch
 
 
+def axis_hits(mask: np.ndarray) -> tuple[np.ndarray, ...]:
+    """bool (X,), (Y,), (Z,): which planes along each axis hold a True voxel of ``mask`` (X, Y, Z), any
+    memory order. The projections of a union are the union of the projections, so a crop can be found
+    from each channel's mask apart (:func:`crop_from_hits`), never making their union."""
+    return tuple(mask.any(axis=tuple(a for a in range(3) if a != axis)) for axis in range(3))
+
+
+def crop_from_hits(
+    hits: tuple[np.ndarray, ...], shape: tuple[int, ...], patch_size: tuple[int, int, int]
+) -> Crop | None:
+    """The :class:`Crop` of the voxels whose planes :func:`axis_hits` found (``None`` when none)."""
+    offset, extent, padding = [], [], []
+    for axis in range(3):
+        planes = np.flatnonzero(hits[axis])
+        if len(planes) == 0:
+            return None
+        start, length = _axis_extent(int(planes[0]), int(planes[-1]), int(shape[axis]), int(patch_size[axis]))
+        offset.append(start)
+        extent.append(length)
+        padding.append((max(0, -start), max(0, start + length - int(shape[axis]))))
+    return Crop(tuple(offset), tuple(extent), tuple(padding))  # type: ignore[arg-type]
+
+
 def brain_crop(image: np.ndarray, label: np.ndarray, patch_size: tuple[int, int, int]) -> Crop | None:
     """The crop of one case: the bounding box of its brain (any channel nonzero) and its tumour (label >
     0, so no labelled voxel is ever cut off), widened to the patch size where shorter.
@@ -77,18 +102,7 @@ def brain_crop(image: np.ndarray, label: np.ndarray, patch_size: tuple[int, int,
     """
     if image.shape[1:] != label.shape:
         raise ShapeMismatchError(f"image {tuple(image.shape)} and label {tuple(label.shape)} differ")
-    mask = brain_mask(image) | (label > 0)
-    offset, shape, padding = [], [], []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=others))
-        if len(hits) == 0:
-            return None
-        start, length = _axis_extent(int(hits[0]), int(hits[-1]), mask.shape[axis], int(patch_size[axis]))
-        offset.append(start)
-        shape.append(length)
-        padding.append((max(0, -start), max(0, start + length - mask.shape[axis])))
-    return Crop(tuple(offset), tuple(shape), tuple(padding))  # type: ignore[arg-type]
+    return crop_from_hits(axis_hits(brain_mask(image) | (label > 0)), label.shape, patch_size)
 
 
 def window_parts(
@@ -126,6 +140,19 @@ def cut_crop(array: np.ndarray, crop: Crop, dtype: np.dtype | str | None = None)
         source, target = parts
         out[(Ellipsis, *target)] = array[(Ellipsis, *source)]
     return out
+
+
+def copy_tiled(out: np.ndarray, source: np.ndarray, tile: int = TILE) -> None:
+    """``out[...] = source`` for (X, Y, Z) arrays, in ``tile`` x ``tile`` columns of full depth.
+
+    A NIfTI volume viewed on the RAS grid is x-fastest in memory, the store's arrays z-fastest; numpy's
+    plain copy across that transpose walks one of the two with a stride of a whole plane, while a tile
+    keeps both sides in the cache (measured on a 240x240x155 float32 channel: 0.03 s against 0.08 s).
+    """
+    nx, ny = source.shape[:2]
+    for x in range(0, nx, tile):
+        for y in range(0, ny, tile):
+            out[x : x + tile, y : y + tile] = source[x : x + tile, y : y + tile]
 
 
 def tumour_corner_table(

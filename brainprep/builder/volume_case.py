@@ -21,15 +21,26 @@ from brainprep.builder.plan import CasePlan, file_entry, file_record, pack_label
 from brainprep.errors import CaseError, InvalidValueError
 from brainprep.params import BuildParams
 from brainprep.read import CaseFiles
-from brainprep.read.case import read_case_arrays
+from brainprep.read.case import CaseArrays, read_case_arrays
 from brainprep.sample import case_rng
 from brainprep.standardize import nonzero_statistics
 from brainprep.store import schema
 from brainprep.store import volume_schema as vs
 from brainprep.store.lock import BuildState
-from brainprep.volume import Crop, brain_crop, class_locations, cut_crop, tumour_corner_table
+from brainprep.volume import (
+    Crop,
+    axis_hits,
+    class_locations,
+    copy_tiled,
+    crop_from_hits,
+    cut_crop,
+    tumour_corner_table,
+    window_parts,
+)
 
 logger = logging.getLogger(__name__)
+#: float32 magnitudes that float16 rounds to 0
+FLOAT16_VANISHES = 2.0**-25
 
 
 def plan_volume_case(files: CaseFiles, index: int, split: str, params: BuildParams, root: Path) -> CasePlan:
@@ -57,18 +68,48 @@ def plan_volume_case(files: CaseFiles, index: int, split: str, params: BuildPara
 
 def float16_problem(image: np.ndarray) -> str | None:
     """Why ``image`` (float32) cannot be stored as float16 without changing it beyond rounding (one line),
-    ``None`` when it can: a magnitude beyond float16's range, or a nonzero voxel that would become 0."""
+    ``None`` when it can: a magnitude beyond float16's range, or a nonzero voxel that would become 0
+    (magnitudes up to 2**-25 round to 0, the nearest-even neighbour of float16's smallest 2**-24)."""
     if image.size == 0:
         return None
-    peak = float(np.abs(image).max())
+    peak = max(float(image.max()), -float(image.min()))
     if peak > vs.FLOAT16_MAX:
         return (
             f"intensity {peak:g} exceeds the float16 range ({vs.FLOAT16_MAX:g}); build with --dtype float32"
         )
-    vanished = int(np.count_nonzero((image != 0) & (image.astype(np.float16) == 0)))
+    magnitude = np.abs(image)
+    vanished = int(np.count_nonzero((magnitude > 0) & (magnitude <= FLOAT16_VANISHES)))
     if vanished:
         return f"{vanished} nonzero voxels round to 0 in float16; build with --dtype float32"
     return None
+
+
+def case_crop(arrays: CaseArrays, label: np.ndarray, patch_size: tuple[int, int, int]) -> Crop | None:
+    """:func:`~brainprep.volume.brain_crop` of a case read with
+    :func:`~brainprep.read.case.read_case_arrays`, from each channel's own voxels (no float32 volume)."""
+    hits = axis_hits(label > 0)
+    for c, channel in enumerate(arrays.channels):
+        slope, inter = arrays.scaling[c]
+        # scaled = raw * slope + inter: zero exactly where raw is, unless inter shifts it
+        if slope != 0 and inter == 0:
+            nonzero = channel != 0
+        else:
+            nonzero = arrays.channel_window(c, (0, 0, 0), arrays.shape) != 0
+        hits = tuple(a | b for a, b in zip(hits, axis_hits(nonzero), strict=True))
+    return crop_from_hits(hits, arrays.shape, patch_size)
+
+
+def cut_case_crop(arrays: CaseArrays, crop: Crop) -> np.ndarray:
+    """float32 (4, *crop.shape): :func:`~brainprep.volume.cut_crop` of ``arrays.volume()``, bit for bit,
+    cut from each channel's voxels (:func:`~brainprep.volume.copy_tiled`)."""
+    out = np.zeros((len(arrays.channels), *crop.shape), dtype=np.float32)
+    parts = window_parts(arrays.shape, crop.offset, crop.shape)
+    if parts is not None:
+        source, target = parts
+        start, size = [s.start for s in source], [s.stop - s.start for s in source]
+        for c in range(len(arrays.channels)):
+            copy_tiled(out[(c, *target)], arrays.channel_window(c, start, size))
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,12 +136,13 @@ class VolumeCase:
 
 
 def volume_case(
-    image: np.ndarray, label: np.ndarray, params: BuildParams, rng: np.random.Generator
-) -> VolumeCase | None:
-    """Crop one case and compute its tables (``None`` when the image and label are all zero).
+    cropped: np.ndarray, label_crop: np.ndarray, crop: Crop, params: BuildParams, rng: np.random.Generator
+) -> VolumeCase:
+    """What the store keeps of one case, from its crop (:func:`~brainprep.volume.brain_crop`).
 
     Args:
-        image: float32 (4, X, Y, Z) RAS; label: uint8 (X, Y, Z) RAS.
+        cropped: float32 (4, X, Y, Z), the crop of the RAS image; label_crop: uint8 (X, Y, Z), its label.
+        crop: where the crop lies.
         params: patch size, threshold and store dtype.
         rng: the case's generator (for the class-location sample).
 
@@ -108,10 +150,6 @@ def volume_case(
         InvalidValueError: a float16 store cannot hold the image (:func:`float16_problem`).
     """
     size = params.sampling.patch_size
-    crop = brain_crop(image, label, size)
-    if crop is None:
-        return None
-    cropped = cut_crop(image, crop)
     if params.store.dtype == "float16":
         problem = float16_problem(cropped)
         if problem is not None:
@@ -119,7 +157,6 @@ def volume_case(
     # The crop holds every nonzero voxel, so its statistics are the whole volume's, bit for bit (the same
     # brain values in the same order).
     mean, std = nonzero_statistics(cropped)
-    label_crop = cut_crop(label, crop)
     corners, voxels = tumour_corner_table(label_crop, size, params.sampling.background_threshold)
     n_corners = int(np.prod([c - p + 1 for c, p in zip(crop.shape, size, strict=True)]))
     best = float(voxels.max()) / float(np.prod(size)) if len(voxels) else 0.0
@@ -178,7 +215,11 @@ def write_volume_case(task: CaseTask) -> dict[str, Any]:
         try:
             arrays = read_case_arrays(task.files, with_label=False, buffers=buffers.files)
             label = np.frombuffer(_unpacked(plan.packed_labels), dtype=np.uint8).reshape(arrays.shape)
-            case = volume_case(arrays.volume(), label, params, case_rng(params.seed, plan.case_id))
+            crop = case_crop(arrays, label, params.sampling.patch_size)
+            case = None
+            if crop is not None:
+                rng = case_rng(params.seed, plan.case_id)
+                case = volume_case(cut_case_crop(arrays, crop), cut_crop(label, crop), crop, params, rng)
         except CaseError as err:
             if err.case_id is None:  # volume_case's float16 check does not know the case
                 err.case_id = plan.case_id

@@ -74,7 +74,9 @@ plane x 16      7.28      0.244                32.2
 A brain crop is barely wider than the course's 160 x 160 patch, so a window covers most of each plane
 anyway: whole planes cost little extra decoding and the fewest chunks per window, and zarr's cost per
 chunk, not the decoding, decides (plane x 16 reads ~2 chunks a window, 32 x 32 x 16 about 70). Sizes
-barely differ. Zarr: each case array is one shard (``sharding_indexed``, index at the end with its crc32c) of chunks
+barely differ.
+
+Zarr: each case array is one shard (``sharding_indexed``, index at the end with its crc32c) of chunks
 ``bytes -> blosc(zstd, level, shuffle) -> crc32c``, every chunk written (a missing one is damage, not
 zeros); the small per-case tables are ``bytes -> zstd -> crc32c``. HDF5: shuffle + gzip + fletcher32 on
 every dataset. ``cases[i].data_digest`` holds the :func:`~brainprep.store.shards.checksum_digest` of the
