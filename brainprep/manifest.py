@@ -161,7 +161,11 @@ def _inner_hashes(data: bytes, array: dict[str, Any]) -> dict[str, str | None] |
 
 
 def hash_zarr(
-    location: str | Path, *, progress: bool = False, storage_options: dict[str, Any] | None = None
+    location: str | Path,
+    *,
+    progress: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    names: tuple[str, ...] = ARRAY_NAMES,
 ) -> dict[str, Any]:
     """Hash the metadata documents and every stored shard/chunk of a Zarr v3 store.
 
@@ -180,7 +184,7 @@ def hash_zarr(
     documents["zarr.json"] = sha256_hex(root)
     arrays: dict[str, Any] = {}
     keys: list[tuple[str, str]] = []
-    for name in ARRAY_NAMES:
+    for name in names:
         raw = _zarr_get(store, f"{name}/zarr.json")
         if raw is None:
             continue
@@ -195,7 +199,7 @@ def hash_zarr(
         entry: dict[str, Any] = {"sha256": sha256_hex(data), "size": len(data)}
         if arrays[name]["shards"] is not None:
             entry["inner"] = _inner_hashes(data, arrays[name])
-        arrays[name]["stored"][key.split("/", 1)[1]] = entry
+        arrays[name]["stored"][key[len(name) + 1 :]] = entry  # the key under the array (names may hold /)
     store.close()
     return {"documents": documents, "arrays": arrays}
 
@@ -235,7 +239,11 @@ def hdf5_array_schema(dataset: Any) -> dict[str, Any]:
 
 
 def hash_hdf5(
-    location: str | Path, *, progress: bool = False, storage_options: dict[str, Any] | None = None
+    location: str | Path,
+    *,
+    progress: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    names: tuple[str, ...] = ARRAY_NAMES,
 ) -> dict[str, Any]:
     """Hash the attributes and every chunk's raw bytes of an HDF5 store.
 
@@ -249,7 +257,7 @@ def hash_hdf5(
         documents = {f"attrs/{k}": sha256_hex(_attribute_bytes(v)) for k, v in sorted(handle.attrs.items())}
         arrays: dict[str, Any] = {}
         work: list[tuple[str, int | None]] = []
-        for name in ARRAY_NAMES:
+        for name in names:
             if name not in handle:
                 continue
             dataset = handle[name]
@@ -277,11 +285,25 @@ def hash_hdf5(
 
 
 def hash_store(
-    location: str | Path, *, progress: bool = False, storage_options: dict[str, Any] | None = None
+    location: str | Path,
+    *,
+    progress: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    names: tuple[str, ...] = ARRAY_NAMES,
 ) -> dict[str, Any]:
-    """:func:`hash_zarr` or :func:`hash_hdf5` depending on the location's format."""
+    """:func:`hash_zarr` or :func:`hash_hdf5` (of the arrays ``names``) depending on the location's format."""
     hasher = hash_hdf5 if store_format(location) == HDF5 else hash_zarr
-    return hasher(location, progress=progress, storage_options=storage_options)
+    return hasher(location, progress=progress, storage_options=storage_options, names=names)
+
+
+def volume_array_names(metadata: dict[str, Any]) -> tuple[str, ...]:
+    """The arrays of a volume store (:mod:`~brainprep.store.volume_schema`): those of every case that holds
+    a volume, then the case tables; reached by name, as for a patch store."""
+    from brainprep.store import volume_schema as vs
+
+    per_case = (vs.IMAGES, vs.LABELS, *vs.SAMPLING_TABLES)
+    cases = [c["index"] for c in metadata.get("cases", []) if c.get("crop_shape") is not None]
+    return (*(vs.case_key(name, i) for i in cases for name in per_case), *vs.CASE_TABLE_ARRAYS)
 
 
 def _progress(items: list, enabled: bool, desc: str, unit: str = "chunk"):
@@ -327,9 +349,11 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The manifest of a complete store (see the module docstring); a JSON-able dict, deterministic."""
     from brainprep import __version__
-    from brainprep.store.reader import open_store
+    from brainprep.store.reader import PATCHES, open_store, store_kind
 
     store = open_store(location, require_complete=True, storage_options=storage_options)
+    if store_kind(store.metadata) != PATCHES:
+        return _volume_manifest(location, store, progress, storage_options)
     try:
         metadata = store.metadata
         patches_per_case = int(store.params.sampling.patches_per_case)
@@ -362,6 +386,43 @@ def build_manifest(
         "cases": rows,
         "split": split,
         **hashes,
+    }
+
+
+def _volume_manifest(
+    location: str | Path, store: Any, progress: bool, storage_options: dict[str, Any] | None
+) -> dict[str, Any]:
+    """:func:`build_manifest` of a volume store: its case rows as stored, every array hashed."""
+    from brainprep import __version__
+
+    try:
+        metadata, fmt, patch_size = store.metadata, store.format, list(store.patch_size)
+    finally:
+        store.close()
+    rows = [dict(record) for record in metadata.get("cases", [])]
+    split: dict[str, list[str]] = {name: [] for name in schema.SPLIT_NAMES}
+    for row in rows:
+        if row.get("crop_shape") is not None:
+            split.setdefault(row.get("split", "train"), []).append(row["case_id"])
+    names = volume_array_names(metadata)
+    return {
+        "kind": MANIFEST_KIND,
+        "version": MANIFEST_VERSION,
+        "tool_version": __version__,
+        "store": {
+            "name": Path(str(location).rstrip("/")).name,
+            "format": fmt,
+            "kind": "volumes",
+            "schema_version": metadata.get("schema_version"),
+            "tool_version": metadata.get("tool_version"),
+            "patch_size": patch_size,
+        },
+        "params": metadata.get("params"),
+        "source": metadata.get("source"),
+        "summary": metadata.get("summary"),
+        "cases": rows,
+        "split": split,
+        **hash_store(location, progress=progress, storage_options=storage_options, names=names),
     }
 
 
@@ -413,6 +474,9 @@ def _held(manifest: dict[str, Any], array: str, key: str) -> tuple[tuple[int, in
     info = manifest["arrays"][array]
     grid = info["shards"] or info["chunks"]
     ids = [row["case_id"] for row in manifest["cases"]]
+    if manifest["store"].get("kind") == "volumes":  # images/000003: an array per case
+        _, _, index = array.rpartition("/")
+        return None, (ids[int(index)],) if index.isdigit() and int(index) < len(ids) else ()
     if key == "contiguous" or not grid:
         return None, ()
     parts = key.replace(".", "/").split("/")  # "c/3/0", "c.3.0" (default encoding) or "3.0" (v2)
@@ -514,4 +578,6 @@ def verify_against_manifest(
     storage_options: dict[str, Any] | None = None,
 ) -> list[Difference]:
     """Recompute every hash of ``location`` and compare with ``manifest``; ``[]`` when all match."""
-    return compare_hashes(manifest, hash_store(location, progress=progress, storage_options=storage_options))
+    names = tuple(manifest["arrays"]) if manifest["store"].get("kind") == "volumes" else ARRAY_NAMES
+    hashes = hash_store(location, progress=progress, storage_options=storage_options, names=names)
+    return compare_hashes(manifest, hashes)

@@ -7,6 +7,7 @@ manifest and in brainnet checkpoints, so any store or model says exactly how its
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from brainprep.config import Params
 from brainprep.errors import ConfigError
@@ -14,6 +15,9 @@ from brainprep.errors import ConfigError
 SAMPLERS = ("exact", "rejection")
 STANDARDIZE_METHODS = ("patch-slice", "volume-nonzero")
 STORE_DTYPES = ("float16", "float32")
+#: ``patches``: K standardized patches per case (the course-faithful store); ``volumes``: each case's raw
+#: image cropped to the brain, from which training cuts fresh windows (:mod:`brainprep.store.volume_schema`).
+STORE_KINDS = ("patches", "volumes")
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class StoreParams(Params):
     Attributes:
         format: ``zarr`` (Zarr v3, sharded) or ``hdf5``.
         dtype: image dtype in the store, ``float16`` (default) or ``float32``.
+        kind: ``patches`` (default) or ``volumes`` (see :data:`STORE_KINDS`).
         compression_level: zstd level (zarr) or gzip level (hdf5). Default 1: on the course's real
             patches (standardized, float16, blosc zstd + shuffle) level 1 encodes at ~370 MB/s against
             ~110 MB/s for level 3, for a ratio of 2.66 instead of 2.75 (3% more bytes; synthetic
@@ -89,6 +94,7 @@ class StoreParams(Params):
     format: str = "zarr"
     dtype: str = "float16"
     compression_level: int = 1
+    kind: str = "patches"
 
     def __post_init__(self) -> None:
         # imported here: brainprep.store imports this module (its reader reads BuildParams)
@@ -98,6 +104,17 @@ class StoreParams(Params):
             raise ConfigError(f"store format must be one of {STORE_FORMATS}, got {self.format!r}")
         if self.dtype not in STORE_DTYPES:
             raise ConfigError(f"store dtype must be one of {STORE_DTYPES}, got {self.dtype!r}")
+        if self.kind not in STORE_KINDS:
+            raise ConfigError(f"store kind must be one of {STORE_KINDS}, got {self.kind!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """As :meth:`Params.to_dict`, without ``kind`` for a patch store: the parameters (and so the
+        metadata, content id and manifests) of a patch store stay what they were before volume stores
+        existed; a dict without ``kind`` reads back as ``patches``."""
+        data = super().to_dict()
+        if self.kind == "patches":
+            del data["kind"]
+        return data
 
 
 @dataclass(frozen=True)

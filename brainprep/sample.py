@@ -132,6 +132,15 @@ def valid_corner_mask(
     return corner_background_ratio(label, patch_size) < background_threshold
 
 
+def valid_from_counts(
+    counts: np.ndarray, patch_size: tuple[int, int, int], background_threshold: float
+) -> np.ndarray:
+    """bool, the shape of ``counts``: which corners (tumour counts from :func:`corner_tumour_counts`) are
+    valid, by the very float64 test of :func:`corner_background_ratio` (the course's)."""
+    volume = int(np.prod(patch_size))
+    return (volume - counts) / volume < background_threshold
+
+
 def patch_misfit(shape: tuple[int, ...], patch_size: tuple[int, int, int]) -> str | None:
     """Why no patch of ``patch_size`` fits a volume of ``shape`` (``None`` when one fits): one line."""
     if all(int(p) <= int(s) for p, s in zip(patch_size, shape, strict=True)):
@@ -231,7 +240,7 @@ def sample_corners(label: np.ndarray, params: SamplingParams, rng: np.random.Gen
     volume = int(np.prod(size))
     counts = corner_tumour_counts(label, size)
     best = float(counts.max()) / volume
-    valid = (volume - counts) / volume < params.background_threshold  # as corner_background_ratio
+    valid = valid_from_counts(counts, size, params.background_threshold)
     del counts
     n_valid = int(np.count_nonzero(valid))
     share = n_valid / valid.size

@@ -74,7 +74,7 @@ def check_store_consistency(
 ) -> list[Difference]:
     """Every way the store at ``location`` disagrees with itself (``[]`` when it is whole); see the module
     docstring for what is checked. ``storage_options``: fsspec options of a remote store."""
-    from brainprep.store.reader import open_store
+    from brainprep.store.reader import PATCHES, open_store, store_kind
 
     opened = open_store(
         location, require_complete=False, check_integrity=False, storage_options=storage_options
@@ -84,6 +84,10 @@ def check_store_consistency(
         if metadata.get("complete") is not True:
             return [Difference("metadata", "complete", _incomplete_problem(location))]
         out = _metadata_differences(metadata)
+        if store_kind(metadata) != PATCHES:
+            from brainprep.verify_volumes import check_volume_store
+
+            return out + check_volume_store(store, progress)
         tables, table_differences = _read_tables(store, metadata)
         out.extend(table_differences)
         if tables is None:

@@ -14,12 +14,14 @@ COMMANDS: dict[str, str] = {
     "evaluate": "brainnet.cli.evaluate:evaluate",
     "predict": "brainnet.cli.predict:predict",
     "demo": "brainnet.cli.demo:demo",
+    "sample": "brainnet.cli.sample:sample",
 }
 HELP = {
     "train": "Train the 3D U-Net on a patch store.",
     "evaluate": "Dice, sensitivity and specificity of a checkpoint on a store split.",
     "predict": "Segment whole scans with sliding windows; write NIfTI in the source space.",
     "demo": "The whole pipeline end to end on the embedded synthetic dataset.",
+    "sample": "N samples of a patch or volume store as training reads them (.npz, optional PNG).",
 }
 
 

@@ -16,7 +16,13 @@ _RESUME_OVERRIDES = ("epochs", "workers", "loader", "device", "amp")
 
 
 #: CLI options that set a TrainConfig field of another name.
-_CONFIG_FIELD = {"flips": "augment", "augment_set": "augment"}
+_CONFIG_FIELD = {
+    "flips": "augment",
+    "augment_set": "augment",
+    "tumour_share": "volume_sampling",
+    "foreground_share": "volume_sampling",
+    "draws_per_epoch": "volume_sampling",
+}
 
 
 def _parse_value(text: str) -> object:
@@ -65,7 +71,12 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
 
 
 @click.command("train")
-@click.option("--store", "store", required=True, help="Patch store (STORE.zarr, STORE.h5, .zip or URL).")
+@click.option(
+    "--store",
+    "store",
+    required=True,
+    help="Patch or volume store (STORE.zarr, STORE.h5, .zip or URL); a volume store gives fresh windows.",
+)
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder."
 )
@@ -130,6 +141,27 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
 )
 @click.option("--flips/--no-flips", default=False, help="Same as --augment flips (kept for older scripts).")
 @click.option(
+    "--tumour-share",
+    type=click.FloatRange(0, 1),
+    default=1.0 / 3.0,
+    show_default=True,
+    help="Volume store: share of windows drawn among the corners passing the course's tumour threshold.",
+)
+@click.option(
+    "--foreground-share",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Volume store: share of windows centred on a voxel of a random tumour class (nnU-Net's rule).",
+)
+@click.option(
+    "--draws-per-epoch",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Volume store: fresh windows per pass (over all ranks).",
+)
+@click.option(
     "--resume", is_flag=True, help="Continue RUN_DIR/last.pt (its configs; --epochs etc. may change)."
 )
 @click.option(
@@ -151,6 +183,7 @@ def train(
     **options: object,
 ) -> None:
     """Train on the train split of STORE; checkpoints, log.csv and TensorBoard events go to RUN_DIR."""
+    from brainnet.data.volume_sampler import WindowSamplingParams
     from brainnet.model import ModelConfig
     from brainnet.train import TrainConfig
     from brainnet.train import train as run_training
@@ -175,6 +208,11 @@ def train(
             min_tumour_fraction=options["min_tumour_fraction"],
             weighting=options["weighting"],
             augment=_augment_config(options),
+            volume_sampling=WindowSamplingParams(
+                tumour_share=options["tumour_share"],
+                foreground_share=options["foreground_share"],
+                draws_per_epoch=options["draws_per_epoch"],
+            ),
         )
         model_config = ModelConfig(
             depth=options["depth"],

@@ -13,6 +13,7 @@ from typing import Any
 
 from brainnet.augment.config import AugmentConfig, flips_config
 from brainnet.data.loader import LOADER_BACKENDS
+from brainnet.data.volume_sampler import WindowSamplingParams
 from brainprep.config import Params
 from brainprep.errors import ConfigError
 from brainprep.store.schema import SPLIT_NAMES
@@ -49,6 +50,9 @@ class TrainConfig(Params):
         augment: batch augmentation on the training device (default none, as the course; presets and
             fields: :mod:`brainnet.augment.config`). Replaces the former ``flip_axes``, which
             :meth:`from_dict` still reads (as the ``flips`` preset on those axes).
+        volume_sampling: how windows are drawn from a volume store: shares of tumour-constrained and
+            class-balanced draws, draws per pass (:class:`brainnet.data.volume_sampler.WindowSamplingParams`);
+            unused on a patch store.
         threshold: probability threshold of the reported Dice.
         deterministic: ``torch.use_deterministic_algorithms`` (bit-exact reruns on CPU; slower on GPU).
     """
@@ -69,6 +73,7 @@ class TrainConfig(Params):
     min_tumour_fraction: float = 0.0
     weighting: str = "uniform"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    volume_sampling: WindowSamplingParams = field(default_factory=WindowSamplingParams)
     threshold: float = 0.5
     deterministic: bool = False
 

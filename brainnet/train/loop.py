@@ -245,7 +245,25 @@ def validate(
     return metrics
 
 
+def _volume_stream(store: Any, config: TrainConfig, context: DistributedContext, split: str, train: bool):
+    """Dataset and sampler of fresh windows of a volume store (:mod:`brainnet.data.volume_sampler`).
+
+    Validation reads a fixed set of windows (epoch 0 of its own stream, seed + 1), drawn as the course's
+    validation patches are: all tumour-constrained.
+    """
+    from brainnet.data.volume_sampler import VolumeDraws, VolumeWindowDataset, WindowStreamSampler
+
+    params = config.volume_sampling
+    if not train:
+        params = params.replace(tumour_share=1.0, foreground_share=0.0)
+    draws = VolumeDraws(store, split, params, seed=config.seed if train else config.seed + 1)
+    sampler = WindowStreamSampler(params.draws_per_epoch, rank=context.rank, world_size=context.world_size)
+    return VolumeWindowDataset(store, draws), sampler
+
+
 def _train_dataset(store: Any, config: TrainConfig, context: DistributedContext):
+    if is_volume_store(store):
+        return _volume_stream(store, config, context, "train", train=True)
     slots = split_slots(store, "train")
     slots = filter_by_tumour_fraction(slots, store.table.tumour_fraction, config.min_tumour_fraction)
     if len(slots) == 0:
@@ -271,14 +289,24 @@ def _train_dataset(store: Any, config: TrainConfig, context: DistributedContext)
 def _val_loader(store: Any, config: TrainConfig, context: DistributedContext):
     if config.val_split is None:
         return None
-    slots = split_slots(store, config.val_split)
-    if len(slots) == 0:
-        logger.warning("store %s has no %s patches: no validation", store.location, config.val_split)
-        return None
-    dataset = PatchDataset(store, slots)
-    sampler = ShardShuffleSampler(
-        dataset.shards, shuffle=False, rank=context.rank, world_size=context.world_size, remainder="uneven"
-    )
+    if is_volume_store(store):
+        if len(store.case_indices(config.val_split)) == 0:
+            logger.warning("store %s has no %s cases: no validation", store.location, config.val_split)
+            return None
+        dataset, sampler = _volume_stream(store, config, context, config.val_split, train=False)
+    else:
+        slots = split_slots(store, config.val_split)
+        if len(slots) == 0:
+            logger.warning("store %s has no %s patches: no validation", store.location, config.val_split)
+            return None
+        dataset = PatchDataset(store, slots)
+        sampler = ShardShuffleSampler(
+            dataset.shards,
+            shuffle=False,
+            rank=context.rank,
+            world_size=context.world_size,
+            remainder="uneven",
+        )
     return make_loader(
         dataset,
         sampler,
@@ -332,6 +360,13 @@ def _check_same_store(saved: dict[str, Any], store: Any, path: Path, allow_chang
         "build parameters were compared",
         path,
     )
+
+
+def is_volume_store(store: Any) -> bool:
+    """True for a :class:`~brainprep.store.volume_reader.VolumeStore` (fresh windows instead of slots)."""
+    from brainprep.store.volume_reader import VolumeStore
+
+    return isinstance(store, VolumeStore)
 
 
 def _open(store: Any):

@@ -44,7 +44,7 @@ from brainprep.params import BuildParams
 from brainprep.read import CHANNEL_NAMES, CaseFiles, discover_cases
 from brainprep.read.labels import MSD_CLASS_NAMES
 from brainprep.split import read_split_file, split_cases
-from brainprep.store import schema
+from brainprep.store import schema, volume_schema
 from brainprep.store.integrity import seal
 from brainprep.store.locations import format_for_new_store
 from brainprep.store.lock import BuildLock, BuildState
@@ -421,9 +421,11 @@ def store_metadata(
         fingerprint = None
     else:
         cases = []
+        volumes = params.store.kind == "volumes"
+        keys = volume_schema.CASE_KEYS if volumes else CASE_TABLE_KEYS
         for index in sorted(records):
-            entry = {key: records[index].get(key) for key in CASE_TABLE_KEYS}
-            if params.standardize.method == "volume-nonzero":
+            entry = {key: records[index].get(key) for key in keys}
+            if params.standardize.method == "volume-nonzero" and not volumes:
                 entry["mean"], entry["std"] = records[index]["mean"], records[index]["std"]
             cases.append(entry)
         fingerprint = source_fingerprint([f for record in records.values() for f in record["files"]])
@@ -457,9 +459,17 @@ def _seal(
         raise StoreError(
             f"cannot seal {store}: {len(missing)} case(s) have no done marker (first: {missing[0]})"
         )
-    arrays = table_arrays(records, layout)
-    patches = int(sum(r["n_patches"] for r in records.values()))
-    skipped = sum(1 for r in records.values() if r["n_patches"] == 0)
+    volumes = params.store.kind == "volumes"
+    if volumes:
+        from brainprep.builder.volume_case import volume_table_arrays
+
+        arrays = volume_table_arrays(records, layout.n_cases)
+        patches = 0
+        skipped = sum(1 for r in records.values() if r["crop_shape"] is None)
+    else:
+        arrays = table_arrays(records, layout)
+        patches = int(sum(r["n_patches"] for r in records.values()))
+        skipped = sum(1 for r in records.values() if r["n_patches"] == 0)
     if params.store.format == "zarr":
         from brainprep.store.zarr_store import set_metadata_zarr, store_bytes, write_table_zarr
 
@@ -474,6 +484,10 @@ def _seal(
     metadata = seal(store_metadata(params, info, records, summary.to_dict()), arrays)
     if params.store.format == "zarr":
         set_metadata_zarr(store, metadata)  # complete: true, the very last write
+    elif volumes:
+        from brainprep.store.volume_hdf5 import assemble_volume_hdf5
+
+        assemble_volume_hdf5(store, parts, arrays, metadata, params.store.compression_level)
     else:
         from brainprep.store.hdf5_store import assemble_hdf5
 
@@ -518,6 +532,10 @@ def _select_cases(
 
 
 def _plan_task(args: tuple[CaseFiles, int, str, BuildParams, Path]) -> CasePlan:
+    if args[3].store.kind == "volumes":
+        from brainprep.builder.volume_case import plan_volume_case
+
+        return plan_volume_case(*args)
     return plan_case(*args)
 
 
@@ -675,20 +693,33 @@ def _locked_build(job: _BuildJob, executor: Executor) -> BuildSummary:
     if done:
         logger.info("resuming %s: %d of %d cases already done", store, len(done), len(job.cases))
     plans = _plan(job, executor, done, resumed)
+    volumes = job.params.store.kind == "volumes"
     if not resumed:
         state.create(job.info)
         if job.fmt == "zarr":
+            from brainprep.store.volume_zarr import create_volume_zarr
             from brainprep.store.zarr_store import create_zarr_store
 
-            create_zarr_store(store, layout, store_metadata(job.params, job.info, None, None))
+            metadata = store_metadata(job.params, job.info, None, None)
+            if volumes:
+                create_volume_zarr(store, metadata)
+            else:
+                create_zarr_store(store, layout, metadata)
+    from brainprep.builder.volume_case import bad_volume_record, write_volume_case
+
     for plan in plans:
         if plan.problem is not None:
-            state.mark_done(plan.index, case_record(plan, layout.patches_per_case, problem=plan.problem))
+            record = (
+                bad_volume_record(plan, plan.problem)
+                if volumes
+                else case_record(plan, layout.patches_per_case, problem=plan.problem)
+            )
+            state.mark_done(plan.index, record)
     tasks = [
         CaseTask(job.cases[p.index], p, job.params, layout, store, job.skip_bad, job.root)
         for p in plans
         if p.problem is None
     ]
-    for record in executor.map(write_case, tasks, "write"):
-        logger.debug("case %s done: %d patches", record["case_id"], record["n_patches"])
+    for record in executor.map(write_volume_case if volumes else write_case, tasks, "write"):
+        logger.debug("case %s done", record["case_id"])
     return _seal(store, job.params, layout, state, job.info, job.started, executor.workers, len(done))

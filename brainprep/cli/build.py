@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from brainprep.params import BuildParams
+from brainprep.params import STORE_KINDS, BuildParams
 
 #: defaults shown in --help come from the parameter dataclasses, so they cannot drift from them.
 _DEFAULT = BuildParams()
@@ -23,6 +23,7 @@ CONTENT_OPTIONS = (
     "standardize",
     "dtype",
     "compression_level",
+    "kind",
     "val_fraction",
     "split_file",
     "seed",
@@ -50,7 +51,11 @@ def _params_from_options(options: dict[str, Any]) -> Any:
             ),
             standardize=StandardizeParams(**given(method=options["standardize"])),
             store=StoreParams(
-                **given(dtype=options["dtype"], compression_level=options["compression_level"])
+                **given(
+                    dtype=options["dtype"],
+                    compression_level=options["compression_level"],
+                    kind=options["kind"],
+                )
             ),
             split=SplitParams(
                 **given(
@@ -112,6 +117,13 @@ def _params_from_options(options: dict[str, Any]) -> Any:
     type=click.Choice(["float16", "float32"]),
     default=None,
     help=f"Image dtype in the store [{_STORE.dtype}].",
+)
+@click.option(
+    "--kind",
+    type=click.Choice(list(STORE_KINDS)),
+    default=None,
+    help="patches: K standardized patches per case (the course's); volumes: each case's raw image cropped "
+    f"to the brain with its sampling tables, for fresh windows at every step [{_STORE.kind}].",
 )
 @click.option(
     "--compression-level",

@@ -1,4 +1,5 @@
-"""``brainprep stats STORE``: patch counts, class balance and tumour fraction histograms per split."""
+"""``brainprep stats STORE``: patch counts, class balance and tumour fraction histograms per split (a
+volume store: cases, crops and tumour corners per split)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,17 @@ from brainprep.errors import BrainprepError, one_line
 def stats(store: str, plot_path: Path | None, bins: int, storage_options: dict | None) -> None:
     """Statistics of STORE (folder, .zarr.zip, .h5 or URL), read from its patch table only."""
     from brainprep.stats import format_stats, plot_stats, store_stats
+    from brainprep.store import open_store
+    from brainprep.store.volume_reader import VolumeStore
+    from brainprep.volume_stats import format_volume_stats, volume_stats
 
     try:
+        with open_store(store_location(store), storage_options=storage_options) as opened:
+            if isinstance(opened, VolumeStore):
+                if plot_path is not None:
+                    raise click.UsageError("--plot draws patch stores only (a volume store has no patches)")
+                click.echo(format_volume_stats(volume_stats(opened), opened.patch_size))
+                return
         result = store_stats(store_location(store), bins=bins, storage_options=storage_options)
     except BrainprepError as error:
         raise click.ClickException(one_line(error)) from None

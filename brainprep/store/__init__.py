@@ -1,8 +1,10 @@
-"""Store stage: the patch store schema, its writers (Zarr v3, HDF5) and its reader.
+"""Store stage: the patch and volume store schemas, their writers (Zarr v3, HDF5) and their readers.
 
-Readers need only :func:`open_store`; the writers are used by :mod:`brainprep.builder`.
+Readers need only :func:`open_store` (a :class:`PatchStore` or a :class:`VolumeStore`); the writers are
+used by :mod:`brainprep.builder`.
 """
 
 from brainprep.store.reader import PatchStore, PatchTable, open_store
+from brainprep.store.volume_reader import VolumeStore
 
-__all__ = ["PatchStore", "PatchTable", "open_store"]
+__all__ = ["PatchStore", "PatchTable", "VolumeStore", "open_store"]

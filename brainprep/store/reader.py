@@ -29,6 +29,14 @@ logger = logging.getLogger(__name__)
 _WARNED_UNVERIFIED: set[str] = set()
 
 
+PATCHES = "patches"
+
+
+def store_kind(metadata: dict[str, Any]) -> str:
+    """``"patches"`` or ``"volumes"`` (``params.store.kind``; absent in every patch store)."""
+    return str(((metadata.get("params") or {}).get("store") or {}).get("kind", PATCHES))
+
+
 @dataclass(frozen=True, eq=False)
 class PatchTable:
     """The per-slot patch table, read once (N slots).
@@ -105,8 +113,9 @@ class PatchStore:
             self._open_hdf5()
         else:
             self._open_zarr()
-        self._images = self._handle[schema.IMAGES]
-        self._labels = self._handle[schema.LABELS]
+        if store_kind(self._metadata or {}) == PATCHES:
+            self._images = self._handle[schema.IMAGES]
+            self._labels = self._handle[schema.LABELS]
 
     def _missing(self) -> StoreError:
         """The error for a location that holds no store: incomplete when a build state exists."""
@@ -138,7 +147,7 @@ class PatchStore:
         metadata = group.attrs.get(schema.ATTRS_KEY)
         self._handle = group
         self._check_metadata(metadata)
-        if self.require_complete or metadata.get("complete"):
+        if (self.require_complete or metadata.get("complete")) and store_kind(metadata) == PATCHES:
             self._shards = self._shard_readers(group)
 
     def _shard_readers(self, group: Any) -> tuple[Any, Any] | None:
@@ -262,20 +271,32 @@ class PatchStore:
     def n_slots(self) -> int:
         return int(self.images.shape[0])
 
+    def _require_patches(self) -> None:
+        """Refuse patch-slot access to a volume store in one line (it has no slots)."""
+        kind = store_kind(self.metadata)
+        if kind != PATCHES:
+            raise StoreError(
+                f"{self.location} is a {kind} store, not a patch store: it holds no patch slots "
+                "(open it with brainprep.store.open_store, which returns a VolumeStore)"
+            )
+
     @property
     def images(self) -> Any:
         """The underlying ``zarr.Array`` / ``h5py.Dataset`` (N, 4, X, Y, Z)."""
         self._open()
+        self._require_patches()
         return self._images
 
     @property
     def labels(self) -> Any:
         """The underlying ``zarr.Array`` / ``h5py.Dataset`` (N, X, Y, Z) uint8."""
         self._open()
+        self._require_patches()
         return self._labels
 
     @property
     def table(self) -> PatchTable:
+        self._require_patches()
         if self._table is None:
             self._open()
             self.use_table({name: self.read_table_array(name) for name in schema.PATCH_TABLE_ARRAYS})
@@ -508,7 +529,8 @@ def open_store(
             (:mod:`brainprep.store.chunk_cache`); ignored for local stores and HDF5.
 
     Returns:
-        The open :class:`PatchStore` (opened eagerly here, so problems show at once).
+        The open :class:`PatchStore`, or :class:`~brainprep.store.volume_reader.VolumeStore` for a volume
+        store (opened eagerly here, so problems show at once).
 
     Raises:
         StoreIncompleteError: the store's build is still running or was interrupted.
@@ -517,12 +539,18 @@ def open_store(
         StoreUnreachableError: a remote store does not answer.
         RangeRequestsUnsupportedError: an HTTP server ignores Range requests.
     """
-    store = PatchStore(
-        location,
-        require_complete=require_complete,
-        check_integrity=check_integrity,
-        storage_options=storage_options,
-        cache=cache,
-    )
+    options = {
+        "require_complete": require_complete,
+        "check_integrity": check_integrity,
+        "storage_options": storage_options,
+        "cache": cache,
+    }
+    store = PatchStore(location, **options)  # type: ignore[arg-type]
     store._open()
+    if store_kind(store.metadata) != PATCHES:
+        from brainprep.store.volume_reader import VolumeStore
+
+        store.close()
+        store = VolumeStore(location, **options)  # type: ignore[arg-type]
+        store._open()
     return store

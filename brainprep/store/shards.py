@@ -213,6 +213,13 @@ class LocalFiles:
         finally:
             os.close(fd)
 
+    def read_whole(self, key: str) -> bytes | None:
+        """All bytes of ``key`` (``None`` when it is not there)."""
+        try:
+            return (self.folder / key).read_bytes()
+        except FileNotFoundError:
+            return None
+
     def read_suffix(self, key: str, length: int) -> bytes | None:
         size = self.size(key)
         if size is None:
@@ -241,6 +248,10 @@ class StoreBytes:
 
         data = self._get(key, RangeByteRequest(offset, offset + length))
         return b"" if data is None else data
+
+    def read_whole(self, key: str) -> bytes | None:
+        """All bytes of ``key`` (``None`` when it is not there)."""
+        return self._get(key, None)
 
     def read_suffix(self, key: str, length: int) -> bytes | None:
         from zarr.abc.store import SuffixByteRequest

@@ -1,0 +1,46 @@
+"""``brainnet sample``: N samples of a patch or volume store as training reads them (.npz, optional PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from brainprep.cli.options import storage_options_option, store_location
+
+
+@click.command("sample")
+@click.option("--store", "store", required=True, help="Patch or volume store (.zarr, .h5, .zip or URL).")
+@click.option("--count", type=click.IntRange(min=1), default=16, show_default=True, help="Samples.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "val"]),
+    default="train",
+    show_default=True,
+    help="Split drawn from.",
+)
+@click.option(
+    "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="FILE.npz."
+)
+@click.option("--png", "png", type=click.Path(dir_okay=False, path_type=Path), default=None, help="FILE.png.")
+@storage_options_option
+def sample(
+    store: str, count: int, seed: int, split: str, out: Path, png: Path | None, storage_options: dict | None
+) -> None:
+    """Write COUNT samples of STORE (image, label, case, corner on the source grid, kind) to FILE.npz."""
+    import numpy as np
+
+    from brainnet.sample import sample_store, write_png
+    from brainprep.errors import BrainprepError, one_line
+    from brainprep.store import open_store
+
+    try:
+        with open_store(store_location(store), storage_options=storage_options) as opened:
+            samples = sample_store(opened, count, seed, split)
+    except BrainprepError as err:
+        raise click.ClickException(one_line(err)) from err
+    np.savez_compressed(out, **samples)
+    click.echo(f"{out}: {count} samples of {store}")
+    if png is not None:
+        click.echo(f"wrote {write_png(samples, png)}")

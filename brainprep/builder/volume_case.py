@@ -1,0 +1,295 @@
+"""The per-case work of a volume-store build: read -> crop -> tables -> write -> done marker.
+
+The driver (:mod:`brainprep.builder.driver`) runs these instead of :mod:`.plan` / :mod:`.case`'s when
+``params.store.kind == "volumes"``: the same lock, build state, resume, refusals and sealing. The plan
+reads and checks the label (as a patch build's does, so a bad case stops the build before anything is
+written) and carries it, packed, to the write stage, which reads the image once; no corner is drawn at
+build time (training draws them), so a case whose brain is smaller than the patch is padded, not refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainprep.builder.case import CaseTask, _source_records, borrowed_buffers
+from brainprep.builder.plan import CasePlan, file_entry, file_record, pack_label_patches, read_plan_label
+from brainprep.errors import CaseError, InvalidValueError
+from brainprep.params import BuildParams
+from brainprep.read import CaseFiles
+from brainprep.read.case import CaseArrays, read_case_arrays
+from brainprep.sample import case_rng
+from brainprep.standardize import nonzero_statistics
+from brainprep.store import schema
+from brainprep.store import volume_schema as vs
+from brainprep.store.lock import BuildState
+from brainprep.volume import (
+    Crop,
+    axis_hits,
+    class_locations,
+    copy_tiled,
+    crop_from_hits,
+    cut_crop,
+    tumour_corner_table,
+    window_parts,
+)
+
+logger = logging.getLogger(__name__)
+#: float32 magnitudes that float16 rounds to 0
+FLOAT16_VANISHES = 2.0**-25
+
+
+def plan_volume_case(files: CaseFiles, index: int, split: str, params: BuildParams, root: Path) -> CasePlan:
+    """Read and check the case's label and pack it for the write stage (never raises for a bad case).
+
+    Returns:
+        A :class:`CasePlan` without corners; ``packed_labels`` holds the whole label (X, Y, Z), packed
+        by :func:`~brainprep.builder.plan.pack_label_patches`; a bad case has ``problem`` set.
+    """
+    empty = (np.zeros((0, 3), dtype=np.int32), np.zeros(0, dtype=np.float32), np.zeros((0, 3), np.float32))
+    try:
+        labels = read_plan_label(files)
+    except CaseError as err:
+        problem = " ".join(err.message.split())
+        logger.info("bad case: %s", problem)
+        records = tuple(file_record(p, root) for p in files.all_paths if p.is_file())
+        return CasePlan(
+            index, files.case_id, split, records, *empty, 0.0, 0.0, f"bad case: {problem}", problem
+        )
+    assert files.label_path is not None  # read_plan_label checked it; not an input check
+    entry = file_entry(files.label_path, root, labels.size, labels.sha256)
+    packed = pack_label_patches(np.ascontiguousarray(labels.label)[None])
+    return CasePlan(index, files.case_id, split, (entry,), *empty, 0.0, 0.0, None, packed_labels=packed)
+
+
+def float16_problem(image: np.ndarray) -> str | None:
+    """Why ``image`` (float32) cannot be stored as float16 without changing it beyond rounding (one line),
+    ``None`` when it can: a magnitude beyond float16's range, or a nonzero voxel that would become 0
+    (magnitudes up to 2**-25 round to 0, the nearest-even neighbour of float16's smallest 2**-24)."""
+    if image.size == 0:
+        return None
+    peak = max(float(image.max()), -float(image.min()))
+    if peak > vs.FLOAT16_MAX:
+        return (
+            f"intensity {peak:g} exceeds the float16 range ({vs.FLOAT16_MAX:g}); build with --dtype float32"
+        )
+    magnitude = np.abs(image)
+    vanished = int(np.count_nonzero((magnitude > 0) & (magnitude <= FLOAT16_VANISHES)))
+    if vanished:
+        return f"{vanished} nonzero voxels round to 0 in float16; build with --dtype float32"
+    return None
+
+
+def case_crop(arrays: CaseArrays, label: np.ndarray, patch_size: tuple[int, int, int]) -> Crop | None:
+    """:func:`~brainprep.volume.brain_crop` of a case read with
+    :func:`~brainprep.read.case.read_case_arrays`, from each channel's own voxels (no float32 volume)."""
+    hits = axis_hits(label > 0)
+    for c, channel in enumerate(arrays.channels):
+        slope, inter = arrays.scaling[c]
+        # scaled = raw * slope + inter: zero exactly where raw is, unless inter shifts it
+        if slope != 0 and inter == 0:
+            nonzero = channel != 0
+        else:
+            nonzero = arrays.channel_window(c, (0, 0, 0), arrays.shape) != 0
+        hits = tuple(a | b for a, b in zip(hits, axis_hits(nonzero), strict=True))
+    return crop_from_hits(hits, arrays.shape, patch_size)
+
+
+def cut_case_crop(arrays: CaseArrays, crop: Crop) -> np.ndarray:
+    """float32 (4, *crop.shape): :func:`~brainprep.volume.cut_crop` of ``arrays.volume()``, bit for bit,
+    cut from each channel's voxels (:func:`~brainprep.volume.copy_tiled`)."""
+    out = np.zeros((len(arrays.channels), *crop.shape), dtype=np.float32)
+    parts = window_parts(arrays.shape, crop.offset, crop.shape)
+    if parts is not None:
+        source, target = parts
+        start, size = [s.start for s in source], [s.stop - s.start for s in source]
+        for c in range(len(arrays.channels)):
+            copy_tiled(out[(c, *target)], arrays.channel_window(c, start, size))
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class VolumeCase:
+    """What the store keeps of one case (the pure result of :func:`volume_case`).
+
+    Attributes:
+        crop: where the crop lies on the source grid.
+        image: (4, X, Y, Z) crop in the store dtype; label: uint8 (X, Y, Z) crop.
+        tables: ``tumour_corners`` int32 (M, 3), ``tumour_voxels`` int32 (M,), ``class_locations`` int32
+            (L, 4).
+        mean, std: float64 (4,) volume-nonzero statistics.
+        n_brain_corners: corners of the crop; best_tumour_fraction: over them.
+    """
+
+    crop: Crop
+    image: np.ndarray
+    label: np.ndarray
+    tables: dict[str, np.ndarray]
+    mean: np.ndarray
+    std: np.ndarray
+    n_brain_corners: int
+    best_tumour_fraction: float
+
+
+def volume_case(
+    cropped: np.ndarray, label_crop: np.ndarray, crop: Crop, params: BuildParams, rng: np.random.Generator
+) -> VolumeCase:
+    """What the store keeps of one case, from its crop (:func:`~brainprep.volume.brain_crop`).
+
+    Args:
+        cropped: float32 (4, X, Y, Z), the crop of the RAS image; label_crop: uint8 (X, Y, Z), its label.
+        crop: where the crop lies.
+        params: patch size, threshold and store dtype.
+        rng: the case's generator (for the class-location sample).
+
+    Raises:
+        InvalidValueError: a float16 store cannot hold the image (:func:`float16_problem`).
+    """
+    size = params.sampling.patch_size
+    if params.store.dtype == "float16":
+        problem = float16_problem(cropped)
+        if problem is not None:
+            raise InvalidValueError(problem)
+    # The crop holds every nonzero voxel, so its statistics are the whole volume's, bit for bit (the same
+    # brain values in the same order).
+    mean, std = nonzero_statistics(cropped)
+    corners, voxels = tumour_corner_table(label_crop, size, params.sampling.background_threshold)
+    n_corners = int(np.prod([c - p + 1 for c, p in zip(crop.shape, size, strict=True)]))
+    best = float(voxels.max()) / float(np.prod(size)) if len(voxels) else 0.0
+    tables = {
+        vs.TUMOUR_CORNERS: corners,
+        vs.TUMOUR_VOXELS: voxels,
+        vs.CLASS_LOCATIONS: class_locations(label_crop, rng),
+    }
+    stored = cropped.astype(params.store.dtype)
+    return VolumeCase(crop, stored, label_crop, tables, mean, std, n_corners, best)
+
+
+def volume_case_record(
+    plan: CasePlan,
+    case: VolumeCase | None = None,
+    *,
+    source_shape: tuple[int, ...] | None = None,
+    skip_reason: str | None = None,
+    files: tuple[dict[str, Any], ...] | None = None,
+    data_digest: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The done marker of a case (JSON types): its ``cases[i]`` entry (:data:`volume_schema.CASE_KEYS`)."""
+    crop = case.crop if case is not None else None
+    return {
+        "index": plan.index,
+        "case_id": plan.case_id,
+        "split": plan.split,
+        "files": list(plan.files if files is None else files),
+        "source_shape": None if source_shape is None else [int(s) for s in source_shape],
+        "crop_offset": None if crop is None else list(crop.offset),
+        "crop_shape": None if crop is None else list(crop.shape),
+        "padding": None if crop is None else [list(p) for p in crop.padding],
+        "n_brain_corners": 0 if case is None else case.n_brain_corners,
+        "n_tumour_corners": 0 if case is None else len(case.tables[vs.TUMOUR_VOXELS]),
+        "best_tumour_fraction": 0.0 if case is None else case.best_tumour_fraction,
+        "mean": None if case is None else [float(v) for v in case.mean],
+        "std": None if case is None else [float(v) for v in case.std],
+        "skip_reason": skip_reason,
+        "data_digest": data_digest,
+    }
+
+
+def bad_volume_record(plan: CasePlan, problem: str) -> dict[str, Any]:
+    """The done marker of a case that cannot be read."""
+    return volume_case_record(plan, skip_reason=f"bad case: {problem}")
+
+
+def write_volume_case(task: CaseTask) -> dict[str, Any]:
+    """Read, crop and write one case, then mark it done (the marker after the data, as for patches).
+
+    Raises:
+        CaseError: the case cannot be read or stored, unless ``task.skip_bad``.
+    """
+    plan, params = task.plan, task.params
+    with borrowed_buffers() as buffers:
+        try:
+            arrays = read_case_arrays(task.files, with_label=False, buffers=buffers.files)
+            label = np.frombuffer(_unpacked(plan.packed_labels), dtype=np.uint8).reshape(arrays.shape)
+            crop = case_crop(arrays, label, params.sampling.patch_size)
+            case = None
+            if crop is not None:
+                rng = case_rng(params.seed, plan.case_id)
+                case = volume_case(cut_case_crop(arrays, crop), cut_crop(label, crop), crop, params, rng)
+        except CaseError as err:
+            if err.case_id is None:  # volume_case's float16 check does not know the case
+                err.case_id = plan.case_id
+            if not task.skip_bad:
+                raise
+            problem = " ".join(err.message.split())
+            logger.warning("skipping bad case: %s", problem)
+            record = bad_volume_record(plan, problem)
+        else:
+            files = _source_records(task, arrays)
+            if case is None:
+                reason = "no brain voxel: every channel and the label are 0"
+                record = volume_case_record(plan, source_shape=arrays.shape, skip_reason=reason, files=files)
+            else:
+                digest = _write(task, case)
+                record = volume_case_record(
+                    plan, case, source_shape=arrays.shape, files=files, data_digest=digest
+                )
+    BuildState(task.store).mark_done(plan.index, record)
+    return record
+
+
+def _unpacked(data: bytes) -> bytes:
+    from numcodecs import Blosc
+
+    return Blosc().decode(data)
+
+
+def _write(task: CaseTask, case: VolumeCase) -> dict[str, str]:
+    level, index = task.params.store.compression_level, task.plan.index
+    if task.params.store.format == "hdf5":
+        from brainprep.store.integrity import array_digest
+        from brainprep.store.shards import checksum_digest
+        from brainprep.store.volume_hdf5 import write_volume_part
+
+        part = BuildState(task.store).part_path(index)
+        chunks = write_volume_part(part, case.image, case.label, case.tables, level)
+        digest = {name: checksum_digest(encoded) for name, encoded in chunks.items()}
+        digest.update({name: array_digest(case.tables[name]) for name in vs.SAMPLING_TABLES})
+        return digest
+    from brainprep.store.volume_zarr import write_volume_case_zarr
+
+    return write_volume_case_zarr(task.store, index, case.image, case.label, case.tables, level)
+
+
+def volume_table_arrays(records: dict[int, dict[str, Any]], n_cases: int) -> dict[str, np.ndarray]:
+    """The case tables (:data:`volume_schema.CASE_TABLE_ARRAYS`) from the done markers."""
+    split = np.full(n_cases, schema.EMPTY_SLOT, dtype=np.int8)
+    offset = np.zeros((n_cases, 3), dtype=np.int32)
+    shape = np.zeros((n_cases, 3), dtype=np.int32)
+    padding = np.zeros((n_cases, 3, 2), dtype=np.int32)
+    brain = np.zeros(n_cases, dtype=np.int64)
+    tumour = np.zeros(n_cases, dtype=np.int64)
+    mean = np.full((n_cases, schema.N_CHANNELS), np.nan, dtype=np.float32)
+    std = np.full((n_cases, schema.N_CHANNELS), np.nan, dtype=np.float32)
+    for index, record in records.items():
+        if record["crop_shape"] is None:
+            continue
+        split[index] = schema.SPLIT_CODES[record["split"]]
+        offset[index], shape[index] = record["crop_offset"], record["crop_shape"]
+        padding[index] = record["padding"]
+        brain[index], tumour[index] = record["n_brain_corners"], record["n_tumour_corners"]
+        mean[index], std[index] = record["mean"], record["std"]
+    return {
+        vs.CASE_SPLIT: split,
+        vs.CASE_CROP_OFFSET: offset,
+        vs.CASE_CROP_SHAPE: shape,
+        vs.CASE_PADDING: padding,
+        vs.CASE_BRAIN_CORNERS: brain,
+        vs.CASE_TUMOUR_CORNERS: tumour,
+        vs.CASE_MEAN: mean,
+        vs.CASE_STD: std,
+    }

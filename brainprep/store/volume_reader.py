@@ -1,0 +1,242 @@
+"""Read a volume store (:mod:`.volume_schema`): windows cut at any corner, standardized at read time.
+
+``open_store(location)`` returns a :class:`VolumeStore` for a volume store. It opens, checks and pickles
+exactly as a :class:`~brainprep.store.reader.PatchStore` (same locations, the same refusal of an
+incomplete store or of metadata that fails its digest); what it reads is per case instead of per slot.
+Every read is checked: zarr checks each chunk's crc32c (h5py each chunk's fletcher32) as it decodes it,
+a case's shard index must list every chunk (a missing chunk is an error, never zeros), and the case and
+sampling tables must match their recorded digests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainprep.errors import StoreCorruptError, StoreError
+from brainprep.params import STANDARDIZE_METHODS
+from brainprep.store import integrity, locations, schema
+from brainprep.store import volume_schema as vs
+from brainprep.store.reader import PatchStore
+from brainprep.volume import Crop, window_parts
+
+
+@dataclass(frozen=True, eq=False)
+class VolumeCaseTable:
+    """The case tables of a volume store (C cases; see :mod:`.volume_schema`)."""
+
+    split: np.ndarray
+    crop_offset: np.ndarray
+    crop_shape: np.ndarray
+    padding: np.ndarray
+    brain_corners: np.ndarray
+    tumour_corners: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+
+
+class VolumeStore(PatchStore):
+    """An open volume store. Use :func:`~brainprep.store.reader.open_store` to make one.
+
+    Attributes: as :class:`~brainprep.store.reader.PatchStore`'s (``location``, ``format``, ``kind``...).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._case_table: VolumeCaseTable | None = None
+        self._checked: set[str] = set()  # case arrays whose every chunk is known to be stored
+
+    # -- tables ---------------------------------------------------------------------------------
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        """The build's patch size: the one its corner tables are computed for."""
+        return self.params.sampling.patch_size
+
+    @property
+    def case_table(self) -> VolumeCaseTable:
+        """The case tables, each checked against its recorded digest."""
+        if self._case_table is None:
+            arrays = {name: self.read_table_array(name) for name in vs.CASE_TABLE_ARRAYS}
+            self._case_table = VolumeCaseTable(*(arrays[name] for name in vs.CASE_TABLE_ARRAYS))
+        return self._case_table
+
+    def case_indices(self, split: str | None = None) -> np.ndarray:
+        """int64 indices of the cases that hold a volume, ascending; only those of ``split`` if given."""
+        table = self.case_table
+        keep = table.split != schema.EMPTY_SLOT
+        if split is not None:
+            if split not in schema.SPLIT_CODES:
+                raise StoreError(f"split must be one of {list(schema.SPLIT_CODES)}, got {split!r}")
+            keep &= table.split == schema.SPLIT_CODES[split]
+        return np.flatnonzero(keep).astype(np.int64)
+
+    def _case(self, index: int) -> dict[str, Any]:
+        cases = self.metadata["cases"]
+        if not 0 <= int(index) < len(cases):
+            raise IndexError(f"case {index} out of range [0, {len(cases)}) in {self.location}")
+        entry = cases[int(index)]
+        if entry.get("crop_shape") is None:
+            raise StoreError(
+                f"case {entry['case_id']} of {self.location} holds no volume ({entry.get('skip_reason')})"
+            )
+        return entry
+
+    def crop(self, index: int) -> Crop:
+        """Where case ``index``'s crop lies on its source grid."""
+        entry = self._case(index)
+        return Crop(
+            tuple(entry["crop_offset"]), tuple(entry["crop_shape"]), tuple(tuple(p) for p in entry["padding"])
+        )  # type: ignore[arg-type]
+
+    def corner_on_source(self, index: int, corner: Any) -> np.ndarray:
+        """int64 (..., 3): corner(s) in case ``index``'s crop on its source (RAS) grid."""
+        return np.asarray(corner, dtype=np.int64) + np.asarray(self.crop(index).offset, dtype=np.int64)
+
+    def sampling_tables(self, index: int) -> dict[str, np.ndarray]:
+        """``tumour_corners`` int32 (M, 3), ``tumour_voxels`` int32 (M,), ``class_locations`` int32 (L, 4)
+        of case ``index`` (see :meth:`sampling_table`)."""
+        return {name: self.sampling_table(index, name) for name in vs.SAMPLING_TABLES}
+
+    def sampling_table(self, index: int, name: str) -> np.ndarray:
+        """Sampling table ``name`` of case ``index``, checked against the case's recorded digest.
+
+        Raises:
+            StoreCorruptError: the table is missing, fails its chunk checksum or its digest.
+        """
+        entry = self._case(index)
+        key = vs.case_key(name, index)
+        array = self.read_table_array(key, check=False)
+        want = (entry.get("data_digest") or {}).get(name)
+        if integrity.is_sealed(self.metadata) and integrity.array_digest(array) != want:
+            raise StoreCorruptError(
+                f"{self.location}: table {key} of case {entry['case_id']} does not match its recorded "
+                f"digest (edited or damaged); run `brainprep verify {self.location}`"
+            )
+        return array
+
+    # -- data -----------------------------------------------------------------------------------
+    def _array(self, name: str, index: int) -> Any:
+        """The checked ``zarr.Array`` / ``h5py.Dataset`` of case ``index``: every chunk stored."""
+        entry = self._case(index)
+        key = vs.case_key(name, index)
+        try:
+            array = self._handle[key]
+        except KeyError as error:
+            raise StoreCorruptError(
+                f"{name} of case {entry['case_id']}: array {key} missing in {self.location}; "
+                f"run `brainprep verify {self.location}`"
+            ) from error
+        if key not in self._checked:
+            problem = self._hdf5_problem(array) if self.format == "hdf5" else self._shard_problem(key, array)
+            if problem is not None:
+                raise StoreCorruptError(
+                    f"{name} of case {entry['case_id']}: {problem} in {self.location}/{key}; "
+                    f"run `brainprep verify {self.location}`"
+                )
+            self._checked.add(key)
+        return array
+
+    @staticmethod
+    def _hdf5_problem(dataset: Any) -> str | None:
+        expected = math.prod(math.ceil(s / c) for s, c in zip(dataset.shape, dataset.chunks, strict=True))
+        stored = dataset.id.get_num_chunks()
+        return None if stored == expected else f"{expected - stored} of {expected} chunks missing"
+
+    def _shard_problem(self, key: str, array: Any) -> str | None:
+        from brainprep.store.shards import CRC_BYTES, INDEX_ENTRY_BYTES, MISSING, parse_shard_index
+        from brainprep.store.volume_zarr import chunks_per_shard, shard_key
+
+        per_shard = chunks_per_shard(array)
+        raw = self.source(key).read_suffix(shard_key(array), INDEX_ENTRY_BYTES * per_shard + CRC_BYTES)
+        if raw is None:
+            return "shard file missing"
+        index = parse_shard_index(raw, per_shard)
+        if index is None:
+            return "shard index checksum mismatch (a damaged or cut shard)"
+        missing = int(np.count_nonzero(index[:, 0] == MISSING))
+        return f"{missing} of {per_shard} chunks missing" if missing else None
+
+    def source(self, key: str) -> Any:
+        """Ranged reads of the files of array ``key`` (a :class:`~brainprep.store.shards.LocalFiles` or
+        :class:`~brainprep.store.shards.StoreBytes`), for a Zarr store."""
+        from brainprep.store.shards import LocalFiles, StoreBytes
+
+        if self.kind == locations.LOCAL:
+            return LocalFiles(Path(self.location, key))
+        return StoreBytes(self._handle.store, key, self.location)
+
+    def _read(self, name: str, index: int, selection: tuple[slice, ...]) -> np.ndarray:
+        array = self._array(name, index)
+        try:
+            return np.asarray(array[selection])
+        except StoreError:
+            raise  # an unreachable server is not damage
+        except (OSError, ValueError, RuntimeError) as error:  # a chunk failing its crc32c / fletcher32
+            raise StoreCorruptError(
+                f"{name} of case {self._case(index)['case_id']}: a chunk fails its checksum or does not "
+                f"decode ({error}) in {self.location}; run `brainprep verify {self.location}`"
+            ) from error
+
+    def read_volume(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The whole crop of case ``index``: (image (4, X, Y, Z) store dtype, raw; label uint8 (X, Y, Z))."""
+        every = (slice(None),) * 3
+        return self._read(vs.IMAGES, index, (slice(None), *every)), self._read(vs.LABELS, index, every)
+
+    def read_window(
+        self,
+        index: int,
+        corner: Any,
+        size: tuple[int, int, int] | None = None,
+        standardize: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The window of case ``index`` at ``corner`` (in the crop), raw or standardized.
+
+        A window may leave the crop (a negative corner, or one past ``crop - size``): voxels outside it
+        read as 0, as they are in the source (the crop holds every nonzero voxel), so any window of the
+        source grid can be read at ``corner = source_corner - crop_offset``.
+
+        Args:
+            index: the case.
+            corner: (x, y, z) in the crop.
+            size: (px, py, pz); default: the build's patch size.
+            standardize: ``None`` (raw, the store dtype), ``"patch-slice"`` (the course's: each channel of
+                each z-slice of this window to mean 0 / std 1, a constant slice stays 0) or
+                ``"volume-nonzero"`` (the case's stored brain mean / std per channel, background 0).
+
+        Returns:
+            (image (4, px, py, pz): store dtype raw, float32 standardized; label uint8 (px, py, pz)).
+        """
+        size = self.patch_size if size is None else tuple(int(s) for s in size)  # type: ignore[assignment]
+        if standardize is not None and standardize not in STANDARDIZE_METHODS:
+            raise StoreError(f"standardize must be None or one of {STANDARDIZE_METHODS}, got {standardize!r}")
+        crop = self.crop(index)
+        image = np.zeros((schema.N_CHANNELS, *size), dtype=self.params.store.dtype)  # type: ignore[misc]
+        label = np.zeros(size, dtype=np.uint8)
+        parts = window_parts(crop.shape, corner, size)  # type: ignore[arg-type]
+        if parts is not None:
+            source, target = parts
+            image[(slice(None), *target)] = self._read(vs.IMAGES, index, (slice(None), *source))
+            label[target] = self._read(vs.LABELS, index, source)
+        if standardize is None:
+            return image, label
+        return standardize_window(image, standardize, self._case(index)), label
+
+    def __len__(self) -> int:
+        return len(self.metadata["cases"])
+
+    def __repr__(self) -> str:
+        return f"VolumeStore({self.location!r}, format={self.format!r})"
+
+
+def standardize_window(image: np.ndarray, method: str, case: dict[str, Any]) -> np.ndarray:
+    """float32 (4, px, py, pz): ``image`` (a raw window) standardized by ``method`` (see
+    :meth:`VolumeStore.read_window`); ``case`` is the case's metadata entry (its float64 statistics)."""
+    from brainprep.standardize import brain_mask, standardize_patch_slices, standardize_with_statistics
+
+    if method == "patch-slice":
+        return standardize_patch_slices(image)
+    return standardize_with_statistics(image, case["mean"], case["std"], mask=brain_mask(image))

@@ -1,0 +1,157 @@
+"""The volume store schema (version 1): one raw, brain-cropped volume per case, for fresh windows.
+
+``brainprep build-patches DATA STORE.zarr --kind volumes`` (or ``STORE.h5``) writes it; the patch store
+(:mod:`brainprep.store.schema`) stays the course-faithful artefact. The same names are used by the Zarr v3
+group and the HDF5 file, so either opens with plain ``zarr`` / ``h5py``. ``params.store.kind`` of the
+``brainprep`` attribute says ``"volumes"`` (a patch store's params have no ``kind``).
+
+Per case ``i`` (``NNNNNN`` = ``i`` as six digits; a skipped case has none of them):
+
+===========================  ====================  ========  ==============================================
+name                         shape                 dtype     meaning
+===========================  ====================  ========  ==============================================
+images/NNNNNN                (4, X, Y, Z)          float16   RAW (not standardized) FLAIR, T1w, T1gd, T2w,
+                                                   /float32  the crop of the RAS image (see below)
+labels/NNNNNN                (X, Y, Z)             uint8     MSD labels 0..3 of the same crop
+tumour_corners/NNNNNN        (M, 3)                int32     corners (in the crop) whose patch's tumour
+                                                             fraction passes the course's threshold
+tumour_voxels/NNNNNN         (M,)                  int32     tumour voxels (label > 0) of each such patch:
+                                                             fraction = count / (px * py * pz)
+class_locations/NNNNNN       (L, 4)                int32     ``(class, x, y, z)`` (in the crop): nnU-Net's
+                                                             sample of each class's voxels
+===========================  ====================  ========  ==============================================
+
+Tables over the C cases (one chunk each, sealed by the integrity block like a patch store's):
+
+===========================  ====================  ========  ==============================================
+case_split                   (C,)                  int8      0 train, 1 val, -1 skipped
+case_crop_offset             (C, 3)                int32     source voxel of crop voxel (0, 0, 0)
+case_crop_shape              (C, 3)                int32     (X, Y, Z) of the crop (0 when skipped)
+case_padding                 (C, 3, 2)             int32     (before, after) crop voxels outside the volume
+case_brain_corners           (C,)                  int64     corners of the crop: prod(crop - patch + 1)
+case_tumour_corners          (C,)                  int64     M, corners passing the threshold
+case_mean, case_std          (C, 4)                float32   volume-nonzero statistics per channel
+===========================  ====================  ========  ==============================================
+
+The crop (:func:`brainprep.volume.brain_crop`): the bounding box of the brain (any channel nonzero) and
+of the tumour, widened to the build's patch size along any axis where it is shorter (centred, inside the
+volume when the volume allows it, else padded with zeros beyond it, recorded in ``case_padding``). Every
+voxel outside the crop is 0 in every channel and in the label, so a window that leaves the crop reads
+zeros there: any source-grid window can be served, and a corner ``c`` in the crop is
+``case_crop_offset[i] + c`` on the source grid. "Brain corners" are the corners whose patch fits the
+crop (``case_brain_corners``); the corner table is computed on the crop's label with the patch store's
+own test (:func:`brainprep.sample.valid_from_counts`).
+
+Why raw float16. Standardization happens at read time (``patch-slice`` on the window cut, or
+``volume-nonzero`` with ``case_mean`` / ``case_std``; :class:`brainprep.store.volume_reader.VolumeStore`),
+so the store keeps intensities. float16 holds integers exactly up to 2048, then keeps 11 significant bits
+(a rounding error <= 2**-12 = 0.024% of the value); a standardized value moves by ~|x| * 2**-12 / std.
+Measured on the real cases in ../shared/data (``python benchmarks/measure_float16_raw.py``, 20 random
+160x160x16 windows each): BraTS-GLI-00001-000 (int16, T1gd up to 15462) moves by at most 0.013 (patch-slice)
+and 0.0046 (volume-nonzero) standard deviations, the size of the float16 rounding the patch store applies
+to its standardized values (0.012); brats2023-with-seg (all below 2048) does not move at all. So float16
+costs no more than the patch store's own float16, at half of float32's bytes. What float16 cannot hold
+is refused per case, never altered silently: an intensity beyond 65504 (it would become infinite) or a
+nonzero intensity below 2**-24 (it would become 0 and leave the brain mask); such a case needs
+``--dtype float32``.
+
+Chunks and codecs. Images are chunked ``(4, cx, cy, cz)`` (all channels in one chunk: a window needs all
+four), labels ``(cx, cy, cz)``: whole planes of the crop (up to 256 x 256) by 16 slices
+(:func:`volume_chunk_shape`). Measured with ``python benchmarks/measure_volume_chunks.py --cases 2
+--windows 40 --rounds 3`` (two synthetic 240x240x155 cases, float16, zstd 1, the same 40 random
+160x160x16 windows read raw through :meth:`VolumeStore.read_window`, median of 3 alternating rounds, one
+core of the 2-core development machine):
+
+==============  ========  ===================  ===========
+chunks          MB/case   / 20-patch store     ms/window
+==============  ========  ===================  ===========
+64 x 64 x 16    7.48      0.250                81.3
+32 x 32 x 16    7.90      0.265                142.6
+plane x 8       7.21      0.241                44.0
+plane x 16      7.28      0.244                32.2
+==============  ========  ===================  ===========
+
+A brain crop is barely wider than the course's 160 x 160 patch, so a window covers most of each plane
+anyway: whole planes cost little extra decoding and the fewest chunks per window, and zarr's cost per
+chunk, not the decoding, decides (plane x 16 reads ~2 chunks a window, 32 x 32 x 16 about 70). Sizes
+barely differ.
+
+Zarr: each case array is one shard (``sharding_indexed``, index at the end with its crc32c) of chunks
+``bytes -> blosc(zstd, level, shuffle) -> crc32c``, every chunk written (a missing one is damage, not
+zeros); the small per-case tables are ``bytes -> zstd -> crc32c``. HDF5: shuffle + gzip + fletcher32 on
+every dataset. ``cases[i].data_digest`` holds the :func:`~brainprep.store.shards.checksum_digest` of the
+case's image and label chunks and the :func:`~brainprep.store.integrity.array_digest` of its three
+sampling tables, so the content id covers them and a reader checks each table when it loads it.
+
+Metadata (the ``brainprep`` attribute): as a patch store's (``schema_version``, ``tool_version``,
+``params``, ``source``, names, ``complete``, ``summary``, ``integrity``), with ``cases[i]`` holding
+``index, case_id, split, files, source_shape, crop_offset, crop_shape, padding, n_brain_corners,
+n_tumour_corners, best_tumour_fraction, mean, std`` (float64 volume-nonzero statistics, over the brain
+voxels of the whole volume), ``skip_reason`` and ``data_digest``.
+"""
+
+from __future__ import annotations
+
+IMAGES = "images"
+LABELS = "labels"
+TUMOUR_CORNERS = "tumour_corners"
+TUMOUR_VOXELS = "tumour_voxels"
+CLASS_LOCATIONS = "class_locations"
+#: the per-case sampling tables, each a small array per case
+SAMPLING_TABLES: tuple[str, ...] = (TUMOUR_CORNERS, TUMOUR_VOXELS, CLASS_LOCATIONS)
+
+CASE_SPLIT = "case_split"
+CASE_CROP_OFFSET = "case_crop_offset"
+CASE_CROP_SHAPE = "case_crop_shape"
+CASE_PADDING = "case_padding"
+CASE_BRAIN_CORNERS = "case_brain_corners"
+CASE_TUMOUR_CORNERS = "case_tumour_corners"
+CASE_MEAN = "case_mean"
+CASE_STD = "case_std"
+CASE_TABLE_ARRAYS: tuple[str, ...] = (
+    CASE_SPLIT,
+    CASE_CROP_OFFSET,
+    CASE_CROP_SHAPE,
+    CASE_PADDING,
+    CASE_BRAIN_CORNERS,
+    CASE_TUMOUR_CORNERS,
+    CASE_MEAN,
+    CASE_STD,
+)
+
+#: keys of each ``cases[i]`` entry of a volume store's metadata
+CASE_KEYS: tuple[str, ...] = (
+    "index",
+    "case_id",
+    "split",
+    "files",
+    "source_shape",
+    "crop_offset",
+    "crop_shape",
+    "padding",
+    "n_brain_corners",
+    "n_tumour_corners",
+    "best_tumour_fraction",
+    "mean",
+    "std",
+    "skip_reason",
+    "data_digest",
+)
+
+#: the float16 range: larger magnitudes become infinite
+FLOAT16_MAX = 65504.0
+#: largest chunk edge along x and y (a whole plane of a brain crop) and along z (see the measurement above)
+CHUNK_XY = 256
+CHUNK_Z = 16
+
+
+def case_key(name: str, index: int) -> str:
+    """``images/000003``: the array of case ``index``."""
+    return f"{name}/{int(index):06d}"
+
+
+def volume_chunk_shape(crop_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(cx, cy, cz) spatial chunk of a case's arrays: ``min(edge, crop)`` per axis (no chunk larger than
+    its array), with edges :data:`CHUNK_XY` x :data:`CHUNK_XY` x :data:`CHUNK_Z`."""
+    edges = (CHUNK_XY, CHUNK_XY, CHUNK_Z)
+    return tuple(max(1, min(int(e), int(n))) for e, n in zip(edges, crop_shape, strict=True))  # type: ignore[return-value]

@@ -1,0 +1,202 @@
+"""Volume stage: what a volume store keeps of a case, as pure array functions.
+
+A volume store (:mod:`brainprep.store.volume_schema`) keeps each case's raw image cropped to the brain,
+its label, and the tables that make train-time sampling exact: the corners (in the crop) whose patch
+holds enough tumour, and a sample of each tumour class's voxels.
+
+- :func:`brain_crop`: the crop box (offset on the source grid, shape, padding) of one case;
+- :func:`cut_crop`: that box cut out of an image or label (zeros where the box leaves the volume);
+- :func:`tumour_corner_table`: the corners of the crop whose patch passes the course's threshold, with
+  their tumour voxel counts;
+- :func:`class_locations`: nnU-Net's per-class foreground locations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from brainprep.errors import ShapeMismatchError
+from brainprep.sample import TUMOUR_CLASSES, corner_tumour_counts, valid_from_counts
+from brainprep.standardize import brain_mask
+
+#: nnU-Net v2's foreground sampling budget (``DefaultPreprocessor._sample_foreground_locations``,
+#: nnunetv2/preprocessing/preprocessors/default_preprocessor.py): at most 10,000 voxels per class, but at
+#: least 1% of the class's voxels.
+CLASS_SAMPLES = 10_000
+CLASS_MIN_COVERAGE = 0.01
+#: edge of the columns :func:`copy_tiled` copies
+TILE = 16
+
+
+@dataclass(frozen=True)
+class Crop:
+    """Where a case's crop lies on its source (RAS) grid.
+
+    Attributes:
+        offset: (x, y, z) source voxel of the crop's voxel (0, 0, 0); negative where the crop is padded
+            before the volume. A corner ``c`` in the crop is ``offset + c`` on the source grid.
+        shape: (X, Y, Z) of the crop, at least the patch size along every axis.
+        padding: ((before, after) per axis): crop voxels outside the source volume (zeros).
+    """
+
+    offset: tuple[int, int, int]
+    shape: tuple[int, int, int]
+    padding: tuple[tuple[int, int], ...]
+
+    @property
+    def padded(self) -> bool:
+        return any(before or after for before, after in self.padding)
+
+
+def _axis_extent(first: int, last: int, size: int, patch: int) -> tuple[int, int]:
+    """(start, length) along one axis: the box [first, last], widened to ``patch`` when shorter --
+    centred, kept inside the volume when it can be, padded beyond it when the volume is shorter."""
+    length = last - first + 1
+    if length >= patch:
+        return first, length
+    if size >= patch:
+        start = first - (patch - length) // 2
+        return min(max(start, 0), size - patch), patch
+    return -((patch - size) // 2), patch
+
+
+def axis_hits(mask: np.ndarray) -> tuple[np.ndarray, ...]:
+    """bool (X,), (Y,), (Z,): which planes along each axis hold a True voxel of ``mask`` (X, Y, Z), any
+    memory order. The projections of a union are the union of the projections, so a crop can be found
+    from each channel's mask apart (:func:`crop_from_hits`), never making their union."""
+    return tuple(mask.any(axis=tuple(a for a in range(3) if a != axis)) for axis in range(3))
+
+
+def crop_from_hits(
+    hits: tuple[np.ndarray, ...], shape: tuple[int, ...], patch_size: tuple[int, int, int]
+) -> Crop | None:
+    """The :class:`Crop` of the voxels whose planes :func:`axis_hits` found (``None`` when none)."""
+    offset, extent, padding = [], [], []
+    for axis in range(3):
+        planes = np.flatnonzero(hits[axis])
+        if len(planes) == 0:
+            return None
+        start, length = _axis_extent(int(planes[0]), int(planes[-1]), int(shape[axis]), int(patch_size[axis]))
+        offset.append(start)
+        extent.append(length)
+        padding.append((max(0, -start), max(0, start + length - int(shape[axis]))))
+    return Crop(tuple(offset), tuple(extent), tuple(padding))  # type: ignore[arg-type]
+
+
+def brain_crop(image: np.ndarray, label: np.ndarray, patch_size: tuple[int, int, int]) -> Crop | None:
+    """The crop of one case: the bounding box of its brain (any channel nonzero) and its tumour (label >
+    0, so no labelled voxel is ever cut off), widened to the patch size where shorter.
+
+    Outside the box every channel and the label are 0, so a window that leaves the crop reads zeros
+    there and equals the window of the source volume.
+
+    Args:
+        image: (C, X, Y, Z) any dtype.
+        label: uint8 (X, Y, Z).
+        patch_size: (px, py, pz).
+
+    Returns:
+        The :class:`Crop`, or ``None`` when the image and the label are all zero.
+    """
+    if image.shape[1:] != label.shape:
+        raise ShapeMismatchError(f"image {tuple(image.shape)} and label {tuple(label.shape)} differ")
+    return crop_from_hits(axis_hits(brain_mask(image) | (label > 0)), label.shape, patch_size)
+
+
+def window_parts(
+    shape: tuple[int, ...], corner: tuple[int, ...] | np.ndarray, size: tuple[int, ...]
+) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """Where a window meets an array: (slices of the array, slices of the window), ``None`` if nowhere.
+
+    Args:
+        shape: the array's (X, Y, Z); corner: the window's first voxel (may be negative); size: its shape.
+    """
+    source, target = [], []
+    for n, c, s in zip(shape, corner, size, strict=True):
+        lo, hi = max(int(c), 0), min(int(c) + int(s), int(n))
+        if hi <= lo:
+            return None
+        source.append(slice(lo, hi))
+        target.append(slice(lo - int(c), hi - int(c)))
+    return tuple(source), tuple(target)
+
+
+def cut_crop(array: np.ndarray, crop: Crop, dtype: np.dtype | str | None = None) -> np.ndarray:
+    """The crop of an image (C, X, Y, Z) or label (X, Y, Z): a new array, zeros where it is padded.
+
+    Args:
+        array: (..., X, Y, Z), the source volume.
+        crop: from :func:`brain_crop`.
+        dtype: of the result (default: ``array``'s).
+
+    Returns:
+        (..., *crop.shape), C-contiguous.
+    """
+    out = np.zeros((*array.shape[:-3], *crop.shape), dtype=dtype or array.dtype)
+    parts = window_parts(array.shape[-3:], crop.offset, crop.shape)
+    if parts is not None:
+        source, target = parts
+        out[(Ellipsis, *target)] = array[(Ellipsis, *source)]
+    return out
+
+
+def copy_tiled(out: np.ndarray, source: np.ndarray, tile: int = TILE) -> None:
+    """``out[...] = source`` for (X, Y, Z) arrays, in ``tile`` x ``tile`` columns of full depth.
+
+    A NIfTI volume viewed on the RAS grid is x-fastest in memory, the store's arrays z-fastest; numpy's
+    plain copy across that transpose walks one of the two with a stride of a whole plane, while a tile
+    keeps both sides in the cache (measured on a 240x240x155 float32 channel: 0.03 s against 0.08 s).
+    """
+    nx, ny = source.shape[:2]
+    for x in range(0, nx, tile):
+        for y in range(0, ny, tile):
+            out[x : x + tile, y : y + tile] = source[x : x + tile, y : y + tile]
+
+
+def tumour_corner_table(
+    label: np.ndarray, patch_size: tuple[int, int, int], background_threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The corners of ``label`` whose patch passes the course's threshold, with their tumour counts.
+
+    A corner passes when its background share is strictly below ``background_threshold``
+    (:func:`brainprep.sample.valid_from_counts`, the test the patch store's sampler uses), i.e. its
+    tumour fraction ``count / (px * py * pz)`` is above ``1 - background_threshold``.
+
+    Args:
+        label: uint8 (X, Y, Z), the crop's label; the patch fits along every axis.
+        patch_size: (px, py, pz).
+        background_threshold: e.g. 0.95.
+
+    Returns:
+        (corners int32 (M, 3) in C order of (x, y, z), tumour voxel counts int32 (M,)).
+    """
+    counts = corner_tumour_counts(label, patch_size)
+    valid = valid_from_counts(counts, patch_size, background_threshold)
+    corners = np.argwhere(valid).astype(np.int32).reshape(-1, 3)
+    return corners, counts[valid].astype(np.int32)
+
+
+def class_locations(label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A sample of each tumour class's voxels, for class-balanced foreground sampling (nnU-Net's rule).
+
+    Per class, ``max(min(CLASS_SAMPLES, n), ceil(n * CLASS_MIN_COVERAGE))`` of its ``n`` voxels, drawn
+    without replacement with ``rng`` (nnU-Net draws with its own fixed seed), kept in C order.
+
+    Args:
+        label: uint8 (X, Y, Z), MSD labels.
+        rng: the case's generator.
+
+    Returns:
+        int32 (L, 4) rows ``(class, x, y, z)``, by class then position.
+    """
+    rows = []
+    for value in TUMOUR_CLASSES:
+        flat = np.flatnonzero(label == value)
+        target = max(min(CLASS_SAMPLES, len(flat)), int(np.ceil(len(flat) * CLASS_MIN_COVERAGE)))
+        if target < len(flat):
+            flat = flat[np.sort(rng.choice(len(flat), size=target, replace=False))]
+        coords = np.stack(np.unravel_index(flat, label.shape), axis=1)
+        rows.append(np.concatenate([np.full((len(flat), 1), value), coords], axis=1))
+    return np.concatenate(rows).astype(np.int32).reshape(-1, 4)

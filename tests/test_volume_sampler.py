@@ -1,0 +1,164 @@
+"""Fresh windows from a volume store (brainnet.data.volume_sampler): pure draws, shares, rules, streams."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch.utils.data
+
+from brainnet.data.volume_sampler import (
+    VolumeDraws,
+    VolumeWindowDataset,
+    WindowSamplingParams,
+    WindowStreamSampler,
+)
+from brainprep.builder import build_patches
+from brainprep.errors import ConfigError
+from brainprep.params import BuildParams, SamplingParams, SplitParams, StoreParams
+from brainprep.store import open_store
+from brainprep.store import volume_schema as vs
+from brainprep.synth import SynthParams, write_synthetic_dataset
+
+PATCH = (32, 32, 8)
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sampler")
+    data = write_synthetic_dataset(root / "data", SynthParams(n_cases=4, shape=(64, 64, 32), seed=7))
+    params = BuildParams(
+        sampling=SamplingParams(patch_size=PATCH),
+        store=StoreParams(kind="volumes"),
+        split=SplitParams(val_fraction=0.25),
+    )
+    build_patches(data, root / "v.zarr", params, workers=1)
+    return root / "v.zarr"
+
+
+def test_draws_depend_on_seed_epoch_and_position_only_and_follow_their_rules(store_path: Path) -> None:
+    params = WindowSamplingParams(tumour_share=0.4, foreground_share=0.3, draws_per_epoch=600)
+    with open_store(store_path) as store:
+        draws = VolumeDraws(store, None, params, seed=5)
+        again = VolumeDraws(store, None, params, seed=5)
+        tables = {int(i): store.sampling_tables(int(i)) for i in store.case_indices()}
+        crops = {int(i): np.array(store.crop(int(i)).shape) for i in store.case_indices()}
+    assert len(draws.tumour_cases) == 3  # BRATS_004's tumour is too small for any corner
+    stream = [draws.draw(2, p) for p in range(600)]
+    backwards = [again.draw(2, p) for p in reversed(range(600))][::-1]
+    assert all(
+        a.case == b.case and (a.corner == b.corner).all() for a, b in zip(stream, backwards, strict=True)
+    )
+    assert any((a.corner != draws.draw(3, p).corner).any() for p, a in enumerate(stream[:10]))
+    kinds = [d.kind for d in stream]
+    # 600 draws: shares 0.4 / 0.3 / 0.3 within a few binomial standard deviations (~0.02)
+    assert abs(kinds.count("tumour") / 600 - 0.4) < 0.07 and abs(kinds.count("foreground") / 600 - 0.3) < 0.07
+    for d in stream:
+        assert ((d.corner >= 0) & (d.corner <= crops[d.case] - PATCH)).all()
+        if d.kind == "tumour":
+            assert (tables[d.case][vs.TUMOUR_CORNERS] == d.corner).all(axis=1).any()
+        elif d.kind == "foreground":  # a stored tumour voxel lies inside the window
+            voxels = tables[d.case][vs.CLASS_LOCATIONS][:, 1:]
+            assert ((voxels >= d.corner) & (voxels < d.corner + PATCH)).all(axis=1).any()
+    with pytest.raises(ConfigError, match="sum <= 1"):
+        WindowSamplingParams(tumour_share=0.8, foreground_share=0.3)
+
+
+def test_ranks_are_disjoint_and_a_resumed_epoch_continues_the_stream() -> None:
+    whole = list(WindowStreamSampler(10))
+    ranks = [list(WindowStreamSampler(10, rank=r, world_size=3)) for r in range(3)]
+    assert sorted(p for rank in ranks for p in rank) == whole and not set(ranks[0]) & set(ranks[1])
+    sampler = WindowStreamSampler(10, rank=1, world_size=3)
+    sampler.set_epoch(4, start=2)
+    assert list(sampler) == [(4, 7)] and len(sampler) == 1
+    restored = WindowStreamSampler(10, rank=1, world_size=3)
+    restored.load_state_dict(sampler.state_dict())
+    assert list(restored) == list(sampler)
+
+
+def test_loader_batches_are_the_same_for_any_worker_count(store_path: Path) -> None:
+    params = WindowSamplingParams(foreground_share=0.3, draws_per_epoch=8)
+    with open_store(store_path) as store:
+        dataset = VolumeWindowDataset(store, VolumeDraws(store, "train", params, seed=1))
+        first = dataset[(0, 3)]
+        window, label = store.read_window(
+            int(first["case"]), first["corner"].numpy(), standardize="patch-slice"
+        )
+    np.testing.assert_array_equal(first["image"].numpy(), window.astype(np.float16))
+    np.testing.assert_array_equal(first["label"].numpy(), label)
+    batches = {}
+    for workers in (0, 2):
+        sampler = WindowStreamSampler(8)
+        sampler.set_epoch(1)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=4, sampler=sampler, num_workers=workers)
+        batches[workers] = [(b["image"].numpy().tobytes(), b["corner"].numpy().tobytes()) for b in loader]
+    assert batches[0] == batches[2] and len(batches[0]) == 2
+
+
+def test_training_on_a_volume_store_resumes_the_stream_bit_for_bit(store_path: Path, tmp_path: Path) -> None:
+    from brainnet.model import ModelConfig
+    from brainnet.train import TrainConfig, train
+
+    tiny = ModelConfig(depth=2, base_filters=2)
+    # 2 steps of up to 2 windows per epoch over passes of 5 draws: the resumed run starts mid-pass
+    config = TrainConfig(
+        epochs=2,
+        steps_per_epoch=2,
+        batch_size=2,
+        lr=1e-3,
+        device="cpu",
+        workers=0,
+        deterministic=True,
+        volume_sampling=WindowSamplingParams(foreground_share=0.3, draws_per_epoch=5),
+    )
+    straight = train(store_path, tmp_path / "straight", config, tiny)
+    first = train(store_path, tmp_path / "resumed", config.replace(epochs=1), tiny)
+    second = train(store_path, tmp_path / "resumed", config, tiny, resume=True)
+    np.testing.assert_array_equal(np.concatenate([first.slots_seen, second.slots_seen]), straight.slots_seen)
+    # batches [0, 1], [2, 3] | [4] (a pass ends with a short batch, as for patches), [0, 1] of the next pass
+    np.testing.assert_array_equal(straight.slots_seen, [0, 1, 2, 3, 4, 0, 1])
+    for name, tensor in second.model.state_dict().items():
+        assert torch.equal(tensor, straight.model.state_dict()[name]), name
+    assert "val_dice" in straight.history[-1]  # validated on the val case's tumour windows
+
+
+def test_brainnet_sample_writes_what_training_reads_from_both_kinds(store_path: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from brainnet.cli import main
+
+    runner = CliRunner()
+    out, png = tmp_path / "v.npz", tmp_path / "v.png"
+    result = runner.invoke(
+        main, ["sample", "--store", str(store_path), "--count", "5", "--out", str(out), "--png", str(png)]
+    )
+    assert result.exit_code == 0, result.output
+    got = np.load(out)
+    with open_store(store_path) as store:
+        draws = VolumeDraws(store, "train", WindowSamplingParams(draws_per_epoch=5), seed=0)
+        for i in range(5):
+            drawn = draws.draw(0, i)
+            assert int(got["case"][i]) == drawn.case and got["kind"][i] == drawn.kind
+            np.testing.assert_array_equal(got["corner"][i], store.corner_on_source(drawn.case, drawn.corner))
+            window, label = store.read_window(drawn.case, drawn.corner, standardize="patch-slice")
+            np.testing.assert_array_equal(got["image"][i], window.astype(np.float16))
+            np.testing.assert_array_equal(got["label"][i], label)
+    from PIL import Image
+
+    assert Image.open(png).size == (8 * PATCH[0], PATCH[1])  # one row of 8 axial tiles (5 and 3 blank)
+    patches = tmp_path / "p.zarr"
+    data = store_path.parent / "data"
+    build_patches(
+        data, patches, BuildParams(sampling=SamplingParams(patch_size=PATCH, patches_per_case=2)), workers=1
+    )
+    result = runner.invoke(
+        main, ["sample", "--store", str(patches), "--count", "3", "--out", str(tmp_path / "p.npz")]
+    )
+    assert result.exit_code == 0, result.output
+    got = np.load(tmp_path / "p.npz")
+    with open_store(patches) as store:
+        for image, case, corner in zip(got["image"], got["case"], got["corner"], strict=True):
+            slots = np.flatnonzero((store.table.case == case) & (store.table.corner == corner).all(axis=1))
+            np.testing.assert_array_equal(image, store.read_image(int(slots[0])))
+    assert set(got["kind"]) == {"patch"}
