@@ -120,7 +120,7 @@ def test_training_on_a_volume_store_resumes_the_stream_bit_for_bit(store_path: P
     np.testing.assert_array_equal(straight.slots_seen, [0, 1, 2, 3, 4, 0, 1])
     for name, tensor in second.model.state_dict().items():
         assert torch.equal(tensor, straight.model.state_dict()[name]), name
-    assert "val_dice" in straight.history[-1]  # validated on the val case's tumour windows
+    assert "val_dice_labelmap" in straight.history[-1]  # validated on the val case's tumour windows
 
 
 def test_brainnet_sample_writes_what_training_reads_from_both_kinds(store_path: Path, tmp_path: Path) -> None:
