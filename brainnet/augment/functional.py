@@ -14,6 +14,7 @@ nnU-Net v2 augments with), transform by transform: the file each one follows is 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -43,14 +44,12 @@ def mirror(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
 
 
 def mirror_(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """:func:`mirror` in place (for a tensor the caller owns): one flip per combination of axes present."""
-    code = (flips.long() * torch.tensor([1, 2, 4])).sum(dim=1)
-    for combination in code.unique().tolist():
-        dims = [x.ndim - 3 + axis for axis in range(3) if combination >> axis & 1]
-        if not dims:
-            continue
-        index = (code == combination).nonzero().flatten().to(x.device)
-        x.index_copy_(0, index, x.index_select(0, index).flip(dims))
+    """:func:`mirror` in place (for a tensor the caller owns): each flipped sample is flipped into a new
+    tensor and copied back (two passes over it; a gather of the flipped samples first would be a third)."""
+    for sample, row in enumerate(flips.tolist()):
+        dims = [x.ndim - 3 + axis for axis in range(3) if row[axis]]
+        if dims:
+            x[sample].copy_(x[sample].flip([d - 1 for d in dims]))
     return x
 
 
@@ -120,44 +119,83 @@ def sampling_grid(
     """
     in_shape = tuple(out_shape if in_shape is None else in_shape)
     batch, dims = matrices.shape[0], len(out_shape)
-    points = centered_coordinates(out_shape, device).reshape(1, -1, dims).expand(batch, -1, -1)
-    if displacement is not None:
-        points = points + displacement.to(device, torch.float32).reshape(batch, -1, dims)
-    points = points @ matrices.to(device, torch.float32).transpose(1, 2)
-    if translation is not None:
-        points = points + translation.to(device, torch.float32)[:, None, :]
     # align_corners=False: input voxel j sits at normalized (2 j + 1) / S - 1 = (j - (S - 1) / 2) * 2 / S.
     scale = torch.tensor([2.0 / s for s in in_shape], dtype=torch.float32, device=device)
-    return (points * scale).flip(-1).reshape(batch, *out_shape, dims)
+    matrices = matrices.to(device, torch.float32)
+    shift = torch.zeros(batch, dims, device=device)
+    if translation is not None:
+        shift = translation.to(device, torch.float32) * scale
+    if displacement is not None:
+        points = centered_coordinates(out_shape, device).reshape(1, -1, dims)
+        points = points + displacement.to(device, torch.float32).reshape(batch, -1, dims)
+        points = (points @ matrices.transpose(1, 2)) * scale + shift[:, None, :]
+        return points.flip(-1).reshape(batch, *out_shape, dims)
+    # affine: the grid is a sum of one term per output axis, broadcast (one pass over the full grid)
+    columns = (matrices * scale[:, None]).flip(1)  # row k: the input axis read as grid component k
+    grid = shift.flip(-1).view(batch, *[1] * dims, dims)
+    for axis, size in enumerate(out_shape):
+        position = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
+        view = [1] * dims
+        view[axis] = size
+        grid = grid + position.view(1, *view, 1) * columns[:, :, axis].reshape(batch, *[1] * dims, dims)
+    return grid
 
 
-def _stacked(x: torch.Tensor, dims: int) -> torch.Tensor:
-    """(B, ..., *spatial) as (B, K, *spatial): axes between the batch and the D spatial ones are channels."""
-    return x.reshape(x.shape[0], -1, *x.shape[x.ndim - dims :])
+def _chunks(batch: int, rows: int, device: torch.device) -> int:
+    """Into how many pieces to cut each sample's grid along its first axis for ``grid_sample`` on the CPU,
+    whose kernels share out work by sample only (``GridSampler.cpp``, ``cpu/GridSamplerKernel.cpp``:
+    ``parallel_for`` over N): one piece per thread when a batch has fewer samples than threads."""
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    if batch >= threads:
+        return 1
+    return max(k for k in range(1, threads // batch + 1) if rows % k == 0)
+
+
+def _grid_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
+    """``F.grid_sample(x, grid, align_corners=False)`` of (N, K, *spatial) on (N, *out, D), on every CPU
+    thread: a sample's grid is cut into pieces along its first axis that read the same input (expanded,
+    not copied) as extra samples; each output voxel is computed exactly as in one call."""
+    batch, rows = grid.shape[0], grid.shape[1]
+    pieces = _chunks(batch, rows, x.device)
+    if pieces == 1:
+        return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=False)
+    out_shape = grid.shape[1:-1]
+    grid = grid.reshape(batch * pieces, rows // pieces, *out_shape[1:], grid.shape[-1])
+    source = x[:, None].expand(batch, pieces, *x.shape[1:])
+    outs = [
+        F.grid_sample(source[n], grid[n * pieces : (n + 1) * pieces], mode, padding, align_corners=False)
+        for n in range(batch)
+    ]
+    # (pieces, K, rows / pieces, ...) -> (K, rows, ...)
+    outs = [o.transpose(0, 1).reshape(x.shape[1], *out_shape) for o in outs]
+    return outs[0][None] if batch == 1 else torch.stack(outs)
 
 
 def warp(x: torch.Tensor, grid: torch.Tensor, padding: str = "reflection") -> torch.Tensor:
-    """Trilinear (bilinear for D = 2) resampling of ``x`` (B, ..., *spatial) on ``grid`` (B, *out, D).
+    """Trilinear (bilinear for D = 2) resampling of ``x`` (B, C, *spatial) on ``grid`` (B, *out, D).
 
-    Axes between the batch and the last D are channels: (B, C, S, X, Y) with a 2D grid warps every slice S.
+    With D = 2, ``x`` may be (B, C, S, *plane): every slice S is warped alike (any strides, e.g. a view with
+    the slice axis moved; the slices are read in place as channels).
 
     Returns:
-        (B, ..., *out) in ``x``'s dtype.
+        (B, C, *out) or (B, C, S, *out), contiguous, in ``x``'s dtype.
     """
     dims = grid.shape[-1]
-    out = F.grid_sample(
-        _stacked(x, dims), grid.to(x.dtype), mode="bilinear", padding_mode=padding, align_corners=False
-    )
-    return out.view(*x.shape[: x.ndim - dims], *grid.shape[1:-1])
+    grid = grid.to(x.dtype)
+    if x.ndim == dims + 3:
+        # the S slices as channels of B C samples (a view of x, no copy; the small 2D grid is repeated)
+        flat, repeated = x.flatten(0, 1), grid.repeat_interleave(x.shape[1], dim=0)
+        out = _grid_sample(flat, repeated, "bilinear", padding)
+        return out.view(*x.shape[:3], *grid.shape[1:-1])
+    return _grid_sample(x, grid, "bilinear", padding)
 
 
 def warp_labels(label: torch.Tensor, grid: torch.Tensor, padding: str = "reflection") -> torch.Tensor:
-    """Nearest-neighbour resampling of label maps (B, ..., *spatial) like :func:`warp`: every output value is
-    an input value (``zeros`` padding reads background 0)."""
+    """Nearest-neighbour resampling of label maps (B, *spatial) or (B, S, *plane) for D = 2, on ``grid``
+    as :func:`warp`: every output value is an input value (``zeros`` padding reads background 0)."""
     dims = grid.shape[-1]
-    out = F.grid_sample(
-        _stacked(label, dims).float(), grid.float(), mode="nearest", padding_mode=padding, align_corners=False
-    )
+    stacked = label.reshape(label.shape[0], -1, *label.shape[label.ndim - dims :]).float()
+    out = _grid_sample(stacked, grid.float(), "nearest", padding)
     return out.to(label.dtype).view(*label.shape[: label.ndim - dims], *grid.shape[1:-1])
 
 
@@ -190,6 +228,12 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x.bitwise_xor_(x >> 16)
 
 
+@functools.lru_cache(maxsize=4)
+def _position_hash(pairs: int, device: torch.device) -> torch.Tensor:
+    """int64 (pairs,) hash of each position: the same for every key and batch, so made once per shape."""
+    return _mix32(torch.arange(pairs, dtype=torch.int64, device=device))
+
+
 def hash_normal(keys: torch.Tensor, shape: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
     """Standard normal numbers that are a pure function of ``(key, position)``, the same on every device.
 
@@ -206,7 +250,7 @@ def hash_normal(keys: torch.Tensor, shape: Sequence[int], device: torch.device |
     count = math.prod(shape)
     pairs = (count + 1) // 2
     keys = keys.to(device, torch.int64)
-    position = _mix32(torch.arange(pairs, dtype=torch.int64, device=device))
+    position = _position_hash(pairs, torch.device(device))
     bits = _mix32(position[None, :] ^ _mix32(keys & MASK32)[:, None])
     radius = (bits >> 16).float().add_(0.5).div_(65536.0).log_().mul_(-2.0).sqrt_()
     angle = (bits & 0xFFFF).float().add_(0.5).mul_(2.0 * math.pi / 65536.0)
@@ -222,8 +266,13 @@ def gaussian_noise(x: torch.Tensor, std: torch.Tensor, keys: torch.Tensor) -> to
         std: (P,) standard deviations.
         keys: int (P,) keys of :func:`hash_normal` (one per volume: distinct keys, independent noise).
     """
+    return gaussian_noise_(x.clone(), std, keys)
+
+
+def gaussian_noise_(x: torch.Tensor, std: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """:func:`gaussian_noise` in place."""
     noise = hash_normal(keys, x.shape[1:], x.device).to(x.dtype)
-    return noise.mul_(std.to(x.device, x.dtype).view(-1, 1, 1, 1)).add_(x)
+    return x.add_(noise.mul_(std.to(x.device, x.dtype).view(-1, 1, 1, 1)))
 
 
 # ------------------------------------------------------------------------------------------------- blur
@@ -292,7 +341,12 @@ def _per_volume(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def multiply(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Multiplicative brightness: float (P, X, Y, Z) times ``factor`` (P,) (``intensity/brightness.py``)."""
-    return x * _per_volume(factor, x)
+    return multiply_(x.clone(), factor)
+
+
+def multiply_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """:func:`multiply` in place."""
+    return x.mul_(_per_volume(factor, x))
 
 
 def contrast(x: torch.Tensor, factor: torch.Tensor, preserve_range: bool = True) -> torch.Tensor:
@@ -303,12 +357,17 @@ def contrast(x: torch.Tensor, factor: torch.Tensor, preserve_range: bool = True)
         x: float (P, X, Y, Z).
         factor: (P,).
     """
+    return contrast_(x.clone(), factor, preserve_range)
+
+
+def contrast_(x: torch.Tensor, factor: torch.Tensor, preserve_range: bool = True) -> torch.Tensor:
+    """:func:`contrast` in place."""
     dims = (1, 2, 3)
     mean = x.mean(dim=dims, keepdim=True)
-    out = (x - mean).mul_(_per_volume(factor, x)).add_(mean)
     if preserve_range:
-        out.clamp_(x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True))
-    return out
+        low, high = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+    x.sub_(mean).mul_(_per_volume(factor, x)).add_(mean)
+    return x.clamp_(low, high) if preserve_range else x
 
 
 def _low_resolution_taps(size: int, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -391,28 +450,37 @@ def gamma(
         x: float (P, X, Y, Z).
         gammas: (P,) exponents.
     """
+    return gamma_(x.clone(), gammas, invert, retain_stats)
+
+
+def gamma_(
+    x: torch.Tensor, gammas: torch.Tensor, invert: bool = False, retain_stats: bool = True
+) -> torch.Tensor:
+    """:func:`gamma` in place (one scratch volume stack for the statistics)."""
     dims = (1, 2, 3)
-    y = -x if invert else x
+    y = x.neg_() if invert else x
+    scratch = torch.empty_like(y) if retain_stats else None
     if retain_stats:
-        mean, std = _mean_std(y)
+        mean, std = _mean_std(y, scratch)
     low, high = y.amin(dim=dims, keepdim=True), y.amax(dim=dims, keepdim=True)
     spread = high - low
     # t ** g as exp(g log t) (t in [0, 1]; log 0 = -inf gives 0): 4x faster than pow with a tensor exponent
-    y = (y - low).div_(spread.clamp(min=EPS)).log_().mul_(_per_volume(gammas, x)).exp_()
+    y.sub_(low).div_(spread.clamp(min=EPS)).log_().mul_(_per_volume(gammas, x)).exp_()
     y.mul_(spread).add_(low)
     if retain_stats:
-        now_mean, now_std = _mean_std(y)
+        now_mean, now_std = _mean_std(y, scratch)
         y.sub_(now_mean).mul_(std / now_std.clamp(min=EPS)).add_(mean)
     return y.neg_() if invert else y
 
 
-def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and unbiased std of each volume of (P, X, Y, Z), shaped (P, 1, 1, 1).
+def _mean_std(x: torch.Tensor, scratch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased std of each volume of (P, X, Y, Z), shaped (P, 1, 1, 1); ``scratch`` is a tensor
+    like ``x`` to overwrite.
 
     Two passes over the centred values: torch's ``std`` over three trailing dims is ~5x slower on the CPU.
     """
     dims = (1, 2, 3)
     mean = x.mean(dim=dims, keepdim=True)
     count = x[0].numel()
-    variance = (x - mean).square_().sum(dim=dims, keepdim=True) / max(count - 1, 1)
+    variance = torch.sub(x, mean, out=scratch).square_().sum(dim=dims, keepdim=True) / max(count - 1, 1)
     return mean, variance.sqrt_()

@@ -477,7 +477,7 @@ def _run(
                 if augmenter is not None:
                     # keyed by the step: the same draws whatever the workers, the backend or a resume
                     key = (config.seed, context.rank, global_step)
-                    augment = functools.partial(augmenter, key=key)
+                    augment = functools.partial(augmenter, key=key, inplace=True)  # batch is ours
                 try:
                     loss, batch_counts = train_step(
                         network, optimizer, batch, precision, context, config.threshold, augment
