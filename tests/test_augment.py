@@ -197,6 +197,31 @@ def test_warping_on_every_thread_equals_one_grid_sample(threads):
             moved.reshape(1, 8, 6, 5), plane, padding_mode="reflection", align_corners=False
         )
         assert torch.equal(AF.warp(moved, plane), stacked.view(1, 2, 4, 6, 5))
+        # written into the input itself (the spatial transform of a batch in place)
+        inplace = moved.clone()
+        assert torch.equal(AF.warp(inplace, plane, out=inplace), stacked.view(1, 2, 4, 6, 5))
+        owned = x.clone()
+        AF.warp(owned, grid, out=owned)
+        assert torch.equal(owned, plain)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_grid_reflected_once_and_border_padding_equal_reflection_padding(threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        grid = torch.rand(2, 9, 7, 5, 3, generator=torch.Generator().manual_seed(0)) * 8 - 4  # to 2 faces out
+        x, label = torch.randn(2, 3, 6, 5, 4), torch.randint(0, 4, (2, 6, 5, 4), dtype=torch.uint8)
+        reflected = AF.reflect_grid(grid)
+        assert reflected.abs().max() <= 1
+        torch.testing.assert_close(
+            AF.warp(x, reflected, "border"), AF.warp(x, grid, "reflection"), atol=1e-5, rtol=0
+        )
+        assert torch.equal(
+            AF.warp_labels(label, reflected, "border"), AF.warp_labels(label, grid, "reflection")
+        )
     finally:
         torch.set_num_threads(before)
 
@@ -247,6 +272,30 @@ def test_intensity_functions_by_hand():
     kept = AF.gamma(x, torch.tensor([1.7]))
     torch.testing.assert_close(kept.mean(), x.mean())
     torch.testing.assert_close(kept.std(), x.std())
+
+
+def _gamma_step_by_step(x, gammas, invert, retain_stats):
+    """batchgeneratorsv2's ``intensity/gamma.py``, one step at a time, per volume."""
+    out = []
+    for volume, g in zip(x, gammas, strict=True):
+        y = -volume if invert else volume
+        mean, std = y.mean(), y.std()
+        low, spread = y.min(), y.max() - y.min()
+        y = ((y - low) / spread.clamp(min=AF.EPS)) ** g * spread + low
+        if retain_stats:
+            y = (y - y.mean()) / y.std().clamp(min=AF.EPS) * std + mean
+        out.append(-y if invert else y)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("invert", [False, True])
+@pytest.mark.parametrize("retain_stats", [False, True])
+def test_gamma_with_its_maps_folded_equals_the_steps(invert, retain_stats):
+    x = torch.randn(3, 6, 5, 4) * torch.tensor([1.0, 3.0, 0.5]).view(3, 1, 1, 1) + 2
+    x[2] = 1.5  # a constant volume: spread 0
+    gammas = torch.tensor([0.7, 1.5, 1.2])
+    expected = _gamma_step_by_step(x, gammas, invert, retain_stats)
+    torch.testing.assert_close(AF.gamma(x, gammas, invert, retain_stats), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_hash_noise_is_a_function_of_its_key():

@@ -251,17 +251,20 @@ def _apply_spatial(
     grid = AF.sampling_grid(
         matrices, [shape[a] for a in plane], displacement=displacement, device=image.device
     )
+    padding = config.padding
+    if padding == "reflection":  # reflected once here, for the image and the labels
+        grid, padding = AF.reflect_grid(grid), "border"
     for n, sample in enumerate(index.tolist()):
         # a sample at a time: views in and one copy back; the short axis of a slice stack leads the plane
         volumes = image[sample : sample + 1]
         if short is not None:
             volumes = volumes.movedim(2 + short, 2)
-        volumes.copy_(AF.warp(volumes, grid[n : n + 1], config.padding))
+        AF.warp(volumes, grid[n : n + 1], padding, out=volumes)  # each sample read before written
         if label is not None:
             labels = label[sample : sample + 1]
             if short is not None:
                 labels = labels.movedim(1 + short, 1)
-            labels.copy_(AF.warp_labels(labels, grid[n : n + 1], config.padding))
+            AF.warp_labels(labels, grid[n : n + 1], padding, out=labels)
 
 
 def _gamma(block: GammaParams, gammas: torch.Tensor):
