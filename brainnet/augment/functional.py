@@ -247,25 +247,32 @@ def elastic_displacement(control: torch.Tensor, shape: Sequence[int]) -> torch.T
 
 
 # ------------------------------------------------------------------------------------------------ noise
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (xor-shift-multiply rounds, Wellons' lowbias32 form) of int64 values < 2**32.
+def _mix32_(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xor-shift-multiply rounds, Wellons' lowbias32 form) of int64 values < 2**32,
+    in place.
 
     The multipliers are below 2**31, so each product stays below 2**63: int64 arithmetic never overflows
     and the CPU and CUDA give the same bits.
     """
-    x = x ^ (x >> 16)
+    shifted = torch.empty_like(x)
+    x.bitwise_xor_(torch.bitwise_right_shift(x, 16, out=shifted))
     x.mul_(0x7FEB352D).bitwise_and_(MASK32)
-    x.bitwise_xor_(x >> 15).mul_(0x2C1B3C6D).bitwise_and_(MASK32)
-    return x.bitwise_xor_(x >> 16)
+    x.bitwise_xor_(torch.bitwise_right_shift(x, 15, out=shifted)).mul_(0x2C1B3C6D).bitwise_and_(MASK32)
+    return x.bitwise_xor_(torch.bitwise_right_shift(x, 16, out=shifted))
 
 
 @functools.lru_cache(maxsize=4)
 def _position_hash(pairs: int, device: torch.device) -> torch.Tensor:
     """int64 (pairs,) hash of each position: the same for every key and batch, so made once per shape."""
-    return _mix32(torch.arange(pairs, dtype=torch.int64, device=device))
+    return _mix32_(torch.arange(pairs, dtype=torch.int64, device=device))
 
 
-def hash_normal(keys: torch.Tensor, shape: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+def hash_normal(
+    keys: torch.Tensor,
+    shape: Sequence[int],
+    device: torch.device | str = "cpu",
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Standard normal numbers that are a pure function of ``(key, position)``, the same on every device.
 
     One 32-bit hash per pair of numbers, split into two 16-bit uniforms for a Box-Muller transform; the
@@ -274,6 +281,8 @@ def hash_normal(keys: torch.Tensor, shape: Sequence[int], device: torch.device |
     Args:
         keys: int (P,) one key per output volume (values below 2**31).
         shape: the volume shape.
+        scale: float (P,) standard deviations to multiply each volume by (on the pairs' radius: half
+            the work of scaling the numbers).
 
     Returns:
         float32 (P, *shape).
@@ -282,10 +291,14 @@ def hash_normal(keys: torch.Tensor, shape: Sequence[int], device: torch.device |
     pairs = (count + 1) // 2
     keys = keys.to(device, torch.int64)
     position = _position_hash(pairs, torch.device(device))
-    bits = _mix32(position[None, :] ^ _mix32(keys & MASK32)[:, None])
-    radius = (bits >> 16).float().add_(0.5).div_(65536.0).log_().mul_(-2.0).sqrt_()
+    bits = _mix32_(torch.bitwise_xor(position[None, :], _mix32_(keys & MASK32)[:, None]))
     angle = (bits & 0xFFFF).float().add_(0.5).mul_(2.0 * math.pi / 65536.0)
-    z = torch.cat([torch.cos(angle).mul_(radius), angle.sin_().mul_(radius)], dim=1)
+    radius = bits.bitwise_right_shift_(16).float().add_(0.5).div_(65536.0).log_().mul_(-2.0).sqrt_()
+    if scale is not None:
+        radius.mul_(scale.to(device, torch.float32)[:, None])
+    z = torch.empty(len(keys), 2 * pairs, device=device)
+    torch.cos(angle, out=z[:, :pairs]).mul_(radius)
+    torch.sin(angle, out=z[:, pairs:]).mul_(radius)
     return z[:, :count].reshape(len(keys), *shape)
 
 
@@ -302,8 +315,7 @@ def gaussian_noise(x: torch.Tensor, std: torch.Tensor, keys: torch.Tensor) -> to
 
 def gaussian_noise_(x: torch.Tensor, std: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """:func:`gaussian_noise` in place."""
-    noise = hash_normal(keys, x.shape[1:], x.device).to(x.dtype)
-    return x.add_(noise.mul_(std.to(x.device, x.dtype).view(-1, 1, 1, 1)))
+    return x.add_(hash_normal(keys, x.shape[1:], x.device, scale=std).to(x.dtype))
 
 
 # ------------------------------------------------------------------------------------------------- blur
