@@ -208,20 +208,19 @@ def test_warping_on_every_thread_equals_one_grid_sample(threads):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_a_grid_reflected_once_and_border_padding_equal_reflection_padding(threads):
+def test_a_grid_reflected_once_and_zeros_padding_equal_reflection_padding(threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         grid = torch.rand(2, 9, 7, 5, 3, generator=torch.Generator().manual_seed(0)) * 8 - 4  # to 2 faces out
         x, label = torch.randn(2, 3, 6, 5, 4), torch.randint(0, 4, (2, 6, 5, 4), dtype=torch.uint8)
-        reflected = AF.reflect_grid(grid)
-        assert reflected.abs().max() <= 1
-        torch.testing.assert_close(
-            AF.warp(x, reflected, "border"), AF.warp(x, grid, "reflection"), atol=1e-5, rtol=0
-        )
-        assert torch.equal(
-            AF.warp_labels(label, reflected, "border"), AF.warp_labels(label, grid, "reflection")
-        )
+        for scale in (1.0, 0.3):  # up to two faces out, and within one voxel of the faces
+            reflected = AF.reflect_grid(grid * scale, (6, 5, 4))
+            assert reflected.abs().max() < 1
+            expected = AF.warp(x, grid * scale, "reflection")
+            torch.testing.assert_close(AF.warp(x, reflected, "zeros"), expected, atol=1e-5, rtol=0)
+            labels = AF.warp_labels(label, grid * scale, "reflection")
+            assert torch.equal(AF.warp_labels(label, reflected, "zeros"), labels)
     finally:
         torch.set_num_threads(before)
 

@@ -253,13 +253,16 @@ def _apply_spatial(
     )
     padding = config.padding
     if padding == "reflection":  # reflected once here, for the image and the labels
-        grid, padding = AF.reflect_grid(grid), "border"
+        grid, padding = AF.reflect_grid(grid, [shape[a] for a in plane]), "zeros"
     for n, sample in enumerate(index.tolist()):
         # a sample at a time: views in and one copy back; the short axis of a slice stack leads the plane
         volumes = image[sample : sample + 1]
-        if short is not None:
-            volumes = volumes.movedim(2 + short, 2)
-        AF.warp(volumes, grid[n : n + 1], padding, out=volumes)  # each sample read before written
+        if short is None:
+            # channels last: the 3D kernel reads a corner's C values from one cache line (~20% faster)
+            source = volumes.contiguous(memory_format=torch.channels_last_3d)
+        else:
+            volumes = source = volumes.movedim(2 + short, 2)
+        AF.warp(source, grid[n : n + 1], padding, out=volumes)  # each sample read before written
         if label is not None:
             labels = label[sample : sample + 1]
             if short is not None:

@@ -141,15 +141,23 @@ def sampling_grid(
     return grid
 
 
-def reflect_grid(grid: torch.Tensor) -> torch.Tensor:
-    """``grid`` mirrored into [-1, 1] at the faces, as ``grid_sample``'s ``reflection`` padding does with
-    ``align_corners=False`` (about the outer edges of the border voxels; a triangle wave of period 4).
+def reflect_grid(grid: torch.Tensor, in_shape: Sequence[int]) -> torch.Tensor:
+    """``grid`` mirrored at the faces and clamped to the voxel centres, so that sampling it with ``zeros``
+    padding equals sampling ``grid`` with ``reflection`` padding (to rounding), ``align_corners=False``.
 
-    Sampling the result with ``border`` padding equals sampling ``grid`` with ``reflection`` (to rounding):
-    the CPU kernels reflect every coordinate again in each call (half of a 4-channel trilinear call, most of
-    a nearest one), this reflects them once for the image and the labels.
+    ``grid_sample`` reflects about the outer edges of the border voxels (a triangle wave of period 4 in
+    normalized units), then clamps to the first and last voxel centres (``GridSampler.h``:
+    ``reflect_coordinates``, ``clip_coordinates``). The CPU kernels do that for every coordinate in
+    each call (half of a 4-channel trilinear call, most of a nearest one) and ``zeros`` skips even the
+    clamp: reflected once here, the image and the labels share it.
+
+    Args:
+        grid: float (B, *out, D) normalized coordinates, last axis first.
+        in_shape: the D sides of the input.
     """
-    return torch.remainder(grid + 1, 4).sub_(2).abs_().neg_().add_(1)
+    folded = torch.remainder(grid + 1, 4).sub_(2).abs_().neg_().add_(1)
+    inner = torch.tensor([1 - 1 / s for s in in_shape[::-1]], dtype=grid.dtype, device=grid.device)
+    return folded.clamp_(-inner, inner)
 
 
 def _chunks(batch: int, rows: int, device: torch.device) -> int:
