@@ -324,7 +324,7 @@ def apply_parameters(
         ),
         "low_resolution": (
             params.low_resolution,
-            lambda x, i: AF.low_resolution(x, params.low_resolution_scale.reshape(-1, 3)[i]),
+            lambda x, i: AF.low_resolution_(x, params.low_resolution_scale.reshape(-1, 3)[i]),
         ),
         "gamma_inverted": (params.gamma_inverted, _gamma(config.gamma_inverted, params.gamma_inverted_gamma)),
         "gamma": (params.gamma, _gamma(config.gamma, params.gamma_gamma)),

@@ -422,73 +422,33 @@ def contrast_(x: torch.Tensor, factor: torch.Tensor, preserve_range: bool = True
     return x.clamp_(low, high) if preserve_range else x
 
 
-def _low_resolution_taps(size: int, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For each volume, the two source voxels and weight of every output voxel along one axis of
-    ``interpolate(interpolate(x, down, "nearest-exact"), size, "linear")`` (align_corners=False).
-
-    Computed in float32 like torch's upsampling kernels (``area_pixel_compute_source_index``,
-    ``nearest_neighbor_exact_compute_source_index``), so the composite equals the two interpolations.
-
-    Args:
-        size: the axis length N.
-        down: int64 (P,) downsampled lengths n (1 <= n <= N).
-
-    Returns:
-        int64 first and second source index (P, N) and float32 weight of the second (P, N).
-    """
-    n = down.float()[:, None]
-    out = torch.arange(size, dtype=torch.float32)[None, :]
-    source = ((out + 0.5) * (n / size) - 0.5).clamp(min=0)
-    first = source.floor()
-    second = torch.minimum(first + 1, n - 1)
-    weight = source - first
-
-    def nearest(k: torch.Tensor) -> torch.Tensor:
-        return torch.minimum(((k + 0.5) * (size / n)).floor(), torch.tensor(size - 1.0)).long()
-
-    return nearest(first), nearest(second), weight
-
-
 def low_resolution(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Simulated low resolution: nearest-exact downsampling to ``round(N * scale)`` per axis, then linear
-    upsampling back (``spatial/low_resolution.py``), done axis by axis as gathers for the whole stack.
+    upsampling back (``spatial/low_resolution.py``: ``interpolate`` twice).
 
     Args:
         x: float (P, X, Y, Z).
         scale: float (P, 3) on the CPU, factors in (0, 1]; 1 leaves an axis alone.
     """
-    out = x
-    for axis in range(3):
-        size = x.shape[1 + axis]
-        down = torch.round(size * scale[:, axis].double()).long().clamp(1, size)
-        if bool((down == size).all()):
+    return low_resolution_(x.clone(), scale)
+
+
+def low_resolution_(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """:func:`low_resolution` in place, a volume at a time; the axes that keep their size are channels of
+    a 1D or 2D interpolation (a view: an anisotropic patch's slices are read in place, channels last)."""
+    sizes = list(x.shape[1:])
+    for p, factors in enumerate(scale.double().tolist()):
+        down = [min(max(round(size * f), 1), size) for size, f in zip(sizes, factors, strict=True)]
+        axes = [a for a in range(3) if down[a] != sizes[a]]
+        if not axes:
             continue
-        first, second, weight = _low_resolution_taps(size, down)
-        view = [x.shape[0], 1, 1, 1]
-        view[1 + axis] = size
-        weight = weight.to(x.device, x.dtype).view(view)
-        a = gather_axis(out, first.to(x.device), axis)
-        b = gather_axis(out, second.to(x.device), axis)
-        out = a.mul_(1 - weight).add_(b.mul_(weight))
-    return out
-
-
-def gather_axis(x: torch.Tensor, index: torch.Tensor, axis: int) -> torch.Tensor:
-    """``out[p, ..., i, ...] = x[p, ..., index[p, i], ...]`` along spatial ``axis`` of (P, X, Y, Z).
-
-    One ``index_select`` of contiguous rows (everything after ``axis``), much faster on the CPU than
-    ``take_along_dim``'s element-wise gather.
-
-    Args:
-        x: (P, X, Y, Z).
-        index: int64 (P, N) on ``x``'s device.
-    """
-    count, shape = x.shape[0], x.shape[1:]
-    before, size = math.prod(shape[:axis]), shape[axis]
-    rows = x.reshape(count * before * size, -1)
-    start = torch.arange(count * before, device=x.device).view(count, before, 1) * size
-    flat = (start + index[:, None, :]).flatten()
-    return rows.index_select(0, flat).view(count, *shape[:axis], index.shape[1], *shape[axis + 1 :])
+        kept = [a for a in range(3) if a not in axes]
+        volume = x[p].permute(*kept, *axes)  # (kept..., resampled...)
+        stack = volume.reshape(1, -1, *[sizes[a] for a in axes])
+        small = F.interpolate(stack, [down[a] for a in axes], mode="nearest-exact")
+        mode = ("linear", "bilinear", "trilinear")[len(axes) - 1]
+        volume.copy_(F.interpolate(small, stack.shape[2:], mode=mode)[0].view(volume.shape))
+    return x
 
 
 def gamma(
