@@ -7,7 +7,10 @@ Two patch sizes: the course's 160x160x16 and nnU-Net's BraTS 112x160x128, each i
 
 Rows per patch size:
   brainnet            samples/s of ``BatchAugment(augment_preset("nnunet"))`` on whole batches, in this
-                      process with ``torch.set_num_threads(2)``, a new key (new draws) per batch
+                      process with ``torch.set_num_threads(2)`` (the row's note reads the thread count
+                      back), a new key (new draws) per batch; each call copies its input batch first, as
+                      nnU-Net's side clones each sample inside its timer (training skips that copy:
+                      the loop hands its own fresh float32 batch over, ``inplace=True``)
   nnU-Net             samples/s of ``nnUNetTrainer.get_training_transforms`` (nnunetv2, the Compose of
                       batchgeneratorsv2 transforms nnU-Net trains with: its probabilities, its dummy-2D
                       rule for the anisotropic patch) on one sample at a time, in 2 worker processes with 1
@@ -188,7 +191,7 @@ def size_rows(args: Any, label_name: str, sizes: dict[str, int], pool: Any) -> l
             f"{label_name} {shape_text}: brainnet",
             statistics.median(ours),
             "samples/s",
-            f"batch {args.batch_size}, {THREADS} torch threads, median of {len(ours)} rounds",
+            f"batch {args.batch_size}, {torch.get_num_threads()} torch threads, median of {len(ours)} rounds",
             {"rounds": ours},
         ),
         Row(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -18,6 +19,7 @@ from brainnet.augment import (
 )
 from brainnet.augment import functional as AF
 from brainnet.augment.compose import short_axis
+from brainnet.data.dataset import to_training_batch
 from brainnet.train import TrainConfig
 from brainprep.errors import ConfigError
 
@@ -153,6 +155,76 @@ def test_an_anisotropic_patch_turns_in_plane_only():
     assert out[0, 0, :, :, [0, 2, 3]].abs().max() == 0 and out[0, 0, :, :, 1].sum() > 10
 
 
+def test_the_broadcast_grid_equals_the_matrix_product():
+    """The affine grid, summed per axis, is the grid of every centred voxel position times the matrix."""
+    matrices = AF.rotation_scaling_matrices(torch.tensor([[0.3, -0.2, 0.9]]), torch.tensor([[1.3, 0.8, 1.1]]))
+    matrices = torch.cat([matrices, matrices.flip(0).transpose(1, 2)])
+    shift = torch.tensor([[0.5, -1.0, 2.0], [0.0, 0.0, 0.0]])
+    out_shape, in_shape = (5, 4, 3), (8, 7, 6)
+    grid = AF.sampling_grid(matrices, out_shape, in_shape, translation=shift)
+    points = AF.centered_coordinates(out_shape).reshape(1, -1, 3) @ matrices.float().transpose(1, 2)
+    expected = (points + shift[:, None]) * torch.tensor([2 / s for s in in_shape])
+    torch.testing.assert_close(grid, expected.flip(-1).reshape(2, *out_shape, 3), atol=1e-6, rtol=0)
+    # a zero deformation (the matrix-product path) gives the same grid
+    zero = torch.zeros(2, *out_shape, 3)
+    torch.testing.assert_close(
+        AF.sampling_grid(matrices, out_shape, displacement=zero),
+        AF.sampling_grid(matrices, out_shape),
+        atol=1e-6,
+        rtol=0,
+    )
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_warping_on_every_thread_equals_one_grid_sample(threads):
+    """A sample's grid cut into pieces per thread, and slices read in place as channels, give the bits of
+    one plain grid_sample call."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x, label = torch.randn(1, 2, 6, 5, 4), torch.randint(0, 4, (1, 6, 5, 4), dtype=torch.uint8)
+        grid = _grid(angles=(0.3, -0.5, 1.1), scales=(1.3, 1.3, 1.3))
+        plain = F.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
+        assert torch.equal(AF.warp(x, grid), plain)
+        nearest = F.grid_sample(label[:, None].float(), grid, "nearest", "reflection", align_corners=False)
+        assert torch.equal(AF.warp_labels(label, grid), nearest[:, 0].to(torch.uint8))
+        # slices along Z of a (1, C, X, Y, Z) batch, moved in front of the plane as a view
+        plane = AF.sampling_grid(
+            AF.rotation_scaling_matrices(torch.tensor([[0.0, 0.0, 0.7]]), torch.ones(1, 3))[:, :2, :2], (6, 5)
+        )
+        moved = x.movedim(4, 2)
+        stacked = F.grid_sample(
+            moved.reshape(1, 8, 6, 5), plane, padding_mode="reflection", align_corners=False
+        )
+        assert torch.equal(AF.warp(moved, plane), stacked.view(1, 2, 4, 6, 5))
+        # written into the input itself (the spatial transform of a batch in place)
+        inplace = moved.clone()
+        assert torch.equal(AF.warp(inplace, plane, out=inplace), stacked.view(1, 2, 4, 6, 5))
+        owned = x.clone()
+        AF.warp(owned, grid, out=owned)
+        assert torch.equal(owned, plain)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_grid_reflected_once_and_zeros_padding_equal_reflection_padding(threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        grid = torch.rand(2, 9, 7, 5, 3, generator=torch.Generator().manual_seed(0)) * 8 - 4  # to 2 faces out
+        x, label = torch.randn(2, 3, 6, 5, 4), torch.randint(0, 4, (2, 6, 5, 4), dtype=torch.uint8)
+        for scale in (1.0, 0.3):  # up to two faces out, and within one voxel of the faces
+            reflected = AF.reflect_grid(grid * scale, (6, 5, 4))
+            assert reflected.abs().max() < 1
+            expected = AF.warp(x, grid * scale, "reflection")
+            torch.testing.assert_close(AF.warp(x, reflected, "zeros"), expected, atol=1e-5, rtol=0)
+            labels = AF.warp_labels(label, grid * scale, "reflection")
+            assert torch.equal(AF.warp_labels(label, reflected, "zeros"), labels)
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------------------------- intensity
 def test_low_resolution_equals_torchs_two_interpolations():
     x = torch.randn(3, 9, 7, 6)
@@ -201,6 +273,30 @@ def test_intensity_functions_by_hand():
     torch.testing.assert_close(kept.std(), x.std())
 
 
+def _gamma_step_by_step(x, gammas, invert, retain_stats):
+    """batchgeneratorsv2's ``intensity/gamma.py``, one step at a time, per volume."""
+    out = []
+    for volume, g in zip(x, gammas, strict=True):
+        y = -volume if invert else volume
+        mean, std = y.mean(), y.std()
+        low, spread = y.min(), y.max() - y.min()
+        y = ((y - low) / spread.clamp(min=AF.EPS)) ** g * spread + low
+        if retain_stats:
+            y = (y - y.mean()) / y.std().clamp(min=AF.EPS) * std + mean
+        out.append(-y if invert else y)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("invert", [False, True])
+@pytest.mark.parametrize("retain_stats", [False, True])
+def test_gamma_with_its_maps_folded_equals_the_steps(invert, retain_stats):
+    x = torch.randn(3, 6, 5, 4) * torch.tensor([1.0, 3.0, 0.5]).view(3, 1, 1, 1) + 2
+    x[2] = 1.5  # a constant volume: spread 0
+    gammas = torch.tensor([0.7, 1.5, 1.2])
+    expected = _gamma_step_by_step(x, gammas, invert, retain_stats)
+    torch.testing.assert_close(AF.gamma(x, gammas, invert, retain_stats), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_hash_noise_is_a_function_of_its_key():
     keys = torch.tensor([3, 4, 3])
     z = AF.hash_normal(keys, (50, 41, 50))
@@ -223,6 +319,29 @@ def test_the_same_key_gives_the_same_batch():
     c = augment(image, label, key=(0, 0, 6))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], c[0])
+
+
+def test_in_place_equals_the_copy_and_the_copy_leaves_its_inputs():
+    augment = BatchAugment(augment_preset("nnunet", EVERYTHING))
+    for shape in ((16, 16, 4), (8, 10, 6)):  # in-plane and 3D
+        image, label = torch.randn(3, 4, *shape), torch.randint(0, 4, (3, *shape), dtype=torch.uint8)
+        kept = image.clone(), label.clone()
+        copied = augment(image, label, key=(0, 0, 2))
+        assert torch.equal(image, kept[0]) and torch.equal(label, kept[1])
+        owned = augment(image.clone(), label.clone(), key=(0, 0, 2), inplace=True)
+        assert torch.equal(owned[0], copied[0]) and torch.equal(owned[1], copied[1])
+
+
+def test_to_training_batch_never_hands_the_batch_itself_to_an_in_place_augmentation():
+    augment = BatchAugment(augment_preset("nnunet", EVERYTHING))
+    batch = {
+        "image": torch.randn(2, 4, 8, 8, 8),
+        "label": torch.randint(0, 4, (2, 8, 8, 8), dtype=torch.uint8),
+    }
+    kept = {k: v.clone() for k, v in batch.items()}
+    image, _ = to_training_batch(batch, "cpu", functools.partial(augment, key=(0, 0, 1), inplace=True))
+    assert torch.equal(batch["image"], kept["image"]) and torch.equal(batch["label"], kept["label"])
+    assert torch.equal(image, augment(kept["image"], kept["label"], key=(0, 0, 1))[0])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

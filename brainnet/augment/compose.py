@@ -202,28 +202,43 @@ def draw_parameters(
     )
 
 
+def _runs(index: list[int]) -> list[tuple[int, int]]:
+    """Sorted distinct indices as runs ``(start, stop)`` of consecutive ones."""
+    runs: list[tuple[int, int]] = []
+    for i in index:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
 def _on_pairs(
     image: torch.Tensor, mask: torch.Tensor, transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
+) -> None:
     """Apply ``transform(volumes (P, X, Y, Z), pair_index (P,))`` to the (sample, channel) pairs of ``mask``
-    (bool (B, C)) and write the results back into ``image`` (a contiguous tensor the caller owns)."""
-    index = mask.flatten().nonzero().flatten()
-    if index.numel() == 0:
-        return image
+    (bool (B, C)) of ``image`` (contiguous, the caller's), in place.
+
+    The pairs are taken as views, one run of consecutive pairs at a time (no gather, no scatter back):
+    ``transform`` may change its volumes in place; a result that is a new tensor is copied into them.
+    """
     flat = image.view(-1, *image.shape[2:])
-    device_index = index.to(image.device)
-    flat.index_copy_(0, device_index, transform(flat.index_select(0, device_index), index))
-    return image
+    for start, stop in _runs(mask.flatten().nonzero().flatten().tolist()):
+        volumes = flat[start:stop]
+        out = transform(volumes, torch.arange(start, stop))
+        if out.data_ptr() != volumes.data_ptr():
+            volumes.copy_(out)
 
 
 def _apply_spatial(
     config: SpatialParams, params: BatchParams, image: torch.Tensor, label: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Resample the samples that drew a spatial transform, in place; an anisotropic patch slice by slice
-    (2D grids: a quarter of the taps of 3D ones, and nnU-Net's dummy 2D)."""
+) -> None:
+    """Resample, in place, the samples that drew a spatial transform; an anisotropic patch slice by slice
+    (2D grids: a quarter of the taps of 3D ones, and nnU-Net's dummy 2D). The others are not touched
+    (nnU-Net's ``SpatialTransform`` also skips the resampling when nothing fires: ``grid is None``)."""
     index = params.spatial.nonzero().flatten()
     if index.numel() == 0:
-        return image, label
+        return
     shape = image.shape[2:]
     short = short_axis(shape, config)
     plane = [a for a in range(3) if a != short]
@@ -236,28 +251,36 @@ def _apply_spatial(
     grid = AF.sampling_grid(
         matrices, [shape[a] for a in plane], displacement=displacement, device=image.device
     )
-    device_index = index.to(image.device)
-    # slices of an anisotropic patch: its short axis becomes a channel axis, (B, C, S, P1, P2)
-    moved = image.index_select(0, device_index)
-    if short is not None:
-        moved = moved.movedim(2 + short, 2)
-    moved = AF.warp(moved, grid, config.padding)
-    image.index_copy_(0, device_index, moved if short is None else moved.movedim(2, 2 + short))
-    if label is not None:
-        moved = label.index_select(0, device_index)
-        if short is not None:
-            moved = moved.movedim(1 + short, 1)
-        moved = AF.warp_labels(moved, grid, config.padding)
-        label.index_copy_(0, device_index, moved if short is None else moved.movedim(1, 1 + short))
-    return image, label
+    padding = config.padding
+    if padding == "reflection":  # reflected once here, for the image and the labels
+        grid, padding = AF.reflect_grid(grid, [shape[a] for a in plane]), "zeros"
+    for n, sample in enumerate(index.tolist()):
+        # a sample at a time: views in and one copy back; the short axis of a slice stack leads the plane
+        volumes = image[sample : sample + 1]
+        if short is None:
+            # channels last: the 3D kernel reads a corner's C values from one cache line (~20% faster)
+            source = volumes.contiguous(memory_format=torch.channels_last_3d)
+        else:
+            volumes = source = volumes.movedim(2 + short, 2)
+        AF.warp(source, grid[n : n + 1], padding, out=volumes)  # each sample read before written
+        if label is not None:
+            labels = label[sample : sample + 1]
+            if short is not None:
+                labels = labels.movedim(1 + short, 1)
+            AF.warp_labels(labels, grid[n : n + 1], padding, out=labels)
 
 
 def _gamma(block: GammaParams, gammas: torch.Tensor):
-    return lambda x, i: AF.gamma(x, gammas.flatten()[i], block.invert, block.retain_stats)
+    return lambda x, i: AF.gamma_(x, gammas.flatten()[i], block.invert, block.retain_stats)
 
 
 def apply_parameters(
-    config: AugmentConfig, params: BatchParams, image: torch.Tensor, label: torch.Tensor | None = None
+    config: AugmentConfig,
+    params: BatchParams,
+    image: torch.Tensor,
+    label: torch.Tensor | None = None,
+    *,
+    inplace: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Apply one batch's draws.
 
@@ -267,21 +290,24 @@ def apply_parameters(
         image: float (B, C, X, Y, Z) on any device.
         label: (B, X, Y, Z) label map (any integer dtype), or ``None``; only spatial transforms and
             mirroring touch it.
+        inplace: the caller hands ``image`` and ``label`` over (e.g. a batch just converted on its
+            device): they are changed in place (when contiguous) instead of copied first.
 
     Returns:
-        New image and label tensors (the inputs are not modified).
+        The image and label: new tensors unless ``inplace`` (the inputs are then not modified).
     """
-    image = image.contiguous().clone()  # one working copy, changed in place from here on
+    # one working copy, changed in place from here on
+    image = image.contiguous() if inplace else image.clone(memory_format=torch.contiguous_format)
     if label is not None and (bool(params.spatial.any()) or bool(params.flips.any())):
-        label = label.contiguous().clone()
-    image, label = _apply_spatial(config.spatial, params, image, label)
+        label = label.contiguous() if inplace else label.clone(memory_format=torch.contiguous_format)
+    _apply_spatial(config.spatial, params, image, label)
     channels = image.shape[1]
     noise_pairs = params.noise[:, None].expand(-1, channels)
 
     def noise(x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         sample = i // channels
         # one key per (sample, channel): channels share the std, not the noise
-        return AF.gaussian_noise(
+        return AF.gaussian_noise_(
             x, params.noise_std[sample], params.noise_keys[sample] * channels + i % channels
         )
 
@@ -290,25 +316,25 @@ def apply_parameters(
         "blur": (params.blur, lambda x, i: AF.gaussian_blur(x, params.blur_sigma.reshape(-1, 3)[i])),
         "brightness": (
             params.brightness,
-            lambda x, i: AF.multiply(x, params.brightness_factor.flatten()[i]),
+            lambda x, i: AF.multiply_(x, params.brightness_factor.flatten()[i]),
         ),
         "contrast": (
             params.contrast,
-            lambda x, i: AF.contrast(x, params.contrast_factor.flatten()[i], config.contrast.preserve_range),
+            lambda x, i: AF.contrast_(x, params.contrast_factor.flatten()[i], config.contrast.preserve_range),
         ),
         "low_resolution": (
             params.low_resolution,
-            lambda x, i: AF.low_resolution(x, params.low_resolution_scale.reshape(-1, 3)[i]),
+            lambda x, i: AF.low_resolution_(x, params.low_resolution_scale.reshape(-1, 3)[i]),
         ),
         "gamma_inverted": (params.gamma_inverted, _gamma(config.gamma_inverted, params.gamma_inverted_gamma)),
         "gamma": (params.gamma, _gamma(config.gamma, params.gamma_gamma)),
     }
     for name in _INTENSITY_ORDER:
         mask, transform = steps[name]
-        image = _on_pairs(image, mask, transform)
-    image = AF.mirror_(image, params.flips)
+        _on_pairs(image, mask, transform)
+    AF.mirror_(image, params.flips)
     if label is not None:
-        label = AF.mirror_(label, params.flips)
+        AF.mirror_(label, params.flips)
     return image, label
 
 
@@ -321,6 +347,7 @@ class BatchAugment:
     Call args:
         image: float (B, C, X, Y, Z), label (B, X, Y, Z) or ``None``, on any device.
         key: integers naming the batch, e.g. ``(seed, rank, global_step)``.
+        inplace: ``image`` and ``label`` are the caller's to overwrite (:func:`apply_parameters`).
     """
 
     def __init__(self, config: AugmentConfig) -> None:
@@ -331,8 +358,8 @@ class BatchAugment:
         return draw_parameters(self.config, batch, channels, shape, generator_for(key))
 
     def __call__(
-        self, image: torch.Tensor, label: torch.Tensor | None, key: Sequence[int]
+        self, image: torch.Tensor, label: torch.Tensor | None, key: Sequence[int], *, inplace: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self.config.active:
             return image, label
-        return apply_parameters(self.config, self.parameters(image, key), image, label)
+        return apply_parameters(self.config, self.parameters(image, key), image, label, inplace=inplace)

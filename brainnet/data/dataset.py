@@ -52,7 +52,8 @@ def to_training_batch(
     Args:
         batch: ``image`` (B, 4, X, Y, Z) float16/32 and ``label`` uint8 (B, X, Y, Z), as the loader yields.
         augment: ``(image float32, label uint8) -> (image, label)`` applied on ``device`` before the
-            one-hot (e.g. a bound :class:`brainnet.augment.BatchAugment`).
+            one-hot (e.g. a bound :class:`brainnet.augment.BatchAugment`); it gets tensors of its own, so
+            it may overwrite them (``inplace=True``): never the batch's.
 
     Returns:
         image float32 (B, 4, X, Y, Z) and target float32 (B, 3, X, Y, Z), the one-hot of MSD labels 1, 2, 3.
@@ -60,6 +61,9 @@ def to_training_batch(
     image = batch["image"].to(device, non_blocking=True).float()
     label = batch["label"].to(device, non_blocking=True)
     if augment is not None:
+        # .to/.float return the batch's own tensors when nothing changes: copy those (the label is small)
+        image = image.clone() if image.data_ptr() == batch["image"].data_ptr() else image
+        label = label.clone() if label.data_ptr() == batch["label"].data_ptr() else label
         image, label = augment(image, label)
     # Not metrics.labels_to_onehot: its value check reads min/max back, a device sync on every step;
     # stored labels were validated when the store was built.

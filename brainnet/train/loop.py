@@ -484,7 +484,7 @@ def _train_epoch(run: _Run, state: ckpt.RunState, bar: Any) -> tuple[float, torc
         if run.augmenter is not None:
             # keyed by the step: the same draws whatever the workers, the backend or a resume
             key = (run.config.seed, run.context.rank, state.global_step)
-            augment = functools.partial(run.augmenter, key=key)
+            augment = functools.partial(run.augmenter, key=key, inplace=True)  # the batch is ours
         try:
             loss, batch_counts = train_step(
                 run.network, run.optimizer, batch, run.precision, run.context, run.config.threshold, augment
