@@ -142,6 +142,21 @@ def test_hdf5_and_zarr_hold_the_same_arrays_and_workers_do_not_change_a_byte(
             np.testing.assert_array_equal(z.read_table_array(name), h.read_table_array(name))
 
 
+def test_threads_and_a_dask_cluster_build_the_same_bytes(data: Path, reference: Path, tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    build_patches(data, tmp_path / "threads.zarr", VOLUMES, workers=2, scheduler="threads")
+    assert store_files(tmp_path / "threads.zarr") == store_files(reference)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        summary = build_patches(data, tmp_path / "cluster.zarr", VOLUMES, scheduler=client)
+    assert summary.workers == 2
+    assert store_files(tmp_path / "cluster.zarr") == store_files(reference)
+
+
 def test_kill_and_resume_ends_with_the_uninterrupted_store(tmp_path: Path) -> None:
     data = write_synthetic_dataset(
         tmp_path / "data", SynthParams(n_cases=6, shape=(64, 64, 32), seed=2, small_tumour_every=0)
