@@ -125,6 +125,30 @@ def test_a_window_standardized_at_read_time_equals_the_patch_store(
             np.testing.assert_allclose(rounded, stored.astype(np.float32), atol=0.02, rtol=0.01)
 
 
+def test_direct_chunk_reads_equal_zarrs(reference: Path) -> None:
+    import zarr
+
+    group = zarr.open_group(str(reference), mode="r")
+    rng = np.random.default_rng(0)
+    with open_store(reference) as store:
+        for index in store.case_indices():
+            shape = np.array(store.crop(int(index)).shape)
+            for _ in range(5):  # windows across chunk borders, at the crop's edges and beyond
+                corner = rng.integers(-8, shape - 4)
+                size = tuple(int(s) for s in rng.integers(9, 40, size=3))  # meets the crop
+                image, label = store.read_window(int(index), corner, size)
+                lo = np.maximum(corner, 0)
+                hi = np.minimum(corner + size, shape)
+                want = np.zeros((4, *size), np.float16)
+                inside = tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, corner, strict=True))
+                block = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+                want[(slice(None), *inside)] = group[vs.case_key(vs.IMAGES, int(index))][
+                    (slice(None), *block)
+                ]
+                np.testing.assert_array_equal(image, want)
+                assert (label[inside] == group[vs.case_key(vs.LABELS, int(index))][block]).all()
+
+
 def test_hdf5_and_zarr_hold_the_same_arrays_and_workers_do_not_change_a_byte(
     data: Path, reference: Path, tmp_path: Path
 ) -> None:
@@ -199,7 +223,9 @@ def test_damage_is_named_never_read(data: Path, reference: Path, tmp_path: Path)
     raw[40] ^= 0xFF  # inside the first chunk
     shard.write_bytes(bytes(raw))
     with open_store(copy) as store:
-        with pytest.raises(StoreCorruptError, match="images of case BRATS_002: a chunk fails its checksum"):
+        with pytest.raises(
+            StoreCorruptError, match=r"images of case BRATS_002: chunk \d+ fails its checksum \(crc32c\)"
+        ):
             store.read_volume(1)
         store.read_volume(0)  # the other cases read
         with pytest.raises(StoreError, match="is a volumes store, not a patch store"):
@@ -368,6 +394,6 @@ def test_verify_pack_and_the_patch_commands_on_a_volume_store(reference: Path, t
     bad = runner.invoke(cli, ["verify", str(copy), "--no-progress"])
     assert bad.exit_code == 1
     lines = bad.output.splitlines()
-    assert any(line.startswith("labels labels/000002: a chunk fails its checksum") for line in lines)
+    assert any(line.startswith("labels labels/000002: chunk 0 fails its checksum") for line in lines)
     assert any(line.startswith("tumour_voxels tumour_voxels/000000: table") for line in lines)
     assert "2 difference(s)" in bad.output
