@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch.utils.data
+import torch
 
 from brainnet.data.volume_sampler import (
     VolumeDraws,
@@ -87,13 +87,16 @@ def test_loader_batches_are_the_same_for_any_worker_count(store_path: Path) -> N
         )
     np.testing.assert_array_equal(first["image"].numpy(), window.astype(np.float16))
     np.testing.assert_array_equal(first["label"].numpy(), label)
+    from brainnet.data.loader import make_loader
+
     batches = {}
-    for workers in (0, 2):
+    for workers, backend in ((0, "processes"), (2, "processes"), (2, "threads")):
         sampler = WindowStreamSampler(8)
         sampler.set_epoch(1)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=4, sampler=sampler, num_workers=workers)
-        batches[workers] = [(b["image"].numpy().tobytes(), b["corner"].numpy().tobytes()) for b in loader]
-    assert batches[0] == batches[2] and len(batches[0]) == 2
+        loader = make_loader(dataset, sampler, batch_size=4, workers=workers, backend=backend)
+        batches[workers, backend] = [(b["image"].numpy().tobytes(), b["slot"].tolist()) for b in loader]
+    assert batches[0, "processes"] == batches[2, "processes"] == batches[2, "threads"]
+    assert [slots for _, slots in batches[0, "processes"]] == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
 def test_training_on_a_volume_store_resumes_the_stream_bit_for_bit(store_path: Path, tmp_path: Path) -> None:
