@@ -207,7 +207,7 @@ def test_kill_and_resume_ends_with_the_uninterrupted_store(tmp_path: Path) -> No
         cli, ["build-patches", str(data), str(store), *CLI_OPTIONS[:-1], "--workers", "1"]
     )
     assert resumed.exit_code == 0, resumed.output
-    assert f"({n_done} done before resuming)" in resumed.output
+    assert f"({n_done} done before resuming), 6 volumes, 0 skipped" in resumed.output
     build_patches(data, tmp_path / "whole.zarr", VOLUMES, workers=1)
     assert store_files(tmp_path / "whole.zarr") == store_files(store)
     assert open_store(store).content_id == open_store(tmp_path / "whole.zarr").content_id
@@ -295,6 +295,19 @@ def test_bad_cases_stop_the_build_before_writing(data: Path, tmp_path: Path) -> 
     with open_store(tmp_path / "v.zarr") as store:
         assert store.cases[1]["skip_reason"].startswith("bad case: label values")
         np.testing.assert_array_equal(store.case_indices(), [0, 2, 3])
+
+
+def test_a_recipe_builds_either_kind(data: Path, reference: Path, tmp_path: Path) -> None:
+    from brainprep.recipe import write_recipe
+
+    recipe = write_recipe(tmp_path / "r.json", PATCHES, {f"BRATS_00{i}": "train" for i in range(1, 5)})
+    command = ["build-patches", str(data), str(tmp_path / "v.zarr"), "--recipe", str(recipe), "--no-progress"]
+    built = CliRunner().invoke(cli, [*command, "--kind", "volumes", "--workers", "1"])
+    assert built.exit_code == 0 and "4 volumes" in built.output, built.output
+    with open_store(tmp_path / "v.zarr") as store:
+        assert store.params == VOLUMES.replace(split=store.params.split)
+        assert [c["split"] for c in store.cases] == ["train"] * 4
+        np.testing.assert_array_equal(store.read_volume(1)[0], open_store(reference).read_volume(1)[0])
 
 
 def test_patch_store_parameters_are_unchanged() -> None:
