@@ -85,6 +85,12 @@ every dataset. ``cases[i].data_digest`` holds the :func:`~brainprep.store.shards
 case's image and label chunks and the :func:`~brainprep.store.integrity.array_digest` of its three
 sampling tables, so the content id covers them and a reader checks each table when it loads it.
 
+Parameters. ``params`` is the whole ``BuildParams`` as given; of ``sampling`` only ``patch_size`` (the
+crop's minimum and the corner table's window) and ``background_threshold`` (the table's test) shape a
+volume store, and ``standardize.method`` is the default of read-time standardization. ``patches_per_case``,
+``sampler`` and ``max_tries`` change nothing in its arrays, but as recorded parameters they do change its
+content id, as every parameter does.
+
 Metadata (the ``brainprep`` attribute): as a patch store's (``schema_version``, ``tool_version``,
 ``params``, ``source``, names, ``complete``, ``summary``, ``integrity``), with ``cases[i]`` holding
 ``index, case_id, split, files, source_shape, crop_offset, crop_shape, padding, n_brain_corners,
