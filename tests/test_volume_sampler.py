@@ -165,3 +165,40 @@ def test_brainnet_sample_writes_what_training_reads_from_both_kinds(store_path: 
             slots = np.flatnonzero((store.table.case == case) & (store.table.corner == corner).all(axis=1))
             np.testing.assert_array_equal(image, store.read_image(int(slots[0])))
     assert set(got["kind"]) == {"patch"}
+
+
+def _ddp_worker(rank: int, port: int, store: str, out: str, results: str) -> None:
+    import os
+
+    from brainnet.model import ModelConfig
+    from brainnet.train import TrainConfig, train
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    config = TrainConfig(
+        epochs=1, batch_size=2, lr=1e-3, device="cpu", workers=0, val_split=None,
+        volume_sampling=WindowSamplingParams(draws_per_epoch=6),
+    )  # fmt: skip
+    result = train(store, out, config, ModelConfig(depth=2, base_filters=2))
+    torch.save(
+        {"slots": torch.from_numpy(result.slots_seen), "weights": result.model.state_dict()},
+        Path(results) / f"rank{rank}.pt",
+    )
+
+
+@pytest.mark.slow
+def test_ddp_ranks_read_disjoint_draws_and_agree(store_path: Path, tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(store_path), str(tmp_path / "run"), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert [r["slots"].tolist() for r in ranks] == [[0, 2, 4], [1, 3, 5]]
+    for name, tensor in ranks[0]["weights"].items():
+        assert torch.equal(tensor, ranks[1]["weights"][name]), name
