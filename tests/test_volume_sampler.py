@@ -178,9 +178,14 @@ def _ddp_worker(rank: int, port: int, store: str, out: str, results: str) -> Non
     )
     torch.set_num_threads(1)
     config = TrainConfig(
-        epochs=1, batch_size=2, lr=1e-3, device="cpu", workers=0, val_split=None,
+        epochs=1,
+        batch_size=2,
+        lr=1e-3,
+        device="cpu",
+        workers=0,
+        val_split=None,
         volume_sampling=WindowSamplingParams(draws_per_epoch=6),
-    )  # fmt: skip
+    )
     result = train(store, out, config, ModelConfig(depth=2, base_filters=2))
     torch.save(
         {"slots": torch.from_numpy(result.slots_seen), "weights": result.model.state_dict()},
