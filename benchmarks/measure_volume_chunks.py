@@ -27,7 +27,7 @@ from brainprep.store.zarr_store import store_bytes
 from brainprep.synth import SynthParams, write_synthetic_dataset
 
 #: (name, CHUNK_XY, CHUNK_Z); an edge of 256 is a whole plane of any crop
-CANDIDATES = (("64x64x16", 64, 16), ("32x32x16", 32, 16), ("plane x 8", 256, 8), ("plane x 16", 256, 16))
+CANDIDATES = (("64x64x16", 64, 16), ("plane x 4", 256, 4), ("plane x 8", 256, 8), ("plane x 16", 256, 16))
 PATCH = (160, 160, 16)
 
 
@@ -55,13 +55,25 @@ def windows(store_path: Path, n: int, seed: int) -> list[tuple[int, np.ndarray]]
     return out
 
 
-def read_time(store_path: Path, draws: list[tuple[int, np.ndarray]]) -> float:
+def read_time(store_path: Path, draws: list[tuple[int, np.ndarray]], standardize: str | None = None) -> float:
     with open_store(store_path) as store:
-        store.read_window(draws[0][0], draws[0][1])  # open the arrays once
+        for case in {case for case, _ in draws}:
+            store.read_window(case, draws[0][1] * 0)  # open each case's arrays once
         started = time.perf_counter()
         for case, corner in draws:
-            store.read_window(case, corner)
+            store.read_window(case, corner, standardize=standardize)
         return (time.perf_counter() - started) / len(draws)
+
+
+def patch_time(store_path: Path, n: int, seed: int) -> float:
+    """Seconds per random stored patch (image + label) of the patch store, read one at a time."""
+    with open_store(store_path) as store:
+        slots = np.random.default_rng(seed).choice(store.patch_indices(), size=n)
+        store.read_patches(slots[:1])
+        started = time.perf_counter()
+        for slot in slots:
+            store.read_patches([slot])
+        return (time.perf_counter() - started) / n
 
 
 def main() -> None:
@@ -85,10 +97,13 @@ def main() -> None:
         seconds = build(data, store, xy, z)
         rows[name] = {"store": store, "build": seconds / args.cases, "bytes": store_bytes(store) / args.cases}
     draws = windows(rows[CANDIDATES[0][0]]["store"], args.windows, seed=0)
-    times: dict[str, list[float]] = {name: [] for name in rows}
+    times: dict[str, list[float]] = {name: [] for name in (*rows, "standardized", "patches")}
+    best = CANDIDATES[-1][0]
     for _ in range(args.rounds):
         for name, row in rows.items():
             times[name].append(read_time(row["store"], draws))
+        times["standardized"].append(read_time(rows[best]["store"], draws, "patch-slice"))
+        times["patches"].append(patch_time(patches, args.windows, seed=0))
     print(
         f"{args.cases} synthetic 240x240x155 cases, {args.windows} random {PATCH} windows, "
         f"{args.rounds} rounds"
@@ -99,6 +114,9 @@ def main() -> None:
         ms = 1e3 * statistics.median(times[name])
         ratio = row["bytes"] / patch_bytes
         print(f"{name:<12} {row['bytes'] / 1e6:>8.2f} {ratio:>12.3f} {row['build']:>13.2f} {ms:>10.1f}")
+    standardized, patch = (1e3 * statistics.median(times[k]) for k in ("standardized", "patches"))
+    print(f"{best}, standardized (patch-slice) at read time: {standardized:.1f} ms/window")
+    print(f"20-patch store, one stored patch (image + label): {patch:.1f} ms/patch")
 
 
 if __name__ == "__main__":

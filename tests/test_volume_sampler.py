@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch.utils.data
+import torch
 
 from brainnet.data.volume_sampler import (
     VolumeDraws,
@@ -87,13 +87,16 @@ def test_loader_batches_are_the_same_for_any_worker_count(store_path: Path) -> N
         )
     np.testing.assert_array_equal(first["image"].numpy(), window.astype(np.float16))
     np.testing.assert_array_equal(first["label"].numpy(), label)
+    from brainnet.data.loader import make_loader
+
     batches = {}
-    for workers in (0, 2):
+    for workers, backend in ((0, "processes"), (2, "processes"), (2, "threads")):
         sampler = WindowStreamSampler(8)
         sampler.set_epoch(1)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=4, sampler=sampler, num_workers=workers)
-        batches[workers] = [(b["image"].numpy().tobytes(), b["corner"].numpy().tobytes()) for b in loader]
-    assert batches[0] == batches[2] and len(batches[0]) == 2
+        loader = make_loader(dataset, sampler, batch_size=4, workers=workers, backend=backend)
+        batches[workers, backend] = [(b["image"].numpy().tobytes(), b["slot"].tolist()) for b in loader]
+    assert batches[0, "processes"] == batches[2, "processes"] == batches[2, "threads"]
+    assert [slots for _, slots in batches[0, "processes"]] == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
 def test_training_on_a_volume_store_resumes_the_stream_bit_for_bit(store_path: Path, tmp_path: Path) -> None:
@@ -162,3 +165,45 @@ def test_brainnet_sample_writes_what_training_reads_from_both_kinds(store_path: 
             slots = np.flatnonzero((store.table.case == case) & (store.table.corner == corner).all(axis=1))
             np.testing.assert_array_equal(image, store.read_image(int(slots[0])))
     assert set(got["kind"]) == {"patch"}
+
+
+def _ddp_worker(rank: int, port: int, store: str, out: str, results: str) -> None:
+    import os
+
+    from brainnet.model import ModelConfig
+    from brainnet.train import TrainConfig, train
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    config = TrainConfig(
+        epochs=1,
+        batch_size=2,
+        lr=1e-3,
+        device="cpu",
+        workers=0,
+        val_split=None,
+        volume_sampling=WindowSamplingParams(draws_per_epoch=6),
+    )
+    result = train(store, out, config, ModelConfig(depth=2, base_filters=2))
+    torch.save(
+        {"slots": torch.from_numpy(result.slots_seen), "weights": result.model.state_dict()},
+        Path(results) / f"rank{rank}.pt",
+    )
+
+
+@pytest.mark.slow
+def test_ddp_ranks_read_disjoint_draws_and_agree(store_path: Path, tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(store_path), str(tmp_path / "run"), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert [r["slots"].tolist() for r in ranks] == [[0, 2, 4], [1, 3, 5]]
+    for name, tensor in ranks[0]["weights"].items():
+        assert torch.equal(tensor, ranks[1]["weights"][name]), name

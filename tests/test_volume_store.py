@@ -125,6 +125,30 @@ def test_a_window_standardized_at_read_time_equals_the_patch_store(
             np.testing.assert_allclose(rounded, stored.astype(np.float32), atol=0.02, rtol=0.01)
 
 
+def test_direct_chunk_reads_equal_zarrs(reference: Path) -> None:
+    import zarr
+
+    group = zarr.open_group(str(reference), mode="r")
+    rng = np.random.default_rng(0)
+    with open_store(reference) as store:
+        for index in store.case_indices():
+            shape = np.array(store.crop(int(index)).shape)
+            for _ in range(5):  # windows across chunk borders, at the crop's edges and beyond
+                corner = rng.integers(-8, shape - 4)
+                size = tuple(int(s) for s in rng.integers(9, 40, size=3))  # meets the crop
+                image, label = store.read_window(int(index), corner, size)
+                lo = np.maximum(corner, 0)
+                hi = np.minimum(corner + size, shape)
+                want = np.zeros((4, *size), np.float16)
+                inside = tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, corner, strict=True))
+                block = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+                want[(slice(None), *inside)] = group[vs.case_key(vs.IMAGES, int(index))][
+                    (slice(None), *block)
+                ]
+                np.testing.assert_array_equal(image, want)
+                assert (label[inside] == group[vs.case_key(vs.LABELS, int(index))][block]).all()
+
+
 def test_hdf5_and_zarr_hold_the_same_arrays_and_workers_do_not_change_a_byte(
     data: Path, reference: Path, tmp_path: Path
 ) -> None:
@@ -140,6 +164,21 @@ def test_hdf5_and_zarr_hold_the_same_arrays_and_workers_do_not_change_a_byte(
                 np.testing.assert_array_equal(table, h.sampling_tables(index)[name])
         for name in vs.CASE_TABLE_ARRAYS:
             np.testing.assert_array_equal(z.read_table_array(name), h.read_table_array(name))
+
+
+def test_threads_and_a_dask_cluster_build_the_same_bytes(data: Path, reference: Path, tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    build_patches(data, tmp_path / "threads.zarr", VOLUMES, workers=2, scheduler="threads")
+    assert store_files(tmp_path / "threads.zarr") == store_files(reference)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        summary = build_patches(data, tmp_path / "cluster.zarr", VOLUMES, scheduler=client)
+    assert summary.workers == 2
+    assert store_files(tmp_path / "cluster.zarr") == store_files(reference)
 
 
 def test_kill_and_resume_ends_with_the_uninterrupted_store(tmp_path: Path) -> None:
@@ -168,7 +207,7 @@ def test_kill_and_resume_ends_with_the_uninterrupted_store(tmp_path: Path) -> No
         cli, ["build-patches", str(data), str(store), *CLI_OPTIONS[:-1], "--workers", "1"]
     )
     assert resumed.exit_code == 0, resumed.output
-    assert f"({n_done} done before resuming)" in resumed.output
+    assert f"({n_done} done before resuming), 6 volumes, 0 skipped" in resumed.output
     build_patches(data, tmp_path / "whole.zarr", VOLUMES, workers=1)
     assert store_files(tmp_path / "whole.zarr") == store_files(store)
     assert open_store(store).content_id == open_store(tmp_path / "whole.zarr").content_id
@@ -184,7 +223,9 @@ def test_damage_is_named_never_read(data: Path, reference: Path, tmp_path: Path)
     raw[40] ^= 0xFF  # inside the first chunk
     shard.write_bytes(bytes(raw))
     with open_store(copy) as store:
-        with pytest.raises(StoreCorruptError, match="images of case BRATS_002: a chunk fails its checksum"):
+        with pytest.raises(
+            StoreCorruptError, match=r"images of case BRATS_002: chunk \d+ fails its checksum \(crc32c\)"
+        ):
             store.read_volume(1)
         store.read_volume(0)  # the other cases read
         with pytest.raises(StoreError, match="is a volumes store, not a patch store"):
@@ -254,6 +295,19 @@ def test_bad_cases_stop_the_build_before_writing(data: Path, tmp_path: Path) -> 
     with open_store(tmp_path / "v.zarr") as store:
         assert store.cases[1]["skip_reason"].startswith("bad case: label values")
         np.testing.assert_array_equal(store.case_indices(), [0, 2, 3])
+
+
+def test_a_recipe_builds_either_kind(data: Path, reference: Path, tmp_path: Path) -> None:
+    from brainprep.recipe import write_recipe
+
+    recipe = write_recipe(tmp_path / "r.json", PATCHES, {f"BRATS_00{i}": "train" for i in range(1, 5)})
+    command = ["build-patches", str(data), str(tmp_path / "v.zarr"), "--recipe", str(recipe), "--no-progress"]
+    built = CliRunner().invoke(cli, [*command, "--kind", "volumes", "--workers", "1"])
+    assert built.exit_code == 0 and "4 volumes" in built.output, built.output
+    with open_store(tmp_path / "v.zarr") as store:
+        assert store.params == VOLUMES.replace(split=store.params.split)
+        assert [c["split"] for c in store.cases] == ["train"] * 4
+        np.testing.assert_array_equal(store.read_volume(1)[0], open_store(reference).read_volume(1)[0])
 
 
 def test_patch_store_parameters_are_unchanged() -> None:
@@ -353,6 +407,6 @@ def test_verify_pack_and_the_patch_commands_on_a_volume_store(reference: Path, t
     bad = runner.invoke(cli, ["verify", str(copy), "--no-progress"])
     assert bad.exit_code == 1
     lines = bad.output.splitlines()
-    assert any(line.startswith("labels labels/000002: a chunk fails its checksum") for line in lines)
+    assert any(line.startswith("labels labels/000002: chunk 0 fails its checksum") for line in lines)
     assert any(line.startswith("tumour_voxels tumour_voxels/000000: table") for line in lines)
     assert "2 difference(s)" in bad.output

@@ -253,6 +253,11 @@ def _volume_stream(store: Any, config: TrainConfig, context: DistributedContext,
     """
     from brainnet.data.volume_sampler import VolumeDraws, VolumeWindowDataset, WindowStreamSampler
 
+    if train and (config.weighting != "uniform" or config.min_tumour_fraction > 0):
+        logger.warning(
+            "weighting and min_tumour_fraction select stored patches; a volume store draws fresh windows "
+            "by volume_sampling (--tumour-share, --foreground-share) instead, so they are ignored"
+        )
     params = config.volume_sampling
     if not train:
         params = params.replace(tumour_share=1.0, foreground_share=0.0)

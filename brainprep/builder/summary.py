@@ -39,9 +39,15 @@ class BuildSummary:
         data["patches_per_second"] = self.patches_per_second
         return data
 
-    def line(self) -> str:
-        """``STORE: 20 cases, 380 patches, 1 skipped, 61.2 MB, 45.6 s, 8.3 patches/s``."""
+    def line(self, kind: str = "patches") -> str:
+        """``STORE: 20 cases, 380 patches, 1 skipped, 61.2 MB, 45.6 s, 8.3 patches/s`` (``kind="volumes"``:
+        ``STORE: 20 cases, 19 volumes, 1 skipped, 150.3 MB, 30.1 s``)."""
         resumed = f" ({self.resumed_cases} done before resuming)" if self.resumed_cases else ""
+        if kind == "volumes":
+            return (
+                f"{self.store}: {self.cases} cases{resumed}, {self.cases - self.skipped} volumes, "
+                f"{self.skipped} skipped, {self.bytes / 1e6:.1f} MB, {self.seconds:.1f} s"
+            )
         return (
             f"{self.store}: {self.cases} cases{resumed}, {self.patches} patches, {self.skipped} skipped, "
             f"{self.bytes / 1e6:.1f} MB, {self.seconds:.1f} s, {self.patches_per_second:.1f} patches/s"

@@ -23,7 +23,6 @@ CONTENT_OPTIONS = (
     "standardize",
     "dtype",
     "compression_level",
-    "kind",
     "val_fraction",
     "split_file",
     "seed",
@@ -202,6 +201,8 @@ def build_patches(
         from brainprep.recipe import load_recipe
 
         params, splits = load_recipe(recipe)
+        if options["kind"] is not None:  # the store's kind is a layout, like its format: not the recipe's
+            params = params.replace(store=params.store.replace(kind=options["kind"]))
     else:
         params, splits = _params_from_options(options), None
     if threads and scheduler:
@@ -224,4 +225,4 @@ def build_patches(
         raise click.ClickException(f"{err.summary}; fix them or pass --skip-bad") from err
     except BrainprepError as err:
         raise click.ClickException(one_line(err)) from err
-    click.echo(summary.line())
+    click.echo(summary.line(params.store.kind))

@@ -48,7 +48,8 @@ class VolumeStore(PatchStore):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._case_table: VolumeCaseTable | None = None
-        self._checked: set[str] = set()  # case arrays whose every chunk is known to be stored
+        self._checked: set[str] = set()  # HDF5 case arrays whose every chunk is known to be stored
+        self._readers: dict[str, Any] = {}  # case array -> its direct chunk reader (None: read by zarr)
 
     # -- tables ---------------------------------------------------------------------------------
     @property
@@ -130,8 +131,8 @@ class VolumeStore(PatchStore):
                 f"{name} of case {entry['case_id']}: array {key} missing in {self.location}; "
                 f"run `brainprep verify {self.location}`"
             ) from error
-        if key not in self._checked:
-            problem = self._hdf5_problem(array) if self.format == "hdf5" else self._shard_problem(key, array)
+        if key not in self._checked and self.format == "hdf5":
+            problem = self._hdf5_problem(array)
             if problem is not None:
                 raise StoreCorruptError(
                     f"{name} of case {entry['case_id']}: {problem} in {self.location}/{key}; "
@@ -146,20 +147,6 @@ class VolumeStore(PatchStore):
         stored = dataset.id.get_num_chunks()
         return None if stored == expected else f"{expected - stored} of {expected} chunks missing"
 
-    def _shard_problem(self, key: str, array: Any) -> str | None:
-        from brainprep.store.shards import CRC_BYTES, INDEX_ENTRY_BYTES, MISSING, parse_shard_index
-        from brainprep.store.volume_zarr import chunks_per_shard, shard_key
-
-        per_shard = chunks_per_shard(array)
-        raw = self.source(key).read_suffix(shard_key(array), INDEX_ENTRY_BYTES * per_shard + CRC_BYTES)
-        if raw is None:
-            return "shard file missing"
-        index = parse_shard_index(raw, per_shard)
-        if index is None:
-            return "shard index checksum mismatch (a damaged or cut shard)"
-        missing = int(np.count_nonzero(index[:, 0] == MISSING))
-        return f"{missing} of {per_shard} chunks missing" if missing else None
-
     def source(self, key: str) -> Any:
         """Ranged reads of the files of array ``key`` (a :class:`~brainprep.store.shards.LocalFiles` or
         :class:`~brainprep.store.shards.StoreBytes`), for a Zarr store."""
@@ -169,7 +156,28 @@ class VolumeStore(PatchStore):
             return LocalFiles(Path(self.location, key))
         return StoreBytes(self._handle.store, key, self.location)
 
+    def _direct(self, name: str, index: int) -> Any:
+        """The :class:`~brainprep.store.volume_chunks.VolumeArrayReader` of a Zarr case array (``None`` for
+        HDF5, or a Zarr array laid out otherwise, which zarr reads)."""
+        from brainprep.store.volume_chunks import VolumeArrayReader, is_direct_layout
+
+        key = vs.case_key(name, index)
+        if key not in self._readers:
+            array = self._array(name, index)
+            reader = None
+            if self.format == "zarr" and is_direct_layout(array):
+                what = f"{name} of case {self._case(index)['case_id']}"
+                reader = VolumeArrayReader(array, self.source(key), what)
+            self._readers[key] = reader
+        return self._readers[key]
+
     def _read(self, name: str, index: int, selection: tuple[slice, ...]) -> np.ndarray:
+        """A block of case ``index``'s array ``name``: every chunk it meets checked (crc32c or fletcher32);
+        a Zarr store's chunks read directly (:mod:`brainprep.store.volume_chunks`), HDF5 through h5py."""
+        reader = self._direct(name, index)
+        if reader is not None:
+            bounds = [part.indices(n)[:2] for part, n in zip(selection, reader.shape, strict=True)]
+            return reader.read(tuple(a for a, _ in bounds), tuple(b for _, b in bounds))
         array = self._array(name, index)
         try:
             return np.asarray(array[selection])
@@ -224,6 +232,10 @@ class VolumeStore(PatchStore):
         if standardize is None:
             return image, label
         return standardize_window(image, standardize, self._case(index)), label
+
+    def close(self) -> None:
+        self._readers, self._checked = {}, set()  # they read through the handle closed here
+        super().close()
 
     def __len__(self) -> int:
         return len(self.metadata["cases"])

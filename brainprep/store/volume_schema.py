@@ -56,25 +56,27 @@ nonzero intensity below 2**-24 (it would become 0 and leave the brain mask); suc
 ``--dtype float32``.
 
 Chunks and codecs. Images are chunked ``(4, cx, cy, cz)`` (all channels in one chunk: a window needs all
-four), labels ``(cx, cy, cz)``: whole planes of the crop (up to 256 x 256) by 16 slices
+four), labels ``(cx, cy, cz)``: whole planes of the crop (up to 256 x 256) by 8 slices
 (:func:`volume_chunk_shape`). Measured with ``python benchmarks/measure_volume_chunks.py --cases 2
---windows 40 --rounds 3`` (two synthetic 240x240x155 cases, float16, zstd 1, the same 40 random
-160x160x16 windows read raw through :meth:`VolumeStore.read_window`, median of 3 alternating rounds, one
-core of the 2-core development machine):
+--windows 60 --rounds 5`` (two synthetic 240x240x155 cases, float16, zstd 1, the same 60 random
+160x160x16 windows read raw through :meth:`VolumeStore.read_window`, median of 5 alternating rounds, one
+thread, on the shared 2-core development machine under a load of ~5, so only the ratios count):
 
-==============  ========  ===================  ===========
-chunks          MB/case   / 20-patch store     ms/window
-==============  ========  ===================  ===========
-64 x 64 x 16    7.48      0.250                81.3
-32 x 32 x 16    7.90      0.265                142.6
-plane x 8       7.21      0.241                44.0
-plane x 16      7.28      0.244                32.2
-==============  ========  ===================  ===========
+==============  ========  ===================  =============  ==============================
+chunks          MB/case   / 20-patch store     ms/window      ms/window through zarr-python
+==============  ========  ===================  =============  ==============================
+64 x 64 x 16    7.48      0.250                22.6           81.3
+plane x 4       7.24      0.242                17.0
+plane x 8       7.21      0.241                18.4           44.0
+plane x 16      7.28      0.244                22.3           32.2
+==============  ========  ===================  =============  ==============================
 
-A brain crop is barely wider than the course's 160 x 160 patch, so a window covers most of each plane
-anyway: whole planes cost little extra decoding and the fewest chunks per window, and zarr's cost per
-chunk, not the decoding, decides (plane x 16 reads ~2 chunks a window, 32 x 32 x 16 about 70). Sizes
-barely differ.
+(last column: an earlier run, before :mod:`brainprep.store.volume_chunks` read the chunks directly; one
+stored patch of the 20-patch store took 7.2 ms in the same run as the direct column.) A brain crop is
+barely wider than the course's 160 x 160 patch, so a window covers most of each plane anyway: whole planes
+cost little extra decoding and few chunks per window; along z, a window of 16 slices decodes 1.5 times
+its depth with chunks of 8 (2 with chunks of 16), and chunks of 4 read barely faster but build slower.
+Sizes barely differ.
 
 Zarr: each case array is one shard (``sharding_indexed``, index at the end with its crc32c) of chunks
 ``bytes -> blosc(zstd, level, shuffle) -> crc32c``, every chunk written (a missing one is damage, not
@@ -82,6 +84,12 @@ zeros); the small per-case tables are ``bytes -> zstd -> crc32c``. HDF5: shuffle
 every dataset. ``cases[i].data_digest`` holds the :func:`~brainprep.store.shards.checksum_digest` of the
 case's image and label chunks and the :func:`~brainprep.store.integrity.array_digest` of its three
 sampling tables, so the content id covers them and a reader checks each table when it loads it.
+
+Parameters. ``params`` is the whole ``BuildParams`` as given; of ``sampling`` only ``patch_size`` (the
+crop's minimum and the corner table's window) and ``background_threshold`` (the table's test) shape a
+volume store, and ``standardize.method`` is the default of read-time standardization. ``patches_per_case``,
+``sampler`` and ``max_tries`` change nothing in its arrays, but as recorded parameters they do change its
+content id, as every parameter does.
 
 Metadata (the ``brainprep`` attribute): as a patch store's (``schema_version``, ``tool_version``,
 ``params``, ``source``, names, ``complete``, ``summary``, ``integrity``), with ``cases[i]`` holding
@@ -142,7 +150,7 @@ CASE_KEYS: tuple[str, ...] = (
 FLOAT16_MAX = 65504.0
 #: largest chunk edge along x and y (a whole plane of a brain crop) and along z (see the measurement above)
 CHUNK_XY = 256
-CHUNK_Z = 16
+CHUNK_Z = 8
 
 
 def case_key(name: str, index: int) -> str:
