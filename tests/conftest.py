@@ -24,6 +24,7 @@ each, in ``tmp_path``) and ``shared_data`` (the real data folder, or a skip).
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -285,3 +286,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+def copy_store(source: Path, folder: Path) -> Path:
+    """A copy of the store ``source`` (a folder or a file) in ``folder``, to damage in a test."""
+    target = folder / source.name
+    if source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        shutil.copy2(source, target)
+    return target
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    """Invert the byte at ``offset`` of ``path`` (a damaged disk or download)."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))

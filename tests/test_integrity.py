@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import copy_store, flip_byte
 
 from brainprep.builder import build_patches
 from brainprep.cli import main as brainprep_main
@@ -56,21 +57,6 @@ def stores(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
         built[fmt] = root / f"s.{fmt}"
         build_patches(data, built[fmt], PARAMS, workers=1)
     return built
-
-
-def copy_of(source: Path, folder: Path, name: str | None = None) -> Path:
-    target = folder / (name or source.name)
-    if source.is_dir():
-        shutil.copytree(source, target)
-    else:
-        shutil.copy2(source, target)
-    return target
-
-
-def flip_byte(path: Path, offset: int) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 def first_valid_slot(store: Path) -> tuple[int, str]:
@@ -123,7 +109,7 @@ def test_every_zarr_chunk_ends_with_the_crc32c_of_its_frame(stores: dict[str, Pa
 def test_flipped_byte_in_a_zarr_chunk_is_refused_by_reads_and_named_by_verify(
     stores: dict[str, Path], tmp_path: Path, array: str
 ) -> None:
-    store = copy_of(stores["zarr"], tmp_path)
+    store = copy_store(stores["zarr"], tmp_path)
     slot, case_id = first_valid_slot(store)
     shard = flip_in_zarr_chunk(store, array, slot)
     with open_store(store) as opened, pytest.raises(StoreCorruptError) as refused:
@@ -140,7 +126,7 @@ def test_flipped_byte_in_a_zarr_chunk_is_refused_by_reads_and_named_by_verify(
 
 
 def test_flipped_byte_in_an_hdf5_chunk_is_refused_and_named(stores: dict[str, Path], tmp_path: Path) -> None:
-    store = copy_of(stores["h5"], tmp_path)
+    store = copy_store(stores["h5"], tmp_path)
     slot, case_id = first_valid_slot(store)
     with h5py.File(store, "r") as handle:
         info = handle[schema.IMAGES].id.get_chunk_info_by_coord((slot, 0, 0, 0, 0))
@@ -153,7 +139,7 @@ def test_flipped_byte_in_an_hdf5_chunk_is_refused_and_named(stores: dict[str, Pa
 
 
 def test_deleted_shard_is_an_error_never_zeros(stores: dict[str, Path], tmp_path: Path) -> None:
-    store = copy_of(stores["zarr"], tmp_path)
+    store = copy_store(stores["zarr"], tmp_path)
     slot, case_id = first_valid_slot(store)
     shard = store / "images" / "c" / str(slot // K) / "0" / "0" / "0" / "0"
     shard.unlink()
@@ -174,7 +160,7 @@ def test_a_chunk_swapped_for_another_valid_one_changes_the_case_digest(
     stores: dict[str, Path], tmp_path: Path
 ) -> None:
     """Every chunk passes its own crc32c, but the case's data digest no longer matches."""
-    store = copy_of(stores["zarr"], tmp_path)
+    store = copy_store(stores["zarr"], tmp_path)
     first = store / "labels" / "c" / "0" / "0" / "0"
     second = store / "labels" / "c" / "1" / "0" / "0" / "0"
     with open_store(store) as opened:
@@ -192,7 +178,7 @@ def test_a_chunk_swapped_for_another_valid_one_changes_the_case_digest(
 def test_hand_edited_parameter_is_refused_on_open_and_named_by_verify(
     stores: dict[str, Path], tmp_path: Path
 ) -> None:
-    store = copy_of(stores["zarr"], tmp_path)
+    store = copy_store(stores["zarr"], tmp_path)
     document = store / "zarr.json"
     meta = json.loads(document.read_text())
     meta["attributes"]["brainprep"]["params"]["standardize"]["method"] = "volume-nonzero"
@@ -213,7 +199,7 @@ def test_edited_split_table_is_refused_by_training_and_named_by_verify(
     from brainnet.model import ModelConfig
     from brainnet.train import TrainConfig, train
 
-    store = copy_of(stores["zarr"], tmp_path)
+    store = copy_store(stores["zarr"], tmp_path)
     split = zarr.open_array(store / schema.PATCH_SPLIT, mode="r+")
     values = split[:]
     values[values == 1] = 0  # every validation patch moved into training
@@ -233,7 +219,7 @@ def test_corrupted_label_chunk_met_in_training_is_one_line(stores: dict[str, Pat
     """Worker processes re-raise with their traceback in the message; the command prints one line."""
     from brainnet.cli import main as brainnet_main
 
-    store = copy_of(stores["zarr"], tmp_path)
+    store = copy_store(stores["zarr"], tmp_path)
     with open_store(store) as opened:
         train_slots = opened.patch_indices("train")
     for slot in train_slots:

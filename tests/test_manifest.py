@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import copy_store, flip_byte
 
 from brainprep.cli import main
 from brainprep.errors import ConfigError
@@ -80,21 +80,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         stores[suffix] = root / f"store.{suffix}"
         build_patches(data, stores[suffix], params, workers=1)
     return stores
-
-
-def copy_store(source: Path, folder: Path) -> Path:
-    target = folder / source.name
-    if source.is_dir():
-        shutil.copytree(source, target)
-    else:
-        shutil.copy2(source, target)
-    return target
-
-
-def flip_byte(path: Path, offset: int) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 def test_zarr_manifest_content(built: dict[str, Path]) -> None:
