@@ -106,8 +106,8 @@ def _split_uniform(coin: torch.Tensor, u: torch.Tensor, bounds: tuple[float, flo
     """batchgeneratorsv2's ``BGContrast``: half the time uniform in (low, 1), else in (max(low, 1), high)."""
     low, high = bounds
     below = (coin < 0.5) & (low < 1)
-    lower = torch.where(below, torch.full_like(u, low), torch.full_like(u, max(low, 1.0)))
-    upper = torch.where(below, torch.ones_like(u), torch.full_like(u, high))
+    lower = torch.where(below, low, max(low, 1.0)).to(u.dtype)
+    upper = torch.where(below, 1.0, high).to(u.dtype)
     return lower + u * (upper - lower)
 
 
