@@ -266,7 +266,7 @@ def _apply_spatial(
         # a sample at a time: views in and one copy back; the short axis of a slice stack leads the plane
         volumes = image[sample : sample + 1]
         if short is None:
-            # channels last: the 3D kernel reads a corner's C values from one cache line (~20% faster)
+            # channels last: the CPU 3D kernel then reads a corner's C values from one cache line
             source = volumes.contiguous(memory_format=torch.channels_last_3d)
         else:
             volumes = source = volumes.movedim(2 + short, 2)
@@ -304,7 +304,7 @@ def apply_parameters(
         pool: threads to augment the samples on, one sample per task, each on one torch thread (the
             samples are independent: the same values as one pass over the batch). On the CPU this beats
             sharing each small tensor operation between threads, whose barriers stall whenever one
-            thread loses its core (a loaded machine: many times slower).
+            thread loses its core (on a loaded machine, at every operation).
 
     Returns:
         The image and label: new tensors unless ``inplace`` (the inputs are then not modified).

@@ -148,7 +148,7 @@ def reflect_grid(grid: torch.Tensor, in_shape: Sequence[int]) -> torch.Tensor:
     ``grid_sample`` reflects about the outer edges of the border voxels (a triangle wave of period 4 in
     normalized units), then clamps to the first and last voxel centres (``GridSampler.h``:
     ``reflect_coordinates``, ``clip_coordinates``). The CPU kernels do that for every coordinate in
-    each call (half of a 4-channel trilinear call, most of a nearest one) and ``zeros`` skips even the
+    each call (a large part of a trilinear call, most of a nearest one) and ``zeros`` skips even the
     clamp: reflected once here, the image and the labels share it.
 
     Args:
