@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from brainnet.augment import (
     AugmentConfig,
     BatchAugment,
-    apply_parameters,
     augment_preset,
     draw_parameters,
     generator_for,
@@ -331,23 +330,6 @@ def test_in_place_equals_the_copy_and_the_copy_leaves_its_inputs():
         assert torch.equal(image, kept[0]) and torch.equal(label, kept[1])
         owned = augment(image.clone(), label.clone(), key=(0, 0, 2), inplace=True)
         assert torch.equal(owned[0], copied[0]) and torch.equal(owned[1], copied[1])
-
-
-def test_a_sample_per_thread_equals_one_pass_over_the_batch():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        augment = BatchAugment(augment_preset("nnunet", EVERYTHING))
-        image, label = torch.randn(3, 4, 16, 16, 4), torch.randint(0, 4, (3, 16, 16, 4), dtype=torch.uint8)
-        assert augment.pool(image) is not None and augment.pool(image[:1]) is None
-        params = augment.parameters(image, key=(0, 0, 4))
-        threaded = apply_parameters(augment.config, params, image, label, pool=augment.pool(image))
-        whole = apply_parameters(augment.config, params, image, label)
-        torch.testing.assert_close(threaded[0], whole[0], atol=1e-6, rtol=1e-6)
-        assert torch.equal(threaded[1], whole[1])
-        assert torch.get_num_threads() == 2  # the workers' single thread does not leak to the caller
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_to_training_batch_never_hands_the_batch_itself_to_an_in_place_augmentation():

@@ -11,9 +11,8 @@ within float rounding: parameters are drawn on the CPU, noise voxels come from a
 Each transform runs only on the samples (or (sample, channel) pairs) it fires on, selected on the host
 (no device sync), in place on the working batch: runs of consecutive pairs as views (no gather, no
 scatter back), the resampled samples one at a time (written back with one copy). The training loop hands
-its freshly converted batch over (``inplace=True``), so nothing copies the batch first. On the CPU, a batch
-of small patches is augmented a sample per thread (:meth:`BatchAugment.pool`). Order, probabilities and
-ranges: :class:`~brainnet.augment.config.AugmentConfig`.
+its freshly converted batch over (``inplace=True``), so nothing copies the batch first. Order,
+probabilities and ranges: :class:`~brainnet.augment.config.AugmentConfig`.
 
 Border rule. Rotation and scaling read positions outside the patch (a 160x160 patch rotated by 45 degrees
 reaches 41% beyond its faces; a scale of 1.4 reaches 20%). nnU-Net reads a larger window around each patch
@@ -27,10 +26,8 @@ image with background labels that exists in no scan. ``zeros`` (image 0, labels 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,9 +35,6 @@ import torch
 
 from brainnet.augment import functional as AF
 from brainnet.augment.config import AugmentConfig, GammaParams, SpatialParams
-
-#: Patches of up to this many voxels are augmented a sample per CPU thread (:meth:`BatchAugment.pool`).
-PER_SAMPLE_VOXELS = 2**20
 
 #: Intensity transforms in nnU-Net's order (``trainer.py:772-829``), by AugmentConfig field.
 _INTENSITY_ORDER = ("noise", "blur", "brightness", "contrast", "low_resolution", "gamma_inverted", "gamma")
@@ -289,7 +283,6 @@ def apply_parameters(
     label: torch.Tensor | None = None,
     *,
     inplace: bool = False,
-    pool: Executor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Apply one batch's draws.
 
@@ -301,10 +294,6 @@ def apply_parameters(
             mirroring touch it.
         inplace: the caller hands ``image`` and ``label`` over (e.g. a batch just converted on its
             device): they are changed in place (when contiguous) instead of copied first.
-        pool: threads to augment the samples on, one sample per task, each on one torch thread (the
-            samples are independent: the same values as one pass over the batch). On the CPU this beats
-            sharing each small tensor operation between threads, whose barriers stall whenever one
-            thread loses its core (on a loaded machine, at every operation).
 
     Returns:
         The image and label: new tensors unless ``inplace`` (the inputs are then not modified).
@@ -313,27 +302,8 @@ def apply_parameters(
     image = image.contiguous() if inplace else image.clone(memory_format=torch.contiguous_format)
     if label is not None and (bool(params.spatial.any()) or bool(params.flips.any())):
         label = label.contiguous() if inplace else label.clone(memory_format=torch.contiguous_format)
-    if pool is None or image.shape[0] == 1:
-        _apply(config, params, image, label)
-        return image, label
-    threads = torch.get_num_threads()
-
-    def one(sample: int) -> None:
-        torch.set_num_threads(1)  # this worker thread's ops; the caller's count is restored below
-        part = None if label is None else label[sample : sample + 1]
-        _apply(config, _sample(params, sample), image[sample : sample + 1], part)
-
-    try:
-        list(pool.map(one, range(image.shape[0])))
-    finally:
-        torch.set_num_threads(threads)
+    _apply(config, params, image, label)
     return image, label
-
-
-def _sample(params: BatchParams, sample: int) -> BatchParams:
-    """The draws of one sample, as a batch of one."""
-    fields = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
-    return BatchParams(**{k: None if v is None else v[sample : sample + 1] for k, v in fields.items()})
 
 
 def _apply(
@@ -391,24 +361,6 @@ class BatchAugment:
 
     def __init__(self, config: AugmentConfig) -> None:
         self.config = config
-        self._pool: ThreadPoolExecutor | None = None
-        self._threads = 0
-
-    def __getstate__(self) -> dict:
-        return {"config": self.config, "_pool": None, "_threads": 0}  # threads do not pickle
-
-    def pool(self, image: torch.Tensor) -> ThreadPoolExecutor | None:
-        """Threads for the samples of a CPU batch of small patches with a sample per torch thread, else
-        ``None``: a GPU, fewer samples than threads, or patches above :data:`PER_SAMPLE_VOXELS`, whose
-        operations are long enough to share well and would leave a thread idle whenever one sample is
-        resampled and the other not (rotation and scaling fire on a third of the samples)."""
-        threads = torch.get_num_threads()
-        small = math.prod(image.shape[2:]) <= PER_SAMPLE_VOXELS
-        if image.device.type != "cpu" or threads == 1 or image.shape[0] < threads or not small:
-            return None
-        if self._pool is None or self._threads != threads:
-            self._pool, self._threads = ThreadPoolExecutor(threads, thread_name_prefix="augment"), threads
-        return self._pool
 
     def parameters(self, image: torch.Tensor, key: Sequence[int]) -> BatchParams:
         batch, channels, *shape = image.shape
@@ -419,5 +371,4 @@ class BatchAugment:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self.config.active:
             return image, label
-        params = self.parameters(image, key)
-        return apply_parameters(self.config, params, image, label, inplace=inplace, pool=self.pool(image))
+        return apply_parameters(self.config, self.parameters(image, key), image, label, inplace=inplace)
