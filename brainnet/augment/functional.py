@@ -70,13 +70,13 @@ def rotation_scaling_matrices(angles: torch.Tensor, scales: torch.Tensor) -> tor
     """
     angles, scales = angles.double(), scales.double()
     cos, sin = torch.cos(angles), torch.sin(angles)
-    one = torch.ones_like(cos[:, 0])
+    one, zero = torch.ones_like(cos[:, 0]), torch.zeros_like(cos[:, 0])
 
     def rotation(k: int, a: int, b: int) -> torch.Tensor:
         """Rotation about axis k acting on axes (a, b)."""
-        m = torch.diag_embed(torch.stack([one, one, one], dim=1))
-        m[:, a, a], m[:, a, b], m[:, b, a], m[:, b, b] = cos[:, k], -sin[:, k], sin[:, k], cos[:, k]
-        return m
+        entries = {(a, a): cos[:, k], (a, b): -sin[:, k], (b, a): sin[:, k], (b, b): cos[:, k]}
+        rows = [entries.get((i, j), one if i == j else zero) for i in range(3) for j in range(3)]
+        return torch.stack(rows, dim=1).view(-1, 3, 3)
 
     # Ry of batchgeneratorsv2 is [[c, 0, s], [0, 1, 0], [-s, 0, c]]: axes (2, 0) in this notation.
     r0, r1, r2 = rotation(0, 1, 2), rotation(1, 2, 0), rotation(2, 0, 1)
@@ -148,7 +148,7 @@ def reflect_grid(grid: torch.Tensor, in_shape: Sequence[int]) -> torch.Tensor:
     ``grid_sample`` reflects about the outer edges of the border voxels (a triangle wave of period 4 in
     normalized units), then clamps to the first and last voxel centres (``GridSampler.h``:
     ``reflect_coordinates``, ``clip_coordinates``). The CPU kernels do that for every coordinate in
-    each call (half of a 4-channel trilinear call, most of a nearest one) and ``zeros`` skips even the
+    each call (a large part of a trilinear call, most of a nearest one) and ``zeros`` skips even the
     clamp: reflected once here, the image and the labels share it.
 
     Args:
