@@ -197,7 +197,7 @@ def _case_chunks(
     elif store.format == "hdf5":
         dataset = (store.images, store.labels)[which]
         found = _CaseChunks(f"slots {slots.start}-{slots.stop - 1}")
-        read = lambda slot: _hdf5_chunk(store, dataset, slot)  # noqa: E731
+        read = lambda slot: _hdf5_chunk(dataset, slot)  # noqa: E731
         wanted = [s for s in slots if valid[s]]
     else:
         return _CaseChunks("(not checked: not a brainprep layout)")
@@ -210,9 +210,11 @@ def _case_chunks(
     return found
 
 
-def _hdf5_chunk(store: Any, dataset: Any, slot: int) -> bytes:
-    offset = (slot,) + (0,) * (dataset.ndim - 1)
-    if dataset.id.get_chunk_info_by_coord(offset).byte_offset is None:
+def _hdf5_chunk(dataset: Any, slot: int) -> bytes:
+    from brainprep.store.hdf5_store import stored_slot_chunk
+
+    offset = stored_slot_chunk(dataset, slot)
+    if offset is None:
         raise StoreCorruptError(f"chunk of slot {slot} missing")
     return bytes(dataset.id.read_direct_chunk(offset)[1])
 

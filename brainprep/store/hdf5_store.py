@@ -69,6 +69,13 @@ def encode_case_chunks(
     return image_chunks, label_chunks
 
 
+def stored_slot_chunk(dataset: Any, slot: int) -> tuple[int, ...] | None:
+    """The chunk offset of ``slot`` in a one-patch-per-chunk dataset, ``None`` when that chunk was never
+    written (h5py would read it as the fill value: zeros)."""
+    offset = (int(slot),) + (0,) * (dataset.ndim - 1)
+    return offset if dataset.id.get_chunk_info_by_coord(offset).byte_offset is not None else None
+
+
 def _pack(chunks: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(c) for c in chunks])

@@ -453,9 +453,10 @@ class PatchStore:
     def _read_hdf5_slot(self, slot: int, images: np.ndarray, labels: np.ndarray, i: int) -> None:
         """One valid slot of an HDF5 store into ``images[i]`` / ``labels[i]``: its chunks must be stored
         (an unallocated chunk would read as zeros) and pass their fletcher32."""
+        from brainprep.store.hdf5_store import stored_slot_chunk
+
         for dataset, out in ((self.images, images), (self.labels, labels)):
-            offset = (slot,) + (0,) * (dataset.ndim - 1)
-            if dataset.id.get_chunk_info_by_coord(offset).byte_offset is None:
+            if stored_slot_chunk(dataset, slot) is None:
                 raise StoreCorruptError(
                     f"{dataset.name.lstrip('/')} of {self.describe_slot(slot)}: chunk missing in "
                     f"{self.location}; run `brainprep verify {self.location}`"
