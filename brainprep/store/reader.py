@@ -147,7 +147,8 @@ class PatchStore:
         metadata = group.attrs.get(schema.ATTRS_KEY)
         self._handle = group
         self._check_metadata(metadata)
-        if (self.require_complete or metadata.get("complete")) and store_kind(metadata) == PATCHES:
+        # an incomplete store is refused above unless opened to inspect it; then zarr reads what is there
+        if metadata.get("complete") and store_kind(metadata) == PATCHES:
             self._shards = self._shard_readers(group)
 
     def _shard_readers(self, group: Any) -> tuple[Any, Any] | None:
