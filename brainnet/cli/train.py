@@ -105,10 +105,11 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
 )
 @click.option(
     "--loader",
-    type=click.Choice(["processes", "threads"]),
-    default="processes",
+    type=click.Choice(["auto", "processes", "threads"]),
+    default="auto",
     show_default=True,
-    help="Loader workers: processes (any store) or threads (faster for Zarr on CPU).",
+    help="Loader workers: auto (threads for Zarr, processes for HDF5: the faster for each), processes or "
+    "threads.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)

@@ -58,8 +58,13 @@ def to_training_batch(
     Returns:
         image float32 (B, 4, X, Y, Z) and target float32 (B, 3, X, Y, Z), the one-hot of MSD labels 1, 2, 3.
     """
-    image = batch["image"].to(device, non_blocking=True).float()
-    label = batch["label"].to(device, non_blocking=True)
+    image = batch["image"].to(device, non_blocking=True)
+    if "standardize" in batch:  # raw windows of a volume store: standardized here, on the device
+        image = standardize_batch(image, batch)
+    # contiguous here: a volume store's windows are slice-major views (z-slices contiguous, the layout
+    # they are standardized in); a patch store's float16 batch is converted contiguous anyway
+    image = image.to(torch.float32).contiguous()
+    label = batch["label"].to(device, non_blocking=True).contiguous()
     if augment is not None:
         # .to/.float return the batch's own tensors when nothing changes: copy those (the label is small)
         image = image.clone() if image.data_ptr() == batch["image"].data_ptr() else image
@@ -69,6 +74,27 @@ def to_training_batch(
     # stored labels were validated when the store was built.
     target = torch.stack([label == value for value in TUMOUR_LABELS], dim=1).float()
     return image, target
+
+
+def standardize_batch(image: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """Standardize a batch of raw volume-store windows (``image`` (B, 4, X, Y, Z) on its device) by the
+    method its ``standardize`` codes name (:data:`brainnet.data.volume_sampler.STANDARDIZE_CODES`):
+    ``patch-slice`` by :func:`brainprep.standardize.standardize_slices_torch`, ``volume-nonzero`` by the
+    batch's per-case ``mean`` / ``std`` (:func:`brainprep.standardize.standardize_with_statistics_torch`).
+
+    Returns:
+        float32 (B, 4, X, Y, Z), a new tensor.
+    """
+    from brainnet.data.volume_sampler import STANDARDIZE_CODES
+    from brainprep.standardize import standardize_slices_torch, standardize_with_statistics_torch
+
+    codes = {int(c) for c in batch["standardize"].tolist()}
+    methods = [name for name, code in STANDARDIZE_CODES.items() if code in codes]
+    if len(methods) != 1 or len(codes) != 1:
+        raise ConfigError(f"a batch must hold raw windows of one standardization method, found codes {codes}")
+    if methods[0] == "patch-slice":
+        return standardize_slices_torch(image)
+    return standardize_with_statistics_torch(image, batch["mean"], batch["std"])
 
 
 def split_slots(store: PatchStore, split: str | None) -> np.ndarray:

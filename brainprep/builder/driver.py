@@ -583,7 +583,7 @@ def build_patches(
     store = Path(store).resolve()
     params = params if params is not None else BuildParams()
     fmt = format_for_new_store(store)
-    params = params.replace(store=params.store.replace(format=fmt))
+    params = params.replace(store=params.store.with_layout(fmt=fmt))
     if params.split.split_file is not None:
         # recorded resolved, so a resume from another working directory names the same file
         params = params.replace(

@@ -128,7 +128,7 @@ def _params_from_options(options: dict[str, Any]) -> Any:
     "--compression-level",
     type=click.IntRange(min=1, max=9),
     default=None,
-    help=f"zstd level (Zarr) or gzip level (HDF5) [{_STORE.compression_level}].",
+    help="Compressor level: zstd (Zarr patch store) [1], lz4hc (Zarr volume store) [3] or gzip (HDF5) [1].",
 )
 @click.option(
     "--val-fraction",
@@ -202,7 +202,7 @@ def build_patches(
 
         params, splits = load_recipe(recipe)
         if options["kind"] is not None:  # the store's kind is a layout, like its format: not the recipe's
-            params = params.replace(store=params.store.replace(kind=options["kind"]))
+            params = params.replace(store=params.store.with_layout(kind=options["kind"]))
     else:
         params, splits = _params_from_options(options), None
     if threads and scheduler:

@@ -241,7 +241,12 @@ class PatchStore:
 
     @property
     def params(self) -> BuildParams:
-        return BuildParams.from_dict(self.metadata["params"])
+        """The build parameters (parsed once per opened metadata: readers ask for them per window)."""
+        metadata = self.metadata
+        cached = getattr(self, "_params_of", None)
+        if cached is None or cached[0] is not metadata:
+            self._params_of = (metadata, BuildParams.from_dict(metadata["params"]))
+        return self._params_of[1]
 
     @property
     def content_id(self) -> str | None:
