@@ -19,6 +19,7 @@ import numpy as np
 
 from brainprep.errors import StoreCorruptError, StoreError, StoreIncompleteError
 from brainprep.params import BuildParams
+from brainprep.spec import DatasetSpec, spec_from_metadata
 from brainprep.store import integrity, locations, schema
 
 if TYPE_CHECKING:
@@ -242,6 +243,11 @@ class PatchStore:
     @property
     def params(self) -> BuildParams:
         return BuildParams.from_dict(self.metadata["params"])
+
+    @property
+    def spec(self) -> DatasetSpec:
+        """The dataset spec the store was built with (a store from before the spec: MSD glioma)."""
+        return spec_from_metadata(self.metadata)
 
     @property
     def content_id(self) -> str | None:
