@@ -72,7 +72,7 @@ class CaseReport:
         orientation: axis codes of the source affine, e.g. ``"LPS"``; ``None`` likewise.
         dtype: on-disk dtype of the source image(s), e.g. ``"int16"``; channels of different dtypes are
             listed in MSD channel order joined by ``/`` (``"float64/float64/float32/float64"``).
-        has_label: the case has a label map (by design; a missing label file is a problem instead).
+        has_label: the case has a label file (a case without one is reported unlabelled, not a problem).
         voxel_counts: voxels of each canonical class of the dataset spec (background first) on the label
             map, ``None`` without a readable label.
         valid_corner_share: share of patch corners whose background share is below the threshold,

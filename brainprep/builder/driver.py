@@ -515,9 +515,12 @@ def _select_cases(
 ) -> tuple[Any, list[CaseFiles], dict[str, str]]:
     dataset = discover_cases(data_dir, labels)
     labelled = [c for c in dataset.cases if c.label_path is not None]
-    unlabelled = len(dataset.cases) - len(labelled)
+    unlabelled = [c.case_id for c in dataset.cases if c.label_path is None]
     if unlabelled:
-        logger.info("ignoring %d case(s) without a label (a patch store needs labels)", unlabelled)
+        shown = ", ".join(unlabelled[:5]) + (", ..." if len(unlabelled) > 5 else "")
+        logger.warning(
+            "leaving out %d case(s) without a label (%s): a patch store needs labels", len(unlabelled), shown
+        )
     if splits is not None:
         known = {c.case_id for c in labelled}
         unknown = sorted(set(splits) - known)

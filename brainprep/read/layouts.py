@@ -150,9 +150,9 @@ def _folder_layout(files: list[Path]) -> str | None:
     return best if scores[best] > 0 else None
 
 
-def _case_from_folder(
-    folder: Path, layout: str, case_id: str, labelled: bool, spec: DatasetSpec
-) -> CaseFiles:
+def _case_from_folder(folder: Path, layout: str, case_id: str, spec: DatasetSpec) -> CaseFiles:
+    """The case of one folder; a folder without a label file is an unlabelled case (``label_path``
+    ``None``), even next to labelled ones: ``check`` reports it as such and a build leaves it out."""
     files = sorted(p for p in folder.iterdir() if _is_visible_nifti(p))
     wanted = {*CHANNEL_KEYS[layout], *LABEL_KEYS}
     by_key = _unique(
@@ -163,8 +163,6 @@ def _case_from_folder(
         by_key.get(key, folder / f"{case_id}{separator}{key}.nii.gz") for key in CHANNEL_KEYS[layout]
     )
     label = next((by_key[k] for k in LABEL_KEYS if k in by_key), None)
-    if label is None and labelled:
-        label = folder / f"{case_id}{separator}seg.nii.gz"
     return CaseFiles(case_id, layout, images, label, spec)
 
 
@@ -234,7 +232,8 @@ def _discover_imagestr(root: Path, labels: str | None) -> Dataset:
     _unique(((i, p[0]) for folder in images.values() for i, p in folder.items()), "case id {name}")
     label_files = _nifti_by_name(root / "labelsTr")
     cases = [
-        CaseFiles(i, layout, paths, label_files.get(i, root / "labelsTr" / f"{i}{ending}"), spec, index)
+        # an image without its label file is an unlabelled case (check reports it, a build leaves it out)
+        CaseFiles(i, layout, paths, label_files.get(i), spec, index)
         for i, paths in images["imagesTr"].items()
     ]
     cases += [CaseFiles(i, layout, paths, None, spec, index) for i, paths in images["imagesTs"].items()]
@@ -300,11 +299,8 @@ def discover_cases(data_dir: Path | str, labels: str | None = None) -> Dataset:
     own_files = [p for p in root.iterdir() if p.is_file() and _is_visible_nifti(p)]
     own_layout = _folder_layout(own_files)
     if own_layout is not None:
-        labelled = any(_file_key(p) in LABEL_KEYS for p in own_files)
         spec = spec_for_ids([root.name], own_layout, labels)
-        return Dataset(
-            root, own_layout, (_case_from_folder(root, own_layout, root.name, labelled, spec),), spec
-        )
+        return Dataset(root, own_layout, (_case_from_folder(root, own_layout, root.name, spec),), spec)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     layouts: dict[Path, str] = {}
     for folder in folders:
@@ -322,14 +318,6 @@ def discover_cases(data_dir: Path | str, labels: str | None = None) -> Dataset:
     if len(kinds) > 1:
         raise LayoutError(f"{root} mixes case folders of several layouts: {', '.join(kinds)}")
     layout = kinds[0]
-    # Validation releases have no segmentation at all; then a missing seg is by design, not an error.
-    # (Visible NIfTI files only: a macOS ``._<id>_seg.nii.gz`` fork does not make a dataset labelled.)
-    labelled = any(
-        _file_key(p) in LABEL_KEYS
-        for folder in layouts
-        for p in folder.iterdir()
-        if p.is_file() and _is_visible_nifti(p)
-    )
     spec = spec_for_ids([f.name for f in layouts], layout, labels)
-    cases = tuple(_case_from_folder(f, layout, f.name, labelled, spec) for f in layouts)
+    cases = tuple(_case_from_folder(f, layout, f.name, spec) for f in layouts)
     return Dataset(root, layout, cases, spec)
