@@ -232,8 +232,8 @@ def _discover_imagestr(root: Path, labels: str | None) -> Dataset:
     _unique(((i, p[0]) for folder in images.values() for i, p in folder.items()), "case id {name}")
     label_files = _nifti_by_name(root / "labelsTr")
     cases = [
-        # an image without its label file is an unlabelled case (check reports it, a build leaves it out)
-        CaseFiles(i, layout, paths, label_files.get(i), spec, index)
+        # imagesTr holds labelled cases (unlabelled ones go in imagesTs): a missing label is a missing file
+        CaseFiles(i, layout, paths, label_files.get(i, root / "labelsTr" / f"{i}{ending}"), spec, index)
         for i, paths in images["imagesTr"].items()
     ]
     cases += [CaseFiles(i, layout, paths, None, spec, index) for i, paths in images["imagesTs"].items()]
