@@ -29,7 +29,7 @@ import torch
 from brainnet.infer.sliding_window import sliding_window
 from brainnet.metrics import probabilities_to_labels, segmentation_metrics
 from brainnet.train.checkpoint import LoadedModel
-from brainprep import Case, CaseFiles, LabelConvention, write_label_in_source_space
+from brainprep import Case, CaseFiles, write_label_in_source_space
 from brainprep.errors import CaseError, one_line
 from brainprep.params import BuildParams
 from brainprep.standardize import (
@@ -185,7 +185,7 @@ def read_truth(case: Case) -> tuple[np.ndarray | None, str | None]:
         case: read without its label (``read_case(files, with_label=False)``).
 
     Returns:
-        (uint8 (X, Y, Z) MSD labels on the case's RAS grid or ``None``, the warning when a label file is
+        (uint8 (X, Y, Z) canonical labels on the case's RAS grid or ``None``, the warning when a label file is
         missing, unreadable (truncated...), of another grid, or holds values outside its convention).
         A case without a label by design (an image alone, a validation release) gives ``(None, None)``.
     """
@@ -224,7 +224,9 @@ def segment_case(
         loaded: the network and its store parameters (:func:`brainnet.train.load_model`).
         files: the case, from :func:`brainprep.discover_cases`.
         out_path: the ``.nii.gz`` to write.
-        source_labels: write the source's label convention (e.g. BraTS 2023) instead of MSD's.
+        source_labels: write the source's label values (e.g. BraTS 2023's) instead of the canonical
+            classes (for gliomas MSD's values). The classes are the checkpoint's spec's; a case read
+            with a spec of other classes gets no metrics (and its values are the checkpoint's).
         png: also draw the axial slice with the most predicted tumour.
     """
     from brainprep import read_case
@@ -244,9 +246,18 @@ def segment_case(
         amp=amp,
         progress=progress,
     )
-    convention = files.label_convention if source_labels else LabelConvention.MSD
-    output = write_label_in_source_space(labels, case, Path(out_path), convention)
-    metrics = segmentation_metrics(labels, truth) if truth is not None else None
+    spec = loaded.spec
+    same_classes = files.spec.classes == spec.classes
+    if truth is not None and not same_classes:
+        warning = (
+            f"the case's labels ({files.spec.describe()}) are not the model's classes "
+            f"({', '.join(spec.foreground)}): no metrics"
+        )
+        logger.warning("%s", warning)
+        truth = None
+    written = (files.spec if same_classes else spec) if source_labels else None
+    output = write_label_in_source_space(labels, case, Path(out_path), written)
+    metrics = segmentation_metrics(labels, truth, spec) if truth is not None else None
     picture = None
     if png is not None:
         from brainnet.evaluate import OverlayRow, draw_overlays
@@ -260,5 +271,5 @@ def segment_case(
             truth=truth[:, :, z] if truth is not None else None,
             prediction=labels[:, :, z],
         )
-        picture = draw_overlays([row], Path(png))
+        picture = draw_overlays([row], Path(png), spec)
     return CasePrediction(case.case_id, labels, output, metrics, picture, warning)

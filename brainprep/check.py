@@ -25,13 +25,12 @@ from brainprep.config import Params
 from brainprep.errors import CaseError, ConfigError, ShapeMismatchError
 from brainprep.params import SamplingParams
 from brainprep.read import CaseFiles, discover_cases, read_case
-from brainprep.read.labels import MSD_CLASS_NAMES
 from brainprep.read.nifti import read_nifti_header
 from brainprep.sample import patch_misfit, valid_corner_share
+from brainprep.spec import MSD_SPEC, DatasetSpec
 
 logger = logging.getLogger(__name__)
 
-N_CLASSES = len(MSD_CLASS_NAMES)
 _DEFAULT_SAMPLING = SamplingParams()
 
 
@@ -73,8 +72,8 @@ class CaseReport:
         orientation: axis codes of the source affine, e.g. ``"LPS"``; ``None`` likewise.
         dtype: on-disk dtype of the source image(s), e.g. ``"int16"``; channels of different dtypes are
             listed in MSD channel order joined by ``/`` (``"float64/float64/float32/float64"``).
-        has_label: the case has a label map (by design; a missing label file is a problem instead).
-        voxel_counts: voxels of each MSD class (background, edema, non-enhancing, enhancing) on the label
+        has_label: the case has a label file (a case without one is reported unlabelled, not a problem).
+        voxel_counts: voxels of each canonical class of the dataset spec (background first) on the label
             map, ``None`` without a readable label.
         valid_corner_share: share of patch corners whose background share is below the threshold,
             ``None`` without a readable label.
@@ -91,7 +90,7 @@ class CaseReport:
     orientation: str | None
     dtype: str | None
     has_label: bool
-    voxel_counts: tuple[int, int, int, int] | None
+    voxel_counts: tuple[int, ...] | None
     valid_corner_share: float | None
     problem: str | None
     status: str
@@ -102,8 +101,8 @@ class CaseReport:
         return self.problem is None
 
     @property
-    def tumour_voxels(self) -> tuple[int, int, int] | None:
-        """Voxels of edema, non-enhancing and enhancing tumour (MSD classes 1, 2, 3)."""
+    def tumour_voxels(self) -> tuple[int, ...] | None:
+        """Voxels of each foreground class (canonical classes 1..n)."""
         return None if self.voxel_counts is None else self.voxel_counts[1:]  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,6 +122,7 @@ class DatasetReport:
         cases: one report per case, sorted as :func:`brainprep.discover_cases` lists them.
         seconds: wall time of the whole check.
         workers: threads that read cases.
+        spec: the dataset's spec (its classes are the table's count columns).
     """
 
     root: str
@@ -131,6 +131,7 @@ class DatasetReport:
     cases: tuple[CaseReport, ...]
     seconds: float
     workers: int = 1
+    spec: DatasetSpec = MSD_SPEC
 
     @property
     def problems(self) -> tuple[CaseReport, ...]:
@@ -154,23 +155,25 @@ class DatasetReport:
         return {
             "root": self.root,
             "layout": self.layout,
+            "spec": self.spec.to_dict(),
             "params": self.params.to_dict(),
             "summary": self.summary,
             "cases": [case.to_dict() for case in self.cases],
         }
 
 
-def class_voxel_counts(label: np.ndarray) -> tuple[int, int, int, int]:
-    """Voxels of each MSD class.
+def class_voxel_counts(label: np.ndarray, n_classes: int) -> tuple[int, ...]:
+    """Voxels of each canonical class.
 
     Args:
-        label: uint8 (X, Y, Z) in the MSD convention (values 0..3).
+        label: uint8 (X, Y, Z) canonical classes (values 0..n_classes).
+        n_classes: foreground classes of the dataset spec.
 
     Returns:
-        (background, edema, non-enhancing, enhancing) voxel counts.
+        n_classes + 1 voxel counts, background first.
     """
-    counts = np.bincount(label.ravel(), minlength=N_CLASSES)
-    return tuple(int(c) for c in counts[:N_CLASSES])  # type: ignore[return-value]
+    counts = np.bincount(label.ravel(), minlength=n_classes + 1)
+    return tuple(int(c) for c in counts[: n_classes + 1])
 
 
 def _header_info(
@@ -248,7 +251,7 @@ def check_case(
         if misfit is not None:
             raise ShapeMismatchError(misfit, case_id=files.case_id, path=files.image_paths[0])
         if case.label is not None:
-            voxel_counts = class_voxel_counts(case.label)
+            voxel_counts = class_voxel_counts(case.label, files.spec.n_classes)
             share = valid_corner_share(case.label, patch_size, background_threshold)
         del case  # free the arrays before the next case of this worker
     except CaseError as err:
@@ -301,6 +304,7 @@ def check_dataset(
     *,
     workers: int = 1,
     progress: bool = False,
+    labels: str | None = None,
 ) -> DatasetReport:
     """Check every case of ``data_dir``.
 
@@ -309,6 +313,7 @@ def check_dataset(
         params: what to check against (default :class:`CheckParams`).
         workers: threads reading cases at once; each holds one case in memory at a time.
         progress: show a tqdm bar over cases on stderr.
+        labels: the label convention (``--labels``); default: detected (:func:`brainprep.discover_cases`).
 
     Returns:
         The report of every case, in case order.
@@ -321,7 +326,7 @@ def check_dataset(
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     start = time.perf_counter()
-    dataset = discover_cases(data_dir)
+    dataset = discover_cases(data_dir, labels)
     logger.info("checking %d %s cases in %s", len(dataset.cases), dataset.layout, dataset.root)
     reports: list[CaseReport | None] = [None] * len(dataset.cases)
     bar = None
@@ -346,6 +351,7 @@ def check_dataset(
         cases=tuple(r for r in reports if r is not None),
         seconds=time.perf_counter() - start,
         workers=workers,
+        spec=dataset.spec,
     )
 
 
@@ -365,18 +371,24 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("spacing", "<"),
     ("orient", "<"),
     ("dtype", "<"),
-    ("edema", ">"),
-    ("non-enh", ">"),
-    ("enh", ">"),
+    ("{classes}", ">"),  # one column per foreground class of the spec
     ("valid corners", ">"),
     ("status", "<"),
 )
 
 
-def _table_row(case: CaseReport) -> tuple[str, ...]:
+def _columns(spec: DatasetSpec) -> tuple[tuple[str, str], ...]:
+    """:data:`TABLE_COLUMNS` with the spec's foreground classes for ``{classes}``."""
+    columns: list[tuple[str, str]] = []
+    for name, align in TABLE_COLUMNS:
+        columns.extend([(c, align) for c in spec.foreground] if name == "{classes}" else [(name, align)])
+    return tuple(columns)
+
+
+def _table_row(case: CaseReport, n_classes: int) -> tuple[str, ...]:
     missing = "-"
     tumour = case.tumour_voxels
-    counts = tuple(str(n) for n in tumour) if tumour is not None else (missing,) * 3
+    counts = tuple(str(n) for n in tumour) if tumour is not None else (missing,) * n_classes
     share = f"{100 * case.valid_corner_share:.1f}%" if case.valid_corner_share is not None else missing
     return (
         case.case_id,
@@ -405,12 +417,13 @@ def format_summary(report: DatasetReport) -> str:
 def format_table(report: DatasetReport) -> str:
     """The report as text: one row per case, then the summary line, then one line per problem."""
     p = report.params
-    header = tuple(name for name, _ in TABLE_COLUMNS)
-    rows = [header, *(_table_row(case) for case in report.cases)]
+    columns = _columns(report.spec)
+    header = tuple(name for name, _ in columns)
+    rows = [header, *(_table_row(case, report.spec.n_classes) for case in report.cases)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for row in rows:
-        aligned = zip(row, TABLE_COLUMNS, widths, strict=True)
+        aligned = zip(row, columns, widths, strict=True)
         cells = [f"{cell:{align}{width}}" for cell, (_, align), width in aligned]
         lines.append("  ".join(cells).rstrip())
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -419,6 +432,7 @@ def format_table(report: DatasetReport) -> str:
         f"valid corners: share of {_format_shape(p.patch_size)} patch corners with background share "
         f"< {p.background_threshold:g}"
     )
+    lines.append(f"labels: {report.spec.describe()}")
     lines.append(format_summary(report))
     problems = report.problems
     if problems:

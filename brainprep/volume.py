@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from brainprep.errors import ShapeMismatchError
-from brainprep.sample import TUMOUR_CLASSES, corner_tumour_counts, valid_from_counts
+from brainprep.sample import corner_tumour_counts, valid_from_counts
 from brainprep.standardize import brain_mask
 
 #: nnU-Net v2's foreground sampling budget (``DefaultPreprocessor._sample_foreground_locations``,
@@ -178,21 +178,22 @@ def tumour_corner_table(
     return corners, counts[valid].astype(np.int32)
 
 
-def class_locations(label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def class_locations(label: np.ndarray, rng: np.random.Generator, n_classes: int) -> np.ndarray:
     """A sample of each tumour class's voxels, for class-balanced foreground sampling (nnU-Net's rule).
 
     Per class, ``max(min(CLASS_SAMPLES, n), ceil(n * CLASS_MIN_COVERAGE))`` of its ``n`` voxels, drawn
     without replacement with ``rng`` (nnU-Net draws with its own fixed seed), kept in C order.
 
     Args:
-        label: uint8 (X, Y, Z), MSD labels.
+        label: uint8 (X, Y, Z), canonical classes.
         rng: the case's generator.
+        n_classes: foreground classes of the dataset spec (each gets its rows).
 
     Returns:
         int32 (L, 4) rows ``(class, x, y, z)``, by class then position.
     """
     rows = []
-    for value in TUMOUR_CLASSES:
+    for value in range(1, n_classes + 1):
         flat = np.flatnonzero(label == value)
         target = max(min(CLASS_SAMPLES, len(flat)), int(np.ceil(len(flat) * CLASS_MIN_COVERAGE)))
         if target < len(flat):

@@ -215,7 +215,13 @@ def train(
                 draws_per_epoch=options["draws_per_epoch"],
             ),
         )
+        patch_store = open_store(
+            store_location(store),
+            storage_options=storage_options,
+            cache=chunk_cache(cache_dir, cache_size),
+        )
         model_config = ModelConfig(
+            out_channels=patch_store.spec.n_classes,  # one sigmoid per class of the store's spec
             depth=options["depth"],
             base_filters=options["base_filters"],
             normalization=options["normalization"],
@@ -236,11 +242,6 @@ def train(
             model_config = ModelConfig.from_dict(saved["model_config"])
             given = {name: getattr(config, name) for name in _RESUME_OVERRIDES if name in explicit}
             config = TrainConfig.from_dict(saved["train_config"]).replace(**given)
-        patch_store = open_store(
-            store_location(store),
-            storage_options=storage_options,
-            cache=chunk_cache(cache_dir, cache_size),
-        )
         result = run_training(
             patch_store,
             out_dir,

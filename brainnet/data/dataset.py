@@ -7,9 +7,10 @@ pickled copy and the :class:`~brainprep.store.reader.PatchStore` reopens its han
 A sample is compact, as stored: ``{"image": float16 (4, X, Y, Z) (the store's dtype), "label": uint8
 (X, Y, Z), "slot": int64}``. Worker processes hand batches to the training process through shared memory,
 so shipping 2 + 1 bytes per voxel instead of 4 * (4 + 3) is what keeps the loader near the store's decode
-speed; :func:`to_training_batch` then makes the float32 image and the float32 one-hot target of edema,
-non-enhancing and enhancing tumour (MSD labels 1, 2, 3; background dropped, as the course's generator does
-with ``y[1:]``) on the training device, where the conversion is nearly free.
+speed; :func:`to_training_batch` then makes the float32 image and the float32 one-hot target of the
+store spec's foreground classes (gliomas: edema, non-enhancing and enhancing tumour, labels 1, 2, 3;
+background dropped, as the course's generator does with ``y[1:]``) on the training device, where the
+conversion is nearly free.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 import torch.utils.data
 
 from brainprep.errors import ConfigError
+from brainprep.spec import MSD_SPEC, DatasetSpec
 from brainprep.store.schema import SPLIT_CODES
 
 if TYPE_CHECKING:
@@ -39,13 +41,11 @@ def flip_pair(image: np.ndarray, label: np.ndarray, axes: Sequence[int]) -> tupl
     )
 
 
-TUMOUR_LABELS: tuple[int, ...] = (1, 2, 3)
-
-
 def to_training_batch(
     batch: dict[str, Any],
     device: torch.device | str = "cpu",
     augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    spec: DatasetSpec = MSD_SPEC,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Move a compact batch to ``device`` and expand it for the network and the loss.
 
@@ -54,9 +54,10 @@ def to_training_batch(
         augment: ``(image float32, label uint8) -> (image, label)`` applied on ``device`` before the
             one-hot (e.g. a bound :class:`brainnet.augment.BatchAugment`); it gets tensors of its own, so
             it may overwrite them (``inplace=True``): never the batch's.
+        spec: the store's dataset spec (K = ``spec.n_classes`` foreground classes).
 
     Returns:
-        image float32 (B, 4, X, Y, Z) and target float32 (B, 3, X, Y, Z), the one-hot of MSD labels 1, 2, 3.
+        image float32 (B, 4, X, Y, Z) and target float32 (B, K, X, Y, Z), the one-hot of labels 1..K.
     """
     image = batch["image"].to(device, non_blocking=True)
     if "standardize" in batch:  # raw windows of a volume store: standardized here, on the device
@@ -72,7 +73,7 @@ def to_training_batch(
         image, label = augment(image, label)
     # Not metrics.labels_to_onehot: its value check reads min/max back, a device sync on every step;
     # stored labels were validated when the store was built.
-    target = torch.stack([label == value for value in TUMOUR_LABELS], dim=1).float()
+    target = torch.stack([label == value for value in range(1, spec.n_classes + 1)], dim=1).float()
     return image, target
 
 

@@ -62,7 +62,7 @@ class CasePlan:
             alone for a readable case (the write stage adds the images'), every file's for a bad case.
         corners: int32 (n, 3), n <= K, patch corners on the case's RAS grid.
         tumour_fraction: float32 (n,) share of label > 0 in each patch.
-        class_fractions: float32 (n, 3) shares of edema, non-enhancing, enhancing in each patch.
+        class_fractions: float32 (n, n_classes) shares of each foreground class in each patch.
         valid_corner_share: share of the fitting corners that are valid.
         best_tumour_fraction: best tumour fraction over all corners.
         skip_reason: why fewer than K patches (``None`` when K), or the problem of a bad case.
@@ -133,24 +133,25 @@ def read_plan_label(files: CaseFiles) -> LabelVoxels:
 
 
 def plan_corners(
-    label: np.ndarray, params: BuildParams, case_id: str
+    label: np.ndarray, params: BuildParams, case_id: str, n_classes: int
 ) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
     """Pure part of the plan: corners of one case, its label patches and the fractions of each patch.
 
     Args:
-        label: uint8 (X, Y, Z), MSD, RAS.
+        label: uint8 (X, Y, Z), canonical classes, RAS.
+        n_classes: foreground classes of the dataset spec.
 
     Returns:
-        (CaseSampling, uint8 (n, px, py, pz) label patches, float32 (n,) tumour fractions, float32 (n, 3)
-        class fractions).
+        (CaseSampling, uint8 (n, px, py, pz) label patches, float32 (n,) tumour fractions, float32
+        (n, n_classes) class fractions).
     """
     sampling = sample_corners(label, params.sampling, case_rng(params.seed, case_id))
     patches = cut_label_patches(label, sampling.corners, params.sampling.patch_size)
     n = len(patches)
     tumour = np.zeros(n, dtype=np.float32)
-    classes = np.zeros((n, 3), dtype=np.float32)
+    classes = np.zeros((n, n_classes), dtype=np.float32)
     for i, patch in enumerate(patches):
-        tumour[i], classes[i] = patch_fractions(patch)
+        tumour[i], classes[i] = patch_fractions(patch, n_classes)
     return sampling, patches, tumour, classes
 
 
@@ -191,7 +192,8 @@ def plan_case(files: CaseFiles, index: int, split: str, params: BuildParams, roo
         misfit = patch_misfit(labels.label.shape, params.sampling.patch_size)
         if misfit is not None:
             raise ShapeMismatchError(misfit, case_id=files.case_id, path=files.label_path)
-        sampling, patches, tumour, classes = plan_corners(labels.label, params, files.case_id)
+        n_classes = files.spec.n_classes
+        sampling, patches, tumour, classes = plan_corners(labels.label, params, files.case_id, n_classes)
     except CaseError as err:
         problem = " ".join(err.message.split())
         logger.info("bad case: %s", problem)

@@ -136,7 +136,12 @@ class VolumeCase:
 
 
 def volume_case(
-    cropped: np.ndarray, label_crop: np.ndarray, crop: Crop, params: BuildParams, rng: np.random.Generator
+    cropped: np.ndarray,
+    label_crop: np.ndarray,
+    crop: Crop,
+    params: BuildParams,
+    rng: np.random.Generator,
+    n_classes: int,
 ) -> VolumeCase:
     """What the store keeps of one case, from its crop (:func:`~brainprep.volume.brain_crop`).
 
@@ -145,6 +150,7 @@ def volume_case(
         crop: where the crop lies.
         params: patch size, threshold and store dtype.
         rng: the case's generator (for the class-location sample).
+        n_classes: foreground classes of the dataset spec (each gets class locations).
 
     Raises:
         InvalidValueError: a float16 store cannot hold the image (:func:`float16_problem`).
@@ -163,7 +169,7 @@ def volume_case(
     tables = {
         vs.TUMOUR_CORNERS: corners,
         vs.TUMOUR_VOXELS: voxels,
-        vs.CLASS_LOCATIONS: class_locations(label_crop, rng),
+        vs.CLASS_LOCATIONS: class_locations(label_crop, rng, n_classes),
     }
     stored = cropped.astype(params.store.dtype)
     return VolumeCase(crop, stored, label_crop, tables, mean, std, n_corners, best)
@@ -219,7 +225,8 @@ def write_volume_case(task: CaseTask) -> dict[str, Any]:
             case = None
             if crop is not None:
                 rng = case_rng(params.seed, plan.case_id)
-                case = volume_case(cut_case_crop(arrays, crop), cut_crop(label, crop), crop, params, rng)
+                image, label_crop = cut_case_crop(arrays, crop), cut_crop(label, crop)
+                case = volume_case(image, label_crop, crop, params, rng, task.files.spec.n_classes)
         except CaseError as err:
             if err.case_id is None:  # volume_case's float16 check does not know the case
                 err.case_id = plan.case_id

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from brainprep.cli.options import labels_option
 from brainprep.params import STORE_KINDS, BuildParams
 
 #: defaults shown in --help come from the parameter dataclasses, so they cannot drift from them.
@@ -171,9 +172,11 @@ def _params_from_options(options: dict[str, Any]) -> Any:
 @click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Progress bars (one tick per case)."
 )
+@labels_option
 def build_patches(
     data_dir: Path,
     store: Path,
+    labels: str | None,
     recipe: Path | None,
     workers: int | None,
     threads: bool,
@@ -218,6 +221,7 @@ def build_patches(
             progress=progress,
             overwrite=overwrite,
             splits=splits,
+            labels=labels,
         )
     except BadCasesError as err:
         for message in err.messages:
