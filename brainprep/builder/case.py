@@ -28,6 +28,7 @@ from brainprep.read.case import CaseArrays, read_case_arrays
 from brainprep.read.nifti import ReadBuffers
 from brainprep.sample import cut_label_patches, extract_patch
 from brainprep.standardize import (
+    background_values,
     brain_mask,
     nonzero_statistics,
     standardize_channel_slices,
@@ -80,14 +81,16 @@ def cut_image_patches(
     """
     size = params.sampling.patch_size
     images = np.zeros((n_slots, image.shape[0], *size), dtype=params.store.dtype)
-    mean = std = None
+    mean = std = background = None
     if params.standardize.method == "volume-nonzero" and len(corners):
-        mean, std = nonzero_statistics(image)
+        background = background_values(image)  # the volume's: a patch's border is not the volume's
+        mean, std = nonzero_statistics(image, background)
     for i, corner in enumerate(corners):
         patch = extract_patch(image, corner, size)
         if mean is not None and std is not None:
-            # brain_mask is voxelwise, so the patch's mask is the volume mask cut at the same corner.
-            images[i] = standardize_with_statistics(patch, mean, std, mask=brain_mask(patch))
+            # brain_mask is voxelwise given the background, so the patch's mask is the volume mask cut
+            # at the same corner.
+            images[i] = standardize_with_statistics(patch, mean, std, mask=brain_mask(patch, background))
         else:
             standardize_patch_slices(patch, images[i])
     return images, mean, std
