@@ -27,6 +27,7 @@ from brainprep.read import CaseFiles
 from brainprep.read.case import CaseArrays, read_case_arrays
 from brainprep.read.nifti import ReadBuffers
 from brainprep.sample import cut_label_patches, extract_patch
+from brainprep.spacing import geometry_entries, resample_case_arrays
 from brainprep.standardize import (
     background_values,
     brain_mask,
@@ -231,7 +232,16 @@ def case_record(
         "corners": plan.corners.tolist() if written else [],
         "tumour_fraction": [float(v) for v in plan.tumour_fraction] if written else [],
         "class_fractions": plan.class_fractions.tolist() if written else [],
+        **geometry_entries(plan.geometry),
     }
+
+
+def on_plan_grid(arrays: CaseArrays, plan: CasePlan) -> CaseArrays:
+    """``arrays`` on the grid the plan put the case's label on: resampled (trilinear) when its geometry
+    says so (``--resample`` and a case off the target spacing), else as read."""
+    if plan.geometry is not None and plan.geometry["resampled"]:
+        return resample_case_arrays(arrays, plan.geometry["spacing"])
+    return arrays
 
 
 def _source_records(task: CaseTask, arrays: CaseArrays) -> tuple[dict[str, Any], ...]:
@@ -265,7 +275,9 @@ def write_case(task: CaseTask) -> dict[str, Any]:
     else:
         with borrowed_buffers() as buffers:
             try:
-                arrays = read_case_arrays(task.files, with_label=False, buffers=buffers.files)
+                arrays = on_plan_grid(
+                    read_case_arrays(task.files, with_label=False, buffers=buffers.files), plan
+                )
             except CaseError as err:
                 if not task.skip_bad:
                     raise

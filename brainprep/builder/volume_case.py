@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from brainprep.builder.case import CaseTask, _source_records, borrowed_buffers
+from brainprep.builder.case import CaseTask, _source_records, borrowed_buffers, on_plan_grid
 from brainprep.builder.plan import CasePlan, file_entry, file_record, pack_label_patches, read_plan_label
 from brainprep.errors import CaseError, InvalidValueError
 from brainprep.params import BuildParams
@@ -24,6 +24,7 @@ from brainprep.read import CaseFiles
 from brainprep.read.case import CaseArrays, read_case_arrays
 from brainprep.read.nifti import scale_voxels
 from brainprep.sample import case_rng
+from brainprep.spacing import geometry_entries
 from brainprep.standardize import border_voxels, channel_background, nonzero_statistics
 from brainprep.store import schema
 from brainprep.store import volume_schema as vs
@@ -53,7 +54,7 @@ def plan_volume_case(files: CaseFiles, index: int, split: str, params: BuildPara
     """
     empty = (np.zeros((0, 3), dtype=np.int32), np.zeros(0, dtype=np.float32), np.zeros((0, 3), np.float32))
     try:
-        labels = read_plan_label(files)
+        labels, geometry = read_plan_label(files, params.spacing)
     except CaseError as err:
         problem = " ".join(err.message.split())
         logger.info("bad case: %s", problem)
@@ -64,7 +65,9 @@ def plan_volume_case(files: CaseFiles, index: int, split: str, params: BuildPara
     assert files.label_path is not None  # read_plan_label checked it; not an input check
     entry = file_entry(files.label_path, root, labels.size, labels.sha256)
     packed = pack_label_patches(np.ascontiguousarray(labels.label)[None])
-    return CasePlan(index, files.case_id, split, (entry,), *empty, 0.0, 0.0, None, packed_labels=packed)
+    return CasePlan(
+        index, files.case_id, split, (entry,), *empty, 0.0, 0.0, None, packed_labels=packed, geometry=geometry
+    )
 
 
 def float16_problem(image: np.ndarray) -> str | None:
@@ -227,6 +230,7 @@ def volume_case_record(
         "background": None if case is None else [float(v) for v in case.background],
         "skip_reason": skip_reason,
         "data_digest": data_digest,
+        **geometry_entries(plan.geometry),
     }
 
 
@@ -244,7 +248,7 @@ def write_volume_case(task: CaseTask) -> dict[str, Any]:
     plan, params = task.plan, task.params
     with borrowed_buffers() as buffers:
         try:
-            arrays = read_case_arrays(task.files, with_label=False, buffers=buffers.files)
+            arrays = on_plan_grid(read_case_arrays(task.files, with_label=False, buffers=buffers.files), plan)
             label = np.frombuffer(_unpacked(plan.packed_labels), dtype=np.uint8).reshape(arrays.shape)
             background = case_background(arrays)
             crop = case_crop(arrays, label, params.sampling.patch_size, background)

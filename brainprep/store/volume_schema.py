@@ -97,10 +97,14 @@ Metadata (the ``brainprep`` attribute): as a patch store's (``schema_version``, 
 ``params``, ``source``, names, ``complete``, ``summary``, ``integrity``), with ``cases[i]`` holding
 ``index, case_id, split, files, source_shape, crop_offset, crop_shape, padding, n_brain_corners,
 n_tumour_corners, best_tumour_fraction, mean, std`` (float64 volume-nonzero statistics, over the brain
-voxels of the whole volume), ``skip_reason`` and ``data_digest``.
+voxels of the whole volume, less the background), ``background`` (what was subtracted from each channel),
+``skip_reason``, ``data_digest`` and the grid (:data:`brainprep.store.schema.GEOMETRY_KEYS`; under
+``--resample`` ``source_shape`` and the crop are on the resampled grid).
 """
 
 from __future__ import annotations
+
+from brainprep.store import schema
 
 IMAGES = "images"
 LABELS = "labels"
@@ -147,6 +151,7 @@ CASE_KEYS: tuple[str, ...] = (
     "background",
     "skip_reason",
     "data_digest",
+    *schema.GEOMETRY_KEYS,
 )
 
 #: the float16 range: larger magnitudes become infinite
