@@ -238,8 +238,12 @@ def segment_case(
         png: also draw the axial slice with the most predicted tumour.
     """
     from brainprep import read_case
+    from brainprep.spacing import spacing_mismatch
 
     case = read_case(files, with_label=False)
+    mismatch = spacing_mismatch(case.spacing, loaded.build_params.spacing)
+    if mismatch is not None:
+        logger.warning("case %s: %s", case.case_id, mismatch)
     truth, warning = read_truth(case)
     if warning is not None:
         logger.warning("%s", warning)

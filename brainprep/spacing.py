@@ -96,7 +96,7 @@ def header_spacing(files: CaseFiles) -> Spacing | None:
 
     try:
         return ras_spacing(read_nifti_header(files.image_paths[0], files.case_id).affine)
-    except CaseError:
+    except (CaseError, ValueError):  # ValueError: a degenerate affine, which the plan reports
         return None
 
 
@@ -128,6 +128,17 @@ def resolve_spacing(cases: Sequence[CaseFiles], params: SpacingParams) -> Spacin
     if off:
         logger.warning("%d case(s) off the majority spacing %s, built as they are", len(off), majority)
     return params
+
+
+def spacing_mismatch(spacing: Sequence[float], params: SpacingParams) -> str | None:
+    """One line when a scan of ``spacing`` is not at the spacing a store was built at (known when the store
+    was resampled to ``params.target``), else ``None``: the network saw other voxel sizes in training."""
+    if params.target is None or same_spacing(spacing, params.target):
+        return None
+    return (
+        f"scan spacing {format_spacing(spacing)} differs from the {format_spacing(params.target)} the model "
+        "was trained on (its store was resampled to it); predicted as it is, without resampling"
+    )
 
 
 def needs_resampling(spacing: Sequence[float], params: SpacingParams) -> bool:
