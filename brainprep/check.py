@@ -24,10 +24,12 @@ import numpy as np
 from brainprep.config import Params
 from brainprep.errors import CaseError, ConfigError, ShapeMismatchError
 from brainprep.params import SamplingParams
-from brainprep.read import CaseFiles, discover_cases, read_case
-from brainprep.read.nifti import read_nifti_header
+from brainprep.read import CHANNEL_NAMES, CaseFiles, discover_cases, read_case
+from brainprep.read.nifti import ras_spacing, read_nifti_header
 from brainprep.sample import patch_misfit, valid_corner_share
+from brainprep.spacing import SPACING_RTOL, format_spacing, majority_spacing, off_majority
 from brainprep.spec import MSD_SPEC, DatasetSpec
+from brainprep.standardize import background_values
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +70,9 @@ class CaseReport:
         layout: ``msd``, ``brats2021`` or ``brats2023``.
         files: paths of the case's files (images in MSD channel order, then the label).
         shape: spatial (X, Y, Z) shape of the source image files, ``None`` when no header could be read.
-        spacing: voxel size in mm from the source header (``pixdim``), ``None`` likewise.
+        spacing: voxel size in mm along R, A, S from the source header's affine
+            (:func:`~brainprep.read.nifti.ras_spacing`; its ``pixdim`` when the affine is degenerate),
+            ``None`` likewise.
         orientation: axis codes of the source affine, e.g. ``"LPS"``; ``None`` likewise.
         dtype: on-disk dtype of the source image(s), e.g. ``"int16"``; channels of different dtypes are
             listed in MSD channel order joined by ``/`` (``"float64/float64/float32/float64"``).
@@ -77,6 +81,9 @@ class CaseReport:
             map, ``None`` without a readable label.
         valid_corner_share: share of patch corners whose background share is below the threshold,
             ``None`` without a readable label.
+        background: each channel's background intensity
+            (:func:`~brainprep.standardize.background_values`: 0 for skull-stripped BraTS data, another
+            value for already-normalized inputs), ``None`` when the image cannot be read.
         problem: one line naming the case, the file and what is wrong; ``None`` for a good case.
         status: ``"ok"``, ``"ok (no label)"`` or the problem in short (what is wrong, and the file name).
         seconds: time spent checking this case.
@@ -95,10 +102,26 @@ class CaseReport:
     problem: str | None
     status: str
     seconds: float
+    background: tuple[float, ...] | None = None
 
     @property
     def ok(self) -> bool:
         return self.problem is None
+
+    @property
+    def background_warning(self) -> str | None:
+        """One line when a channel's background is not 0 (the input was normalized already), else
+        ``None``: such a case builds and predicts (the brain is what differs from the background), but
+        it is not what a skull-stripped BraTS release holds."""
+        if self.background is None or not any(self.background):
+            return None
+        values = ", ".join(
+            f"{name} {value:.4g}" for name, value in zip(CHANNEL_NAMES, self.background, strict=True) if value
+        )
+        return (
+            f"case {self.case_id}: background is not 0 ({values}; the most frequent value on the volume's "
+            "border): an already-normalized input; the brain mask is what differs from it"
+        )
 
     @property
     def tumour_voxels(self) -> tuple[int, ...] | None:
@@ -138,6 +161,27 @@ class DatasetReport:
         return tuple(case for case in self.cases if not case.ok)
 
     @property
+    def majority_spacing(self) -> tuple[float, float, float] | None:
+        """The spacing most cases share (:func:`brainprep.spacing.majority_spacing`)."""
+        return majority_spacing([case.spacing for case in self.cases])
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """One line per case that builds but deserves a look: its spacing differs from the majority (by
+        more than :data:`~brainprep.spacing.SPACING_RTOL` relative on an axis: ``build-patches`` refuses
+        it without ``--resample`` or ``--allow-mixed-spacing``), or its background is not 0."""
+        majority = self.majority_spacing
+        ids, spacings = [c.case_id for c in self.cases], [c.spacing for c in self.cases]
+        lines = [
+            f"case {case_id}: spacing {format_spacing(spacing)} differs from the majority "
+            f"{format_spacing(majority)} (by more than {SPACING_RTOL:g} relative); build-patches needs "  # type: ignore[arg-type]
+            "--resample or --allow-mixed-spacing"
+            for case_id, spacing in off_majority(ids, spacings, majority)
+        ]
+        lines.extend(case.background_warning for case in self.cases if case.background_warning)
+        return tuple(lines)
+
+    @property
     def summary(self) -> dict[str, Any]:
         """Counts of cases (all, ok, with problems, ok without label) and timings."""
         n = len(self.cases)
@@ -146,6 +190,7 @@ class DatasetReport:
             "ok": sum(case.ok for case in self.cases),
             "problems": len(self.problems),
             "without_label": sum(case.ok and not case.has_label for case in self.cases),
+            "warnings": len(self.warnings),
             "seconds": self.seconds,
             "seconds_per_case": self.seconds / n if n else 0.0,
             "workers": self.workers,
@@ -158,6 +203,7 @@ class DatasetReport:
             "spec": self.spec.to_dict(),
             "params": self.params.to_dict(),
             "summary": self.summary,
+            "warnings": list(self.warnings),
             "cases": [case.to_dict() for case in self.cases],
         }
 
@@ -194,7 +240,10 @@ def _header_info(
         return None, None, None, None
     first = headers[0]
     shape = tuple(int(s) for s in first.shape[:3])
-    spacing = tuple(float(z) for z in first.header.get_zooms()[:3])
+    try:
+        spacing = ras_spacing(first.affine)
+    except ValueError:  # a degenerate affine has no RAS axes (LinAlgError is a ValueError)
+        spacing = tuple(float(z) for z in first.header.get_zooms()[:3])
     try:
         # A degenerate affine has no axis codes: nibabel gives None for such an axis ...
         orientation = "".join(code or "?" for code in nib.aff2axcodes(first.affine))
@@ -234,10 +283,11 @@ def check_case(
     """
     start = time.perf_counter()
     shape, spacing, orientation, dtype = _header_info(files)
-    voxel_counts = share = None
+    voxel_counts = share = background = None
     problem = None
     try:
         case = read_case(files)  # inflates every file to its end: a cut gzip trailer is a problem too
+        background = tuple(float(v) for v in background_values(case.image))
         if expect_shape is not None and case.shape != tuple(expect_shape):
             found = _format_shape(case.shape)
             if case.source_shape != case.shape:
@@ -276,6 +326,7 @@ def check_case(
         problem=problem,
         status=status,
         seconds=time.perf_counter() - start,
+        background=background,
     )
 
 
@@ -415,7 +466,7 @@ def format_summary(report: DatasetReport) -> str:
 
 
 def format_table(report: DatasetReport) -> str:
-    """The report as text: one row per case, then the summary line, then one line per problem."""
+    """The report as text: one row per case, the summary line, one line per problem, one per warning."""
     p = report.params
     columns = _columns(report.spec)
     header = tuple(name for name, _ in columns)
@@ -439,4 +490,9 @@ def format_table(report: DatasetReport) -> str:
         lines.append("")
         lines.append(f"problems ({len(problems)}):")
         lines.extend(f"  {case.problem}" for case in problems)
+    warnings = report.warnings
+    if warnings:
+        lines.append("")
+        lines.append(f"warnings ({len(warnings)}):")
+        lines.extend(f"  {warning}" for warning in warnings)
     return "\n".join(lines)

@@ -18,6 +18,9 @@ STORE_DTYPES = ("float16", "float32")
 #: ``patches``: K standardized patches per case (the course-faithful store); ``volumes``: each case's raw
 #: image cropped to the brain, from which training cuts fresh windows (:mod:`brainprep.store.volume_schema`).
 STORE_KINDS = ("patches", "volumes")
+#: ``uniform``: refuse a dataset of mixed voxel spacing; ``resample``: resample every case off the target
+#: spacing to it; ``allow-mixed``: build every case at its own spacing (see :class:`SpacingParams`).
+SPACING_POLICIES = ("uniform", "resample", "allow-mixed")
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,30 @@ class SplitParams(Params):
 
 
 @dataclass(frozen=True)
+class SpacingParams(Params):
+    """What a build does with cases of different voxel spacing (:mod:`brainprep.spacing`).
+
+    Attributes:
+        policy: ``uniform`` (default: a case whose spacing differs from the dataset's majority stops the
+            build before anything is written), ``resample`` (such cases are resampled to ``target``:
+            images trilinearly, labels nearest-neighbour) or ``allow-mixed`` (built as they are).
+        target: (x, y, z) mm on the RAS grid that ``resample`` resamples to; ``None``: the dataset's
+            majority spacing, which the build records here (so the store says what it resampled to).
+    """
+
+    policy: str = "uniform"
+    target: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.policy not in SPACING_POLICIES:
+            raise ConfigError(f"spacing policy must be one of {SPACING_POLICIES}, got {self.policy!r}")
+        if self.target is not None:
+            if len(self.target) != 3 or not all(float(v) > 0 for v in self.target):
+                raise ConfigError(f"spacing target must be three positive mm values, got {self.target}")
+            object.__setattr__(self, "target", tuple(float(v) for v in self.target))
+
+
+@dataclass(frozen=True)
 class BuildParams(Params):
     """Everything that determines the content of a store (worker count and scheduler do not)."""
 
@@ -162,3 +189,13 @@ class BuildParams(Params):
     store: StoreParams = field(default_factory=StoreParams)
     split: SplitParams = field(default_factory=SplitParams)
     seed: int = 0
+    spacing: SpacingParams = field(default_factory=SpacingParams)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As :meth:`Params.to_dict`, without ``spacing`` when it is the default (``uniform``): the
+        parameters (and so the metadata, content id and manifests) of a uniform-spacing store stay what
+        they were before the spacing policy existed; a dict without it reads back as ``uniform``."""
+        data = super().to_dict()
+        if self.spacing == SpacingParams():
+            del data["spacing"]
+        return data

@@ -7,6 +7,10 @@ Two methods (``StandardizeParams.method``):
 - ``volume-nonzero`` (:func:`nonzero_statistics` + :func:`standardize_with_statistics`): nnU-Net's
   z-score, one mean / std per channel over the brain voxels of the whole *volume*, background set to 0.
 
+The brain (:func:`brain_mask`) is what differs from the volume's background (:func:`background_values`:
+0 for skull-stripped BraTS data, another constant for already-normalized inputs); standardization, the
+volume store's crop and ``brainnet predict`` all take it from here.
+
 ``patch-slice`` works through a patch a few slices at a time, so its float64 temporaries stay in cache;
 ``volume-nonzero`` loops over channels, to keep float64 temporaries to one channel at a time (a float64
 channel of a 240x240x155 volume is ~71 MB).
@@ -191,38 +195,110 @@ def standardize_with_statistics_torch(
     return torch.where(mask, (values - mean) / std, torch.zeros((), device=values.device))
 
 
-def brain_mask(image: np.ndarray) -> np.ndarray:
-    """Brain voxels of a skull-stripped volume: nonzero in any channel.
+#: A border value is the volume's background when at least this share of the border voxels hold it.
+BACKGROUND_MIN_SHARE = 0.5
+
+
+def border_voxels(channel: np.ndarray) -> np.ndarray:
+    """The voxels on the six faces of an (X, Y, Z) array, as one 1D array (edge voxels appear more than
+    once, which does not move a majority by more than the edges' few voxels)."""
+    faces = (channel[0], channel[-1], channel[:, 0], channel[:, -1], channel[:, :, 0], channel[:, :, -1])
+    return np.concatenate([np.asarray(face).ravel() for face in faces])
+
+
+def channel_background(border: np.ndarray) -> float:
+    """The background of one channel from its :func:`border_voxels`: their most frequent value when it
+    holds at least :data:`BACKGROUND_MIN_SHARE` of them, else 0 (see :func:`background_values`)."""
+    if border.size == 0:
+        return 0.0
+    values, counts = np.unique(border, return_counts=True)
+    best = int(np.argmax(counts))
+    return float(values[best]) if counts[best] >= BACKGROUND_MIN_SHARE * border.size else 0.0
+
+
+def background_values(image: np.ndarray) -> np.ndarray:
+    """The background intensity of each channel of a whole volume: float64 (C,).
+
+    Definition: a channel's background is the most frequent value on the volume's border (its six faces)
+    when at least :data:`BACKGROUND_MIN_SHARE` of the border voxels hold exactly that value, else 0.
+
+    Why the border and why a majority: a skull-stripped BraTS volume is exactly 0 around the head, and the
+    head does not fill the field of view (every real case in ../shared/data has an all-zero border), so
+    the rule gives 0 there and :func:`brain_mask` is today's "nonzero in any channel", bit for bit. An
+    input that was already normalized (z-scored over the whole volume, shifted, min-max scaled with an
+    offset) keeps a constant background of another value, e.g. -0.7: the border shows it, and the brain is
+    then what differs from it. A volume without a constant background (not skull-stripped, or noise) has
+    no value holding half its border: the rule falls back to 0, the old behaviour. Only the border is
+    looked at (a few percent of the voxels), so it costs a ``np.unique`` of ~0.3 M values for 240x240x155.
+
+    nnU-Net v2 only knows 0 (``create_nonzero_mask`` in nnunetv2/preprocessing/cropping/cropping.py is
+    ``data != 0``); for such inputs its mask covers the whole volume, and its planner then stops using the
+    mask for normalization (``determine_whether_to_use_mask_for_norm`` in
+    nnunetv2/experiment_planning/experiment_planners/default_experiment_planner.py: only when cropping
+    to the mask shrinks the images below 3/4 of their size).
+
+    Args:
+        image: (C, X, Y, Z), any dtype: the whole volume (a patch's border is not the volume's).
+
+    Returns:
+        float64 (C,) background of each channel (0 where no value holds half of the border).
+    """
+    _check_channels_first(image, "image")
+    if image[0].size == 0:
+        return np.zeros(image.shape[0], dtype=np.float64)
+    return np.array([channel_background(border_voxels(channel)) for channel in image], dtype=np.float64)
+
+
+def brain_mask(image: np.ndarray, background: np.ndarray | float | None = None) -> np.ndarray:
+    """Brain voxels: those that differ from their channel's background in any channel.
+
+    With a background of 0 (every skull-stripped BraTS volume) this is "nonzero in any channel", as
+    nnU-Net's ``create_nonzero_mask`` (without its hole filling).
 
     Args:
         image: (C, X, Y, Z), any dtype.
+        background: (C,) per-channel background (or one value for all); ``None``: the whole volume's,
+            :func:`background_values` of ``image``. Give it for a patch or window, whose own border is
+            not the volume's (the mask is then voxelwise: a patch's mask is the volume's mask cut there).
 
     Returns:
         bool (X, Y, Z).
     """
     _check_channels_first(image, "image")
-    return np.any(image != 0, axis=0)
+    if background is None:
+        background = background_values(image)
+    background = np.broadcast_to(np.asarray(background, dtype=np.float64), (image.shape[0],))
+    mask = np.zeros(image.shape[1:], dtype=bool)
+    for channel, value in zip(image, background, strict=True):
+        # a Python number compares in the channel's own dtype (a background found in a float32 or int16
+        # channel is exactly one of its values), so no float64 copy of the channel is made
+        mask |= channel != (float(value) if value else 0)
+    return mask
 
 
-def nonzero_statistics(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def nonzero_statistics(
+    image: np.ndarray, background: np.ndarray | float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """nnU-Net style per-channel statistics over the brain.
 
-    Mask: :func:`brain_mask`, the voxels where *any* channel is nonzero (the union over channels), shared by
-    all channels. Why the union and not each channel's own nonzero voxels: BraTS volumes are skull-stripped
-    with the background exactly 0 in every modality, so the union is the brain; a brain voxel that happens
-    to be 0 in one modality (a dark T1 voxel, an integer-rounded intensity) is real signal and must count in
-    that channel's statistics, and one mask for all channels is what nnU-Net does too (its
+    Mask: :func:`brain_mask`, the voxels where *any* channel differs from its background (the union over
+    channels; the background is 0 for BraTS, see :func:`background_values`), shared by all channels. Why
+    the union and not each channel's own nonzero voxels: BraTS volumes are skull-stripped with the
+    background exactly 0 in every modality, so the union is the brain; a brain voxel that happens to be 0
+    in one modality (a dark T1 voxel, an integer-rounded intensity) is real signal and must count in that
+    channel's statistics, and one mask for all channels is what nnU-Net does too (its
     ``create_nonzero_mask`` is the union over channels; we skip its hole filling, which only matters for
     holes fully enclosed by brain and exactly 0 in all four channels).
 
     Args:
         image: (C, X, Y, Z), any float or integer dtype (the whole volume, not a patch).
+        background: as for :func:`brain_mask` (``None``: the volume's own).
 
     Returns:
-        (mean, std): float64 (C,) each, population std (``ddof=0``); both 0 for an all-zero image.
+        (mean, std): float64 (C,) each, population std (``ddof=0``); both 0 for an all-background image.
     """
     _check_channels_first(image, "image")
-    mask = brain_mask(image)
+    mask = brain_mask(image, background)
     n_channels = image.shape[0]
     mean = np.zeros(n_channels, dtype=np.float64)
     std = np.zeros(n_channels, dtype=np.float64)

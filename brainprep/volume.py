@@ -85,24 +85,34 @@ def crop_from_hits(
     return Crop(tuple(offset), tuple(extent), tuple(padding))  # type: ignore[arg-type]
 
 
-def brain_crop(image: np.ndarray, label: np.ndarray, patch_size: tuple[int, int, int]) -> Crop | None:
-    """The crop of one case: the bounding box of its brain (any channel nonzero) and its tumour (label >
-    0, so no labelled voxel is ever cut off), widened to the patch size where shorter.
+def brain_crop(
+    image: np.ndarray,
+    label: np.ndarray,
+    patch_size: tuple[int, int, int],
+    background: np.ndarray | None = None,
+) -> Crop | None:
+    """The crop of one case: the bounding box of its brain (:func:`~brainprep.standardize.brain_mask`:
+    any channel differs from its background) and its tumour (label > 0, so no labelled voxel is ever cut
+    off), widened to the patch size where shorter.
 
-    Outside the box every channel and the label are 0, so a window that leaves the crop reads zeros
-    there and equals the window of the source volume.
+    Outside the box every channel holds its background and the label is 0; the volume store keeps the
+    crop relative to the background (:func:`cut_crop` of ``image - background``), so a window that leaves
+    the crop reads zeros there and equals the window of the source volume less its background.
 
     Args:
         image: (C, X, Y, Z) any dtype.
         label: uint8 (X, Y, Z).
         patch_size: (px, py, pz).
+        background: (C,) per-channel background; ``None``: the volume's
+            (:func:`~brainprep.standardize.background_values`).
 
     Returns:
-        The :class:`Crop`, or ``None`` when the image and the label are all zero.
+        The :class:`Crop`, or ``None`` when the image is all background and the label all zero.
     """
     if image.shape[1:] != label.shape:
         raise ShapeMismatchError(f"image {tuple(image.shape)} and label {tuple(label.shape)} differ")
-    return crop_from_hits(axis_hits(brain_mask(image) | (label > 0)), label.shape, patch_size)
+    mask = brain_mask(image, background) | (label > 0)
+    return crop_from_hits(axis_hits(mask), label.shape, patch_size)
 
 
 def window_parts(

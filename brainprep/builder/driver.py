@@ -42,6 +42,7 @@ from brainprep.builder.summary import BuildSummary
 from brainprep.errors import ConfigError, StoreError, StoreMismatchError, StoreSpaceError
 from brainprep.params import BuildParams
 from brainprep.read import CaseFiles, discover_cases
+from brainprep.spacing import resolve_spacing
 from brainprep.spec import spec_from_metadata
 from brainprep.split import read_split_file, split_cases
 from brainprep.store import schema, volume_schema
@@ -412,6 +413,7 @@ CASE_TABLE_KEYS = (
     "best_tumour_fraction",
     "skip_reason",
     "data_digest",
+    *schema.GEOMETRY_KEYS,
 )
 
 
@@ -589,7 +591,8 @@ def build_patches(
         StoreMismatchError: an interrupted build of this store used other parameters.
         StoreError: the store exists and is complete (without ``overwrite``), or is not a brainprep store.
         StoreSpaceError: the disk filled up (the store stays incomplete; rerun to resume once freed).
-        ConfigError: no case can be built (e.g. a patch larger than every volume); nothing is written.
+        ConfigError: no case can be built (e.g. a patch larger than every volume), or cases of mixed
+            voxel spacing under ``params.spacing.policy == "uniform"``; nothing is written.
     """
     started = time.perf_counter()
     # Absolute paths: tasks may run on dask workers whose working directory is not ours.
@@ -603,6 +606,8 @@ def build_patches(
             split=params.split.replace(split_file=str(Path(params.split.split_file).resolve()))
         )
     dataset, cases, assigned = _select_cases(Path(data_dir).resolve(), params, splits, labels)
+    # mixed voxel spacing is refused here, before the lock and before anything is written
+    params = params.replace(spacing=resolve_spacing(cases, params.spacing))
     root = Path(dataset.root).resolve()
     info = {
         "params": params.to_dict(),

@@ -10,6 +10,7 @@ with the plan (packed), so the write stage never reads the label file.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from brainprep.errors import BrainprepError, CaseError, ShapeMismatchError
-from brainprep.params import BuildParams
+from brainprep.params import BuildParams, SpacingParams
 from brainprep.read import CaseFiles
 from brainprep.read.case import LabelVoxels, check_image_headers, read_label
 from brainprep.read.nifti import read_nifti_header
@@ -70,6 +71,8 @@ class CasePlan:
         packed_labels: the n uint8 label patches, cut when the plan read the label file (so the write
             stage does not read it again), packed by :func:`pack_label_patches`: ~1% of their 8 MB for
             20 patches of 160x160x16.
+        geometry: the grid the case is stored on (:func:`brainprep.spacing.case_geometry`: spacings,
+            RAS affine, resampled or not), recorded in its case entry; ``None`` for a bad case.
     """
 
     index: int
@@ -84,6 +87,7 @@ class CasePlan:
     skip_reason: str | None
     problem: str | None = None
     packed_labels: bytes = b""
+    geometry: dict[str, Any] | None = None
 
     @property
     def n_patches(self) -> int:
@@ -118,18 +122,35 @@ def source_fingerprint(file_records: list[dict[str, Any]]) -> str:
     return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
-def read_plan_label(files: CaseFiles) -> LabelVoxels:
-    """The case's label (``.label``: uint8 (X, Y, Z) MSD on the RAS grid, with the file's size and sha256),
-    checked against the image headers only (the image voxels are decoded by the write stage).
+def read_plan_label(
+    files: CaseFiles, spacing: SpacingParams | None = None
+) -> tuple[LabelVoxels, dict[str, Any]]:
+    """The case's label on the grid the build stores it on, checked against the image headers only (the
+    image voxels are decoded by the write stage), and that grid.
+
+    Args:
+        spacing: the build's resolved spacing policy (``None``: ``uniform``); under ``resample`` a case
+            off the target spacing gets its label resampled (nearest neighbour).
+
+    Returns:
+        (the label: ``.label`` uint8 (X, Y, Z) MSD on the (resampled) RAS grid, with the file's size and
+        sha256; the grid, :func:`brainprep.spacing.case_geometry`).
 
     Raises:
         CaseError: missing/unreadable file, image/label shape or affine mismatch, bad label values.
     """
+    from brainprep.spacing import case_geometry, resample_label
+
     if files.label_path is None:
         raise CaseError("the case has no label file; a patch store needs labels", case_id=files.case_id)
     headers = [read_nifti_header(path, files.case_id) for path in files.image_paths]
     shape, affine = check_image_headers(files, headers)  # read_case's checks and words, on headers only
-    return read_label(files, shape, affine)
+    labels = read_label(files, shape, affine)
+    geometry = case_geometry(shape, affine, spacing or SpacingParams())
+    if geometry["resampled"]:
+        resampled = resample_label(labels.label, geometry["source_spacing"], geometry["spacing"])
+        labels = dataclasses.replace(labels, label=resampled)
+    return labels, geometry
 
 
 def plan_corners(
@@ -188,7 +209,7 @@ def plan_case(files: CaseFiles, index: int, split: str, params: BuildParams, roo
         case.
     """
     try:
-        labels = read_plan_label(files)
+        labels, geometry = read_plan_label(files, params.spacing)
         misfit = patch_misfit(labels.label.shape, params.sampling.patch_size)
         if misfit is not None:
             raise ShapeMismatchError(misfit, case_id=files.case_id, path=files.label_path)
@@ -223,4 +244,5 @@ def plan_case(files: CaseFiles, index: int, split: str, params: BuildParams, roo
         float(sampling.best_tumour_fraction),
         sampling.skip_reason,
         packed_labels=pack_label_patches(patches),
+        geometry=geometry,
     )

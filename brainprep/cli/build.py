@@ -27,17 +27,29 @@ CONTENT_OPTIONS = (
     "val_fraction",
     "split_file",
     "seed",
+    "resample",
+    "allow_mixed_spacing",
 )
 
 
 def _params_from_options(options: dict[str, Any]) -> Any:
     """BuildParams from the given options, defaults for the others."""
     from brainprep.errors import ConfigError
-    from brainprep.params import BuildParams, SamplingParams, SplitParams, StandardizeParams, StoreParams
+    from brainprep.params import (
+        BuildParams,
+        SamplingParams,
+        SpacingParams,
+        SplitParams,
+        StandardizeParams,
+        StoreParams,
+    )
 
     def given(**pairs: Any) -> dict[str, Any]:
         return {key: value for key, value in pairs.items() if value is not None}
 
+    if options["resample"] and options["allow_mixed_spacing"]:
+        raise click.UsageError("--resample and --allow-mixed-spacing exclude each other")
+    policy = "resample" if options["resample"] else "allow-mixed" if options["allow_mixed_spacing"] else None
     try:
         return BuildParams(
             sampling=SamplingParams(
@@ -63,6 +75,7 @@ def _params_from_options(options: dict[str, Any]) -> Any:
                     split_file=str(options["split_file"]) if options["split_file"] else None,
                 )
             ),
+            spacing=SpacingParams(**given(policy=policy)),
             **given(seed=options["seed"]),
         )
     except ConfigError as err:
@@ -145,6 +158,19 @@ def _params_from_options(options: dict[str, Any]) -> Any:
 )
 @click.option("--seed", type=int, default=None, help=f"Seed of the corners and the split [{_DEFAULT.seed}].")
 @click.option(
+    "--resample",
+    is_flag=True,
+    default=None,
+    help="Resample every case whose voxel spacing differs from the dataset's majority to it (images "
+    "trilinear, labels nearest neighbour); without it (or --allow-mixed-spacing) mixed spacing is refused.",
+)
+@click.option(
+    "--allow-mixed-spacing",
+    is_flag=True,
+    default=None,
+    help="Build cases of different voxel spacing as they are (recorded per case in the store).",
+)
+@click.option(
     "--recipe",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
@@ -198,7 +224,8 @@ def build_patches(
     from brainprep.errors import BrainprepError, one_line
 
     if recipe is not None:
-        clashing = sorted(f"--{k.replace('_', '-')}" for k in CONTENT_OPTIONS if options.get(k) is not None)
+        given = [k for k in CONTENT_OPTIONS if options.get(k) not in (None, False)]  # flags: False if absent
+        clashing = sorted(f"--{k.replace('_', '-')}" for k in given)
         if clashing:
             raise click.UsageError(f"--recipe fixes the parameters; drop {', '.join(clashing)}")
         from brainprep.recipe import load_recipe

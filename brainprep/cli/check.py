@@ -59,8 +59,9 @@ def check(
     """Check every case of DATA_DIR (MSD, nnU-Net raw, BraTS 2017-2021 or BraTS 2023+ layout).
 
     Prints one row per case (shape, spacing, source orientation and dtype, tumour voxels per class, share
-    of valid patch corners, status), a summary and one line per problem. Exit status 1 when any case has
-    a problem, 2 for a folder of unknown layout.
+    of valid patch corners, status), a summary, one line per problem and one per warning (a spacing off
+    the dataset's majority, a background that is not 0). Exit status 1 when any case has a problem (a
+    warning alone leaves it 0), 2 for a folder of unknown layout.
     """
     from brainprep.check import CheckParams, check_dataset, format_table
     from brainprep.errors import ConfigError, LayoutError

@@ -14,6 +14,7 @@ from brainprep.read.layouts import CaseFiles
 from brainprep.read.nifti import (
     ReadBuffers,
     from_ras,
+    ras_spacing,
     ras_view,
     read_nifti_voxels,
     scale_voxels,
@@ -54,7 +55,8 @@ class Case:
 
     @property
     def spacing(self) -> tuple[float, float, float]:
-        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
+        """Voxel size in mm along R, A, S (:func:`~brainprep.read.nifti.ras_spacing`)."""
+        return ras_spacing(self.affine)
 
     @property
     def has_label(self) -> bool:

@@ -297,5 +297,7 @@ def standardize_window(image: np.ndarray, method: str, case: dict[str, Any], out
         return out
     if method == "patch-slice":
         return standardize_patch_slices(image, out)
-    out[...] = standardize_with_statistics(image, case["mean"], case["std"], mask=brain_mask(image))
+    # the store keeps each crop relative to the case's background (volume_schema), so the brain is the
+    # nonzero voxels here, as it was when the build took the statistics
+    out[...] = standardize_with_statistics(image, case["mean"], case["std"], mask=brain_mask(image, 0.0))
     return out

@@ -33,14 +33,16 @@ case_tumour_corners          (C,)                  int64     M, corners passing 
 case_mean, case_std          (C, 4)                float32   volume-nonzero statistics per channel
 ===========================  ====================  ========  ==============================================
 
-The crop (:func:`brainprep.volume.brain_crop`): the bounding box of the brain (any channel nonzero) and
-of the tumour, widened to the build's patch size along any axis where it is shorter (centred, inside the
-volume when the volume allows it, else padded with zeros beyond it, recorded in ``case_padding``). Every
-voxel outside the crop is 0 in every channel and in the label, so a window that leaves the crop reads
-zeros there: any source-grid window can be served, and a corner ``c`` in the crop is
-``case_crop_offset[i] + c`` on the source grid. "Brain corners" are the corners whose patch fits the
-crop (``case_brain_corners``); the corner table is computed on the crop's label with the patch store's
-own test (:func:`brainprep.sample.valid_from_counts`).
+The crop (:func:`brainprep.volume.brain_crop`): the bounding box of the brain (any channel differs from
+its background, :func:`brainprep.standardize.brain_mask`) and of the tumour, widened to the build's patch
+size along any axis where it is shorter (centred, inside the volume when the volume allows it, else padded
+with zeros beyond it, recorded in ``case_padding``). Each channel is stored less its background
+(``cases[i].background``: 0 for skull-stripped BraTS data, whose crop is then the raw image bit for bit;
+the constant of an already-normalized input, e.g. -0.7), so every voxel outside the crop is 0 in every
+channel and in the label, and a window that leaves the crop reads zeros there: any source-grid window
+can be served, and a corner ``c`` in the crop is ``case_crop_offset[i] + c`` on the source grid.
+"Brain corners" are the corners whose patch fits the crop (``case_brain_corners``); the corner table is
+computed on the crop's label with the patch store's own test (:func:`brainprep.sample.valid_from_counts`).
 
 Why raw float16. Standardization happens at read time (``patch-slice`` on the window cut, or
 ``volume-nonzero`` with ``case_mean`` / ``case_std``; :class:`brainprep.store.volume_reader.VolumeStore`),
@@ -110,7 +112,9 @@ Metadata (the ``brainprep`` attribute): as a patch store's (``schema_version``, 
 ``params``, ``source``, names, ``complete``, ``summary``, ``integrity``), with ``cases[i]`` holding
 ``index, case_id, split, files, source_shape, crop_offset, crop_shape, padding, n_brain_corners,
 n_tumour_corners, best_tumour_fraction, mean, std`` (float64 volume-nonzero statistics, over the brain
-voxels of the whole volume), ``skip_reason`` and ``data_digest``.
+voxels of the whole volume, less the background), ``background`` (what was subtracted from each channel),
+``skip_reason``, ``data_digest`` and the grid (:data:`brainprep.store.schema.GEOMETRY_KEYS`; under
+``--resample`` ``source_shape`` and the crop are on the resampled grid).
 """
 
 from __future__ import annotations
@@ -118,6 +122,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from brainprep.store import schema
 
 #: Blosc compressor of the case arrays (see "Chunks and codecs" above)
 BLOSC_CNAME = "lz4hc"
@@ -164,8 +170,10 @@ CASE_KEYS: tuple[str, ...] = (
     "best_tumour_fraction",
     "mean",
     "std",
+    "background",
     "skip_reason",
     "data_digest",
+    *schema.GEOMETRY_KEYS,
 )
 
 #: the float16 range: larger magnitudes become infinite
