@@ -227,6 +227,60 @@ def timed_nnunet(data_dir: Path, raw: Path | BaseException, workdir: Path) -> di
     return {"seconds": seconds, "bytes": size, "cases": cases, **details}
 
 
+def nnunet_row(result: dict[str, Any] | BaseException | None, same_round: dict[str, Any] | None) -> Row:
+    """The row of :func:`timed_nnunet`'s ``result`` (a failure is raised for :func:`measure_row`).
+
+    ``same_round``: the round it ran in and that round's volume build seconds, kept in the row's extra
+    for the speed bar.
+    """
+    if result is None or same_round is None:
+        raise MissingPiece("the rounds did not run")
+    if isinstance(result, BaseException):
+        raise result
+    note = (
+        f"{result['cases']} cases: fingerprint {result['fingerprint_s']:.1f} s + preprocess "
+        f"{result['preprocess_s']:.1f} s (planning {result['planning_s']:.1f} s not counted); "
+        f"once, round {same_round['round']}, fresh output folder"
+    )
+    extra = {**result, "volume_build_same_round_s": same_round["volume_s"]}
+    return Row(ROW_NNUNET, result["seconds"] / result["cases"], "s/case", note, extra)
+
+
+def case_bytes_row(name: str, builds: dict[str, dict[str, Any]], build: str, what: str) -> Row:
+    """Bytes on disk per case of the store (or nnU-Net folder) that the row ``build`` made."""
+    if build not in builds:
+        raise MissingPiece(f"the row '{build}' did not run")
+    result = builds[build]
+    size = result.get("store_bytes", result["bytes"])
+    extra = {"bytes": size, "cases": result["cases"]}
+    return Row(name, size / result["cases"] / 1e6, "MB/case", what, extra)
+
+
+def build_bars(report: Report, builds: dict[str, dict[str, Any]]) -> list[Bar]:
+    """The bars of the measured rows (N/A where a side is missing)."""
+    load, t1, t2 = report.value(ROW_LOAD), report.value(ROW_BUILD1), report.value(ROW_BUILD2)
+    zarr_bytes = report.value(ROW_BYTES)
+    peaks = [v for v in (report.value(ROW_PEAK1), report.value(ROW_PEAK2)) if v is not None]
+    volume_bytes, nnunet = report.value(ROW_VOL_BYTES), builds.get(ROW_NNUNET)
+    nnunet_s = report.value(ROW_NNUNET)
+    same_round = nnunet["volume_build_same_round_s"] / nnunet["cases"] if nnunet and nnunet_s else None
+    return [
+        Bar("build 1 worker / nibabel load", t1, load, "<=", 1.5),
+        Bar("speed-up 2 workers over 1", t1, t2, ">=", 1.7),
+        Bar("build 1 worker / course's nibabel load", t1, report.value(ROW_LOAD_COURSE), "<=", 1.5,
+            note="information: the loading code of the course's pipeline"),
+        Bar("Zarr bytes per patch / raw", zarr_bytes * 1e6 if zarr_bytes else None, RAW_PATCH_BYTES,
+            "<=", 0.40),
+        Bar("peak memory per worker", max(peaks) if peaks else None, None, "<=", 1.5, unit=" GB",
+            note="max of the 1-worker process and the 2-worker pool's workers"),
+        Bar("volume bytes/case / 20-patch store", volume_bytes, report.value(ROW_PATCH_BYTES), "<=", 0.40),
+        Bar("volume bytes/case / nnU-Net's folder", volume_bytes, report.value(ROW_NNUNET_BYTES), "<=", 0.75),
+        Bar("volume build 1 worker / nibabel load", report.value(ROW_VOL1), load, "<=", 1.5),
+        Bar(f"nnU-Net preprocessing / volume build, {NNUNET_PROCESSES} vs 1", nnunet_s, same_round, ">=", 10,
+            note="the volume build of the same round"),
+    ]  # fmt: skip
+
+
 def run(args: Any) -> Report:
     sizes = QUICK if args.quick else FULL
     repeats = args.repeats or sizes["repeats"]
@@ -297,28 +351,10 @@ def run(args: Any) -> Report:
             result_row(ROW_VOL1, best_build(volumes)),
         ]
 
-    def nnunet_row() -> Row:
-        result = state.get("nnunet")
-        if result is None:
-            raise MissingPiece("the rounds did not run")
-        if isinstance(result, BaseException):
-            raise result
-        same_round = state["nnunet_round"]
-        builds[ROW_NNUNET] = {**result, "volume_build_same_round_s": same_round["volume_s"]}
-        note = (
-            f"{result['cases']} cases: fingerprint {result['fingerprint_s']:.1f} s + preprocess "
-            f"{result['preprocess_s']:.1f} s (planning {result['planning_s']:.1f} s not counted); "
-            f"once, round {same_round['round']}, fresh output folder"
-        )
-        return Row(ROW_NNUNET, result["seconds"] / result["cases"], "s/case", note, builds[ROW_NNUNET])
-
-    def case_bytes_row(name: str, build: str, what: str) -> Row:
-        if build not in builds:
-            raise MissingPiece(f"the row '{build}' did not run")
-        result = builds[build]
-        size = result.get("store_bytes", result["bytes"])
-        extra = {"bytes": size, "cases": result["cases"]}
-        return Row(name, size / result["cases"] / 1e6, "MB/case", what, extra)
+    def nnunet() -> Row:
+        row = nnunet_row(state.get("nnunet"), state.get("nnunet_round"))
+        builds[ROW_NNUNET] = row.extra
+        return row
 
     def course_load_row() -> Row:
         seconds, n = min(
@@ -365,7 +401,7 @@ def run(args: Any) -> Report:
 
     rows = report.rows
     rows += measure_rows([ROW_LOAD, ROW_BUILD1, ROW_BUILD2, ROW_VOL1], "s/case", side_by_side_rows)
-    rows.append(measure_row(ROW_NNUNET, "s/case", nnunet_row))
+    rows.append(measure_row(ROW_NNUNET, "s/case", nnunet))
     rows.append(measure_row(ROW_LOAD_COURSE, "s/case", course_load_row))
     rows.append(measure_row(ROW_BUILD_H5, "s/case", lambda: build_row(ROW_BUILD_H5, "hdf5", 2)))
     rows.append(measure_row(ROW_BYTES, "MB/patch", lambda: bytes_row(ROW_BYTES, ROW_BUILD1)))
@@ -378,29 +414,11 @@ def run(args: Any) -> Report:
         (ROW_NNUNET_BYTES, ROW_NNUNET, "CASE.b2nd + CASE_seg.b2nd + CASE.pkl of nnUNetPlans_3d_fullres; "
          "plans, fingerprint and gt_segmentations not counted"),
     ):  # fmt: skip
-        rows.append(measure_row(name, "MB/case", lambda n=name, b=build, w=what: case_bytes_row(n, b, w)))
+        rows.append(
+            measure_row(name, "MB/case", lambda n=name, b=build, w=what: case_bytes_row(n, builds, b, w))
+        )
 
-    load, t1, t2 = report.value(ROW_LOAD), report.value(ROW_BUILD1), report.value(ROW_BUILD2)
-    zarr_bytes = report.value(ROW_BYTES)
-    peaks = [v for v in (report.value(ROW_PEAK1), report.value(ROW_PEAK2)) if v is not None]
-    volume_bytes, nnunet = report.value(ROW_VOL_BYTES), builds.get(ROW_NNUNET)
-    nnunet_s = report.value(ROW_NNUNET)
-    same_round = nnunet["volume_build_same_round_s"] / nnunet["cases"] if nnunet and nnunet_s else None
-    report.bars = [
-        Bar("build 1 worker / nibabel load", t1, load, "<=", 1.5),
-        Bar("speed-up 2 workers over 1", t1, t2, ">=", 1.7),
-        Bar("build 1 worker / course's nibabel load", t1, report.value(ROW_LOAD_COURSE), "<=", 1.5,
-            note="information: the loading code of the course's pipeline"),
-        Bar("Zarr bytes per patch / raw", zarr_bytes * 1e6 if zarr_bytes else None, RAW_PATCH_BYTES,
-            "<=", 0.40),
-        Bar("peak memory per worker", max(peaks) if peaks else None, None, "<=", 1.5, unit=" GB",
-            note="max of the 1-worker process and the 2-worker pool's workers"),
-        Bar("volume bytes/case / 20-patch store", volume_bytes, report.value(ROW_PATCH_BYTES), "<=", 0.40),
-        Bar("volume bytes/case / nnU-Net's folder", volume_bytes, report.value(ROW_NNUNET_BYTES), "<=", 0.75),
-        Bar("volume build 1 worker / nibabel load", report.value(ROW_VOL1), load, "<=", 1.5),
-        Bar(f"nnU-Net preprocessing / volume build, {NNUNET_PROCESSES} vs 1", nnunet_s, same_round, ">=", 10,
-            note="the volume build of the same round"),
-    ]  # fmt: skip
+    report.bars = build_bars(report, builds)
     return report
 
 

@@ -163,6 +163,7 @@ def nnunet_preprocess(
         RuntimeError: nnU-Net's preprocessing failed (its last error line).
     """
     require("nnunetv2.experiment_planning.plan_and_preprocess_api")
+    made_here = output is None
     if output is None:
         (workdir / "nnunet-runs").mkdir(parents=True, exist_ok=True)
         output = Path(tempfile.mkdtemp(prefix=f"np{processes}-", dir=workdir / "nnunet-runs"))
@@ -180,6 +181,8 @@ def nnunet_preprocess(
     child = subprocess.run(command, env=env, capture_output=True, text=True)
     child_wall = time.perf_counter() - started
     if child.returncode != 0:
+        if made_here:
+            remove_path(output)
         lines = child.stderr.strip().splitlines()
         raise RuntimeError(
             f"nnU-Net preprocessing of {raw_dataset} failed: {lines[-1] if lines else 'no output'}"
