@@ -42,6 +42,7 @@ from common import (
     PATCH_SIZE,
     MissingPiece,
     case_files,
+    children_cpu_seconds,
     data_fingerprint,
     path_bytes,
     remove_path,
@@ -156,7 +157,8 @@ def nnunet_preprocess(
         it: remove it or keep it with :func:`adopt_preprocessed`), ``seconds`` is fingerprint extraction +
         preprocessing (planning excluded: it builds networks to size the patch and has no per-case work),
         ``details`` has ``fingerprint_s``, ``planning_s``, ``preprocess_s``, ``child_wall_s`` (the
-        child's whole life, imports included), ``processes``, ``cases`` and ``nnunetv2``.
+        child's whole life, imports included), ``cpu_s`` (user + system CPU of the child and its
+        worker pools, imports included), ``processes``, ``cases`` and ``nnunetv2``.
 
     Raises:
         MissingPiece: nnunetv2 is not installed.
@@ -177,9 +179,9 @@ def nnunet_preprocess(
         "nnUNet_results": str(output / "results"),
     }
     command = [sys.executable, "-c", CHILD, str(_dataset_id(raw_dataset)), str(processes), CONFIGURATION]
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), children_cpu_seconds()
     child = subprocess.run(command, env=env, capture_output=True, text=True)
-    child_wall = time.perf_counter() - started
+    child_wall, cpu_s = time.perf_counter() - started, children_cpu_seconds() - cpu_before
     if child.returncode != 0:
         if made_here:
             remove_path(output)
@@ -192,6 +194,7 @@ def nnunet_preprocess(
     details = {
         **{k: result[k] for k in ("fingerprint_s", "planning_s", "preprocess_s")},
         "child_wall_s": child_wall,
+        "cpu_s": cpu_s,
         "processes": processes,
         "cases": len(case_data_files(folder)) // 3,
         "nnunetv2": version("nnunetv2"),
