@@ -381,7 +381,7 @@ def volume_build_params(fmt: str) -> Any:
     from dataclasses import replace
 
     params = build_params(fmt, 1)
-    return replace(params, store=replace(params.store, kind="volumes"))
+    return replace(params, store=params.store.with_layout(kind="volumes"))  # the volume kind's own level
 
 
 def patch_store(
