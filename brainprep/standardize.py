@@ -29,7 +29,9 @@ def _check_channels_first(array: np.ndarray, name: str) -> None:
         raise ShapeMismatchError(f"{name} must be (C, X, Y, Z), found shape {tuple(array.shape)}")
 
 
-def standardize_patch_slices(patch: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def standardize_patch_slices(
+    patch: np.ndarray, out: np.ndarray | None = None, region: tuple[slice, slice] | None = None
+) -> np.ndarray:
     """The course's standardization: each channel of each z-slice to mean 0 / std 1.
 
     Equals the course's loop (``for c: for z: centered = s - mean(s); if std(centered) != 0: centered /
@@ -62,6 +64,10 @@ def standardize_patch_slices(patch: np.ndarray, out: np.ndarray | None = None) -
             layout (a strided view of a volume is fine and is not copied).
         out: where to write, same shape, float32 (default, a new C-contiguous array) or float16 (the
             store dtype: the float32 result rounded once more, as ``result.astype(float16)`` rounds it).
+        region: (X slice, Y slice): take each slice's mean and std over this part of it only (the patch
+            inside a larger window read around it, for context), and apply them to the whole slice. The
+            region then standardizes exactly as the patch alone would (the same float64 sums); ``None``:
+            the whole slice.
 
     Returns:
         ``out``.
@@ -74,25 +80,30 @@ def standardize_patch_slices(patch: np.ndarray, out: np.ndarray | None = None) -
         )
     if patch.ndim == 5:
         for one, one_out in zip(patch, out, strict=True):
-            standardize_patch_slices(one, one_out)
+            standardize_patch_slices(one, one_out, region)
         return out
     _check_channels_first(patch, "patch")
     for channel, channel_out in zip(patch, out, strict=True):
-        standardize_channel_slices(channel, channel_out)
+        standardize_channel_slices(channel, channel_out, region)
     return out
 
 
-def standardize_channel_slices(channel: np.ndarray, out: np.ndarray) -> None:
+def standardize_channel_slices(
+    channel: np.ndarray, out: np.ndarray, region: tuple[slice, slice] | None = None
+) -> None:
     """:func:`standardize_patch_slices` of one channel, written into ``out``.
 
     Args:
         channel: (X, Y, Z), any float or integer dtype and layout.
         out: float (X, Y, Z), written in place.
+        region: (X slice, Y slice) the statistics are taken over (see :func:`standardize_patch_slices`).
     """
     nx, ny, nz = channel.shape
     n = nx * ny
     if channel.size == 0:
         return
+    if region is not None and channel[region].size == 0:
+        raise ShapeMismatchError(f"statistics region {region} is empty in a slice of shape {(nx, ny)}")
     # Values with more than 24 mantissa bits: a rounded mean could leave a constant slice a std of a few
     # ulp (see standardize_patch_slices), so test constancy itself; for narrower dtypes std == 0 says it.
     test_constant = not (channel.dtype.kind in "fiub" and channel.dtype.itemsize <= 4)
@@ -103,20 +114,26 @@ def standardize_channel_slices(channel: np.ndarray, out: np.ndarray) -> None:
         depth = block.shape[2]
         # (z, y, x) rows, x fastest: each row is one slice in the course's summation order.
         rows = np.array(block.transpose(2, 1, 0), dtype=np.float64, order="C").reshape(depth, n)
-        mean = np.add.reduce(rows, axis=1, keepdims=True)
-        mean /= n
+        stats, part = rows, block  # the voxels the statistics come from (as rows, as a block)
+        if region is not None:
+            part = block[region]
+            stats = np.array(part.transpose(2, 1, 0), dtype=np.float64, order="C").reshape(depth, -1)
+        mean = np.add.reduce(stats, axis=1, keepdims=True)
+        mean /= stats.shape[1]
         rows -= mean  # centered, as the course's ``s - np.mean(s)``
+        if stats is not rows:
+            stats -= mean
         # np.std(centered): the mean of the centered rows is removed again, then squared and averaged
-        centered_mean = np.add.reduce(rows, axis=1, keepdims=True)
-        centered_mean /= n
-        deviation = rows - centered_mean
+        centered_mean = np.add.reduce(stats, axis=1, keepdims=True)
+        centered_mean /= stats.shape[1]
+        deviation = stats - centered_mean
         np.multiply(deviation, deviation, out=deviation)
         std = np.add.reduce(deviation, axis=1, keepdims=True)
-        std /= n
+        std /= stats.shape[1]
         np.sqrt(std, out=std)
         flat = std[:, 0] == 0
         if test_constant:
-            flat |= block.max(axis=(0, 1)) == block.min(axis=(0, 1))
+            flat |= part.max(axis=(0, 1)) == part.min(axis=(0, 1))
         # Slices with std 0 stay zeros: dividing by 0 would give NaN, and a constant slice (e.g. a slice
         # entirely outside the skull-stripped brain) carries no information.
         std[flat] = 1.0

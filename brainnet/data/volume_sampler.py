@@ -151,11 +151,22 @@ class VolumeWindowDataset(torch.utils.data.Dataset):
     Y, Z) standardized, "label": uint8 (X, Y, Z), "slot": int64 position in the stream, "case": int64,
     "corner": int64 (3,)}`` (``corner`` in the case's crop), so brainnet's training loop and both loader
     backends take it as they take patches. Pickles as its store's location (each worker reopens it).
+
+    With ``context``, each image and label is the window with that many more voxels on each side (for a
+    spatial augmentation to resample from: :func:`brainnet.augment.context_margin`), standardized as the
+    window alone (:meth:`~brainprep.store.volume_reader.VolumeStore.read_window_with_context`): its
+    centre is the window read without context, bit for bit. ``corner`` stays the window's.
+
+    Args:
+        store: an open volume store.
+        draws: the draws of the split.
+        context: (mx, my, mz) voxels beyond each face; ``(0, 0, 0)`` reads the window exactly.
     """
 
-    def __init__(self, store: Any, draws: VolumeDraws) -> None:
+    def __init__(self, store: Any, draws: VolumeDraws, context: tuple[int, int, int] = (0, 0, 0)) -> None:
         self.store, self.draws = store, draws
         self.method = draws.params.standardize or store.params.standardize.method
+        self.context = tuple(int(c) for c in context)
 
     def __len__(self) -> int:
         return self.draws.params.draws_per_epoch
@@ -166,7 +177,12 @@ class VolumeWindowDataset(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
         epoch, position = item
         drawn = self.draws.draw(epoch, position)
-        image, label = self.store.read_window(drawn.case, drawn.corner, standardize=self.method)
+        if any(self.context):
+            image, label = self.store.read_window_with_context(
+                drawn.case, drawn.corner, self.context, standardize=self.method
+            )
+        else:
+            image, label = self.store.read_window(drawn.case, drawn.corner, standardize=self.method)
         return {
             "image": torch.from_numpy(image.astype(np.float16)),
             "label": torch.from_numpy(label),

@@ -233,6 +233,40 @@ class VolumeStore(PatchStore):
             return image, label
         return standardize_window(image, standardize, self._case(index)), label
 
+    def read_window_with_context(
+        self, index: int, corner: Any, context: Any, standardize: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The window of the build's patch size at ``corner`` with ``context`` more voxels on each side.
+
+        What augmentation resamples from (:func:`brainnet.augment.context_margin`). Its centre is exactly
+        ``read_window(index, corner, standardize=standardize)``: ``patch-slice`` takes each z-slice's mean
+        and std over the window's X-Y footprint (the patch's, and on the context's extra slices the same
+        footprint) and applies them to the whole slice; ``volume-nonzero`` is voxel by voxel anyway.
+
+        Args:
+            index: the case.
+            corner: (x, y, z) of the window (not of the context) in the crop.
+            context: (mx, my, mz) voxels read beyond each face (zeros outside the crop, as in the source).
+            standardize: as :meth:`read_window`.
+
+        Returns:
+            (image (4, px + 2 mx, py + 2 my, pz + 2 mz), label uint8 (px + 2 mx, ...)), dtypes as
+            :meth:`read_window`'s.
+        """
+        context = np.asarray(context, dtype=np.int64)
+        size = np.asarray(self.patch_size, dtype=np.int64)
+        if context.shape != (3,) or (context < 0).any():
+            raise StoreError(f"context must be 3 voxel counts >= 0, got {context.tolist()}")
+        corner = np.asarray(corner, dtype=np.int64) - context
+        image, label = self.read_window(index, corner, tuple((size + 2 * context).tolist()))
+        if standardize is None:
+            return image, label
+        footprint = (
+            slice(int(context[0]), int(context[0] + size[0])),
+            slice(int(context[1]), int(context[1] + size[1])),
+        )
+        return standardize_window(image, standardize, self._case(index), region=footprint), label
+
     def close(self) -> None:
         self._readers, self._checked = {}, set()  # they read through the handle closed here
         super().close()
@@ -244,11 +278,16 @@ class VolumeStore(PatchStore):
         return f"VolumeStore({self.location!r}, format={self.format!r})"
 
 
-def standardize_window(image: np.ndarray, method: str, case: dict[str, Any]) -> np.ndarray:
+def standardize_window(
+    image: np.ndarray, method: str, case: dict[str, Any], region: tuple[slice, slice] | None = None
+) -> np.ndarray:
     """float32 (4, px, py, pz): ``image`` (a raw window) standardized by ``method`` (see
-    :meth:`VolumeStore.read_window`); ``case`` is the case's metadata entry (its float64 statistics)."""
+    :meth:`VolumeStore.read_window`); ``case`` is the case's metadata entry (its float64 statistics);
+    ``region``: the (X, Y) part of each slice ``patch-slice`` takes its statistics from (default: all)."""
     from brainprep.standardize import brain_mask, standardize_patch_slices, standardize_with_statistics
 
+    if method not in STANDARDIZE_METHODS:
+        raise StoreError(f"standardize must be None or one of {STANDARDIZE_METHODS}, got {method!r}")
     if method == "patch-slice":
-        return standardize_patch_slices(image)
+        return standardize_patch_slices(image, region=region)
     return standardize_with_statistics(image, case["mean"], case["std"], mask=brain_mask(image))
