@@ -329,8 +329,8 @@ def apply_parameters(
             other is the window's centre. Default: the input's shape.
 
     Returns:
-        The image and label: new tensors unless ``inplace`` (the inputs are then not modified), of
-        ``out_shape``.
+        The image and label of ``out_shape``: new tensors unless ``inplace`` without context (the inputs
+        are then not modified; windows with context are only read).
     """
     source = image, label
     if out_shape is not None and tuple(out_shape) != tuple(image.shape[2:]):
