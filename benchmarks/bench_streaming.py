@@ -29,11 +29,16 @@ Rows:
       zarr-python, zarr-python with the zarrs codec pipeline; 3 alternating rounds, medians
       (``--readers-only`` runs only these)
 
+  (v) fresh windows from a volume store (the mixed sampler, standardized at read time), beside (a2) in
+      alternating rounds, and (n) nnU-Net v2's ``nnUNetDataLoader`` over its own preprocessed data
+      (:mod:`volume_rows`; ``--volumes-only`` runs these with (c))
+
 (a2) and the chunk decode, the two sides of the 85% bar, run in 5 alternating rounds and report their
 medians, so the machine's drift during the run falls on both alike.
 
 Bars: (a) >= 40x (c); (a) >= 3x the best of (d), (d2), (e); (a) >= 85% of the faster bare decode limit;
-the best library reader of (g) < 0.9x the direct reader (at >= 0.9x that library becomes the one reader).
+the best library reader of (g) < 0.9x the direct reader (at >= 0.9x that library becomes the one reader);
+(v) >= 0.7x the (a2) measured beside it, >= 5x (n), >= 50x (c).
 (a) is the faster of the two loader backends; both deliver the compact batch (float16 image, uint8 labels)
 that brainnet's training loop moves to the GPU and expands there; (a3) adds the float32 + one-hot
 expansion on the CPU (information). The baselines deliver a float32 image and a label map.
@@ -76,6 +81,7 @@ from common import (
 )
 from remote_rows import ROWS as REMOTE_ROWS
 from remote_rows import remote_rows
+from volume_rows import ROW_NNUNET, ROW_VOLUME, nnunet_row, paired_volume_rows
 
 WORKERS = 2
 BATCH_SIZE = 2
@@ -92,6 +98,7 @@ QUICK = {"cases": 3, "patches_per_case": 8, "fast_patches": 96, "slow_patches": 
 ROW_ZARR = "(a) brainnet loader, Zarr"
 ROW_ZARR_THREADS = "(a2) brainnet loader, Zarr, threads"
 ROW_ZARR_EXPANDED = "(a3) (a2) + float32/one-hot on CPU"
+ROW_ZARR_THREADS_VOLUME_PAIR = "(a2) again, alternating with (v)"
 ROW_HDF5 = "(b) brainnet loader, HDF5"
 ROW_MONAI = "(c) MONAI on the fly"
 ROW_CACHE = "(d) MONAI CacheDataset"
@@ -723,6 +730,17 @@ def reader_bars(report: Report) -> list[Bar]:
 # -------------------------------------------------------------------------------------------- driver
 
 
+def volume_bars(report: Report, patch_row: str = ROW_ZARR_THREADS) -> list[Bar]:
+    """Issue 12's streaming bars: (v) against the patch store's (a2) measured beside it, nnU-Net's
+    loader and MONAI on the fly."""
+    volume = report.value(ROW_VOLUME)
+    return [
+        Bar("(v) fresh windows / (a2) patch store", volume, report.value(patch_row), ">=", 0.7),
+        Bar("(v) fresh windows / (n) nnU-Net loader", volume, report.value(ROW_NNUNET), ">=", 5.0),
+        Bar("(v) fresh windows / (c) MONAI on the fly", volume, report.value(ROW_MONAI), ">=", 50.0),
+    ]
+
+
 def run(args: Any) -> Report:
     sizes = QUICK if args.quick else FULL
     fast, slow = args.patches or sizes["fast_patches"], args.slow_patches or sizes["slow_patches"]
@@ -737,6 +755,7 @@ def run(args: Any) -> Report:
             "timed_patches_slow_rows": slow,
             "quick": args.quick,
             "readers_only": args.readers_only,
+            "volumes_only": args.volumes_only,
         },
     )
     data_dir: Path | None = None
@@ -774,6 +793,26 @@ def run(args: Any) -> Report:
     if args.readers_only:
         rows.extend(measure_readers())
         report.bars = reader_bars(report)
+        return report
+
+    def measure_volumes() -> list[Row]:
+        def a2(store: Path, n: int) -> Row:
+            return brainnet_row(ROW_ZARR_THREADS, store, n, backend="threads")
+
+        def pair() -> list[Row]:
+            volumes = patch_store(args.workdir, need_data(), "zarr", 1, fresh=args.fresh, kind="volumes")
+            return paired_volume_rows(need_store("zarr"), volumes, fast, ROUNDS, a2)
+
+        found = measure_rows([ROW_ZARR_THREADS, ROW_VOLUME], UNIT, pair)
+        found.append(
+            measure_row(ROW_NNUNET, UNIT, lambda: nnunet_row(need_data(), args.workdir, PATCH_SIZE, slow))
+        )
+        return found
+
+    if args.volumes_only:
+        rows.extend(measure_volumes())
+        rows.append(measure_row(ROW_MONAI, UNIT, lambda: monai_on_the_fly_row(need_data(), slow)))
+        report.bars = volume_bars(report)
         return report
     rows.append(measure_row(ROW_ZARR, UNIT, lambda: brainnet_row(ROW_ZARR, need_store("zarr"), fast)))
     threads_row, chunk_row = measure_rows(
@@ -817,6 +856,10 @@ def run(args: Any) -> Report:
     rows.append(measure_row(ROW_MEMCPY, UNIT, lambda: memcpy_row(need_store("zarr"), fast)))
     rows.extend(measure_remote())  # last: the rows before them run as they always did
     rows.extend(measure_readers())
+    volume_rows = measure_volumes()
+    # the (a2) of the volume pairing is a second measurement of (a2): kept as its own row
+    volume_rows[0].name = ROW_ZARR_THREADS_VOLUME_PAIR
+    rows.extend(volume_rows)
 
     # The bars take the faster of the two loader backends (both are product configurations).
     zarr_rows = [
@@ -852,6 +895,7 @@ def run(args: Any) -> Report:
             note=f"{zarr_name}; limit: {decode_name}",
         ),
         *reader_bars(report),
+        *volume_bars(report, ROW_ZARR_THREADS_VOLUME_PAIR),
     ]
     hdf5, monai, hdf5_limit = report.value(ROW_HDF5), report.value(ROW_MONAI), report.value(ROW_DECODE_H5)
     if hdf5 and monai and hdf5_limit:
@@ -880,6 +924,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--slow-patches", type=int, default=None, help="timed patches of the rows c, d, e")
     parser.add_argument("--remote-only", action="store_true", help="run the rows (g) alone, no bars")
+    parser.add_argument(
+        "--volumes-only",
+        action="store_true",
+        help="run the rows (v), (a2), (n) and (c) alone, with their bars",
+    )
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     return finish(run(args), args.json)

@@ -376,20 +376,40 @@ def store_suffix(fmt: str) -> str:
     return ".zarr" if fmt == "zarr" else ".h5"
 
 
+def volume_build_params(fmt: str) -> Any:
+    """The ``BuildParams`` of a benchmark volume store: :func:`build_params`' with ``kind="volumes"``."""
+    from dataclasses import replace
+
+    params = build_params(fmt, 1)
+    return replace(params, store=replace(params.store, kind="volumes"))
+
+
 def patch_store(
-    workdir: Path, data_dir: Path, fmt: str, patches_per_case: int, *, workers: int = 2, fresh: bool = False
+    workdir: Path,
+    data_dir: Path,
+    fmt: str,
+    patches_per_case: int,
+    *,
+    workers: int = 2,
+    fresh: bool = False,
+    kind: str = "patches",
 ) -> Path:
-    """A patch store of ``data_dir`` in ``fmt`` (``zarr``/``hdf5``), built once and reused.
+    """A patch store (or with ``kind="volumes"`` a volume store) of ``data_dir`` in ``fmt``
+    (``zarr``/``hdf5``), built once and reused.
 
     Raises:
         MissingPiece: ``brainprep.builder.build_patches`` or ``brainprep.store.reader.open_store`` is missing.
     """
     build_patches = require("brainprep.builder", "build_patches")
     open_store = require("brainprep.store.reader", "open_store")
-    params = build_params(fmt, patches_per_case)
-    store = workdir / "stores" / f"{data_dir.name}-k{patches_per_case}{store_suffix(fmt)}"
+    params = volume_build_params(fmt) if kind == "volumes" else build_params(fmt, patches_per_case)
+    name = "volumes" if kind == "volumes" else f"k{patches_per_case}"
+    store = workdir / "stores" / f"{data_dir.name}-{name}{store_suffix(fmt)}"
     data_marker = _marker(data_dir).read_text() if _marker(data_dir).is_file() else None
     wanted = {"build_params": params.to_dict(), "data_dir": str(data_dir), "data": data_marker}
+    if kind == "volumes":  # the chunk layout and codec are the schema's, not build parameters
+        schema = require("brainprep.store.volume_schema")
+        wanted["layout"] = [list(schema.stored_axis_order(4)), getattr(schema, "BLOSC_CNAME", None)]
     marker = store.with_name(store.name + ".bench.json")
     if not fresh and store.exists() and marker.is_file():
         try:

@@ -1,10 +1,12 @@
-"""Which chunk shape for a volume store? Bytes per case and random-window read time, side by side.
+"""Which chunks and codec for a volume store? Bytes and build time per case, window read time, side by side.
 
-Builds one Zarr volume store per candidate chunk shape (``brainprep.store.volume_schema.CHUNK_XY`` /
-``CHUNK_Z`` set for the build; float16, zstd 1) from the same synthetic full-size cases, then reads the
-same random 160x160x16 windows (uniform over each crop's corners, raw, through
-``VolumeStore.read_window``) from each, in alternating rounds, and prints the median time per window.
-A 20-patch store of the same cases gives the bytes-per-case reference of issue 12.
+Builds one Zarr volume store per candidate (``brainprep.store.volume_schema.CHUNK_XY`` / ``CHUNK_Z`` /
+``BLOSC_CNAME`` and the compression level set for the build; float16) from the same synthetic full-size
+cases, then reads the same random 160x160x16 windows (uniform over each crop's corners) from each, in
+alternating rounds, as the training loader reads them: ``VolumeStore.read_window(..., "patch-slice",
+out=...)`` into a slice-major float16 window (raw read + read-time standardization), and prints the
+median time per window beside one stored patch of a 20-patch store of the same cases (its bytes per case
+are issue 12's reference too). One thread.
 
     python benchmarks/measure_volume_chunks.py [--cases 2] [--windows 40] [--rounds 3] [--workdir DIR]
 """
@@ -26,21 +28,30 @@ from brainprep.store import volume_schema as vs
 from brainprep.store.zarr_store import store_bytes
 from brainprep.synth import SynthParams, write_synthetic_dataset
 
-#: (name, CHUNK_XY, CHUNK_Z); an edge of 256 is a whole plane of any crop
-CANDIDATES = (("64x64x16", 64, 16), ("plane x 4", 256, 4), ("plane x 8", 256, 8), ("plane x 16", 256, 16))
+#: (name, CHUNK_XY, CHUNK_Z, Blosc compressor, level); an edge of 256 is a whole plane of any crop
+CANDIDATES = (
+    ("plane x 8, zstd 1", 256, 8, "zstd", 1),
+    ("plane x 4, zstd 1", 256, 4, "zstd", 1),
+    ("plane x 8, lz4hc 1", 256, 8, "lz4hc", 1),
+    ("plane x 8, lz4hc 3", 256, 8, "lz4hc", 3),
+    ("plane x 4, lz4hc 3", 256, 4, "lz4hc", 3),
+    ("plane x 8, lz4 1", 256, 8, "lz4", 1),
+)
 PATCH = (160, 160, 16)
 
 
-def build(data: Path, store: Path, xy: int, z: int) -> float:
-    saved = vs.CHUNK_XY, vs.CHUNK_Z
-    vs.CHUNK_XY, vs.CHUNK_Z = xy, z
+def build(data: Path, store: Path, xy: int, z: int, cname: str, level: int) -> float:
+    saved = vs.CHUNK_XY, vs.CHUNK_Z, vs.BLOSC_CNAME
+    vs.CHUNK_XY, vs.CHUNK_Z, vs.BLOSC_CNAME = xy, z, cname
     try:
-        params = BuildParams(store=StoreParams(kind="volumes"), split=SplitParams(val_fraction=0.0))
+        params = BuildParams(
+            store=StoreParams(kind="volumes", compression_level=level), split=SplitParams(val_fraction=0.0)
+        )
         started = time.perf_counter()
         build_patches(data, store, params, workers=1, overwrite=True)
         return time.perf_counter() - started
     finally:
-        vs.CHUNK_XY, vs.CHUNK_Z = saved
+        vs.CHUNK_XY, vs.CHUNK_Z, vs.BLOSC_CNAME = saved
 
 
 def windows(store_path: Path, n: int, seed: int) -> list[tuple[int, np.ndarray]]:
@@ -56,12 +67,15 @@ def windows(store_path: Path, n: int, seed: int) -> list[tuple[int, np.ndarray]]
 
 
 def read_time(store_path: Path, draws: list[tuple[int, np.ndarray]], standardize: str | None = None) -> float:
+    """Seconds per window, read into one reused slice-major window as the training loader does."""
     with open_store(store_path) as store:
         for case in {case for case, _ in draws}:
             store.read_window(case, draws[0][1] * 0)  # open each case's arrays once
+        dtype = np.float16 if standardize else store.params.store.dtype
+        out = (vs.slice_major((4, *PATCH), dtype), vs.slice_major(PATCH, np.uint8))
         started = time.perf_counter()
         for case, corner in draws:
-            store.read_window(case, corner, standardize=standardize)
+            store.read_window(case, corner, standardize=standardize, out=out)
         return (time.perf_counter() - started) / len(draws)
 
 
@@ -92,31 +106,33 @@ def main() -> None:
         build_patches(data, patches, BuildParams(sampling=SamplingParams(patch_size=PATCH)), workers=1)
     patch_bytes = store_bytes(patches) / args.cases
     rows = {}
-    for name, xy, z in CANDIDATES:
-        store = work / f"v-{xy}-{z}.zarr"
-        seconds = build(data, store, xy, z)
+    for name, xy, z, cname, level in CANDIDATES:
+        store = work / f"v-{xy}-{z}-{cname}{level}.zarr"
+        seconds = build(data, store, xy, z, cname, level)
         rows[name] = {"store": store, "build": seconds / args.cases, "bytes": store_bytes(store) / args.cases}
     draws = windows(rows[CANDIDATES[0][0]]["store"], args.windows, seed=0)
-    times: dict[str, list[float]] = {name: [] for name in (*rows, "standardized", "patches")}
-    best = CANDIDATES[-1][0]
+    times: dict[str, list[float]] = {k: [] for k in ("patches", *rows, *(f"{n} raw" for n in rows))}
     for _ in range(args.rounds):
-        for name, row in rows.items():
-            times[name].append(read_time(row["store"], draws))
-        times["standardized"].append(read_time(rows[best]["store"], draws, "patch-slice"))
         times["patches"].append(patch_time(patches, args.windows, seed=0))
+        for name, row in rows.items():
+            times[name].append(read_time(row["store"], draws, "patch-slice"))
+            times[f"{name} raw"].append(read_time(row["store"], draws))
     print(
         f"{args.cases} synthetic 240x240x155 cases, {args.windows} random {PATCH} windows, "
         f"{args.rounds} rounds"
     )
-    print(f"20-patch store: {patch_bytes / 1e6:.2f} MB per case")
-    print(f"{'chunks':<12} {'MB/case':>8} {'/patch store':>12} {'build s/case':>13} {'ms/window':>10}")
+    patch = statistics.median(times["patches"])
+    print(f"20-patch store: {patch_bytes / 1e6:.2f} MB per case, {1e3 * patch:.1f} ms per stored patch")
+    print(
+        f"{'candidate':<20} {'MB/case':>8} {'/patches':>9} {'build s/case':>13} {'ms raw':>7} "
+        f"{'ms standardized':>16} {'patch ms / window ms':>21}"
+    )
     for name, row in rows.items():
-        ms = 1e3 * statistics.median(times[name])
-        ratio = row["bytes"] / patch_bytes
-        print(f"{name:<12} {row['bytes'] / 1e6:>8.2f} {ratio:>12.3f} {row['build']:>13.2f} {ms:>10.1f}")
-    standardized, patch = (1e3 * statistics.median(times[k]) for k in ("standardized", "patches"))
-    print(f"{best}, standardized (patch-slice) at read time: {standardized:.1f} ms/window")
-    print(f"20-patch store, one stored patch (image + label): {patch:.1f} ms/patch")
+        ms, raw = (1e3 * statistics.median(times[k]) for k in (name, f"{name} raw"))
+        print(
+            f"{name:<20} {row['bytes'] / 1e6:>8.2f} {row['bytes'] / patch_bytes:>9.3f} {row['build']:>13.2f} "
+            f"{raw:>7.1f} {ms:>16.1f} {1e3 * patch / ms:>21.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -21,12 +21,10 @@ import numpy as np
 import torch
 
 from brainnet.metrics import (
-    CLASS_LABELS,
     DICE_DEFINITION,
     DICE_NAME,
     METRIC_COLUMNS,
     METRIC_NAMES,
-    TARGETS,
     class_score,
     confusion_counts,
     metrics_from_counts,
@@ -34,6 +32,7 @@ from brainnet.metrics import (
 )
 from brainnet.predict import model_probabilities
 from brainprep.errors import ConfigError
+from brainprep.spec import MSD_SPEC, DatasetSpec
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +56,12 @@ class OverlayRow:
     prediction: np.ndarray
 
 
-def draw_overlays(rows: list[OverlayRow], path: Path) -> Path:
+def draw_overlays(rows: list[OverlayRow], path: Path, spec: DatasetSpec = MSD_SPEC) -> Path:
     """PNG with one row per axial slice: image, truth over image, prediction over image.
 
     Same colours (edema red, non-enhancing green, enhancing blue) and radiological orientation as
-    ``brainprep show``: drawn by its ``overlay_rgb`` and ``plane_slice``.
+    ``brainprep show``: drawn by its ``overlay_rgb`` and ``plane_slice``; the legend names ``spec``'s
+    classes.
     """
     import matplotlib
 
@@ -84,9 +84,9 @@ def draw_overlays(rows: list[OverlayRow], path: Path) -> Path:
             ax.set_title(title, fontsize=8, color="white")
             ax.axis("off")
     figure.legend(
-        handles=[Patch(color=LABEL_COLOURS[i + 1] / 255.0, label=n) for i, n in enumerate(CLASS_LABELS)],
+        handles=[Patch(color=LABEL_COLOURS[i + 1] / 255.0, label=n) for i, n in enumerate(spec.foreground)],
         loc="lower center",
-        ncol=3,
+        ncol=spec.n_classes,
         fontsize=8,
         facecolor="black",
         labelcolor="white",
@@ -109,6 +109,7 @@ class EvaluationResult:
         cases: ``{case_id: {target: {metric: value}}}``.
         patches: patches per case.
         overlays: a few patches drawn by :func:`draw_overlays`.
+        spec: the store's dataset spec (the classes and regions scored).
     """
 
     split: str
@@ -116,11 +117,12 @@ class EvaluationResult:
     cases: dict[str, dict[str, dict[str, float]]]
     patches: dict[str, int]
     overlays: list[OverlayRow] = field(default_factory=list, repr=False)
+    spec: DatasetSpec = MSD_SPEC
 
     @property
     def score(self) -> float:
         """:func:`~brainnet.metrics.class_score` of :attr:`overall` (the log's ``val_dice_labelmap``)."""
-        return class_score(self.overall)
+        return class_score(self.overall, self.spec)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -171,7 +173,8 @@ def evaluate_store(
     model.eval()
     case_of_slot = np.asarray(store.table.case)[slots]
     case_ids = {int(c["index"]): str(c["case_id"]) for c in store.cases}
-    total = torch.zeros((len(TARGETS), 4), dtype=torch.int64)
+    spec = store.spec
+    total = torch.zeros((len(spec.targets), 4), dtype=torch.int64)
     cases: dict[str, dict[str, dict[str, float]]] = {}
     patches: dict[str, int] = {}
     overlays: list[OverlayRow] = []
@@ -191,8 +194,8 @@ def evaluate_store(
                 probabilities, threshold, axis=1
             ).numpy()
         case_id = case_ids.get(int(case_index), f"case{int(case_index)}")
-        counts = confusion_counts(predicted, truth)
-        cases[case_id] = metrics_from_counts(counts)
+        counts = confusion_counts(predicted, truth, spec)
+        cases[case_id] = metrics_from_counts(counts, spec)
         patches[case_id] = len(case_slots)
         total += counts
         if len(overlays) < n_overlays:
@@ -202,7 +205,14 @@ def evaluate_store(
                     case_id, int(case_slots[best]), np.asarray(images[best]), truth[best], predicted[best]
                 )
             )
-    return EvaluationResult(split, metrics_from_counts(total), cases, patches, overlays)
+    return EvaluationResult(split, metrics_from_counts(total, spec), cases, patches, overlays, spec)
+
+
+def _short_name(target: str) -> str:
+    """Column header of a target: initials of a compound name (``tumour_core`` -> TC), else the first two
+    letters (``edema`` -> ED)."""
+    words = target.split("_")
+    return "".join(w[0] for w in words).upper() if len(words) > 1 else target[:2].upper()
 
 
 def format_table(result: EvaluationResult) -> str:
@@ -211,19 +221,20 @@ def format_table(result: EvaluationResult) -> str:
     The header names the Dice (:data:`~brainnet.metrics.DICE_DEFINITION`); the score line is the number
     the training log calls ``val_dice_labelmap``.
     """
-    width = max(len(t) for t in TARGETS)
+    targets = result.spec.targets
+    width = max(len(t) for t in targets)
     columns = [METRIC_COLUMNS[m] for m in METRIC_NAMES]
     lines = [DICE_DEFINITION, "", f"{'target':<{width}}  " + "  ".join(f"{c:>13}" for c in columns)]
-    for target in TARGETS:
+    for target in targets:
         values = "  ".join(f"{result.overall[target][m]:>13.4f}" for m in METRIC_NAMES)
         lines.append(f"{target:<{width}}  {values}")
-    classes = ", ".join(CLASS_LABELS)
+    classes = ", ".join(result.spec.foreground)
     lines.append(f"score (mean {DICE_NAME} of {classes}; best.pt is chosen by it): {result.score:.4f}")
     id_width = max([len(OVERALL), *(len(c) for c in result.cases)])
-    short = ("ED", "NE", "EN", "WT", "TC", "ET")
+    short = [_short_name(t) for t in targets]
     lines += ["", f"{DICE_NAME} per case", f"{'case':<{id_width}}  " + "  ".join(f"{s:>6}" for s in short)]
     for case_id, metrics in [*result.cases.items(), (OVERALL, result.overall)]:
-        lines.append(f"{case_id:<{id_width}}  " + "  ".join(f"{metrics[t]['dice']:>6.3f}" for t in TARGETS))
+        lines.append(f"{case_id:<{id_width}}  " + "  ".join(f"{metrics[t]['dice']:>6.3f}" for t in targets))
     return "\n".join(lines)
 
 
@@ -241,11 +252,11 @@ def write_evaluation(
         n_all = sum(result.patches.values())
         for case_id, metrics in [*result.cases.items(), (OVERALL, result.overall)]:
             n = result.patches.get(case_id, n_all)
-            for target in TARGETS:
+            for target in result.spec.targets:
                 writer.writerow([case_id, n, target, *(f"{metrics[target][m]:.6f}" for m in METRIC_NAMES)])
     json_path = out_dir / "metrics.json"
     json_path.write_text(json.dumps({**(extra or {}), **result.to_dict()}, indent=2))
     paths = {"csv": csv_path, "json": json_path}
     if result.overlays:
-        paths["png"] = draw_overlays(result.overlays, out_dir / "overlay.png")
+        paths["png"] = draw_overlays(result.overlays, out_dir / "overlay.png", result.spec)
     return paths

@@ -8,15 +8,17 @@ that label map against the true labels (:func:`confusion_counts`, :func:`metrics
 counts pooled over all the voxels scored together: every patch of a split (training log, ``evaluate``
 overall), the patches of one case (``evaluate`` per case), or a whole scan (``predict``). The score of a
 model (:func:`class_score`, the log's ``val_dice_labelmap``, what ``best.pt`` is chosen by) is the mean of
-the three class Dice. Why the label map and not each sigmoid channel on its own: the label map is what a
+the class Dice. Why the label map and not each sigmoid channel on its own: the label map is what a
 user gets; a channel's voxels that a more inner class overwrites are in no written file, so a per-channel
 Dice scores a segmentation nobody sees.
 
 One implementation per formula, in torch: every function accepts a ``numpy.ndarray`` or a
 ``torch.Tensor`` (numpy arrays are wrapped without a copy), so training metrics on torch batches and
-evaluation of whole numpy scans share the same code. Label maps use the MSD convention of brainprep:
-0 background, 1 edema, 2 non-enhancing tumour, 3 enhancing tumour; one-hot tensors drop the background
-(the course's 3 sigmoid channels).
+evaluation of whole numpy scans share the same code. Label maps hold the canonical classes of a
+:class:`~brainprep.spec.DatasetSpec` (the glioma family: 0 background, 1 edema, 2 non-enhancing tumour,
+3 enhancing tumour, as MSD); one-hot tensors drop the background (the course's 3 sigmoid channels, one
+per foreground class). The classes and regions scored are the spec's (``spec=``, default the MSD spec):
+its foreground classes, then its regions (BraTS whole tumour, tumour core, enhancing tumour).
 
 Empty structures (a case without enhancing tumour is common) follow the BraTS rule and never yield NaN:
 
@@ -46,21 +48,11 @@ import numpy as np
 import torch
 
 from brainprep.errors import InvalidValueError, ShapeMismatchError
+from brainprep.spec import MSD_SPEC, DatasetSpec
 
 ArrayLike = TypeVar("ArrayLike", np.ndarray, torch.Tensor)
 
-NUM_CLASSES = 3
-#: one-hot channel ``c`` is label ``c + 1``.
-CLASS_LABELS: Mapping[str, tuple[int, ...]] = MappingProxyType(
-    {"edema": (1,), "non_enhancing": (2,), "enhancing": (3,)}
-)
-#: BraTS evaluation regions as unions of MSD labels.
-REGION_LABELS: Mapping[str, tuple[int, ...]] = MappingProxyType(
-    {"whole_tumour": (1, 2, 3), "tumour_core": (2, 3), "enhancing_tumour": (3,)}
-)
 METRIC_NAMES: tuple[str, ...] = ("dice", "sensitivity", "specificity")
-#: classes, then regions: the rows of :func:`confusion_counts` and the keys of :func:`segmentation_metrics`.
-TARGETS: tuple[str, ...] = (*CLASS_LABELS, *REGION_LABELS)
 DICE_EPSILON = 1e-5
 #: the name of the Dice of this module (see the module docstring) in every table header and log column.
 DICE_NAME = "dice_labelmap"
@@ -178,14 +170,17 @@ def _ratio_or_rule(hits: torch.Tensor, misses: torch.Tensor, false_claims: torch
 
 
 def labels_to_onehot(
-    labels: ArrayLike, num_classes: int = NUM_CLASSES, axis: int = 0, dtype: torch.dtype = torch.float32
+    labels: ArrayLike,
+    num_classes: int = MSD_SPEC.n_classes,
+    axis: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> ArrayLike:
-    """MSD label map -> one-hot without background (course: channel ``c`` is label ``c + 1``).
+    """Canonical label map -> one-hot without background (course: channel ``c`` is label ``c + 1``).
 
     Args:
         labels: integer labels in ``0..num_classes``, any shape (``(X, Y, Z)`` or a batch ``(B, X, Y, Z)``).
-        num_classes: tumour classes (3).
-        axis: where the class axis goes: 0 gives ``(3, X, Y, Z)``; 1 on a batch gives ``(B, 3, X, Y, Z)``.
+        num_classes: foreground classes (:attr:`~brainprep.spec.DatasetSpec.n_classes`, 3 for gliomas).
+        axis: where the class axis goes: 0 gives ``(K, X, Y, Z)``; 1 on a batch gives ``(B, K, X, Y, Z)``.
         dtype: torch float dtype of the result (numpy input gives the matching numpy dtype).
 
     Returns:
@@ -202,20 +197,21 @@ def labels_to_onehot(
 
 
 def probabilities_to_labels(prob: ArrayLike, threshold: float = 0.5, axis: int = 0) -> ArrayLike:
-    """Sigmoid probabilities -> one MSD label per voxel.
+    """Sigmoid probabilities -> one canonical label per voxel.
 
-    The course's three sigmoid channels are independent, so a voxel may pass the threshold in several.
-    Rule: background (0) where no channel is strictly above ``threshold``; otherwise the innermost
-    structure among those above it wins, following the BraTS nesting enhancing < core < whole tumour:
-    enhancing (3) over non-enhancing (2) over edema (1). The outer classes' channels bleed inwards (a
-    network trained on whole tumours lights the edema channel inside the core too): an argmax would then
-    label the core as edema, while this rule keeps each inner class where its own channel sees it. The
-    label map's class Dice is *not* the per-channel Dice of the course (an edema channel that also lights
-    the core scores those voxels in a per-channel Dice, never in the label map): brainnet reports the label
-    map's (module docstring).
+    The course's sigmoid channels are independent, so a voxel may pass the threshold in several.
+    Rule: background (0) where no channel is strictly above ``threshold``; otherwise the latest class
+    among those above it wins, which for the glioma classes is the innermost structure, following the
+    BraTS nesting enhancing < core < whole tumour: enhancing (3) over non-enhancing (2) over edema (1)
+    (a 4th class, a resection cavity or a cystic component, wins over all three). The outer classes'
+    channels bleed inwards (a network trained on whole tumours lights the edema channel inside the core
+    too): an argmax would then label the core as edema, while this rule keeps each inner class where its
+    own channel sees it. The label map's class Dice is *not* the per-channel Dice of the course (an edema
+    channel that also lights the core scores those voxels in a per-channel Dice, never in the label map):
+    brainnet reports the label map's (module docstring).
 
     Args:
-        prob: float ``(3, X, Y, Z)`` (or the class axis at ``axis``, e.g. 1 for a batch).
+        prob: float ``(K, X, Y, Z)`` (or the class axis at ``axis``, e.g. 1 for a batch).
         threshold: a channel counts as present where ``prob > threshold``.
         axis: the class axis.
 
@@ -234,7 +230,7 @@ def probabilities_to_labels(prob: ArrayLike, threshold: float = 0.5, axis: int =
 def label_masks(
     labels: np.ndarray | torch.Tensor, groups: Mapping[str, Sequence[int]]
 ) -> dict[str, torch.Tensor]:
-    """Bool mask per named group of labels, e.g. ``label_masks(y, REGION_LABELS)``."""
+    """Bool mask per named group of labels, e.g. ``label_masks(y, spec.region_classes)``."""
     lab = _as_tensor(labels)
     masks: dict[str, torch.Tensor] = {}
     for name, values in groups.items():
@@ -245,38 +241,46 @@ def label_masks(
     return masks
 
 
-def onehot_to_regions(onehot: ArrayLike, axis: int = 0) -> ArrayLike:
-    """One-hot (edema, non-enhancing, enhancing) -> bool BraTS regions (whole tumour, core, enhancing).
+def onehot_to_regions(onehot: ArrayLike, axis: int = 0, spec: DatasetSpec = MSD_SPEC) -> ArrayLike:
+    """One-hot of the spec's foreground classes -> bool regions of the spec, in its order.
 
-    Whole tumour = any channel, tumour core = non-enhancing | enhancing, enhancing = enhancing. Works on
-    thresholded sigmoid outputs as well (``probs > 0.5``), where channels may overlap.
+    For gliomas: whole tumour = any channel, tumour core = non-enhancing | enhancing, enhancing =
+    enhancing. Works on thresholded sigmoid outputs as well (``probs > 0.5``), where channels may overlap.
     """
-    x = _as_tensor(onehot).bool()
-    ed, ne, en = x.unbind(dim=axis)
-    regions = torch.stack([ed | ne | en, ne | en, en], dim=axis)
-    return _like(regions, onehot)  # type: ignore[return-value]
+    channels = _as_tensor(onehot).bool().unbind(dim=axis)
+    regions = []
+    for members in spec.region_classes.values():
+        mask = channels[members[0] - 1]
+        for c in members[1:]:
+            mask = mask | channels[c - 1]
+        regions.append(mask)
+    return _like(torch.stack(regions, dim=axis), onehot)  # type: ignore[return-value]
 
 
 def confusion_counts(
-    pred_labels: np.ndarray | torch.Tensor, true_labels: np.ndarray | torch.Tensor
+    pred_labels: np.ndarray | torch.Tensor,
+    true_labels: np.ndarray | torch.Tensor,
+    spec: DatasetSpec = MSD_SPEC,
 ) -> torch.Tensor:
-    """Voxel counts of the label-map Dice: tp, fp, fn, tn per target of :data:`TARGETS`.
+    """Voxel counts of the label-map Dice: tp, fp, fn, tn per target of ``spec.targets``.
 
     Counts add up: the counts of several patches summed are the counts of the patches taken together.
 
     Args:
-        pred_labels, true_labels: integer MSD labels of the same shape, any (a scan ``(X, Y, Z)`` or a
-            batch ``(B, X, Y, Z)``).
+        pred_labels, true_labels: integer canonical labels of the same shape, any (a scan ``(X, Y, Z)``
+            or a batch ``(B, X, Y, Z)``).
+        spec: whose classes and regions are counted.
 
     Returns:
-        int64 ``(6, 4)`` (classes then regions; columns tp, fp, fn, tn) on the inputs' device.
+        int64 ``(T, 4)`` (T targets: classes then regions, 6 for gliomas; columns tp, fp, fn, tn) on
+        the inputs' device.
     """
     pred, true = _as_tensor(pred_labels), _as_tensor(true_labels)
     _check_same_shape("confusion_counts", pred, true)
-    groups = {**CLASS_LABELS, **REGION_LABELS}
+    groups = spec.groups
     pred_masks, true_masks = label_masks(pred, groups), label_masks(true, groups)
     rows = []
-    for name in TARGETS:
+    for name in groups:
         p, t = pred_masks[name], true_masks[name]
         tp, predicted, present = (p & t).sum(), p.sum(), t.sum()
         fp, fn = predicted - tp, present - tp
@@ -285,28 +289,42 @@ def confusion_counts(
 
 
 def label_map_counts(
-    probabilities: torch.Tensor, onehot: torch.Tensor, threshold: float = 0.5, axis: int = 1
+    probabilities: torch.Tensor,
+    onehot: torch.Tensor,
+    threshold: float = 0.5,
+    axis: int = 1,
+    spec: DatasetSpec = MSD_SPEC,
 ) -> torch.Tensor:
     """:func:`confusion_counts` of the label map ``predict`` would write from ``probabilities``.
 
     Args:
-        probabilities: float sigmoid outputs, class axis at ``axis`` (a batch ``(B, 3, X, Y, Z)``).
+        probabilities: float sigmoid outputs, class axis at ``axis`` (a batch ``(B, K, X, Y, Z)``).
         onehot: the true one-hot of the same shape (as :func:`brainnet.data.dataset.to_training_batch`).
         threshold: see :func:`probabilities_to_labels`.
+        spec: whose classes and regions are counted (K = ``spec.n_classes``).
 
     Returns:
-        int64 ``(6, 4)`` on the inputs' device (no device synchronisation).
+        int64 ``(T, 4)`` on the inputs' device (no device synchronisation).
     """
     pred = probabilities_to_labels(probabilities, threshold, axis=axis)
-    return confusion_counts(pred, probabilities_to_labels(onehot, 0.5, axis=axis))
+    return confusion_counts(pred, probabilities_to_labels(onehot, 0.5, axis=axis), spec)
 
 
-def metrics_from_counts(counts: np.ndarray | torch.Tensor) -> dict[str, dict[str, float]]:
-    """``{target: {"dice", "sensitivity", "specificity"}}`` from the ``(6, 4)`` :func:`confusion_counts`.
+def metrics_from_counts(
+    counts: np.ndarray | torch.Tensor, spec: DatasetSpec = MSD_SPEC
+) -> dict[str, dict[str, float]]:
+    """``{target: {"dice", "sensitivity", "specificity"}}`` from the ``(T, 4)`` :func:`confusion_counts`
+    of ``spec``.
 
     Dice is exact (no epsilon); empty structures follow the module table.
     """
-    tp, fp, fn, tn = _as_tensor(counts).to(torch.float64).cpu().unbind(-1)
+    counts = _as_tensor(counts)
+    if counts.shape[0] != len(spec.targets):
+        raise ShapeMismatchError(
+            f"metrics_from_counts: {len(spec.targets)} rows expected ({spec.convention} targets), "
+            f"found {counts.shape[0]}"
+        )
+    tp, fp, fn, tn = counts.to(torch.float64).cpu().unbind(-1)
     denominator = 2 * tp + fp + fn
     dice = torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), torch.ones_like(denominator))
     sensitivity, specificity = _ratio_or_rule(tp, fn, fp), _ratio_or_rule(tn, fp, fn)
@@ -316,43 +334,43 @@ def metrics_from_counts(counts: np.ndarray | torch.Tensor) -> dict[str, dict[str
             "sensitivity": float(sensitivity[i]),
             "specificity": float(specificity[i]),
         }
-        for i, name in enumerate(TARGETS)
+        for i, name in enumerate(spec.targets)
     }
 
 
-def class_score(metrics: Mapping[str, Mapping[str, float]]) -> float:
-    """The score of a model: the mean label-map Dice of the three classes (``best.pt`` is chosen by it)."""
-    return float(np.mean([metrics[name]["dice"] for name in CLASS_LABELS]))
+def class_score(metrics: Mapping[str, Mapping[str, float]], spec: DatasetSpec = MSD_SPEC) -> float:
+    """The score of a model: the mean label-map Dice of the spec's foreground classes (``best.pt`` is
+    chosen by it)."""
+    return float(np.mean([metrics[name]["dice"] for name in spec.foreground]))
 
 
 def segmentation_metrics(
-    pred_labels: np.ndarray | torch.Tensor, true_labels: np.ndarray | torch.Tensor
+    pred_labels: np.ndarray | torch.Tensor,
+    true_labels: np.ndarray | torch.Tensor,
+    spec: DatasetSpec = MSD_SPEC,
 ) -> dict[str, dict[str, float]]:
-    """Dice, sensitivity and specificity per tumour class and per BraTS region of one scan.
+    """Dice, sensitivity and specificity per class and per region of one scan.
 
     :func:`metrics_from_counts` of :func:`confusion_counts`: the label-map Dice of the module docstring.
 
     Args:
-        pred_labels: predicted MSD labels, integer ``(X, Y, Z)``.
-        true_labels: true MSD labels, same shape.
+        pred_labels: predicted canonical labels, integer ``(X, Y, Z)``.
+        true_labels: true canonical labels, same shape.
+        spec: whose classes and regions are scored.
 
     Returns:
-        ``{name: {"dice", "sensitivity", "specificity"}}`` for the names of :data:`TARGETS`
-        (edema, non_enhancing, enhancing, whole_tumour, tumour_core, enhancing_tumour), plain floats.
+        ``{name: {"dice", "sensitivity", "specificity"}}`` for the names of ``spec.targets`` (gliomas:
+        edema, non_enhancing, enhancing, whole_tumour, tumour_core, enhancing_tumour), plain floats.
     """
-    return metrics_from_counts(confusion_counts(pred_labels, true_labels))
+    return metrics_from_counts(confusion_counts(pred_labels, true_labels, spec), spec)
 
 
 __all__ = [
-    "CLASS_LABELS",
     "DICE_DEFINITION",
     "DICE_EPSILON",
     "DICE_NAME",
     "METRIC_COLUMNS",
     "METRIC_NAMES",
-    "NUM_CLASSES",
-    "REGION_LABELS",
-    "TARGETS",
     "class_score",
     "confusion_counts",
     "dice_coefficient",

@@ -50,7 +50,7 @@ class ModelConfig(Params):
 
     Attributes:
         in_channels: input channels (FLAIR, T1w, T1gd, T2w = 4).
-        out_channels: output channels, one sigmoid per tumour class (edema, non-enhancing, enhancing = 3).
+        out_channels: output channels, one sigmoid per foreground class of the dataset spec (3 for gliomas).
         depth: number of resolution levels; the input is pooled ``depth - 1`` times.
         base_filters: filters of the first convolution; level ``d`` uses ``base * 2**d`` and ``* 2``.
         normalization: ``none`` (course default), ``batch`` or ``instance`` after every 3x3x3 conv.

@@ -29,10 +29,11 @@ import torch
 from brainnet.infer.sliding_window import sliding_window
 from brainnet.metrics import probabilities_to_labels, segmentation_metrics
 from brainnet.train.checkpoint import LoadedModel
-from brainprep import Case, CaseFiles, LabelConvention, write_label_in_source_space
+from brainprep import Case, CaseFiles, write_label_in_source_space
 from brainprep.errors import CaseError, one_line
 from brainprep.params import BuildParams
 from brainprep.standardize import (
+    background_values,
     brain_mask,
     nonzero_statistics,
     standardize_patch_slices,
@@ -86,11 +87,15 @@ def window_predictor(
     return predict
 
 
-def prepare_volume(image: np.ndarray, build_params: BuildParams) -> np.ndarray:
+def prepare_volume(
+    image: np.ndarray, build_params: BuildParams, background: np.ndarray | None = None
+) -> np.ndarray:
     """The scan as the sliding window should see it.
 
     Args:
         image: float32 (4, X, Y, Z) RAS scan (raw intensities).
+        background: (4,) its background (:func:`~brainprep.standardize.background_values`, computed when
+            ``None``): the brain is what differs from it, as in the store.
 
     Returns:
         float32 (4, X, Y, Z): raw for ``patch-slice`` (standardized per window later), standardized over
@@ -98,8 +103,10 @@ def prepare_volume(image: np.ndarray, build_params: BuildParams) -> np.ndarray:
     """
     if build_params.standardize.method == "patch-slice":
         return np.asarray(image, dtype=np.float32)
-    mean, std = nonzero_statistics(image)
-    standardized = standardize_with_statistics(image, mean, std, mask=brain_mask(image))
+    if background is None:
+        background = background_values(image)
+    mean, std = nonzero_statistics(image, background)
+    standardized = standardize_with_statistics(image, mean, std, mask=brain_mask(image, background))
     return _round_through(standardized, build_params.store.dtype)
 
 
@@ -128,8 +135,10 @@ def predict_case(
         batch_size: windows per forward pass.
         device: where the network runs (default: where the model is).
         threshold: a class is present where its probability is above this.
-        brain_only: zero the probabilities (hence labels) outside the brain (voxels that are 0 in every
-            channel of the skull-stripped scan): no training patch taught the network anything there.
+        brain_only: zero the probabilities (hence labels) outside the brain (voxels that equal the
+            background in every channel: 0 in a skull-stripped scan, the constant of an already-normalized
+            one, see :func:`~brainprep.standardize.brain_mask`): no training patch taught the network
+            anything there.
             Windows holding no brain voxel are then not predicted (the top and bottom slices of a scan).
 
     Returns:
@@ -139,7 +148,8 @@ def predict_case(
     if device is not None:
         model.to(device)
     model.eval()
-    volume = torch.from_numpy(prepare_volume(case.image, build_params))
+    background = background_values(case.image)
+    volume = torch.from_numpy(prepare_volume(case.image, build_params, background))
     probabilities = sliding_window(
         volume,
         window_predictor(model, build_params, amp),
@@ -150,7 +160,7 @@ def predict_case(
         device="cpu",  # windows are standardized on the CPU; the predictor moves them to the model
         progress=progress,
         # zero outside the brain, where windows without a brain voxel are not run through the network
-        mask=torch.from_numpy(brain_mask(case.image)) if brain_only else None,
+        mask=torch.from_numpy(brain_mask(case.image, background)) if brain_only else None,
     ).numpy()
     labels = probabilities_to_labels(probabilities, threshold=threshold)
     return labels, probabilities
@@ -185,7 +195,7 @@ def read_truth(case: Case) -> tuple[np.ndarray | None, str | None]:
         case: read without its label (``read_case(files, with_label=False)``).
 
     Returns:
-        (uint8 (X, Y, Z) MSD labels on the case's RAS grid or ``None``, the warning when a label file is
+        (uint8 (X, Y, Z) canonical labels on the case's RAS grid or ``None``, the warning when a label file is
         missing, unreadable (truncated...), of another grid, or holds values outside its convention).
         A case without a label by design (an image alone, a validation release) gives ``(None, None)``.
     """
@@ -224,12 +234,18 @@ def segment_case(
         loaded: the network and its store parameters (:func:`brainnet.train.load_model`).
         files: the case, from :func:`brainprep.discover_cases`.
         out_path: the ``.nii.gz`` to write.
-        source_labels: write the source's label convention (e.g. BraTS 2023) instead of MSD's.
+        source_labels: write the source's label values (e.g. BraTS 2023's) instead of the canonical
+            classes (for gliomas MSD's values). The classes are the checkpoint's spec's; a case read
+            with a spec of other classes gets no metrics (and its values are the checkpoint's).
         png: also draw the axial slice with the most predicted tumour.
     """
     from brainprep import read_case
+    from brainprep.spacing import spacing_mismatch
 
     case = read_case(files, with_label=False)
+    mismatch = spacing_mismatch(case.spacing, loaded.build_params.spacing)
+    if mismatch is not None:
+        logger.warning("case %s: %s", case.case_id, mismatch)
     truth, warning = read_truth(case)
     if warning is not None:
         logger.warning("%s", warning)
@@ -244,9 +260,18 @@ def segment_case(
         amp=amp,
         progress=progress,
     )
-    convention = files.label_convention if source_labels else LabelConvention.MSD
-    output = write_label_in_source_space(labels, case, Path(out_path), convention)
-    metrics = segmentation_metrics(labels, truth) if truth is not None else None
+    spec = loaded.spec
+    same_classes = files.spec.classes == spec.classes
+    if truth is not None and not same_classes:
+        warning = (
+            f"the case's labels ({files.spec.describe()}) are not the model's classes "
+            f"({', '.join(spec.foreground)}): no metrics"
+        )
+        logger.warning("%s", warning)
+        truth = None
+    written = (files.spec if same_classes else spec) if source_labels else None
+    output = write_label_in_source_space(labels, case, Path(out_path), written)
+    metrics = segmentation_metrics(labels, truth, spec) if truth is not None else None
     picture = None
     if png is not None:
         from brainnet.evaluate import OverlayRow, draw_overlays
@@ -260,5 +285,5 @@ def segment_case(
             truth=truth[:, :, z] if truth is not None else None,
             prediction=labels[:, :, z],
         )
-        picture = draw_overlays([row], Path(png))
+        picture = draw_overlays([row], Path(png), spec)
     return CasePrediction(case.case_id, labels, output, metrics, picture, warning)

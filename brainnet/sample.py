@@ -74,6 +74,7 @@ def sample_training(store: Any, count: int, config: Any) -> dict:
         As :func:`sample_store`, the image float16 of the augmented patch and its label, plus
         ``augment``: the augmentation's JSON (a 0-d str array) and ``step`` int64 (N,) the step of each.
     """
+    from brainnet.data.dataset import augmented_inputs
     from brainnet.train.loop import is_volume_store, step_augment, training_augmenter, training_stream
 
     stream, augmenter = training_stream(store, config), training_augmenter(store, config)
@@ -82,11 +83,8 @@ def sample_training(store: Any, count: int, config: Any) -> dict:
     step = 0
     while sum(map(len, parts["step"])) < count:
         batch, epoch = stream.next(), stream.sampler.epoch  # the epoch the batch was drawn from
-        # as to_training_batch gives it to the augmentation: float32 and copies of its own
-        image, label = batch["image"].float(), batch["label"].clone()
         augment = step_augment(augmenter, config.seed, 0, step)
-        if augment is not None:
-            image, label = augment(image, label)
+        image, label = augmented_inputs(batch, "cpu", augment)  # what to_training_batch one-hot encodes
         parts["image"].append(image.numpy().astype(np.float16))
         parts["label"].append(label.numpy())
         if volume:

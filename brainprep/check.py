@@ -24,14 +24,15 @@ import numpy as np
 from brainprep.config import Params
 from brainprep.errors import CaseError, ConfigError, ShapeMismatchError
 from brainprep.params import SamplingParams
-from brainprep.read import CaseFiles, discover_cases, read_case
-from brainprep.read.labels import MSD_CLASS_NAMES
-from brainprep.read.nifti import read_nifti_header
+from brainprep.read import CHANNEL_NAMES, CaseFiles, discover_cases, read_case
+from brainprep.read.nifti import ras_spacing, read_nifti_header
 from brainprep.sample import patch_misfit, valid_corner_share
+from brainprep.spacing import SPACING_RTOL, format_spacing, majority_spacing, off_majority
+from brainprep.spec import MSD_SPEC, DatasetSpec
+from brainprep.standardize import background_values
 
 logger = logging.getLogger(__name__)
 
-N_CLASSES = len(MSD_CLASS_NAMES)
 _DEFAULT_SAMPLING = SamplingParams()
 
 
@@ -69,15 +70,20 @@ class CaseReport:
         layout: ``msd``, ``brats2021`` or ``brats2023``.
         files: paths of the case's files (images in MSD channel order, then the label).
         shape: spatial (X, Y, Z) shape of the source image files, ``None`` when no header could be read.
-        spacing: voxel size in mm from the source header (``pixdim``), ``None`` likewise.
+        spacing: voxel size in mm along R, A, S from the source header's affine
+            (:func:`~brainprep.read.nifti.ras_spacing`; its ``pixdim`` when the affine is degenerate),
+            ``None`` likewise.
         orientation: axis codes of the source affine, e.g. ``"LPS"``; ``None`` likewise.
         dtype: on-disk dtype of the source image(s), e.g. ``"int16"``; channels of different dtypes are
             listed in MSD channel order joined by ``/`` (``"float64/float64/float32/float64"``).
-        has_label: the case has a label map (by design; a missing label file is a problem instead).
-        voxel_counts: voxels of each MSD class (background, edema, non-enhancing, enhancing) on the label
+        has_label: the case has a label file (a case without one is reported unlabelled, not a problem).
+        voxel_counts: voxels of each canonical class of the dataset spec (background first) on the label
             map, ``None`` without a readable label.
         valid_corner_share: share of patch corners whose background share is below the threshold,
             ``None`` without a readable label.
+        background: each channel's background intensity
+            (:func:`~brainprep.standardize.background_values`: 0 for skull-stripped BraTS data, another
+            value for already-normalized inputs), ``None`` when the image cannot be read.
         problem: one line naming the case, the file and what is wrong; ``None`` for a good case.
         status: ``"ok"``, ``"ok (no label)"`` or the problem in short (what is wrong, and the file name).
         seconds: time spent checking this case.
@@ -91,19 +97,35 @@ class CaseReport:
     orientation: str | None
     dtype: str | None
     has_label: bool
-    voxel_counts: tuple[int, int, int, int] | None
+    voxel_counts: tuple[int, ...] | None
     valid_corner_share: float | None
     problem: str | None
     status: str
     seconds: float
+    background: tuple[float, ...] | None = None
 
     @property
     def ok(self) -> bool:
         return self.problem is None
 
     @property
-    def tumour_voxels(self) -> tuple[int, int, int] | None:
-        """Voxels of edema, non-enhancing and enhancing tumour (MSD classes 1, 2, 3)."""
+    def background_warning(self) -> str | None:
+        """One line when a channel's background is not 0 (the input was normalized already), else
+        ``None``: such a case builds and predicts (the brain is what differs from the background), but
+        it is not what a skull-stripped BraTS release holds."""
+        if self.background is None or not any(self.background):
+            return None
+        values = ", ".join(
+            f"{name} {value:.4g}" for name, value in zip(CHANNEL_NAMES, self.background, strict=True) if value
+        )
+        return (
+            f"case {self.case_id}: background is not 0 ({values}; the most frequent value on the volume's "
+            "border): an already-normalized input; the brain mask is what differs from it"
+        )
+
+    @property
+    def tumour_voxels(self) -> tuple[int, ...] | None:
+        """Voxels of each foreground class (canonical classes 1..n)."""
         return None if self.voxel_counts is None else self.voxel_counts[1:]  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,6 +145,7 @@ class DatasetReport:
         cases: one report per case, sorted as :func:`brainprep.discover_cases` lists them.
         seconds: wall time of the whole check.
         workers: threads that read cases.
+        spec: the dataset's spec (its classes are the table's count columns).
     """
 
     root: str
@@ -131,10 +154,32 @@ class DatasetReport:
     cases: tuple[CaseReport, ...]
     seconds: float
     workers: int = 1
+    spec: DatasetSpec = MSD_SPEC
 
     @property
     def problems(self) -> tuple[CaseReport, ...]:
         return tuple(case for case in self.cases if not case.ok)
+
+    @property
+    def majority_spacing(self) -> tuple[float, float, float] | None:
+        """The spacing most cases share (:func:`brainprep.spacing.majority_spacing`)."""
+        return majority_spacing([case.spacing for case in self.cases])
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """One line per case that builds but deserves a look: its spacing differs from the majority (by
+        more than :data:`~brainprep.spacing.SPACING_RTOL` relative on an axis: ``build-patches`` refuses
+        it without ``--resample`` or ``--allow-mixed-spacing``), or its background is not 0."""
+        majority = self.majority_spacing
+        ids, spacings = [c.case_id for c in self.cases], [c.spacing for c in self.cases]
+        lines = [
+            f"case {case_id}: spacing {format_spacing(spacing)} differs from the majority "
+            f"{format_spacing(majority)} (by more than {SPACING_RTOL:g} relative); build-patches needs "  # type: ignore[arg-type]
+            "--resample or --allow-mixed-spacing"
+            for case_id, spacing in off_majority(ids, spacings, majority)
+        ]
+        lines.extend(case.background_warning for case in self.cases if case.background_warning)
+        return tuple(lines)
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -145,6 +190,7 @@ class DatasetReport:
             "ok": sum(case.ok for case in self.cases),
             "problems": len(self.problems),
             "without_label": sum(case.ok and not case.has_label for case in self.cases),
+            "warnings": len(self.warnings),
             "seconds": self.seconds,
             "seconds_per_case": self.seconds / n if n else 0.0,
             "workers": self.workers,
@@ -154,23 +200,26 @@ class DatasetReport:
         return {
             "root": self.root,
             "layout": self.layout,
+            "spec": self.spec.to_dict(),
             "params": self.params.to_dict(),
             "summary": self.summary,
+            "warnings": list(self.warnings),
             "cases": [case.to_dict() for case in self.cases],
         }
 
 
-def class_voxel_counts(label: np.ndarray) -> tuple[int, int, int, int]:
-    """Voxels of each MSD class.
+def class_voxel_counts(label: np.ndarray, n_classes: int) -> tuple[int, ...]:
+    """Voxels of each canonical class.
 
     Args:
-        label: uint8 (X, Y, Z) in the MSD convention (values 0..3).
+        label: uint8 (X, Y, Z) canonical classes (values 0..n_classes).
+        n_classes: foreground classes of the dataset spec.
 
     Returns:
-        (background, edema, non-enhancing, enhancing) voxel counts.
+        n_classes + 1 voxel counts, background first.
     """
-    counts = np.bincount(label.ravel(), minlength=N_CLASSES)
-    return tuple(int(c) for c in counts[:N_CLASSES])  # type: ignore[return-value]
+    counts = np.bincount(label.ravel(), minlength=n_classes + 1)
+    return tuple(int(c) for c in counts[: n_classes + 1])
 
 
 def _header_info(
@@ -191,7 +240,10 @@ def _header_info(
         return None, None, None, None
     first = headers[0]
     shape = tuple(int(s) for s in first.shape[:3])
-    spacing = tuple(float(z) for z in first.header.get_zooms()[:3])
+    try:
+        spacing = ras_spacing(first.affine)
+    except ValueError:  # a degenerate affine has no RAS axes (LinAlgError is a ValueError)
+        spacing = tuple(float(z) for z in first.header.get_zooms()[:3])
     try:
         # A degenerate affine has no axis codes: nibabel gives None for such an axis ...
         orientation = "".join(code or "?" for code in nib.aff2axcodes(first.affine))
@@ -231,10 +283,11 @@ def check_case(
     """
     start = time.perf_counter()
     shape, spacing, orientation, dtype = _header_info(files)
-    voxel_counts = share = None
+    voxel_counts = share = background = None
     problem = None
     try:
         case = read_case(files)  # inflates every file to its end: a cut gzip trailer is a problem too
+        background = tuple(float(v) for v in background_values(case.image))
         if expect_shape is not None and case.shape != tuple(expect_shape):
             found = _format_shape(case.shape)
             if case.source_shape != case.shape:
@@ -248,7 +301,7 @@ def check_case(
         if misfit is not None:
             raise ShapeMismatchError(misfit, case_id=files.case_id, path=files.image_paths[0])
         if case.label is not None:
-            voxel_counts = class_voxel_counts(case.label)
+            voxel_counts = class_voxel_counts(case.label, files.spec.n_classes)
             share = valid_corner_share(case.label, patch_size, background_threshold)
         del case  # free the arrays before the next case of this worker
     except CaseError as err:
@@ -273,6 +326,7 @@ def check_case(
         problem=problem,
         status=status,
         seconds=time.perf_counter() - start,
+        background=background,
     )
 
 
@@ -301,6 +355,7 @@ def check_dataset(
     *,
     workers: int = 1,
     progress: bool = False,
+    labels: str | None = None,
 ) -> DatasetReport:
     """Check every case of ``data_dir``.
 
@@ -309,6 +364,7 @@ def check_dataset(
         params: what to check against (default :class:`CheckParams`).
         workers: threads reading cases at once; each holds one case in memory at a time.
         progress: show a tqdm bar over cases on stderr.
+        labels: the label convention (``--labels``); default: detected (:func:`brainprep.discover_cases`).
 
     Returns:
         The report of every case, in case order.
@@ -321,7 +377,7 @@ def check_dataset(
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     start = time.perf_counter()
-    dataset = discover_cases(data_dir)
+    dataset = discover_cases(data_dir, labels)
     logger.info("checking %d %s cases in %s", len(dataset.cases), dataset.layout, dataset.root)
     reports: list[CaseReport | None] = [None] * len(dataset.cases)
     bar = None
@@ -346,6 +402,7 @@ def check_dataset(
         cases=tuple(r for r in reports if r is not None),
         seconds=time.perf_counter() - start,
         workers=workers,
+        spec=dataset.spec,
     )
 
 
@@ -365,18 +422,24 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("spacing", "<"),
     ("orient", "<"),
     ("dtype", "<"),
-    ("edema", ">"),
-    ("non-enh", ">"),
-    ("enh", ">"),
+    ("{classes}", ">"),  # one column per foreground class of the spec
     ("valid corners", ">"),
     ("status", "<"),
 )
 
 
-def _table_row(case: CaseReport) -> tuple[str, ...]:
+def _columns(spec: DatasetSpec) -> tuple[tuple[str, str], ...]:
+    """:data:`TABLE_COLUMNS` with the spec's foreground classes for ``{classes}``."""
+    columns: list[tuple[str, str]] = []
+    for name, align in TABLE_COLUMNS:
+        columns.extend([(c, align) for c in spec.foreground] if name == "{classes}" else [(name, align)])
+    return tuple(columns)
+
+
+def _table_row(case: CaseReport, n_classes: int) -> tuple[str, ...]:
     missing = "-"
     tumour = case.tumour_voxels
-    counts = tuple(str(n) for n in tumour) if tumour is not None else (missing,) * 3
+    counts = tuple(str(n) for n in tumour) if tumour is not None else (missing,) * n_classes
     share = f"{100 * case.valid_corner_share:.1f}%" if case.valid_corner_share is not None else missing
     return (
         case.case_id,
@@ -403,14 +466,15 @@ def format_summary(report: DatasetReport) -> str:
 
 
 def format_table(report: DatasetReport) -> str:
-    """The report as text: one row per case, then the summary line, then one line per problem."""
+    """The report as text: one row per case, the summary line, one line per problem, one per warning."""
     p = report.params
-    header = tuple(name for name, _ in TABLE_COLUMNS)
-    rows = [header, *(_table_row(case) for case in report.cases)]
+    columns = _columns(report.spec)
+    header = tuple(name for name, _ in columns)
+    rows = [header, *(_table_row(case, report.spec.n_classes) for case in report.cases)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for row in rows:
-        aligned = zip(row, TABLE_COLUMNS, widths, strict=True)
+        aligned = zip(row, columns, widths, strict=True)
         cells = [f"{cell:{align}{width}}" for cell, (_, align), width in aligned]
         lines.append("  ".join(cells).rstrip())
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -419,10 +483,16 @@ def format_table(report: DatasetReport) -> str:
         f"valid corners: share of {_format_shape(p.patch_size)} patch corners with background share "
         f"< {p.background_threshold:g}"
     )
+    lines.append(f"labels: {report.spec.describe()}")
     lines.append(format_summary(report))
     problems = report.problems
     if problems:
         lines.append("")
         lines.append(f"problems ({len(problems)}):")
         lines.extend(f"  {case.problem}" for case in problems)
+    warnings = report.warnings
+    if warnings:
+        lines.append("")
+        lines.append(f"warnings ({len(warnings)}):")
+        lines.extend(f"  {warning}" for warning in warnings)
     return "\n".join(lines)

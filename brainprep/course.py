@@ -31,6 +31,7 @@ import numpy as np
 from brainprep.errors import ConfigError, InvalidValueError, ShapeMismatchError, UnreadableFileError
 from brainprep.params import BuildParams, SamplingParams, SplitParams, StoreParams
 from brainprep.sample import patch_fractions
+from brainprep.spec import MSD_SPEC
 from brainprep.standardize import standardize_patch_slices
 from brainprep.store import schema
 from brainprep.store.locations import format_for_new_store
@@ -328,7 +329,7 @@ def import_course(
             offset = patch.index - 1
             images[offset], labels[offset] = image, label
             slot = case_index * per_case + offset
-            tumour, classes = patch_fractions(label)
+            tumour, classes = patch_fractions(label, MSD_SPEC.n_classes)
             table[schema.PATCH_VALID][slot] = True
             table[schema.PATCH_CASE][slot] = case_index
             table[schema.PATCH_CORNER][slot] = patch.corner
@@ -398,7 +399,7 @@ def _empty_table(n_slots: int) -> dict[str, np.ndarray]:
         schema.PATCH_CASE: np.full(n_slots, schema.EMPTY_SLOT, dtype=np.int32),
         schema.PATCH_CORNER: np.zeros((n_slots, 3), dtype=np.int32),
         schema.PATCH_TUMOUR_FRACTION: np.zeros(n_slots, dtype=np.float32),
-        schema.PATCH_CLASS_FRACTIONS: np.zeros((n_slots, 3), dtype=np.float32),
+        schema.PATCH_CLASS_FRACTIONS: np.zeros((n_slots, MSD_SPEC.n_classes), dtype=np.float32),
         schema.PATCH_SPLIT: np.full(n_slots, schema.EMPTY_SLOT, dtype=np.int8),
     }
 
@@ -416,8 +417,10 @@ def _metadata(
             "layout": "course-patches",
             "fingerprint": hashlib.sha256("\n".join(digests).encode()).hexdigest(),
         },
-        "channel_names": ["FLAIR", "T1w", "T1gd", "T2w"],
-        "class_names": ["background", "edema", "non-enhancing", "enhancing"],
+        # the course's one-hot channels are MSD's classes (edema, non-enhancing, enhancing)
+        "spec": MSD_SPEC.to_dict(),
+        "channel_names": list(MSD_SPEC.channels),
+        "class_names": list(MSD_SPEC.classes),
         "split_names": list(schema.SPLIT_NAMES),
         "cases": list(records),
         "complete": complete,

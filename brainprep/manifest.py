@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from brainprep.errors import ConfigError, StoreError
+from brainprep.spec import spec_from_metadata
 from brainprep.store import schema
 from brainprep.store.locations import HDF5, store_format
 from brainprep.store.remote import close_h5_file, open_h5_file, open_zarr_store
@@ -381,6 +382,7 @@ def build_manifest(
             "patches_per_case": patches_per_case,
         },
         "params": metadata.get("params"),
+        "spec": spec_from_metadata(metadata).to_dict(),  # a store from before the spec: MSD's
         "source": metadata.get("source"),
         "summary": metadata.get("summary"),
         "cases": rows,
@@ -418,6 +420,7 @@ def _volume_manifest(
             "patch_size": patch_size,
         },
         "params": metadata.get("params"),
+        "spec": spec_from_metadata(metadata).to_dict(),  # a store from before the spec: MSD's
         "source": metadata.get("source"),
         "summary": metadata.get("summary"),
         "cases": rows,

@@ -18,6 +18,9 @@ STORE_DTYPES = ("float16", "float32")
 #: ``patches``: K standardized patches per case (the course-faithful store); ``volumes``: each case's raw
 #: image cropped to the brain, from which training cuts fresh windows (:mod:`brainprep.store.volume_schema`).
 STORE_KINDS = ("patches", "volumes")
+#: ``uniform``: refuse a dataset of mixed voxel spacing; ``resample``: resample every case off the target
+#: spacing to it; ``allow-mixed``: build every case at its own spacing (see :class:`SpacingParams`).
+SPACING_POLICIES = ("uniform", "resample", "allow-mixed")
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,10 @@ class StandardizeParams(Params):
             raise ConfigError(f"standardize method must be one of {STANDARDIZE_METHODS}, got {self.method!r}")
 
 
+#: lz4hc level of a Zarr volume store's case arrays (brainprep/store/volume_schema.py "Chunks and codecs")
+DEFAULT_LEVEL_VOLUMES_ZARR = 3
+
+
 @dataclass(frozen=True)
 class StoreParams(Params):
     """How patches are laid out on disk.
@@ -84,16 +91,19 @@ class StoreParams(Params):
         format: ``zarr`` (Zarr v3, sharded) or ``hdf5``.
         dtype: image dtype in the store, ``float16`` (default) or ``float32``.
         kind: ``patches`` (default) or ``volumes`` (see :data:`STORE_KINDS`).
-        compression_level: zstd level (zarr) or gzip level (hdf5). Default 1: on the course's real
-            patches (standardized, float16, blosc zstd + shuffle) level 1 encodes at ~370 MB/s against
-            ~110 MB/s for level 3, for a ratio of 2.66 instead of 2.75 (3% more bytes; synthetic
-            240x240x155 patches: 1.78 vs 1.82) and the same decode speed; at level 3 encoding was up to
-            half of a case's build time. HDF5 (shuffle + gzip): ratio 2.78 vs 2.84, encode 70 vs 56 MB/s.
+        compression_level: the level of the store's compressor: zstd (a Zarr patch store), lz4hc (a Zarr
+            volume store, :data:`brainprep.store.volume_schema.BLOSC_CNAME`) or gzip (HDF5). ``None``
+            (the default) resolves to :data:`DEFAULT_LEVEL_VOLUMES_ZARR` for a Zarr volume store and to 1
+            otherwise. Patch stores, level 1: on the course's real patches (standardized, float16, blosc
+            zstd + shuffle) it encodes at ~370 MB/s against ~110 MB/s for level 3, for a ratio of 2.66
+            instead of 2.75 (3% more bytes; synthetic 240x240x155 patches: 1.78 vs 1.82) and the same
+            decode speed; at level 3 encoding was up to half of a case's build time. HDF5 (shuffle + gzip):
+            ratio 2.78 vs 2.84, encode 70 vs 56 MB/s. Volume stores: see the schema's "Chunks and codecs".
     """
 
     format: str = "zarr"
     dtype: str = "float16"
-    compression_level: int = 1
+    compression_level: int | None = None
     kind: str = "patches"
 
     def __post_init__(self) -> None:
@@ -106,6 +116,17 @@ class StoreParams(Params):
             raise ConfigError(f"store dtype must be one of {STORE_DTYPES}, got {self.dtype!r}")
         if self.kind not in STORE_KINDS:
             raise ConfigError(f"store kind must be one of {STORE_KINDS}, got {self.kind!r}")
+        if self.compression_level is None:  # resolved here: the stored parameters always hold the level
+            volumes_zarr = self.kind == "volumes" and self.format == "zarr"
+            object.__setattr__(self, "compression_level", DEFAULT_LEVEL_VOLUMES_ZARR if volumes_zarr else 1)
+
+    def with_layout(self, *, fmt: str | None = None, kind: str | None = None) -> StoreParams:
+        """These parameters for a store of another format (the store path's suffix decides it) or kind (a
+        recipe's parameters built as volumes): a default compression level follows them (lz4hc 3 for a
+        Zarr volume store is zstd 1 for a Zarr patch store and gzip 1 for HDF5)."""
+        default = StoreParams(kind=self.kind, format=self.format).compression_level
+        level = None if self.compression_level == default else self.compression_level
+        return self.replace(format=fmt or self.format, kind=kind or self.kind, compression_level=level)
 
     def to_dict(self) -> dict[str, Any]:
         """As :meth:`Params.to_dict`, without ``kind`` for a patch store: the parameters (and so the
@@ -136,6 +157,30 @@ class SplitParams(Params):
 
 
 @dataclass(frozen=True)
+class SpacingParams(Params):
+    """What a build does with cases of different voxel spacing (:mod:`brainprep.spacing`).
+
+    Attributes:
+        policy: ``uniform`` (default: a case whose spacing differs from the dataset's majority stops the
+            build before anything is written), ``resample`` (such cases are resampled to ``target``:
+            images trilinearly, labels nearest-neighbour) or ``allow-mixed`` (built as they are).
+        target: (x, y, z) mm on the RAS grid that ``resample`` resamples to; ``None``: the dataset's
+            majority spacing, which the build records here (so the store says what it resampled to).
+    """
+
+    policy: str = "uniform"
+    target: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.policy not in SPACING_POLICIES:
+            raise ConfigError(f"spacing policy must be one of {SPACING_POLICIES}, got {self.policy!r}")
+        if self.target is not None:
+            if len(self.target) != 3 or not all(float(v) > 0 for v in self.target):
+                raise ConfigError(f"spacing target must be three positive mm values, got {self.target}")
+            object.__setattr__(self, "target", tuple(float(v) for v in self.target))
+
+
+@dataclass(frozen=True)
 class BuildParams(Params):
     """Everything that determines the content of a store (worker count and scheduler do not)."""
 
@@ -144,3 +189,13 @@ class BuildParams(Params):
     store: StoreParams = field(default_factory=StoreParams)
     split: SplitParams = field(default_factory=SplitParams)
     seed: int = 0
+    spacing: SpacingParams = field(default_factory=SpacingParams)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As :meth:`Params.to_dict`, without ``spacing`` when it is the default (``uniform``): the
+        parameters (and so the metadata, content id and manifests) of a uniform-spacing store stay what
+        they were before the spacing policy existed; a dict without it reads back as ``uniform``."""
+        data = super().to_dict()
+        if self.spacing == SpacingParams():
+            del data["spacing"]
+        return data

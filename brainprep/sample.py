@@ -18,9 +18,6 @@ from brainprep.params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
-#: Labels (MSD convention) whose shares :func:`patch_fractions` reports: edema, non-enhancing, enhancing.
-TUMOUR_CLASSES = (1, 2, 3)
-
 
 def _count_dtype(n_voxels: int) -> type[np.signedinteger]:
     """int32 when every count fits: a summed-area entry is at most the voxel count (8.9e6 for 240x240x155,
@@ -279,21 +276,22 @@ def sample_corners(label: np.ndarray, params: SamplingParams, rng: np.random.Gen
     return CaseSampling(corners, share, best, reason)
 
 
-def patch_fractions(label_patch: np.ndarray) -> tuple[float, np.ndarray]:
+def patch_fractions(label_patch: np.ndarray, n_classes: int) -> tuple[float, np.ndarray]:
     """Tumour and per-class shares of a label patch.
 
     Args:
-        label_patch: uint8 (X, Y, Z), MSD convention (values 0..3).
+        label_patch: uint8 (X, Y, Z), canonical classes 0..n_classes.
+        n_classes: foreground classes of the dataset spec (:attr:`brainprep.spec.DatasetSpec.n_classes`).
 
     Returns:
-        (tumour fraction = share of label > 0 as a Python float, float32 (3,) shares of edema (1),
-        non-enhancing (2), enhancing (3)); all 0 for an empty patch.
+        (tumour fraction = share of label > 0, any foreground class, as a Python float, float32
+        (n_classes,) shares of classes 1..n_classes); all 0 for an empty patch.
     """
     n = label_patch.size
     if n == 0:
-        return 0.0, np.zeros(len(TUMOUR_CLASSES), dtype=np.float32)
+        return 0.0, np.zeros(n_classes, dtype=np.float32)
     tumour = np.count_nonzero(label_patch) / n
-    counts = np.array([np.count_nonzero(label_patch == value) for value in TUMOUR_CLASSES])
+    counts = np.array([np.count_nonzero(label_patch == value) for value in range(1, n_classes + 1)])
     classes = (counts / n).astype(np.float32)
     return float(tumour), classes
 

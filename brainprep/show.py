@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from brainprep.read.case import Case
-from brainprep.read.layouts import CHANNEL_NAMES
+from brainprep.spec import CHANNEL_NAMES
 
 logger = logging.getLogger(__name__)
 
-#: RGB of the MSD classes 1 edema, 2 non-enhancing tumour, 3 enhancing tumour.
-LABEL_COLOURS = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
-LABEL_NAMES: tuple[str, ...] = ("edema", "non-enhancing tumour", "enhancing tumour")
+#: RGB of canonical classes 1.. (glioma family: 1 edema red, 2 non-enhancing green, 3 enhancing blue;
+#: a 4th class, e.g. a resection cavity, yellow; a 5th magenta).
+LABEL_COLOURS = np.array(
+    [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255]], dtype=np.uint8
+)
 PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
 #: side letters (left edge, right edge, top edge, bottom edge) of each displayed plane.
 PLANE_SIDES: dict[str, tuple[str, str, str, str]] = {
@@ -75,7 +77,8 @@ def overlay_rgb(
 
     Args:
         gray2d: (H, W) intensities.
-        label2d: (H, W) MSD labels (0 background, 1 edema, 2 non-enhancing, 3 enhancing), or ``None``.
+        label2d: (H, W) canonical classes (glioma: 0 background, 1 edema, 2 non-enhancing, 3 enhancing),
+            or ``None``.
         alpha: opacity of the label colours (edema red, non-enhancing green, enhancing blue).
         window: (low, high) intensities mapped to black and white; default :func:`intensity_window`
             of ``gray2d`` (1st-99th percentile of its nonzero pixels).
@@ -89,7 +92,7 @@ def overlay_rgb(
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     if label2d is not None:
         tumour = label2d > 0
-        colour = LABEL_COLOURS[np.clip(label2d, 0, 3)].astype(np.float32)
+        colour = LABEL_COLOURS[np.clip(label2d, 0, len(LABEL_COLOURS) - 1)].astype(np.float32)
         rgb[tumour] = (1.0 - alpha) * rgb[tumour] + alpha * colour[tumour]
     return np.rint(rgb).astype(np.uint8)
 
@@ -239,7 +242,8 @@ def planes_figure(
     figure.text(0.5, 1.0 - 0.12 / height, title, color="white", fontsize=12, ha="center", va="top")
     if case.label is not None:
         handles = [
-            Patch(facecolor=LABEL_COLOURS[i + 1] / 255.0, label=name) for i, name in enumerate(LABEL_NAMES)
+            Patch(facecolor=LABEL_COLOURS[i + 1] / 255.0, label=name.replace("_", "-"))
+            for i, name in enumerate(case.files.spec.foreground)
         ]
         figure.legend(
             handles=handles,

@@ -7,6 +7,10 @@ Two methods (``StandardizeParams.method``):
 - ``volume-nonzero`` (:func:`nonzero_statistics` + :func:`standardize_with_statistics`): nnU-Net's
   z-score, one mean / std per channel over the brain voxels of the whole *volume*, background set to 0.
 
+The brain (:func:`brain_mask`) is what differs from the volume's background (:func:`background_values`:
+0 for skull-stripped BraTS data, another constant for already-normalized inputs); standardization, the
+volume store's crop and ``brainnet predict`` all take it from here.
+
 ``patch-slice`` works through a patch a few slices at a time, so its float64 temporaries stay in cache;
 ``volume-nonzero`` loops over channels, to keep float64 temporaries to one channel at a time (a float64
 channel of a 240x240x155 volume is ~71 MB).
@@ -14,9 +18,14 @@ channel of a 240x240x155 volume is ~71 MB).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from brainprep.errors import ShapeMismatchError
+
+if TYPE_CHECKING:
+    import torch
 
 #: Floor of the divisor in :func:`standardize_with_statistics` (nnU-Net's ``max(std, 1e-8)``).
 MIN_STD = 1e-8
@@ -29,9 +38,7 @@ def _check_channels_first(array: np.ndarray, name: str) -> None:
         raise ShapeMismatchError(f"{name} must be (C, X, Y, Z), found shape {tuple(array.shape)}")
 
 
-def standardize_patch_slices(
-    patch: np.ndarray, out: np.ndarray | None = None, region: tuple[slice, slice] | None = None
-) -> np.ndarray:
+def standardize_patch_slices(patch: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """The course's standardization: each channel of each z-slice to mean 0 / std 1.
 
     Equals the course's loop (``for c: for z: centered = s - mean(s); if std(centered) != 0: centered /
@@ -64,10 +71,6 @@ def standardize_patch_slices(
             layout (a strided view of a volume is fine and is not copied).
         out: where to write, same shape, float32 (default, a new C-contiguous array) or float16 (the
             store dtype: the float32 result rounded once more, as ``result.astype(float16)`` rounds it).
-        region: (X slice, Y slice): take each slice's mean and std over this part of it only (the patch
-            inside a larger window read around it, for context), and apply them to the whole slice. The
-            region then standardizes exactly as the patch alone would (the same float64 sums); ``None``:
-            the whole slice.
 
     Returns:
         ``out``.
@@ -80,30 +83,25 @@ def standardize_patch_slices(
         )
     if patch.ndim == 5:
         for one, one_out in zip(patch, out, strict=True):
-            standardize_patch_slices(one, one_out, region)
+            standardize_patch_slices(one, one_out)
         return out
     _check_channels_first(patch, "patch")
     for channel, channel_out in zip(patch, out, strict=True):
-        standardize_channel_slices(channel, channel_out, region)
+        standardize_channel_slices(channel, channel_out)
     return out
 
 
-def standardize_channel_slices(
-    channel: np.ndarray, out: np.ndarray, region: tuple[slice, slice] | None = None
-) -> None:
+def standardize_channel_slices(channel: np.ndarray, out: np.ndarray) -> None:
     """:func:`standardize_patch_slices` of one channel, written into ``out``.
 
     Args:
         channel: (X, Y, Z), any float or integer dtype and layout.
         out: float (X, Y, Z), written in place.
-        region: (X slice, Y slice) the statistics are taken over (see :func:`standardize_patch_slices`).
     """
     nx, ny, nz = channel.shape
     n = nx * ny
     if channel.size == 0:
         return
-    if region is not None and channel[region].size == 0:
-        raise ShapeMismatchError(f"statistics region {region} is empty in a slice of shape {(nx, ny)}")
     # Values with more than 24 mantissa bits: a rounded mean could leave a constant slice a std of a few
     # ulp (see standardize_patch_slices), so test constancy itself; for narrower dtypes std == 0 says it.
     test_constant = not (channel.dtype.kind in "fiub" and channel.dtype.itemsize <= 4)
@@ -114,26 +112,20 @@ def standardize_channel_slices(
         depth = block.shape[2]
         # (z, y, x) rows, x fastest: each row is one slice in the course's summation order.
         rows = np.array(block.transpose(2, 1, 0), dtype=np.float64, order="C").reshape(depth, n)
-        stats, part = rows, block  # the voxels the statistics come from (as rows, as a block)
-        if region is not None:
-            part = block[region]
-            stats = np.array(part.transpose(2, 1, 0), dtype=np.float64, order="C").reshape(depth, -1)
-        mean = np.add.reduce(stats, axis=1, keepdims=True)
-        mean /= stats.shape[1]
+        mean = np.add.reduce(rows, axis=1, keepdims=True)
+        mean /= n
         rows -= mean  # centered, as the course's ``s - np.mean(s)``
-        if stats is not rows:
-            stats -= mean
         # np.std(centered): the mean of the centered rows is removed again, then squared and averaged
-        centered_mean = np.add.reduce(stats, axis=1, keepdims=True)
-        centered_mean /= stats.shape[1]
-        deviation = stats - centered_mean
+        centered_mean = np.add.reduce(rows, axis=1, keepdims=True)
+        centered_mean /= n
+        deviation = rows - centered_mean
         np.multiply(deviation, deviation, out=deviation)
         std = np.add.reduce(deviation, axis=1, keepdims=True)
-        std /= stats.shape[1]
+        std /= n
         np.sqrt(std, out=std)
         flat = std[:, 0] == 0
         if test_constant:
-            flat |= part.max(axis=(0, 1)) == part.min(axis=(0, 1))
+            flat |= block.max(axis=(0, 1)) == block.min(axis=(0, 1))
         # Slices with std 0 stay zeros: dividing by 0 would give NaN, and a constant slice (e.g. a slice
         # entirely outside the skull-stripped brain) carries no information.
         std[flat] = 1.0
@@ -143,38 +135,181 @@ def standardize_channel_slices(
         out[:, :, z0 : z0 + depth] = slices.reshape(depth, ny, nx).transpose(2, 1, 0)
 
 
-def brain_mask(image: np.ndarray) -> np.ndarray:
-    """Brain voxels of a skull-stripped volume: nonzero in any channel.
+def standardize_slices_torch(image: torch.Tensor, region: tuple[slice, slice] | None = None) -> torch.Tensor:
+    """:func:`standardize_patch_slices` in torch, in float32, on whatever device ``image`` is on: how a
+    volume store's raw windows are standardized, by the training loop on its device
+    (:func:`brainnet.data.dataset.to_training_batch`), by ``brainnet sample`` and by
+    :meth:`~brainprep.store.volume_reader.VolumeStore.read_window`.
+
+    The same formula (each channel of each z-slice to mean 0 / std 1, population std, a constant slice
+    stays exactly 0):
+
+    - each slice is first shifted by its first voxel: the difference of two float16 values (the volume
+      store's raw intensities) is exact in float32, so a constant slice becomes exactly 0 (its std is
+      exactly 0 and it stays 0, the course's ``std != 0`` rule) and centering loses nothing to
+      cancellation;
+    - the mean and the norm are float32 reductions, relative error ~1e-6 of the std: far below the
+      rounding of float16 raw intensities. Exact float64 agreement is what :func:`standardize_patch_slices`
+      is for (a float32 volume store reads through it, bit for bit with the patch store).
+
+    Fastest when ``image`` is slice-major (:func:`brainprep.store.volume_schema.slice_major`, each z-slice
+    contiguous: the layout of a volume store's windows); any other layout costs one transposing copy.
+
+    Args:
+        image: float (..., C, X, Y, Z) tensor, any layout and device.
+        region: (X slice, Y slice): take each slice's shift, mean and norm over this part of it only (the
+            patch inside a window read with context around it: :mod:`brainnet.augment.context`) and apply
+            them to the whole slice; the region then comes out exactly as the patch alone would (the same
+            float32 operations on the same values). ``None``: the whole slice.
+
+    Returns:
+        float32, the same shape, slice-major (a new tensor).
+    """
+    import torch
+
+    x, y = image.shape[-3:-1]
+    slices = image.transpose(-1, -3).to(torch.float32)  # (..., C, Z, Y, X)
+    rows = slices.reshape(-1, x * y)  # a view when slice-major, a copy otherwise
+    stats = rows if region is None else slices[..., region[1], region[0]].reshape(len(rows), -1)
+    count = stats.shape[1]
+    shift = stats[:, :1].clone()
+    stats = stats - shift
+    mean = stats.mean(dim=1, keepdim=True)
+    stats -= mean
+    norm = torch.linalg.vector_norm(stats, dim=1, keepdim=True)
+    if region is not None:  # the whole slice, shifted and centred as its region was
+        stats = rows - shift
+        stats -= mean
+    stats *= torch.where(norm > 0, float(count) ** 0.5 / norm, torch.zeros_like(norm))
+    return stats.view(*slices.shape).transpose(-1, -3)
+
+
+def standardize_with_statistics_torch(
+    image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """:func:`standardize_with_statistics` with the :func:`brain_mask` of ``image``, in torch (float32,
+    any device): ``(x - mean[c]) / max(std[c], 1e-8)`` inside the brain, 0 outside.
+
+    Args:
+        image: float (B, C, X, Y, Z), any layout; mean, std: (B, C) per sample and channel.
+
+    Returns:
+        float32 (B, C, X, Y, Z) (a new tensor).
+    """
+    import torch
+
+    values = image.to(torch.float32)
+    mask = (values != 0).any(dim=1, keepdim=True)
+    shape = (*mean.shape, 1, 1, 1)
+    mean = mean.to(values.device, torch.float32).view(shape)
+    std = std.to(values.device, torch.float32).clamp(min=MIN_STD).view(shape)
+    return torch.where(mask, (values - mean) / std, torch.zeros((), device=values.device))
+
+
+#: A border value is the volume's background when at least this share of the border voxels hold it.
+BACKGROUND_MIN_SHARE = 0.5
+
+
+def border_voxels(channel: np.ndarray) -> np.ndarray:
+    """The voxels on the six faces of an (X, Y, Z) array, as one 1D array (edge voxels appear more than
+    once, which does not move a majority by more than the edges' few voxels)."""
+    faces = (channel[0], channel[-1], channel[:, 0], channel[:, -1], channel[:, :, 0], channel[:, :, -1])
+    return np.concatenate([np.asarray(face).ravel() for face in faces])
+
+
+def channel_background(border: np.ndarray) -> float:
+    """The background of one channel from its :func:`border_voxels`: their most frequent value when it
+    holds at least :data:`BACKGROUND_MIN_SHARE` of them, else 0 (see :func:`background_values`)."""
+    if border.size == 0:
+        return 0.0
+    values, counts = np.unique(border, return_counts=True)
+    best = int(np.argmax(counts))
+    return float(values[best]) if counts[best] >= BACKGROUND_MIN_SHARE * border.size else 0.0
+
+
+def background_values(image: np.ndarray) -> np.ndarray:
+    """The background intensity of each channel of a whole volume: float64 (C,).
+
+    Definition: a channel's background is the most frequent value on the volume's border (its six faces)
+    when at least :data:`BACKGROUND_MIN_SHARE` of the border voxels hold exactly that value, else 0.
+
+    Why the border and why a majority: a skull-stripped BraTS volume is exactly 0 around the head, and the
+    head does not fill the field of view (every real case in ../shared/data has an all-zero border), so
+    the rule gives 0 there and :func:`brain_mask` is today's "nonzero in any channel", bit for bit. An
+    input that was already normalized (z-scored over the whole volume, shifted, min-max scaled with an
+    offset) keeps a constant background of another value, e.g. -0.7: the border shows it, and the brain is
+    then what differs from it. A volume without a constant background (not skull-stripped, or noise) has
+    no value holding half its border: the rule falls back to 0, the old behaviour. Only the border is
+    looked at (a few percent of the voxels), so it costs a ``np.unique`` of ~0.3 M values for 240x240x155.
+
+    nnU-Net v2 only knows 0 (``create_nonzero_mask`` in nnunetv2/preprocessing/cropping/cropping.py is
+    ``data != 0``); for such inputs its mask covers the whole volume, and its planner then stops using the
+    mask for normalization (``determine_whether_to_use_mask_for_norm`` in
+    nnunetv2/experiment_planning/experiment_planners/default_experiment_planner.py: only when cropping
+    to the mask shrinks the images below 3/4 of their size).
+
+    Args:
+        image: (C, X, Y, Z), any dtype: the whole volume (a patch's border is not the volume's).
+
+    Returns:
+        float64 (C,) background of each channel (0 where no value holds half of the border).
+    """
+    _check_channels_first(image, "image")
+    if image[0].size == 0:
+        return np.zeros(image.shape[0], dtype=np.float64)
+    return np.array([channel_background(border_voxels(channel)) for channel in image], dtype=np.float64)
+
+
+def brain_mask(image: np.ndarray, background: np.ndarray | float | None = None) -> np.ndarray:
+    """Brain voxels: those that differ from their channel's background in any channel.
+
+    With a background of 0 (every skull-stripped BraTS volume) this is "nonzero in any channel", as
+    nnU-Net's ``create_nonzero_mask`` (without its hole filling).
 
     Args:
         image: (C, X, Y, Z), any dtype.
+        background: (C,) per-channel background (or one value for all); ``None``: the whole volume's,
+            :func:`background_values` of ``image``. Give it for a patch or window, whose own border is
+            not the volume's (the mask is then voxelwise: a patch's mask is the volume's mask cut there).
 
     Returns:
         bool (X, Y, Z).
     """
     _check_channels_first(image, "image")
-    return np.any(image != 0, axis=0)
+    if background is None:
+        background = background_values(image)
+    background = np.broadcast_to(np.asarray(background, dtype=np.float64), (image.shape[0],))
+    mask = np.zeros(image.shape[1:], dtype=bool)
+    for channel, value in zip(image, background, strict=True):
+        # a Python number compares in the channel's own dtype (a background found in a float32 or int16
+        # channel is exactly one of its values), so no float64 copy of the channel is made
+        mask |= channel != (float(value) if value else 0)
+    return mask
 
 
-def nonzero_statistics(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def nonzero_statistics(
+    image: np.ndarray, background: np.ndarray | float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """nnU-Net style per-channel statistics over the brain.
 
-    Mask: :func:`brain_mask`, the voxels where *any* channel is nonzero (the union over channels), shared by
-    all channels. Why the union and not each channel's own nonzero voxels: BraTS volumes are skull-stripped
-    with the background exactly 0 in every modality, so the union is the brain; a brain voxel that happens
-    to be 0 in one modality (a dark T1 voxel, an integer-rounded intensity) is real signal and must count in
-    that channel's statistics, and one mask for all channels is what nnU-Net does too (its
+    Mask: :func:`brain_mask`, the voxels where *any* channel differs from its background (the union over
+    channels; the background is 0 for BraTS, see :func:`background_values`), shared by all channels. Why
+    the union and not each channel's own nonzero voxels: BraTS volumes are skull-stripped with the
+    background exactly 0 in every modality, so the union is the brain; a brain voxel that happens to be 0
+    in one modality (a dark T1 voxel, an integer-rounded intensity) is real signal and must count in that
+    channel's statistics, and one mask for all channels is what nnU-Net does too (its
     ``create_nonzero_mask`` is the union over channels; we skip its hole filling, which only matters for
     holes fully enclosed by brain and exactly 0 in all four channels).
 
     Args:
         image: (C, X, Y, Z), any float or integer dtype (the whole volume, not a patch).
+        background: as for :func:`brain_mask` (``None``: the volume's own).
 
     Returns:
-        (mean, std): float64 (C,) each, population std (``ddof=0``); both 0 for an all-zero image.
+        (mean, std): float64 (C,) each, population std (``ddof=0``); both 0 for an all-background image.
     """
     _check_channels_first(image, "image")
-    mask = brain_mask(image)
+    mask = brain_mask(image, background)
     n_channels = image.shape[0]
     mean = np.zeros(n_channels, dtype=np.float64)
     std = np.zeros(n_channels, dtype=np.float64)

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from brainprep.spec import MSD_SPEC, DatasetSpec
 from brainprep.store import schema
 
-CLASS_NAMES: tuple[str, ...] = ("background", "edema", "non-enhancing", "enhancing")
 #: Histogram bins of tumour fractions; the upper edge is the largest fraction rounded up to this step.
 HISTOGRAM_BINS = 10
 HISTOGRAM_STEP = 0.05
@@ -32,11 +32,12 @@ class SplitStats:
         name: ``train``, ``val`` or ``all``.
         n_patches: valid patches.
         n_cases: distinct cases with at least one valid patch.
-        voxel_share: float64 (4,), mean share of voxels of background, edema, non-enhancing, enhancing.
-        patch_share: float64 (4,), share of patches holding at least one voxel of each class.
+        voxel_share: float64 (K + 1,), mean share of voxels of each class of ``class_names``.
+        patch_share: float64 (K + 1,), share of patches holding at least one voxel of each class.
         histogram: int64 (B,), patch counts per tumour fraction bin.
         bin_edges: float64 (B + 1,), shared by every split of a store.
         tumour_fraction_mean: mean tumour fraction (NaN without patches).
+        class_names: the store spec's classes, background first.
     """
 
     name: str
@@ -47,6 +48,7 @@ class SplitStats:
     histogram: np.ndarray
     bin_edges: np.ndarray
     tumour_fraction_mean: float
+    class_names: tuple[str, ...] = MSD_SPEC.classes
 
 
 def histogram_edges(tumour_fraction: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarray:
@@ -74,6 +76,7 @@ def split_stats(
     tumour_fraction: np.ndarray,
     class_fractions: np.ndarray,
     bin_edges: np.ndarray,
+    class_names: tuple[str, ...],
 ) -> SplitStats:
     """Statistics of one split's valid patches.
 
@@ -81,13 +84,14 @@ def split_stats(
         name: split name.
         case: int (P,), case index of each patch.
         tumour_fraction: float (P,).
-        class_fractions: float (P, 3), shares of edema, non-enhancing, enhancing.
+        class_fractions: float (P, K), shares of the foreground classes.
         bin_edges: float (B + 1,) tumour fraction histogram edges.
+        class_names: the K + 1 classes, background first.
     """
     n = int(tumour_fraction.size)
     shares = np.concatenate([(1.0 - tumour_fraction)[:, None], class_fractions], axis=1).astype(np.float64)
-    voxel_share = shares.mean(axis=0) if n else np.full(len(CLASS_NAMES), np.nan)
-    patch_share = (shares > 0).mean(axis=0) if n else np.full(len(CLASS_NAMES), np.nan)
+    voxel_share = shares.mean(axis=0) if n else np.full(len(class_names), np.nan)
+    patch_share = (shares > 0).mean(axis=0) if n else np.full(len(class_names), np.nan)
     histogram, _ = np.histogram(tumour_fraction, bins=bin_edges)
     return SplitStats(
         name=name,
@@ -98,15 +102,17 @@ def split_stats(
         histogram=histogram.astype(np.int64),
         bin_edges=np.asarray(bin_edges, dtype=np.float64),
         tumour_fraction_mean=float(tumour_fraction.mean()) if n else math.nan,
+        class_names=tuple(class_names),
     )
 
 
-def table_stats(table: Any, bins: int = HISTOGRAM_BINS) -> list[SplitStats]:
+def table_stats(table: Any, bins: int = HISTOGRAM_BINS, spec: DatasetSpec = MSD_SPEC) -> list[SplitStats]:
     """Statistics per split (``train``, ``val``) and over ``all`` valid patches.
 
     Args:
         table: the patch table: ``valid`` bool (N,), ``case`` int32 (N,), ``split`` int8 (N,),
-            ``tumour_fraction`` float32 (N,), ``class_fractions`` float32 (N, 3).
+            ``tumour_fraction`` float32 (N,), ``class_fractions`` float32 (N, K).
+        spec: the store's dataset spec (its K foreground classes name the columns).
     """
     valid = np.asarray(table.valid, dtype=bool)
     case = np.asarray(table.case)[valid]
@@ -117,8 +123,8 @@ def table_stats(table: Any, bins: int = HISTOGRAM_BINS) -> list[SplitStats]:
     out = []
     for name in schema.SPLIT_NAMES:
         keep = split == schema.SPLIT_CODES[name]
-        out.append(split_stats(name, case[keep], tumour[keep], classes[keep], edges))
-    out.append(split_stats("all", case, tumour, classes, edges))
+        out.append(split_stats(name, case[keep], tumour[keep], classes[keep], edges, spec.classes))
+    out.append(split_stats("all", case, tumour, classes, edges, spec.classes))
     return out
 
 
@@ -133,7 +139,7 @@ def store_stats(
 
     store = open_store(location, storage_options=storage_options)
     try:
-        return table_stats(store.table, bins)
+        return table_stats(store.table, bins, store.spec)
     finally:
         store.close()
 
@@ -143,7 +149,7 @@ def format_stats(stats: list[SplitStats]) -> str:
     lines = [f"{'split':<6} {'patches':>8} {'cases':>6} {'mean tumour fraction':>21}"]
     for s in stats:
         lines.append(f"{s.name:<6} {s.n_patches:>8} {s.n_cases:>6} {s.tumour_fraction_mean:>21.4f}")
-    header = "".join(f"{c:>15}" for c in CLASS_NAMES)
+    header = "".join(f"{c:>15}" for c in stats[0].class_names)
     lines += ["", "class balance: mean voxel share", f"{'split':<6}{header}"]
     lines += [f"{s.name:<6}" + "".join(f"{v:>15.4f}" for v in s.voxel_share) for s in stats]
     lines += ["", "class balance: share of patches containing the class", f"{'split':<6}{header}"]
@@ -191,7 +197,8 @@ def plot_stats(stats: list[SplitStats], path: Path, title: str = "") -> Path:
         (axes[1][0], "voxel_share", "class balance: mean share of voxels", "%.3f"),
         (axes[1][1], "patch_share", "share of patches containing the class", "%.2f"),
     )
-    x = np.arange(len(CLASS_NAMES))
+    names = stats[0].class_names
+    x = np.arange(len(names))
     width = 0.8 / max(len(splits), 1)
     for ax, attribute, panel_title, fmt in panels:
         for i, s in enumerate(splits):
@@ -200,7 +207,7 @@ def plot_stats(stats: list[SplitStats], path: Path, title: str = "") -> Path:
                 x + offset, getattr(s, attribute), width, label=s.name, color=colours.get(s.name, "tab:gray")
             )
             ax.bar_label(bars, fmt=fmt, fontsize=8, padding=1)
-        ax.set_xticks(x, CLASS_NAMES)
+        ax.set_xticks(x, names)
         ax.set_ylim(0.0, 1.25)  # headroom for the legend above bars at 1.0
         ax.set_ylabel("share")
         ax.set_title(panel_title)

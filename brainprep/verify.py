@@ -23,7 +23,7 @@ import numpy as np
 
 from brainprep.errors import StoreCorruptError
 from brainprep.manifest import Difference, _progress
-from brainprep.sample import TUMOUR_CLASSES, patch_fractions
+from brainprep.sample import patch_fractions
 from brainprep.store import integrity, schema
 from brainprep.store.shards import checksum_digest
 
@@ -48,13 +48,19 @@ def unverified_note(location: str | Path, *, storage_options: dict[str, Any] | N
     return None
 
 
-def check_table_slot(label: np.ndarray, tumour_fraction: float, class_fractions: np.ndarray) -> list[str]:
-    """Problems of one valid slot's table row against its label patch (``[]`` when consistent)."""
+def check_table_slot(
+    label: np.ndarray, tumour_fraction: float, class_fractions: np.ndarray, n_classes: int
+) -> list[str]:
+    """Problems of one valid slot's table row against its label patch (``[]`` when consistent).
+
+    Args:
+        n_classes: foreground classes of the store's dataset spec.
+    """
     problems = []
     values = np.unique(label)
-    if values.size and int(values.max()) > max(TUMOUR_CLASSES):
-        problems.append(f"label values must be in {{0,{','.join(map(str, TUMOUR_CLASSES))}}}, found {values}")
-    want_tumour, want_classes = patch_fractions(label)
+    if values.size and int(values.max()) > n_classes:
+        problems.append(f"label values must be in 0..{n_classes}, found {values}")
+    want_tumour, want_classes = patch_fractions(label, n_classes)
     if not np.isclose(tumour_fraction, want_tumour, rtol=0.0, atol=FRACTION_ATOL):
         problems.append(f"tumour fraction {tumour_fraction:.6f} in the table, labels give {want_tumour:.6f}")
     if not np.allclose(class_fractions, want_classes, rtol=0.0, atol=FRACTION_ATOL):
@@ -284,6 +290,7 @@ def _slot_problems(
                 label,
                 float(tables[schema.PATCH_TUMOUR_FRACTION][slot]),
                 np.asarray(tables[schema.PATCH_CLASS_FRACTIONS][slot]),
+                store.spec.n_classes,
             )
         )
         if check_images and not np.isfinite(store.read_image(slot)).all():

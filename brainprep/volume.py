@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from brainprep.errors import ShapeMismatchError
-from brainprep.sample import TUMOUR_CLASSES, corner_tumour_counts, valid_from_counts
+from brainprep.sample import corner_tumour_counts, valid_from_counts
 from brainprep.standardize import brain_mask
 
 #: nnU-Net v2's foreground sampling budget (``DefaultPreprocessor._sample_foreground_locations``,
@@ -85,24 +85,34 @@ def crop_from_hits(
     return Crop(tuple(offset), tuple(extent), tuple(padding))  # type: ignore[arg-type]
 
 
-def brain_crop(image: np.ndarray, label: np.ndarray, patch_size: tuple[int, int, int]) -> Crop | None:
-    """The crop of one case: the bounding box of its brain (any channel nonzero) and its tumour (label >
-    0, so no labelled voxel is ever cut off), widened to the patch size where shorter.
+def brain_crop(
+    image: np.ndarray,
+    label: np.ndarray,
+    patch_size: tuple[int, int, int],
+    background: np.ndarray | None = None,
+) -> Crop | None:
+    """The crop of one case: the bounding box of its brain (:func:`~brainprep.standardize.brain_mask`:
+    any channel differs from its background) and its tumour (label > 0, so no labelled voxel is ever cut
+    off), widened to the patch size where shorter.
 
-    Outside the box every channel and the label are 0, so a window that leaves the crop reads zeros
-    there and equals the window of the source volume.
+    Outside the box every channel holds its background and the label is 0; the volume store keeps the
+    crop relative to the background (:func:`cut_crop` of ``image - background``), so a window that leaves
+    the crop reads zeros there and equals the window of the source volume less its background.
 
     Args:
         image: (C, X, Y, Z) any dtype.
         label: uint8 (X, Y, Z).
         patch_size: (px, py, pz).
+        background: (C,) per-channel background; ``None``: the volume's
+            (:func:`~brainprep.standardize.background_values`).
 
     Returns:
-        The :class:`Crop`, or ``None`` when the image and the label are all zero.
+        The :class:`Crop`, or ``None`` when the image is all background and the label all zero.
     """
     if image.shape[1:] != label.shape:
         raise ShapeMismatchError(f"image {tuple(image.shape)} and label {tuple(label.shape)} differ")
-    return crop_from_hits(axis_hits(brain_mask(image) | (label > 0)), label.shape, patch_size)
+    mask = brain_mask(image, background) | (label > 0)
+    return crop_from_hits(axis_hits(mask), label.shape, patch_size)
 
 
 def window_parts(
@@ -178,21 +188,22 @@ def tumour_corner_table(
     return corners, counts[valid].astype(np.int32)
 
 
-def class_locations(label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def class_locations(label: np.ndarray, rng: np.random.Generator, n_classes: int) -> np.ndarray:
     """A sample of each tumour class's voxels, for class-balanced foreground sampling (nnU-Net's rule).
 
     Per class, ``max(min(CLASS_SAMPLES, n), ceil(n * CLASS_MIN_COVERAGE))`` of its ``n`` voxels, drawn
     without replacement with ``rng`` (nnU-Net draws with its own fixed seed), kept in C order.
 
     Args:
-        label: uint8 (X, Y, Z), MSD labels.
+        label: uint8 (X, Y, Z), canonical classes.
         rng: the case's generator.
+        n_classes: foreground classes of the dataset spec (each gets its rows).
 
     Returns:
         int32 (L, 4) rows ``(class, x, y, z)``, by class then position.
     """
     rows = []
-    for value in TUMOUR_CLASSES:
+    for value in range(1, n_classes + 1):
         flat = np.flatnonzero(label == value)
         target = max(min(CLASS_SAMPLES, len(flat)), int(np.ceil(len(flat) * CLASS_MIN_COVERAGE)))
         if target < len(flat):

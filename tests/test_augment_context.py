@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -15,14 +16,15 @@ from click.testing import CliRunner
 from brainnet.augment import AugmentConfig, BatchAugment, augment_preset, context_margin
 from brainnet.augment.compose import centre
 from brainnet.cli import main
-from brainnet.data.volume_sampler import WindowSamplingParams
+from brainnet.data.dataset import augmented_inputs, standardize_batch
+from brainnet.data.volume_sampler import VolumeDraws, VolumeWindowDataset, WindowSamplingParams
 from brainnet.model import ModelConfig
 from brainnet.sample import sample_training
 from brainnet.train import TrainConfig, train
 from brainnet.train.loop import training_stream
 from brainprep.builder import build_patches
 from brainprep.params import BuildParams, SamplingParams, SplitParams, StoreParams
-from brainprep.standardize import standardize_patch_slices
+from brainprep.standardize import standardize_slices_torch
 from brainprep.store import open_store
 from brainprep.synth import SynthParams, write_synthetic_dataset
 
@@ -117,26 +119,36 @@ def test_a_sample_that_is_not_resampled_is_the_window_centre():
 
 
 def test_standardizing_with_a_statistics_region_by_hand():
-    window = np.zeros((1, 4, 4, 1), dtype=np.float32)
-    window[0, 1:3, 1:3, 0] = [[1, 2], [3, 4]]  # mean 2.5, std sqrt(1.25)
-    out = standardize_patch_slices(window, region=(slice(1, 3), slice(1, 3)))
-    np.testing.assert_array_equal(out[:, 1:3, 1:3], standardize_patch_slices(window[:, 1:3, 1:3]))
-    np.testing.assert_allclose(out[0, 0, 0, 0], -2.5 / math.sqrt(1.25), rtol=1e-6)
+    window = torch.zeros(1, 4, 4, 1)
+    window[0, 1:3, 1:3, 0] = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # mean 2.5, std sqrt(1.25)
+    out = standardize_slices_torch(window, region=(slice(1, 3), slice(1, 3)))
+    assert torch.equal(out[:, 1:3, 1:3], standardize_slices_torch(window[:, 1:3, 1:3]))
+    assert math.isclose(float(out[0, 0, 0, 0]), -2.5 / math.sqrt(1.25), rel_tol=1e-6)
 
 
 # ------------------------------------------------------------------------------------ the volume store
-@pytest.mark.parametrize("method", [None, "patch-slice", "volume-nonzero"])
+def _windows(store, draws: VolumeDraws, context, items) -> dict:
+    return VolumeWindowDataset(store, draws, context).read_batch(items)
+
+
+@pytest.mark.parametrize("method", ["patch-slice", "volume-nonzero"])
 def test_a_window_with_context_has_the_window_at_its_centre(stores, method):
+    params = WindowSamplingParams(foreground_share=0.5, standardize=method)
+    items = [(0, p) for p in range(6)]
     with open_store(stores["volume"]) as store:
-        case = int(store.case_indices("train")[0])
-        corner = np.array([2, 40, 3])  # the context leaves the crop
-        plain = store.read_window(case, corner, standardize=method)
-        wide = store.read_window_with_context(case, corner, (16, 16, 4), standardize=method)
-    assert wide[0].shape == (4, 64, 64, 16) and wide[1].shape == (64, 64, 16)
-    np.testing.assert_array_equal(centre(torch.from_numpy(wide[0]), PATCH).numpy(), plain[0])
-    np.testing.assert_array_equal(centre(torch.from_numpy(wide[1]), PATCH).numpy(), plain[1])
-    if method is None:  # voxels outside the crop read 0, as in the source
-        assert (wide[0][:, :14] == 0).all() and (wide[1][:14] == 0).all()
+        draws = VolumeDraws(store, "train", params, seed=2)
+        plain = _windows(store, draws, (0, 0, 0), items)
+        wide = _windows(store, draws, (16, 16, 4), items)
+        outside = [max(0, 16 - int(draws.draw(*item).corner[0])) for item in items]  # rows before the crop
+    assert wide["image"].shape == (6, 4, 64, 64, 16) and wide["label"].shape == (6, 64, 64, 16)
+    assert torch.equal(centre(wide["image"], PATCH), plain["image"])  # raw, as read without context
+    assert torch.equal(centre(wide["label"], PATCH), plain["label"])
+    standardized = standardize_batch(wide["image"], wide)
+    assert torch.equal(centre(standardized, PATCH), standardize_batch(plain["image"], plain))
+    # voxels outside the crop read 0, as in the source
+    assert any(outside) and all(
+        bool((w[:, :n] == 0).all()) for w, n in zip(wide["image"], outside, strict=True)
+    )
 
 
 def _augmented(store_path: Path, config: TrainConfig, count: int) -> dict:
@@ -152,23 +164,17 @@ def test_the_spatial_transform_reads_no_padding_where_the_scan_has_data(stores):
         margin = stream.dataset.context
         assert margin == context_margin(config.augment.spatial, PATCH) and margin[2] == 0
         augment = BatchAugment(config.augment, patch_size=PATCH)
-        image, label = augment(batch["image"].float(), batch["label"], key=(0, 0, 0))
         # the same draws on windows 8 voxels wider still: equal, so no position read lay outside the window
-        wider = [
-            store.read_window_with_context(
-                int(c), x.numpy(), (margin[0] + 8, margin[1] + 8, 0), "patch-slice"
-            )
-            for c, x in zip(batch["case"], batch["corner"], strict=True)
-        ]
-    wide_image = torch.from_numpy(np.stack([w[0] for w in wider]).astype(np.float16)).float()
-    wide_label = torch.from_numpy(np.stack([w[1] for w in wider]))
-    expected, expected_label = augment(wide_image, wide_label, key=(0, 0, 0))
+        items = [(0, int(p)) for p in batch["slot"]]
+        wider = _windows(store, stream.dataset.draws, (margin[0] + 8, margin[1] + 8, 0), items)
+    image, label = augmented_inputs(batch, "cpu", functools.partial(augment, key=(0, 0, 0)))
+    expected, expected_label = augmented_inputs(wider, "cpu", functools.partial(augment, key=(0, 0, 0)))
     torch.testing.assert_close(image, expected, atol=1e-4, rtol=1e-4)
     assert float((label != expected_label).float().mean()) < 1e-3  # nearest: a tie may round the other way
     # reading the patch alone, the same draws pull the padding in
-    bare, _ = BatchAugment(config.augment)(
-        centre(batch["image"].float(), PATCH), centre(batch["label"], PATCH), key=(0, 0, 0)
-    )
+    alone = {**batch, "image": centre(batch["image"], PATCH), "label": centre(batch["label"], PATCH)}
+    del alone["context"]
+    bare, _ = augmented_inputs(alone, "cpu", functools.partial(BatchAugment(config.augment), key=(0, 0, 0)))
     assert float((bare - expected).abs().max()) > 1.0
 
 
@@ -183,10 +189,8 @@ def test_without_a_spatial_transform_the_windows_are_read_as_before(stores):
             assert stream.dataset.context == (0, 0, 0)
             batches[name] = [stream.next() for _ in range(3)]
         drawn = batches["none"][0]
-        first = store.read_window(
-            int(drawn["case"][0]), drawn["corner"][0].numpy(), standardize="patch-slice"
-        )
-    np.testing.assert_array_equal(drawn["image"][0].numpy(), first[0].astype(np.float16))
+        first = store.read_window(int(drawn["case"][0]), drawn["corner"][0].numpy())
+    np.testing.assert_array_equal(drawn["image"][0].numpy(), first[0])  # raw: standardized on the device
     for name in ("flips", "no_spatial"):
         for a, b in zip(batches[name], batches["none"], strict=True):
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -200,8 +204,8 @@ def test_sample_augment_shows_what_training_trains_on(stores, kind, tmp_path, mo
     seen = []
     real = loop.to_training_batch
 
-    def record(batch, device, augment=None):
-        image, target = real(batch, device, augment)
+    def record(*args, **kwargs):
+        image, target = real(*args, **kwargs)
         seen.append((image.clone(), target.clone()))
         return image, target
 

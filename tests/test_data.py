@@ -264,6 +264,21 @@ def test_threaded_loader_stops_cleanly_when_abandoned(store):
         make_loader(dataset, ShardShuffleSampler(dataset.shards, seed=0), batch_size=2, backend="fibers")
 
 
+def test_auto_backend_is_threads_for_zarr_and_processes_for_hdf5(store):
+    from brainnet.data.loader import ThreadedLoader, resolve_backend
+
+    dataset = PatchDataset(store, split_slots(store, "train"))
+    assert store.format == "zarr" and resolve_backend("auto", dataset) == "threads"
+    loader = make_loader(dataset, ShardShuffleSampler(dataset.shards, seed=0), batch_size=2, workers=2)
+    assert isinstance(loader, ThreadedLoader)  # the default is auto
+
+    class HDF5Dataset:
+        store = type("Store", (), {"format": "hdf5"})()
+
+    assert resolve_backend("auto", HDF5Dataset()) == "processes"
+    assert resolve_backend("threads", HDF5Dataset()) == "threads"  # an explicit choice is kept
+
+
 def test_recycled_arrays_never_hand_out_memory_still_in_use():
     pool = RecycledArrays(capacity=4)
     first = pool.tensor((2, 3), np.float16)

@@ -14,14 +14,17 @@ import torch
 from click.testing import CliRunner
 
 from brainnet.cli import main
-from brainnet.evaluate import TARGETS, confusion_counts, evaluate_store, metrics_from_counts
+from brainnet.evaluate import confusion_counts, evaluate_store, metrics_from_counts
 from brainnet.metrics import probabilities_to_labels, segmentation_metrics
 from brainnet.model import ModelConfig, build_model
 from brainnet.predict import model_probabilities, predict_case, prepare_volume, segment_case, window_predictor
 from brainnet.train.checkpoint import load_model, save_checkpoint
 from brainprep import discover_cases, read_case
 from brainprep.params import BuildParams, SamplingParams, SplitParams, StandardizeParams
+from brainprep.spec import MSD_SPEC
 from brainprep.standardize import brain_mask
+
+TARGETS = MSD_SPEC.targets
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL_CASE = DATA / "brats2023-with-seg"
@@ -345,7 +348,7 @@ def test_predict_never_needs_a_valid_label(built, valid_prediction, tmp_path, ca
 @pytest.mark.slow
 @pytest.mark.skipif(not REAL_CASE.is_dir(), reason=f"real BraTS 2023 case not found at {REAL_CASE}")
 def test_predict_real_case_writes_source_space_nifti(tmp_path):
-    from brainprep.read.labels import LabelConvention, from_msd_labels
+    from brainprep.read.labels import convention_spec
 
     # Window = the store's patch size; a 240x240x16 slab with no overlap keeps the CPU test to 10 windows.
     params = BuildParams(sampling=SamplingParams(patch_size=(240, 240, 16)))
@@ -363,7 +366,7 @@ def test_predict_real_case_writes_source_space_nifti(tmp_path):
     assert data.dtype == np.uint8
     # The source is LPS: back in source space the RAS labels are flipped in x and y, in BraTS 2023 values.
     np.testing.assert_array_equal(
-        data, from_msd_labels(np.flip(result.labels, (0, 1)), LabelConvention.BRATS2023)
+        data, convention_spec("brats2023").to_source(np.flip(result.labels, (0, 1)))
     )
     assert set(result.metrics) == set(TARGETS)  # the case has a segmentation: whole-scan metrics
     assert result.png is not None and result.png.read_bytes()[:8] == PNG_MAGIC

@@ -10,7 +10,6 @@ import torch
 
 from brainnet.losses import SoftDiceLoss, soft_dice_loss
 from brainnet.metrics import (
-    TARGETS,
     class_score,
     confusion_counts,
     dice_coefficient,
@@ -24,6 +23,9 @@ from brainnet.metrics import (
     sensitivity_specificity,
 )
 from brainprep.errors import InvalidValueError, ShapeMismatchError
+from brainprep.spec import MSD_SPEC
+
+TARGETS = MSD_SPEC.targets
 
 EPS = 1e-5
 

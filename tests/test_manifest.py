@@ -24,6 +24,7 @@ from brainprep.manifest import (
 )
 from brainprep.params import BuildParams, SamplingParams
 from brainprep.recipe import load_recipe, msd_task01_recipe, recipe_dict, write_recipe
+from brainprep.spec import MSD_SPEC
 from brainprep.store.shards import chunk_ranges, crc32c
 from brainprep.verify import check_store_consistency
 
@@ -87,6 +88,7 @@ def test_zarr_manifest_content(built: dict[str, Path]) -> None:
     manifest = build_manifest(store)
     assert manifest["kind"] == "brainprep-manifest" and manifest["store"]["format"] == "zarr"
     assert BuildParams.from_dict(manifest["params"]).sampling.patches_per_case == PATCHES_PER_CASE
+    assert manifest["spec"] == MSD_SPEC.to_dict()  # the dataset spec travels with the manifest
     assert [row["case_id"] for row in manifest["cases"]] == list(CASE_IDS)
     assert [row["first_slot"] for row in manifest["cases"]] == [0, 4, 8, 12]
     assert manifest["cases"][3]["valid_patches"] == 0 and manifest["cases"][3]["skip_reason"]

@@ -25,14 +25,22 @@ from hypothesis import strategies as st
 from brainprep.errors import CaseError, InvalidValueError, LayoutError, UnreadableFileError
 from brainprep.read import (
     CaseFiles,
-    LabelConvention,
+    convention_spec,
     discover_cases,
-    from_msd_labels,
     read_case,
-    to_msd_labels,
     write_label_in_source_space,
 )
 from brainprep.read.nifti import read_nifti_voxels, to_ras
+
+
+def to_msd_labels(labels, convention, **where):
+    """Labels of ``convention`` as canonical (for the glioma family, MSD) classes."""
+    return convention_spec(convention).to_canonical(labels, **where)
+
+
+def from_msd_labels(labels, convention):
+    return convention_spec(convention).to_source(labels)
+
 
 # ---------------------------------------------------------------------------------------------------------
 # label conventions, on hand-made arrays
@@ -210,8 +218,7 @@ def test_msd_layout_reads_cases_and_dataset_json_names(msd_dataset):
     dataset = discover_cases(msd_dataset.root)
     assert dataset.layout == "msd"
     assert dataset.case_ids == ("BRATS_001", "BRATS_002")
-    assert dataset.channel_names == ("FLAIR", "T1w", "t1gd", "T2w")
-    assert dataset.label_names == ("background", "edema", "non-enhancing tumor", "enhancing tumour")
+    assert dataset.spec == convention_spec("msd")  # the dataset.json's names are MSD's classes
     assert dataset.description["name"] == "BRATS"
     for files in dataset.cases:
         case = read_case(files)
@@ -250,7 +257,7 @@ def test_brats2021_layout_finds_every_file(brats2021_dataset):
         f"BraTS2021_00000_{key}.nii.gz" for key in ("flair", "t1", "t1ce", "t2")
     ]
     assert files.label_path is not None and files.label_path.name == "BraTS2021_00000_seg.nii.gz"
-    assert files.label_convention is LabelConvention.BRATS2021
+    assert files.spec.convention == "brats2021"
     case = read_case(files)
     np.testing.assert_array_equal(case.label, brats2021_dataset.cases["BraTS2021_00000"].label)
 
@@ -368,7 +375,7 @@ def test_real_brats2023_with_seg_counts_in_msd_convention(shared_data):
 def test_write_label_in_source_space_reproduces_real_seg_file(shared_data, tmp_path):
     files = discover_cases(shared_data / "brats2023-with-seg").cases[0]
     case = read_case(files)
-    out = write_label_in_source_space(case.label, case, tmp_path / "seg.nii.gz", files.label_convention)
+    out = write_label_in_source_space(case.label, case, tmp_path / "seg.nii.gz", files.spec)
     source, written = nib.load(files.label_path), nib.load(out)
     assert written.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(np.asarray(written.dataobj), np.asarray(source.dataobj))
@@ -380,7 +387,7 @@ def test_write_label_in_source_space_synthetic(tmp_path, axcodes):
     image, label = small_case()
     written = write_brats_case(tmp_path / "in", "BraTS2021_00005", image, label, "brats2021", axcodes=axcodes)
     case = read_case(discover_cases(tmp_path / "in").cases[0])
-    out = write_label_in_source_space(case.label, case, tmp_path / "out.nii.gz", "brats2021")
+    out = write_label_in_source_space(case.label, case, tmp_path / "out.nii.gz", convention_spec("brats2021"))
     source, back = nib.load(written.label_path), nib.load(out)
     np.testing.assert_array_equal(np.asarray(back.dataobj), np.asarray(source.dataobj))
     np.testing.assert_allclose(back.affine, source.affine, atol=1e-6)
@@ -574,7 +581,7 @@ def test_read_label_checks_values_like_to_msd_labels(tmp_path, bad_value):
     write_nifti_file(written.label_path, bad, source.affine, "uint8")
     files = discover_cases(tmp_path).cases[0]
     with pytest.raises(
-        InvalidValueError, match=r"\{0,1,2,4\} \(brats2021 convention\), found \{.*\}"
+        InvalidValueError, match=r"\{0,1,2,4\} \(brats2021 convention: .*\), found \{.*\}"
     ) as fast:
         read_label(files)
     with pytest.raises(InvalidValueError) as plain:

@@ -155,7 +155,7 @@ def test_background_ratio_is_the_course_quotient() -> None:
 
 def test_patch_fractions_hand_worked() -> None:
     label = np.array([0, 1, 1, 2, 3, 3, 3, 0], dtype=np.uint8).reshape(2, 2, 2)
-    tumour, classes = patch_fractions(label)
+    tumour, classes = patch_fractions(label, 3)
     assert isinstance(tumour, float)
     assert tumour == 6 / 8
     assert classes.dtype == np.float32
@@ -163,7 +163,7 @@ def test_patch_fractions_hand_worked() -> None:
 
 
 def test_patch_fractions_of_background() -> None:
-    tumour, classes = patch_fractions(np.zeros((3, 3, 2), dtype=np.uint8))
+    tumour, classes = patch_fractions(np.zeros((3, 3, 2), dtype=np.uint8), 3)
     assert tumour == 0.0
     np.testing.assert_array_equal(classes, 0)
 

@@ -107,8 +107,8 @@ def test_planes_figure_has_twelve_panels_with_titles(case):
     assert titles[0] == f"axial (z={centre[2]})"
     assert figure.legends and [t.get_text() for t in figure.legends[0].get_texts()] == [
         "edema",
-        "non-enhancing tumour",
-        "enhancing tumour",
+        "non-enhancing",
+        "enhancing",
     ]
 
 

@@ -228,3 +228,48 @@ def test_k_patches_at_once_equal_one_by_one() -> None:
     for k in range(3):
         np.testing.assert_array_equal(out[k], standardize_patch_slices(patches[k]))
     np.testing.assert_array_equal(out[1, 0, :, :, 1], 0)
+
+
+def _slice_major(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    from brainprep.store.volume_schema import slice_major
+
+    return slice_major(shape, dtype)
+
+
+@pytest.mark.parametrize("layout", ["c-order", "slice-major"])
+def test_torch_path_equals_the_exact_one(layout: str) -> None:
+    """The volume store's float32 torch path on float16 windows: the course's values within float32
+    rounding, in either layout, a constant slice exactly 0, a batch dimension allowed."""
+    torch = pytest.importorskip("torch")
+    from brainprep.standardize import standardize_slices_torch
+
+    rng = np.random.default_rng(3)
+    window = (rng.random((2, 4, 12, 10, 6)) * 900 + 50).astype(np.float16)
+    window[:, :, :4] = 0  # background rows, as at the edge of a brain
+    window[0, 2, :, :, 1] = np.float16(733.0)  # a constant slice
+    window[1, 1, :, :, 2] = np.float16(512.0)
+    window[1, 1, 0, 0, 2] = np.float16(512.5)  # near-constant: one voxel one float16 ulp above the rest
+    source = window if layout == "c-order" else _slice_major(window.shape, np.float16)
+    source[...] = window
+    out = standardize_slices_torch(torch.from_numpy(source)).numpy()
+    assert out.dtype == np.float32 and out.shape == window.shape
+    exact = standardize_patch_slices(window.astype(np.float32))
+    np.testing.assert_array_equal(out[0, 2, :, :, 1], 0)  # exactly 0, not rounding noise divided by itself
+    np.testing.assert_allclose(out, exact, rtol=2e-5, atol=2e-5)
+    np.testing.assert_array_equal(source, window)  # the input is not modified
+
+
+def test_torch_statistics_path_equals_the_numpy_one() -> None:
+    torch = pytest.importorskip("torch")
+    from brainprep.standardize import standardize_with_statistics_torch
+
+    rng = np.random.default_rng(4)
+    image = (rng.random((1, 4, 6, 5, 3)) * 100).astype(np.float32)
+    image[:, :, :2] = 0  # outside the brain in every channel
+    image[0, 1, 3, 3, 1] = 0  # a brain voxel 0 in one channel only stays in the mask
+    mean, std = np.array([10.0, 20.0, 30.0, 40.0]), np.array([2.0, 0.0, 5.0, 8.0])
+    expected = standardize_with_statistics(image[0], mean, std, mask=brain_mask(image[0]))
+    got = standardize_with_statistics_torch(
+        torch.from_numpy(image), torch.from_numpy(mean[None]), torch.from_numpy(std[None])
+    )
+    np.testing.assert_allclose(got[0].numpy(), expected, rtol=1e-6, atol=1e-5)

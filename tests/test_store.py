@@ -79,7 +79,7 @@ def test_tumour_fractions_match_stored_labels_exactly(store: PatchStore) -> None
         tumour = np.float32(np.count_nonzero(labels[slot]) / volume)
         assert table.tumour_fraction[slot] == tumour
         assert table.tumour_fraction[slot] > 0.05  # the sampler kept only valid corners
-        _, classes = patch_fractions(labels[slot])
+        _, classes = patch_fractions(labels[slot], 3)
         np.testing.assert_array_equal(table.class_fractions[slot], classes)
         assert table.case[slot] == slot // K
 

@@ -14,7 +14,6 @@ import torch
 from click.testing import CliRunner
 
 from brainnet.augment import augment_preset
-from brainnet.metrics import TARGETS
 from brainnet.model import ModelConfig
 from brainnet.train import (
     NonFiniteLossError,
@@ -26,6 +25,9 @@ from brainnet.train import (
 )
 from brainnet.train.checkpoint import capture_rng_state, restore_rng_state
 from brainprep.errors import ConfigError
+from brainprep.spec import MSD_SPEC
+
+TARGETS = MSD_SPEC.targets
 
 TINY_MODEL = ModelConfig(depth=2, base_filters=2)
 #: every transform of the nnunet preset on every sample: a resume or a worker count that changed any draw
@@ -112,8 +114,9 @@ def test_checkpoint_loads_with_weights_only_and_holds_the_run(store_path, tmp_pa
     assert set(payload) == {
         *("format_version", "model", "model_config", "train_config", "build_params", "store", "store_id"),
         *("optimizer", "scaler", "epoch", "global_step", "sampler", "rng", "best_score", "best_metric"),
-        *("history", "world_size"),
+        *("history", "world_size", "spec"),
     }
+    assert payload["spec"] == store.spec.to_dict() == MSD_SPEC.to_dict()  # the store's dataset spec
     assert payload["store_id"] == store.content_id and payload["world_size"] == 1
     assert payload["best_metric"] == "val_dice_labelmap"
     assert payload["best_score"] == payload["history"][0]["val_dice_labelmap"]

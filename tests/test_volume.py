@@ -70,12 +70,12 @@ def test_class_locations_follow_nnunets_budget(monkeypatch: pytest.MonkeyPatch) 
     label = np.zeros((10, 10, 10), dtype=np.uint8)
     label[:5] = 1  # 500 edema voxels
     label[6, 2:5, 3] = 3  # 3 enhancing voxels, no non-enhancing
-    rows = class_locations(label, np.random.default_rng(0))
+    rows = class_locations(label, np.random.default_rng(0), 3)
     assert [int((rows[:, 0] == c).sum()) for c in (1, 2, 3)] == [500, 0, 3]
     np.testing.assert_array_equal(rows[rows[:, 0] == 3, 1:], [[6, 2, 3], [6, 3, 3], [6, 4, 3]])
     # a budget of 4 per class: still 1% of the 500 edema voxels (5), drawn without repeats, sorted
     monkeypatch.setattr(volume, "CLASS_SAMPLES", 4)
-    rows = class_locations(label, np.random.default_rng(0))
+    rows = class_locations(label, np.random.default_rng(0), 3)
     edema = rows[rows[:, 0] == 1, 1:]
     assert len(edema) == 5  # max(min(4, 500), ceil(500 * 0.01)) = 5
     assert (label[tuple(edema.T)] == 1).all() and len({tuple(r) for r in edema}) == 5

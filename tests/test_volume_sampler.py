@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from brainnet.data.dataset import to_training_batch
 from brainnet.data.volume_sampler import (
     VolumeDraws,
     VolumeWindowDataset,
@@ -82,11 +83,15 @@ def test_loader_batches_are_the_same_for_any_worker_count(store_path: Path) -> N
     with open_store(store_path) as store:
         dataset = VolumeWindowDataset(store, VolumeDraws(store, "train", params, seed=1))
         first = dataset[(0, 3)]
-        window, label = store.read_window(
-            int(first["case"]), first["corner"].numpy(), standardize="patch-slice"
-        )
-    np.testing.assert_array_equal(first["image"].numpy(), window.astype(np.float16))
+        raw, label = store.read_window(int(first["case"]), first["corner"].numpy())
+        window, _ = store.read_window(int(first["case"]), first["corner"].numpy(), standardize="patch-slice")
+    # the loader reads raw windows; the training loop standardizes them on its device, as read_window does
+    np.testing.assert_array_equal(first["image"].numpy(), raw)
     np.testing.assert_array_equal(first["label"].numpy(), label)
+    batch = torch.utils.data.default_collate([first])
+    image, _ = to_training_batch(batch)
+    assert image.is_contiguous()
+    np.testing.assert_array_equal(image[0].numpy(), window)
     from brainnet.data.loader import make_loader
 
     batches = {}

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
+from brainprep.cli.options import labels_option
 
-def _resolve_case(input_path: Path, case_id: str | None):
-    """The CaseFiles of INPUT: a data folder (+ --case), a case folder, or an MSD 4D image file."""
-    from brainprep import CaseFiles, LabelConvention, discover_cases
+
+def _resolve_case(input_path: Path, case_id: str | None, labels: str | None, model_spec: Any):
+    """The CaseFiles of INPUT: a data folder (+ --case), a case folder, or an MSD 4D image file (whose
+    labels, if any, are taken to be in the convention of ``--labels`` or else of the model)."""
+    from brainprep import CaseFiles, convention_spec, discover_cases
     from brainprep.read.layouts import strip_nifti_suffix
 
     if input_path.is_file():
@@ -20,9 +24,10 @@ def _resolve_case(input_path: Path, case_id: str | None):
             )
         if input_path.parent.name in ("imagesTr", "imagesTs"):
             # An MSD image inside its dataset: discover it there so its label (labelsTr) comes along.
-            return discover_cases(input_path.parent.parent).case(name)
-        return CaseFiles(name, "msd", (input_path,), None, LabelConvention.MSD)
-    dataset = discover_cases(input_path)
+            return discover_cases(input_path.parent.parent, labels).case(name)
+        spec = convention_spec(labels) if labels is not None else model_spec
+        return CaseFiles(name, "msd", (input_path,), None, spec)
+    dataset = discover_cases(input_path, labels)
     if case_id is not None:
         return dataset.case(case_id)
     if len(dataset.cases) != 1:
@@ -53,6 +58,7 @@ def _resolve_case(input_path: Path, case_id: str | None):
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Overlay picture.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@labels_option
 def predict(
     checkpoint: Path,
     input_path: Path,
@@ -64,18 +70,19 @@ def predict(
     png: Path | None,
     device: str,
     progress: bool,
+    labels: str | None,
 ) -> None:
     """Segment one scan with CHECKPOINT, preprocessed as its training store was."""
-    from brainnet.metrics import DICE_DEFINITION, DICE_NAME, TARGETS
+    from brainnet.metrics import DICE_DEFINITION, DICE_NAME
     from brainnet.predict import segment_case
     from brainnet.train.checkpoint import load_model
     from brainnet.train.distributed import resolve_device
     from brainprep.errors import BrainprepError, one_line
 
     try:
-        files = _resolve_case(input_path, case_id)
         target = resolve_device(device)
         loaded = load_model(checkpoint, target)
+        files = _resolve_case(input_path, case_id, labels, loaded.spec)
         click.echo(loaded.provenance(), err=True)
         result = segment_case(
             loaded,
@@ -90,14 +97,16 @@ def predict(
         )
     except BrainprepError as err:
         raise click.ClickException(one_line(err)) from err
-    counts = [int((result.labels == v).sum()) for v in range(4)]
+    classes = range(loaded.spec.n_classes + 1)
+    counts = [int((result.labels == v).sum()) for v in classes]
     click.echo(
-        f"{result.case_id}: wrote {result.output} (voxels per label 0/1/2/3: {'/'.join(map(str, counts))})"
+        f"{result.case_id}: wrote {result.output} (voxels per class "
+        f"{'/'.join(map(str, classes))}: {'/'.join(map(str, counts))})"
     )
     if result.metrics is not None:
         click.echo(DICE_DEFINITION)
         click.echo(f"{'target':<18} {DICE_NAME:>13} {'sens':>8} {'spec':>8}")
-        for name in TARGETS:
+        for name in loaded.spec.targets:
             m = result.metrics[name]
             click.echo(f"{name:<18} {m['dice']:>13.4f} {m['sensitivity']:>8.4f} {m['specificity']:>8.4f}")
     if result.png is not None:

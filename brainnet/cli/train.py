@@ -85,10 +85,11 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
 )
 @click.option(
     "--loader",
-    type=click.Choice(["processes", "threads"]),
-    default="processes",
+    type=click.Choice(["auto", "processes", "threads"]),
+    default="auto",
     show_default=True,
-    help="Loader workers: processes (any store) or threads (faster for Zarr on CPU).",
+    help="Loader workers: auto (threads for Zarr, processes for HDF5: the faster for each), processes or "
+    "threads.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -183,7 +184,13 @@ def train(
                 draws_per_epoch=options["draws_per_epoch"],
             ),
         )
+        patch_store = open_store(
+            store_location(store),
+            storage_options=storage_options,
+            cache=chunk_cache(cache_dir, cache_size),
+        )
         model_config = ModelConfig(
+            out_channels=patch_store.spec.n_classes,  # one sigmoid per class of the store's spec
             depth=options["depth"],
             base_filters=options["base_filters"],
             normalization=options["normalization"],
@@ -204,11 +211,6 @@ def train(
             model_config = ModelConfig.from_dict(saved["model_config"])
             given = {name: getattr(config, name) for name in _RESUME_OVERRIDES if name in explicit}
             config = TrainConfig.from_dict(saved["train_config"]).replace(**given)
-        patch_store = open_store(
-            store_location(store),
-            storage_options=storage_options,
-            cache=chunk_cache(cache_dir, cache_size),
-        )
         result = run_training(
             patch_store,
             out_dir,

@@ -7,9 +7,10 @@ pickled copy and the :class:`~brainprep.store.reader.PatchStore` reopens its han
 A sample is compact, as stored: ``{"image": float16 (4, X, Y, Z) (the store's dtype), "label": uint8
 (X, Y, Z), "slot": int64}``. Worker processes hand batches to the training process through shared memory,
 so shipping 2 + 1 bytes per voxel instead of 4 * (4 + 3) is what keeps the loader near the store's decode
-speed; :func:`to_training_batch` then makes the float32 image and the float32 one-hot target of edema,
-non-enhancing and enhancing tumour (MSD labels 1, 2, 3; background dropped, as the course's generator does
-with ``y[1:]``) on the training device, where the conversion is nearly free.
+speed; :func:`to_training_batch` then makes the float32 image and the float32 one-hot target of the
+store spec's foreground classes (gliomas: edema, non-enhancing and enhancing tumour, labels 1, 2, 3;
+background dropped, as the course's generator does with ``y[1:]``) on the training device, where the
+conversion is nearly free.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 import torch.utils.data
 
 from brainprep.errors import ConfigError
+from brainprep.spec import MSD_SPEC, DatasetSpec
 from brainprep.store.schema import SPLIT_CODES
 
 if TYPE_CHECKING:
@@ -39,13 +41,11 @@ def flip_pair(image: np.ndarray, label: np.ndarray, axes: Sequence[int]) -> tupl
     )
 
 
-TUMOUR_LABELS: tuple[int, ...] = (1, 2, 3)
-
-
 def to_training_batch(
     batch: dict[str, Any],
     device: torch.device | str = "cpu",
     augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    spec: DatasetSpec = MSD_SPEC,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Move a compact batch to ``device`` and expand it for the network and the loss.
 
@@ -54,21 +54,66 @@ def to_training_batch(
         augment: ``(image float32, label uint8) -> (image, label)`` applied on ``device`` before the
             one-hot (e.g. a bound :class:`brainnet.augment.BatchAugment`); it gets tensors of its own, so
             it may overwrite them (``inplace=True``): never the batch's.
+        spec: the store's dataset spec (K = ``spec.n_classes`` foreground classes).
 
     Returns:
-        image float32 (B, 4, X, Y, Z) and target float32 (B, 3, X, Y, Z), the one-hot of MSD labels 1, 2, 3.
+        image float32 (B, 4, X, Y, Z) and target float32 (B, K, X, Y, Z), the one-hot of labels 1..K.
     """
-    image = batch["image"].to(device, non_blocking=True).float()
-    label = batch["label"].to(device, non_blocking=True)
+    image, label = augmented_inputs(batch, device, augment)
+    # Not metrics.labels_to_onehot: its value check reads min/max back, a device sync on every step;
+    # stored labels were validated when the store was built.
+    target = torch.stack([label == value for value in range(1, spec.n_classes + 1)], dim=1).float()
+    return image, target
+
+
+def augmented_inputs(
+    batch: dict[str, Any],
+    device: torch.device | str = "cpu",
+    augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image float32 (B, 4, X, Y, Z) (standardized if the batch holds raw windows) and the label
+    (B, X, Y, Z) of a compact batch on ``device``, augmented: what :func:`to_training_batch` one-hot
+    encodes, and what ``brainnet sample --augment`` shows. Arguments as :func:`to_training_batch`'s."""
+    image = batch["image"].to(device, non_blocking=True)
+    if "standardize" in batch:  # raw windows of a volume store: standardized here, on the device
+        image = standardize_batch(image, batch)
+    # contiguous here: a volume store's windows are slice-major views (z-slices contiguous, the layout
+    # they are standardized in); a patch store's float16 batch is converted contiguous anyway
+    image = image.to(torch.float32).contiguous()
+    label = batch["label"].to(device, non_blocking=True).contiguous()
     if augment is not None:
         # .to/.float return the batch's own tensors when nothing changes: copy those (the label is small)
         image = image.clone() if image.data_ptr() == batch["image"].data_ptr() else image
         label = label.clone() if label.data_ptr() == batch["label"].data_ptr() else label
         image, label = augment(image, label)
-    # Not metrics.labels_to_onehot: its value check reads min/max back, a device sync on every step;
-    # stored labels were validated when the store was built.
-    target = torch.stack([label == value for value in TUMOUR_LABELS], dim=1).float()
-    return image, target
+    return image, label
+
+
+def standardize_batch(image: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """Standardize a batch of raw volume-store windows (``image`` (B, 4, X, Y, Z) on its device) by the
+    method its ``standardize`` codes name (:data:`brainnet.data.volume_sampler.STANDARDIZE_CODES`):
+    ``patch-slice`` by :func:`brainprep.standardize.standardize_slices_torch`, ``volume-nonzero`` by the
+    batch's per-case ``mean`` / ``std`` (:func:`brainprep.standardize.standardize_with_statistics_torch`).
+    Windows read with ``context`` (int64 (B, 3), the same for all) take their ``patch-slice`` statistics
+    over the footprint of the window inside it, so that centre is what it would be without the context.
+
+    Returns:
+        float32 (B, 4, X, Y, Z), a new tensor.
+    """
+    from brainnet.data.volume_sampler import STANDARDIZE_CODES
+    from brainprep.standardize import standardize_slices_torch, standardize_with_statistics_torch
+
+    codes = {int(c) for c in batch["standardize"].tolist()}
+    methods = [name for name, code in STANDARDIZE_CODES.items() if code in codes]
+    if len(methods) != 1 or len(codes) != 1:
+        raise ConfigError(f"a batch must hold raw windows of one standardization method, found codes {codes}")
+    if methods[0] == "patch-slice":
+        region = None
+        if "context" in batch:
+            (mx, my, _), (x, y) = batch["context"][0].tolist(), image.shape[-3:-1]
+            region = (slice(mx, x - mx), slice(my, y - my))
+        return standardize_slices_torch(image, region)
+    return standardize_with_statistics_torch(image, batch["mean"], batch["std"])
 
 
 def split_slots(store: PatchStore, split: str | None) -> np.ndarray:

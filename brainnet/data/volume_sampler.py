@@ -30,6 +30,8 @@ from brainprep.errors import ConfigError
 from brainprep.store import volume_schema as vs
 
 KINDS = ("tumour", "foreground", "brain")
+#: ``standardize`` codes of a batch of raw windows (0: already standardized, as a patch store's patches)
+STANDARDIZE_CODES = {"patch-slice": 1, "volume-nonzero": 2}
 
 
 @dataclass(frozen=True)
@@ -147,15 +149,26 @@ class WindowStreamSampler(torch.utils.data.Sampler[tuple[int, int]]):
 class VolumeWindowDataset(torch.utils.data.Dataset):
     """Windows of a volume store at the draws of :class:`VolumeDraws`; indexed by ``(epoch, position)``.
 
-    A sample is compact, as a :class:`~brainnet.data.dataset.PatchDataset`'s: ``{"image": float16 (4, X,
-    Y, Z) standardized, "label": uint8 (X, Y, Z), "slot": int64 position in the stream, "case": int64,
-    "corner": int64 (3,)}`` (``corner`` in the case's crop), so brainnet's training loop and both loader
-    backends take it as they take patches. Pickles as its store's location (each worker reopens it).
+    A sample is compact, as a :class:`~brainnet.data.dataset.PatchDataset`'s: ``{"image": (4, X, Y, Z)
+    raw, in the store's dtype (float16), "label": uint8 (X, Y, Z), "slot": int64 position in the stream,
+    "case": int64, "corner": int64 (3,), "standardize": int8 code of the method (:data:`STANDARDIZE_CODES`),
+    and for ``volume-nonzero`` the case's "mean" and "std" float32 (4,)}`` (``corner`` in the case's crop).
+    The window is standardized where the training loop expands the batch, on its device
+    (:func:`~brainnet.data.dataset.to_training_batch`): the loader only decodes, as for a patch store, and
+    the arithmetic runs where it is cheapest (a GPU, or the training thread's torch pool on a CPU) instead
+    of in every loader thread. Pickles as its store's location (each worker reopens it).
 
-    With ``context``, each image and label is the window with that many more voxels on each side (for a
-    spatial augmentation to resample from: :func:`brainnet.augment.context_margin`), standardized as the
-    window alone (:meth:`~brainprep.store.volume_reader.VolumeStore.read_window_with_context`): its
-    centre is the window read without context, bit for bit. ``corner`` stays the window's.
+    Images and labels are slice-major views (:func:`~brainprep.store.volume_schema.slice_major`: each
+    z-slice contiguous, the memory order of the store's chunks): windows are copied out of the chunks in
+    whole rows and standardized slice by slice without a transposing copy, and
+    :func:`~brainnet.data.dataset.to_training_batch` lays them out C-contiguously in the float32
+    conversion it makes anyway. Values and shapes are what they would be in any layout.
+
+    With ``context``, each image and label is the window with that many more voxels on each side, for a
+    spatial augmentation to resample from (:func:`brainnet.augment.context_margin`), and the sample says
+    so (``"context"`` int64 (3,)): ``patch-slice`` then takes each z-slice's statistics over the window's
+    own X-Y footprint (:func:`~brainnet.data.dataset.standardize_batch`), so the centre is standardized
+    exactly as the window read without context. ``corner`` stays the window's.
 
     Args:
         store: an open volume store.
@@ -167,6 +180,13 @@ class VolumeWindowDataset(torch.utils.data.Dataset):
         self.store, self.draws = store, draws
         self.method = draws.params.standardize or store.params.standardize.method
         self.context = tuple(int(c) for c in context)
+        if len(self.context) != 3 or min(self.context) < 0:
+            raise ConfigError(f"context must be 3 voxel counts >= 0, got {context}")
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        """(X, Y, Z) of what a sample holds: the window and its context on either side."""
+        return tuple(int(s) + 2 * c for s, c in zip(self.draws.size, self.context, strict=True))  # type: ignore[return-value]
 
     def __len__(self) -> int:
         return self.draws.params.draws_per_epoch
@@ -174,26 +194,64 @@ class VolumeWindowDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Nothing to do: every item names its epoch (the loop calls this for any dataset)."""
 
-    def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
+    def _read_into(self, item: tuple[int, int], image: np.ndarray, label: np.ndarray) -> WindowDraw:
+        """Read the raw window of ``item`` into ``image`` (store dtype) and ``label`` (uint8)."""
         epoch, position = item
         drawn = self.draws.draw(epoch, position)
         if any(self.context):
-            image, label = self.store.read_window_with_context(
-                drawn.case, drawn.corner, self.context, standardize=self.method
-            )
+            corner = drawn.corner - np.asarray(self.context, dtype=np.int64)
+            self.store.read_window(drawn.case, corner, self.size, out=(image, label))
         else:
-            image, label = self.store.read_window(drawn.case, drawn.corner, standardize=self.method)
-        return {
-            "image": torch.from_numpy(image.astype(np.float16)),
+            self.store.read_window(drawn.case, drawn.corner, out=(image, label))
+        return drawn
+
+    def _standardize_keys(self, draws: list[WindowDraw]) -> dict[str, torch.Tensor]:
+        """What :func:`~brainnet.data.dataset.to_training_batch` needs to standardize the raw windows."""
+        keys = {"standardize": torch.full((len(draws),), STANDARDIZE_CODES[self.method], dtype=torch.int8)}
+        if any(self.context):
+            keys["context"] = torch.tensor([self.context] * len(draws), dtype=torch.int64)
+        if self.method == "volume-nonzero":
+            table = self.store.case_table
+            keys["mean"] = torch.from_numpy(np.stack([table.mean[d.case] for d in draws]).astype(np.float32))
+            keys["std"] = torch.from_numpy(np.stack([table.std[d.case] for d in draws]).astype(np.float32))
+        return keys
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
+        size = self.size
+        dtype = np.dtype(self.store.params.store.dtype)
+        image, label = vs.slice_major((4, *size), dtype), vs.slice_major(size, np.uint8)
+        drawn = self._read_into(item, image, label)
+        sample = {
+            "image": torch.from_numpy(image),
             "label": torch.from_numpy(label),
-            "slot": torch.tensor(int(position), dtype=torch.int64),
+            "slot": torch.tensor(int(item[1]), dtype=torch.int64),
             "case": torch.tensor(drawn.case, dtype=torch.int64),
             "corner": torch.from_numpy(drawn.corner.astype(np.int64)),
         }
+        sample.update({k: v[0] for k, v in self._standardize_keys([drawn]).items()})
+        return sample
 
     def read_batch(
         self, items: list[tuple[int, int]], *, pin_memory: bool = False, buffers: Any = None
     ) -> dict:
-        """The batch of ``items`` (the threads backend's call), as the DataLoader would collate it."""
-        batch = torch.utils.data.default_collate([self[item] for item in items])
-        return {k: v.pin_memory() for k, v in batch.items()} if pin_memory else batch
+        """The batch of ``items`` (the threads backend's call), read straight into its tensors (pinned,
+        or from ``buffers``' reused memory); equals ``default_collate([self[item] for item in items])``."""
+        size = self.size[::-1]  # memory (z, y, x): slice-major samples
+        dtype = np.dtype(self.store.params.store.dtype)
+        shapes = {"image": ((len(items), 4, *size), dtype), "label": ((len(items), *size), np.uint8)}
+        if buffers is not None and not pin_memory:
+            batch = {k: buffers.tensor(shape, dtype) for k, (shape, dtype) in shapes.items()}
+        else:
+            batch = {
+                k: torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=pin_memory)
+                for k, (shape, dtype) in shapes.items()
+            }
+        batch["image"] = batch["image"].permute(0, 1, 4, 3, 2)
+        batch["label"] = batch["label"].permute(0, 3, 2, 1)
+        images, labels = batch["image"].numpy(), batch["label"].numpy()
+        draws = [self._read_into(item, images[i], labels[i]) for i, item in enumerate(items)]
+        batch["slot"] = torch.tensor([int(p) for _, p in items], dtype=torch.int64)
+        batch["case"] = torch.tensor([d.case for d in draws], dtype=torch.int64)
+        batch["corner"] = torch.from_numpy(np.stack([d.corner.astype(np.int64) for d in draws]))
+        batch.update(self._standardize_keys(draws))
+        return batch

@@ -11,6 +11,8 @@ model              ``state_dict`` of the (unwrapped) model
 model_config       ``ModelConfig.to_dict()``
 train_config       ``TrainConfig.to_dict()``
 build_params       the store's ``BuildParams.to_dict()`` (patch size, standardization, ...)
+spec               the store's ``DatasetSpec.to_dict()``: channels, classes, label values, regions
+                   (absent before the spec: the MSD glioma spec)
 store              the store location (str)
 store_id           the store's content id (sha256 hex; ``None`` for a store without one)
 optimizer          Adam's ``state_dict``
@@ -50,6 +52,7 @@ from brainnet.model import ModelConfig, UNet3D, build_model
 from brainnet.train.config import TrainConfig
 from brainprep.errors import BrainprepError, one_line
 from brainprep.params import BuildParams
+from brainprep.spec import MSD_SPEC, DatasetSpec, spec_from_metadata
 
 FORMAT_VERSION = 1
 
@@ -145,6 +148,7 @@ def training_payload(
         "model_config": model_config.to_dict(),
         "train_config": train_config.to_dict(),
         "build_params": store.params.to_dict(),
+        "spec": store.spec.to_dict(),
         "store": str(store.location),
         "store_id": getattr(store, "content_id", None),
         "optimizer": optimizer.state_dict(),
@@ -248,6 +252,7 @@ class LoadedModel:
     Attributes:
         model: the network in eval mode, on the requested device.
         model_config, train_config, build_params: as stored in the checkpoint.
+        spec: the training store's dataset spec (the classes the outputs are).
         store: location of the store it was trained on.
         store_id: content id of that store (``None`` for a checkpoint or store from before store ids).
         epoch: epochs completed when the checkpoint was written.
@@ -260,6 +265,7 @@ class LoadedModel:
     store: str
     epoch: int
     store_id: str | None = None
+    spec: DatasetSpec = MSD_SPEC
 
     def provenance(self) -> str:
         """One line naming the training store and its content id, for commands that use the model."""
@@ -286,4 +292,5 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
         store=str(payload.get("store", "")),
         epoch=int(payload.get("epoch", 0)),
         store_id=payload.get("store_id"),
+        spec=spec_from_metadata(payload),
     )

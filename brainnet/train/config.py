@@ -42,7 +42,8 @@ class TrainConfig(Params):
         amp: mixed precision on CUDA (ignored on CPU).
         amp_dtype: ``bfloat16`` (no loss scaling needed) or ``float16`` (with a GradScaler).
         workers: loader workers, processes or threads (results do not depend on it).
-        loader: ``processes`` (torch DataLoader workers) or ``threads`` (faster for Zarr stores on CPU).
+        loader: ``auto`` (threads for a Zarr store, processes for HDF5: the faster backend of each,
+            :func:`~brainnet.data.loader.resolve_backend`), ``processes`` or ``threads``.
         shuffle_window: shards (cases) whose patches are shuffled together.
         min_tumour_fraction: train only on patches whose stored tumour fraction is at least this.
         weighting: ``uniform`` (every patch once per pass) or ``tumour`` (drawn with replacement,
@@ -68,7 +69,7 @@ class TrainConfig(Params):
     amp: bool = True
     amp_dtype: str = "bfloat16"
     workers: int = 0
-    loader: str = "processes"
+    loader: str = "auto"
     shuffle_window: int = 4
     min_tumour_fraction: float = 0.0
     weighting: str = "uniform"

@@ -27,13 +27,14 @@ from brainnet.data.dataset import PatchDataset, split_slots, to_training_batch
 from brainnet.data.loader import make_loader
 from brainnet.data.sampler import ShardShuffleSampler, filter_by_tumour_fraction, tumour_weights
 from brainnet.losses import soft_dice_loss
-from brainnet.metrics import DICE_NAME, TARGETS, class_score, label_map_counts, metrics_from_counts
+from brainnet.metrics import DICE_NAME, class_score, label_map_counts, metrics_from_counts
 from brainnet.model import ModelConfig, build_model
 from brainnet.train import checkpoint as ckpt
 from brainnet.train.config import TrainConfig
 from brainnet.train.distributed import DistributedContext, all_reduce_sum, barrier, init_distributed, shutdown
 from brainnet.train.logs import RunLogger
 from brainprep.errors import BrainprepError, ConfigError, StoreMismatchError
+from brainprep.spec import MSD_SPEC, DatasetSpec
 
 logger = logging.getLogger(__name__)
 
@@ -173,19 +174,21 @@ def train_step(
     context: DistributedContext,
     threshold: float,
     augment: Any = None,
+    spec: DatasetSpec = MSD_SPEC,
 ) -> tuple[float, torch.Tensor]:
     """One optimizer step. Returns the loss averaged over ranks and the batch's label-map counts.
 
-    The counts are :func:`brainnet.metrics.label_map_counts`' int64 (6, 4), on the device.
+    The counts are :func:`brainnet.metrics.label_map_counts`' int64 (T, 4), on the device.
 
     Args:
         augment: ``(image, label) -> (image, label)`` applied to the batch on the device, or ``None``.
+        spec: the store's dataset spec (classes of the target and of the counts).
 
     Raises:
         NonFiniteLossError: the loss is NaN/Inf on any rank (all ranks raise together).
     """
     device = context.device
-    image, target = to_training_batch(batch, device, augment)
+    image, target = to_training_batch(batch, device, augment, spec)
     with precision.autocast(device):
         logits = network(image)
     loss = compute_loss(logits, target)
@@ -201,7 +204,7 @@ def train_step(
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        counts = label_map_counts(torch.sigmoid(logits.detach().float()), target, threshold)
+        counts = label_map_counts(torch.sigmoid(logits.detach().float()), target, threshold, spec=spec)
     return mean_loss, counts
 
 
@@ -213,6 +216,7 @@ def validate(
     context: DistributedContext,
     threshold: float,
     max_batches: int | None,
+    spec: DatasetSpec = MSD_SPEC,
 ) -> dict[str, float]:
     """Loss and label-map Dice over a split, voxel counts summed over all ranks.
 
@@ -225,23 +229,23 @@ def validate(
     device = context.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     patches = torch.zeros((), dtype=torch.float64, device=device)
-    counts = torch.zeros((len(TARGETS), 4), dtype=torch.int64, device=device)
+    counts = torch.zeros((len(spec.targets), 4), dtype=torch.int64, device=device)
     for index, batch in enumerate(loader):
         if max_batches is not None and index >= max_batches:
             break
-        image, target = to_training_batch(batch, device)
+        image, target = to_training_batch(batch, device, spec=spec)
         with precision.autocast(device):
             logits = network(image)
         probabilities = torch.sigmoid(logits.float())
         for k in range(len(image)):
             loss_sum += soft_dice_loss(probabilities[k : k + 1], target[k : k + 1]).double()
         patches += len(image)
-        counts += label_map_counts(probabilities, target, threshold)
+        counts += label_map_counts(probabilities, target, threshold, spec=spec)
     loss_sum, patches, counts = (all_reduce_sum(t, context) for t in (loss_sum, patches, counts))
     network.train()
-    dice = metrics_from_counts(counts)
-    metrics = {"val_loss": float(loss_sum / patches.clamp(min=1)), VAL_SCORE: class_score(dice)}
-    metrics.update({f"{VAL_SCORE}_{name}": dice[name]["dice"] for name in TARGETS})
+    dice = metrics_from_counts(counts, spec)
+    metrics = {"val_loss": float(loss_sum / patches.clamp(min=1)), VAL_SCORE: class_score(dice, spec)}
+    metrics.update({f"{VAL_SCORE}_{name}": dice[name]["dice"] for name in spec.targets})
     return metrics
 
 
@@ -419,7 +423,13 @@ def train(
     """
     store = _open(store)
     out_dir = Path(out_dir)
-    model_config = model_config if model_config is not None else ModelConfig()
+    n_classes = store.spec.n_classes
+    model_config = model_config if model_config is not None else ModelConfig(out_channels=n_classes)
+    if model_config.out_channels != n_classes:
+        raise ConfigError(
+            f"the model has {model_config.out_channels} output channels, the store {store.location} "
+            f"{n_classes} classes ({', '.join(store.spec.foreground)}): one channel per class"
+        )
     context = init_distributed(config.device)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
@@ -446,6 +456,7 @@ class _Run:
     last_path: Path
     best_path: Path
     score_column: str
+    spec: DatasetSpec = MSD_SPEC
     run_logger: RunLogger | None = None
     seen: list[np.ndarray] = field(default_factory=list)
 
@@ -484,14 +495,22 @@ def _wrap(model: nn.Module, context: DistributedContext) -> tuple[nn.Module, nn.
 def _train_epoch(run: _Run, state: ckpt.RunState, bar: Any) -> tuple[float, torch.Tensor]:
     """The optimizer steps of one epoch: mean loss and summed label-map counts of this rank."""
     loss_sum = 0.0
-    counts = torch.zeros((len(TARGETS), 4), dtype=torch.int64, device=run.context.device)
+    spec = run.spec
+    counts = torch.zeros((len(spec.targets), 4), dtype=torch.int64, device=run.context.device)
     for index in range(run.steps):
         batch = run.stream.next()
         run.seen.append(batch["slot"].numpy())
         augment = step_augment(run.augmenter, run.config.seed, run.context.rank, state.global_step)
         try:
             loss, batch_counts = train_step(
-                run.network, run.optimizer, batch, run.precision, run.context, run.config.threshold, augment
+                run.network,
+                run.optimizer,
+                batch,
+                run.precision,
+                run.context,
+                run.config.threshold,
+                augment,
+                spec,
             )
         except NonFiniteLossError as err:
             raise NonFiniteLossError(
@@ -505,7 +524,9 @@ def _train_epoch(run: _Run, state: ckpt.RunState, bar: Any) -> tuple[float, torc
         if run.run_logger is not None:
             run.run_logger.step({"train/loss": loss}, state.global_step)
         if bar is not None:
-            bar.set_postfix(loss=f"{loss:.4f}", dice=f"{class_score(metrics_from_counts(counts)):.4f}")
+            bar.set_postfix(
+                loss=f"{loss:.4f}", dice=f"{class_score(metrics_from_counts(counts, spec), spec):.4f}"
+            )
             bar.update()
     return loss_sum / run.steps, counts
 
@@ -525,12 +546,22 @@ def _epoch_row(run: _Run, state: ckpt.RunState, val_loader: Any, progress: bool)
         "epoch": state.epoch + 1,
         "global_step": state.global_step,
         "train_loss": train_loss,
-        TRAIN_SCORE: class_score(metrics_from_counts(all_reduce_sum(counts, run.context))),
+        TRAIN_SCORE: class_score(
+            metrics_from_counts(all_reduce_sum(counts, run.context), run.spec), run.spec
+        ),
     }
     if val_loader is not None:
         config = run.config
         row.update(
-            validate(run.plain, val_loader, run.precision, run.context, config.threshold, config.val_steps)
+            validate(
+                run.plain,
+                val_loader,
+                run.precision,
+                run.context,
+                config.threshold,
+                config.val_steps,
+                run.spec,
+            )
         )
     row["seconds"] = time.perf_counter() - started
     return row
@@ -612,6 +643,7 @@ def _run(
         last_path=last_path,
         best_path=out_dir / BEST_NAME,
         score_column=score_column,
+        spec=store.spec,
     )
     if context.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)

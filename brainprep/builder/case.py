@@ -27,7 +27,9 @@ from brainprep.read import CaseFiles
 from brainprep.read.case import CaseArrays, read_case_arrays
 from brainprep.read.nifti import ReadBuffers
 from brainprep.sample import cut_label_patches, extract_patch
+from brainprep.spacing import geometry_entries, resample_case_arrays
 from brainprep.standardize import (
+    background_values,
     brain_mask,
     nonzero_statistics,
     standardize_channel_slices,
@@ -80,14 +82,16 @@ def cut_image_patches(
     """
     size = params.sampling.patch_size
     images = np.zeros((n_slots, image.shape[0], *size), dtype=params.store.dtype)
-    mean = std = None
+    mean = std = background = None
     if params.standardize.method == "volume-nonzero" and len(corners):
-        mean, std = nonzero_statistics(image)
+        background = background_values(image)  # the volume's: a patch's border is not the volume's
+        mean, std = nonzero_statistics(image, background)
     for i, corner in enumerate(corners):
         patch = extract_patch(image, corner, size)
         if mean is not None and std is not None:
-            # brain_mask is voxelwise, so the patch's mask is the volume mask cut at the same corner.
-            images[i] = standardize_with_statistics(patch, mean, std, mask=brain_mask(patch))
+            # brain_mask is voxelwise given the background, so the patch's mask is the volume mask cut
+            # at the same corner.
+            images[i] = standardize_with_statistics(patch, mean, std, mask=brain_mask(patch, background))
         else:
             standardize_patch_slices(patch, images[i])
     return images, mean, std
@@ -228,7 +232,16 @@ def case_record(
         "corners": plan.corners.tolist() if written else [],
         "tumour_fraction": [float(v) for v in plan.tumour_fraction] if written else [],
         "class_fractions": plan.class_fractions.tolist() if written else [],
+        **geometry_entries(plan.geometry),
     }
+
+
+def on_plan_grid(arrays: CaseArrays, plan: CasePlan) -> CaseArrays:
+    """``arrays`` on the grid the plan put the case's label on: resampled (trilinear) when its geometry
+    says so (``--resample`` and a case off the target spacing), else as read."""
+    if plan.geometry is not None and plan.geometry["resampled"]:
+        return resample_case_arrays(arrays, plan.geometry["spacing"])
+    return arrays
 
 
 def _source_records(task: CaseTask, arrays: CaseArrays) -> tuple[dict[str, Any], ...]:
@@ -262,7 +275,9 @@ def write_case(task: CaseTask) -> dict[str, Any]:
     else:
         with borrowed_buffers() as buffers:
             try:
-                arrays = read_case_arrays(task.files, with_label=False, buffers=buffers.files)
+                arrays = on_plan_grid(
+                    read_case_arrays(task.files, with_label=False, buffers=buffers.files), plan
+                )
             except CaseError as err:
                 if not task.skip_bad:
                     raise

@@ -41,8 +41,9 @@ from brainprep.builder.plan import BadCasesError, CasePlan, plan_case, source_fi
 from brainprep.builder.summary import BuildSummary
 from brainprep.errors import ConfigError, StoreError, StoreMismatchError, StoreSpaceError
 from brainprep.params import BuildParams
-from brainprep.read import CHANNEL_NAMES, CaseFiles, discover_cases
-from brainprep.read.labels import MSD_CLASS_NAMES
+from brainprep.read import CaseFiles, discover_cases
+from brainprep.spacing import resolve_spacing
+from brainprep.spec import spec_from_metadata
 from brainprep.split import read_split_file, split_cases
 from brainprep.store import schema, volume_schema
 from brainprep.store.integrity import seal
@@ -360,14 +361,20 @@ def _sealed_summary(store: Path, fmt: str, state: BuildState) -> BuildSummary:
 
 
 # -- sealing -------------------------------------------------------------------------------------------
-def table_arrays(records: Mapping[int, dict[str, Any]], layout: schema.StoreLayout) -> dict[str, np.ndarray]:
-    """The patch table and case statistics arrays (see :mod:`.schema`) from the done markers."""
+def table_arrays(
+    records: Mapping[int, dict[str, Any]], layout: schema.StoreLayout, n_classes: int
+) -> dict[str, np.ndarray]:
+    """The patch table and case statistics arrays (see :mod:`.schema`) from the done markers.
+
+    Args:
+        n_classes: foreground classes of the dataset spec (columns of the class fractions).
+    """
     n, c, k = layout.n_slots, layout.n_cases, layout.patches_per_case
     valid = np.zeros(n, dtype=bool)
     case = np.full(n, schema.EMPTY_SLOT, dtype=np.int32)
     corner = np.zeros((n, 3), dtype=np.int32)
     tumour = np.zeros(n, dtype=np.float32)
-    classes = np.zeros((n, 3), dtype=np.float32)
+    classes = np.zeros((n, n_classes), dtype=np.float32)
     split = np.full(n, schema.EMPTY_SLOT, dtype=np.int8)
     mean = np.full((c, schema.N_CHANNELS), np.nan, dtype=np.float32)
     std = np.full((c, schema.N_CHANNELS), np.nan, dtype=np.float32)
@@ -378,7 +385,7 @@ def table_arrays(records: Mapping[int, dict[str, Any]], layout: schema.StoreLayo
         case[slots] = index
         corner[slots] = np.asarray(record["corners"], dtype=np.int32).reshape(m, 3)
         tumour[slots] = np.asarray(record["tumour_fraction"], dtype=np.float32)
-        classes[slots] = np.asarray(record["class_fractions"], dtype=np.float32).reshape(m, 3)
+        classes[slots] = np.asarray(record["class_fractions"], dtype=np.float32).reshape(m, n_classes)
         split[slots] = schema.SPLIT_CODES[record["split"]]
         if record.get("mean") is not None:
             mean[index] = record["mean"]
@@ -406,6 +413,7 @@ CASE_TABLE_KEYS = (
     "best_tumour_fraction",
     "skip_reason",
     "data_digest",
+    *schema.GEOMETRY_KEYS,
 )
 
 
@@ -416,6 +424,7 @@ def store_metadata(
     summary: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The ``brainprep`` attribute; ``complete`` only when the records of every case are given."""
+    spec = spec_from_metadata(info)
     if records is None:
         cases = [{"index": i, "case_id": cid, "split": split} for i, (cid, split) in enumerate(info["cases"])]
         fingerprint = None
@@ -434,8 +443,9 @@ def store_metadata(
         "tool_version": __version__,
         "params": params.to_dict(),
         "source": {"root": info["root"], "layout": info["layout"], "fingerprint": fingerprint},
-        "channel_names": list(CHANNEL_NAMES),
-        "class_names": list(MSD_CLASS_NAMES),
+        "spec": info["spec"],
+        "channel_names": list(spec.channels),
+        "class_names": list(spec.classes),
         "split_names": list(schema.SPLIT_NAMES),
         "cases": cases,
         "complete": records is not None,
@@ -467,7 +477,7 @@ def _seal(
         patches = 0
         skipped = sum(1 for r in records.values() if r["crop_shape"] is None)
     else:
-        arrays = table_arrays(records, layout)
+        arrays = table_arrays(records, layout, spec_from_metadata(info).n_classes)
         patches = int(sum(r["n_patches"] for r in records.values()))
         skipped = sum(1 for r in records.values() if r["n_patches"] == 0)
     if params.store.format == "zarr":
@@ -503,13 +513,16 @@ def _part_payload(path: Path) -> int:
 
 # -- the build -----------------------------------------------------------------------------------------
 def _select_cases(
-    data_dir: Path, params: BuildParams, splits: Mapping[str, str] | None
+    data_dir: Path, params: BuildParams, splits: Mapping[str, str] | None, labels: str | None
 ) -> tuple[Any, list[CaseFiles], dict[str, str]]:
-    dataset = discover_cases(data_dir)
+    dataset = discover_cases(data_dir, labels)
     labelled = [c for c in dataset.cases if c.label_path is not None]
-    unlabelled = len(dataset.cases) - len(labelled)
+    unlabelled = [c.case_id for c in dataset.cases if c.label_path is None]
     if unlabelled:
-        logger.info("ignoring %d case(s) without a label (a patch store needs labels)", unlabelled)
+        shown = ", ".join(unlabelled[:5]) + (", ..." if len(unlabelled) > 5 else "")
+        logger.warning(
+            "leaving out %d case(s) without a label (%s): a patch store needs labels", len(unlabelled), shown
+        )
     if splits is not None:
         known = {c.case_id for c in labelled}
         unknown = sorted(set(splits) - known)
@@ -550,6 +563,7 @@ def build_patches(
     progress: bool = False,
     overwrite: bool = False,
     splits: Mapping[str, str] | None = None,
+    labels: str | None = None,
 ) -> BuildSummary:
     """Build (or resume building) a patch store from a BraTS data folder.
 
@@ -566,6 +580,7 @@ def build_patches(
         overwrite: replace an existing store (complete or not).
         splits: ``{case_id: "train" | "val"}`` fixing the cases and their split (a recipe's); default:
             every labelled case, split by ``params.split``.
+        labels: the label convention (``--labels``); default: detected (:func:`brainprep.discover_cases`).
 
     Returns:
         The :class:`BuildSummary` of this run.
@@ -576,25 +591,29 @@ def build_patches(
         StoreMismatchError: an interrupted build of this store used other parameters.
         StoreError: the store exists and is complete (without ``overwrite``), or is not a brainprep store.
         StoreSpaceError: the disk filled up (the store stays incomplete; rerun to resume once freed).
-        ConfigError: no case can be built (e.g. a patch larger than every volume); nothing is written.
+        ConfigError: no case can be built (e.g. a patch larger than every volume), or cases of mixed
+            voxel spacing under ``params.spacing.policy == "uniform"``; nothing is written.
     """
     started = time.perf_counter()
     # Absolute paths: tasks may run on dask workers whose working directory is not ours.
     store = Path(store).resolve()
     params = params if params is not None else BuildParams()
     fmt = format_for_new_store(store)
-    params = params.replace(store=params.store.replace(format=fmt))
+    params = params.replace(store=params.store.with_layout(fmt=fmt))
     if params.split.split_file is not None:
         # recorded resolved, so a resume from another working directory names the same file
         params = params.replace(
             split=params.split.replace(split_file=str(Path(params.split.split_file).resolve()))
         )
-    dataset, cases, assigned = _select_cases(Path(data_dir).resolve(), params, splits)
+    dataset, cases, assigned = _select_cases(Path(data_dir).resolve(), params, splits, labels)
+    # mixed voxel spacing is refused here, before the lock and before anything is written
+    params = params.replace(spacing=resolve_spacing(cases, params.spacing))
     root = Path(dataset.root).resolve()
     info = {
         "params": params.to_dict(),
         "root": str(root),
         "layout": dataset.layout,
+        "spec": dataset.spec.to_dict(),
         "cases": [[c.case_id, assigned[c.case_id]] for c in cases],
     }
     sampling = params.sampling

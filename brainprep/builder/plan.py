@@ -10,6 +10,7 @@ with the plan (packed), so the write stage never reads the label file.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from brainprep.errors import BrainprepError, CaseError, ShapeMismatchError
-from brainprep.params import BuildParams
+from brainprep.params import BuildParams, SpacingParams
 from brainprep.read import CaseFiles
 from brainprep.read.case import LabelVoxels, check_image_headers, read_label
 from brainprep.read.nifti import read_nifti_header
@@ -62,7 +63,7 @@ class CasePlan:
             alone for a readable case (the write stage adds the images'), every file's for a bad case.
         corners: int32 (n, 3), n <= K, patch corners on the case's RAS grid.
         tumour_fraction: float32 (n,) share of label > 0 in each patch.
-        class_fractions: float32 (n, 3) shares of edema, non-enhancing, enhancing in each patch.
+        class_fractions: float32 (n, n_classes) shares of each foreground class in each patch.
         valid_corner_share: share of the fitting corners that are valid.
         best_tumour_fraction: best tumour fraction over all corners.
         skip_reason: why fewer than K patches (``None`` when K), or the problem of a bad case.
@@ -70,6 +71,8 @@ class CasePlan:
         packed_labels: the n uint8 label patches, cut when the plan read the label file (so the write
             stage does not read it again), packed by :func:`pack_label_patches`: ~1% of their 8 MB for
             20 patches of 160x160x16.
+        geometry: the grid the case is stored on (:func:`brainprep.spacing.case_geometry`: spacings,
+            RAS affine, resampled or not), recorded in its case entry; ``None`` for a bad case.
     """
 
     index: int
@@ -84,6 +87,7 @@ class CasePlan:
     skip_reason: str | None
     problem: str | None = None
     packed_labels: bytes = b""
+    geometry: dict[str, Any] | None = None
 
     @property
     def n_patches(self) -> int:
@@ -118,39 +122,57 @@ def source_fingerprint(file_records: list[dict[str, Any]]) -> str:
     return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
-def read_plan_label(files: CaseFiles) -> LabelVoxels:
-    """The case's label (``.label``: uint8 (X, Y, Z) MSD on the RAS grid, with the file's size and sha256),
-    checked against the image headers only (the image voxels are decoded by the write stage).
+def read_plan_label(
+    files: CaseFiles, spacing: SpacingParams | None = None
+) -> tuple[LabelVoxels, dict[str, Any]]:
+    """The case's label on the grid the build stores it on, checked against the image headers only (the
+    image voxels are decoded by the write stage), and that grid.
+
+    Args:
+        spacing: the build's resolved spacing policy (``None``: ``uniform``); under ``resample`` a case
+            off the target spacing gets its label resampled (nearest neighbour).
+
+    Returns:
+        (the label: ``.label`` uint8 (X, Y, Z) MSD on the (resampled) RAS grid, with the file's size and
+        sha256; the grid, :func:`brainprep.spacing.case_geometry`).
 
     Raises:
         CaseError: missing/unreadable file, image/label shape or affine mismatch, bad label values.
     """
+    from brainprep.spacing import case_geometry, resample_label
+
     if files.label_path is None:
         raise CaseError("the case has no label file; a patch store needs labels", case_id=files.case_id)
     headers = [read_nifti_header(path, files.case_id) for path in files.image_paths]
     shape, affine = check_image_headers(files, headers)  # read_case's checks and words, on headers only
-    return read_label(files, shape, affine)
+    labels = read_label(files, shape, affine)
+    geometry = case_geometry(shape, affine, spacing or SpacingParams())
+    if geometry["resampled"]:
+        resampled = resample_label(labels.label, geometry["source_spacing"], geometry["spacing"])
+        labels = dataclasses.replace(labels, label=resampled)
+    return labels, geometry
 
 
 def plan_corners(
-    label: np.ndarray, params: BuildParams, case_id: str
+    label: np.ndarray, params: BuildParams, case_id: str, n_classes: int
 ) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
     """Pure part of the plan: corners of one case, its label patches and the fractions of each patch.
 
     Args:
-        label: uint8 (X, Y, Z), MSD, RAS.
+        label: uint8 (X, Y, Z), canonical classes, RAS.
+        n_classes: foreground classes of the dataset spec.
 
     Returns:
-        (CaseSampling, uint8 (n, px, py, pz) label patches, float32 (n,) tumour fractions, float32 (n, 3)
-        class fractions).
+        (CaseSampling, uint8 (n, px, py, pz) label patches, float32 (n,) tumour fractions, float32
+        (n, n_classes) class fractions).
     """
     sampling = sample_corners(label, params.sampling, case_rng(params.seed, case_id))
     patches = cut_label_patches(label, sampling.corners, params.sampling.patch_size)
     n = len(patches)
     tumour = np.zeros(n, dtype=np.float32)
-    classes = np.zeros((n, 3), dtype=np.float32)
+    classes = np.zeros((n, n_classes), dtype=np.float32)
     for i, patch in enumerate(patches):
-        tumour[i], classes[i] = patch_fractions(patch)
+        tumour[i], classes[i] = patch_fractions(patch, n_classes)
     return sampling, patches, tumour, classes
 
 
@@ -187,11 +209,12 @@ def plan_case(files: CaseFiles, index: int, split: str, params: BuildParams, roo
         case.
     """
     try:
-        labels = read_plan_label(files)
+        labels, geometry = read_plan_label(files, params.spacing)
         misfit = patch_misfit(labels.label.shape, params.sampling.patch_size)
         if misfit is not None:
             raise ShapeMismatchError(misfit, case_id=files.case_id, path=files.label_path)
-        sampling, patches, tumour, classes = plan_corners(labels.label, params, files.case_id)
+        n_classes = files.spec.n_classes
+        sampling, patches, tumour, classes = plan_corners(labels.label, params, files.case_id, n_classes)
     except CaseError as err:
         problem = " ".join(err.message.split())
         logger.info("bad case: %s", problem)
@@ -221,4 +244,5 @@ def plan_case(files: CaseFiles, index: int, split: str, params: BuildParams, roo
         float(sampling.best_tumour_fraction),
         sampling.skip_reason,
         packed_labels=pack_label_patches(patches),
+        geometry=geometry,
     )

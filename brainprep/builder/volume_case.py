@@ -16,14 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from brainprep.builder.case import CaseTask, _source_records, borrowed_buffers
+from brainprep.builder.case import CaseTask, _source_records, borrowed_buffers, on_plan_grid
 from brainprep.builder.plan import CasePlan, file_entry, file_record, pack_label_patches, read_plan_label
 from brainprep.errors import CaseError, InvalidValueError
 from brainprep.params import BuildParams
 from brainprep.read import CaseFiles
 from brainprep.read.case import CaseArrays, read_case_arrays
+from brainprep.read.nifti import scale_voxels
 from brainprep.sample import case_rng
-from brainprep.standardize import nonzero_statistics
+from brainprep.spacing import geometry_entries
+from brainprep.standardize import border_voxels, channel_background, nonzero_statistics
 from brainprep.store import schema
 from brainprep.store import volume_schema as vs
 from brainprep.store.lock import BuildState
@@ -52,7 +54,7 @@ def plan_volume_case(files: CaseFiles, index: int, split: str, params: BuildPara
     """
     empty = (np.zeros((0, 3), dtype=np.int32), np.zeros(0, dtype=np.float32), np.zeros((0, 3), np.float32))
     try:
-        labels = read_plan_label(files)
+        labels, geometry = read_plan_label(files, params.spacing)
     except CaseError as err:
         problem = " ".join(err.message.split())
         logger.info("bad case: %s", problem)
@@ -63,7 +65,9 @@ def plan_volume_case(files: CaseFiles, index: int, split: str, params: BuildPara
     assert files.label_path is not None  # read_plan_label checked it; not an input check
     entry = file_entry(files.label_path, root, labels.size, labels.sha256)
     packed = pack_label_patches(np.ascontiguousarray(labels.label)[None])
-    return CasePlan(index, files.case_id, split, (entry,), *empty, 0.0, 0.0, None, packed_labels=packed)
+    return CasePlan(
+        index, files.case_id, split, (entry,), *empty, 0.0, 0.0, None, packed_labels=packed, geometry=geometry
+    )
 
 
 def float16_problem(image: np.ndarray) -> str | None:
@@ -84,24 +88,41 @@ def float16_problem(image: np.ndarray) -> str | None:
     return None
 
 
-def case_crop(arrays: CaseArrays, label: np.ndarray, patch_size: tuple[int, int, int]) -> Crop | None:
+def case_background(arrays: CaseArrays) -> np.ndarray:
+    """float64 (4,): :func:`~brainprep.standardize.background_values` of ``arrays.volume()``, from each
+    channel's border voxels alone (scaled as the volume is: scaling is elementwise)."""
+    values = []
+    for channel, (slope, inter) in zip(arrays.channels, arrays.scaling, strict=True):
+        values.append(channel_background(scale_voxels(border_voxels(channel), slope, inter, np.float32)))
+    return np.array(values, dtype=np.float64)
+
+
+def case_crop(
+    arrays: CaseArrays, label: np.ndarray, patch_size: tuple[int, int, int], background: np.ndarray
+) -> Crop | None:
     """:func:`~brainprep.volume.brain_crop` of a case read with
-    :func:`~brainprep.read.case.read_case_arrays`, from each channel's own voxels (no float32 volume)."""
+    :func:`~brainprep.read.case.read_case_arrays`, from each channel's own voxels (no float32 volume).
+
+    Args:
+        background: float64 (4,), from :func:`case_background`.
+    """
     hits = axis_hits(label > 0)
     for c, channel in enumerate(arrays.channels):
         slope, inter = arrays.scaling[c]
         # scaled = raw * slope + inter: zero exactly where raw is, unless inter shifts it
-        if slope != 0 and inter == 0:
-            nonzero = channel != 0
+        if slope != 0 and inter == 0 and background[c] == 0:
+            brain = channel != 0
         else:
-            nonzero = arrays.channel_window(c, (0, 0, 0), arrays.shape) != 0
-        hits = tuple(a | b for a, b in zip(hits, axis_hits(nonzero), strict=True))
+            brain = arrays.channel_window(c, (0, 0, 0), arrays.shape) != np.float32(background[c])
+        hits = tuple(a | b for a, b in zip(hits, axis_hits(brain), strict=True))
     return crop_from_hits(hits, arrays.shape, patch_size)
 
 
-def cut_case_crop(arrays: CaseArrays, crop: Crop) -> np.ndarray:
-    """float32 (4, *crop.shape): :func:`~brainprep.volume.cut_crop` of ``arrays.volume()``, bit for bit,
-    cut from each channel's voxels (:func:`~brainprep.volume.copy_tiled`)."""
+def cut_case_crop(arrays: CaseArrays, crop: Crop, background: np.ndarray) -> np.ndarray:
+    """float32 (4, *crop.shape): :func:`~brainprep.volume.cut_crop` of ``arrays.volume() - background``
+    (each channel less its background, in float32; so the background is 0, as outside the crop), cut
+    from each channel's voxels (:func:`~brainprep.volume.copy_tiled`). With a background of 0 (BraTS)
+    it is the crop of the volume bit for bit."""
     out = np.zeros((len(arrays.channels), *crop.shape), dtype=np.float32)
     parts = window_parts(arrays.shape, crop.offset, crop.shape)
     if parts is not None:
@@ -109,6 +130,8 @@ def cut_case_crop(arrays: CaseArrays, crop: Crop) -> np.ndarray:
         start, size = [s.start for s in source], [s.stop - s.start for s in source]
         for c in range(len(arrays.channels)):
             copy_tiled(out[(c, *target)], arrays.channel_window(c, start, size))
+            if background[c] != 0:
+                out[(c, *target)] -= np.float32(background[c])
     return out
 
 
@@ -121,8 +144,9 @@ class VolumeCase:
         image: (4, X, Y, Z) crop in the store dtype; label: uint8 (X, Y, Z) crop.
         tables: ``tumour_corners`` int32 (M, 3), ``tumour_voxels`` int32 (M,), ``class_locations`` int32
             (L, 4).
-        mean, std: float64 (4,) volume-nonzero statistics.
+        mean, std: float64 (4,) volume-nonzero statistics (of the image less its background).
         n_brain_corners: corners of the crop; best_tumour_fraction: over them.
+        background: float64 (4,) what was subtracted from each channel (0 for BraTS).
     """
 
     crop: Crop
@@ -133,18 +157,28 @@ class VolumeCase:
     std: np.ndarray
     n_brain_corners: int
     best_tumour_fraction: float
+    background: np.ndarray
 
 
 def volume_case(
-    cropped: np.ndarray, label_crop: np.ndarray, crop: Crop, params: BuildParams, rng: np.random.Generator
+    cropped: np.ndarray,
+    label_crop: np.ndarray,
+    crop: Crop,
+    params: BuildParams,
+    rng: np.random.Generator,
+    n_classes: int,
+    background: np.ndarray | None = None,
 ) -> VolumeCase:
     """What the store keeps of one case, from its crop (:func:`~brainprep.volume.brain_crop`).
 
     Args:
-        cropped: float32 (4, X, Y, Z), the crop of the RAS image; label_crop: uint8 (X, Y, Z), its label.
+        cropped: float32 (4, X, Y, Z), the crop of the RAS image less its background
+            (:func:`cut_case_crop`); label_crop: uint8 (X, Y, Z), its label.
         crop: where the crop lies.
         params: patch size, threshold and store dtype.
         rng: the case's generator (for the class-location sample).
+        n_classes: foreground classes of the dataset spec (each gets class locations).
+        background: float64 (4,) subtracted from the image (recorded); ``None``: zeros.
 
     Raises:
         InvalidValueError: a float16 store cannot hold the image (:func:`float16_problem`).
@@ -154,19 +188,20 @@ def volume_case(
         problem = float16_problem(cropped)
         if problem is not None:
             raise InvalidValueError(problem)
-    # The crop holds every nonzero voxel, so its statistics are the whole volume's, bit for bit (the same
-    # brain values in the same order).
-    mean, std = nonzero_statistics(cropped)
+    # The crop holds every brain voxel, less the background, so its brain is its nonzero voxels and its
+    # statistics are the whole volume's, bit for bit (the same brain values in the same order).
+    mean, std = nonzero_statistics(cropped, 0.0)
     corners, voxels = tumour_corner_table(label_crop, size, params.sampling.background_threshold)
     n_corners = int(np.prod([c - p + 1 for c, p in zip(crop.shape, size, strict=True)]))
     best = float(voxels.max()) / float(np.prod(size)) if len(voxels) else 0.0
     tables = {
         vs.TUMOUR_CORNERS: corners,
         vs.TUMOUR_VOXELS: voxels,
-        vs.CLASS_LOCATIONS: class_locations(label_crop, rng),
+        vs.CLASS_LOCATIONS: class_locations(label_crop, rng, n_classes),
     }
     stored = cropped.astype(params.store.dtype)
-    return VolumeCase(crop, stored, label_crop, tables, mean, std, n_corners, best)
+    background = np.zeros(len(cropped)) if background is None else np.asarray(background, dtype=np.float64)
+    return VolumeCase(crop, stored, label_crop, tables, mean, std, n_corners, best, background)
 
 
 def volume_case_record(
@@ -194,8 +229,10 @@ def volume_case_record(
         "best_tumour_fraction": 0.0 if case is None else case.best_tumour_fraction,
         "mean": None if case is None else [float(v) for v in case.mean],
         "std": None if case is None else [float(v) for v in case.std],
+        "background": None if case is None else [float(v) for v in case.background],
         "skip_reason": skip_reason,
         "data_digest": data_digest,
+        **geometry_entries(plan.geometry),
     }
 
 
@@ -213,13 +250,17 @@ def write_volume_case(task: CaseTask) -> dict[str, Any]:
     plan, params = task.plan, task.params
     with borrowed_buffers() as buffers:
         try:
-            arrays = read_case_arrays(task.files, with_label=False, buffers=buffers.files)
+            arrays = on_plan_grid(read_case_arrays(task.files, with_label=False, buffers=buffers.files), plan)
             label = np.frombuffer(_unpacked(plan.packed_labels), dtype=np.uint8).reshape(arrays.shape)
-            crop = case_crop(arrays, label, params.sampling.patch_size)
+            background = case_background(arrays)
+            crop = case_crop(arrays, label, params.sampling.patch_size, background)
             case = None
             if crop is not None:
                 rng = case_rng(params.seed, plan.case_id)
-                case = volume_case(cut_case_crop(arrays, crop), cut_crop(label, crop), crop, params, rng)
+                cropped = cut_case_crop(arrays, crop, background)
+                case = volume_case(
+                    cropped, cut_crop(label, crop), crop, params, rng, task.files.spec.n_classes, background
+                )
         except CaseError as err:
             if err.case_id is None:  # volume_case's float16 check does not know the case
                 err.case_id = plan.case_id
@@ -231,7 +272,7 @@ def write_volume_case(task: CaseTask) -> dict[str, Any]:
         else:
             files = _source_records(task, arrays)
             if case is None:
-                reason = "no brain voxel: every channel and the label are 0"
+                reason = "no brain voxel: every channel is its background and the label is 0"
                 record = volume_case_record(plan, source_shape=arrays.shape, skip_reason=reason, files=files)
             else:
                 digest = _write(task, case)

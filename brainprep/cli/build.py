@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from brainprep.cli.options import labels_option
 from brainprep.params import STORE_KINDS, BuildParams
 
 #: defaults shown in --help come from the parameter dataclasses, so they cannot drift from them.
@@ -26,17 +27,29 @@ CONTENT_OPTIONS = (
     "val_fraction",
     "split_file",
     "seed",
+    "resample",
+    "allow_mixed_spacing",
 )
 
 
 def _params_from_options(options: dict[str, Any]) -> Any:
     """BuildParams from the given options, defaults for the others."""
     from brainprep.errors import ConfigError
-    from brainprep.params import BuildParams, SamplingParams, SplitParams, StandardizeParams, StoreParams
+    from brainprep.params import (
+        BuildParams,
+        SamplingParams,
+        SpacingParams,
+        SplitParams,
+        StandardizeParams,
+        StoreParams,
+    )
 
     def given(**pairs: Any) -> dict[str, Any]:
         return {key: value for key, value in pairs.items() if value is not None}
 
+    if options["resample"] and options["allow_mixed_spacing"]:
+        raise click.UsageError("--resample and --allow-mixed-spacing exclude each other")
+    policy = "resample" if options["resample"] else "allow-mixed" if options["allow_mixed_spacing"] else None
     try:
         return BuildParams(
             sampling=SamplingParams(
@@ -62,6 +75,7 @@ def _params_from_options(options: dict[str, Any]) -> Any:
                     split_file=str(options["split_file"]) if options["split_file"] else None,
                 )
             ),
+            spacing=SpacingParams(**given(policy=policy)),
             **given(seed=options["seed"]),
         )
     except ConfigError as err:
@@ -128,7 +142,7 @@ def _params_from_options(options: dict[str, Any]) -> Any:
     "--compression-level",
     type=click.IntRange(min=1, max=9),
     default=None,
-    help=f"zstd level (Zarr) or gzip level (HDF5) [{_STORE.compression_level}].",
+    help="Compressor level: zstd (Zarr patch store) [1], lz4hc (Zarr volume store) [3] or gzip (HDF5) [1].",
 )
 @click.option(
     "--val-fraction",
@@ -143,6 +157,19 @@ def _params_from_options(options: dict[str, Any]) -> Any:
     help='JSON {"train": [ids], "val": [ids]} fixing the split (instead of --val-fraction).',
 )
 @click.option("--seed", type=int, default=None, help=f"Seed of the corners and the split [{_DEFAULT.seed}].")
+@click.option(
+    "--resample",
+    is_flag=True,
+    default=None,
+    help="Resample every case whose voxel spacing differs from the dataset's majority to it (images "
+    "trilinear, labels nearest neighbour); without it (or --allow-mixed-spacing) mixed spacing is refused.",
+)
+@click.option(
+    "--allow-mixed-spacing",
+    is_flag=True,
+    default=None,
+    help="Build cases of different voxel spacing as they are (recorded per case in the store).",
+)
 @click.option(
     "--recipe",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -171,9 +198,11 @@ def _params_from_options(options: dict[str, Any]) -> Any:
 @click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Progress bars (one tick per case)."
 )
+@labels_option
 def build_patches(
     data_dir: Path,
     store: Path,
+    labels: str | None,
     recipe: Path | None,
     workers: int | None,
     threads: bool,
@@ -195,14 +224,15 @@ def build_patches(
     from brainprep.errors import BrainprepError, one_line
 
     if recipe is not None:
-        clashing = sorted(f"--{k.replace('_', '-')}" for k in CONTENT_OPTIONS if options.get(k) is not None)
+        given = [k for k in CONTENT_OPTIONS if options.get(k) not in (None, False)]  # flags: False if absent
+        clashing = sorted(f"--{k.replace('_', '-')}" for k in given)
         if clashing:
             raise click.UsageError(f"--recipe fixes the parameters; drop {', '.join(clashing)}")
         from brainprep.recipe import load_recipe
 
         params, splits = load_recipe(recipe)
         if options["kind"] is not None:  # the store's kind is a layout, like its format: not the recipe's
-            params = params.replace(store=params.store.replace(kind=options["kind"]))
+            params = params.replace(store=params.store.with_layout(kind=options["kind"]))
     else:
         params, splits = _params_from_options(options), None
     if threads and scheduler:
@@ -218,6 +248,7 @@ def build_patches(
             progress=progress,
             overwrite=overwrite,
             splits=splits,
+            labels=labels,
         )
     except BadCasesError as err:
         for message in err.messages:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from brainprep.cli.options import labels_option
+
 
 @click.command("check")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -44,6 +46,7 @@ import click
 @click.option(
     "--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Cases read at once."
 )
+@labels_option
 def check(
     data_dir: Path,
     patch_size: tuple[int, int, int],
@@ -51,12 +54,14 @@ def check(
     expect_shape: tuple[int, int, int] | None,
     json_path: Path | None,
     workers: int,
+    labels: str | None,
 ) -> None:
-    """Check every case of DATA_DIR (MSD, BraTS 2017-2021 or BraTS 2023 layout).
+    """Check every case of DATA_DIR (MSD, nnU-Net raw, BraTS 2017-2021 or BraTS 2023+ layout).
 
     Prints one row per case (shape, spacing, source orientation and dtype, tumour voxels per class, share
-    of valid patch corners, status), a summary and one line per problem. Exit status 1 when any case has
-    a problem, 2 for a folder of unknown layout.
+    of valid patch corners, status), a summary, one line per problem and one per warning (a spacing off
+    the dataset's majority, a background that is not 0). Exit status 1 when any case has a problem (a
+    warning alone leaves it 0), 2 for a folder of unknown layout.
     """
     from brainprep.check import CheckParams, check_dataset, format_table
     from brainprep.errors import ConfigError, LayoutError
@@ -68,7 +73,7 @@ def check(
     except ConfigError as err:
         raise click.BadParameter(str(err)) from err
     try:
-        report = check_dataset(data_dir, params, workers=workers, progress=True)
+        report = check_dataset(data_dir, params, workers=workers, progress=True, labels=labels)
     except LayoutError as err:
         raise click.BadParameter(str(err), param_hint="'DATA_DIR'") from err
     if not report.cases:

@@ -83,3 +83,18 @@ def chunk_cache(cache_dir: Path | None, cache_size: str) -> Any:
         return ChunkCacheParams(directory=str(cache_dir), max_bytes=parse_size(cache_size))
     except ConfigError as error:
         raise click.BadParameter(str(error), param_hint="--cache-size") from None
+
+
+def labels_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--labels CONVENTION`` -> ``labels: str | None``: the label convention of a data folder, for every
+    command that reads one (``None``: detected from the layout, the case ids or the dataset.json)."""
+    from brainprep.read.labels import CONVENTIONS
+
+    return click.option(
+        "--labels",
+        "labels",
+        type=click.Choice(list(CONVENTIONS), case_sensitive=False),
+        default=None,
+        help="Label convention of the data (default: detected from the layout, the case ids or the "
+        "dataset.json; a folder where that is ambiguous, e.g. BraTS-PED, needs it).",
+    )(command)

@@ -6,24 +6,21 @@ from pathlib import Path
 
 import click
 
-#: accepted spellings of each channel (MSD, BraTS 2021 and BraTS 2023 names), lower case -> MSD index.
-CHANNEL_ALIASES: dict[str, int] = {
-    **dict.fromkeys(("flair", "t2f", "t2-flair"), 0),
-    **dict.fromkeys(("t1w", "t1", "t1n"), 1),
-    **dict.fromkeys(("t1gd", "t1ce", "t1c"), 2),
-    **dict.fromkeys(("t2w", "t2"), 3),
-}
+from brainprep.cli.options import labels_option
 
 
 def channel_index(name: str) -> int:
-    """MSD channel index of a channel name in any release's spelling (case-insensitive)."""
-    try:
-        return CHANNEL_ALIASES[name.strip().lower()]
-    except KeyError:
-        known = ", ".join(sorted(CHANNEL_ALIASES))
+    """Canonical channel index of a channel name in any release's spelling (case-insensitive)."""
+    from brainprep.read.dataset_json import CHANNEL_ALIASES
+    from brainprep.read.dataset_json import channel_index as canonical_index
+
+    index = canonical_index(name)
+    if index is None:
+        known = ", ".join(sorted(a for aliases in CHANNEL_ALIASES.values() for a in aliases))
         raise click.BadParameter(
             f"unknown channel {name!r}; expected one of {known}", param_hint="--channel"
         ) from None
+    return index
 
 
 @click.command("show")
@@ -53,8 +50,15 @@ def channel_index(name: str) -> int:
     show_default=True,
     help="Take every n-th slice in the GIF.",
 )
+@labels_option
 def show(
-    data_dir: Path, case_id: str, out_png: Path, out_gif: Path | None, channel: str, gif_step: int
+    data_dir: Path,
+    case_id: str,
+    out_png: Path,
+    out_gif: Path | None,
+    channel: str,
+    gif_step: int,
+    labels: str | None,
 ) -> None:
     """Draw case CASE_ID of DATA_DIR: four channels x three planes through the tumour centre."""
     from brainprep.errors import BrainprepError, one_line
@@ -63,7 +67,7 @@ def show(
 
     index = channel_index(channel)
     try:
-        dataset = discover_cases(data_dir)
+        dataset = discover_cases(data_dir, labels)
         case = read_case(dataset.case(case_id))
         if case.label is None:
             click.echo(f"case {case_id} has no label: drawing no overlay")

@@ -1,18 +1,20 @@
 """Read stage: find cases in any BraTS layout and load them in canonical form."""
 
 from brainprep.read.case import Case, read_case, write_label_in_source_space
-from brainprep.read.labels import LabelConvention, from_msd_labels, to_msd_labels
-from brainprep.read.layouts import CHANNEL_NAMES, CaseFiles, Dataset, discover_cases
+from brainprep.read.labels import CONVENTIONS, convention_spec
+from brainprep.read.layouts import CaseFiles, Dataset, discover_cases
+from brainprep.spec import CHANNEL_NAMES, MSD_SPEC, DatasetSpec
 
 __all__ = [
     "CHANNEL_NAMES",
+    "CONVENTIONS",
+    "MSD_SPEC",
     "Case",
     "CaseFiles",
     "Dataset",
-    "LabelConvention",
+    "DatasetSpec",
+    "convention_spec",
     "discover_cases",
-    "from_msd_labels",
     "read_case",
-    "to_msd_labels",
     "write_label_in_source_space",
 ]

@@ -10,16 +10,17 @@ from typing import Any
 import numpy as np
 
 from brainprep.errors import CaseError, InvalidValueError, ShapeMismatchError
-from brainprep.read.labels import LABEL_MAPS, LabelConvention, from_msd_labels, to_msd_labels
-from brainprep.read.layouts import CHANNEL_NAMES, CaseFiles
+from brainprep.read.layouts import CaseFiles
 from brainprep.read.nifti import (
     ReadBuffers,
     from_ras,
+    ras_spacing,
     ras_view,
     read_nifti_voxels,
     scale_voxels,
     write_nifti,
 )
+from brainprep.spec import CHANNEL_NAMES, DatasetSpec
 
 N_CHANNELS = len(CHANNEL_NAMES)
 AFFINE_TOLERANCE = 1e-3  # mm; BraTS exports differ in float rounding of the same affine
@@ -32,8 +33,8 @@ class Case:
     Attributes:
         case_id: e.g. ``BRATS_001``.
         image: float32 (4, X, Y, Z), channels FLAIR, T1w, T1gd, T2w, axes R, A, S.
-        label: uint8 (X, Y, Z) in the MSD convention (0 bg, 1 edema, 2 non-enhancing, 3 enhancing),
-            axes R, A, S; ``None`` for an unlabelled case.
+        label: uint8 (X, Y, Z) canonical classes of ``files.spec`` (glioma family: 0 background,
+            1 edema, 2 non-enhancing, 3 enhancing, as MSD), axes R, A, S; ``None`` for an unlabelled case.
         affine: (4, 4) voxel-to-world affine of ``image``/``label``.
         source_affine: (4, 4) affine of the source files, to write results back in their space.
         source_shape: spatial shape of the source files.
@@ -54,7 +55,8 @@ class Case:
 
     @property
     def spacing(self) -> tuple[float, float, float]:
-        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
+        """Voxel size in mm along R, A, S (:func:`~brainprep.read.nifti.ras_spacing`)."""
+        return ras_spacing(self.affine)
 
     @property
     def has_label(self) -> bool:
@@ -151,15 +153,13 @@ def _check_label_header(
     return spatial
 
 
-def msd_label_table(
-    raw: np.ndarray, convention: LabelConvention | str, case_id: str, path: Path
-) -> np.ndarray:
-    """256-entry uint8 table taking the values of ``convention`` to MSD, after checking ``raw`` holds no
-    other value.
+def canonical_label_table(raw: np.ndarray, spec: DatasetSpec, case_id: str, path: Path) -> np.ndarray:
+    """256-entry uint8 table taking the values of ``spec``'s convention to its canonical classes, after
+    checking ``raw`` holds no other value.
 
     The check costs one ``max`` when every value up to the maximum is defined (MSD, BraTS 2023), plus one
     comparison per undefined value below it (3 in BraTS 2021); only a bad file pays for a ``bincount``,
-    to name its values in the same error as :func:`~brainprep.read.labels.to_msd_labels`.
+    to name its values in the same error as :meth:`~brainprep.spec.DatasetSpec.to_canonical`.
 
     Args:
         raw: uint8 label voxels, any shape and layout.
@@ -167,22 +167,19 @@ def msd_label_table(
     Raises:
         InvalidValueError: a value the convention does not define.
     """
-    known = sorted(LABEL_MAPS[LabelConvention(convention)])
+    known = sorted(spec.source_values)
     top = int(raw.max()) if raw.size else 0
     gaps = [value for value in range(top + 1) if value not in known]
     if top > known[-1] or any((raw == value).any() for value in gaps):
-        present = np.flatnonzero(np.bincount(raw.reshape(-1, order="A"), minlength=256)).astype(np.uint8)
-        to_msd_labels(present, convention, case_id=case_id, path=str(path))  # raises, naming the values
-    table = np.zeros(256, dtype=np.uint8)
-    table[known] = to_msd_labels(np.array(known, dtype=np.uint8), convention, case_id=case_id, path=str(path))
-    return table
+        present = np.flatnonzero(np.bincount(raw.reshape(-1, order="A"), minlength=256))
+        raise spec.values_error(spec.unexpected_values(present), case_id=case_id, path=path)
+    return spec.label_table()
 
 
-def _apply_label_table(raw: np.ndarray, table: np.ndarray, convention: LabelConvention | str) -> np.ndarray:
-    """``table[raw]``, or ``raw`` itself when the table leaves every value of ``convention`` alone (the
-    MSD convention): :func:`msd_label_table` checked that ``raw`` holds no other value."""
-    known = sorted(LABEL_MAPS[LabelConvention(convention)])
-    if all(int(table[value]) == value for value in known):
+def _apply_label_table(raw: np.ndarray, table: np.ndarray, spec: DatasetSpec) -> np.ndarray:
+    """``table[raw]``, or ``raw`` itself when the table leaves every value of the convention alone (the
+    MSD convention): :func:`canonical_label_table` checked that ``raw`` holds no other value."""
+    if all(int(table[value]) == value for value in spec.source_values):
         return raw
     return table[raw]
 
@@ -192,7 +189,8 @@ class LabelVoxels:
     """A label file read once (see :func:`read_label`).
 
     Attributes:
-        label: uint8 (X, Y, Z) MSD labels on the RAS grid (a view when possible, read-only).
+        label: uint8 (X, Y, Z) canonical labels (``files.spec``) on the RAS grid (a view when possible,
+            read-only).
         affine: (4, 4) source affine of the label file.
         shape: spatial shape of the file.
         sha256, size: of the file's stored bytes.
@@ -210,7 +208,7 @@ def read_label(
     image_shape: tuple[int, ...] | None = None,
     image_affine: np.ndarray | None = None,
 ) -> LabelVoxels:
-    """Read the case's label file once (one read, one hash, one inflate), in MSD on the RAS grid.
+    """Read the case's label file once (one read, one hash, one inflate), as canonical classes (RAS grid).
 
     Gives the same labels as ``read_case(files).label``; a gzip stream cut inside its trailer or with
     a bad CRC is an error here (see :func:`~brainprep.read.nifti.read_nifti_voxels`).
@@ -230,8 +228,8 @@ def read_label(
     shape = _check_label_header(path, files.case_id, voxels.shape, voxels.affine, image_shape, image_affine)
     raw = voxels.raw.reshape(shape, order="A")  # "A": a view of the file's (Fortran-ordered) voxels
     if raw.dtype == np.uint8 and not voxels.scaled:
-        table = msd_label_table(raw, files.label_convention, files.case_id, path)
-        source = _apply_label_table(raw, table, files.label_convention)
+        table = canonical_label_table(raw, files.spec, files.case_id, path)
+        source = _apply_label_table(raw, table, files.spec)
     else:
         # Float files as float64, integer files as nibabel's dataobj gives them (float64 when scaled).
         if raw.dtype.kind == "f":
@@ -240,7 +238,7 @@ def read_label(
             values = voxels.values().reshape(shape, order="A")
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             raise InvalidValueError("label holds NaN/Inf values", case_id=files.case_id, path=path)
-        source = to_msd_labels(values, files.label_convention, case_id=files.case_id, path=str(path))
+        source = files.spec.to_canonical(values, case_id=files.case_id, path=path)
     label, _ = ras_view(source, voxels.affine)
     return LabelVoxels(label, voxels.affine, shape, voxels.sha256, voxels.size)  # type: ignore[arg-type]
 
@@ -269,7 +267,7 @@ class CaseArrays:
         case_id: e.g. ``BRATS_001``.
         channels: 4 read-only (X, Y, Z) views in the file's dtype on the RAS grid, unscaled.
         scaling: (slope, inter) of each channel's file.
-        label: uint8 (X, Y, Z) MSD labels on the RAS grid, or ``None``.
+        label: uint8 (X, Y, Z) canonical labels on the RAS grid, or ``None``.
         affine: (4, 4) RAS affine; source_affine: (4, 4) affine of the files; source_shape: their shape.
         digests: ``{path: (size, sha256)}`` of every file read.
     """
@@ -344,7 +342,8 @@ def read_case_arrays(
     source_shape, source_affine = check_image_headers(files, read)
     if len(read) == 1:
         first, path = read[0], files.image_paths[0]
-        sources = [(first.raw[..., c], first.slope, first.inter, path) for c in range(N_CHANNELS)]
+        # channel_index: the file's channel of each canonical one (a dataset.json in another order)
+        sources = [(first.raw[..., c], first.slope, first.inter, path) for c in files.channel_index]
     else:
         sources = [(v.raw, v.slope, v.inter, p) for p, v in zip(files.image_paths, read, strict=True)]
     for channel, (raw, slope, inter, path) in enumerate(sources):
@@ -396,20 +395,18 @@ def read_case(files: CaseFiles, *, with_label: bool = True) -> Case:
 
 
 def write_label_in_source_space(
-    label: np.ndarray,
-    case: Case,
-    path: Path,
-    convention: LabelConvention | str = LabelConvention.MSD,
+    label: np.ndarray, case: Case, path: Path, spec: DatasetSpec | None = None
 ) -> Path:
-    """Write a canonical (RAS, MSD) uint8 label map in the case's source orientation and affine.
+    """Write a canonical (RAS) uint8 label map in the case's source orientation and affine.
 
     Args:
-        label: uint8 (X, Y, Z) on the case's canonical grid.
-        convention: label convention of the written file (``msd`` or the source's).
+        label: uint8 (X, Y, Z) canonical classes on the case's canonical grid.
+        spec: write the source values of this spec's convention; ``None``: the canonical classes as they
+            are (for the glioma family the MSD values).
     """
     if label.shape != case.shape:
         raise ShapeMismatchError(
             f"label shape {label.shape} does not match case shape {case.shape}", case_id=case.case_id
         )
     source = from_ras(label, case.source_affine)
-    return write_nifti(from_msd_labels(source, convention), case.source_affine, path)
+    return write_nifti(source if spec is None else spec.to_source(source), case.source_affine, path)

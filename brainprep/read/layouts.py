@@ -4,8 +4,17 @@ Known layouts (auto-detected by :func:`discover_cases`):
 
 - ``msd``: Medical Segmentation Decathlon Task01 -- ``imagesTr/BRATS_NNN.nii.gz`` (4D, channels FLAIR,
   T1w, T1gd, T2w), ``labelsTr/BRATS_NNN.nii.gz``, optional ``imagesTs/`` (no labels) and ``dataset.json``.
+- ``nnunet``: nnU-Net v2 raw -- ``imagesTr/<id>_0000<file_ending>`` .. ``_0003`` (one file per channel, the
+  channel of each index named by ``dataset.json``'s ``channel_names``), ``labelsTr/<id><file_ending>``,
+  optional ``imagesTs/``; the dataset.json is required (without it the channels have no names).
 - ``brats2021``: one folder per case, ``<id>/<id>_{flair,t1,t1ce,t2,seg}.nii.gz`` (labels 0,1,2,4).
-- ``brats2023``: one folder per case, ``<id>/<id>-{t2f,t1n,t1c,t2w,seg}.nii.gz`` (labels 0,1,2,3).
+- ``brats2023``: one folder per case, ``<id>/<id>-{t2f,t1n,t1c,t2w,seg}.nii.gz``: the BraTS 2023-2025
+  releases, whose label convention the case id prefix settles (``BraTS-GLI-``, ``-MEN-``, ``-MET-``,
+  ``-SSA-``: brats2023; ``BraTS-PED-``: ambiguous, refused without ``--labels``).
+
+The label convention and channel order of a dataset make its :class:`~brainprep.spec.DatasetSpec`
+(:attr:`Dataset.spec`): from ``--labels`` (``labels=``) when given, else from the layout, the ids or the
+dataset.json; where none of them settles it, :func:`discover_cases` refuses, naming ``--labels``.
 
 A folder that itself holds the channel files of one case (``t1c.nii.gz``, ..., ``segmentation.nii.gz``)
 is read as a one-case dataset named after the folder.
@@ -19,16 +28,16 @@ leave it to chance which file is read: :func:`discover_cases` refuses them, nami
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from brainprep.errors import LayoutError
-from brainprep.read.labels import LabelConvention
-
-#: MSD channel order, the canonical one.
-CHANNEL_NAMES: tuple[str, ...] = ("FLAIR", "T1w", "T1gd", "T2w")
+from brainprep.read.dataset_json import channel_order, spec_from_dataset_json
+from brainprep.read.labels import AMBIGUOUS_PREFIXES, ID_PREFIXES, convention_spec
+from brainprep.spec import MSD_SPEC, DatasetSpec
 
 #: per-file channel keys of the per-case-folder layouts, in MSD channel order.
 CHANNEL_KEYS: dict[str, tuple[str, ...]] = {
@@ -36,12 +45,9 @@ CHANNEL_KEYS: dict[str, tuple[str, ...]] = {
     "brats2023": ("t2f", "t1n", "t1c", "t2w"),
 }
 LABEL_KEYS: tuple[str, ...] = ("seg", "segmentation", "label")
-LABEL_CONVENTIONS: dict[str, LabelConvention] = {
-    "msd": LabelConvention.MSD,
-    "brats2021": LabelConvention.BRATS2021,
-    "brats2023": LabelConvention.BRATS2023,
-}
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,17 +56,20 @@ class CaseFiles:
 
     Attributes:
         case_id: e.g. ``BRATS_001`` or ``BraTS-GLI-00001-000``.
-        layout: ``msd``, ``brats2021`` or ``brats2023``.
-        image_paths: one 4D file (msd) or four 3D files in MSD channel order (FLAIR, T1w, T1gd, T2w).
+        layout: ``msd``, ``nnunet``, ``brats2021`` or ``brats2023``.
+        image_paths: one 4D file (msd) or four 3D files in canonical channel order (FLAIR, T1w, T1gd, T2w).
         label_path: the label file, or ``None`` for a case that has no label by design.
-        label_convention: the convention the label file is written in.
+        spec: the dataset's spec (label convention of the label file, channel names).
+        channel_index: for one 4D file, the file's channel of each canonical channel (a dataset.json
+            that lists the modalities in another order).
     """
 
     case_id: str
     layout: str
     image_paths: tuple[Path, ...]
     label_path: Path | None
-    label_convention: LabelConvention
+    spec: DatasetSpec = MSD_SPEC
+    channel_index: tuple[int, ...] = (0, 1, 2, 3)
 
     @property
     def all_paths(self) -> tuple[Path, ...]:
@@ -69,13 +78,12 @@ class CaseFiles:
 
 @dataclass(frozen=True)
 class Dataset:
-    """All cases found in a data folder, with the names its ``dataset.json`` gives (if any)."""
+    """All cases found in a data folder, its spec, and its ``dataset.json`` (if any) as read."""
 
     root: Path
     layout: str
     cases: tuple[CaseFiles, ...]
-    channel_names: tuple[str, ...] = CHANNEL_NAMES
-    label_names: tuple[str, ...] = ("background", "edema", "non-enhancing tumour", "enhancing tumour")
+    spec: DatasetSpec = MSD_SPEC
     description: dict = field(default_factory=dict, compare=False)
 
     def case(self, case_id: str) -> CaseFiles:
@@ -142,7 +150,9 @@ def _folder_layout(files: list[Path]) -> str | None:
     return best if scores[best] > 0 else None
 
 
-def _case_from_folder(folder: Path, layout: str, case_id: str, labelled: bool) -> CaseFiles:
+def _case_from_folder(folder: Path, layout: str, case_id: str, spec: DatasetSpec) -> CaseFiles:
+    """The case of one folder; a folder without a label file is an unlabelled case (``label_path``
+    ``None``), even next to labelled ones: ``check`` reports it as such and a build leaves it out."""
     files = sorted(p for p in folder.iterdir() if _is_visible_nifti(p))
     wanted = {*CHANNEL_KEYS[layout], *LABEL_KEYS}
     by_key = _unique(
@@ -153,9 +163,7 @@ def _case_from_folder(folder: Path, layout: str, case_id: str, labelled: bool) -
         by_key.get(key, folder / f"{case_id}{separator}{key}.nii.gz") for key in CHANNEL_KEYS[layout]
     )
     label = next((by_key[k] for k in LABEL_KEYS if k in by_key), None)
-    if label is None and labelled:
-        label = folder / f"{case_id}{separator}seg.nii.gz"
-    return CaseFiles(case_id, layout, images, label, LABEL_CONVENTIONS[layout])
+    return CaseFiles(case_id, layout, images, label, spec)
 
 
 def _read_dataset_json(path: Path) -> dict:
@@ -165,53 +173,134 @@ def _read_dataset_json(path: Path) -> dict:
         raise LayoutError(f"cannot read {path}: {err}") from err
 
 
-def _discover_msd(root: Path) -> Dataset:
-    description = _read_dataset_json(root / "dataset.json") if (root / "dataset.json").exists() else {}
-    images = {name: _nifti_by_name(root / name) for name in ("imagesTr", "imagesTs")}
+def _is_nnunet(root: Path, description: dict) -> bool:
+    """nnU-Net v2 raw: its dataset.json has ``channel_names``, or its images are ``<id>_0000`` files."""
+    if "channel_names" in description:
+        return True
+    folders = [root / "imagesTr", root / "imagesTs"]
+    return any(re.search(r"_\d{4}$", name) for folder in folders for name in _nifti_by_name(folder))
+
+
+def _nnunet_images(folder: Path, n_channels: int) -> dict[str, tuple[Path, ...]]:
+    """``{case id: channel files _0000.._000N}`` of an nnU-Net images folder; a missing one is refused."""
+    by_case: dict[str, dict[int, Path]] = {}
+    for name, path in _nifti_by_name(folder).items():
+        match = re.fullmatch(r"(.+)_(\d{4})", name)
+        if match is None:
+            raise LayoutError(
+                f"{path}: nnU-Net image files are named <case id>_<4-digit channel>, e.g. _0000"
+            )
+        by_case.setdefault(match[1], {})[int(match[2])] = path
+    for case_id, channels in by_case.items():
+        if sorted(channels) != list(range(n_channels)):
+            found = ", ".join(f"_{c:04d}" for c in sorted(channels))
+            raise LayoutError(
+                f"case {case_id} in {folder}: expected channel files _0000.._{n_channels - 1:04d}, "
+                f"found {found}"
+            )
+    return {case_id: tuple(channels[c] for c in range(n_channels)) for case_id, channels in by_case.items()}
+
+
+def _discover_imagestr(root: Path, labels: str | None) -> Dataset:
+    """The MSD and nnU-Net layouts: ``imagesTr/`` (+ ``labelsTr/``, optional ``imagesTs/``)."""
+    json_path = root / "dataset.json"
+    description = _read_dataset_json(json_path) if json_path.exists() else {}
+    nnunet = _is_nnunet(root, description)
+    if nnunet and "channel_names" not in description:
+        raise LayoutError(
+            f"{root} holds nnU-Net raw images (<id>_0000...) but no dataset.json with channel_names: "
+            "without it the channels have no names"
+        )
+    ending = str(description.get("file_ending", ".nii.gz"))
+    if ending not in NIFTI_SUFFIXES:
+        raise LayoutError(f"{json_path}: file_ending {ending!r} is not NIfTI ({', '.join(NIFTI_SUFFIXES)})")
+    spec = spec_from_dataset_json(description, json_path, labels)
+    names = description.get("channel_names", description.get("modality"))
+    order = channel_order(names, json_path) if names is not None else (0, 1, 2, 3)
+    layout = "nnunet" if nnunet else "msd"
+    if nnunet:
+        images = {name: _nnunet_images(root / name, len(order)) for name in ("imagesTr", "imagesTs")}
+        images = {n: {i: tuple(paths[c] for c in order) for i, paths in d.items()} for n, d in images.items()}
+        index = (0, 1, 2, 3)  # the channel files are put in canonical order
+    else:
+        images = {
+            name: {i: (p,) for i, p in _nifti_by_name(root / name).items()}
+            for name in ("imagesTr", "imagesTs")
+        }
+        index = order
     # one id in imagesTr and imagesTs would be two cases of one id in the store
-    _unique(((i, p) for folder in images.values() for i, p in folder.items()), "case id {name}")
-    labels = _nifti_by_name(root / "labelsTr")
+    _unique(((i, p[0]) for folder in images.values() for i, p in folder.items()), "case id {name}")
+    label_files = _nifti_by_name(root / "labelsTr")
     cases = [
-        CaseFiles(i, "msd", (image,), labels.get(i, root / "labelsTr" / image.name), LabelConvention.MSD)
-        for i, image in images["imagesTr"].items()
+        # imagesTr holds labelled cases (unlabelled ones go in imagesTs): a missing label is a missing file
+        CaseFiles(i, layout, paths, label_files.get(i, root / "labelsTr" / f"{i}{ending}"), spec, index)
+        for i, paths in images["imagesTr"].items()
     ]
-    cases += [
-        CaseFiles(i, "msd", (image,), None, LabelConvention.MSD) for i, image in images["imagesTs"].items()
-    ]
+    cases += [CaseFiles(i, layout, paths, None, spec, index) for i, paths in images["imagesTs"].items()]
     # A label without its image is a broken case too: list it so check reports the missing image.
-    for case_id, label in labels.items():
+    for case_id, label in label_files.items():
         if case_id not in images["imagesTr"] and case_id not in images["imagesTs"]:
-            image = root / "imagesTr" / label.name
-            cases.append(CaseFiles(case_id, "msd", (image,), label, LabelConvention.MSD))
+            image = root / "imagesTr" / (f"{case_id}_0000{ending}" if nnunet else label.name)
+            cases.append(CaseFiles(case_id, layout, (image,), label, spec, index))
     cases.sort(key=lambda c: c.case_id)
-    channel_names = CHANNEL_NAMES
-    label_names: tuple[str, ...] = Dataset.__dataclass_fields__["label_names"].default
-    if "modality" in description:
-        modality = description["modality"]
-        channel_names = tuple(str(modality[k]) for k in sorted(modality, key=int))
-    if "labels" in description:
-        labels = description["labels"]
-        label_names = tuple(str(labels[k]) for k in sorted(labels, key=int))
-    return Dataset(root, "msd", tuple(cases), channel_names, label_names, description)
+    return Dataset(root, layout, tuple(cases), spec, description)
 
 
-def discover_cases(data_dir: Path | str) -> Dataset:
-    """Detect the layout of ``data_dir`` and list its cases.
+def spec_for_ids(case_ids: Iterable[str], layout: str, labels: str | None) -> DatasetSpec:
+    """The spec of per-case-folder cases: ``--labels`` when given, BraTS 2017-2021's for that layout,
+    else what the BraTS 2023+ id prefixes settle.
+
+    Ids without a known prefix (a renamed case, ``t1c.nii.gz`` files in a folder) read as ``brainprep``
+    has always read the BraTS 2023 file naming, with the 2023 values: every release with those names
+    except the pediatric ones, whose ids carry ``BraTS-PED-``, agrees on values 1-3 (logged at info).
 
     Raises:
-        LayoutError: when the folder does not exist or matches no known layout.
+        LayoutError: a prefix that does not settle the convention (``BraTS-PED-``), or ids of releases
+            with different conventions; the message names ``--labels``.
+    """
+    if labels is not None:
+        return convention_spec(labels)
+    if layout == "brats2021":
+        return convention_spec("brats2021")
+    ids = list(case_ids)
+    for prefix, meaning in AMBIGUOUS_PREFIXES.items():
+        if any(i.startswith(prefix) for i in ids):
+            raise LayoutError(f"{prefix} cases write {meaning}: name the convention with --labels")
+    found = {next((ID_PREFIXES[p] for p in ID_PREFIXES if i.startswith(p)), None) for i in ids}
+    if None in found:
+        logger.info("case ids without a known BraTS prefix: reading their labels as brats2023")
+    names = sorted((found - {None}) or {"brats2023"})
+    if len(names) > 1:
+        raise LayoutError(
+            f"the case ids mix releases of conventions {', '.join(names)}: name one with --labels"
+        )
+    return convention_spec(names[0])
+
+
+def discover_cases(data_dir: Path | str, labels: str | None = None) -> Dataset:
+    """Detect the layout and spec of ``data_dir`` and list its cases.
+
+    Args:
+        labels: the label convention (``--labels``, a name of :data:`brainprep.read.labels.CONVENTIONS`);
+            ``None``: detected from the layout, the case ids or the dataset.json.
+
+    Raises:
+        LayoutError: when the folder does not exist, matches no known layout, or its convention is not
+            settled without ``labels``.
+        ConfigError: an unknown ``labels`` name.
     """
     root = Path(data_dir)
+    if labels is not None:
+        convention_spec(labels)  # an unknown name fails first, whatever the folder
     if not root.is_dir():
         raise LayoutError(f"data folder {root} does not exist or is not a folder")
     if (root / "imagesTr").is_dir() or (root / "imagesTs").is_dir() or (root / "labelsTr").is_dir():
-        return _discover_msd(root)
+        return _discover_imagestr(root, labels)
     own_files = [p for p in root.iterdir() if p.is_file() and _is_visible_nifti(p)]
     own_layout = _folder_layout(own_files)
     if own_layout is not None:
-        labelled = any(_file_key(p) in LABEL_KEYS for p in own_files)
-        case = _case_from_folder(root, own_layout, root.name, labelled)
-        return Dataset(root, own_layout, (case,))
+        spec = spec_for_ids([root.name], own_layout, labels)
+        return Dataset(root, own_layout, (_case_from_folder(root, own_layout, root.name, spec),), spec)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     layouts: dict[Path, str] = {}
     for folder in folders:
@@ -221,21 +310,14 @@ def discover_cases(data_dir: Path | str) -> Dataset:
             layouts[folder] = layout
     if not layouts:
         raise LayoutError(
-            f"{root} matches no known layout: expected imagesTr/ + labelsTr/ (MSD), or one folder per "
-            "case with <id>_{flair,t1,t1ce,t2,seg}.nii.gz (BraTS 2017-2021) or "
-            "<id>-{t2f,t1n,t1c,t2w,seg}.nii.gz (BraTS 2023)"
+            f"{root} matches no known layout: expected imagesTr/ + labelsTr/ (MSD, nnU-Net raw), or one "
+            "folder per case with <id>_{flair,t1,t1ce,t2,seg}.nii.gz (BraTS 2017-2021) or "
+            "<id>-{t2f,t1n,t1c,t2w,seg}.nii.gz (BraTS 2023+)"
         )
     kinds = sorted(set(layouts.values()))
     if len(kinds) > 1:
         raise LayoutError(f"{root} mixes case folders of several layouts: {', '.join(kinds)}")
     layout = kinds[0]
-    # Validation releases have no segmentation at all; then a missing seg is by design, not an error.
-    # (Visible NIfTI files only: a macOS ``._<id>_seg.nii.gz`` fork does not make a dataset labelled.)
-    labelled = any(
-        _file_key(p) in LABEL_KEYS
-        for folder in layouts
-        for p in folder.iterdir()
-        if p.is_file() and _is_visible_nifti(p)
-    )
-    cases = tuple(_case_from_folder(f, layout, f.name, labelled) for f in layouts)
-    return Dataset(root, layout, cases)
+    spec = spec_for_ids([f.name for f in layouts], layout, labels)
+    cases = tuple(_case_from_folder(f, layout, f.name, spec) for f in layouts)
+    return Dataset(root, layout, cases, spec)

@@ -454,3 +454,22 @@ def ras_view(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndar
     transform = ras_transform(affine)
     shape = array.shape[:3]
     return apply_orientation(array, transform), affine @ inv_ornt_aff(transform, shape)
+
+
+def ras_affine(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(4, 4) affine of the canonical RAS grid of a source grid (``affine``, spatial ``shape``): the
+    affine :func:`ras_view` gives, from a header alone."""
+    return affine @ inv_ornt_aff(ras_transform(affine), tuple(shape[:3]))
+
+
+def ras_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along the R, A, S axes of the canonical grid of a source ``affine`` (4, 4).
+
+    The norm of each voxel axis in world space (the affine's column norms, what nibabel's ``voxel_sizes``
+    computes), put in the order :func:`to_ras` puts the axes: for an LPS BraTS file the same three
+    numbers, for a file stored S, R, A the first becomes the third. A RAS affine gives its own norms.
+    """
+    norms = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+    spacing = np.empty(3, dtype=np.float64)
+    spacing[ras_transform(affine)[:, 0].astype(int)] = norms  # row i: where source axis i goes
+    return tuple(float(v) for v in spacing)  # type: ignore[return-value]

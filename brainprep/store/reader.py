@@ -19,6 +19,7 @@ import numpy as np
 
 from brainprep.errors import StoreCorruptError, StoreError, StoreIncompleteError
 from brainprep.params import BuildParams
+from brainprep.spec import DatasetSpec, spec_from_metadata
 from brainprep.store import integrity, locations, schema
 
 if TYPE_CHECKING:
@@ -241,7 +242,17 @@ class PatchStore:
 
     @property
     def params(self) -> BuildParams:
-        return BuildParams.from_dict(self.metadata["params"])
+        """The build parameters (parsed once per opened metadata: readers ask for them per window)."""
+        metadata = self.metadata
+        cached = getattr(self, "_params_of", None)
+        if cached is None or cached[0] is not metadata:
+            self._params_of = (metadata, BuildParams.from_dict(metadata["params"]))
+        return self._params_of[1]
+
+    @property
+    def spec(self) -> DatasetSpec:
+        """The dataset spec the store was built with (a store from before the spec: MSD glioma)."""
+        return spec_from_metadata(self.metadata)
 
     @property
     def content_id(self) -> str | None:

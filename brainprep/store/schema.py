@@ -37,7 +37,7 @@ Metadata: the group's (file's) attribute ``brainprep`` holds a JSON object (in H
 - ``source``: ``{"root", "layout", "fingerprint"}``, fingerprint = sha256 over the sorted per-file hashes
 - ``channel_names``, ``class_names``, ``split_names`` (``["train", "val"]``)
 - ``cases``: one object per case: ``index, case_id, split, files [{path, size, sha256}], n_patches,
-  valid_corner_share, best_tumour_fraction, skip_reason``
+  valid_corner_share, best_tumour_fraction, skip_reason`` and the grid (:data:`GEOMETRY_KEYS`)
 - ``complete``: ``true`` only once the last byte of the last case is written; readers refuse others
 - ``summary``: cases, patches, skipped, bytes, seconds of the build
 
@@ -93,6 +93,10 @@ PATCH_CLASS_FRACTIONS = "patch_class_fractions"
 PATCH_SPLIT = "patch_split"
 CASE_MEAN = "case_mean"
 CASE_STD = "case_std"
+#: what every case entry (of either store kind) records of the grid its corners and crop refer to
+#: (:func:`brainprep.spacing.case_geometry`): the files' RAS spacing, the grid's spacing, the grid's (4, 4)
+#: RAS affine, and whether the case was resampled to it (``--resample``); ``null`` for a bad case.
+GEOMETRY_KEYS: tuple[str, ...] = ("source_spacing", "spacing", "affine", "resampled")
 
 PATCH_TABLE_ARRAYS: tuple[str, ...] = (
     PATCH_VALID,

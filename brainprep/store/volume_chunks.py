@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -23,13 +24,15 @@ from brainprep.store.shards import CRC_BYTES, INDEX_ENTRY_BYTES, MISSING, crc32c
 
 def is_direct_layout(array: Any) -> bool:
     """True when ``array`` (a ``zarr.Array``) is one brainprep volume shard this module can read."""
-    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
+    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, TransposeCodec
 
     codecs = tuple(array.metadata.codecs)
     sharding = codecs[0] if len(codecs) == 1 else None
     if not isinstance(sharding, ShardingCodec) or sharding.index_location.value != "end":
         return False
     inner = tuple(type(c) for c in sharding.codecs)
+    if inner[:1] == (TransposeCodec,):
+        inner = inner[1:]
     return (
         inner == (BytesCodec, BloscCodec, Crc32cCodec)
         and tuple(type(c) for c in sharding.index_codecs) == (BytesCodec, Crc32cCodec)
@@ -56,11 +59,16 @@ class VolumeArrayReader:
 
     def __init__(self, array: Any, source: Any, what: str) -> None:
         from numcodecs import Blosc
+        from zarr.codecs import TransposeCodec
 
         from brainprep.store.volume_zarr import shard_key
 
         self.shape = tuple(int(s) for s in array.shape)
         self.chunks = tuple(int(c) for c in array.metadata.codecs[0].chunk_shape)
+        first = array.metadata.codecs[0].codecs[0]
+        # a TransposeCodec stores each chunk as chunk.transpose(order): decode into that shape, view back
+        self.order = tuple(int(a) for a in first.order) if isinstance(first, TransposeCodec) else None
+        self.stored_shape = self.chunks if self.order is None else tuple(self.chunks[a] for a in self.order)
         self.grid = tuple(math.ceil(s / c) for s, c in zip(self.shape, self.chunks, strict=True))
         self.dtype = np.dtype(array.dtype)
         self.source, self.what, self.key = source, what, shard_key(array)
@@ -76,6 +84,7 @@ class VolumeArrayReader:
         if missing:
             raise self._corrupt(f"{missing} of {n} chunks missing")
         self.index = index
+        self._scratch = threading.local()  # one decoded-chunk buffer per thread (no page faults per chunk)
 
     def _corrupt(self, problem: str) -> StoreCorruptError:
         where = self.source.describe(self.key)
@@ -90,16 +99,25 @@ class VolumeArrayReader:
         frame = np.frombuffer(data, dtype=np.uint8, count=length - CRC_BYTES)
         if crc32c(frame) != data[-CRC_BYTES:]:
             raise self._corrupt(f"chunk {flat} fails its checksum (crc32c)")
-        out = np.empty(self.chunks, dtype=self.dtype)
+        out = getattr(self._scratch, "chunk", None)
+        if out is None:
+            out = self._scratch.chunk = np.empty(self.stored_shape, dtype=self.dtype)
         try:
             self._codec.decode(frame, out=out.reshape(-1).view(np.uint8))
         except (RuntimeError, ValueError) as error:
             raise self._corrupt(f"chunk {flat} does not decode ({error})") from error
-        return out
+        return out if self.order is None else out.transpose(np.argsort(self.order))
 
-    def read(self, start: tuple[int, ...], stop: tuple[int, ...]) -> np.ndarray:
-        """The block ``[start, stop)`` (inside the array), a new C-contiguous array."""
-        out = np.empty(tuple(b - a for a, b in zip(start, stop, strict=True)), dtype=self.dtype)
+    def read(
+        self, start: tuple[int, ...], stop: tuple[int, ...], out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The block ``[start, stop)`` (inside the array): written into ``out`` (an array or view of the
+        block's shape, e.g. the part of a window the block fills) or a new C-contiguous array."""
+        shape = tuple(b - a for a, b in zip(start, stop, strict=True))
+        if out is None:
+            out = np.empty(shape, dtype=self.dtype)
+        elif out.shape != shape:
+            raise ValueError(f"out must have shape {shape}, found {out.shape}")
         spans = [range(a // c, (b - 1) // c + 1) for a, b, c in zip(start, stop, self.chunks, strict=True)]
         for coords in itertools.product(*spans):
             chunk = self._chunk(coords)

@@ -11,6 +11,7 @@ sampling tables must match their recorded digests.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,16 +172,19 @@ class VolumeStore(PatchStore):
             self._readers[key] = reader
         return self._readers[key]
 
-    def _read(self, name: str, index: int, selection: tuple[slice, ...]) -> np.ndarray:
-        """A block of case ``index``'s array ``name``: every chunk it meets checked (crc32c or fletcher32);
-        a Zarr store's chunks read directly (:mod:`brainprep.store.volume_chunks`), HDF5 through h5py."""
+    def _read(
+        self, name: str, index: int, selection: tuple[slice, ...], out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """A block of case ``index``'s array ``name`` (written into ``out`` when given): every chunk it
+        meets checked (crc32c or fletcher32); a Zarr store's chunks read directly
+        (:mod:`brainprep.store.volume_chunks`), HDF5 through h5py."""
         reader = self._direct(name, index)
         if reader is not None:
             bounds = [part.indices(n)[:2] for part, n in zip(selection, reader.shape, strict=True)]
-            return reader.read(tuple(a for a, _ in bounds), tuple(b for _, b in bounds))
+            return reader.read(tuple(a for a, _ in bounds), tuple(b for _, b in bounds), out)
         array = self._array(name, index)
         try:
-            return np.asarray(array[selection])
+            block = np.asarray(array[selection])
         except StoreError:
             raise  # an unreachable server is not damage
         except (OSError, ValueError, RuntimeError) as error:  # a chunk failing its crc32c / fletcher32
@@ -188,6 +192,10 @@ class VolumeStore(PatchStore):
                 f"{name} of case {self._case(index)['case_id']}: a chunk fails its checksum or does not "
                 f"decode ({error}) in {self.location}; run `brainprep verify {self.location}`"
             ) from error
+        if out is None:
+            return block
+        out[...] = block
+        return out
 
     def read_volume(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The whole crop of case ``index``: (image (4, X, Y, Z) store dtype, raw; label uint8 (X, Y, Z))."""
@@ -200,6 +208,8 @@ class VolumeStore(PatchStore):
         corner: Any,
         size: tuple[int, int, int] | None = None,
         standardize: str | None = None,
+        *,
+        out: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The window of case ``index`` at ``corner`` (in the crop), raw or standardized.
 
@@ -214,58 +224,34 @@ class VolumeStore(PatchStore):
             standardize: ``None`` (raw, the store dtype), ``"patch-slice"`` (the course's: each channel of
                 each z-slice of this window to mean 0 / std 1, a constant slice stays 0) or
                 ``"volume-nonzero"`` (the case's stored brain mean / std per channel, background 0).
+            out: (image, label) arrays to write into instead of new ones (a loader's batch memory):
+                image (4, px, py, pz) in the store dtype when raw, float16 or float32 when standardized
+                (float16 is the training samples' dtype); label uint8 (px, py, pz).
 
         Returns:
-            (image (4, px, py, pz): store dtype raw, float32 standardized; label uint8 (px, py, pz)).
+            (image (4, px, py, pz): store dtype raw, float32 standardized (or ``out``'s); label uint8
+            (px, py, pz)).
         """
         size = self.patch_size if size is None else tuple(int(s) for s in size)  # type: ignore[assignment]
         if standardize is not None and standardize not in STANDARDIZE_METHODS:
             raise StoreError(f"standardize must be None or one of {STANDARDIZE_METHODS}, got {standardize!r}")
-        crop = self.crop(index)
-        image = np.zeros((schema.N_CHANNELS, *size), dtype=self.params.store.dtype)  # type: ignore[misc]
-        label = np.zeros(size, dtype=np.uint8)
-        parts = window_parts(crop.shape, corner, size)  # type: ignore[arg-type]
+        image_out, label = out if out is not None else (None, np.empty(size, dtype=np.uint8))
+        if standardize is None and image_out is not None:
+            raw = image_out
+        else:  # a raw window only this call sees, standardized into the result
+            raw = _scratch_window((schema.N_CHANNELS, *size), self.params.store.dtype)  # type: ignore[misc]
+        parts = window_parts(self.crop(index).shape, corner, size)  # type: ignore[arg-type]
+        if parts is None or any(t.stop - t.start != n for t, n in zip(parts[1], size, strict=True)):
+            raw[...] = 0  # the window leaves the crop: zeros there, as in the source
+            label[...] = 0
         if parts is not None:
             source, target = parts
-            image[(slice(None), *target)] = self._read(vs.IMAGES, index, (slice(None), *source))
-            label[target] = self._read(vs.LABELS, index, source)
+            self._read(vs.IMAGES, index, (slice(None), *source), raw[(slice(None), *target)])
+            self._read(vs.LABELS, index, source, label[target])
         if standardize is None:
-            return image, label
-        return standardize_window(image, standardize, self._case(index)), label
-
-    def read_window_with_context(
-        self, index: int, corner: Any, context: Any, standardize: str | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The window of the build's patch size at ``corner`` with ``context`` more voxels on each side.
-
-        What augmentation resamples from (:func:`brainnet.augment.context_margin`). Its centre is exactly
-        ``read_window(index, corner, standardize=standardize)``: ``patch-slice`` takes each z-slice's mean
-        and std over the window's X-Y footprint (the patch's, and on the context's extra slices the same
-        footprint) and applies them to the whole slice; ``volume-nonzero`` is voxel by voxel anyway.
-
-        Args:
-            index: the case.
-            corner: (x, y, z) of the window (not of the context) in the crop.
-            context: (mx, my, mz) voxels read beyond each face (zeros outside the crop, as in the source).
-            standardize: as :meth:`read_window`.
-
-        Returns:
-            (image (4, px + 2 mx, py + 2 my, pz + 2 mz), label uint8 (px + 2 mx, ...)), dtypes as
-            :meth:`read_window`'s.
-        """
-        context = np.asarray(context, dtype=np.int64)
-        size = np.asarray(self.patch_size, dtype=np.int64)
-        if context.shape != (3,) or (context < 0).any():
-            raise StoreError(f"context must be 3 voxel counts >= 0, got {context.tolist()}")
-        corner = np.asarray(corner, dtype=np.int64) - context
-        image, label = self.read_window(index, corner, tuple((size + 2 * context).tolist()))
-        if standardize is None:
-            return image, label
-        footprint = (
-            slice(int(context[0]), int(context[0] + size[0])),
-            slice(int(context[1]), int(context[1] + size[1])),
-        )
-        return standardize_window(image, standardize, self._case(index), region=footprint), label
+            return (raw if image_out is not None else np.ascontiguousarray(raw)), label
+        image_out = np.empty(raw.shape, np.float32) if image_out is None else image_out
+        return standardize_window(raw, standardize, self._case(index), image_out), label
 
     def close(self) -> None:
         self._readers, self._checked = {}, set()  # they read through the handle closed here
@@ -278,16 +264,40 @@ class VolumeStore(PatchStore):
         return f"VolumeStore({self.location!r}, format={self.format!r})"
 
 
-def standardize_window(
-    image: np.ndarray, method: str, case: dict[str, Any], region: tuple[slice, slice] | None = None
-) -> np.ndarray:
-    """float32 (4, px, py, pz): ``image`` (a raw window) standardized by ``method`` (see
-    :meth:`VolumeStore.read_window`); ``case`` is the case's metadata entry (its float64 statistics);
-    ``region``: the (X, Y) part of each slice ``patch-slice`` takes its statistics from (default: all)."""
+#: per-thread raw window buffers of :meth:`VolumeStore.read_window`, slice-major like the store's chunks
+#: (reused: no page faults per window)
+_WINDOWS = threading.local()
+
+
+def _scratch_window(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """This thread's raw window buffer of ``shape`` and ``dtype`` (contents arbitrary; never returned to
+    callers, who get a copy or a standardized result)."""
+    key = (shape, dtype)
+    if getattr(_WINDOWS, "key", None) != key:
+        _WINDOWS.key, _WINDOWS.array = key, vs.slice_major(shape, dtype)
+    return _WINDOWS.array
+
+
+def standardize_window(image: np.ndarray, method: str, case: dict[str, Any], out: np.ndarray) -> np.ndarray:
+    """``image`` (a raw window (4, px, py, pz)) standardized by ``method`` (see
+    :meth:`VolumeStore.read_window`) into ``out`` (float16 or float32, same shape); ``case`` is the case's
+    metadata entry (its float64 statistics). A float16 store's ``patch-slice`` windows take the float32
+    torch path that training takes (:func:`~brainprep.standardize.standardize_slices_torch`) when torch is
+    installed; a float32 store's, the course's exact float64 one."""
     from brainprep.standardize import brain_mask, standardize_patch_slices, standardize_with_statistics
 
-    if method not in STANDARDIZE_METHODS:
-        raise StoreError(f"standardize must be None or one of {STANDARDIZE_METHODS}, got {method!r}")
+    if method == "patch-slice" and image.dtype == np.float16:
+        try:
+            import torch
+
+            from brainprep.standardize import standardize_slices_torch
+        except ImportError:  # brainprep without the `train` extra
+            return standardize_patch_slices(image, out)
+        out[...] = standardize_slices_torch(torch.from_numpy(image)).numpy()
+        return out
     if method == "patch-slice":
-        return standardize_patch_slices(image, region=region)
-    return standardize_with_statistics(image, case["mean"], case["std"], mask=brain_mask(image))
+        return standardize_patch_slices(image, out)
+    # the store keeps each crop relative to the case's background (volume_schema), so the brain is the
+    # nonzero voxels here, as it was when the build took the statistics
+    out[...] = standardize_with_statistics(image, case["mean"], case["std"], mask=brain_mask(image, 0.0))
+    return out

@@ -33,14 +33,16 @@ case_tumour_corners          (C,)                  int64     M, corners passing 
 case_mean, case_std          (C, 4)                float32   volume-nonzero statistics per channel
 ===========================  ====================  ========  ==============================================
 
-The crop (:func:`brainprep.volume.brain_crop`): the bounding box of the brain (any channel nonzero) and
-of the tumour, widened to the build's patch size along any axis where it is shorter (centred, inside the
-volume when the volume allows it, else padded with zeros beyond it, recorded in ``case_padding``). Every
-voxel outside the crop is 0 in every channel and in the label, so a window that leaves the crop reads
-zeros there: any source-grid window can be served, and a corner ``c`` in the crop is
-``case_crop_offset[i] + c`` on the source grid. "Brain corners" are the corners whose patch fits the
-crop (``case_brain_corners``); the corner table is computed on the crop's label with the patch store's
-own test (:func:`brainprep.sample.valid_from_counts`).
+The crop (:func:`brainprep.volume.brain_crop`): the bounding box of the brain (any channel differs from
+its background, :func:`brainprep.standardize.brain_mask`) and of the tumour, widened to the build's patch
+size along any axis where it is shorter (centred, inside the volume when the volume allows it, else padded
+with zeros beyond it, recorded in ``case_padding``). Each channel is stored less its background
+(``cases[i].background``: 0 for skull-stripped BraTS data, whose crop is then the raw image bit for bit;
+the constant of an already-normalized input, e.g. -0.7), so every voxel outside the crop is 0 in every
+channel and in the label, and a window that leaves the crop reads zeros there: any source-grid window
+can be served, and a corner ``c`` in the crop is ``case_crop_offset[i] + c`` on the source grid.
+"Brain corners" are the corners whose patch fits the crop (``case_brain_corners``); the corner table is
+computed on the crop's label with the patch store's own test (:func:`brainprep.sample.valid_from_counts`).
 
 Why raw float16. Standardization happens at read time (``patch-slice`` on the window cut, or
 ``volume-nonzero`` with ``case_mean`` / ``case_std``; :class:`brainprep.store.volume_reader.VolumeStore`),
@@ -57,31 +59,46 @@ nonzero intensity below 2**-24 (it would become 0 and leave the brain mask); suc
 
 Chunks and codecs. Images are chunked ``(4, cx, cy, cz)`` (all channels in one chunk: a window needs all
 four), labels ``(cx, cy, cz)``: whole planes of the crop (up to 256 x 256) by 8 slices
-(:func:`volume_chunk_shape`). Measured with ``python benchmarks/measure_volume_chunks.py --cases 2
---windows 60 --rounds 5`` (two synthetic 240x240x155 cases, float16, zstd 1, the same 60 random
-160x160x16 windows read raw through :meth:`VolumeStore.read_window`, median of 5 alternating rounds, one
-thread, on the shared 2-core development machine under a load of ~5, so only the ratios count):
+(:func:`volume_chunk_shape`); each chunk is stored slice-major (a ``transpose`` codec,
+:func:`stored_axis_order`), and compressed with Blosc lz4hc at level 3 (``StoreParams.compression_level``).
+Measured with ``python benchmarks/measure_volume_chunks.py --cases 2 --windows 60 --rounds 5`` (two
+synthetic 240x240x155 cases, float16, the same 60 random 160x160x16 windows read as the training loader
+reads them, median of 5 alternating rounds, one thread, beside one stored patch of the 20-patch store of
+the same cases; on the shared 2-core development machine under a load of ~10, so only the ratios count):
 
-==============  ========  ===================  =============  ==============================
-chunks          MB/case   / 20-patch store     ms/window      ms/window through zarr-python
-==============  ========  ===================  =============  ==============================
-64 x 64 x 16    7.48      0.250                22.6           81.3
-plane x 4       7.24      0.242                17.0
-plane x 8       7.21      0.241                18.4           44.0
-plane x 16      7.28      0.244                22.3           32.2
-==============  ========  ===================  =============  ==============================
+==================  ========  ========  ============  =======  =====================
+candidate           MB/case   /patches  build s/case  ms raw   ms raw + standardized
+==================  ========  ========  ============  =======  =====================
+plane x 8, zstd 1   7.50      0.251     5.39          35.9     67.0
+plane x 4, zstd 1   7.64      0.256     4.40          35.3     50.9
+plane x 8, lz4hc 1  10.83     0.363     4.91          19.7     41.5
+plane x 8, lz4hc 3  10.31     0.345     5.53          18.5     38.0
+plane x 4, lz4hc 3  10.34     0.346     6.25          17.4     37.9
+plane x 8, lz4 1    11.87     0.397     3.54          19.0     37.0
+==================  ========  ========  ============  =======  =====================
 
-(last column: an earlier run, before :mod:`brainprep.store.volume_chunks` read the chunks directly; one
-stored patch of the 20-patch store took 7.2 ms in the same run as the direct column.) A brain crop is
-barely wider than the course's 160 x 160 patch, so a window covers most of each plane anyway: whole planes
-cost little extra decoding and few chunks per window; along z, a window of 16 slices decodes 1.5 times
-its depth with chunks of 8 (2 with chunks of 16), and chunks of 4 read barely faster but build slower.
-Sizes barely differ.
+(one stored patch: 16.5 ms in the same run; the standardized column is the float32 numpy/torch path
+before training moved it onto its device.) Why each choice:
+
+- **Whole planes**: a brain crop is barely wider than the course's 160 x 160 patch, so a window covers
+  most of each plane anyway; whole planes cost little extra decoding and few chunks per window. Along z a
+  window of 16 slices decodes 1.5 times its depth with chunks of 8 (2 with 16); chunks of 4 read barely
+  faster and build slower.
+- **Slice-major chunks**: with x, y, z order (z fastest) a window is copied out of a chunk in runs of its
+  8 z values (16 bytes), the largest single cost of a raw read; slice-major, in runs of whole rows of x.
+  And ``patch-slice`` standardizes each z-slice on its own: slice-major, a slice is one contiguous block
+  (the loader's windows keep that layout, :func:`slice_major`).
+- **lz4hc 3**: decoding is most of a raw read; lz4hc decodes about 3 times faster than zstd 1 (raw
+  window 18.5 against 35.9 ms) for 1.4 times the bytes, still about a third of the 20-patch store and,
+  on the 8 benchmark cases, under 0.75 of nnU-Net's own preprocessed data (``benchmarks/bench_build.py``).
+  lz4 (not hc) builds faster but is larger than that bar allows; level 3 is the smallest lz4hc that
+  still encodes fast enough for the build-time bar.
 
 Zarr: each case array is one shard (``sharding_indexed``, index at the end with its crc32c) of chunks
-``bytes -> blosc(zstd, level, shuffle) -> crc32c``, every chunk written (a missing one is damage, not
-zeros); the small per-case tables are ``bytes -> zstd -> crc32c``. HDF5: shuffle + gzip + fletcher32 on
-every dataset. ``cases[i].data_digest`` holds the :func:`~brainprep.store.shards.checksum_digest` of the
+``transpose -> bytes -> blosc(lz4hc, level, shuffle) -> crc32c``, every chunk written (a missing one is
+damage, not zeros); the small per-case tables are ``bytes -> zstd -> crc32c``. HDF5: shuffle + gzip +
+fletcher32 on every dataset (h5py keeps C order; :mod:`.volume_chunks` reads only Zarr directly).
+``cases[i].data_digest`` holds the :func:`~brainprep.store.shards.checksum_digest` of the
 case's image and label chunks and the :func:`~brainprep.store.integrity.array_digest` of its three
 sampling tables, so the content id covers them and a reader checks each table when it loads it.
 
@@ -95,10 +112,21 @@ Metadata (the ``brainprep`` attribute): as a patch store's (``schema_version``, 
 ``params``, ``source``, names, ``complete``, ``summary``, ``integrity``), with ``cases[i]`` holding
 ``index, case_id, split, files, source_shape, crop_offset, crop_shape, padding, n_brain_corners,
 n_tumour_corners, best_tumour_fraction, mean, std`` (float64 volume-nonzero statistics, over the brain
-voxels of the whole volume), ``skip_reason`` and ``data_digest``.
+voxels of the whole volume, less the background), ``background`` (what was subtracted from each channel),
+``skip_reason``, ``data_digest`` and the grid (:data:`brainprep.store.schema.GEOMETRY_KEYS`; under
+``--resample`` ``source_shape`` and the crop are on the resampled grid).
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from brainprep.store import schema
+
+#: Blosc compressor of the case arrays (see "Chunks and codecs" above)
+BLOSC_CNAME = "lz4hc"
 
 IMAGES = "images"
 LABELS = "labels"
@@ -142,8 +170,10 @@ CASE_KEYS: tuple[str, ...] = (
     "best_tumour_fraction",
     "mean",
     "std",
+    "background",
     "skip_reason",
     "data_digest",
+    *schema.GEOMETRY_KEYS,
 )
 
 #: the float16 range: larger magnitudes become infinite
@@ -156,6 +186,24 @@ CHUNK_Z = 8
 def case_key(name: str, index: int) -> str:
     """``images/000003``: the array of case ``index``."""
     return f"{name}/{int(index):06d}"
+
+
+def stored_axis_order(ndim: int) -> tuple[int, ...]:
+    """The ``TransposeCodec`` order of a case array's chunks: ``(0, 3, 2, 1)`` for images (channel, z,
+    y, x), ``(2, 1, 0)`` for labels. The arrays stay (4, X, Y, Z) / (X, Y, Z) to every reader; only a
+    chunk's bytes run slice by slice, x fastest, so a window's rows are copied in runs of its whole x
+    extent (instead of runs of a chunk's 8 z values) and each z-slice, which ``patch-slice``
+    standardizes on its own, is one contiguous block (see :func:`slice_major`)."""
+    return (0, 3, 2, 1) if ndim == 4 else (2, 1, 0)
+
+
+def slice_major(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A new array of logical ``shape`` (…, X, Y, Z) laid out z-slice by z-slice, x fastest (the memory
+    order of :func:`stored_axis_order`): ``np.empty(reversed spatial shape).transpose(...)``."""
+    lead, spatial = tuple(shape[:-3]), tuple(shape[-3:])
+    memory = np.empty((*lead, *spatial[::-1]), dtype=dtype)
+    n = len(lead)
+    return memory.transpose(*range(n), n + 2, n + 1, n)
 
 
 def volume_chunk_shape(crop_shape: tuple[int, int, int]) -> tuple[int, int, int]:

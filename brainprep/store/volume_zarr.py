@@ -59,7 +59,10 @@ def shard_digest(data: bytes, array: Any) -> str | None:
 def write_sharded(
     group: Any, path: Path, name: str, data: np.ndarray, chunks: tuple[int, ...], level: int
 ) -> str:
-    """Write ``data`` as array ``name``, one shard of ``chunks``; returns its chunks' checksum digest."""
+    """Write ``data`` as array ``name``, one shard of ``chunks``, each chunk stored z-slice by z-slice
+    (:func:`~brainprep.store.volume_schema.stored_axis_order`); returns its chunks' checksum digest."""
+    from zarr.codecs import TransposeCodec
+
     shards = tuple(math.ceil(s / c) * c for s, c in zip(data.shape, chunks, strict=True))
     array = group.create_array(
         name,
@@ -67,7 +70,8 @@ def write_sharded(
         dtype=data.dtype,
         chunks=chunks,
         shards=shards,
-        compressors=image_codec(str(data.dtype), level),
+        filters=[TransposeCodec(order=vs.stored_axis_order(data.ndim))],
+        compressors=image_codec(str(data.dtype), level, vs.BLOSC_CNAME),
         fill_value=0,
         overwrite=True,
         config={"write_empty_chunks": True},

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from brainprep.read.layouts import CHANNEL_NAMES
+from brainprep.spec import CHANNEL_NAMES
 from brainprep.synth.anatomy import Tissue
 from brainprep.synth.fields import Grid, interpolated_noise, smooth_field
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from brainprep.errors import ConfigError
-from brainprep.read.labels import from_msd_labels
+from brainprep.read.labels import convention_spec
 from brainprep.read.layouts import CHANNEL_KEYS
 from brainprep.read.nifti import from_ras, write_nifti
 from brainprep.synth.case import build_case
@@ -92,7 +92,7 @@ def write_case(image: np.ndarray, label: np.ndarray, root: Path, layout: str, in
         )
         for channel, key in enumerate(CHANNEL_KEYS[layout])
     ]
-    seg = from_msd_labels(from_ras(label, affine), layout)
+    seg = convention_spec(layout).to_source(from_ras(label, affine))
     paths.append(write_nifti(seg, affine, folder / f"{case_id}{separator}seg.nii.gz"))
     return paths
 

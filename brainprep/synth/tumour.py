@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from brainprep.errors import ConfigError, ShapeMismatchError
-from brainprep.read.labels import to_msd_labels
 from brainprep.read.nifti import read_nifti_voxels
+from brainprep.spec import MSD_SPEC
 from brainprep.synth.anatomy import BRAIN_CENTRE_MM, Tissue
 from brainprep.synth.fields import Grid, smooth_field
 
@@ -198,4 +198,4 @@ def read_source_label(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
     if len(voxels.shape) != 3:
         raise ShapeMismatchError(f"expected a 3D label map, found shape {voxels.shape}", path=path)
     raw = voxels.values()
-    return fit_to_shape(to_msd_labels(raw, "msd", path=str(path)), shape)
+    return fit_to_shape(MSD_SPEC.to_canonical(raw, path=path), shape)

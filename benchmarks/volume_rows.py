@@ -1,0 +1,93 @@
+"""Rows (v) of ``bench_streaming.py``: fresh windows from a volume store, beside the patch store and nnU-Net.
+
+  (v)  brainnet's training stream over a volume store: ``VolumeDraws`` (the default mixed sampler: a third
+       of the windows among the corners passing the course's tumour threshold, the rest uniform over the
+       brain crop) + ``VolumeWindowDataset`` (each window read and ``patch-slice`` standardized at read
+       time, as training sees it) + ``make_loader`` with the threads backend, 2 threads, batches of 2
+  (a2) the patch store's threads loader, the same settings (:func:`bench_streaming.brainnet_row`)
+  (n)  nnU-Net v2's ``nnUNetDataLoader`` over its own preprocessed blosc2 data of the same cases, same
+       patch size, batch and worker count, no augmentation (:mod:`nnunet_baseline`)
+
+(v) and (a2) run in alternating rounds (which goes first alternates too) and each reports its median, so
+the machine's drift falls on both alike; the 0.7x bar of issue 12 is their ratio.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from common import MissingPiece, Row, cycle, require, time_stream, touch
+
+ROW_VOLUME = "(v) volume store, fresh windows, threads"
+ROW_NNUNET = "(n) nnU-Net nnUNetDataLoader, 2 procs"
+WORKERS = 2
+BATCH_SIZE = 2
+SEED = 0
+
+
+def volume_row(store: Path, n_patches: int) -> Row:
+    """(v): the fresh-window stream ``brainnet train --store VOLUMES`` reads, without the model."""
+    open_store = require("brainprep.store.reader", "open_store")
+    data = require("brainnet.data")
+    sampling = require("brainnet.data.volume_sampler")
+    volumes = open_store(store)
+    params = sampling.WindowSamplingParams(draws_per_epoch=n_patches + 4 * WORKERS * BATCH_SIZE)
+    draws = sampling.VolumeDraws(volumes, None, params, seed=SEED)
+    dataset = sampling.VolumeWindowDataset(volumes, draws)
+    sampler = sampling.WindowStreamSampler(params.draws_per_epoch)
+    loader = data.make_loader(dataset, sampler, batch_size=BATCH_SIZE, workers=WORKERS, backend="threads")
+    result = time_stream(cycle(lambda: loader), n_patches, warmup_batches=2 * WORKERS, count=touch)
+    return Row(
+        ROW_VOLUME,
+        result.rate,
+        "patches/s",
+        f"{len(draws.cases)} volumes, mixed sampler (tumour share {params.tumour_share:.2f}), patch-slice "
+        f"standardized at read time, batch {BATCH_SIZE}, {WORKERS} threads, compact float16 + uint8",
+        {"patches": result.patches, "seconds": round(result.seconds, 3)},
+    )
+
+
+def paired_volume_rows(
+    patch_store: Path, volume_store: Path, n_patches: int, rounds: int, patch_row: Any
+) -> list[Row]:
+    """(a2) and (v) in ``rounds`` alternating rounds, each reported as its median with every round kept.
+
+    Args:
+        patch_row: ``(store, n_patches) -> Row``, the (a2) row of ``bench_streaming``.
+    """
+    sides: dict[str, list[Row]] = {"a2": [], "v": []}
+    for i in range(rounds):
+        order = ("a2", "v") if i % 2 == 0 else ("v", "a2")
+        for side in order:
+            row = patch_row(patch_store, n_patches) if side == "a2" else volume_row(volume_store, n_patches)
+            sides[side].append(row)
+    medians = []
+    for rows in sides.values():
+        middle = sorted(rows, key=lambda row: row.value)[len(rows) // 2]
+        middle.note += f"; median of {rounds} rounds alternating (a2) and (v)"
+        middle.extra["rounds"] = [round(row.value, 1) for row in rows]
+        medians.append(middle)
+    ratios = [v.value / a.value for a, v in zip(sides["a2"], sides["v"], strict=True)]
+    medians[1].extra["round_ratios_v_over_a2"] = [round(r, 3) for r in ratios]
+    return medians
+
+
+def nnunet_row(data_dir: Path, workdir: Path, patch_size: tuple[int, ...], n_patches: int) -> Row:
+    """(n): nnU-Net's loader over its preprocessed data of ``data_dir`` (preprocessed once, cached)."""
+    try:
+        import nnunet_baseline
+    except ImportError as error:
+        raise MissingPiece(f"benchmarks/nnunet_baseline.py is missing ({error})") from error
+    require("nnunetv2")
+    raw = nnunet_baseline.nnunet_raw(data_dir, workdir)
+    folder = nnunet_baseline.preprocessed_folder(raw, workdir, processes=WORKERS)
+    rate, details = nnunet_baseline.nnunet_loader_rate(folder, patch_size, BATCH_SIZE, WORKERS, n_patches)
+    return Row(
+        ROW_NNUNET,
+        rate,
+        "patches/s",
+        f"nnUNetDataLoader over its blosc2 data, batch {BATCH_SIZE}, {WORKERS} worker processes, "
+        "oversample_foreground_percent 0.33, no augmentation",
+        details,
+    )
