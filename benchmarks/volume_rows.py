@@ -80,8 +80,7 @@ def nnunet_row(data_dir: Path, workdir: Path, patch_size: tuple[int, ...], n_pat
     except ImportError as error:
         raise MissingPiece(f"benchmarks/nnunet_baseline.py is missing ({error})") from error
     require("nnunetv2")
-    raw = nnunet_baseline.nnunet_raw(data_dir, workdir)
-    folder = nnunet_baseline.preprocessed_folder(raw, workdir, processes=WORKERS)
+    folder = nnunet_baseline.nnunet_preprocessed(data_dir, workdir, processes=WORKERS)
     rate, details = nnunet_baseline.nnunet_loader_rate(folder, patch_size, BATCH_SIZE, WORKERS, n_patches)
     return Row(
         ROW_NNUNET,

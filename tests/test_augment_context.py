@@ -17,6 +17,7 @@ from brainnet.augment import AugmentConfig, BatchAugment, augment_preset, contex
 from brainnet.augment.compose import centre
 from brainnet.cli import main
 from brainnet.data.dataset import augmented_inputs, standardize_batch
+from brainnet.data.standardize import standardize_slices_torch
 from brainnet.data.volume_sampler import VolumeDraws, VolumeWindowDataset, WindowSamplingParams
 from brainnet.model import ModelConfig
 from brainnet.sample import sample_training
@@ -24,7 +25,6 @@ from brainnet.train import TrainConfig, train
 from brainnet.train.loop import training_stream
 from brainprep.builder import build_patches
 from brainprep.params import BuildParams, SamplingParams, SplitParams, StoreParams
-from brainprep.standardize import standardize_slices_torch
 from brainprep.store import open_store
 from brainprep.synth import SynthParams, write_synthetic_dataset
 

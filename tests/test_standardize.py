@@ -241,7 +241,7 @@ def test_torch_path_equals_the_exact_one(layout: str) -> None:
     """The volume store's float32 torch path on float16 windows: the course's values within float32
     rounding, in either layout, a constant slice exactly 0, a batch dimension allowed."""
     torch = pytest.importorskip("torch")
-    from brainprep.standardize import standardize_slices_torch
+    from brainnet.data.standardize import standardize_slices_torch
 
     rng = np.random.default_rng(3)
     window = (rng.random((2, 4, 12, 10, 6)) * 900 + 50).astype(np.float16)
@@ -261,7 +261,7 @@ def test_torch_path_equals_the_exact_one(layout: str) -> None:
 
 def test_torch_statistics_path_equals_the_numpy_one() -> None:
     torch = pytest.importorskip("torch")
-    from brainprep.standardize import standardize_with_statistics_torch
+    from brainnet.data.standardize import standardize_with_statistics_torch
 
     rng = np.random.default_rng(4)
     image = (rng.random((1, 4, 6, 5, 3)) * 100).astype(np.float32)

@@ -92,16 +92,16 @@ def augmented_inputs(
 def standardize_batch(image: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
     """Standardize a batch of raw volume-store windows (``image`` (B, 4, X, Y, Z) on its device) by the
     method its ``standardize`` codes name (:data:`brainnet.data.volume_sampler.STANDARDIZE_CODES`):
-    ``patch-slice`` by :func:`brainprep.standardize.standardize_slices_torch`, ``volume-nonzero`` by the
-    batch's per-case ``mean`` / ``std`` (:func:`brainprep.standardize.standardize_with_statistics_torch`).
+    ``patch-slice`` by :func:`brainnet.data.standardize.standardize_slices_torch`, ``volume-nonzero`` by the
+    batch's per-case ``mean`` / ``std`` (:func:`brainnet.data.standardize.standardize_with_statistics_torch`).
     Windows read with ``context`` (int64 (B, 3), the same for all) take their ``patch-slice`` statistics
     over the footprint of the window inside it, so that centre is what it would be without the context.
 
     Returns:
         float32 (B, 4, X, Y, Z), a new tensor.
     """
+    from brainnet.data.standardize import standardize_slices_torch, standardize_with_statistics_torch
     from brainnet.data.volume_sampler import STANDARDIZE_CODES
-    from brainprep.standardize import standardize_slices_torch, standardize_with_statistics_torch
 
     codes = {int(c) for c in batch["standardize"].tolist()}
     methods = [name for name, code in STANDARDIZE_CODES.items() if code in codes]

@@ -281,20 +281,10 @@ def _scratch_window(shape: tuple[int, ...], dtype: str) -> np.ndarray:
 def standardize_window(image: np.ndarray, method: str, case: dict[str, Any], out: np.ndarray) -> np.ndarray:
     """``image`` (a raw window (4, px, py, pz)) standardized by ``method`` (see
     :meth:`VolumeStore.read_window`) into ``out`` (float16 or float32, same shape); ``case`` is the case's
-    metadata entry (its float64 statistics). A float16 store's ``patch-slice`` windows take the float32
-    torch path that training takes (:func:`~brainprep.standardize.standardize_slices_torch`) when torch is
-    installed; a float32 store's, the course's exact float64 one."""
+    metadata entry (its float64 statistics). The course's exact float64 formulas; the training loop
+    applies the same ones to raw windows in torch on its device (:mod:`brainnet.data.standardize`)."""
     from brainprep.standardize import brain_mask, standardize_patch_slices, standardize_with_statistics
 
-    if method == "patch-slice" and image.dtype == np.float16:
-        try:
-            import torch
-
-            from brainprep.standardize import standardize_slices_torch
-        except ImportError:  # brainprep without the `train` extra
-            return standardize_patch_slices(image, out)
-        out[...] = standardize_slices_torch(torch.from_numpy(image)).numpy()
-        return out
     if method == "patch-slice":
         return standardize_patch_slices(image, out)
     # the store keeps each crop relative to the case's background (volume_schema), so the brain is the
