@@ -4,10 +4,17 @@ From a patch store, ``count`` stored patches drawn uniformly (with replacement) 
 the split; from a volume store, the first ``count`` draws of epoch 0 of the training stream
 (:class:`~brainnet.data.volume_sampler.VolumeDraws`), standardized as training reads them. Both give the
 same arrays, so the two kinds can be compared side by side; a PNG shows the middle axial slice of each.
+
+:func:`sample_training` (``brainnet sample --augment``) shows instead the first ``count`` patches a
+training run with a given :class:`~brainnet.train.TrainConfig` trains on (rank 0), augmented as its steps
+augment them: the run's own stream, augmenter and step keys (:func:`brainnet.train.loop.training_stream`,
+:func:`~brainnet.train.loop.training_augmenter`, :func:`~brainnet.train.loop.step_augment`), so the draws
+depend on the seed and on the batch size, as training's do.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +59,59 @@ def sample_store(store: Any, count: int, seed: int, split: str | None = "train",
         "corner": store.table.corner[slots].astype(np.int64),
         "kind": np.full(count, "patch"),
     }
+
+
+def sample_training(store: Any, count: int, config: Any) -> dict:
+    """The first ``count`` patches of training with ``config`` (rank 0), augmented as training does.
+
+    Args:
+        store: an open patch or volume store.
+        count: patches (the last batch read is cut to them).
+        config: the :class:`~brainnet.train.TrainConfig` of the run (seed, batch size, augmentation,
+            sampling); the augmentation of step ``t`` is keyed by ``(seed, 0, t)``.
+
+    Returns:
+        As :func:`sample_store`, the image float16 of the augmented patch and its label, plus
+        ``augment``: the augmentation's JSON (a 0-d str array) and ``step`` int64 (N,) the step of each.
+    """
+    from brainnet.data.dataset import augmented_inputs
+    from brainnet.train.loop import is_volume_store, step_augment, training_augmenter, training_stream
+
+    stream, augmenter = training_stream(store, config), training_augmenter(store, config)
+    volume = is_volume_store(store)
+    parts: dict[str, list] = {k: [] for k in ("image", "label", "case", "corner", "kind", "step")}
+    step = 0
+    while sum(map(len, parts["step"])) < count:
+        batch, epoch = stream.next(), stream.sampler.epoch  # the epoch the batch was drawn from
+        augment = step_augment(augmenter, config.seed, 0, step)
+        image, label = augmented_inputs(batch, "cpu", augment)  # what to_training_batch one-hot encodes
+        parts["image"].append(image.numpy().astype(np.float16))
+        parts["label"].append(label.numpy())
+        if volume:
+            cases = batch["case"].numpy()
+            parts["corner"].append(
+                np.stack(
+                    [
+                        store.corner_on_source(c, x)
+                        for c, x in zip(cases, batch["corner"].numpy(), strict=True)
+                    ]
+                )
+            )
+            parts["kind"].append([stream.dataset.draws.draw(epoch, int(p)).kind for p in batch["slot"]])
+        else:
+            slots = batch["slot"].numpy()
+            cases = store.table.case[slots]
+            parts["corner"].append(store.table.corner[slots])
+            parts["kind"].append(["patch"] * len(slots))
+        parts["case"].append(cases)
+        parts["step"].append(np.full(len(cases), step))
+        step += 1
+    samples = {k: np.concatenate(v)[:count] for k, v in parts.items()}
+    samples["case"], samples["corner"] = samples["case"].astype(np.int64), samples["corner"].astype(np.int64)
+    samples["step"] = samples["step"].astype(np.int64)
+    samples["kind"] = samples["kind"].astype(f"<U{max(map(len, (*KINDS, 'patch')))}")
+    samples["augment"] = np.array(json.dumps(config.augment.to_dict()))
+    return samples
 
 
 def write_png(samples: dict, path: Path) -> Path:

@@ -8,6 +8,7 @@ from brainnet.augment.compose import (
     generator_for,
 )
 from brainnet.augment.config import PRESETS, AugmentConfig, augment_preset, flips_config, with_overrides
+from brainnet.augment.context import context_margin
 
 __all__ = [
     "PRESETS",
@@ -16,6 +17,7 @@ __all__ = [
     "BatchParams",
     "apply_parameters",
     "augment_preset",
+    "context_margin",
     "draw_parameters",
     "flips_config",
     "generator_for",

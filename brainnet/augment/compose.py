@@ -16,7 +16,10 @@ probabilities and ranges: :class:`~brainnet.augment.config.AugmentConfig`.
 
 Border rule. Rotation and scaling read positions outside the patch (a 160x160 patch rotated by 45 degrees
 reaches 41% beyond its faces; a scale of 1.4 reaches 20%). nnU-Net reads a larger window around each patch
-(``initial_patch_size``) so that those positions hold real data and pads with zeros only outside the scan.
+(``initial_patch_size``) so that those positions hold real data and pads with zeros only outside the scan;
+so does brainnet on a volume store: its loader reads each window with the context of
+:func:`brainnet.augment.context.context_margin` and :func:`apply_parameters` (``out_shape``) resamples the
+patch from it, or takes its centre for a sample that draws no spatial transform.
 A patch store holds only the patch, so brainnet reflects it at its faces (``SpatialParams.padding =
 "reflection"``, ``grid_sample``'s mirror about the face of the boundary voxel): the field of view keeps
 image texture and labels (mirrored with the image, so they stay aligned) instead of a block of constant
@@ -35,6 +38,7 @@ import torch
 
 from brainnet.augment import functional as AF
 from brainnet.augment.config import AugmentConfig, GammaParams, SpatialParams
+from brainprep.errors import ShapeMismatchError
 
 #: Intensity transforms in nnU-Net's order (``trainer.py:772-829``), by AugmentConfig field.
 _INTENSITY_ORDER = ("noise", "blur", "brightness", "contrast", "low_resolution", "gamma_inverted", "gamma")
@@ -233,43 +237,68 @@ def _on_pairs(
 
 
 def _apply_spatial(
-    config: SpatialParams, params: BatchParams, image: torch.Tensor, label: torch.Tensor | None
+    config: SpatialParams,
+    params: BatchParams,
+    image: torch.Tensor,
+    label: torch.Tensor | None,
+    source: tuple[torch.Tensor, torch.Tensor | None],
 ) -> None:
-    """Resample, in place, the samples that drew a spatial transform; an anisotropic patch slice by slice
-    (2D grids: a quarter of the taps of 3D ones, and nnU-Net's dummy 2D). The others are not touched
-    (nnU-Net's ``SpatialTransform`` also skips the resampling when nothing fires: ``grid is None``)."""
+    """Resample into ``image`` and ``label``, in place, the samples that drew a spatial transform, reading
+    ``source`` (the same tensors, or windows with context around them: :mod:`brainnet.augment.context`);
+    an anisotropic patch slice by slice (2D grids: a quarter of the taps of 3D ones, and nnU-Net's dummy
+    2D). The others are not touched (nnU-Net's ``SpatialTransform`` also skips the resampling when nothing
+    fires: ``grid is None``)."""
     index = params.spatial.nonzero().flatten()
     if index.numel() == 0:
         return
-    shape = image.shape[2:]
+    shape, in_shape = image.shape[2:], source[0].shape[2:]
     short = short_axis(shape, config)
     plane = [a for a in range(3) if a != short]
+    if short is not None and in_shape[short] != shape[short]:
+        raise ShapeMismatchError(
+            f"a patch {tuple(shape)} turns in-plane only: its window needs no context across axis {short}, "
+            f"found {tuple(in_shape)}"
+        )
     matrices = params.matrices[index][:, plane][:, :, plane]
     displacement = None
     if params.control is not None:
         displacement = AF.elastic_displacement(
             params.control[index].to(image.device), [shape[a] for a in plane]
         )
-    grid = AF.sampling_grid(
-        matrices, [shape[a] for a in plane], displacement=displacement, device=image.device
-    )
+    sides, in_sides = [shape[a] for a in plane], [in_shape[a] for a in plane]
+    grid = AF.sampling_grid(matrices, sides, in_sides, displacement=displacement, device=image.device)
     padding = config.padding
     if padding == "reflection":  # reflected once here, for the image and the labels
-        grid, padding = AF.reflect_grid(grid, [shape[a] for a in plane]), "zeros"
+        grid, padding = AF.reflect_grid(grid, in_sides), "zeros"
     for n, sample in enumerate(index.tolist()):
         # a sample at a time: views in and one copy back; the short axis of a slice stack leads the plane
-        volumes = image[sample : sample + 1]
+        volumes, window = image[sample : sample + 1], source[0][sample : sample + 1]
         if short is None:
             # channels last: the CPU 3D kernel then reads a corner's C values from one cache line
-            source = volumes.contiguous(memory_format=torch.channels_last_3d)
+            window = window.contiguous(memory_format=torch.channels_last_3d)
         else:
-            volumes = source = volumes.movedim(2 + short, 2)
-        AF.warp(source, grid[n : n + 1], padding, out=volumes)  # each sample read before written
+            volumes, window = volumes.movedim(2 + short, 2), window.movedim(2 + short, 2)
+        AF.warp(window, grid[n : n + 1], padding, out=volumes)  # each sample read before written
         if label is not None:
-            labels = label[sample : sample + 1]
+            labels, windows = label[sample : sample + 1], source[1][sample : sample + 1]
             if short is not None:
-                labels = labels.movedim(1 + short, 1)
-            AF.warp_labels(labels, grid[n : n + 1], padding, out=labels)
+                labels, windows = labels.movedim(1 + short, 1), windows.movedim(1 + short, 1)
+            AF.warp_labels(windows, grid[n : n + 1], padding, out=labels)
+
+
+def centre(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The centre ``shape`` of the last three axes of ``x`` (a view), each side shorter by an even count.
+
+    Raises:
+        ShapeMismatchError: ``x`` is smaller than ``shape`` or not larger by an even count along an axis.
+    """
+    sides = x.shape[-3:]
+    if any(s < t or (s - t) % 2 for s, t in zip(sides, shape, strict=True)):
+        raise ShapeMismatchError(
+            f"a window with context must exceed the patch {tuple(shape)} by an even count per axis, "
+            f"found {tuple(sides)}"
+        )
+    return x[(..., *(slice((s - t) // 2, (s + t) // 2) for s, t in zip(sides, shape, strict=True)))]
 
 
 def _gamma(block: GammaParams, gammas: torch.Tensor):
@@ -283,6 +312,7 @@ def apply_parameters(
     label: torch.Tensor | None = None,
     *,
     inplace: bool = False,
+    out_shape: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Apply one batch's draws.
 
@@ -294,23 +324,39 @@ def apply_parameters(
             mirroring touch it.
         inplace: the caller hands ``image`` and ``label`` over (e.g. a batch just converted on its
             device): they are changed in place (when contiguous) instead of copied first.
+        out_shape: the patch (X, Y, Z), when ``image`` and ``label`` are windows with context around it
+            (:func:`~brainnet.augment.context.context_margin`): a resampled sample reads its window, any
+            other is the window's centre. Default: the input's shape.
 
     Returns:
-        The image and label: new tensors unless ``inplace`` (the inputs are then not modified).
+        The image and label of ``out_shape``: new tensors unless ``inplace`` without context (the inputs
+        are then not modified; windows with context are only read).
     """
-    # one working copy, changed in place from here on
-    image = image.contiguous() if inplace else image.clone(memory_format=torch.contiguous_format)
-    if label is not None and (bool(params.spatial.any()) or bool(params.flips.any())):
-        label = label.contiguous() if inplace else label.clone(memory_format=torch.contiguous_format)
-    _apply(config, params, image, label)
+    source = image, label
+    if out_shape is not None and tuple(out_shape) != tuple(image.shape[2:]):
+        # the centre is the working copy; the windows are only read
+        image = centre(image, out_shape).clone(memory_format=torch.contiguous_format)
+        label = (
+            None if label is None else centre(label, out_shape).clone(memory_format=torch.contiguous_format)
+        )
+    else:  # one working copy, changed in place from here on
+        image = image.contiguous() if inplace else image.clone(memory_format=torch.contiguous_format)
+        if label is not None and (bool(params.spatial.any()) or bool(params.flips.any())):
+            label = label.contiguous() if inplace else label.clone(memory_format=torch.contiguous_format)
+        source = image, label
+    _apply(config, params, image, label, source)
     return image, label
 
 
 def _apply(
-    config: AugmentConfig, params: BatchParams, image: torch.Tensor, label: torch.Tensor | None
+    config: AugmentConfig,
+    params: BatchParams,
+    image: torch.Tensor,
+    label: torch.Tensor | None,
+    source: tuple[torch.Tensor, torch.Tensor | None],
 ) -> None:
-    """:func:`apply_parameters` on working tensors, in place."""
-    _apply_spatial(config.spatial, params, image, label)
+    """:func:`apply_parameters` on working tensors, in place (spatial transforms read ``source``)."""
+    _apply_spatial(config.spatial, params, image, label, source)
     channels = image.shape[1]
     noise_pairs = params.noise[:, None].expand(-1, channels)
 
@@ -352,6 +398,8 @@ class BatchAugment:
 
     Args:
         config: the augmentation.
+        patch_size: the (X, Y, Z) it outputs when batches are windows with context around the patches
+            (:func:`~brainnet.augment.context.context_margin`); ``None``: the batch's own shape.
 
     Call args:
         image: float (B, C, X, Y, Z), label (B, X, Y, Z) or ``None``, on any device.
@@ -359,16 +407,22 @@ class BatchAugment:
         inplace: ``image`` and ``label`` are the caller's to overwrite (:func:`apply_parameters`).
     """
 
-    def __init__(self, config: AugmentConfig) -> None:
+    def __init__(self, config: AugmentConfig, patch_size: Sequence[int] | None = None) -> None:
         self.config = config
+        self.patch_size = None if patch_size is None else tuple(int(s) for s in patch_size)
 
     def parameters(self, image: torch.Tensor, key: Sequence[int]) -> BatchParams:
+        """The draws of the batch: they depend on B, C and the patch's shape (not on its context's)."""
         batch, channels, *shape = image.shape
+        shape = list(self.patch_size or shape)
         return draw_parameters(self.config, batch, channels, shape, generator_for(key))
 
     def __call__(
         self, image: torch.Tensor, label: torch.Tensor | None, key: Sequence[int], *, inplace: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self.config.active:
-            return image, label
-        return apply_parameters(self.config, self.parameters(image, key), image, label, inplace=inplace)
+            if self.patch_size is None or tuple(image.shape[2:]) == self.patch_size:
+                return image, label
+            return centre(image, self.patch_size), None if label is None else centre(label, self.patch_size)
+        params = self.parameters(image, key)
+        return apply_parameters(self.config, params, image, label, inplace=inplace, out_shape=self.patch_size)

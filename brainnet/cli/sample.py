@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from brainnet.cli.augment_options import augment_config, augment_options
 from brainprep.cli.options import storage_options_option, store_location
 
 
@@ -20,27 +21,62 @@ from brainprep.cli.options import storage_options_option, store_location
     show_default=True,
     help="Split drawn from.",
 )
+@augment_options(
+    None,
+    "Show the first COUNT patches a training run with --seed and --batch-size (other options at `brainnet "
+    "train`'s defaults) trains on, augmented as `brainnet train --augment PRESET` augments them.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="With --augment: training's batch size (the draws of a step depend on it).",
+)
 @click.option(
     "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="FILE.npz."
 )
 @click.option("--png", "png", type=click.Path(dir_okay=False, path_type=Path), default=None, help="FILE.png.")
 @storage_options_option
 def sample(
-    store: str, count: int, seed: int, split: str, out: Path, png: Path | None, storage_options: dict | None
+    store: str,
+    count: int,
+    seed: int,
+    split: str,
+    augment: str | None,
+    augment_set: tuple[str, ...],
+    batch_size: int,
+    out: Path,
+    png: Path | None,
+    storage_options: dict | None,
 ) -> None:
     """Write COUNT samples of STORE (image, label, case, corner on the source grid, kind) to FILE.npz."""
     import numpy as np
 
-    from brainnet.sample import sample_store, write_png
+    from brainnet.sample import sample_store, sample_training, write_png
     from brainprep.errors import BrainprepError, one_line
     from brainprep.store import open_store
 
+    if augment is None and augment_set:
+        raise click.UsageError("--augment-set needs --augment PRESET")
+    if augment is not None and split != "train":
+        raise click.UsageError("--augment shows training batches: only --split train is augmented")
     try:
+        config = None
+        if augment is not None:
+            from brainnet.train import TrainConfig
+
+            config = TrainConfig(
+                seed=seed, batch_size=batch_size, augment=augment_config(augment, augment_set)
+            )
         with open_store(store_location(store), storage_options=storage_options) as opened:
-            samples = sample_store(opened, count, seed, split)
+            if config is None:
+                samples = sample_store(opened, count, seed, split)
+            else:
+                samples = sample_training(opened, count, config)
     except BrainprepError as err:
         raise click.ClickException(one_line(err)) from err
     np.savez_compressed(out, **samples)
-    click.echo(f"{out}: {count} samples of {store}")
+    click.echo(f"{out}: {count} samples of {store}" + (f", augmented ({augment})" if augment else ""))
     if png is not None:
         click.echo(f"wrote {write_png(samples, png)}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from brainnet.cli.augment_options import augment_config, augment_options
 from brainprep.cli.options import cache_options, chunk_cache, storage_options_option, store_location
 
 #: options that may change when resuming (the rest come from the checkpoint).
@@ -25,35 +26,14 @@ _CONFIG_FIELD = {
 }
 
 
-def _parse_value(text: str) -> object:
-    """A value of --augment-set: a number, true/false, a comma-separated tuple of numbers, or a word."""
-    if "," in text:
-        return tuple(_parse_value(part) for part in text.split(",") if part.strip())
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    try:
-        return int(lowered) if lowered.lstrip("+-").isdigit() else float(lowered)
-    except ValueError:
-        return text.strip()
-
-
 def _augment_config(options: dict) -> object:
     """The AugmentConfig of --augment, --augment-set and --flips."""
-    from brainnet.augment import augment_preset
-
     preset = str(options["augment"])
     if options["flips"]:
         if preset not in ("none", "flips"):
             raise click.UsageError(f"--flips contradicts --augment {preset} (it means --augment flips)")
         preset = "flips"
-    overrides = {}
-    for item in options["augment_set"]:
-        key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            raise click.BadParameter(f"expected BLOCK.FIELD=VALUE, got {item!r}", param_hint="--augment-set")
-        overrides[key.strip()] = _parse_value(value)
-    return augment_preset(preset, overrides)
+    return augment_config(preset, options["augment_set"])
 
 
 def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) -> None:
@@ -126,19 +106,8 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
 @click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA.")
 @click.option("--min-tumour-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option("--weighting", type=click.Choice(["uniform", "tumour"]), default="uniform", show_default=True)
-@click.option(
-    "--augment",
-    type=click.Choice(["none", "flips", "nnunet"]),
-    default="none",
-    show_default=True,
-    help="Batch augmentation on the training device: none (course), flips (X, Y, Z), nnunet (nnU-Net's).",
-)
-@click.option(
-    "--augment-set",
-    "augment_set",
-    multiple=True,
-    metavar="BLOCK.FIELD=VALUE",
-    help="Override one augmentation field, e.g. noise.p=0.2 or spatial.rotation_degrees=-15,15 (repeatable).",
+@augment_options(
+    "none", "Batch augmentation on the training device: none (course), flips (X, Y, Z), nnunet (nnU-Net's)."
 )
 @click.option("--flips/--no-flips", default=False, help="Same as --augment flips (kept for older scripts).")
 @click.option(

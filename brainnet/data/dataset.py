@@ -59,6 +59,21 @@ def to_training_batch(
     Returns:
         image float32 (B, 4, X, Y, Z) and target float32 (B, K, X, Y, Z), the one-hot of labels 1..K.
     """
+    image, label = augmented_inputs(batch, device, augment)
+    # Not metrics.labels_to_onehot: its value check reads min/max back, a device sync on every step;
+    # stored labels were validated when the store was built.
+    target = torch.stack([label == value for value in range(1, spec.n_classes + 1)], dim=1).float()
+    return image, target
+
+
+def augmented_inputs(
+    batch: dict[str, Any],
+    device: torch.device | str = "cpu",
+    augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image float32 (B, 4, X, Y, Z) (standardized if the batch holds raw windows) and the label
+    (B, X, Y, Z) of a compact batch on ``device``, augmented: what :func:`to_training_batch` one-hot
+    encodes, and what ``brainnet sample --augment`` shows. Arguments as :func:`to_training_batch`'s."""
     image = batch["image"].to(device, non_blocking=True)
     if "standardize" in batch:  # raw windows of a volume store: standardized here, on the device
         image = standardize_batch(image, batch)
@@ -71,10 +86,7 @@ def to_training_batch(
         image = image.clone() if image.data_ptr() == batch["image"].data_ptr() else image
         label = label.clone() if label.data_ptr() == batch["label"].data_ptr() else label
         image, label = augment(image, label)
-    # Not metrics.labels_to_onehot: its value check reads min/max back, a device sync on every step;
-    # stored labels were validated when the store was built.
-    target = torch.stack([label == value for value in range(1, spec.n_classes + 1)], dim=1).float()
-    return image, target
+    return image, label
 
 
 def standardize_batch(image: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
@@ -82,6 +94,8 @@ def standardize_batch(image: torch.Tensor, batch: dict[str, Any]) -> torch.Tenso
     method its ``standardize`` codes name (:data:`brainnet.data.volume_sampler.STANDARDIZE_CODES`):
     ``patch-slice`` by :func:`brainnet.data.standardize.standardize_slices_torch`, ``volume-nonzero`` by the
     batch's per-case ``mean`` / ``std`` (:func:`brainnet.data.standardize.standardize_with_statistics_torch`).
+    Windows read with ``context`` (int64 (B, 3), the same for all) take their ``patch-slice`` statistics
+    over the footprint of the window inside it, so that centre is what it would be without the context.
 
     Returns:
         float32 (B, 4, X, Y, Z), a new tensor.
@@ -94,7 +108,11 @@ def standardize_batch(image: torch.Tensor, batch: dict[str, Any]) -> torch.Tenso
     if len(methods) != 1 or len(codes) != 1:
         raise ConfigError(f"a batch must hold raw windows of one standardization method, found codes {codes}")
     if methods[0] == "patch-slice":
-        return standardize_slices_torch(image)
+        region = None
+        if "context" in batch:
+            (mx, my, _), (x, y) = batch["context"][0].tolist(), image.shape[-3:-1]
+            region = (slice(mx, x - mx), slice(my, y - my))
+        return standardize_slices_torch(image, region)
     return standardize_with_statistics_torch(image, batch["mean"], batch["std"])
 
 

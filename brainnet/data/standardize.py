@@ -13,7 +13,7 @@ import torch
 from brainprep.standardize import MIN_STD
 
 
-def standardize_slices_torch(image: torch.Tensor) -> torch.Tensor:
+def standardize_slices_torch(image: torch.Tensor, region: tuple[slice, slice] | None = None) -> torch.Tensor:
     """:func:`brainprep.standardize.standardize_patch_slices` in torch, in float32, on whatever device
     ``image`` is on: how a volume store's raw windows are standardized, by the training loop on its device
     (:func:`brainnet.data.dataset.to_training_batch`) and by ``brainnet sample``.
@@ -34,6 +34,10 @@ def standardize_slices_torch(image: torch.Tensor) -> torch.Tensor:
 
     Args:
         image: float (..., C, X, Y, Z) tensor, any layout and device.
+        region: (X slice, Y slice): take each slice's shift, mean and norm over this part of it only (the
+            patch inside a window read with context around it: :mod:`brainnet.augment.context`) and apply
+            them to the whole slice; the region then comes out exactly as the patch alone would (the same
+            float32 operations on the same values). ``None``: the whole slice.
 
     Returns:
         float32, the same shape, slice-major (a new tensor).
@@ -41,11 +45,18 @@ def standardize_slices_torch(image: torch.Tensor) -> torch.Tensor:
     x, y = image.shape[-3:-1]
     slices = image.transpose(-1, -3).to(torch.float32)  # (..., C, Z, Y, X)
     rows = slices.reshape(-1, x * y)  # a view when slice-major, a copy otherwise
-    rows = rows - rows[:, :1]
-    rows -= rows.mean(dim=1, keepdim=True)
-    norm = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
-    rows *= torch.where(norm > 0, float(x * y) ** 0.5 / norm, torch.zeros_like(norm))
-    return rows.view(*slices.shape).transpose(-1, -3)
+    stats = rows if region is None else slices[..., region[1], region[0]].reshape(len(rows), -1)
+    count = stats.shape[1]
+    shift = stats[:, :1].clone()
+    stats = stats - shift
+    mean = stats.mean(dim=1, keepdim=True)
+    stats -= mean
+    norm = torch.linalg.vector_norm(stats, dim=1, keepdim=True)
+    if region is not None:  # the whole slice, shifted and centred as its region was
+        stats = rows - shift
+        stats -= mean
+    stats *= torch.where(norm > 0, float(count) ** 0.5 / norm, torch.zeros_like(norm))
+    return stats.view(*slices.shape).transpose(-1, -3)
 
 
 def standardize_with_statistics_torch(

@@ -163,11 +163,30 @@ class VolumeWindowDataset(torch.utils.data.Dataset):
     whole rows and standardized slice by slice without a transposing copy, and
     :func:`~brainnet.data.dataset.to_training_batch` lays them out C-contiguously in the float32
     conversion it makes anyway. Values and shapes are what they would be in any layout.
+
+    With ``context``, each image and label is the window with that many more voxels on each side, for a
+    spatial augmentation to resample from (:func:`brainnet.augment.context_margin`), and the sample says
+    so (``"context"`` int64 (3,)): ``patch-slice`` then takes each z-slice's statistics over the window's
+    own X-Y footprint (:func:`~brainnet.data.dataset.standardize_batch`), so the centre is standardized
+    exactly as the window read without context. ``corner`` stays the window's.
+
+    Args:
+        store: an open volume store.
+        draws: the draws of the split.
+        context: (mx, my, mz) voxels beyond each face; ``(0, 0, 0)`` reads the window exactly.
     """
 
-    def __init__(self, store: Any, draws: VolumeDraws) -> None:
+    def __init__(self, store: Any, draws: VolumeDraws, context: tuple[int, int, int] = (0, 0, 0)) -> None:
         self.store, self.draws = store, draws
         self.method = draws.params.standardize or store.params.standardize.method
+        self.context = tuple(int(c) for c in context)
+        if len(self.context) != 3 or min(self.context) < 0:
+            raise ConfigError(f"context must be 3 voxel counts >= 0, got {context}")
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        """(X, Y, Z) of what a sample holds: the window and its context on either side."""
+        return tuple(int(s) + 2 * c for s, c in zip(self.draws.size, self.context, strict=True))  # type: ignore[return-value]
 
     def __len__(self) -> int:
         return self.draws.params.draws_per_epoch
@@ -179,12 +198,18 @@ class VolumeWindowDataset(torch.utils.data.Dataset):
         """Read the raw window of ``item`` into ``image`` (store dtype) and ``label`` (uint8)."""
         epoch, position = item
         drawn = self.draws.draw(epoch, position)
-        self.store.read_window(drawn.case, drawn.corner, out=(image, label))
+        if any(self.context):
+            corner = drawn.corner - np.asarray(self.context, dtype=np.int64)
+            self.store.read_window(drawn.case, corner, self.size, out=(image, label))
+        else:
+            self.store.read_window(drawn.case, drawn.corner, out=(image, label))
         return drawn
 
     def _standardize_keys(self, draws: list[WindowDraw]) -> dict[str, torch.Tensor]:
         """What :func:`~brainnet.data.dataset.to_training_batch` needs to standardize the raw windows."""
         keys = {"standardize": torch.full((len(draws),), STANDARDIZE_CODES[self.method], dtype=torch.int8)}
+        if any(self.context):
+            keys["context"] = torch.tensor([self.context] * len(draws), dtype=torch.int64)
         if self.method == "volume-nonzero":
             table = self.store.case_table
             keys["mean"] = torch.from_numpy(np.stack([table.mean[d.case] for d in draws]).astype(np.float32))
@@ -192,7 +217,7 @@ class VolumeWindowDataset(torch.utils.data.Dataset):
         return keys
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
-        size = tuple(int(s) for s in self.draws.size)
+        size = self.size
         dtype = np.dtype(self.store.params.store.dtype)
         image, label = vs.slice_major((4, *size), dtype), vs.slice_major(size, np.uint8)
         drawn = self._read_into(item, image, label)
@@ -211,7 +236,7 @@ class VolumeWindowDataset(torch.utils.data.Dataset):
     ) -> dict:
         """The batch of ``items`` (the threads backend's call), read straight into its tensors (pinned,
         or from ``buffers``' reused memory); equals ``default_collate([self[item] for item in items])``."""
-        size = tuple(int(s) for s in self.draws.size)[::-1]  # memory (z, y, x): slice-major samples
+        size = self.size[::-1]  # memory (z, y, x): slice-major samples
         dtype = np.dtype(self.store.params.store.dtype)
         shapes = {"image": ((len(items), 4, *size), dtype), "label": ((len(items), *size), np.uint8)}
         if buffers is not None and not pin_memory:

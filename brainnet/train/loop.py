@@ -253,8 +253,10 @@ def _volume_stream(store: Any, config: TrainConfig, context: DistributedContext,
     """Dataset and sampler of fresh windows of a volume store (:mod:`brainnet.data.volume_sampler`).
 
     Validation reads a fixed set of windows (epoch 0 of its own stream, seed + 1), drawn as the course's
-    validation patches are: all tumour-constrained.
+    validation patches are: all tumour-constrained. Training windows come with the context a spatial
+    augmentation resamples from (:func:`brainnet.augment.context_margin`; none without one).
     """
+    from brainnet.augment import context_margin
     from brainnet.data.volume_sampler import VolumeDraws, VolumeWindowDataset, WindowStreamSampler
 
     if train and (config.weighting != "uniform" or config.min_tumour_fraction > 0):
@@ -267,7 +269,8 @@ def _volume_stream(store: Any, config: TrainConfig, context: DistributedContext,
         params = params.replace(tumour_share=1.0, foreground_share=0.0)
     draws = VolumeDraws(store, split, params, seed=config.seed if train else config.seed + 1)
     sampler = WindowStreamSampler(params.draws_per_epoch, rank=context.rank, world_size=context.world_size)
-    return VolumeWindowDataset(store, draws), sampler
+    margin = context_margin(config.augment.spatial, store.patch_size) if train else (0, 0, 0)
+    return VolumeWindowDataset(store, draws, margin), sampler
 
 
 def _train_dataset(store: Any, config: TrainConfig, context: DistributedContext):
@@ -497,11 +500,7 @@ def _train_epoch(run: _Run, state: ckpt.RunState, bar: Any) -> tuple[float, torc
     for index in range(run.steps):
         batch = run.stream.next()
         run.seen.append(batch["slot"].numpy())
-        augment = None
-        if run.augmenter is not None:
-            # keyed by the step: the same draws whatever the workers, the backend or a resume
-            key = (run.config.seed, run.context.rank, state.global_step)
-            augment = functools.partial(run.augmenter, key=key, inplace=True)  # the batch is ours
+        augment = step_augment(run.augmenter, run.config.seed, run.context.rank, state.global_step)
         try:
             loss, batch_counts = train_step(
                 run.network,
@@ -640,7 +639,7 @@ def _run(
         precision=precision,
         stream=stream,
         steps=config.steps_per_epoch or math.ceil(stream.pass_length() / config.batch_size),
-        augmenter=BatchAugment(config.augment) if config.augment.active else None,
+        augmenter=training_augmenter(store, config),
         last_path=last_path,
         best_path=out_dir / BEST_NAME,
         score_column=score_column,
@@ -670,3 +669,28 @@ def _run(
         world_size=context.world_size,
         best_metric=run.score_column,
     )
+
+
+def training_augmenter(store: Any, config: TrainConfig) -> BatchAugment | None:
+    """The batch augmentation :func:`train` applies (``None`` when inactive); on a volume store it outputs
+    the patch size from windows with context (:func:`_volume_stream`)."""
+    if not config.augment.active:
+        return None
+    return BatchAugment(config.augment, store.patch_size if is_volume_store(store) else None)
+
+
+def step_augment(augmenter: BatchAugment | None, seed: int, rank: int, step: int) -> Any:
+    """``(image, label) -> (image, label)``: the augmentation of optimizer step ``step`` (0-based) of
+    ``rank``, which may overwrite its inputs (``to_training_batch`` hands it copies), or ``None``."""
+    if augmenter is None:
+        return None
+    # keyed by the step: the same draws whatever the workers, the backend or a resume
+    return functools.partial(augmenter, key=(int(seed), int(rank), int(step)), inplace=True)
+
+
+def training_stream(store: Any, config: TrainConfig, rank: int = 0, world_size: int = 1) -> _Stream:
+    """The batches :func:`train` reads on ``rank``, in its order (``.next()`` gives the batch of the next
+    step; ``.dataset``, ``.sampler``), read on the CPU: ``brainnet sample --augment`` shows them."""
+    context = DistributedContext(rank, world_size, 0, torch.device("cpu"), owns_group=False)
+    dataset, sampler = _train_dataset(_open(store), config, context)
+    return _Stream(dataset, sampler, config, context.device)
