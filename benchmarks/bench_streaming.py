@@ -81,7 +81,7 @@ from common import (
 )
 from remote_rows import ROWS as REMOTE_ROWS
 from remote_rows import remote_rows
-from volume_rows import ROW_NNUNET, ROW_VOLUME, nnunet_row, paired_volume_rows
+from volume_rows import ROW_NNUNET, ROW_VOLUME, ROW_VOLUME_EXPANDED, nnunet_row, paired_volume_rows
 
 WORKERS = 2
 BATCH_SIZE = 2
@@ -99,6 +99,7 @@ ROW_ZARR = "(a) brainnet loader, Zarr"
 ROW_ZARR_THREADS = "(a2) brainnet loader, Zarr, threads"
 ROW_ZARR_EXPANDED = "(a3) (a2) + float32/one-hot on CPU"
 ROW_ZARR_THREADS_VOLUME_PAIR = "(a2) again, alternating with (v)"
+ROW_ZARR_EXPANDED_VOLUME_PAIR = "(a3) again, alternating with (v3)"
 ROW_HDF5 = "(b) brainnet loader, HDF5"
 ROW_MONAI = "(c) MONAI on the fly"
 ROW_CACHE = "(d) MONAI CacheDataset"
@@ -730,12 +731,17 @@ def reader_bars(report: Report) -> list[Bar]:
 # -------------------------------------------------------------------------------------------- driver
 
 
-def volume_bars(report: Report, patch_row: str = ROW_ZARR_THREADS) -> list[Bar]:
-    """Issue 12's streaming bars: (v) against the patch store's (a2) measured beside it, nnU-Net's
-    loader and MONAI on the fly."""
+def volume_bars(
+    report: Report, patch_row: str = ROW_ZARR_THREADS, expanded_row: str = ROW_ZARR_EXPANDED
+) -> list[Bar]:
+    """Issue 12's streaming bars: (v) against the patch store's (a2) measured beside it (and, for CPU
+    training, (v3) against (a3): both standardized, float32 and one-hot on the CPU), nnU-Net's loader and
+    MONAI on the fly."""
     volume = report.value(ROW_VOLUME)
+    expanded = report.value(ROW_VOLUME_EXPANDED)
     return [
         Bar("(v) fresh windows / (a2) patch store", volume, report.value(patch_row), ">=", 0.7),
+        Bar("(v3) / (a3), expanded on the CPU", expanded, report.value(expanded_row), ">=", 0.7),
         Bar("(v) fresh windows / (n) nnU-Net loader", volume, report.value(ROW_NNUNET), ">=", 5.0),
         Bar("(v) fresh windows / (c) MONAI on the fly", volume, report.value(ROW_MONAI), ">=", 50.0),
     ]
@@ -799,11 +805,20 @@ def run(args: Any) -> Report:
         def a2(store: Path, n: int) -> Row:
             return brainnet_row(ROW_ZARR_THREADS, store, n, backend="threads")
 
+        def a3(store: Path, n: int) -> Row:
+            return brainnet_row(ROW_ZARR_EXPANDED, store, n, backend="threads", expand_on_cpu=True)
+
+        def volumes() -> Path:
+            return patch_store(args.workdir, need_data(), "zarr", 1, fresh=args.fresh, kind="volumes")
+
         def pair() -> list[Row]:
-            volumes = patch_store(args.workdir, need_data(), "zarr", 1, fresh=args.fresh, kind="volumes")
-            return paired_volume_rows(need_store("zarr"), volumes, fast, ROUNDS, a2)
+            return paired_volume_rows(need_store("zarr"), volumes(), fast, ROUNDS, a2)
+
+        def expanded_pair() -> list[Row]:
+            return paired_volume_rows(need_store("zarr"), volumes(), fast, ROUNDS, a3, expand_on_cpu=True)
 
         found = measure_rows([ROW_ZARR_THREADS, ROW_VOLUME], UNIT, pair)
+        found.extend(measure_rows([ROW_ZARR_EXPANDED, ROW_VOLUME_EXPANDED], UNIT, expanded_pair))
         found.append(
             measure_row(ROW_NNUNET, UNIT, lambda: nnunet_row(need_data(), args.workdir, PATCH_SIZE, slow))
         )
@@ -857,8 +872,9 @@ def run(args: Any) -> Report:
     rows.extend(measure_remote())  # last: the rows before them run as they always did
     rows.extend(measure_readers())
     volume_rows = measure_volumes()
-    # the (a2) of the volume pairing is a second measurement of (a2): kept as its own row
+    # the (a2), (a3) of the volume pairings are second measurements of them: kept as their own rows
     volume_rows[0].name = ROW_ZARR_THREADS_VOLUME_PAIR
+    volume_rows[2].name = ROW_ZARR_EXPANDED_VOLUME_PAIR
     rows.extend(volume_rows)
 
     # The bars take the faster of the two loader backends (both are product configurations).
@@ -895,7 +911,7 @@ def run(args: Any) -> Report:
             note=f"{zarr_name}; limit: {decode_name}",
         ),
         *reader_bars(report),
-        *volume_bars(report, ROW_ZARR_THREADS_VOLUME_PAIR),
+        *volume_bars(report, ROW_ZARR_THREADS_VOLUME_PAIR, ROW_ZARR_EXPANDED_VOLUME_PAIR),
     ]
     hdf5, monai, hdf5_limit = report.value(ROW_HDF5), report.value(ROW_MONAI), report.value(ROW_DECODE_H5)
     if hdf5 and monai and hdf5_limit:

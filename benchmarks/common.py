@@ -475,13 +475,21 @@ def touch(batch: Any) -> int:
             import torch
 
             leaf = leaf.as_subclass(torch.Tensor)
-        flat = leaf.reshape(-1)
+        flat = _memory_order(leaf).reshape(-1)  # a view, even of a permuted (slice-major) batch
         step = max(1, flat.shape[0] // 256)
         float(flat[::step].sum())  # forces materialization without costing a full pass
     images = [leaf for leaf in leaves if leaf.ndim == 5]
     if images:
         return int(images[0].shape[0])
     return 1
+
+
+def _memory_order(leaf: Any) -> Any:
+    """``leaf`` with its axes in memory order (largest stride first), so that flattening a dense but
+    permuted tensor or array is a view, not a copy the loop would otherwise pay."""
+    strides = leaf.stride() if callable(getattr(leaf, "stride", None)) else leaf.strides
+    order = sorted(range(leaf.ndim), key=lambda axis: -strides[axis])
+    return leaf.permute(*order) if hasattr(leaf, "permute") else leaf.transpose(order)
 
 
 def _leaves(batch: Any) -> Iterator[Any]:

@@ -20,14 +20,18 @@ from typing import Any
 from common import MissingPiece, Row, cycle, require, time_stream, touch
 
 ROW_VOLUME = "(v) volume store, fresh windows, threads"
+ROW_VOLUME_EXPANDED = "(v3) (v) + standardized/float32/one-hot on CPU"
 ROW_NNUNET = "(n) nnU-Net nnUNetDataLoader, 2 procs"
 WORKERS = 2
 BATCH_SIZE = 2
 SEED = 0
 
 
-def volume_row(store: Path, n_patches: int) -> Row:
-    """(v): the fresh-window stream ``brainnet train --store VOLUMES`` reads, without the model."""
+def volume_row(store: Path, n_patches: int, expand_on_cpu: bool = False) -> Row:
+    """(v): the fresh-window stream ``brainnet train --store VOLUMES`` reads, without the model: raw
+    windows, which the training loop standardizes on its device. ``expand_on_cpu`` (v3) also runs
+    ``to_training_batch`` here (standardization, float32, one-hot), as CPU training does: the side of
+    (a3), which does the same to the patch store's batches."""
     open_store = require("brainprep.store.reader", "open_store")
     data = require("brainnet.data")
     sampling = require("brainnet.data.volume_sampler")
@@ -37,39 +41,54 @@ def volume_row(store: Path, n_patches: int) -> Row:
     dataset = sampling.VolumeWindowDataset(volumes, draws)
     sampler = sampling.WindowStreamSampler(params.draws_per_epoch)
     loader = data.make_loader(dataset, sampler, batch_size=BATCH_SIZE, workers=WORKERS, backend="threads")
-    result = time_stream(cycle(lambda: loader), n_patches, warmup_batches=2 * WORKERS, count=touch)
+    count = (lambda batch: touch(data.to_training_batch(batch))) if expand_on_cpu else touch
+    result = time_stream(cycle(lambda: loader), n_patches, warmup_batches=2 * WORKERS, count=count)
+    what = (
+        "standardized, float32 + one-hot made on the CPU"
+        if expand_on_cpu
+        else "raw float16 windows + uint8 (standardized by the loop on its device)"
+    )
     return Row(
-        ROW_VOLUME,
+        ROW_VOLUME_EXPANDED if expand_on_cpu else ROW_VOLUME,
         result.rate,
         "patches/s",
-        f"{len(draws.cases)} volumes, mixed sampler (tumour share {params.tumour_share:.2f}), patch-slice "
-        f"standardized at read time, batch {BATCH_SIZE}, {WORKERS} threads, compact float16 + uint8",
+        f"{len(draws.cases)} volumes, mixed sampler (tumour share {params.tumour_share:.2f}), "
+        f"batch {BATCH_SIZE}, {WORKERS} threads, {what}",
         {"patches": result.patches, "seconds": round(result.seconds, 3)},
     )
 
 
 def paired_volume_rows(
-    patch_store: Path, volume_store: Path, n_patches: int, rounds: int, patch_row: Any
+    patch_store: Path,
+    volume_store: Path,
+    n_patches: int,
+    rounds: int,
+    patch_row: Any,
+    expand_on_cpu: bool = False,
 ) -> list[Row]:
-    """(a2) and (v) in ``rounds`` alternating rounds, each reported as its median with every round kept.
+    """(a2) and (v) (with ``expand_on_cpu``: (a3) and (v3)) in ``rounds`` alternating rounds, each
+    reported as its median with every round kept.
 
     Args:
-        patch_row: ``(store, n_patches) -> Row``, the (a2) row of ``bench_streaming``.
+        patch_row: ``(store, n_patches) -> Row``, the (a2) (or (a3)) row of ``bench_streaming``.
     """
     sides: dict[str, list[Row]] = {"a2": [], "v": []}
     for i in range(rounds):
         order = ("a2", "v") if i % 2 == 0 else ("v", "a2")
         for side in order:
-            row = patch_row(patch_store, n_patches) if side == "a2" else volume_row(volume_store, n_patches)
+            if side == "a2":
+                row = patch_row(patch_store, n_patches)
+            else:
+                row = volume_row(volume_store, n_patches, expand_on_cpu)
             sides[side].append(row)
     medians = []
     for rows in sides.values():
         middle = sorted(rows, key=lambda row: row.value)[len(rows) // 2]
-        middle.note += f"; median of {rounds} rounds alternating (a2) and (v)"
+        middle.note += f"; median of {rounds} rounds alternating with the other store"
         middle.extra["rounds"] = [round(row.value, 1) for row in rows]
         medians.append(middle)
     ratios = [v.value / a.value for a, v in zip(sides["a2"], sides["v"], strict=True)]
-    medians[1].extra["round_ratios_v_over_a2"] = [round(r, 3) for r in ratios]
+    medians[1].extra["round_ratios_volume_over_patch"] = [round(r, 3) for r in ratios]
     return medians
 
 
