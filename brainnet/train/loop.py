@@ -13,7 +13,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -478,6 +478,14 @@ def _wrap(model: nn.Module, context: DistributedContext) -> tuple[nn.Module, nn.
     return plain, DistributedDataParallel(plain, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def _step_augment(augmenter: BatchAugment | None, seed: int, rank: int, step: int) -> Any:
+    """The augmentation of optimizer step ``step`` (``None`` without an augmenter)."""
+    if augmenter is None:
+        return None
+    # keyed by the step: the same draws whatever the workers, the backend or a resume
+    return functools.partial(augmenter, key=(seed, rank, step), inplace=True)  # the batch is ours
+
+
 def _train_epoch(run: _Run, state: ckpt.RunState, bar: Any) -> tuple[float, torch.Tensor]:
     """The optimizer steps of one epoch: mean loss and summed label-map counts of this rank."""
     loss_sum = 0.0
@@ -485,11 +493,7 @@ def _train_epoch(run: _Run, state: ckpt.RunState, bar: Any) -> tuple[float, torc
     for index in range(run.steps):
         batch = run.stream.next()
         run.seen.append(batch["slot"].numpy())
-        augment = None
-        if run.augmenter is not None:
-            # keyed by the step: the same draws whatever the workers, the backend or a resume
-            key = (run.config.seed, run.context.rank, state.global_step)
-            augment = functools.partial(run.augmenter, key=key, inplace=True)  # the batch is ours
+        augment = _step_augment(run.augmenter, run.config.seed, run.context.rank, state.global_step)
         try:
             loss, batch_counts = train_step(
                 run.network, run.optimizer, batch, run.precision, run.context, run.config.threshold, augment
@@ -567,6 +571,15 @@ def _end_epoch(
     barrier(run.context)
 
 
+def _model_and_optimizer(
+    config: TrainConfig, model_config: ModelConfig, device: torch.device
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A fresh network initialised from ``config.seed`` on ``device``, and its Adam optimizer."""
+    torch.manual_seed(config.seed)
+    model = build_model(model_config).to(device)
+    return model, torch.optim.Adam(model.parameters(), lr=config.lr)
+
+
 def _run(
     store: Any,
     out_dir: Path,
@@ -582,9 +595,7 @@ def _run(
         torch.use_deterministic_algorithms(True)
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    torch.manual_seed(config.seed)
-    model = build_model(model_config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    model, optimizer = _model_and_optimizer(config, model_config, device)
     precision = _precision(config, device)
     dataset, sampler = _train_dataset(store, config, context)
     val_loader = _val_loader(store, config, context)
@@ -638,3 +649,45 @@ def _run(
         world_size=context.world_size,
         best_metric=run.score_column,
     )
+
+
+def train_on_batches(
+    batches: Iterable[dict[str, Any]],
+    config: TrainConfig,
+    model_config: ModelConfig | None = None,
+) -> nn.Module:
+    """Train a fresh network on ``batches`` from any source, one optimizer step per batch.
+
+    The same initialisation (``config.seed``), optimizer, loss, precision and augmentation as
+    :func:`train`, without a store, checkpoints, log or validation: for comparing data pipelines under one
+    training (``benchmarks/bench_accuracy.py`` trains on MONAI's on-the-fly crops with it). One process.
+
+    Args:
+        batches: compact batches as brainnet's loader yields them: ``image`` float (B, 4, X, Y, Z) and
+            ``label`` uint8 (B, X, Y, Z) MSD labels; iterated once, to the end.
+        config: ``seed``, ``lr``, ``device``, ``amp``, ``augment`` and ``threshold`` are used.
+        model_config: the network (default: the course's).
+
+    Returns:
+        The trained network (on the training device).
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/Inf (the message names the step).
+    """
+    model_config = model_config if model_config is not None else ModelConfig()
+    context = init_distributed(config.device)
+    try:
+        model, optimizer = _model_and_optimizer(config, model_config, context.device)
+        precision = _precision(config, context.device)
+        _, network = _wrap(model, context)
+        augmenter = BatchAugment(config.augment) if config.augment.active else None
+        network.train()
+        for step, batch in enumerate(batches):
+            augment = _step_augment(augmenter, config.seed, context.rank, step)
+            try:
+                train_step(network, optimizer, batch, precision, context, config.threshold, augment)
+            except NonFiniteLossError as err:
+                raise NonFiniteLossError(f"{err} at step {step + 1}; training stopped") from None
+        return model
+    finally:
+        shutdown(context)
