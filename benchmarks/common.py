@@ -304,11 +304,19 @@ def _marker(folder: Path) -> Path:
     return folder / ".bench-complete.json"
 
 
-def synthetic_dataset(workdir: Path, n_cases: int, *, fresh: bool = False) -> Path:
-    """An MSD-layout folder of ``n_cases`` synthetic 240x240x155x4 cases, written once and reused.
+def synthetic_dataset(
+    workdir: Path,
+    n_cases: int,
+    *,
+    fresh: bool = False,
+    shape: tuple[int, int, int] = SCAN_SHAPE,
+    seed: int = SYNTH_SEED,
+) -> Path:
+    """An MSD-layout folder of ``n_cases`` synthetic cases of ``shape`` x 4, written once and reused.
 
-    The folder is ``WORKDIR/synth-msd-<n>-seed<seed>``; a marker file written last holds the
-    ``SynthParams`` so an interrupted or differently made folder is rewritten.
+    The folder is ``WORKDIR/synth-msd-<n>-seed<seed>`` (``-<X>x<Y>x<Z>`` appended for another shape than
+    240x240x155); a marker file written last holds the ``SynthParams`` so an interrupted or differently
+    made folder is rewritten.
 
     Raises:
         MissingPiece: ``brainprep.synth.write_synthetic_dataset`` is not available.
@@ -316,8 +324,10 @@ def synthetic_dataset(workdir: Path, n_cases: int, *, fresh: bool = False) -> Pa
     write = require("brainprep.synth", "write_synthetic_dataset")
     synth_params_cls = require("brainprep.synth", "SynthParams")
     # small_tumour_every=0: every case yields its K patches, so per-case timings compare like with like
-    params = synth_params_cls(n_cases=n_cases, shape=SCAN_SHAPE, seed=SYNTH_SEED, small_tumour_every=0)
-    folder = workdir / f"synth-msd-{n_cases}-seed{SYNTH_SEED}"
+    params = synth_params_cls(n_cases=n_cases, shape=shape, seed=seed, small_tumour_every=0)
+    folder = workdir / f"synth-msd-{n_cases}-seed{seed}"
+    if tuple(shape) != SCAN_SHAPE:
+        folder = folder.with_name(folder.name + "-" + "x".join(map(str, shape)))
     wanted = {"synth_params": params.to_dict()}
     if not fresh and _marker(folder).is_file():
         try:
@@ -328,7 +338,7 @@ def synthetic_dataset(workdir: Path, n_cases: int, *, fresh: bool = False) -> Pa
     if folder.exists():
         shutil.rmtree(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    print(f"  preparing {n_cases} synthetic cases of {SCAN_SHAPE} in {folder} (once) ...", flush=True)
+    print(f"  preparing {n_cases} synthetic cases of {tuple(shape)} in {folder} (once) ...", flush=True)
     started = time.perf_counter()
     write(folder, params)
     _marker(folder).write_text(json.dumps(wanted))
@@ -400,14 +410,27 @@ def patch_store(
     Raises:
         MissingPiece: ``brainprep.builder.build_patches`` or ``brainprep.store.reader.open_store`` is missing.
     """
+    params = volume_build_params(fmt) if kind == "volumes" else build_params(fmt, patches_per_case)
+    label = "volumes" if kind == "volumes" else f"k{patches_per_case}"
+    name = f"{data_dir.name}-{label}{store_suffix(fmt)}"
+    return cached_store(workdir, data_dir, params, name, workers=workers, fresh=fresh)
+
+
+def cached_store(
+    workdir: Path, data_dir: Path, params: Any, name: str, *, workers: int = 2, fresh: bool = False
+) -> Path:
+    """The store ``WORKDIR/stores/<name>`` built from ``data_dir`` with ``params`` (a ``BuildParams``, any
+    kind), built once and reused while the parameters and the data folder's marker are unchanged.
+
+    Raises:
+        MissingPiece: ``brainprep.builder.build_patches`` or ``brainprep.store.reader.open_store`` is missing.
+    """
     build_patches = require("brainprep.builder", "build_patches")
     open_store = require("brainprep.store.reader", "open_store")
-    params = volume_build_params(fmt) if kind == "volumes" else build_params(fmt, patches_per_case)
-    name = "volumes" if kind == "volumes" else f"k{patches_per_case}"
-    store = workdir / "stores" / f"{data_dir.name}-{name}{store_suffix(fmt)}"
+    store = workdir / "stores" / name
     data_marker = _marker(data_dir).read_text() if _marker(data_dir).is_file() else None
     wanted = {"build_params": params.to_dict(), "data_dir": str(data_dir), "data": data_marker}
-    if kind == "volumes":  # the chunk layout and codec are the schema's, not build parameters
+    if params.store.kind == "volumes":  # the chunk layout and codec are the schema's, not build parameters
         schema = require("brainprep.store.volume_schema")
         wanted["layout"] = [list(schema.stored_axis_order(4)), getattr(schema, "BLOSC_CNAME", None)]
     marker = store.with_name(store.name + ".bench.json")
@@ -421,7 +444,7 @@ def patch_store(
     remove_path(store)
     marker.unlink(missing_ok=True)
     store.parent.mkdir(parents=True, exist_ok=True)
-    print(f"  building the {fmt} store {store} (once) ...", flush=True)
+    print(f"  building the {params.store.format} {params.store.kind} store {store} (once) ...", flush=True)
     started = time.perf_counter()
     build_patches(data_dir, store, params, workers=workers, progress=False)
     marker.write_text(json.dumps(wanted))

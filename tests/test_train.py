@@ -22,6 +22,7 @@ from brainnet.train import (
     load_model,
     save_checkpoint,
     train,
+    train_on_batches,
 )
 from brainnet.train.checkpoint import capture_rng_state, restore_rng_state
 from brainprep.errors import ConfigError
@@ -219,6 +220,29 @@ def test_worker_processes_do_not_change_the_result(store_path, tmp_path):
     np.testing.assert_array_equal(single.slots_seen, workers.slots_seen)
     for name, tensor in single.model.state_dict().items():
         assert torch.equal(tensor, workers.model.state_dict()[name]), name
+
+
+def test_train_on_batches_equals_train_on_the_same_batches(store_path, tmp_path):
+    # the slots train() read, fed back as batches: the same initialisation, optimizer and augmentation
+    from brainprep.store import open_store
+
+    config = _config(steps_per_epoch=3, val_split=None, augment=EVERY_TRANSFORM, deterministic=True)
+    trained = train(store_path, tmp_path / "run", config, TINY_MODEL)
+    with open_store(store_path) as store:
+        slots = trained.slots_seen.reshape(3, config.batch_size)
+        batches = [
+            {"image": torch.from_numpy(image), "label": torch.from_numpy(label)}
+            for image, label in (store.read_patches(s) for s in slots)
+        ]
+    torch.use_deterministic_algorithms(True)
+    try:
+        model = train_on_batches(batches, config, TINY_MODEL)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for name, tensor in trained.model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    other = train_on_batches(batches, config.replace(seed=1), TINY_MODEL)
+    assert not torch.equal(other.state_dict()["head.weight"], model.state_dict()["head.weight"])
 
 
 def test_resume_refuses_a_different_trajectory(store_path, tmp_path):

@@ -8,7 +8,7 @@ from brainnet.train.checkpoint import (
     save_checkpoint,
 )
 from brainnet.train.config import TrainConfig
-from brainnet.train.loop import NonFiniteLossError, TrainResult, train
+from brainnet.train.loop import NonFiniteLossError, TrainResult, train, train_on_batches
 
 __all__ = [
     "CheckpointError",
@@ -20,4 +20,5 @@ __all__ = [
     "load_model",
     "save_checkpoint",
     "train",
+    "train_on_batches",
 ]

@@ -13,7 +13,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -597,6 +597,15 @@ def _end_epoch(
     barrier(run.context)
 
 
+def _model_and_optimizer(
+    config: TrainConfig, model_config: ModelConfig, device: torch.device
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A fresh network initialised from ``config.seed`` on ``device``, and its Adam optimizer."""
+    torch.manual_seed(config.seed)
+    model = build_model(model_config).to(device)
+    return model, torch.optim.Adam(model.parameters(), lr=config.lr)
+
+
 def _run(
     store: Any,
     out_dir: Path,
@@ -612,9 +621,7 @@ def _run(
         torch.use_deterministic_algorithms(True)
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    torch.manual_seed(config.seed)
-    model = build_model(model_config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    model, optimizer = _model_and_optimizer(config, model_config, device)
     precision = _precision(config, device)
     dataset, sampler = _train_dataset(store, config, context)
     val_loader = _val_loader(store, config, context)
@@ -694,3 +701,45 @@ def training_stream(store: Any, config: TrainConfig, rank: int = 0, world_size: 
     context = DistributedContext(rank, world_size, 0, torch.device("cpu"), owns_group=False)
     dataset, sampler = _train_dataset(_open(store), config, context)
     return _Stream(dataset, sampler, config, context.device)
+
+
+def train_on_batches(
+    batches: Iterable[dict[str, Any]],
+    config: TrainConfig,
+    model_config: ModelConfig | None = None,
+) -> nn.Module:
+    """Train a fresh network on ``batches`` from any source, one optimizer step per batch.
+
+    The same initialisation (``config.seed``), optimizer, loss, precision and augmentation as
+    :func:`train`, without a store, checkpoints, log or validation: for comparing data pipelines under one
+    training (``benchmarks/bench_accuracy.py`` trains on MONAI's on-the-fly crops with it). One process.
+
+    Args:
+        batches: compact batches as brainnet's loader yields them: ``image`` float (B, 4, X, Y, Z) and
+            ``label`` uint8 (B, X, Y, Z) MSD labels; iterated once, to the end.
+        config: ``seed``, ``lr``, ``device``, ``amp``, ``augment`` and ``threshold`` are used.
+        model_config: the network (default: the course's).
+
+    Returns:
+        The trained network (on the training device).
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/Inf (the message names the step).
+    """
+    model_config = model_config if model_config is not None else ModelConfig()
+    context = init_distributed(config.device)
+    try:
+        model, optimizer = _model_and_optimizer(config, model_config, context.device)
+        precision = _precision(config, context.device)
+        _, network = _wrap(model, context)
+        augmenter = BatchAugment(config.augment) if config.augment.active else None
+        network.train()
+        for step, batch in enumerate(batches):
+            augment = step_augment(augmenter, config.seed, context.rank, step)
+            try:
+                train_step(network, optimizer, batch, precision, context, config.threshold, augment)
+            except NonFiniteLossError as err:
+                raise NonFiniteLossError(f"{err} at step {step + 1}; training stopped") from None
+        return model
+    finally:
+        shutdown(context)

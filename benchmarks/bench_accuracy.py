@@ -1,0 +1,498 @@
+"""Accuracy benchmark: whole-scan Dice of one U-Net trained on four data pipelines (issues 12 and 14).
+
+    python benchmarks/bench_accuracy.py [--quick] [--json FILE] [--workdir DIR] [--seeds N] [--steps N]
+
+One model (:class:`brainnet.model.UNet3D`, :data:`FULL` sizes), one optimizer, loss and step budget, the
+same seeds (model initialisation and data stream), trained on the synthetic train cases of
+``brainprep.synth`` by four arms, then scored on held-out synthetic cases (another generator seed) over
+the *whole scan* with the project's own pieces: :func:`brainnet.predict.predict_case` (sliding window at
+the patch size, overlap 0.5, Gaussian blending, per-window standardization as the store's, brain mask,
+threshold 0.5) and :func:`brainnet.metrics.segmentation_metrics` (the label-map Dice, per class and per
+BraTS region: WT = labels 1-3, TC = 2-3, ET = 3).
+
+Arms:
+  (i)   patch store, the course: ``build_patches`` (kind ``patches``: K = 20 frozen patches per case, each
+        with >= 5 % tumour, per-slice standardized), ``brainnet.train.train`` on it (shard-shuffled passes)
+  (ii)  volume store, mixed sampler: ``build_patches`` with ``StoreParams(kind="volumes")``, ``train``
+        drawing fresh windows at every step: a third (the default ``--tumour-share``) among the corners
+        with >= 5 % tumour, the rest uniform over the brain's corners; per-slice standardized at read time
+  (iii) MONAI on the fly: ``LoadImaged`` + ``EnsureChannelFirstd`` + ``RandCropByPosNegLabeld`` (pos 1,
+        neg 1, the patch size, negatives inside the brain) + the course's per-slice standardization
+        (``brainprep.standardize.standardize_patch_slices``, as the store arms see it), float16 like the
+        stores; the same training by :func:`brainnet.train.train_on_batches`
+  (iv)  (ii) with ``augment=augment_preset("nnunet")`` (issue 14), applied on the batch in the training
+        process (so not in the loader's CPU time; its cost shows in the training seconds)
+
+Every arm reads with one loader worker *process* (a torch DataLoader worker; MONAI's DataLoader for
+(iii)), so the CPU seconds spent producing batches are exactly the CPU time of that child process:
+``resource.getrusage(RUSAGE_CHILDREN)`` (user + system) read before and after training, after the worker
+has been joined (reaped); nothing else runs as a child of the benchmark meanwhile. It covers reading,
+cropping, standardization, collation and shipping the batches, plus the worker's fork and the few batches
+it prefetches past the last step. The training process keeps 2 torch threads.
+
+Rows per arm: Dice per class (edema, non-enhancing, enhancing) and per region (WT, TC, ET), their mean
+over the 3 classes (the score ``best.pt`` is chosen by), WT specificity and WT false-positive voxels per
+held-out case (predicted tumour where the truth is background: the false edema of the course's demo), each
+averaged over the held-out cases, then mean and sd over seeds; loader CPU seconds and training seconds.
+
+Bars: (ii) mean Dice >= (iii) - 0.01; (ii) WT Dice - (i) WT Dice > the larger of their sds; (ii) loader
+CPU seconds <= 1/10 of (iii)'s. (iv) is reported beside them. With one seed (``--quick``) the sd bar is N/A.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import itertools
+import os
+import resource
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+# Passive OpenMP waits, set before torch loads: by default torch's threads spin while they wait, which on
+# a machine shared with other work multiplies a training step's CPU and wall seconds several times (checked
+# side by side). This benchmark measures Dice and loader CPU, not training speed.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from common import (
+    Bar,
+    Report,
+    Row,
+    base_parser,
+    cached_store,
+    finish,
+    measure_row,
+    require,
+    setup_logging,
+    synthetic_dataset,
+)
+
+THREADS = 2
+WORKERS = 1  # one loader process per arm: its CPU time is the loader's (module docstring)
+TEST_SEED = 1  # the held-out cases' generator seed (the train cases use seed 0)
+STORE_SEED = 0
+#: (row prefix, what the arm is)
+ARMS: dict[str, str] = {
+    "i": "(i) patch store, course",
+    "ii": "(ii) volume store, mixed",
+    "iii": "(iii) MONAI on the fly",
+    "iv": "(iv) volume store + nnunet aug",
+}
+#: the columns of the per-arm table: a target of brainnet.metrics and the metric of it
+DICE_COLUMNS: dict[str, str] = {
+    "edema": "edema",
+    "non_enhancing": "non-enh",
+    "enhancing": "enh",
+    "whole_tumour": "WT",
+    "tumour_core": "TC",
+    "enhancing_tumour": "ET",
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one benchmark run (every arm uses the same)."""
+
+    shape: tuple[int, int, int]
+    patch: tuple[int, int, int]
+    n_train: int
+    n_test: int
+    patches_per_case: int
+    base_filters: int
+    depth: int
+    steps: int
+    batch_size: int
+    lr: float
+    seeds: tuple[int, ...]
+
+
+FULL = Plan(
+    shape=(96, 96, 48),
+    patch=(32, 32, 16),
+    n_train=16,
+    n_test=4,
+    patches_per_case=20,
+    base_filters=8,
+    depth=3,
+    steps=240,
+    batch_size=4,
+    lr=1e-3,
+    seeds=(0, 1, 2),
+)
+QUICK = replace(FULL, n_train=6, n_test=2, steps=40, seeds=(0,))
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def build_params(plan: Plan, kind: str) -> Any:
+    """The store of an arm: the plan's patch, K patches (patch kind), float16, every case in train."""
+    params = require("brainprep.params")
+    return params.BuildParams(
+        sampling=params.SamplingParams(patch_size=plan.patch, patches_per_case=plan.patches_per_case),
+        store=params.StoreParams(format="zarr", dtype="float16", kind=kind),
+        split=params.SplitParams(val_fraction=0.0),
+        seed=STORE_SEED,
+    )
+
+
+def prepare(plan: Plan, workdir: Path, fresh: bool) -> dict[str, Path]:
+    """Train and held-out case folders and the two stores of the train cases (cached)."""
+    train_dir = synthetic_dataset(workdir, plan.n_train, fresh=fresh, shape=plan.shape, seed=0)
+    test_dir = synthetic_dataset(workdir, plan.n_test, fresh=fresh, shape=plan.shape, seed=TEST_SEED)
+    size = "x".join(map(str, plan.patch))
+    stores = {
+        kind: cached_store(
+            workdir, train_dir, build_params(plan, kind), f"{train_dir.name}-{kind}-{size}.zarr", fresh=fresh
+        )
+        for kind in ("patches", "volumes")
+    }
+    return {"train": train_dir, "test": test_dir, **stores}
+
+
+def held_out_cases(test_dir: Path) -> list[Any]:
+    """The held-out cases, read once (canonical RAS image and label)."""
+    brainprep = require("brainprep")
+    return [brainprep.read_case(files) for files in brainprep.discover_cases(test_dir).cases]
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of every terminated, reaped child process of this one."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Trained:
+    """A trained network and what producing its batches cost."""
+
+    model: Any
+    loader_cpu_s: float
+    train_s: float
+
+
+def _measured(run: Callable[[], Any]) -> Trained:
+    """Run a training whose loader is a child process; its CPU seconds once the worker is reaped."""
+    import multiprocessing
+
+    gc.collect()
+    cpu0, t0 = children_cpu_seconds(), time.perf_counter()
+    model = run()
+    gc.collect()  # drops the loader iterator: its worker is joined (reaped) now
+    if multiprocessing.active_children():
+        raise RuntimeError("a loader worker is still alive: its CPU time would be missed")
+    return Trained(model, children_cpu_seconds() - cpu0, time.perf_counter() - t0)
+
+
+def train_config(plan: Plan, seed: int, augment: str = "none") -> Any:
+    """The one training of every arm (no validation: the held-out scans score it)."""
+    config = require("brainnet.train", "TrainConfig")
+    augment_preset = require("brainnet.augment", "augment_preset")
+    sampling = require("brainnet.data.volume_sampler", "WindowSamplingParams")
+    return config(
+        epochs=1,
+        steps_per_epoch=plan.steps,
+        batch_size=plan.batch_size,
+        lr=plan.lr,
+        val_split=None,
+        seed=seed,
+        device="cpu",
+        workers=WORKERS,
+        loader="processes",
+        augment=augment_preset(augment),
+        # one pass of the stream covers the budget (draws depend only on seed and position)
+        volume_sampling=sampling(draws_per_epoch=plan.steps * plan.batch_size),
+    )
+
+
+def model_config(plan: Plan) -> Any:
+    return require("brainnet.model", "ModelConfig")(base_filters=plan.base_filters, depth=plan.depth)
+
+
+def train_on_store(store: Path, run_dir: Path, plan: Plan, seed: int, augment: str = "none") -> Trained:
+    """Arms (i), (ii), (iv): ``brainnet.train.train`` on a store."""
+    train = require("brainnet.train", "train")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    config = train_config(plan, seed, augment)
+    return _measured(lambda: train(store, run_dir, config, model_config(plan)).model)
+
+
+class CourseSliceStandardize:
+    """MONAI dict transform: the course's per-channel, per-z-slice standardization of the cropped image,
+    rounded through float16 as the stores hold it; the label as uint8 (X, Y, Z): the compact batch of
+    brainnet's loader."""
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+        import torch
+
+        from brainprep.standardize import standardize_patch_slices
+
+        image = np.asarray(data["image"], dtype=np.float32)
+        label = np.asarray(data["label"])[0].astype(np.uint8)
+        standardized = standardize_patch_slices(image).astype(np.float16)
+        return {"image": torch.from_numpy(standardized), "label": torch.from_numpy(label)}
+
+
+def monai_loader(train_dir: Path, plan: Plan, seed: int) -> Any:
+    """MONAI on the fly: each batch loads batch_size / 2 cases and crops 2 windows from each."""
+    transforms = require("monai.transforms")
+    monai_data = require("monai.data")
+    torch = require("torch")
+    brainprep = require("brainprep")
+    per_case = 2
+    if plan.batch_size % per_case:
+        raise ValueError(f"the MONAI arm needs an even batch size, got {plan.batch_size}")
+    items = [
+        {"image": str(c.image_paths[0]), "label": str(c.label_path)}
+        for c in brainprep.discover_cases(train_dir).cases
+    ]
+    compose = transforms.Compose(
+        [
+            transforms.LoadImaged(keys=["image", "label"], image_only=True),
+            transforms.EnsureChannelFirstd(keys=["image", "label"]),
+            transforms.RandCropByPosNegLabeld(
+                keys=["image", "label"],
+                label_key="label",
+                spatial_size=plan.patch,
+                pos=1,
+                neg=1,
+                num_samples=per_case,
+                image_key="image",
+                image_threshold=0,  # negatives inside the brain (skull-stripped: 0 outside)
+            ),
+            CourseSliceStandardize(),
+        ]
+    )
+    compose.set_random_state(seed=seed)
+    dataset = monai_data.Dataset(items, transform=compose)
+    draws = plan.steps * plan.batch_size // per_case
+    sampler = torch.utils.data.RandomSampler(
+        range(len(items)), replacement=True, num_samples=draws, generator=torch.Generator().manual_seed(seed)
+    )
+    return monai_data.DataLoader(
+        dataset,
+        batch_size=plan.batch_size // per_case,
+        sampler=sampler,
+        num_workers=WORKERS,
+        generator=torch.Generator().manual_seed(seed),  # the worker's transform seeds
+    )
+
+
+def train_monai(train_dir: Path, plan: Plan, seed: int) -> Trained:
+    """Arm (iii): MONAI's crops, brainnet's training (:func:`brainnet.train.train_on_batches`)."""
+    train_on_batches = require("brainnet.train", "train_on_batches")
+
+    def run() -> Any:
+        batches: Iterator[Any] = itertools.islice(iter(monai_loader(train_dir, plan, seed)), plan.steps)
+        return train_on_batches(batches, train_config(plan, seed), model_config(plan))
+
+    return _measured(run)
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+
+
+def score_scans(model: Any, cases: list[Any], build: Any) -> dict[str, float]:
+    """Whole-scan metrics averaged over ``cases``: Dice per target, the class mean, WT specificity and
+    WT false-positive voxels, from ``predict_case`` and the one Dice of ``brainnet.metrics``."""
+    predict_case = require("brainnet.predict", "predict_case")
+    metrics = require("brainnet.metrics")
+    wt = metrics.TARGETS.index("whole_tumour")
+    per_case = []
+    for case in cases:
+        labels, _ = predict_case(model, case, build, overlap=0.5, batch_size=4)
+        counts = metrics.confusion_counts(labels, case.label)
+        scores = metrics.metrics_from_counts(counts)
+        row = {name: scores[name]["dice"] for name in DICE_COLUMNS}
+        row["mean"] = metrics.class_score(scores)
+        row["wt_specificity"] = scores["whole_tumour"]["specificity"]
+        row["wt_false_positives"] = float(counts[wt, 1])
+        per_case.append(row)
+    return {key: statistics.fmean(r[key] for r in per_case) for key in per_case[0]}
+
+
+def run_arm(arm: str, paths: dict[str, Path], cases: list[Any], plan: Plan, workdir: Path) -> Row:
+    """Train and score one arm on every seed; one row (mean Dice) holding every number in ``extra``."""
+    torch = require("torch")
+    open_store = require("brainprep.store", "open_store")
+    with open_store(paths["volumes"]) as store:
+        build = store.params  # patch size, per-slice standardization, float16: the same for every arm
+    seeds = []
+    for seed in plan.seeds:
+        torch.set_num_threads(THREADS)
+        run_dir = workdir / "accuracy-runs" / f"{arm}-seed{seed}"
+        if arm == "i":
+            trained = train_on_store(paths["patches"], run_dir, plan, seed)
+        elif arm in ("ii", "iv"):
+            augment = "nnunet" if arm == "iv" else "none"
+            trained = train_on_store(paths["volumes"], run_dir, plan, seed, augment)
+        else:
+            trained = train_monai(paths["train"], plan, seed)
+        scores = score_scans(trained.model, cases, build)
+        scores.update(loader_cpu_s=trained.loader_cpu_s, train_s=trained.train_s)
+        seeds.append(scores)
+        print(f"    {ARMS[arm]} seed {seed}: " + _line(scores), flush=True)
+    summary = {key: _mean_sd([s[key] for s in seeds]) for key in seeds[0]}
+    mean, sd = summary["mean"]
+    note = f"sd {sd:.3f}; WT {summary['whole_tumour'][0]:.3f}; loader {summary['loader_cpu_s'][0]:.1f} CPU s"
+    return Row(f"{ARMS[arm]}: mean Dice", mean, "dice", note, extra={"summary": summary, "seeds": seeds})
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample sd (0 for a single value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _line(scores: dict[str, float]) -> str:
+    dice = " ".join(f"{DICE_COLUMNS[k]} {scores[k]:.3f}" for k in DICE_COLUMNS)
+    return (
+        f"{dice}, mean {scores['mean']:.3f}, WT FP {scores['wt_false_positives']:.0f} vox, "
+        f"loader {scores['loader_cpu_s']:.1f} CPU s, train {scores['train_s']:.0f} s"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ table
+
+
+def arm_table(report: Report) -> str:
+    """Arms x (Dice per class, mean, per region, WT specificity, WT false positives, loader CPU, train s),
+    each cell ``mean±sd`` over seeds."""
+    columns = [*DICE_COLUMNS, "mean", "wt_specificity", "wt_false_positives", "loader_cpu_s", "train_s"]
+    titles = {
+        **DICE_COLUMNS,
+        "mean": "mean",
+        "wt_specificity": "WT spec",
+        "wt_false_positives": "WT FP vox",
+        "loader_cpu_s": "loader CPU s",
+        "train_s": "train s",
+    }
+    digits = {"wt_specificity": 4, "wt_false_positives": 0, "loader_cpu_s": 1, "train_s": 0}
+    name_width = max(len(a) for a in ARMS.values())
+    lines = [f"{'arm':<{name_width}}  " + "  ".join(f"{titles[c]:>13}" for c in columns)]
+    for name in ARMS.values():
+        row = report.row(f"{name}: mean Dice")
+        if row is None or not row.ok:
+            lines.append(f"{name:<{name_width}}  {row.note if row is not None else 'not run'}")
+            continue
+        cells = []
+        for c in columns:
+            mean, sd = row.extra["summary"][c]
+            d = digits.get(c, 3)
+            cells.append(f"{mean:.{d}f}±{sd:.{d}f}".rjust(13))
+        lines.append(f"{name:<{name_width}}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def _summary(report: Report, arm: str, key: str) -> tuple[float, float] | None:
+    row = report.row(f"{ARMS[arm]}: mean Dice")
+    return tuple(row.extra["summary"][key]) if row is not None and row.ok else None  # type: ignore[return-value]
+
+
+def bars(report: Report) -> list[Bar]:
+    ii_mean, iii_mean = _summary(report, "ii", "mean"), _summary(report, "iii", "mean")
+    ii_wt, i_wt = _summary(report, "ii", "whole_tumour"), _summary(report, "i", "whole_tumour")
+    ii_cpu, iii_cpu = _summary(report, "ii", "loader_cpu_s"), _summary(report, "iii", "loader_cpu_s")
+    wt_gain = wt_sd = None
+    if ii_wt is not None and i_wt is not None:
+        wt_gain, wt_sd = ii_wt[0] - i_wt[0], max(ii_wt[1], i_wt[1])
+    return [
+        Bar(
+            "(ii) - (iii) mean Dice",
+            None if ii_mean is None or iii_mean is None else ii_mean[0] - iii_mean[0],
+            None,
+            ">=",
+            -0.01,
+            unit="",
+        ),
+        Bar(
+            "(ii) - (i) WT Dice / larger sd",
+            wt_gain,
+            wt_sd,
+            ">",
+            1.0,
+            note="" if wt_gain is None else f"gain {wt_gain:+.3f}, larger sd {wt_sd:.3f}",
+        ),
+        Bar(
+            "(ii) / (iii) loader CPU s",
+            None if ii_cpu is None or iii_cpu is None else ii_cpu[0],  # no (iii): N/A, not a bare number
+            None if iii_cpu is None else iii_cpu[0],
+            "<=",
+            0.1,
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------------------------- driver
+
+
+def run(args: Any) -> Report:
+    torch = require("torch")
+    torch.set_num_threads(THREADS)
+    plan = QUICK if args.quick else FULL
+    if args.seeds is not None:
+        plan = replace(plan, seeds=tuple(range(args.seeds)))
+    if args.steps is not None:
+        plan = replace(plan, steps=args.steps)
+    arms = args.arms.split(",") if args.arms else list(ARMS)
+    report = Report(
+        "Accuracy: whole-scan Dice on held-out cases, one U-Net, four data pipelines",
+        settings={
+            "shape": "x".join(map(str, plan.shape)),
+            "patch": "x".join(map(str, plan.patch)),
+            "train_cases": plan.n_train,
+            "held_out_cases": plan.n_test,
+            "patches_per_case": plan.patches_per_case,
+            "model": f"base {plan.base_filters} depth {plan.depth}",
+            "steps": plan.steps,
+            "batch": plan.batch_size,
+            "lr": plan.lr,
+            "seeds": len(plan.seeds),
+            "torch_threads": THREADS,
+            "loader_workers": WORKERS,
+            "quick": args.quick,
+        },
+    )
+    print(report.title, flush=True)
+    started = time.perf_counter()
+    paths = prepare(plan, args.workdir, args.fresh)
+    cases = held_out_cases(paths["test"])
+    for arm in arms:
+        name = f"{ARMS[arm]}: mean Dice"
+        measure = functools.partial(run_arm, arm, paths, cases, plan, args.workdir)
+        report.rows.append(measure_row(name, "dice", measure))
+    report.bars += bars(report)
+    report.notes.append(
+        "Dice = brainnet.metrics label-map Dice over each whole held-out scan (predict_case), averaged over "
+        "the held-out cases; mean = mean of the 3 class Dice; cells mean±sd over seeds"
+    )
+    report.notes.append(
+        "loader CPU s = getrusage(RUSAGE_CHILDREN) of the one loader worker process of each training; "
+        "(iv)'s augmentation runs in the training process (its train s)"
+    )
+    report.notes.append(f"total {time.perf_counter() - started:.0f} s")
+    print("\n" + arm_table(report), flush=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3, quick 1)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per training")
+    parser.add_argument("--arms", default=None, help="comma-separated subset of i,ii,iii,iv (default all)")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    return finish(run(args), args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Tests of bench_accuracy's pure pieces, no training: ``python -m pytest benchmarks/test_accuracy.py -q``."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_accuracy import ARMS, _mean_sd, arm_table, bars, children_cpu_seconds
+from common import Report, Row
+
+KEYS = (
+    "edema",
+    "non_enhancing",
+    "enhancing",
+    "whole_tumour",
+    "tumour_core",
+    "enhancing_tumour",
+    "mean",
+    "wt_specificity",
+    "wt_false_positives",
+    "loader_cpu_s",
+    "train_s",
+)
+
+
+def _row(arm: str, mean: float, wt: tuple[float, float], cpu: float) -> Row:
+    summary = {key: (0.5, 0.0) for key in KEYS}
+    summary.update(mean=(mean, 0.01), whole_tumour=wt, loader_cpu_s=(cpu, 0.1))
+    return Row(f"{ARMS[arm]}: mean Dice", mean, "dice", extra={"summary": summary})
+
+
+def test_mean_sd_is_the_sample_sd_and_zero_for_one_value():
+    assert _mean_sd([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert _mean_sd([0.7]) == (0.7, 0.0)
+
+
+def test_bars_by_hand():
+    report = Report("t")
+    report.rows = [
+        _row("i", 0.70, (0.80, 0.02), 1.0),
+        _row("ii", 0.755, (0.85, 0.01), 2.0),
+        _row("iii", 0.76, (0.84, 0.03), 40.0),
+    ]
+    by_name = {b.name: b for b in bars(report)}
+    dice, wt, cpu = by_name.values()
+    assert dice.ratio == pytest.approx(-0.005) and dice.status == "PASS"  # within 0.01 of MONAI
+    assert wt.ratio == pytest.approx(0.05 / 0.02) and wt.status == "PASS"  # the larger sd is (i)'s
+    assert cpu.ratio == pytest.approx(0.05) and cpu.status == "PASS"
+    report.rows[1] = _row("ii", 0.74, (0.81, 0.01), 5.0)
+    assert [b.status for b in bars(report)] == ["MISS", "MISS", "MISS"]
+
+
+def test_bars_and_table_without_an_arm():
+    report = Report("t")
+    report.rows = [_row("ii", 0.7, (0.8, 0.0), 1.0)]
+    assert [b.status for b in bars(report)] == ["N/A", "N/A", "N/A"]
+    table = arm_table(report)
+    lines = {line.split("  ")[0]: line.split() for line in table.splitlines()[1:]}
+    assert lines[ARMS["i"]][-2:] == ["not", "run"]
+    assert "0.800±0.000" in lines[ARMS["ii"]] and "0.700±0.010" in lines[ARMS["ii"]]
+
+
+def _spin(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_children_cpu_seconds_counts_a_reaped_child():
+    before = children_cpu_seconds()
+    child = multiprocessing.get_context("fork").Process(target=_spin, args=(0.3,))
+    child.start()
+    child.join()
+    assert children_cpu_seconds() - before >= 0.25
