@@ -12,7 +12,6 @@ from brainnet.data import (
     PatchDataset,
     ShardShuffleSampler,
     filter_by_tumour_fraction,
-    flip_pair,
     make_loader,
     shard_window_order,
     split_for_rank,
@@ -128,15 +127,6 @@ def test_filter_by_tumour_fraction_by_hand():
         filter_by_tumour_fraction(np.arange(5), fractions, 1.5)
 
 
-def test_flip_pair_flips_image_and_target_alike():
-    image = np.arange(2 * 2 * 3 * 1, dtype=np.float32).reshape(2, 2, 3, 1)
-    target = np.arange(2 * 3, dtype=np.float32).reshape(1, 2, 3, 1)
-    flipped_image, flipped_target = flip_pair(image, target, [1])  # spatial axis 1 = Y
-    assert flipped_image[0, 0, :, 0].tolist() == [2.0, 1.0, 0.0]
-    assert flipped_target[0, 1, :, 0].tolist() == [5.0, 4.0, 3.0]
-
-
-# ------------------------------------------------------------------------------------ on a store
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     from brainprep.builder import build_patches
@@ -200,22 +190,6 @@ def test_batched_read_returns_samples_in_the_order_asked(store):
     for position, sample in zip(positions, batch, strict=True):
         assert sample["slot"] == int(dataset.slots[position])
         np.testing.assert_array_equal(sample["image"].numpy(), dataset[position]["image"].numpy())
-
-
-def test_flips_are_the_same_on_image_and_target_and_reproducible(store):
-    slots = split_slots(store, "train")
-    plain = PatchDataset(store, slots)
-    flipped = PatchDataset(store, slots, flip_axes=(0, 1, 2), seed=3)
-    n_flipped = 0
-    for position in range(8):
-        a, b = plain[position], flipped[position]
-        rng = np.random.default_rng([3, 0, position])
-        axes = [axis for axis, f in zip((0, 1, 2), rng.random(3) < 0.5, strict=True) if f]
-        dims = [1 + axis for axis in axes]
-        np.testing.assert_array_equal(b["image"].numpy(), np.flip(a["image"].numpy(), dims))
-        np.testing.assert_array_equal(b["label"].numpy(), np.flip(a["label"].numpy(), axes))
-        n_flipped += bool(axes)
-    assert n_flipped > 0
 
 
 def test_fraction_filter_uses_the_table_only(store, monkeypatch):

@@ -1,6 +1,6 @@
 """Data stage of brainnet: patch datasets over brainprep stores, shard-aware samplers, loaders."""
 
-from brainnet.data.dataset import PatchDataset, flip_pair, split_slots, to_training_batch
+from brainnet.data.dataset import PatchDataset, split_slots, to_training_batch
 from brainnet.data.loader import make_loader
 from brainnet.data.sampler import (
     ShardShuffleSampler,
@@ -14,7 +14,6 @@ __all__ = [
     "PatchDataset",
     "ShardShuffleSampler",
     "filter_by_tumour_fraction",
-    "flip_pair",
     "make_loader",
     "shard_window_order",
     "split_for_rank",

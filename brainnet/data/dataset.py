@@ -31,16 +31,6 @@ if TYPE_CHECKING:
     from brainprep.store.reader import PatchStore
 
 
-def flip_pair(image: np.ndarray, label: np.ndarray, axes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Flip image (C, X, Y, Z) and label (X, Y, Z) (or a target (K, X, Y, Z)) along the same spatial
-    ``axes`` (0 = X), i.e. the last three axes of each array."""
-    if not axes:
-        return image, label
-    return tuple(  # type: ignore[return-value]
-        np.ascontiguousarray(np.flip(a, tuple(a.ndim - 3 + axis for axis in axes))) for a in (image, label)
-    )
-
-
 def to_training_batch(
     batch: dict[str, Any],
     device: torch.device | str = "cpu",
@@ -124,31 +114,17 @@ def split_slots(store: PatchStore, split: str | None) -> np.ndarray:
 
 
 class PatchDataset(torch.utils.data.Dataset):
-    """Patches of a store, optionally with random flips.
+    """Patches of a store, as stored (augmentation, flips included, runs on the batch on the training
+    device: :mod:`brainnet.augment`).
 
     Args:
         store: an open :class:`~brainprep.store.reader.PatchStore`.
         slots: int64 (n,) the store slots to serve, in position order.
-        flip_axes: spatial axes (0 X, 1 Y, 2 Z) each flipped with probability 1/2; empty for none.
-        seed: flips of position ``i`` in epoch ``e`` come from ``default_rng([seed, e, i])``, so they do
-            not depend on the worker count or on resuming.
     """
 
-    def __init__(
-        self,
-        store: PatchStore,
-        slots: np.ndarray,
-        *,
-        flip_axes: Sequence[int] = (),
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, store: PatchStore, slots: np.ndarray) -> None:
         self.store = store
         self.slots = np.asarray(slots, dtype=np.int64)
-        bad_axes = [a for a in flip_axes if a not in (0, 1, 2)]
-        if bad_axes:
-            raise ConfigError(f"flip axes must be among 0, 1, 2 (X, Y, Z), got {tuple(flip_axes)}")
-        self.flip_axes = tuple(int(a) for a in flip_axes)
-        self.seed = int(seed)
         self.epoch = 0
 
     @property
@@ -162,23 +138,13 @@ class PatchDataset(torch.utils.data.Dataset):
         return np.asarray(self.store.table.tumour_fraction, dtype=np.float32)[self.slots]
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw this epoch's flips (call before creating the DataLoader iterator)."""
+        """Record the epoch (the loop calls this for any dataset; a stored patch does not depend on it)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.slots)
 
-    def _flips(self, position: int) -> list[int]:
-        """The axes flipped for ``position`` in this epoch."""
-        if not self.flip_axes:
-            return []
-        rng = np.random.default_rng([self.seed, self.epoch, position])
-        draws = rng.random(len(self.flip_axes)) < 0.5
-        return [a for a, flip in zip(self.flip_axes, draws, strict=True) if flip]
-
     def _sample(self, position: int, image: np.ndarray, label: np.ndarray) -> dict[str, Any]:
-        if self.flip_axes:
-            image, label = flip_pair(image, label, self._flips(position))
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image)),
             "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.uint8)),
@@ -223,10 +189,6 @@ class PatchDataset(torch.utils.data.Dataset):
             label = torch.empty(label_shape, dtype=torch.uint8, pin_memory=pin_memory)
         images, labels = image.numpy(), label.numpy()
         store.read_patches_into(slots, images, labels)
-        for i, position in enumerate(positions):
-            axes = self._flips(position)
-            if axes:
-                images[i], labels[i] = flip_pair(images[i], labels[i], axes)
         return {"image": image, "label": label, "slot": torch.from_numpy(slots.copy())}
 
     def __getitems__(self, positions: Sequence[int]) -> list[dict[str, Any]]:
