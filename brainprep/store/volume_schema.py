@@ -89,10 +89,12 @@ before training moved it onto its device.) Why each choice:
   And ``patch-slice`` standardizes each z-slice on its own: slice-major, a slice is one contiguous block
   (the loader's windows keep that layout, :func:`slice_major`).
 - **lz4hc 3**: decoding is most of a raw read; lz4hc decodes about 3 times faster than zstd 1 (raw
-  window 18.5 against 35.9 ms) for 1.4 times the bytes, still about a third of the 20-patch store and,
-  on the 8 benchmark cases, under 0.75 of nnU-Net's own preprocessed data (``benchmarks/bench_build.py``).
-  lz4 (not hc) builds faster but is larger than that bar allows; level 3 is the smallest lz4hc that
-  still encodes fast enough for the build-time bar.
+  window 18.5 against 35.9 ms) for 1.4 times the bytes. It is a trade, not a free win
+  (``benchmarks/bench_build.py``, 16 cases): the store is 0.375 of the 20-patch store but 0.763 of
+  nnU-Net's own preprocessed data (zstd 1: 0.51), and its encoding makes the build about 1.6 times
+  slower than with zstd 1, in exchange for fresh windows at 0.89 of the patch store's rate instead of
+  about 0.4 (``benchmarks/bench_streaming.py --volumes-only``). lz4 (not hc) builds faster but is
+  larger still. Issue 12 wants all three bars; no codec tried here holds them all yet.
 
 Zarr: each case array is one shard (``sharding_indexed``, index at the end with its crc32c) of chunks
 ``transpose -> bytes -> blosc(lz4hc, level, shuffle) -> crc32c``, every chunk written (a missing one is
