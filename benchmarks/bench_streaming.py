@@ -65,6 +65,7 @@ from common import (
     MissingPiece,
     Report,
     Row,
+    alternating_rows,
     base_parser,
     case_files,
     cycle,
@@ -453,29 +454,15 @@ def chunk_decode_row(store: Path, n_patches: int) -> Row:
 
 
 def paired_rows(store: Path, n_patches: int, rounds: int) -> list[Row]:
-    """(a2) and the chunk-decode limit measured in alternating rounds, each reported as its median.
-
-    The machine's speed drifts by 10-20% over a benchmark run (a shared 2-core VM); alternating the two
-    rows of the 85% bar makes that drift fall on both alike instead of on whichever ran in a slow minute.
-    """
-    loader_rows, limit_rows = [], []
-    for i in range(rounds):
-        # which side goes first alternates too, so neither always runs right after the other's processes
-        if i % 2 == 0:
-            loader_rows.append(brainnet_row(ROW_ZARR_THREADS, store, n_patches, backend="threads"))
-        limit_rows.append(chunk_decode_row(store, n_patches))
-        if i % 2 == 1:
-            loader_rows.append(brainnet_row(ROW_ZARR_THREADS, store, n_patches, backend="threads"))
-    paired = []
-    for rounds_rows in (loader_rows, limit_rows):
-        values = [row.value for row in rounds_rows]
-        middle = sorted(rounds_rows, key=lambda row: row.value)[len(rounds_rows) // 2]
-        middle.note += f"; median of {rounds} rounds alternating (a2) and the chunk decode"
-        middle.extra["rounds"] = [round(v, 1) for v in values]
-        paired.append(middle)
-    ratios = [a.value / b.value for a, b in zip(loader_rows, limit_rows, strict=True)]
-    paired[0].extra["round_ratios"] = [round(r, 3) for r in ratios]
-    return paired
+    """(a2) and the chunk-decode limit, the two sides of the 85% bar, in alternating rounds
+    (:func:`common.alternating_rows`), each reported as its median."""
+    return alternating_rows(
+        lambda: brainnet_row(ROW_ZARR_THREADS, store, n_patches, backend="threads"),
+        lambda: chunk_decode_row(store, n_patches),
+        rounds,
+        f"median of {rounds} rounds alternating (a2) and the chunk decode",
+        "round_ratios",
+    )
 
 
 def checksum_row(store: Path, n_patches: int) -> Row:

@@ -507,6 +507,34 @@ def touch(batch: Any) -> int:
     return 1
 
 
+def alternating_rows(
+    first: Callable[[], Row], second: Callable[[], Row], rounds: int, note: str, ratio_key: str
+) -> list[Row]:
+    """Two rows measured in ``rounds`` alternating rounds, each reported as its median round.
+
+    The machine's speed drifts by 10-20% over a benchmark run (a shared 2-core VM); alternating the two
+    sides of a bar makes that drift fall on both alike instead of on whichever ran in a slow minute. Which
+    side goes first alternates too, so neither always runs right after the other's processes.
+
+    Returns:
+        ``[first's median, second's median]``; each keeps every round's value in ``extra["rounds"]`` and
+        ``note`` in its note; the first also keeps ``extra[ratio_key]``, first / second round by round.
+    """
+    sides: tuple[list[Row], list[Row]] = ([], [])
+    for i in range(rounds):
+        for side in (0, 1) if i % 2 == 0 else (1, 0):
+            sides[side].append((first, second)[side]())
+    medians = []
+    for rows in sides:
+        middle = sorted(rows, key=lambda row: row.value)[len(rows) // 2]
+        middle.note += f"; {note}"
+        middle.extra["rounds"] = [round(row.value, 1) for row in rows]
+        medians.append(middle)
+    ratios = [a.value / b.value for a, b in zip(*sides, strict=True)]
+    medians[0].extra[ratio_key] = [round(r, 3) for r in ratios]
+    return medians
+
+
 def _memory_order(leaf: Any) -> Any:
     """``leaf`` with its axes in memory order (largest stride first), so that flattening a dense but
     permuted tensor or array is a view, not a copy the loop would otherwise pay."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from common import MissingPiece, Row, cycle, require, time_stream, touch
+from common import MissingPiece, Row, alternating_rows, cycle, require, time_stream, touch
 
 ROW_VOLUME = "(v) volume store, fresh windows, threads"
 ROW_VOLUME_EXPANDED = "(v3) (v) + standardized/float32/one-hot on CPU"
@@ -66,30 +66,23 @@ def paired_volume_rows(
     patch_row: Any,
     expand_on_cpu: bool = False,
 ) -> list[Row]:
-    """(a2) and (v) (with ``expand_on_cpu``: (a3) and (v3)) in ``rounds`` alternating rounds, each
-    reported as its median with every round kept.
+    """(a2) and (v) (with ``expand_on_cpu``: (a3) and (v3)) in ``rounds`` alternating rounds
+    (:func:`common.alternating_rows`), each reported as its median with every round kept.
 
     Args:
         patch_row: ``(store, n_patches) -> Row``, the (a2) (or (a3)) row of ``bench_streaming``.
+
+    Returns:
+        ``[patch row, volume row]``; the volume row keeps ``round_ratios_volume_over_patch``.
     """
-    sides: dict[str, list[Row]] = {"a2": [], "v": []}
-    for i in range(rounds):
-        order = ("a2", "v") if i % 2 == 0 else ("v", "a2")
-        for side in order:
-            if side == "a2":
-                row = patch_row(patch_store, n_patches)
-            else:
-                row = volume_row(volume_store, n_patches, expand_on_cpu)
-            sides[side].append(row)
-    medians = []
-    for rows in sides.values():
-        middle = sorted(rows, key=lambda row: row.value)[len(rows) // 2]
-        middle.note += f"; median of {rounds} rounds alternating with the other store"
-        middle.extra["rounds"] = [round(row.value, 1) for row in rows]
-        medians.append(middle)
-    ratios = [v.value / a.value for a, v in zip(sides["a2"], sides["v"], strict=True)]
-    medians[1].extra["round_ratios_volume_over_patch"] = [round(r, 3) for r in ratios]
-    return medians
+    volume, patch = alternating_rows(
+        lambda: volume_row(volume_store, n_patches, expand_on_cpu),
+        lambda: patch_row(patch_store, n_patches),
+        rounds,
+        f"median of {rounds} rounds alternating with the other store",
+        "round_ratios_volume_over_patch",
+    )
+    return [patch, volume]
 
 
 def nnunet_row(data_dir: Path, workdir: Path, patch_size: tuple[int, ...], n_patches: int) -> Row:
