@@ -349,7 +349,6 @@ def build_manifest(
     location: str | Path, *, progress: bool = False, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The manifest of a complete store (see the module docstring); a JSON-able dict, deterministic."""
-    from brainprep import __version__
     from brainprep.store.reader import PATCHES, open_store, store_kind
 
     store = open_store(location, require_complete=True, storage_options=storage_options)
@@ -359,27 +358,58 @@ def build_manifest(
         metadata = store.metadata
         patches_per_case = int(store.params.sampling.patches_per_case)
         rows = case_rows(metadata, store.table, patches_per_case)
-        store_format_name = store.format
-        patch_size = list(store.patch_size)
-        n_slots = int(store.n_slots)
+        store_fields = {
+            "format": store.format,
+            "patch_size": list(store.patch_size),
+            "n_slots": int(store.n_slots),
+            "patches_per_case": patches_per_case,
+        }
     finally:
         store.close()
-    split: dict[str, list[str]] = {name: [] for name in schema.SPLIT_NAMES}
-    for row in rows:
-        split.setdefault(row.get("split", "train"), []).append(row["case_id"])
     hashes = hash_store(location, progress=progress, storage_options=storage_options)
+    return _manifest(location, metadata, store_fields, rows, rows, hashes)
+
+
+def _volume_manifest(
+    location: str | Path, store: Any, progress: bool, storage_options: dict[str, Any] | None
+) -> dict[str, Any]:
+    """:func:`build_manifest` of a volume store: its case rows as stored, every array hashed."""
+    try:
+        metadata = store.metadata
+        store_fields = {"format": store.format, "kind": "volumes", "patch_size": list(store.patch_size)}
+    finally:
+        store.close()
+    rows = [dict(record) for record in metadata.get("cases", [])]
+    built = [row for row in rows if row.get("crop_shape") is not None]  # skipped cases have no volume
+    names = volume_array_names(metadata)
+    hashes = hash_store(location, progress=progress, storage_options=storage_options, names=names)
+    return _manifest(location, metadata, store_fields, rows, built, hashes)
+
+
+def _manifest(
+    location: str | Path,
+    metadata: dict[str, Any],
+    store_fields: dict[str, Any],
+    rows: list[dict[str, Any]],
+    split_rows: list[dict[str, Any]],
+    hashes: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest dict of either store kind: ``store_fields`` (the kind's own store entries), the case
+    ``rows``, the split of ``split_rows`` by case id, and the store's ``hashes``."""
+    from brainprep import __version__
+
+    split: dict[str, list[str]] = {name: [] for name in schema.SPLIT_NAMES}
+    for row in split_rows:
+        split.setdefault(row.get("split", "train"), []).append(row["case_id"])
     return {
         "kind": MANIFEST_KIND,
         "version": MANIFEST_VERSION,
         "tool_version": __version__,
         "store": {
             "name": Path(str(location).rstrip("/")).name,
-            "format": store_format_name,
+            **store_fields,
             "schema_version": metadata.get("schema_version"),
             "tool_version": metadata.get("tool_version"),
-            "patch_size": patch_size,
-            "n_slots": n_slots,
-            "patches_per_case": patches_per_case,
         },
         "params": metadata.get("params"),
         "spec": spec_from_metadata(metadata).to_dict(),  # a store from before the spec: MSD's
@@ -388,44 +418,6 @@ def build_manifest(
         "cases": rows,
         "split": split,
         **hashes,
-    }
-
-
-def _volume_manifest(
-    location: str | Path, store: Any, progress: bool, storage_options: dict[str, Any] | None
-) -> dict[str, Any]:
-    """:func:`build_manifest` of a volume store: its case rows as stored, every array hashed."""
-    from brainprep import __version__
-
-    try:
-        metadata, fmt, patch_size = store.metadata, store.format, list(store.patch_size)
-    finally:
-        store.close()
-    rows = [dict(record) for record in metadata.get("cases", [])]
-    split: dict[str, list[str]] = {name: [] for name in schema.SPLIT_NAMES}
-    for row in rows:
-        if row.get("crop_shape") is not None:
-            split.setdefault(row.get("split", "train"), []).append(row["case_id"])
-    names = volume_array_names(metadata)
-    return {
-        "kind": MANIFEST_KIND,
-        "version": MANIFEST_VERSION,
-        "tool_version": __version__,
-        "store": {
-            "name": Path(str(location).rstrip("/")).name,
-            "format": fmt,
-            "kind": "volumes",
-            "schema_version": metadata.get("schema_version"),
-            "tool_version": metadata.get("tool_version"),
-            "patch_size": patch_size,
-        },
-        "params": metadata.get("params"),
-        "spec": spec_from_metadata(metadata).to_dict(),  # a store from before the spec: MSD's
-        "source": metadata.get("source"),
-        "summary": metadata.get("summary"),
-        "cases": rows,
-        "split": split,
-        **hash_store(location, progress=progress, storage_options=storage_options, names=names),
     }
 
 
