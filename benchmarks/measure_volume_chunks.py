@@ -3,10 +3,10 @@
 Builds one Zarr volume store per candidate (``brainprep.store.volume_schema.CHUNK_XY`` / ``CHUNK_Z`` /
 ``BLOSC_CNAME`` and the compression level set for the build; float16) from the same synthetic full-size
 cases, then reads the same random 160x160x16 windows (uniform over each crop's corners) from each, in
-alternating rounds, as the training loader reads them: ``VolumeStore.read_window(..., "patch-slice",
-out=...)`` into a slice-major float16 window (raw read + read-time standardization), and prints the
-median time per window beside one stored patch of a 20-patch store of the same cases (its bytes per case
-are issue 12's reference too). One thread.
+alternating rounds, into one reused slice-major window: raw, as the training loader reads them (the loop
+standardizes on its device), and through ``VolumeStore.read_window(..., "patch-slice", out=...)``'s exact
+float64 standardization (the library API's). It prints the median time per window beside one stored
+patch of a 20-patch store of the same cases (its bytes per case are issue 12's reference too). One thread.
 
     python benchmarks/measure_volume_chunks.py [--cases 2] [--windows 40] [--rounds 3] [--workdir DIR]
 """
@@ -67,7 +67,7 @@ def windows(store_path: Path, n: int, seed: int) -> list[tuple[int, np.ndarray]]
 
 
 def read_time(store_path: Path, draws: list[tuple[int, np.ndarray]], standardize: str | None = None) -> float:
-    """Seconds per window, read into one reused slice-major window as the training loader does."""
+    """Seconds per window, read into one reused slice-major window (raw: as the training loader does)."""
     with open_store(store_path) as store:
         for case in {case for case, _ in draws}:
             store.read_window(case, draws[0][1] * 0)  # open each case's arrays once
