@@ -1,12 +1,13 @@
 """Which chunks and codec for a volume store? Bytes and build time per case, window read time, side by side.
 
 Builds one Zarr volume store per candidate (``brainprep.store.volume_schema.CHUNK_XY`` / ``CHUNK_Z`` /
-``BLOSC_CNAME`` and the compression level set for the build; float16) from the same synthetic full-size
-cases, then reads the same random 160x160x16 windows (uniform over each crop's corners) from each, in
-alternating rounds, into one reused slice-major window: raw, as the training loader reads them (the loop
-standardizes on its device), and through ``VolumeStore.read_window(..., "patch-slice", out=...)``'s exact
-float64 standardization (the library API's). It prints the median time per window beside one stored
-patch of a 20-patch store of the same cases (its bytes per case are issue 12's reference too). One thread.
+``BLOSC_CNAME`` / ``BLOSC_SHUFFLE`` and the compression level set for the build; float16) from the same
+synthetic full-size cases, then reads the same random 160x160x16 windows (uniform over each crop's
+corners) from each, in alternating rounds, into one reused slice-major window: raw, as the training loader
+reads them (the loop standardizes on its device), and through ``VolumeStore.read_window(..., "patch-
+slice", out=...)``'s exact float64 standardization (the library API's). It prints the median time per
+window beside one stored patch of a 20-patch store of the same cases (its bytes per case are issue 12's
+reference too). One thread.
 
     python benchmarks/measure_volume_chunks.py [--cases 2] [--windows 40] [--rounds 3] [--workdir DIR]
 """
@@ -28,21 +29,22 @@ from brainprep.store import volume_schema as vs
 from brainprep.store.zarr_store import store_bytes
 from brainprep.synth import SynthParams, write_synthetic_dataset
 
-#: (name, CHUNK_XY, CHUNK_Z, Blosc compressor, level); an edge of 256 is a whole plane of any crop
+#: (name, CHUNK_XY, CHUNK_Z, Blosc compressor, level, shuffle); an edge of 256 is a whole plane of any crop
 CANDIDATES = (
-    ("plane x 8, zstd 1", 256, 8, "zstd", 1),
-    ("plane x 4, zstd 1", 256, 4, "zstd", 1),
-    ("plane x 8, lz4hc 1", 256, 8, "lz4hc", 1),
-    ("plane x 8, lz4hc 3", 256, 8, "lz4hc", 3),
-    ("plane x 4, lz4hc 3", 256, 4, "lz4hc", 3),
-    ("plane x 8, lz4 1", 256, 8, "lz4", 1),
+    ("plane x 8, zstd 1", 256, 8, "zstd", 1, "shuffle"),
+    ("plane x 8, lz4hc 1", 256, 8, "lz4hc", 1, "shuffle"),
+    ("plane x 8, lz4hc 3", 256, 8, "lz4hc", 3, "shuffle"),
+    ("plane x 8, lz4hc 2 bit", 256, 8, "lz4hc", 2, "bitshuffle"),
+    ("plane x 8, lz4hc 3 bit", 256, 8, "lz4hc", 3, "bitshuffle"),
+    ("plane x 4, lz4hc 3 bit", 256, 4, "lz4hc", 3, "bitshuffle"),
+    ("plane x 8, lz4 9 bit", 256, 8, "lz4", 9, "bitshuffle"),
 )
 PATCH = (160, 160, 16)
 
 
-def build(data: Path, store: Path, xy: int, z: int, cname: str, level: int) -> float:
-    saved = vs.CHUNK_XY, vs.CHUNK_Z, vs.BLOSC_CNAME
-    vs.CHUNK_XY, vs.CHUNK_Z, vs.BLOSC_CNAME = xy, z, cname
+def build(data: Path, store: Path, xy: int, z: int, cname: str, level: int, shuffle: str) -> float:
+    saved = vs.CHUNK_XY, vs.CHUNK_Z, vs.BLOSC_CNAME, vs.BLOSC_SHUFFLE
+    vs.CHUNK_XY, vs.CHUNK_Z, vs.BLOSC_CNAME, vs.BLOSC_SHUFFLE = xy, z, cname, shuffle
     try:
         params = BuildParams(
             store=StoreParams(kind="volumes", compression_level=level), split=SplitParams(val_fraction=0.0)
@@ -51,7 +53,7 @@ def build(data: Path, store: Path, xy: int, z: int, cname: str, level: int) -> f
         build_patches(data, store, params, workers=1, overwrite=True)
         return time.perf_counter() - started
     finally:
-        vs.CHUNK_XY, vs.CHUNK_Z, vs.BLOSC_CNAME = saved
+        vs.CHUNK_XY, vs.CHUNK_Z, vs.BLOSC_CNAME, vs.BLOSC_SHUFFLE = saved
 
 
 def windows(store_path: Path, n: int, seed: int) -> list[tuple[int, np.ndarray]]:
@@ -106,9 +108,9 @@ def main() -> None:
         build_patches(data, patches, BuildParams(sampling=SamplingParams(patch_size=PATCH)), workers=1)
     patch_bytes = store_bytes(patches) / args.cases
     rows = {}
-    for name, xy, z, cname, level in CANDIDATES:
-        store = work / f"v-{xy}-{z}-{cname}{level}.zarr"
-        seconds = build(data, store, xy, z, cname, level)
+    for name, xy, z, cname, level, shuffle in CANDIDATES:
+        store = work / f"v-{xy}-{z}-{cname}{level}-{shuffle}.zarr"
+        seconds = build(data, store, xy, z, cname, level, shuffle)
         rows[name] = {"store": store, "build": seconds / args.cases, "bytes": store_bytes(store) / args.cases}
     draws = windows(rows[CANDIDATES[0][0]]["store"], args.windows, seed=0)
     times: dict[str, list[float]] = {k: [] for k in ("patches", *rows, *(f"{n} raw" for n in rows))}
@@ -124,13 +126,13 @@ def main() -> None:
     patch = statistics.median(times["patches"])
     print(f"20-patch store: {patch_bytes / 1e6:.2f} MB per case, {1e3 * patch:.1f} ms per stored patch")
     print(
-        f"{'candidate':<20} {'MB/case':>8} {'/patches':>9} {'build s/case':>13} {'ms raw':>7} "
+        f"{'candidate':<24} {'MB/case':>8} {'/patches':>9} {'build s/case':>13} {'ms raw':>7} "
         f"{'ms standardized':>16} {'patch ms / window ms':>21}"
     )
     for name, row in rows.items():
         ms, raw = (1e3 * statistics.median(times[k]) for k in (name, f"{name} raw"))
         print(
-            f"{name:<20} {row['bytes'] / 1e6:>8.2f} {row['bytes'] / patch_bytes:>9.3f} {row['build']:>13.2f} "
+            f"{name:<24} {row['bytes'] / 1e6:>8.2f} {row['bytes'] / patch_bytes:>9.3f} {row['build']:>13.2f} "
             f"{raw:>7.1f} {ms:>16.1f} {1e3 * patch / ms:>21.2f}"
         )
 

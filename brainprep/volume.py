@@ -26,8 +26,6 @@ from brainprep.standardize import brain_mask
 #: least 1% of the class's voxels.
 CLASS_SAMPLES = 10_000
 CLASS_MIN_COVERAGE = 0.01
-#: edge of the columns :func:`copy_tiled` copies
-TILE = 16
 
 
 @dataclass(frozen=True)
@@ -150,19 +148,6 @@ def cut_crop(array: np.ndarray, crop: Crop, dtype: np.dtype | str | None = None)
         source, target = parts
         out[(Ellipsis, *target)] = array[(Ellipsis, *source)]
     return out
-
-
-def copy_tiled(out: np.ndarray, source: np.ndarray, tile: int = TILE) -> None:
-    """``out[...] = source`` for (X, Y, Z) arrays, in ``tile`` x ``tile`` columns of full depth.
-
-    A NIfTI volume viewed on the RAS grid is x-fastest in memory, the store's arrays z-fastest; numpy's
-    plain copy across that transpose walks one of the two with a stride of a whole plane, while a tile
-    keeps both sides in the cache (measured on a 240x240x155 float32 channel: 0.03 s against 0.08 s).
-    """
-    nx, ny = source.shape[:2]
-    for x in range(0, nx, tile):
-        for y in range(0, ny, tile):
-            out[x : x + tile, y : y + tile] = source[x : x + tile, y : y + tile]
 
 
 def tumour_corner_table(

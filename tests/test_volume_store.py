@@ -87,7 +87,8 @@ def test_a_case_is_its_raw_crop_with_its_statistics_and_corner_table(data: Path,
             full, full_label = store.read_window(index, -np.array(crop.offset), source.shape)
             np.testing.assert_array_equal(full, source.image.astype(np.float16))
             np.testing.assert_array_equal(full_label, source.label)
-            mean, std = nonzero_statistics(source.image)
+            # the whole volume's statistics, bit for bit when summed in the crop's memory order (x fastest)
+            mean, std = nonzero_statistics(np.ascontiguousarray(source.image.transpose(0, 3, 2, 1)))
             assert entry["mean"] == mean.tolist() and entry["std"] == std.tolist()
             tables = store.sampling_tables(index)
             counts = corner_tumour_counts(label, PATCH)
@@ -123,6 +124,34 @@ def test_a_window_standardized_at_read_time_equals_the_patch_store(
             # float16 raw intensities: equal up to the rounding of the intensities
             rounded, _ = v16.read_window(case, corner, standardize=method)
             np.testing.assert_allclose(rounded, stored.astype(np.float32), atol=0.02, rtol=0.01)
+
+
+@pytest.mark.parametrize("shape", [(4, 40, 36, 20), (40, 36, 20), (4, 300, 20, 9)])
+def test_volume_shards_are_the_bytes_zarr_writes(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    """write_volume_shard (the build's writer) writes what zarr itself writes for the same array, byte for
+    byte, from a slice-major or C-ordered array: edge chunks padded, Morton order, index, checksums."""
+    import zarr
+
+    from brainprep.store.volume_chunks import write_volume_shard
+    from brainprep.store.volume_zarr import shard_key, write_sharded
+
+    rng = np.random.default_rng(3)
+    dtype = np.float16 if len(shape) == 4 else np.uint8
+    values = (rng.normal(100, 30, size=shape) * (rng.random(shape) < 0.7)).astype(dtype)
+    spatial = vs.volume_chunk_shape(shape[-3:])
+    chunks = (*shape[:-3], *spatial)
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3)
+    slice_major = vs.slice_major(shape, dtype)
+    slice_major[...] = values
+    ours = write_sharded(group, tmp_path / "s.zarr", "ours", slice_major, chunks, 3)
+    write_sharded(group, tmp_path / "s.zarr", "by_zarr", values, chunks, 3)
+    by_zarr = group["by_zarr"]
+    by_zarr[...] = values  # zarr's own pipeline rewrites the shard
+    folder = tmp_path / "s.zarr"
+    ours_bytes = (folder / "ours" / shard_key(group["ours"])).read_bytes()
+    assert ours_bytes == (folder / "by_zarr" / shard_key(by_zarr)).read_bytes()
+    np.testing.assert_array_equal(group["ours"][...], values)
+    assert ours == write_volume_shard(folder / "again", by_zarr, values)
 
 
 def test_direct_chunk_reads_equal_zarrs(reference: Path) -> None:

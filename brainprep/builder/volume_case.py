@@ -33,7 +33,6 @@ from brainprep.volume import (
     Crop,
     axis_hits,
     class_locations,
-    copy_tiled,
     crop_from_hits,
     cut_crop,
     tumour_corner_table,
@@ -70,10 +69,12 @@ def plan_volume_case(files: CaseFiles, index: int, split: str, params: BuildPara
     )
 
 
-def float16_problem(image: np.ndarray) -> str | None:
+def float16_problem(image: np.ndarray, stored: np.ndarray) -> str | None:
     """Why ``image`` (float32) cannot be stored as float16 without changing it beyond rounding (one line),
-    ``None`` when it can: a magnitude beyond float16's range, or a nonzero voxel that would become 0
-    (magnitudes up to 2**-25 round to 0, the nearest-even neighbour of float16's smallest 2**-24)."""
+    ``None`` when it can: a magnitude beyond float16's range, or a nonzero voxel that became 0 in
+    ``stored`` (``image`` as float16: magnitudes up to 2**-25 round to 0, the nearest-even neighbour of
+    float16's smallest 2**-24). Rounding never turns a 0 into a nonzero, so the vanished voxels are the
+    difference of the two nonzero counts (a float16 -0.0 counts as 0: its magnitude bits are 0)."""
     if image.size == 0:
         return None
     peak = max(float(image.max()), -float(image.min()))
@@ -81,8 +82,7 @@ def float16_problem(image: np.ndarray) -> str | None:
         return (
             f"intensity {peak:g} exceeds the float16 range ({vs.FLOAT16_MAX:g}); build with --dtype float32"
         )
-    magnitude = np.abs(image)
-    vanished = int(np.count_nonzero((magnitude > 0) & (magnitude <= FLOAT16_VANISHES)))
+    vanished = np.count_nonzero(image) - np.count_nonzero(stored.view(np.uint16) << np.uint16(1))
     if vanished:
         return f"{vanished} nonzero voxels round to 0 in float16; build with --dtype float32"
     return None
@@ -119,17 +119,20 @@ def case_crop(
 
 
 def cut_case_crop(arrays: CaseArrays, crop: Crop, background: np.ndarray) -> np.ndarray:
-    """float32 (4, *crop.shape): :func:`~brainprep.volume.cut_crop` of ``arrays.volume() - background``
-    (each channel less its background, in float32; so the background is 0, as outside the crop), cut
-    from each channel's voxels (:func:`~brainprep.volume.copy_tiled`). With a background of 0 (BraTS)
-    it is the crop of the volume bit for bit."""
-    out = np.zeros((len(arrays.channels), *crop.shape), dtype=np.float32)
+    """float32 (4, *crop.shape), slice-major (:func:`~brainprep.store.volume_schema.slice_major`: x
+    fastest, the NIfTI's own order, so each channel is copied without a transposition): the
+    :func:`~brainprep.volume.cut_crop` of ``arrays.volume() - background`` (each channel less its
+    background, in float32; so the background is 0, as outside the crop), cut from each channel's voxels.
+    With a background of 0 (BraTS) it is the crop of the volume bit for bit."""
+    out = vs.slice_major((len(arrays.channels), *crop.shape), np.float32)
     parts = window_parts(arrays.shape, crop.offset, crop.shape)
+    if crop.padded or parts is None:
+        out[...] = 0
     if parts is not None:
         source, target = parts
         start, size = [s.start for s in source], [s.stop - s.start for s in source]
         for c in range(len(arrays.channels)):
-            copy_tiled(out[(c, *target)], arrays.channel_window(c, start, size))
+            out[(c, *target)] = arrays.channel_window(c, start, size)
             if background[c] != 0:
                 out[(c, *target)] -= np.float32(background[c])
     return out
@@ -173,7 +176,8 @@ def volume_case(
 
     Args:
         cropped: float32 (4, X, Y, Z), the crop of the RAS image less its background
-            (:func:`cut_case_crop`); label_crop: uint8 (X, Y, Z), its label.
+            (:func:`cut_case_crop`: slice-major; any memory order works, the stored image keeps it);
+            label_crop: uint8 (X, Y, Z), its label.
         crop: where the crop lies.
         params: patch size, threshold and store dtype.
         rng: the case's generator (for the class-location sample).
@@ -184,13 +188,16 @@ def volume_case(
         InvalidValueError: a float16 store cannot hold the image (:func:`float16_problem`).
     """
     size = params.sampling.patch_size
+    with np.errstate(over="ignore"):  # a value beyond float16's range is refused just below
+        stored = cropped.astype(params.store.dtype, copy=False)  # in cropped's memory order
     if params.store.dtype == "float16":
-        problem = float16_problem(cropped)
+        problem = float16_problem(cropped, stored)
         if problem is not None:
             raise InvalidValueError(problem)
     # The crop holds every brain voxel, less the background, so its brain is its nonzero voxels and its
-    # statistics are the whole volume's, bit for bit (the same brain values in the same order).
-    mean, std = nonzero_statistics(cropped, 0.0)
+    # statistics are the whole volume's, bit for bit when summed in the same order: the crop's memory
+    # order (x fastest for a slice-major crop, :func:`~brainprep.store.volume_schema.memory_order`).
+    mean, std = nonzero_statistics(vs.memory_order(cropped), 0.0)
     corners, voxels = tumour_corner_table(label_crop, size, params.sampling.background_threshold)
     n_corners = int(np.prod([c - p + 1 for c, p in zip(crop.shape, size, strict=True)]))
     best = float(voxels.max()) / float(np.prod(size)) if len(voxels) else 0.0
@@ -199,7 +206,6 @@ def volume_case(
         vs.TUMOUR_VOXELS: voxels,
         vs.CLASS_LOCATIONS: class_locations(label_crop, rng, n_classes),
     }
-    stored = cropped.astype(params.store.dtype)
     background = np.zeros(len(cropped)) if background is None else np.asarray(background, dtype=np.float64)
     return VolumeCase(crop, stored, label_crop, tables, mean, std, n_corners, best, background)
 

@@ -402,14 +402,20 @@ class ShardWriter:
         index = np.empty((self.layout.per_shard, 2), dtype="<u8")
         index[:, 1] = [len(part) for part in parts]
         index[:, 0] = np.cumsum(index[:, 1]) - index[:, 1]
-        index_bytes = index.tobytes()
-        path = self.folder / self.layout.key(shard)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-        try:
-            with open(temporary, "wb") as file:
-                file.writelines([*parts, index_bytes, crc32c(index_bytes)])
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        write_shard_file(self.folder / self.layout.key(shard), parts, index)
         return checksum_digest(parts)
+
+
+def write_shard_file(path: Path, parts: list[bytes], index: np.ndarray) -> None:
+    """Write a shard file: its chunks' stored bytes, then ``index`` (uint64 ``(offset, length)`` per chunk
+    in the index's own order, little-endian) and the index's crc32c (zarr's ``index_location="end"``),
+    through a temporary name and a rename (a killed build leaves the whole shard or none)."""
+    index_bytes = np.ascontiguousarray(index, dtype="<u8").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    try:
+        with open(temporary, "wb") as file:
+            file.writelines([*parts, index_bytes, crc32c(index_bytes)])
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""Direct, checked reads of a window of a Zarr volume array: the chunks it meets, nothing else.
+"""Direct, checked reads of a window of a Zarr volume array (the chunks it meets, nothing else), and the
+write of a whole volume array's shard.
 
 A volume array (:mod:`.volume_schema`) is one shard of chunks ``bytes -> blosc -> crc32c``. zarr-python
 reads a window through its asynchronous codec pipeline, which costs more per chunk than decoding it
@@ -7,6 +8,13 @@ reads the shard index once (checking its crc32c), then per chunk of the window o
 crc32c check and one Blosc decode, and copies the part of the chunk the window needs: the same path as
 :class:`~brainprep.store.shards.ShardReader` for patches, on a grid of chunks. ``tests/test_volume_store.py``
 holds it equal to zarr's reads of the same windows.
+
+:func:`write_volume_shard` writes a case array's one shard as zarr writes it, byte for byte (the same
+chunk order, codecs and index; ``tests/test_volume_store.py`` compares the files), without zarr's
+pipeline around each chunk, and cuts each chunk straight from the caller's memory order: a slice-major
+crop (:func:`~brainprep.store.volume_schema.slice_major`, the NIfTI's own x-fastest order) gives each
+chunk as a few contiguous blocks, with no transposition (``benchmarks/profile_build_stages.py --kind
+volumes`` times the stages).
 """
 
 from __future__ import annotations
@@ -14,12 +22,22 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from brainprep.errors import StoreCorruptError
-from brainprep.store.shards import CRC_BYTES, INDEX_ENTRY_BYTES, MISSING, crc32c, parse_shard_index
+from brainprep.store.shards import (
+    CRC_BYTES,
+    INDEX_ENTRY_BYTES,
+    MISSING,
+    checksum_digest,
+    crc32c,
+    numcodecs_blosc,
+    parse_shard_index,
+    write_shard_file,
+)
 
 
 def is_direct_layout(array: Any) -> bool:
@@ -128,3 +146,63 @@ class VolumeArrayReader:
             target = tuple(slice(a - s, b - s) for a, b, s in zip(lows, highs, start, strict=True))
             out[target] = chunk[inside]
         return out
+
+
+def chunk_write_order(grid: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Chunk coordinates in the order zarr's sharding codec lays chunks out in a shard (Morton order;
+    C order if this zarr lacks its helper: any order is valid, the index says where each chunk is)."""
+    try:
+        from zarr.core.indexing import morton_order_iter
+    except ImportError:  # pragma: no cover - zarr moved its helper
+        return list(itertools.product(*(range(n) for n in grid)))
+    return [tuple(int(k) for k in coords) for coords in morton_order_iter(grid)]
+
+
+def write_volume_shard(folder: Path, array: Any, data: np.ndarray) -> str:
+    """Write ``data`` as the one shard of volume array ``array`` (created by zarr, nothing written yet).
+
+    Every chunk is stored (``write_empty_chunks``), an edge chunk padded with the fill value 0, each
+    ``transpose -> bytes -> blosc -> crc32c`` with the array's own codec settings.
+
+    Args:
+        folder: the array's folder (``STORE.zarr/images/000003``).
+        array: the ``zarr.Array`` (:func:`is_direct_layout`), for its shape, chunks and codecs.
+        data: the array's values, of its shape and dtype, in any memory order (slice-major is the
+            cheapest to cut for a transposed layout).
+
+    Returns:
+        The :func:`~brainprep.store.shards.checksum_digest` of the shard's chunks, in C order of their
+        coordinates (as :func:`~brainprep.store.volume_zarr.shard_digest` reads them back).
+    """
+    from zarr.codecs import BloscCodec, TransposeCodec
+
+    from brainprep.store.volume_zarr import shard_key
+
+    sharding = array.metadata.codecs[0]
+    chunks = tuple(int(c) for c in sharding.chunk_shape)
+    first = sharding.codecs[0]
+    order = tuple(range(data.ndim))
+    if isinstance(first, TransposeCodec):
+        order = tuple(int(a) for a in first.order)
+    codec = numcodecs_blosc(next(c for c in sharding.codecs if isinstance(c, BloscCodec)))
+    shape = tuple(int(s) for s in array.shape)
+    if data.shape != shape or data.dtype != np.dtype(array.dtype):
+        raise ValueError(f"{folder}: the array is {array.dtype} {shape}, got {data.dtype} {data.shape}")
+    grid = tuple(math.ceil(s / c) for s, c in zip(shape, chunks, strict=True))
+    stored = {}
+    for coords in chunk_write_order(grid):
+        block = data[tuple(slice(k * c, (k + 1) * c) for k, c in zip(coords, chunks, strict=True))]
+        if block.shape != chunks:  # an edge chunk: zarr pads it with the fill value
+            padded = np.zeros(chunks, dtype=data.dtype)
+            padded[tuple(slice(0, n) for n in block.shape)] = block
+            block = padded
+        frame = codec.encode(np.ascontiguousarray(block.transpose(order)).reshape(-1).view(np.uint8))
+        stored[coords] = frame + crc32c(frame)
+    parts = list(stored.values())
+    index = np.empty((*grid, 2), dtype="<u8")
+    offset = 0
+    for coords, part in stored.items():
+        index[coords] = (offset, len(part))
+        offset += len(part)
+    write_shard_file(Path(folder) / shard_key(array), parts, index.reshape(-1, 2))
+    return checksum_digest([stored[c] for c in itertools.product(*(range(n) for n in grid))])

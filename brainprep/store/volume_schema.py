@@ -127,8 +127,9 @@ import numpy as np
 
 from brainprep.store import schema
 
-#: Blosc compressor of the case arrays (see "Chunks and codecs" above)
+#: Blosc compressor and shuffle of the case arrays (see "Chunks and codecs" above)
 BLOSC_CNAME = "lz4hc"
+BLOSC_SHUFFLE = "bitshuffle"
 
 IMAGES = "images"
 LABELS = "labels"
@@ -206,6 +207,15 @@ def slice_major(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     memory = np.empty((*lead, *spatial[::-1]), dtype=dtype)
     n = len(lead)
     return memory.transpose(*range(n), n + 2, n + 1, n)
+
+
+def memory_order(array: np.ndarray) -> np.ndarray:
+    """The (…, Z, Y, X) C-contiguous view of a slice-major array (:func:`slice_major`), or ``array``
+    itself when it is not slice-major: its voxels in memory order, for a pass whose order only matters
+    to float rounding (a sum)."""
+    n = array.ndim - 3
+    view = array.transpose(*range(n), n + 2, n + 1, n)
+    return view if view.flags.c_contiguous and not array.flags.c_contiguous else array
 
 
 def volume_chunk_shape(crop_shape: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from brainprep.errors import StoreError
 from brainprep.store import schema
 from brainprep.store import volume_schema as vs
 from brainprep.store.integrity import array_digest
@@ -60,8 +59,14 @@ def write_sharded(
     group: Any, path: Path, name: str, data: np.ndarray, chunks: tuple[int, ...], level: int
 ) -> str:
     """Write ``data`` as array ``name``, one shard of ``chunks``, each chunk stored z-slice by z-slice
-    (:func:`~brainprep.store.volume_schema.stored_axis_order`); returns its chunks' checksum digest."""
+    (:func:`~brainprep.store.volume_schema.stored_axis_order`); returns its chunks' checksum digest.
+
+    zarr creates the array (its metadata); the shard is written by
+    :func:`~brainprep.store.volume_chunks.write_volume_shard`, the bytes zarr writes without its pipeline.
+    """
     from zarr.codecs import TransposeCodec
+
+    from brainprep.store.volume_chunks import write_volume_shard
 
     shards = tuple(math.ceil(s / c) * c for s, c in zip(data.shape, chunks, strict=True))
     array = group.create_array(
@@ -71,17 +76,13 @@ def write_sharded(
         chunks=chunks,
         shards=shards,
         filters=[TransposeCodec(order=vs.stored_axis_order(data.ndim))],
-        compressors=image_codec(str(data.dtype), level, vs.BLOSC_CNAME),
+        compressors=image_codec(str(data.dtype), level, vs.BLOSC_CNAME, vs.BLOSC_SHUFFLE),
         fill_value=0,
         overwrite=True,
         config={"write_empty_chunks": True},
         dimension_names=IMAGE_AXES if data.ndim == 4 else LABEL_AXES,
     )
-    array[...] = data
-    digest = shard_digest((Path(path) / name / shard_key(array)).read_bytes(), array)
-    if digest is None:
-        raise StoreError(f"{path}/{name}: the shard just written is incomplete")
-    return digest
+    return write_volume_shard(Path(path) / name, array, data)
 
 
 def write_small_table(group: Any, name: str, data: np.ndarray) -> str:

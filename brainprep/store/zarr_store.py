@@ -20,15 +20,15 @@ import numpy as np
 from brainprep.store import schema
 
 
-def image_codec(dtype: str, level: int, cname: str = "zstd") -> tuple[Any, Any]:
-    """Blosc (zstd by default) with byte shuffle, then crc32c: core Zarr v3 codecs (no numcodecs extension
+def image_codec(dtype: str, level: int, cname: str = "zstd", shuffle: str = "shuffle") -> tuple[Any, Any]:
+    """Blosc (zstd with byte shuffle by default) then crc32c: core Zarr v3 codecs (no numcodecs extension
     needed to read); the crc32c lets every reader tell a damaged chunk, which Blosc alone decodes silently."""
     from zarr.codecs import BloscCodec, Crc32cCodec
 
     blosc = BloscCodec(
         cname=cname,
         clevel=int(level),
-        shuffle="shuffle",
+        shuffle=shuffle,
         typesize=np.dtype(dtype).itemsize,
         blocksize=schema.BLOSC_BLOCKSIZE,
     )
