@@ -432,7 +432,8 @@ def cached_store(
     wanted = {"build_params": params.to_dict(), "data_dir": str(data_dir), "data": data_marker}
     if params.store.kind == "volumes":  # the chunk layout and codec are the schema's, not build parameters
         schema = require("brainprep.store.volume_schema")
-        wanted["layout"] = [list(schema.stored_axis_order(4)), getattr(schema, "BLOSC_CNAME", None)]
+        names = ("CHUNK_XY", "CHUNK_Z", "BLOSC_CNAME", "BLOSC_SHUFFLE", "LABEL_SHUFFLE")
+        wanted["layout"] = [list(schema.stored_axis_order(4)), *(getattr(schema, n, None) for n in names)]
     marker = store.with_name(store.name + ".bench.json")
     if not fresh and store.exists() and marker.is_file():
         try:

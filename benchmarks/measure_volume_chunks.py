@@ -37,6 +37,7 @@ CANDIDATES = (
     ("plane x 8, lz4hc 2 bit", 256, 8, "lz4hc", 2, "bitshuffle"),
     ("plane x 8, lz4hc 3 bit", 256, 8, "lz4hc", 3, "bitshuffle"),
     ("plane x 4, lz4hc 3 bit", 256, 4, "lz4hc", 3, "bitshuffle"),
+    ("plane x 2, lz4hc 3 bit", 256, 2, "lz4hc", 3, "bitshuffle"),
     ("plane x 8, lz4 9 bit", 256, 8, "lz4", 9, "bitshuffle"),
 )
 PATCH = (160, 160, 16)

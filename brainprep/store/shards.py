@@ -213,6 +213,26 @@ class LocalFiles:
         finally:
             os.close(fd)
 
+    def mapped(self, key: str) -> np.ndarray | None:
+        """uint8 view of the whole file ``key``, memory-mapped read-only (``None`` when it is not there).
+
+        A chunk sliced out of it is read straight from the page cache, with no copy into a ``bytes``;
+        the mapping lives as long as the array. A file cut short *while* mapped would fault on access
+        (SIGBUS), so only files that are never rewritten in place are mapped: a store's shards, which a
+        build replaces by renaming new files over them (the old mapping keeps the old file)."""
+        import mmap
+
+        try:
+            fd = os.open(self.folder / key, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            if os.fstat(fd).st_size == 0:
+                return np.zeros(0, dtype=np.uint8)
+            return np.frombuffer(mmap.mmap(fd, 0, access=mmap.ACCESS_READ), dtype=np.uint8)
+        finally:
+            os.close(fd)
+
     def read_whole(self, key: str) -> bytes | None:
         """All bytes of ``key`` (``None`` when it is not there)."""
         try:

@@ -5,7 +5,8 @@ A volume array (:mod:`.volume_schema`) is one shard of chunks ``bytes -> blosc -
 reads a window through its asynchronous codec pipeline, which costs more per chunk than decoding it
 (:func:`~brainprep.store.volume_schema.volume_chunk_shape` has the numbers). :class:`VolumeArrayReader`
 reads the shard index once (checking its crc32c), then per chunk of the window one ranged read, one
-crc32c check and one Blosc decode, and copies the part of the chunk the window needs: the same path as
+crc32c check and one Blosc decode (a local shard is memory-mapped, so a chunk is read in place without a
+copy), and copies the part of the chunk the window needs: the same path as
 :class:`~brainprep.store.shards.ShardReader` for patches, on a grid of chunks. ``tests/test_volume_store.py``
 holds it equal to zarr's reads of the same windows.
 
@@ -102,6 +103,9 @@ class VolumeArrayReader:
         if missing:
             raise self._corrupt(f"{missing} of {n} chunks missing")
         self.index = index
+        # a local shard is mapped once and its chunks read in place; any other source reads by range
+        mapped = getattr(source, "mapped", None)
+        self._mapped = mapped(self.key) if mapped is not None else None
         self._scratch = threading.local()  # one decoded-chunk buffer per thread (no page faults per chunk)
 
     def _corrupt(self, problem: str) -> StoreCorruptError:
@@ -111,11 +115,14 @@ class VolumeArrayReader:
     def _chunk(self, coords: tuple[int, ...]) -> np.ndarray:
         flat = int(np.ravel_multi_index(coords, self.grid))
         offset, length = (int(v) for v in self.index[flat])
-        data = self.source.read(self.key, offset, length)
+        if self._mapped is not None:
+            data = self._mapped[offset : offset + length]
+        else:
+            data = np.frombuffer(self.source.read(self.key, offset, length), dtype=np.uint8)
         if len(data) != length:
             raise self._corrupt(f"chunk {flat} cut short ({len(data)} of {length} bytes)")
-        frame = np.frombuffer(data, dtype=np.uint8, count=length - CRC_BYTES)
-        if crc32c(frame) != data[-CRC_BYTES:]:
+        frame = data[: length - CRC_BYTES]
+        if crc32c(frame) != data[length - CRC_BYTES :].tobytes():
             raise self._corrupt(f"chunk {flat} fails its checksum (crc32c)")
         out = getattr(self._scratch, "chunk", None)
         if out is None:

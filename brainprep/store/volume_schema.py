@@ -127,9 +127,10 @@ import numpy as np
 
 from brainprep.store import schema
 
-#: Blosc compressor and shuffle of the case arrays (see "Chunks and codecs" above)
+#: Blosc compressor of the case arrays, shuffle of the images and of the labels (see "Chunks and codecs")
 BLOSC_CNAME = "lz4hc"
 BLOSC_SHUFFLE = "bitshuffle"
+LABEL_SHUFFLE = "noshuffle"
 
 IMAGES = "images"
 LABELS = "labels"
@@ -183,7 +184,7 @@ CASE_KEYS: tuple[str, ...] = (
 FLOAT16_MAX = 65504.0
 #: largest chunk edge along x and y (a whole plane of a brain crop) and along z (see the measurement above)
 CHUNK_XY = 256
-CHUNK_Z = 8
+CHUNK_Z = 4
 
 
 def case_key(name: str, index: int) -> str:

@@ -69,6 +69,7 @@ def write_sharded(
     from brainprep.store.volume_chunks import write_volume_shard
 
     shards = tuple(math.ceil(s / c) * c for s, c in zip(data.shape, chunks, strict=True))
+    shuffle = vs.BLOSC_SHUFFLE if data.ndim == 4 else vs.LABEL_SHUFFLE
     array = group.create_array(
         name,
         shape=data.shape,
@@ -76,7 +77,7 @@ def write_sharded(
         chunks=chunks,
         shards=shards,
         filters=[TransposeCodec(order=vs.stored_axis_order(data.ndim))],
-        compressors=image_codec(str(data.dtype), level, vs.BLOSC_CNAME, vs.BLOSC_SHUFFLE),
+        compressors=image_codec(str(data.dtype), level, vs.BLOSC_CNAME, shuffle),
         fill_value=0,
         overwrite=True,
         config={"write_empty_chunks": True},
