@@ -307,7 +307,7 @@ def score_scans(model: Any, cases: list[Any], build: Any) -> dict[str, float]:
     WT false-positive voxels, from ``predict_case`` and the one Dice of ``brainnet.metrics``."""
     predict_case = require("brainnet.predict", "predict_case")
     metrics = require("brainnet.metrics")
-    wt = metrics.TARGETS.index("whole_tumour")
+    wt = require("brainprep.spec", "MSD_SPEC").targets.index("whole_tumour")
     per_case = []
     for case in cases:
         labels, _ = predict_case(model, case, build, overlap=0.5, batch_size=4)

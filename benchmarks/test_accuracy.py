@@ -78,3 +78,30 @@ def test_children_cpu_seconds_counts_a_reaped_child():
     child.start()
     child.join()
     assert children_cpu_seconds() - before >= 0.25
+
+
+def test_score_scans_counts_what_the_model_predicts(tmp_path: Path) -> None:
+    """score_scans on a real (tiny) case and U-Net: its whole-tumour Dice and false positives are those of
+    the label map predict_case writes, counted by hand."""
+    import numpy as np
+    import torch
+
+    from bench_accuracy import score_scans
+    from brainnet.model import ModelConfig, UNet3D
+    from brainnet.predict import predict_case
+    from brainprep import discover_cases, read_case
+    from brainprep.params import BuildParams, SamplingParams
+    from brainprep.synth import SynthParams, write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "d", SynthParams(n_cases=1, shape=(32, 32, 16), seed=3))
+    case = read_case(discover_cases(data).cases[0])
+    torch.manual_seed(0)
+    model = UNet3D(ModelConfig(base_filters=2, depth=2)).eval()
+    build = BuildParams(sampling=SamplingParams(patch_size=(16, 16, 8)))
+    scores = score_scans(model, [case], build)
+    labels, _ = predict_case(model, case, build, overlap=0.5, batch_size=4)
+    predicted, truth = labels > 0, case.label > 0
+    assert scores["wt_false_positives"] == float(np.count_nonzero(predicted & ~truth))
+    overlap = np.count_nonzero(predicted & truth)
+    total = predicted.sum() + truth.sum()
+    assert scores["whole_tumour"] == pytest.approx(2 * overlap / total if total else 1.0)
