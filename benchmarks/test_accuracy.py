@@ -85,8 +85,8 @@ def test_score_scans_counts_what_the_model_predicts(tmp_path: Path) -> None:
     the label map predict_case writes, counted by hand."""
     import numpy as np
     import torch
-
     from bench_accuracy import score_scans
+
     from brainnet.model import ModelConfig, UNet3D
     from brainnet.predict import predict_case
     from brainprep import discover_cases, read_case
