@@ -1,10 +1,10 @@
-"""Accuracy benchmark: whole-scan Dice of one U-Net trained on four data pipelines (issues 12 and 14).
+"""Accuracy benchmark: whole-scan Dice of one U-Net trained on five data pipelines (issues 12 and 14).
 
     python benchmarks/bench_accuracy.py [--quick] [--json FILE] [--workdir DIR] [--seeds N] [--steps N]
 
 One model (:class:`brainnet.model.UNet3D`, :data:`FULL` sizes), one optimizer, loss and step budget, the
 same seeds (model initialisation and data stream), trained on the synthetic train cases of
-``brainprep.synth`` by four arms, then scored on held-out synthetic cases (another generator seed) over
+``brainprep.synth`` by five arms, then scored on held-out synthetic cases (another generator seed) over
 the *whole scan* with the project's own pieces: :func:`brainnet.predict.predict_case` (sliding window at
 the patch size, overlap 0.5, Gaussian blending, per-window standardization as the store's, brain mask,
 threshold 0.5) and :func:`brainnet.metrics.segmentation_metrics` (the label-map Dice, per class and per
@@ -22,6 +22,8 @@ Arms:
         stores; the same training by :func:`brainnet.train.train_on_batches`
   (iv)  (ii) with ``augment=augment_preset("nnunet")`` (issue 14), applied on the batch in the training
         process (so not in the loader's CPU time; its cost shows in the training seconds)
+  (v)   (ii) with half of the windows tumour-constrained (``tumour_share=0.5``, MONAI's pos 1 / neg 1):
+        the evidence for the sampler's default share
 
 Every arm reads with one loader worker *process* (a torch DataLoader worker; MONAI's DataLoader for
 (iii)), so the CPU seconds spent producing batches are exactly the CPU time of that child process:
@@ -83,7 +85,10 @@ ARMS: dict[str, str] = {
     "ii": "(ii) volume store, mixed",
     "iii": "(iii) MONAI on the fly",
     "iv": "(iv) volume store + nnunet aug",
+    "v": "(v) volume store, half tumour",
 }
+#: the tumour-constrained share of each volume-store arm (the rest uniform over the brain)
+TUMOUR_SHARES: dict[str, float] = {"ii": 1.0 / 3.0, "iv": 1.0 / 3.0, "v": 0.5}
 #: the columns of the per-arm table: a target of brainnet.metrics and the metric of it
 DICE_COLUMNS: dict[str, str] = {
     "edema": "edema",
@@ -193,7 +198,7 @@ def _measured(run: Callable[[], Any]) -> Trained:
     return Trained(model, children_cpu_seconds() - cpu0, time.perf_counter() - t0)
 
 
-def train_config(plan: Plan, seed: int, augment: str = "none") -> Any:
+def train_config(plan: Plan, seed: int, augment: str = "none", tumour_share: float = 1.0 / 3.0) -> Any:
     """The one training of every arm (no validation: the held-out scans score it)."""
     config = require("brainnet.train", "TrainConfig")
     augment_preset = require("brainnet.augment", "augment_preset")
@@ -210,7 +215,7 @@ def train_config(plan: Plan, seed: int, augment: str = "none") -> Any:
         loader="processes",
         augment=augment_preset(augment),
         # one pass of the stream covers the budget (draws depend only on seed and position)
-        volume_sampling=sampling(draws_per_epoch=plan.steps * plan.batch_size),
+        volume_sampling=sampling(draws_per_epoch=plan.steps * plan.batch_size, tumour_share=tumour_share),
     )
 
 
@@ -218,11 +223,13 @@ def model_config(plan: Plan) -> Any:
     return require("brainnet.model", "ModelConfig")(base_filters=plan.base_filters, depth=plan.depth)
 
 
-def train_on_store(store: Path, run_dir: Path, plan: Plan, seed: int, augment: str = "none") -> Trained:
-    """Arms (i), (ii), (iv): ``brainnet.train.train`` on a store."""
+def train_on_store(
+    store: Path, run_dir: Path, plan: Plan, seed: int, augment: str = "none", tumour_share: float = 1.0 / 3.0
+) -> Trained:
+    """Arms (i), (ii), (iv), (v): ``brainnet.train.train`` on a store."""
     train = require("brainnet.train", "train")
     shutil.rmtree(run_dir, ignore_errors=True)
-    config = train_config(plan, seed, augment)
+    config = train_config(plan, seed, augment, tumour_share)
     return _measured(lambda: train(store, run_dir, config, model_config(plan)).model)
 
 
@@ -333,9 +340,9 @@ def run_arm(arm: str, paths: dict[str, Path], cases: list[Any], plan: Plan, work
         run_dir = workdir / "accuracy-runs" / f"{arm}-seed{seed}"
         if arm == "i":
             trained = train_on_store(paths["patches"], run_dir, plan, seed)
-        elif arm in ("ii", "iv"):
+        elif arm in TUMOUR_SHARES:
             augment = "nnunet" if arm == "iv" else "none"
-            trained = train_on_store(paths["volumes"], run_dir, plan, seed, augment)
+            trained = train_on_store(paths["volumes"], run_dir, plan, seed, augment, TUMOUR_SHARES[arm])
         else:
             trained = train_monai(paths["train"], plan, seed)
         scores = score_scans(trained.model, cases, build)
@@ -445,7 +452,7 @@ def run(args: Any) -> Report:
         plan = replace(plan, steps=args.steps)
     arms = args.arms.split(",") if args.arms else list(ARMS)
     report = Report(
-        "Accuracy: whole-scan Dice on held-out cases, one U-Net, four data pipelines",
+        "Accuracy: whole-scan Dice on held-out cases, one U-Net, five data pipelines",
         settings={
             "shape": "x".join(map(str, plan.shape)),
             "patch": "x".join(map(str, plan.patch)),
@@ -488,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3, quick 1)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per training")
-    parser.add_argument("--arms", default=None, help="comma-separated subset of i,ii,iii,iv (default all)")
+    parser.add_argument("--arms", default=None, help="comma-separated subset of i,ii,iii,iv,v (default all)")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     return finish(run(args), args.json)
