@@ -103,6 +103,9 @@ class VolumeArrayReader:
         if missing:
             raise self._corrupt(f"{missing} of {n} chunks missing")
         self.index = index
+        self._ranges = [(int(o), int(n)) for o, n in index.tolist()]  # per flat chunk, plain ints
+        self._grid_strides = tuple(math.prod(self.grid[a + 1 :]) for a in range(len(self.grid)))
+        self._logical = None if self.order is None else tuple(int(a) for a in np.argsort(self.order))
         # a local shard is mapped once and its chunks read in place; any other source reads by range
         mapped = getattr(source, "mapped", None)
         self._mapped = mapped(self.key) if mapped is not None else None
@@ -113,8 +116,8 @@ class VolumeArrayReader:
         return StoreCorruptError(f"{self.what}: {problem} in {where}; run `brainprep verify` on the store")
 
     def _chunk(self, coords: tuple[int, ...]) -> np.ndarray:
-        flat = int(np.ravel_multi_index(coords, self.grid))
-        offset, length = (int(v) for v in self.index[flat])
+        flat = sum(k * stride for k, stride in zip(coords, self._grid_strides, strict=True))  # C order
+        offset, length = self._ranges[flat]
         if self._mapped is not None:
             data = self._mapped[offset : offset + length]
         else:
@@ -131,7 +134,7 @@ class VolumeArrayReader:
             self._codec.decode(frame, out=out.reshape(-1).view(np.uint8))
         except (RuntimeError, ValueError) as error:
             raise self._corrupt(f"chunk {flat} does not decode ({error})") from error
-        return out if self.order is None else out.transpose(np.argsort(self.order))
+        return out if self._logical is None else out.transpose(self._logical)
 
     def read(
         self, start: tuple[int, ...], stop: tuple[int, ...], out: np.ndarray | None = None
@@ -146,12 +149,13 @@ class VolumeArrayReader:
         spans = [range(a // c, (b - 1) // c + 1) for a, b, c in zip(start, stop, self.chunks, strict=True)]
         for coords in itertools.product(*spans):
             chunk = self._chunk(coords)
-            lows = [max(a, k * c) for a, k, c in zip(start, coords, self.chunks, strict=True)]
-            highs = [min(b, (k + 1) * c) for b, k, c in zip(stop, coords, self.chunks, strict=True)]
-            origin = [k * c for k, c in zip(coords, self.chunks, strict=True)]
-            inside = tuple(slice(a - o, b - o) for a, b, o in zip(lows, highs, origin, strict=True))
-            target = tuple(slice(a - s, b - s) for a, b, s in zip(lows, highs, start, strict=True))
-            out[target] = chunk[inside]
+            inside, target = [], []
+            for a, b, k, c in zip(start, stop, coords, self.chunks, strict=True):
+                origin = k * c
+                low, high = max(a, origin), min(b, origin + c)
+                inside.append(slice(low - origin, high - origin))
+                target.append(slice(low - a, high - a))
+            out[tuple(target)] = chunk[tuple(inside)]
         return out
 
 
