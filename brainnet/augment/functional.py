@@ -445,6 +445,22 @@ def _box_muller_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor
     return radius, torch.cos(angle), torch.sin(angle)
 
 
+def _normal_pairs(
+    keys: torch.Tensor, pairs: int, device: torch.device, scale: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box-Muller pairs of :func:`hash_normal`: the radius (P, pairs), times ``scale``, and the int32
+    (P pairs,) table index of the angle of each pair."""
+    keys = _as_int32(keys.to(device, torch.int64) & MASK32)
+    bits = _mix32_(torch.bitwise_xor(_position_hash(pairs, device)[None, :], _mix32_(keys)[:, None]))
+    radii = _box_muller_tables(device)[0]
+    angle = (bits & 0xFFFF).flatten()
+    radius = radii.index_select(0, bits.bitwise_right_shift_(16).bitwise_and_(0xFFFF).flatten())
+    radius = radius.view(len(keys), pairs)
+    if scale is not None:
+        radius.mul_(scale.to(device, torch.float32)[:, None])
+    return radius, angle
+
+
 def hash_normal(
     keys: torch.Tensor,
     shape: Sequence[int],
@@ -454,7 +470,8 @@ def hash_normal(
     """Standard normal numbers that are a pure function of ``(key, position)``, the same on every device.
 
     One 32-bit hash per pair of numbers, split into two 16-bit uniforms for a Box-Muller transform; the
-    16-bit resolution caps |z| at 4.7 (ample for augmentation noise).
+    16-bit resolution caps |z| at 4.7 (ample for augmentation noise). A volume holds the pairs' cosine
+    parts first, then their sine parts.
 
     Args:
         keys: int (P,) one key per output volume (values below 2**31).
@@ -465,21 +482,22 @@ def hash_normal(
     Returns:
         float32 (P, *shape).
     """
-    count = math.prod(shape)
+    count, device = math.prod(shape), torch.device(device)
+    z = torch.zeros(len(keys), *shape, device=device)
+    return _add_normal_(z.view(len(keys), count), keys, scale).view(z.shape)
+
+
+def _add_normal_(flat: torch.Tensor, keys: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """``flat`` (P, N) plus :func:`hash_normal` of its volumes, in place (no tensor of the numbers)."""
+    count = flat.shape[1]
     pairs = (count + 1) // 2
-    device = torch.device(device)
-    keys = _as_int32(keys.to(device, torch.int64) & MASK32)
-    bits = _mix32_(torch.bitwise_xor(_position_hash(pairs, device)[None, :], _mix32_(keys)[:, None]))
-    radii, cosines, sines = _box_muller_tables(device)
-    low = (bits & 0xFFFF).flatten()
-    radius = radii.index_select(0, bits.bitwise_right_shift_(16).bitwise_and_(0xFFFF).flatten())
-    radius = radius.view(len(keys), pairs)
-    if scale is not None:
-        radius.mul_(scale.to(device, torch.float32)[:, None])
-    z = torch.empty(len(keys), 2 * pairs, device=device)
-    torch.mul(cosines.index_select(0, low).view_as(radius), radius, out=z[:, :pairs])
-    torch.mul(sines.index_select(0, low).view_as(radius), radius, out=z[:, pairs:])
-    return z[:, :count].reshape(len(keys), *shape)
+    radius, angle = _normal_pairs(keys, pairs, flat.device, scale)
+    _, cosines, sines = _box_muller_tables(flat.device)
+    radius = radius.to(flat.dtype)
+    flat[:, :pairs].addcmul_(cosines.index_select(0, angle).view_as(radius).to(flat.dtype), radius)
+    sine = sines.index_select(0, angle).view_as(radius)[:, : count - pairs].to(flat.dtype)
+    flat[:, pairs:].addcmul_(sine, radius[:, : count - pairs])
+    return flat
 
 
 def gaussian_noise(x: torch.Tensor, std: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -494,7 +512,10 @@ def gaussian_noise(x: torch.Tensor, std: torch.Tensor, keys: torch.Tensor) -> to
 
 
 def gaussian_noise_(x: torch.Tensor, std: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """:func:`gaussian_noise` in place."""
+    """:func:`gaussian_noise` in place, the noise added as it is made (``addcmul_``: no noise tensor)."""
+    if x.is_contiguous():
+        _add_normal_(x.view(len(x), -1), keys, std)
+        return x
     return x.add_(hash_normal(keys, x.shape[1:], x.device, scale=std).to(x.dtype))
 
 
@@ -530,11 +551,28 @@ def gaussian_kernels(sigma: torch.Tensor, max_radius: int | None = None) -> torc
     return (pdf / pdf.sum(dim=1, keepdim=True)).float()
 
 
+#: The longest last axis :func:`gaussian_blur` convolves as a matrix product (a course patch's 16 slices).
+DENSE_BLUR_SIDE = 32
+
+
+def reflected_convolution_matrices(kernels: torch.Tensor, size: int) -> torch.Tensor:
+    """The (P, size, size) matrices ``A`` with ``A @ v`` = ``v`` (size,) padded by reflection (``F.pad``'s
+    ``reflect``: index -j reads j) and convolved with each centred kernel of (P, 2 R + 1), R < size."""
+    radius = (kernels.shape[1] - 1) // 2
+    taps = torch.arange(size)[:, None] + torch.arange(-radius, radius + 1)[None, :]  # (size, 2 R + 1)
+    taps = torch.where(taps < 0, -taps, torch.where(taps >= size, 2 * (size - 1) - taps, taps))
+    matrices = torch.zeros(len(kernels), size, size, dtype=kernels.dtype, device=kernels.device)
+    columns = taps.to(kernels.device).expand(len(kernels), -1, -1)
+    return matrices.scatter_add_(2, columns, kernels[:, None, :].expand(-1, size, -1))
+
+
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian blur of each volume with its own sigma per axis, mirrored borders.
 
-    Each axis is a weighted sum of shifted views of the padded stack (one fused multiply-add per tap),
-    about twice as fast on the CPU as a grouped ``conv3d`` with the same taps.
+    X and Y: a weighted sum of shifted views of the padded stack per axis (one fused multiply-add per
+    tap), faster on the CPU than a grouped ``conv3d`` with the same taps. A short last axis (at most
+    :data:`DENSE_BLUR_SIDE`, e.g. a course patch's 16 slices) is one batched matrix product with the
+    reflection folded into the matrix: shifted views of 16-value rows are the slowest of the three.
 
     Args:
         x: float (P, X, Y, Z).
@@ -547,13 +585,29 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         radius = (kernel.shape[1] - 1) // 2
         if radius == 0:
             continue
-        pad = [0] * 6
-        pad[2 * (2 - axis) : 2 * (2 - axis) + 2] = [radius, radius]  # F.pad lists the last axis first
-        padded = F.pad(out[None], pad, mode="reflect")[0]
-        dim = 1 + axis
-        out = padded.narrow(dim, 0, size) * kernel[:, 0].view(-1, 1, 1, 1)
-        for tap in range(1, kernel.shape[1]):
-            out.addcmul_(padded.narrow(dim, tap, size), kernel[:, tap].view(-1, 1, 1, 1))
+        if axis == 2 and size <= DENSE_BLUR_SIDE:
+            matrices = reflected_convolution_matrices(kernel, size)
+            out = torch.bmm(out.reshape(len(x), -1, size), matrices.transpose(1, 2)).view(x.shape)
+            continue
+        out = _blur_axis(out, kernel, 1 + axis)
+    return out
+
+
+def _blur_axis(x: torch.Tensor, kernel: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x`` (P, ...) padded by reflection along ``dim`` and convolved with each symmetric centred kernel of
+    (P, 2 R + 1), R < the side: the centre tap, then each pair of taps at distance d as shifted views of
+    ``x`` itself, and the d planes by each face that read across it from the mirrored planes (no padded
+    copy: ``F.pad``'s reflection costs more than a tap)."""
+    size, radius = x.shape[dim], (kernel.shape[1] - 1) // 2
+    weight = kernel.view(len(kernel), -1, *[1] * (x.ndim - 1))
+    out = x * weight[:, radius]
+    for d in range(1, radius + 1):
+        w = weight[:, radius + d]  # = weight[:, radius - d]
+        out.narrow(dim, d, size - d).addcmul_(x.narrow(dim, 0, size - d), w)  # from i - d
+        out.narrow(dim, 0, size - d).addcmul_(x.narrow(dim, d, size - d), w)  # from i + d
+        # i < d reads d - i; i >= size - d reads 2 (size - 1) - i - d
+        out.narrow(dim, 0, d).addcmul_(x.narrow(dim, 1, d).flip(dim), w)
+        out.narrow(dim, size - d, d).addcmul_(x.narrow(dim, size - 1 - d, d).flip(dim), w)
     return out
 
 
@@ -591,7 +645,9 @@ def contrast_(x: torch.Tensor, factor: torch.Tensor, preserve_range: bool = True
         low, high = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
     factor = _per_volume(factor, x)
     x.mul_(factor).add_(mean * (1 - factor))  # (x - mean) factor + mean in two passes
-    return x.clamp_(low, high) if preserve_range else x
+    if preserve_range:  # maximum and minimum: clamp_ with tensor bounds is 10x slower on the CPU
+        torch.minimum(torch.maximum(x, low, out=x), high, out=x)
+    return x
 
 
 def low_resolution(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -614,21 +670,58 @@ def nearest_exact_index(size: int, down: int, device: torch.device | str = "cpu"
     return index.long().to(device)
 
 
+def _linear_taps(size: int, up: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """``F.interpolate(..., mode="linear", align_corners=False)``'s two input indices (int64) and weights
+    for each of ``up`` outputs from ``size`` inputs along an axis, as its CPU kernel computes them
+    (``UpSampleKernel.cpp``: source ``(i + 0.5) size / up - 0.5`` in float32, clamped at 0)."""
+    scale = torch.tensor(size, dtype=torch.float32) / up
+    source = (torch.arange(up, dtype=torch.float32) + 0.5).mul_(scale).sub_(0.5).clamp_(min=0)
+    first = source.floor().clamp_(max=size - 1)
+    second_w = (source - first).clamp_(0, 1)
+    first = first.long()
+    second = (first + 1).clamp_(max=size - 1)
+    return tuple(t.to(device) for t in (first, second, 1 - second_w, second_w))
+
+
+def upsample_slices(small: torch.Tensor, sides: Sequence[int]) -> torch.Tensor:
+    """Bilinear upsampling (``align_corners=False``) of a slice stack (H', W', S), slice axis last, to
+    (H, W, S): as :func:`warp_slices`, four input rows per output row in one ``embedding_bag``, which
+    reads the layout in place (``interpolate`` on it as channels-last copies it twice).
+
+    Returns:
+        (H W, S), equal to ``F.interpolate`` of each slice to float rounding.
+    """
+    (rows, columns), slices = small.shape[:2], small.shape[2]
+    row_taps = _linear_taps(rows, sides[0], small.device)
+    column_taps = _linear_taps(columns, sides[1], small.device)
+    index = torch.empty(*sides, 4, dtype=torch.int64, device=small.device)
+    weights = torch.empty(*sides, 4, dtype=small.dtype, device=small.device)
+    for tap, (r, c) in enumerate(itertools.product(range(2), range(2))):
+        torch.add(row_taps[r][:, None] * columns, column_taps[c][None, :], out=index[..., tap])
+        torch.mul(row_taps[2 + r][:, None], column_taps[2 + c][None, :], out=weights[..., tap])
+    return F.embedding_bag(
+        index.view(-1, 4), small.reshape(-1, slices), per_sample_weights=weights.view(-1, 4), mode="sum"
+    )
+
+
 def low_resolution_(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """:func:`low_resolution` in place, a volume at a time: the nearest-exact downsampling as an
-    ``index_select`` per resampled axis (the same voxels, several times faster than ``interpolate``), the
-    upsampling with ``interpolate``, the axes that keep their size as its channels (a view: an anisotropic
-    patch's slices are read in place, channels last)."""
+    ``index_select`` per resampled axis (the same voxels, several times faster than ``interpolate``); the
+    upsampling of a slice stack (X and Y resampled, Z kept) with :func:`upsample_slices`, any other with
+    ``interpolate``, the axes that keep their size as its channels."""
     sizes = list(x.shape[1:])
     for p, factors in enumerate(scale.double().tolist()):
         down = [min(max(round(size * f), 1), size) for size, f in zip(sizes, factors, strict=True)]
         axes = [a for a in range(3) if down[a] != sizes[a]]
         if not axes:
             continue
-        kept = [a for a in range(3) if a not in axes]
         small = x[p]
         for a in axes:
             small = small.index_select(a, nearest_exact_index(sizes[a], down[a], x.device))
+        if axes == [0, 1]:
+            x[p].view(-1, sizes[2]).copy_(upsample_slices(small, sizes[:2]))
+            continue
+        kept = [a for a in range(3) if a not in axes]
         small = small.permute(*kept, *axes).reshape(1, -1, *[down[a] for a in axes])
         mode = ("linear", "bilinear", "trilinear")[len(axes) - 1]
         volume = x[p].permute(*kept, *axes)  # (kept..., resampled...)
@@ -654,26 +747,37 @@ def gamma_(
     x: torch.Tensor, gammas: torch.Tensor, invert: bool = False, retain_stats: bool = True
 ) -> torch.Tensor:
     """:func:`gamma` in place, with the inversion and the rescaling folded into the affine maps around
-    ``t ** g`` (the same values to rounding; two passes fewer than each step on its own, four inverted).
+    ``t ** g`` (the same values to rounding, in fewer passes than each step on its own).
 
-    For ``y = sign x``: ``t = (y - min y) / spread`` is ``(x - low) / spread`` or ``(x - high) / -spread``;
-    the statistics of ``t ** g * spread + min y`` are spread times those of ``t ** g``.
+    For ``y = sign x``: ``t = (y - min y) / spread`` is ``(x - low) / spread`` or ``(high - x) / spread``,
+    and ``t ** g * spread + min y`` is an affine map of ``t ** g``. With ``retain_stats`` the result
+    depends on ``t ** g`` only through its standardization, which a positive scale leaves alone: the
+    volume's power ``u ** g`` of ``u = (x - low)`` or ``(high - x)`` is standardized instead (no
+    division), its std rescaled to keep batchgeneratorsv2's floors (``spread`` at least ``EPS``, and
+    ``spread * std(t ** g)`` at least ``EPS``).
     """
     dims = (1, 2, 3)
     sign = -1.0 if invert else 1.0
     low, high = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
     spread = high - low
     origin = high if invert else low
-    scratch = torch.empty_like(x) if retain_stats else x
-    if retain_stats:
-        mean, std = _mean_std(x, scratch)
-    # t ** g as exp2(g log2 t) (t in [0, 1]; log2 0 = -inf gives 0): pow with a tensor exponent is 3x slower,
-    # exp 3x slower than exp2; (x - origin) first, so that the extreme voxel gives t = 0 exactly
-    x.sub_(origin).div_(spread.clamp(min=EPS) * sign).log2_().mul_(_per_volume(gammas, x)).exp2_()
+    floor = spread.clamp(min=EPS)
+    gammas = _per_volume(gammas, x)
     if not retain_stats:
+        # t ** g as exp2(g log2 t) (t in [0, 1]; log2 0 = -inf gives 0): pow with a tensor exponent is 3x
+        # slower, exp 3x slower than exp2; (x - origin) first: the extreme voxel gives t = 0 exactly
+        x.sub_(origin).div_(floor * sign).log2_().mul_(gammas).exp2_()
         return x.mul_(spread * sign).add_(origin)
+    scratch = torch.empty_like(x)
+    mean, std = _mean_std(x, scratch)
+    if invert:
+        torch.sub(origin, x, out=x)
+    else:
+        x.sub_(origin)
+    x.log2_().mul_(gammas).exp2_()  # u ** g = floor ** g t ** g
     now_mean, now_std = _mean_std(x, scratch)
-    factor = spread * std * sign / (spread * now_std).clamp(min=EPS)
+    # batchgeneratorsv2's factor spread std / max(spread std(t ** g), EPS), for u ** g instead of t ** g
+    factor = spread * std * sign / torch.maximum(spread * now_std, EPS * floor.pow(gammas))
     return x.mul_(factor).add_(mean - now_mean * factor)  # (x - now_mean) factor + mean in two passes
 
 
@@ -681,12 +785,13 @@ def _mean_std(x: torch.Tensor, scratch: torch.Tensor) -> tuple[torch.Tensor, tor
     """Mean and unbiased std of each volume of (P, X, Y, Z), shaped (P, 1, 1, 1); ``scratch`` is a tensor
     like ``x`` to overwrite.
 
-    Two passes over the centred values: torch's ``std`` over three trailing dims is ~5x slower on the CPU,
-    and one pass for the sum of squares loses the std of a gamma-mapped volume (``mean^2 / variance`` near
-    100) to cancellation.
+    Two passes, the second over the centred values (``vecdot`` of them with themselves, accumulated as
+    accurately as ``sum``): the one-pass ``sum x^2 - n mean^2`` loses ``mean^2 / variance`` times more to
+    cancellation (near 100 for a gamma-mapped volume), and torch's ``std`` over three trailing dims is
+    several times slower on the CPU.
     """
     dims = (1, 2, 3)
     mean = x.mean(dim=dims, keepdim=True)
-    count = x[0].numel()
-    variance = torch.sub(x, mean, out=scratch).square_().sum(dim=dims, keepdim=True) / max(count - 1, 1)
-    return mean, variance.sqrt_()
+    centred = torch.sub(x, mean, out=scratch).flatten(1)
+    variance = torch.linalg.vecdot(centred, centred) / max(centred.shape[1] - 1, 1)
+    return mean, variance.sqrt_().view(-1, 1, 1, 1)
