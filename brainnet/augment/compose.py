@@ -344,13 +344,28 @@ def apply_parameters(
         label = (
             None if label is None else centre(label, out_shape).clone(memory_format=torch.contiguous_format)
         )
-    else:  # one working copy, changed in place from here on
-        image = image.contiguous() if inplace else image.clone(memory_format=torch.contiguous_format)
+    elif inplace:  # the working tensors, changed in place from here on
+        image = image.contiguous()
         if label is not None and (bool(params.spatial.any()) or bool(params.flips.any())):
-            label = label.contiguous() if inplace else label.clone(memory_format=torch.contiguous_format)
+            label = label.contiguous()
         source = image, label
+    else:  # working copies of the samples that are not resampled; the resampled ones read the inputs
+        image = _copy_samples(image, ~params.spatial)
+        if label is not None and (bool(params.spatial.any()) or bool(params.flips.any())):
+            label = _copy_samples(label, ~params.spatial)
     _apply(config, params, image, label, source)
     return image, label
+
+
+def _copy_samples(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """A new contiguous tensor like ``x`` holding its samples where ``keep`` (bool (B,), on the host);
+    the others are left unset for the spatial transform to write whole."""
+    if bool(keep.all()):
+        return x.clone(memory_format=torch.contiguous_format)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    for start, stop, _ in AF.sample_runs(keep.nonzero().flatten().tolist()):
+        out[start:stop].copy_(x[start:stop])
+    return out
 
 
 def _apply(
