@@ -10,7 +10,8 @@ within float rounding: parameters are drawn on the CPU, noise voxels come from a
 
 Each transform runs only on the samples (or (sample, channel) pairs) it fires on, selected on the host
 (no device sync), in place on the working batch: runs of consecutive pairs as views (no gather, no
-scatter back), the resampled samples one at a time (written back with one copy). The training loop hands
+scatter back; on the CPU in cache-sized pieces), the resampled samples of a slice stack in one gather
+per channel, those of a 3D patch one at a time (written back with one copy). The training loop hands
 its freshly converted batch over (``inplace=True``), so nothing copies the batch first. Order,
 probabilities and ranges: :class:`~brainnet.augment.config.AugmentConfig`.
 
