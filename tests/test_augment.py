@@ -225,7 +225,47 @@ def test_a_grid_reflected_once_and_zeros_padding_equal_reflection_padding(thread
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("padding", ["reflection", "zeros", "border"])
+def test_a_slice_stack_warped_by_rows_equals_grid_sample_on_each_slice(padding):
+    """The embedding_bag warp of a (B, C, X, Y, S) batch (slices last) and its nearest labels give
+    grid_sample's values slice by slice, for the samples asked for, into a smaller output or in place."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 9, 7, 4, generator=g)
+    label = torch.randint(0, 5, (3, 9, 7, 4), dtype=torch.uint8, generator=g)
+    samples = torch.tensor([0, 2])
+    for out_sides in ((9, 7), (5, 6)):
+        grid = torch.rand(2, *out_sides, 2, generator=g) * 3 - 1.5  # up to a face out on every side
+        planes = x[samples].movedim(-1, 2).reshape(2, -1, 9, 7)  # slices as channels
+        expected = F.grid_sample(planes, grid, padding_mode=padding, align_corners=False)
+        expected = expected.view(2, 2, 4, *out_sides).movedim(2, -1)
+        torch.testing.assert_close(AF.warp_slices(x, grid, samples, padding), expected, atol=1e-5, rtol=0)
+        nearest = F.grid_sample(
+            label[samples].movedim(-1, 1).float(), grid, "nearest", padding, align_corners=False
+        )
+        labels = AF.warp_slice_labels(label, grid, samples, padding)
+        assert torch.equal(labels, nearest.movedim(1, -1).to(torch.uint8))
+    # into the batch itself (same sides): samples 0 and 2 change, sample 1 stays
+    square = torch.rand(2, 9, 7, 2, generator=g) * 2 - 1
+    owned, owned_label = x.clone(), label.clone()
+    AF.warp_slices(owned, square, samples, padding, out=owned)
+    AF.warp_slice_labels(owned_label, square, samples, padding, out=owned_label)
+    torch.testing.assert_close(owned[samples], AF.warp_slices(x, square, samples, padding))
+    assert torch.equal(owned[1], x[1]) and torch.equal(owned_label[1], label[1])
+    assert torch.equal(owned_label[samples], AF.warp_slice_labels(label, square, samples, padding))
+
+
 # ---------------------------------------------------------------------------------------- intensity
+def test_nearest_exact_indices_and_slice_upsampling_equal_interpolate():
+    for size in range(2, 200):
+        for down in {1, size // 2, (2 * size) // 3, size - 1, max(1, round(size * 0.71))}:
+            ramp = torch.arange(size, dtype=torch.float32)[None, None]
+            expected = F.interpolate(ramp, down, mode="nearest-exact")[0, 0].long()
+            assert torch.equal(AF.nearest_exact_index(size, down), expected), (size, down)
+    small = torch.randn(5, 8, 3)
+    expected = F.interpolate(small.permute(2, 0, 1)[None], (11, 13), mode="bilinear")[0].permute(1, 2, 0)
+    torch.testing.assert_close(AF.upsample_slices(small, (11, 13)).view(11, 13, 3), expected)
+
+
 def test_low_resolution_equals_torchs_two_interpolations():
     x = torch.randn(3, 9, 7, 6)
     scale = torch.tensor([[0.5, 0.5, 0.5], [0.71, 0.71, 1.0], [0.9, 0.6, 0.51]])
@@ -237,12 +277,15 @@ def test_low_resolution_equals_torchs_two_interpolations():
         torch.testing.assert_close(out[p], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_blur_kernels_and_the_shifted_sum_equal_a_convolution():
+@pytest.mark.parametrize("shape", [(8, 7, 6), (5, 4, AF.DENSE_BLUR_SIDE + 3)])
+def test_blur_kernels_and_the_shifted_sum_equal_a_convolution(shape):
+    """Taps on shifted views (X, Y; a long last axis) and the reflected matrix product (a short last
+    axis) equal a reflect-padded convolution, the planes by each face included."""
     # batchgeneratorsv2's sizes: round_to_odd(6 sigma + 0.5) taps; 3.5 rounds (half to even) to 4 -> 3
     sizes = [k.count_nonzero().item() for k in AF.gaussian_kernels(torch.tensor([0.5, 1.0, 0.75]))]
     assert sizes == [3, 7, 5]
-    x = torch.randn(2, 8, 7, 6)
-    sigma = torch.tensor([[0.5, 1.0, 0.7], [0.9, 0.6, 0.5]])
+    x = torch.randn(2, *shape)
+    sigma = torch.tensor([[0.5, 1.0, 0.7], [0.9, 0.6, 1.0]])
     out = AF.gaussian_blur(x, sigma)
     for p in range(2):
         expected = x[p][None, None]

@@ -10,7 +10,8 @@ within float rounding: parameters are drawn on the CPU, noise voxels come from a
 
 Each transform runs only on the samples (or (sample, channel) pairs) it fires on, selected on the host
 (no device sync), in place on the working batch: runs of consecutive pairs as views (no gather, no
-scatter back), the resampled samples one at a time (written back with one copy). The training loop hands
+scatter back; on the CPU in cache-sized pieces), the resampled samples of a slice stack in one gather
+per channel, those of a 3D patch one at a time (written back with one copy). The training loop hands
 its freshly converted batch over (``inplace=True``), so nothing copies the batch first. Order,
 probabilities and ranges: :class:`~brainnet.augment.config.AugmentConfig`.
 
@@ -41,6 +42,9 @@ from brainnet.augment.config import AugmentConfig, GammaParams, SpatialParams
 from brainprep.errors import ShapeMismatchError
 
 #: Intensity transforms in nnU-Net's order (``trainer.py:772-829``), by AugmentConfig field.
+#: Bytes of volumes an intensity transform handles at a time (see :func:`_on_pairs`): a course volume
+#: (160x160x16 float32, 1.6 MB) alone, small test volumes many at a time.
+PIECE_BYTES = 2**21
 _INTENSITY_ORDER = ("noise", "blur", "brightness", "contrast", "low_resolution", "gamma_inverted", "gamma")
 
 
@@ -208,32 +212,29 @@ def draw_parameters(
     )
 
 
-def _runs(index: list[int]) -> list[tuple[int, int]]:
-    """Sorted distinct indices as runs ``(start, stop)`` of consecutive ones."""
-    runs: list[tuple[int, int]] = []
-    for i in index:
-        if runs and runs[-1][1] == i:
-            runs[-1] = (runs[-1][0], i + 1)
-        else:
-            runs.append((i, i + 1))
-    return runs
-
-
 def _on_pairs(
     image: torch.Tensor, mask: torch.Tensor, transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ) -> None:
     """Apply ``transform(volumes (P, X, Y, Z), pair_index (P,))`` to the (sample, channel) pairs of ``mask``
     (bool (B, C)) of ``image`` (contiguous, the caller's), in place.
 
-    The pairs are taken as views, one run of consecutive pairs at a time (no gather, no scatter back):
-    ``transform`` may change its volumes in place; a result that is a new tensor is copied into them.
+    The pairs are taken as views, one run of consecutive pairs at a time (no gather, no scatter back); on
+    the CPU a run is cut into pieces of at most :data:`PIECE_BYTES` (at least one volume): a transform
+    makes several passes over its volumes and allocates temporaries like them, and a piece that fits the
+    cache, with temporaries the allocator hands back without fresh pages, is several times faster than
+    a whole batch streamed through memory (``benchmarks/README.md``, augmentation). ``transform`` may
+    change its volumes in place; a result that is a new tensor is copied into them.
     """
     flat = image.view(-1, *image.shape[2:])
-    for start, stop in _runs(mask.flatten().nonzero().flatten().tolist()):
-        volumes = flat[start:stop]
-        out = transform(volumes, torch.arange(start, stop))
-        if out.data_ptr() != volumes.data_ptr():
-            volumes.copy_(out)
+    step = max(1, PIECE_BYTES // (flat[0].numel() * flat.element_size()))
+    for run_start, run_stop, _ in AF.sample_runs(mask.flatten().nonzero().flatten().tolist()):
+        pieces = range(run_start, run_stop, step) if image.device.type == "cpu" else [run_start]
+        for start in pieces:
+            stop = min(start + step, run_stop) if image.device.type == "cpu" else run_stop
+            volumes = flat[start:stop]
+            out = transform(volumes, torch.arange(start, stop))
+            if out.data_ptr() != volumes.data_ptr():
+                volumes.copy_(out)
 
 
 def _apply_spatial(
@@ -270,6 +271,11 @@ def _apply_spatial(
     padding = config.padding
     if padding == "reflection":  # reflected once here, for the image and the labels
         grid, padding = AF.reflect_grid(grid, in_sides), "zeros"
+    if short == 2:  # slices along the last axis, contiguous: one gather for every selected sample
+        AF.warp_slices(source[0].contiguous(), grid, index, padding, out=image)
+        if label is not None:
+            AF.warp_slice_labels(source[1].contiguous(), grid, index, padding, out=label)
+        return
     for n, sample in enumerate(index.tolist()):
         # a sample at a time: views in and one copy back; the short axis of a slice stack leads the plane
         volumes, window = image[sample : sample + 1], source[0][sample : sample + 1]
@@ -339,13 +345,28 @@ def apply_parameters(
         label = (
             None if label is None else centre(label, out_shape).clone(memory_format=torch.contiguous_format)
         )
-    else:  # one working copy, changed in place from here on
-        image = image.contiguous() if inplace else image.clone(memory_format=torch.contiguous_format)
+    elif inplace:  # the working tensors, changed in place from here on
+        image = image.contiguous()
         if label is not None and (bool(params.spatial.any()) or bool(params.flips.any())):
-            label = label.contiguous() if inplace else label.clone(memory_format=torch.contiguous_format)
+            label = label.contiguous()
         source = image, label
+    else:  # working copies of the samples that are not resampled; the resampled ones read the inputs
+        image = _copy_samples(image, ~params.spatial)
+        if label is not None and (bool(params.spatial.any()) or bool(params.flips.any())):
+            label = _copy_samples(label, ~params.spatial)
     _apply(config, params, image, label, source)
     return image, label
+
+
+def _copy_samples(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """A new contiguous tensor like ``x`` holding its samples where ``keep`` (bool (B,), on the host);
+    the others are left unset for the spatial transform to write whole."""
+    if bool(keep.all()):
+        return x.clone(memory_format=torch.contiguous_format)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    for start, stop, _ in AF.sample_runs(keep.nonzero().flatten().tolist()):
+        out[start:stop].copy_(x[start:stop])
+    return out
 
 
 def _apply(

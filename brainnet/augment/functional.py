@@ -15,6 +15,7 @@ nnU-Net v2 augments with), transform by transform: the file each one follows is 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -44,12 +45,15 @@ def mirror(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
 
 
 def mirror_(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """:func:`mirror` in place (for a tensor the caller owns): each flipped sample is flipped into a new
-    tensor and copied back (two passes over it; a gather of the flipped samples first would be a third)."""
+    """:func:`mirror` in place (for a tensor the caller owns): each flipped volume (a channel of a
+    sample) is flipped into a new tensor and copied back, a volume at a time so that the copy is read from
+    the cache (a gather of the flipped samples first would be a third pass)."""
     for sample, row in enumerate(flips.tolist()):
-        dims = [x.ndim - 3 + axis for axis in range(3) if row[axis]]
+        dims = [axis - 3 for axis in range(3) if row[axis]]
         if dims:
-            x[sample].copy_(x[sample].flip([d - 1 for d in dims]))
+            volumes = x[sample] if x.ndim == 5 else x[sample : sample + 1]
+            for volume in volumes:
+                volume.copy_(volume.flip(dims))
     return x
 
 
@@ -238,6 +242,154 @@ def warp_labels(
     return target
 
 
+def _plane_coordinates(grid: torch.Tensor, in_sides: Sequence[int], padding: str):
+    """Input positions (rows, columns) in voxels of a 2D ``grid`` (B, H, W, 2), as ``grid_sample``'s CPU
+    kernel computes them (``align_corners=False``: ``(g + 1) * size / 2 - 0.5``, clipped for ``border``)."""
+    if padding == "reflection":
+        grid, padding = reflect_grid(grid, in_sides), "zeros"
+    rows, columns = ((grid[..., 1 - k].float() + 1) * (in_sides[k] / 2) - 0.5 for k in range(2))
+    if padding == "border":
+        rows, columns = rows.clamp_(0, in_sides[0] - 1), columns.clamp_(0, in_sides[1] - 1)
+    return rows.flatten(1), columns.flatten(1)
+
+
+def _axis_taps(position: torch.Tensor, side: int, stride: int, weight: torch.Tensor):
+    """Index part (int64, clamped into ``[0, side)``, times ``stride``) and weight (0 outside) of
+    integer-valued positions along one axis."""
+    inner = position.clamp(0, side - 1)
+    return inner.mul(stride).long(), torch.where(inner == position, weight, 0.0)
+
+
+def bilinear_taps(
+    grid: torch.Tensor, in_sides: Sequence[int], padding: str = "zeros"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The four input voxels and weights ``F.grid_sample`` (bilinear, ``align_corners=False``) combines
+    at each point of a 2D grid: north-west, north-east, south-west, south-east, as its CPU kernel.
+
+    Args:
+        grid: float (B, H, W, 2) normalized coordinates, last axis first (:func:`sampling_grid`, D = 2).
+        in_sides: (H_in, W_in), the plane it reads.
+        padding: ``zeros`` (a tap outside the plane weighs 0), ``border`` or ``reflection``.
+
+    Returns:
+        int64 (B, H W, 4) row-major indices into the plane (clamped into it), float32 (B, H W, 4) weights.
+    """
+    rows, columns = _plane_coordinates(grid, in_sides, padding)
+    north, west = rows.floor(), columns.floor()
+    south_w, east_w = rows - north, columns - west
+    row_taps = [
+        _axis_taps(north + k, in_sides[0], in_sides[1], w) for k, w in enumerate((1 - south_w, south_w))
+    ]
+    column_taps = [_axis_taps(west + k, in_sides[1], 1, w) for k, w in enumerate((1 - east_w, east_w))]
+    index = torch.empty(*rows.shape, 4, dtype=torch.int64, device=grid.device)
+    weights = torch.empty(*rows.shape, 4, dtype=torch.float32, device=grid.device)
+    # written a tap at a time (strided writes): stacking along a last axis of 4 is several times slower
+    for tap, ((r, r_w), (c, c_w)) in enumerate(itertools.product(row_taps, column_taps)):
+        torch.add(r, c, out=index[..., tap])
+        torch.mul(r_w, c_w, out=weights[..., tap])
+    return index, weights
+
+
+def nearest_taps(
+    grid: torch.Tensor, in_sides: Sequence[int], padding: str = "zeros"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input voxel ``F.grid_sample`` (nearest, ``align_corners=False``) reads at each point of a 2D
+    grid (positions rounded half to even), and whether it lies in the plane (``zeros`` padding reads 0).
+
+    Returns:
+        int64 (B, H W) row-major indices (clamped into the plane), bool (B, H W).
+    """
+    rows, columns = (p.round_() for p in _plane_coordinates(grid, in_sides, padding))
+    inner_rows, inner_columns = rows.clamp(0, in_sides[0] - 1), columns.clamp(0, in_sides[1] - 1)
+    inside = (inner_rows == rows).logical_and_(inner_columns == columns)
+    return inner_rows.mul_(in_sides[1]).add_(inner_columns).long(), inside
+
+
+def warp_slices(
+    x: torch.Tensor,
+    grid: torch.Tensor,
+    samples: torch.Tensor,
+    padding: str = "reflection",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Bilinear in-plane resampling of the slices of ``samples`` of a batch whose slice axis is last.
+
+    Every slice along S is warped alike (2D grids: nnU-Net's dummy 2D). A voxel's S values are one row of
+    contiguous memory, so each output row is a weighted sum of four input rows: an ``embedding_bag`` per
+    channel over the selected samples, which reads in place the layout ``grid_sample`` would need moved
+    (the taps are computed once and stay in cache for every channel).
+
+    Args:
+        x: float (B, C, H_in, W_in, S), contiguous.
+        grid: (N, H, W, 2) one grid per selected sample (:func:`sampling_grid`, D = 2).
+        samples: int64 (N,) the samples of ``x`` the grids are for.
+        padding: as :func:`bilinear_taps`.
+        out: (B', C, H, W, S) where to write the result, at the rows ``samples`` (others untouched); it
+            may be ``x`` itself (a channel is read before it is written). Default: a new (N, ...) tensor.
+
+    Returns:
+        ``out``, or the (N, C, H, W, S) result; equal to ``grid_sample`` on each slice to float rounding.
+    """
+    _, channels, *in_sides, slices = x.shape
+    count, out_sides = len(samples), grid.shape[1:3]
+    index, weights = bilinear_taps(grid.to(x.device), in_sides, padding)
+    plane = in_sides[0] * in_sides[1]
+    samples_on_host, samples = samples.tolist(), samples.to(x.device)
+    # rows of x as (B C H_in W_in, S), from channel 0 of each sample; channel c reads the table c planes on
+    rows = index.add_((samples * (channels * plane))[:, None, None])
+    rows = rows.view(-1, 4).to(torch.int32 if x.numel() < 2**31 else torch.int64)
+    weights = weights.to(x.dtype).view(-1, 4)
+    table = x.view(-1, slices)
+    target = out
+    if out is None:
+        target = torch.empty(count, channels, *out_sides, slices, dtype=x.dtype, device=x.device)
+    places = [(0, count, 0)] if out is None else sample_runs(samples_on_host)
+    for c in range(channels):
+        warped = F.embedding_bag(rows, table[c * plane :], per_sample_weights=weights, mode="sum")
+        warped = warped.view(count, *out_sides, slices)
+        for start, stop, first in places:
+            target[start:stop, c].copy_(warped[first : first + stop - start])
+    return target
+
+
+def sample_runs(samples: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Runs ``(start, stop, first)`` of consecutive values of sorted distinct ``samples``: positions
+    ``first`` .. of the list hold samples ``start`` .. ``stop - 1`` (plain slice copies: ``index_copy_``
+    into a strided view is several times slower on the CPU)."""
+    runs: list[tuple[int, int, int]] = []
+    for position, sample in enumerate(samples):
+        if runs and runs[-1][1] == sample:
+            runs[-1] = (runs[-1][0], sample + 1, runs[-1][2])
+        else:
+            runs.append((sample, sample + 1, position))
+    return runs
+
+
+def warp_slice_labels(
+    label: torch.Tensor,
+    grid: torch.Tensor,
+    samples: torch.Tensor,
+    padding: str = "reflection",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Nearest-neighbour :func:`warp_slices` of label maps (B, H_in, W_in, S) (contiguous), into ``out``
+    (B', H, W, S) at the rows ``samples`` or a new (N, H, W, S): every output value an input value (or
+    background 0 outside the plane with ``zeros``)."""
+    _, *in_sides, slices = label.shape
+    out_sides = grid.shape[1:3]
+    index, inside = nearest_taps(grid.to(label.device), in_sides, padding)
+    rows = index + samples.to(label.device)[:, None] * (in_sides[0] * in_sides[1])
+    warped = label.view(-1, slices).index_select(0, rows.flatten())
+    if padding == "zeros":  # reflected or clipped positions lie in the plane
+        warped.mul_(inside.flatten()[:, None].to(warped.dtype))
+    warped = warped.view(len(samples), *out_sides, slices)
+    if out is None:
+        return warped
+    for start, stop, first in sample_runs(samples.tolist()):
+        out[start:stop].copy_(warped[first : first + stop - start])
+    return out
+
+
 def elastic_displacement(control: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """A smooth displacement field from displacements at a coarse grid of control points.
 
@@ -256,23 +408,57 @@ def elastic_displacement(control: torch.Tensor, shape: Sequence[int]) -> torch.T
 
 # ------------------------------------------------------------------------------------------------ noise
 def _mix32_(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (xor-shift-multiply rounds, Wellons' lowbias32 form) of int64 values < 2**32,
-    in place.
+    """A 32-bit integer hash (xor-shift-multiply rounds, Wellons' lowbias32 form), in place, on int32
+    tensors holding the 32 bits (two's complement).
 
-    The multipliers are below 2**31, so each product stays below 2**63: int64 arithmetic never overflows
-    and the CPU and CUDA give the same bits.
+    int32 products wrap to their low 32 bits on the CPU and CUDA alike, the bits an unsigned 32-bit
+    product keeps; right shifts are arithmetic, so each is masked to the bits a logical shift keeps.
+    (int32 rather than int64 with a mask: the CPU multiplies 16 lanes at a time instead of emulating
+    64-bit products, about 10x faster.)
     """
     shifted = torch.empty_like(x)
-    x.bitwise_xor_(torch.bitwise_right_shift(x, 16, out=shifted))
-    x.mul_(0x7FEB352D).bitwise_and_(MASK32)
-    x.bitwise_xor_(torch.bitwise_right_shift(x, 15, out=shifted)).mul_(0x2C1B3C6D).bitwise_and_(MASK32)
-    return x.bitwise_xor_(torch.bitwise_right_shift(x, 16, out=shifted))
+    x.bitwise_xor_(torch.bitwise_right_shift(x, 16, out=shifted).bitwise_and_(0xFFFF))
+    x.mul_(0x7FEB352D)
+    x.bitwise_xor_(torch.bitwise_right_shift(x, 15, out=shifted).bitwise_and_(0x1FFFF)).mul_(0x2C1B3C6D)
+    return x.bitwise_xor_(torch.bitwise_right_shift(x, 16, out=shifted).bitwise_and_(0xFFFF))
+
+
+def _as_int32(x: torch.Tensor) -> torch.Tensor:
+    """int32 with the low 32 bits of int64 values below 2**32."""
+    return torch.where(x >= 2**31, x - 2**32, x).to(torch.int32)
 
 
 @functools.lru_cache(maxsize=4)
 def _position_hash(pairs: int, device: torch.device) -> torch.Tensor:
-    """int64 (pairs,) hash of each position: the same for every key and batch, so made once per shape."""
-    return _mix32_(torch.arange(pairs, dtype=torch.int64, device=device))
+    """int32 (pairs,) hash of each position: the same for every key and batch, so made once per shape."""
+    return _mix32_(torch.arange(pairs, dtype=torch.int32, device=device))
+
+
+@functools.lru_cache(maxsize=4)
+def _box_muller_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float32 (65536,) each: the radius ``sqrt(-2 log u)`` and the cosine and sine of the angle
+    ``2 pi u`` of every 16-bit uniform ``u = (k + 0.5) / 65536`` (looked up: a quarter of the cost of
+    evaluating them per voxel)."""
+    k = torch.arange(65536, dtype=torch.float32, device=device).add_(0.5)
+    angle = k.mul(2.0 * math.pi / 65536.0)
+    radius = k.div(65536.0).log_().mul_(-2.0).sqrt_()
+    return radius, torch.cos(angle), torch.sin(angle)
+
+
+def _normal_pairs(
+    keys: torch.Tensor, pairs: int, device: torch.device, scale: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box-Muller pairs of :func:`hash_normal`: the radius (P, pairs), times ``scale``, and the int32
+    (P pairs,) table index of the angle of each pair."""
+    keys = _as_int32(keys.to(device, torch.int64) & MASK32)
+    bits = _mix32_(torch.bitwise_xor(_position_hash(pairs, device)[None, :], _mix32_(keys)[:, None]))
+    radii = _box_muller_tables(device)[0]
+    angle = (bits & 0xFFFF).flatten()
+    radius = radii.index_select(0, bits.bitwise_right_shift_(16).bitwise_and_(0xFFFF).flatten())
+    radius = radius.view(len(keys), pairs)
+    if scale is not None:
+        radius.mul_(scale.to(device, torch.float32)[:, None])
+    return radius, angle
 
 
 def hash_normal(
@@ -284,7 +470,8 @@ def hash_normal(
     """Standard normal numbers that are a pure function of ``(key, position)``, the same on every device.
 
     One 32-bit hash per pair of numbers, split into two 16-bit uniforms for a Box-Muller transform; the
-    16-bit resolution caps |z| at 4.7 (ample for augmentation noise).
+    16-bit resolution caps |z| at 4.7 (ample for augmentation noise). A volume holds the pairs' cosine
+    parts first, then their sine parts.
 
     Args:
         keys: int (P,) one key per output volume (values below 2**31).
@@ -295,19 +482,22 @@ def hash_normal(
     Returns:
         float32 (P, *shape).
     """
-    count = math.prod(shape)
+    count, device = math.prod(shape), torch.device(device)
+    z = torch.zeros(len(keys), *shape, device=device)
+    return _add_normal_(z.view(len(keys), count), keys, scale).view(z.shape)
+
+
+def _add_normal_(flat: torch.Tensor, keys: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """``flat`` (P, N) plus :func:`hash_normal` of its volumes, in place (no tensor of the numbers)."""
+    count = flat.shape[1]
     pairs = (count + 1) // 2
-    keys = keys.to(device, torch.int64)
-    position = _position_hash(pairs, torch.device(device))
-    bits = _mix32_(torch.bitwise_xor(position[None, :], _mix32_(keys & MASK32)[:, None]))
-    angle = (bits & 0xFFFF).float().add_(0.5).mul_(2.0 * math.pi / 65536.0)
-    radius = bits.bitwise_right_shift_(16).float().add_(0.5).div_(65536.0).log_().mul_(-2.0).sqrt_()
-    if scale is not None:
-        radius.mul_(scale.to(device, torch.float32)[:, None])
-    z = torch.empty(len(keys), 2 * pairs, device=device)
-    torch.cos(angle, out=z[:, :pairs]).mul_(radius)
-    torch.sin(angle, out=z[:, pairs:]).mul_(radius)
-    return z[:, :count].reshape(len(keys), *shape)
+    radius, angle = _normal_pairs(keys, pairs, flat.device, scale)
+    _, cosines, sines = _box_muller_tables(flat.device)
+    radius = radius.to(flat.dtype)
+    flat[:, :pairs].addcmul_(cosines.index_select(0, angle).view_as(radius).to(flat.dtype), radius)
+    sine = sines.index_select(0, angle).view_as(radius)[:, : count - pairs].to(flat.dtype)
+    flat[:, pairs:].addcmul_(sine, radius[:, : count - pairs])
+    return flat
 
 
 def gaussian_noise(x: torch.Tensor, std: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -322,7 +512,10 @@ def gaussian_noise(x: torch.Tensor, std: torch.Tensor, keys: torch.Tensor) -> to
 
 
 def gaussian_noise_(x: torch.Tensor, std: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """:func:`gaussian_noise` in place."""
+    """:func:`gaussian_noise` in place, the noise added as it is made (``addcmul_``: no noise tensor)."""
+    if x.is_contiguous():
+        _add_normal_(x.view(len(x), -1), keys, std)
+        return x
     return x.add_(hash_normal(keys, x.shape[1:], x.device, scale=std).to(x.dtype))
 
 
@@ -358,11 +551,28 @@ def gaussian_kernels(sigma: torch.Tensor, max_radius: int | None = None) -> torc
     return (pdf / pdf.sum(dim=1, keepdim=True)).float()
 
 
+#: The longest last axis :func:`gaussian_blur` convolves as a matrix product (a course patch's 16 slices).
+DENSE_BLUR_SIDE = 32
+
+
+def reflected_convolution_matrices(kernels: torch.Tensor, size: int) -> torch.Tensor:
+    """The (P, size, size) matrices ``A`` with ``A @ v`` = ``v`` (size,) padded by reflection (``F.pad``'s
+    ``reflect``: index -j reads j) and convolved with each centred kernel of (P, 2 R + 1), R < size."""
+    radius = (kernels.shape[1] - 1) // 2
+    taps = torch.arange(size)[:, None] + torch.arange(-radius, radius + 1)[None, :]  # (size, 2 R + 1)
+    taps = torch.where(taps < 0, -taps, torch.where(taps >= size, 2 * (size - 1) - taps, taps))
+    matrices = torch.zeros(len(kernels), size, size, dtype=kernels.dtype, device=kernels.device)
+    columns = taps.to(kernels.device).expand(len(kernels), -1, -1)
+    return matrices.scatter_add_(2, columns, kernels[:, None, :].expand(-1, size, -1))
+
+
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian blur of each volume with its own sigma per axis, mirrored borders.
 
-    Each axis is a weighted sum of shifted views of the padded stack (one fused multiply-add per tap),
-    about twice as fast on the CPU as a grouped ``conv3d`` with the same taps.
+    X and Y: a weighted sum of shifted views of the padded stack per axis (one fused multiply-add per
+    tap), faster on the CPU than a grouped ``conv3d`` with the same taps. A short last axis (at most
+    :data:`DENSE_BLUR_SIDE`, e.g. a course patch's 16 slices) is one batched matrix product with the
+    reflection folded into the matrix: shifted views of 16-value rows are the slowest of the three.
 
     Args:
         x: float (P, X, Y, Z).
@@ -375,13 +585,29 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         radius = (kernel.shape[1] - 1) // 2
         if radius == 0:
             continue
-        pad = [0] * 6
-        pad[2 * (2 - axis) : 2 * (2 - axis) + 2] = [radius, radius]  # F.pad lists the last axis first
-        padded = F.pad(out[None], pad, mode="reflect")[0]
-        dim = 1 + axis
-        out = padded.narrow(dim, 0, size) * kernel[:, 0].view(-1, 1, 1, 1)
-        for tap in range(1, kernel.shape[1]):
-            out.addcmul_(padded.narrow(dim, tap, size), kernel[:, tap].view(-1, 1, 1, 1))
+        if axis == 2 and size <= DENSE_BLUR_SIDE:
+            matrices = reflected_convolution_matrices(kernel, size)
+            out = torch.bmm(out.reshape(len(x), -1, size), matrices.transpose(1, 2)).view(x.shape)
+            continue
+        out = _blur_axis(out, kernel, 1 + axis)
+    return out
+
+
+def _blur_axis(x: torch.Tensor, kernel: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x`` (P, ...) padded by reflection along ``dim`` and convolved with each symmetric centred kernel of
+    (P, 2 R + 1), R < the side: the centre tap, then each pair of taps at distance d as shifted views of
+    ``x`` itself, and the d planes by each face that read across it from the mirrored planes (no padded
+    copy: ``F.pad``'s reflection costs more than a tap)."""
+    size, radius = x.shape[dim], (kernel.shape[1] - 1) // 2
+    weight = kernel.view(len(kernel), -1, *[1] * (x.ndim - 1))
+    out = x * weight[:, radius]
+    for d in range(1, radius + 1):
+        w = weight[:, radius + d]  # = weight[:, radius - d]
+        out.narrow(dim, d, size - d).addcmul_(x.narrow(dim, 0, size - d), w)  # from i - d
+        out.narrow(dim, 0, size - d).addcmul_(x.narrow(dim, d, size - d), w)  # from i + d
+        # i < d reads d - i; i >= size - d reads 2 (size - 1) - i - d
+        out.narrow(dim, 0, d).addcmul_(x.narrow(dim, 1, d).flip(dim), w)
+        out.narrow(dim, size - d, d).addcmul_(x.narrow(dim, size - 1 - d, d).flip(dim), w)
     return out
 
 
@@ -419,7 +645,9 @@ def contrast_(x: torch.Tensor, factor: torch.Tensor, preserve_range: bool = True
         low, high = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
     factor = _per_volume(factor, x)
     x.mul_(factor).add_(mean * (1 - factor))  # (x - mean) factor + mean in two passes
-    return x.clamp_(low, high) if preserve_range else x
+    if preserve_range:  # maximum and minimum: clamp_ with tensor bounds is 10x slower on the CPU
+        torch.minimum(torch.maximum(x, low, out=x), high, out=x)
+    return x
 
 
 def low_resolution(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -433,21 +661,71 @@ def low_resolution(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return low_resolution_(x.clone(), scale)
 
 
+def nearest_exact_index(size: int, down: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """int64 (down,) the input index ``F.interpolate(..., mode="nearest-exact")`` reads for each output
+    index along an axis of ``size`` voxels resampled to ``down``: ``floor((i + 0.5) size / down)`` in
+    float32 as torch computes it (``UpSample.h``), clamped to the last voxel."""
+    scale = torch.tensor(size, dtype=torch.float32) / down
+    index = (torch.arange(down, dtype=torch.float32) + 0.5).mul_(scale).floor_().clamp_(max=size - 1)
+    return index.long().to(device)
+
+
+def _linear_taps(size: int, up: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """``F.interpolate(..., mode="linear", align_corners=False)``'s two input indices (int64) and weights
+    for each of ``up`` outputs from ``size`` inputs along an axis, as its CPU kernel computes them
+    (``UpSampleKernel.cpp``: source ``(i + 0.5) size / up - 0.5`` in float32, clamped at 0)."""
+    scale = torch.tensor(size, dtype=torch.float32) / up
+    source = (torch.arange(up, dtype=torch.float32) + 0.5).mul_(scale).sub_(0.5).clamp_(min=0)
+    first = source.floor().clamp_(max=size - 1)
+    second_w = (source - first).clamp_(0, 1)
+    first = first.long()
+    second = (first + 1).clamp_(max=size - 1)
+    return tuple(t.to(device) for t in (first, second, 1 - second_w, second_w))
+
+
+def upsample_slices(small: torch.Tensor, sides: Sequence[int]) -> torch.Tensor:
+    """Bilinear upsampling (``align_corners=False``) of a slice stack (H', W', S), slice axis last, to
+    (H, W, S): as :func:`warp_slices`, four input rows per output row in one ``embedding_bag``, which
+    reads the layout in place (``interpolate`` on it as channels-last copies it twice).
+
+    Returns:
+        (H W, S), equal to ``F.interpolate`` of each slice to float rounding.
+    """
+    (rows, columns), slices = small.shape[:2], small.shape[2]
+    row_taps = _linear_taps(rows, sides[0], small.device)
+    column_taps = _linear_taps(columns, sides[1], small.device)
+    index = torch.empty(*sides, 4, dtype=torch.int64, device=small.device)
+    weights = torch.empty(*sides, 4, dtype=small.dtype, device=small.device)
+    for tap, (r, c) in enumerate(itertools.product(range(2), range(2))):
+        torch.add(row_taps[r][:, None] * columns, column_taps[c][None, :], out=index[..., tap])
+        torch.mul(row_taps[2 + r][:, None], column_taps[2 + c][None, :], out=weights[..., tap])
+    return F.embedding_bag(
+        index.view(-1, 4), small.reshape(-1, slices), per_sample_weights=weights.view(-1, 4), mode="sum"
+    )
+
+
 def low_resolution_(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """:func:`low_resolution` in place, a volume at a time; the axes that keep their size are channels of
-    a 1D or 2D interpolation (a view: an anisotropic patch's slices are read in place, channels last)."""
+    """:func:`low_resolution` in place, a volume at a time: the nearest-exact downsampling as an
+    ``index_select`` per resampled axis (the same voxels, several times faster than ``interpolate``); the
+    upsampling of a slice stack (X and Y resampled, Z kept) with :func:`upsample_slices`, any other with
+    ``interpolate``, the axes that keep their size as its channels."""
     sizes = list(x.shape[1:])
     for p, factors in enumerate(scale.double().tolist()):
         down = [min(max(round(size * f), 1), size) for size, f in zip(sizes, factors, strict=True)]
         axes = [a for a in range(3) if down[a] != sizes[a]]
         if not axes:
             continue
+        small = x[p]
+        for a in axes:
+            small = small.index_select(a, nearest_exact_index(sizes[a], down[a], x.device))
+        if axes == [0, 1]:
+            x[p].view(-1, sizes[2]).copy_(upsample_slices(small, sizes[:2]))
+            continue
         kept = [a for a in range(3) if a not in axes]
-        volume = x[p].permute(*kept, *axes)  # (kept..., resampled...)
-        stack = volume.reshape(1, -1, *[sizes[a] for a in axes])
-        small = F.interpolate(stack, [down[a] for a in axes], mode="nearest-exact")
+        small = small.permute(*kept, *axes).reshape(1, -1, *[down[a] for a in axes])
         mode = ("linear", "bilinear", "trilinear")[len(axes) - 1]
-        volume.copy_(F.interpolate(small, stack.shape[2:], mode=mode)[0].view(volume.shape))
+        volume = x[p].permute(*kept, *axes)  # (kept..., resampled...)
+        volume.copy_(F.interpolate(small, [sizes[a] for a in axes], mode=mode)[0].view(volume.shape))
     return x
 
 
@@ -469,35 +747,51 @@ def gamma_(
     x: torch.Tensor, gammas: torch.Tensor, invert: bool = False, retain_stats: bool = True
 ) -> torch.Tensor:
     """:func:`gamma` in place, with the inversion and the rescaling folded into the affine maps around
-    ``t ** g`` (the same values to rounding; two passes fewer than each step on its own, four inverted).
+    ``t ** g`` (the same values to rounding, in fewer passes than each step on its own).
 
-    For ``y = sign x``: ``t = (y - min y) / spread`` is ``(x - low) / spread`` or ``(x - high) / -spread``;
-    the statistics of ``t ** g * spread + min y`` are spread times those of ``t ** g``.
+    For ``y = sign x``: ``t = (y - min y) / spread`` is ``(x - low) / spread`` or ``(high - x) / spread``,
+    and ``t ** g * spread + min y`` is an affine map of ``t ** g``. With ``retain_stats`` the result
+    depends on ``t ** g`` only through its standardization, which a positive scale leaves alone: the
+    volume's power ``u ** g`` of ``u = (x - low)`` or ``(high - x)`` is standardized instead (no
+    division), its std rescaled to keep batchgeneratorsv2's floors (``spread`` at least ``EPS``, and
+    ``spread * std(t ** g)`` at least ``EPS``).
     """
     dims = (1, 2, 3)
     sign = -1.0 if invert else 1.0
     low, high = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
     spread = high - low
     origin = high if invert else low
-    scratch = torch.empty_like(x) if retain_stats else x
-    if retain_stats:
-        mean, std = _mean_std(x, scratch)
-    # t ** g as exp(g log t) (t in [0, 1]; log 0 = -inf gives 0): 4x faster than pow with a tensor exponent
-    x.sub_(origin).div_(spread.clamp(min=EPS) * sign).log_().mul_(_per_volume(gammas, x)).exp_()
+    floor = spread.clamp(min=EPS)
+    gammas = _per_volume(gammas, x)
     if not retain_stats:
+        # t ** g as exp2(g log2 t) (t in [0, 1]; log2 0 = -inf gives 0): pow with a tensor exponent is 3x
+        # slower, exp 3x slower than exp2; (x - origin) first: the extreme voxel gives t = 0 exactly
+        x.sub_(origin).div_(floor * sign).log2_().mul_(gammas).exp2_()
         return x.mul_(spread * sign).add_(origin)
+    scratch = torch.empty_like(x)
+    mean, std = _mean_std(x, scratch)
+    if invert:
+        torch.sub(origin, x, out=x)
+    else:
+        x.sub_(origin)
+    x.log2_().mul_(gammas).exp2_()  # u ** g = floor ** g t ** g
     now_mean, now_std = _mean_std(x, scratch)
-    return x.sub_(now_mean).mul_(spread * std * sign / (spread * now_std).clamp(min=EPS)).add_(mean)
+    # batchgeneratorsv2's factor spread std / max(spread std(t ** g), EPS), for u ** g instead of t ** g
+    factor = spread * std * sign / torch.maximum(spread * now_std, EPS * floor.pow(gammas))
+    return x.mul_(factor).add_(mean - now_mean * factor)  # (x - now_mean) factor + mean in two passes
 
 
 def _mean_std(x: torch.Tensor, scratch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and unbiased std of each volume of (P, X, Y, Z), shaped (P, 1, 1, 1); ``scratch`` is a tensor
     like ``x`` to overwrite.
 
-    Two passes over the centred values: torch's ``std`` over three trailing dims is ~5x slower on the CPU.
+    Two passes, the second over the centred values (``vecdot`` of them with themselves, accumulated as
+    accurately as ``sum``): the one-pass ``sum x^2 - n mean^2`` loses ``mean^2 / variance`` times more to
+    cancellation (near 100 for a gamma-mapped volume), and torch's ``std`` over three trailing dims is
+    several times slower on the CPU.
     """
     dims = (1, 2, 3)
     mean = x.mean(dim=dims, keepdim=True)
-    count = x[0].numel()
-    variance = torch.sub(x, mean, out=scratch).square_().sum(dim=dims, keepdim=True) / max(count - 1, 1)
-    return mean, variance.sqrt_()
+    centred = torch.sub(x, mean, out=scratch).flatten(1)
+    variance = torch.linalg.vecdot(centred, centred) / max(centred.shape[1] - 1, 1)
+    return mean, variance.sqrt_().view(-1, 1, 1, 1)
