@@ -1,10 +1,10 @@
-"""Accuracy benchmark: whole-scan Dice of one U-Net trained on five data pipelines (issues 12 and 14).
+"""Accuracy benchmark: whole-scan Dice of one U-Net trained on six data pipelines (issues 12 and 14).
 
     python benchmarks/bench_accuracy.py [--quick] [--json FILE] [--workdir DIR] [--seeds N] [--steps N]
 
 One model (:class:`brainnet.model.UNet3D`, :data:`FULL` sizes), one optimizer, loss and step budget, the
 same seeds (model initialisation and data stream), trained on the synthetic train cases of
-``brainprep.synth`` by five arms, then scored on held-out synthetic cases (another generator seed) over
+``brainprep.synth`` by six arms, then scored on held-out synthetic cases (another generator seed) over
 the *whole scan* with the project's own pieces: :func:`brainnet.predict.predict_case` (sliding window at
 the patch size, overlap 0.5, Gaussian blending, per-window standardization as the store's, brain mask,
 threshold 0.5) and :func:`brainnet.metrics.segmentation_metrics` (the label-map Dice, per class and per
@@ -22,8 +22,10 @@ Arms:
         stores; the same training by :func:`brainnet.train.train_on_batches`
   (iv)  (ii) with ``augment=augment_preset("nnunet")`` (issue 14), applied on the batch in the training
         process (so not in the loader's CPU time; its cost shows in the training seconds)
-  (v)   (ii) with half of the windows tumour-constrained (``tumour_share=0.5``, MONAI's pos 1 / neg 1):
-        the evidence for the sampler's default share
+  (v)   (ii) with half of the windows tumour-constrained (``tumour_share=0.5``, MONAI's pos 1 / neg 1)
+  (vi)  (ii) with half of the windows centred on a voxel of a random tumour class (``foreground_share=0.5``,
+        nnU-Net's class-balanced rule at MONAI's pos 1 / neg 1) and none tumour-constrained;
+        (v) and (vi) are the evidence for the sampler's default shares
 
 Every arm reads with one loader worker *process* (a torch DataLoader worker; MONAI's DataLoader for
 (iii)), so the CPU seconds spent producing batches are exactly the CPU time of that child process:
@@ -86,9 +88,16 @@ ARMS: dict[str, str] = {
     "iii": "(iii) MONAI on the fly",
     "iv": "(iv) volume store + nnunet aug",
     "v": "(v) volume store, half tumour",
+    "vi": "(vi) volume store, half fg",
 }
-#: the tumour-constrained share of each volume-store arm (the rest uniform over the brain)
-TUMOUR_SHARES: dict[str, float] = {"ii": 1.0 / 3.0, "iv": 1.0 / 3.0, "v": 0.5}
+#: (tumour-constrained, class-balanced foreground) shares of each volume-store arm (the rest uniform over
+#: the brain's corners)
+SHARES: dict[str, tuple[float, float]] = {
+    "ii": (1.0 / 3.0, 0.0),
+    "iv": (1.0 / 3.0, 0.0),
+    "v": (0.5, 0.0),
+    "vi": (0.0, 0.5),
+}
 #: the columns of the per-arm table: a target of brainnet.metrics and the metric of it
 DICE_COLUMNS: dict[str, str] = {
     "edema": "edema",
@@ -201,7 +210,9 @@ def _measured(run: Callable[[], Any]) -> Trained:
     return Trained(model, children_cpu_seconds() - cpu0, time.perf_counter() - t0)
 
 
-def train_config(plan: Plan, seed: int, augment: str = "none", tumour_share: float = 1.0 / 3.0) -> Any:
+def train_config(
+    plan: Plan, seed: int, augment: str = "none", shares: tuple[float, float] = (1.0 / 3.0, 0.0)
+) -> Any:
     """The one training of every arm (no validation: the held-out scans score it)."""
     config = require("brainnet.train", "TrainConfig")
     augment_preset = require("brainnet.augment", "augment_preset")
@@ -218,7 +229,9 @@ def train_config(plan: Plan, seed: int, augment: str = "none", tumour_share: flo
         loader="processes",
         augment=augment_preset(augment),
         # one pass of the stream covers the budget (draws depend only on seed and position)
-        volume_sampling=sampling(draws_per_epoch=plan.steps * plan.batch_size, tumour_share=tumour_share),
+        volume_sampling=sampling(
+            draws_per_epoch=plan.steps * plan.batch_size, tumour_share=shares[0], foreground_share=shares[1]
+        ),
     )
 
 
@@ -227,12 +240,17 @@ def model_config(plan: Plan) -> Any:
 
 
 def train_on_store(
-    store: Path, run_dir: Path, plan: Plan, seed: int, augment: str = "none", tumour_share: float = 1.0 / 3.0
+    store: Path,
+    run_dir: Path,
+    plan: Plan,
+    seed: int,
+    augment: str = "none",
+    shares: tuple[float, float] = (1.0 / 3.0, 0.0),
 ) -> Trained:
-    """Arms (i), (ii), (iv), (v): ``brainnet.train.train`` on a store."""
+    """Arms (i), (ii), (iv), (v), (vi): ``brainnet.train.train`` on a store."""
     train = require("brainnet.train", "train")
     shutil.rmtree(run_dir, ignore_errors=True)
-    config = train_config(plan, seed, augment, tumour_share)
+    config = train_config(plan, seed, augment, shares)
     return _measured(lambda: train(store, run_dir, config, model_config(plan)).model)
 
 
@@ -343,9 +361,9 @@ def run_arm(arm: str, paths: dict[str, Path], cases: list[Any], plan: Plan, work
         run_dir = workdir / "accuracy-runs" / f"{arm}-seed{seed}"
         if arm == "i":
             trained = train_on_store(paths["patches"], run_dir, plan, seed)
-        elif arm in TUMOUR_SHARES:
+        elif arm in SHARES:
             augment = "nnunet" if arm == "iv" else "none"
-            trained = train_on_store(paths["volumes"], run_dir, plan, seed, augment, TUMOUR_SHARES[arm])
+            trained = train_on_store(paths["volumes"], run_dir, plan, seed, augment, SHARES[arm])
         else:
             trained = train_monai(paths["train"], plan, seed)
         scores = score_scans(trained.model, cases, build)
@@ -458,7 +476,7 @@ def run(args: Any) -> Report:
         plan = replace(plan, lr=args.lr)
     arms = args.arms.split(",") if args.arms else list(ARMS)
     report = Report(
-        "Accuracy: whole-scan Dice on held-out cases, one U-Net, five data pipelines",
+        "Accuracy: whole-scan Dice on held-out cases, one U-Net, six data pipelines",
         settings={
             "shape": "x".join(map(str, plan.shape)),
             "patch": "x".join(map(str, plan.patch)),
@@ -504,7 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per training")
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate")
-    parser.add_argument("--arms", default=None, help="comma-separated subset of i,ii,iii,iv,v (default all)")
+    parser.add_argument(
+        "--arms", default=None, help="comma-separated subset of i,ii,iii,iv,v,vi (default all)"
+    )
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     return finish(run(args), args.json)

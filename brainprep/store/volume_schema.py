@@ -58,43 +58,37 @@ nonzero intensity below 2**-24 (it would become 0 and leave the brain mask); suc
 ``--dtype float32``.
 
 Chunks and codecs. Images are chunked ``(4, cx, cy, cz)`` (all channels in one chunk: a window needs all
-four), labels ``(cx, cy, cz)``: whole planes of the crop (up to 256 x 256) by 8 slices
+four), labels ``(cx, cy, cz)``: whole planes of the crop (up to 256 x 256) by 4 slices
 (:func:`volume_chunk_shape`); each chunk is stored slice-major (a ``transpose`` codec,
-:func:`stored_axis_order`), and compressed with Blosc lz4hc at level 3 (``StoreParams.compression_level``).
-Measured with ``python benchmarks/measure_volume_chunks.py --cases 2 --windows 60 --rounds 5`` (two
-synthetic 240x240x155 cases, float16, the same 60 random 160x160x16 windows read as the training loader
-reads them, median of 5 alternating rounds, one thread, beside one stored patch of the 20-patch store of
-the same cases; on the shared 2-core development machine under a load of ~10, so only the ratios count):
+:func:`stored_axis_order`) and compressed with Blosc lz4hc at level 3 (``StoreParams.compression_level``),
+bit-shuffled for the images, unshuffled for the labels. Measured with ``python
+benchmarks/measure_volume_chunks.py --cases 2 --windows 60 --rounds 5`` (two synthetic 240x240x155 cases,
+float16, the same 60 random 160x160x16 windows read as the training loader reads them, median of 5
+alternating rounds in one thread's CPU milliseconds, beside one stored patch of the 20-patch store of the
+same cases):
 
-==================  ========  ========  ============  =======  =====================
-candidate           MB/case   /patches  build s/case  ms raw   ms raw + standardized
-==================  ========  ========  ============  =======  =====================
-plane x 8, zstd 1   7.50      0.251     5.39          35.9     67.0
-plane x 4, zstd 1   7.64      0.256     4.40          35.3     50.9
-plane x 8, lz4hc 1  10.83     0.363     4.91          19.7     41.5
-plane x 8, lz4hc 3  10.31     0.345     5.53          18.5     38.0
-plane x 4, lz4hc 3  10.34     0.346     6.25          17.4     37.9
-plane x 8, lz4 1    11.87     0.397     3.54          19.0     37.0
-==================  ========  ========  ============  =======  =====================
+TABLE_PLACEHOLDER
 
-(one stored patch: 16.5 ms in the same run; the standardized column is the float32 numpy/torch path
-before training moved it onto its device.) Why each choice:
+Why each choice:
 
 - **Whole planes**: a brain crop is barely wider than the course's 160 x 160 patch, so a window covers
-  most of each plane anyway; whole planes cost little extra decoding and few chunks per window. Along z a
-  window of 16 slices decodes 1.5 times its depth with chunks of 8 (2 with 16); chunks of 4 read barely
-  faster and build slower.
-- **Slice-major chunks**: with x, y, z order (z fastest) a window is copied out of a chunk in runs of its
-  8 z values (16 bytes), the largest single cost of a raw read; slice-major, in runs of whole rows of x.
-  And ``patch-slice`` standardizes each z-slice on its own: slice-major, a slice is one contiguous block
-  (the loader's windows keep that layout, :func:`slice_major`).
-- **lz4hc 3**: decoding is most of a raw read; lz4hc decodes about 3 times faster than zstd 1 (raw
-  window 18.5 against 35.9 ms) for 1.4 times the bytes. It is a trade, not a free win
-  (``benchmarks/bench_build.py``, 16 cases): the store is 0.375 of the 20-patch store but 0.763 of
-  nnU-Net's own preprocessed data (zstd 1: 0.51), and its encoding makes the build about 1.6 times
-  slower than with zstd 1, in exchange for fresh windows at 0.89 of the patch store's rate instead of
-  about 0.4 (``benchmarks/bench_streaming.py --volumes-only``). lz4 (not hc) builds faster but is
-  larger still. Issue 12 wants all three bars; no codec tried here holds them all yet.
+  most of each plane anyway; whole planes cost little extra decoding and few chunks per window.
+- **4 slices**: a window of 16 slices decodes on average 19 slices with chunks of 4, 23 with 8, 31 with
+  16; below 4 the chunks' own costs (a checksum, a decode call, a copy each) outweigh what is saved.
+- **Slice-major chunks**: with x, y, z order (z fastest) a window is copied out of a chunk in runs of a
+  chunk's z values (8 bytes), the largest single cost of a raw read; slice-major, in runs of whole rows of
+  x. And ``patch-slice`` standardizes each z-slice on its own: slice-major, a slice is one contiguous block
+  (the loader's windows keep that layout, :func:`slice_major`). It is also the NIfTI's own order, so the
+  build cuts each chunk out of the decoded file without a transposition
+  (:func:`~brainprep.store.volume_chunks.write_volume_shard`).
+- **lz4hc 3, bit shuffle**: decoding is most of a raw read, and lz4hc decodes about twice as fast as zstd 1
+  for about 1.2 times its bytes. Bit shuffle makes the float16 intensities about 5 % smaller than byte
+  shuffle, which is what keeps the store at or under 0.75 of nnU-Net's own preprocessed data
+  (``benchmarks/bench_build.py``, 16 cases), for windows about 10 % slower to decode. It is a trade:
+  issue 12 asks for a store <= 0.75x nnU-Net's (bit shuffle: about 0.72-0.74; byte shuffle 0.77), a build
+  <= 1.5x a nibabel load (about 1.2x) and fresh windows >= 0.7x the patch store's rate
+  (``benchmarks/bench_streaming.py --volumes-only``: below it with either shuffle on a quiet machine).
+  Labels are unshuffled: bit shuffle saves a few KB per case there and costs ten times the decode.
 
 Zarr: each case array is one shard (``sharding_indexed``, index at the end with its crc32c) of chunks
 ``transpose -> bytes -> blosc(lz4hc, level, shuffle) -> crc32c``, every chunk written (a missing one is
