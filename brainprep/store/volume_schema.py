@@ -61,13 +61,9 @@ Chunks and codecs. Images are chunked ``(4, cx, cy, cz)`` (all channels in one c
 four), labels ``(cx, cy, cz)``: whole planes of the crop (up to 256 x 256) by 4 slices
 (:func:`volume_chunk_shape`); each chunk is stored slice-major (a ``transpose`` codec,
 :func:`stored_axis_order`) and compressed with Blosc lz4hc at level 3 (``StoreParams.compression_level``),
-bit-shuffled for the images, unshuffled for the labels. Measured with ``python
-benchmarks/measure_volume_chunks.py --cases 2 --windows 60 --rounds 5`` (two synthetic 240x240x155 cases,
-float16, the same 60 random 160x160x16 windows read as the training loader reads them, median of 5
-alternating rounds in one thread's CPU milliseconds, beside one stored patch of the 20-patch store of the
-same cases):
-
-TABLE_PLACEHOLDER
+bit-shuffled for the images, unshuffled for the labels. Chosen with ``python
+benchmarks/measure_volume_chunks.py`` (bytes, build time and window read time of each candidate side by
+side; its latest table is in ``benchmarks/README.md``).
 
 Why each choice:
 
