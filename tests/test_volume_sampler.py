@@ -212,3 +212,14 @@ def test_ddp_ranks_read_disjoint_draws_and_agree(store_path: Path, tmp_path: Pat
     assert [r["slots"].tolist() for r in ranks] == [[0, 2, 4], [1, 3, 5]]
     for name, tensor in ranks[0]["weights"].items():
         assert torch.equal(tensor, ranks[1]["weights"][name]), name
+
+
+def test_train_cli_shares_default_to_the_sampler_and_one_given_zeroes_the_other() -> None:
+    from brainnet.cli.train import _sampling_shares
+
+    defaults = WindowSamplingParams(**_sampling_shares({"tumour_share": None, "foreground_share": None}))
+    assert (defaults.tumour_share, defaults.foreground_share) == (0.0, 0.5)
+    course = WindowSamplingParams(**_sampling_shares({"tumour_share": 1.0, "foreground_share": None}))
+    assert (course.tumour_share, course.foreground_share) == (1.0, 0.0)
+    both = _sampling_shares({"tumour_share": 0.2, "foreground_share": 0.3})
+    assert both == {"tumour_share": 0.2, "foreground_share": 0.3}

@@ -113,16 +113,16 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
 @click.option(
     "--tumour-share",
     type=click.FloatRange(0, 1),
-    default=1.0 / 3.0,
-    show_default=True,
-    help="Volume store: share of windows drawn among the corners passing the course's tumour threshold.",
+    default=None,
+    help="Volume store: share of windows drawn among the corners passing the course's tumour threshold "
+    "[default: the sampler's, 0; 0 when only --foreground-share is given].",
 )
 @click.option(
     "--foreground-share",
     type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="Volume store: share of windows centred on a voxel of a random tumour class (nnU-Net's rule).",
+    default=None,
+    help="Volume store: share of windows centred on a voxel of a random tumour class (nnU-Net's rule) "
+    "[default: the sampler's, 0.5; 0 when only --tumour-share is given].",
 )
 @click.option(
     "--draws-per-epoch",
@@ -179,9 +179,7 @@ def train(
             weighting=options["weighting"],
             augment=_augment_config(options),
             volume_sampling=WindowSamplingParams(
-                tumour_share=options["tumour_share"],
-                foreground_share=options["foreground_share"],
-                draws_per_epoch=options["draws_per_epoch"],
+                draws_per_epoch=options["draws_per_epoch"], **_sampling_shares(options)
             ),
         )
         patch_store = open_store(
@@ -227,3 +225,13 @@ def train(
             f"trained {result.epochs} epochs ({result.global_step} steps); "
             f"best {result.best_metric} {result.best_score:.4f}; checkpoints in {result.out_dir}"
         )
+
+
+def _sampling_shares(options: dict) -> dict[str, float]:
+    """The window shares asked for: none given, the sampler's defaults; one given, the other is 0 (so
+    ``--tumour-share 1`` alone is the course's rule, not a sum over 1 with the default foreground share)."""
+    given = {k: options[k] for k in ("tumour_share", "foreground_share") if options[k] is not None}
+    if len(given) == 1:
+        given.setdefault("tumour_share", 0.0)
+        given.setdefault("foreground_share", 0.0)
+    return given
