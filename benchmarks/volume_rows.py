@@ -1,8 +1,8 @@
 """Rows (v) of ``bench_streaming.py``: fresh windows from a volume store, beside the patch store and nnU-Net.
 
-  (v)  brainnet's training stream over a volume store: ``VolumeDraws`` (the default mixed sampler: a third
-       of the windows among the corners passing the course's tumour threshold, the rest uniform over the
-       brain crop) + ``VolumeWindowDataset`` (each window read and ``patch-slice`` standardized at read
+  (v)  brainnet's training stream over a volume store: ``VolumeDraws`` (``WindowSamplingParams``'
+       defaults: half of the windows centred on a voxel of a random tumour class, the rest uniform over
+       the brain crop) + ``VolumeWindowDataset`` (each window read and ``patch-slice`` standardized at read
        time, as training sees it) + ``make_loader`` with the threads backend, 2 threads, batches of 2
   (a2) the patch store's threads loader, the same settings (:func:`bench_streaming.brainnet_row`)
   (n)  nnU-Net v2's ``nnUNetDataLoader`` over its own preprocessed blosc2 data of the same cases, same
@@ -52,7 +52,8 @@ def volume_row(store: Path, n_patches: int, expand_on_cpu: bool = False) -> Row:
         ROW_VOLUME_EXPANDED if expand_on_cpu else ROW_VOLUME,
         result.rate,
         "patches/s",
-        f"{len(draws.cases)} volumes, mixed sampler (tumour share {params.tumour_share:.2f}), "
+        f"{len(draws.cases)} volumes, default sampler (tumour {params.tumour_share:.2f}, "
+        f"foreground {params.foreground_share:.2f}), "
         f"batch {BATCH_SIZE}, {WORKERS} threads, {what}",
         {"patches": result.patches, "seconds": round(result.seconds, 3)},
     )
