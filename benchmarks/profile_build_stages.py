@@ -31,7 +31,12 @@ from brainprep.read.case import read_case_arrays
 
 
 def read_image(files: Any) -> Any:
-    return read_case_arrays(files, with_label=False)
+    """The image as a build worker reads it: into the worker's reused buffers (fresh memory per case
+    would add the kernel's page mapping, which a build does not pay)."""
+    from brainprep.builder.case import borrowed_buffers
+
+    with borrowed_buffers() as buffers:
+        return read_case_arrays(files, with_label=False, buffers=buffers.files)
 
 
 DEFAULT_DATA = Path.home() / ".cache" / "brainprep-bench" / "synth-msd-8-seed0"

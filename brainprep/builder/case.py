@@ -178,6 +178,14 @@ class WorkerBuffers:
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         return self.patches.take(0, nbytes)[:nbytes].view(dtype).reshape(shape)
 
+    def slice_major(self, position: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """An uninitialized slice-major array (:func:`brainprep.store.volume_schema.slice_major`) in the
+        reused memory ``position`` (a volume build's crop and its stored copy: 0 and 1)."""
+        from brainprep.store.volume_schema import slice_major
+
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return slice_major(shape, dtype, self.patches.take(position, nbytes))
+
 
 _FREE_BUFFERS: list[WorkerBuffers] = []
 _BUFFERS_LOCK = threading.Lock()

@@ -118,13 +118,20 @@ def case_crop(
     return crop_from_hits(hits, arrays.shape, patch_size)
 
 
-def cut_case_crop(arrays: CaseArrays, crop: Crop, background: np.ndarray) -> np.ndarray:
+def cut_case_crop(
+    arrays: CaseArrays, crop: Crop, background: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
     """float32 (4, *crop.shape), slice-major (:func:`~brainprep.store.volume_schema.slice_major`: x
     fastest, the NIfTI's own order, so each channel is copied without a transposition): the
     :func:`~brainprep.volume.cut_crop` of ``arrays.volume() - background`` (each channel less its
     background, in float32; so the background is 0, as outside the crop), cut from each channel's voxels.
-    With a background of 0 (BraTS) it is the crop of the volume bit for bit."""
-    out = vs.slice_major((len(arrays.channels), *crop.shape), np.float32)
+    With a background of 0 (BraTS) it is the crop of the volume bit for bit. ``out``: a slice-major
+    float32 array of that shape to fill (a worker's reused memory, any content), else a new one."""
+    shape = (len(arrays.channels), *crop.shape)
+    if out is None:
+        out = vs.slice_major(shape, np.float32)
+    elif out.shape != shape or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 {shape}, found {out.dtype} {out.shape}")
     parts = window_parts(arrays.shape, crop.offset, crop.shape)
     if crop.padded or parts is None:
         out[...] = 0
@@ -171,6 +178,7 @@ def volume_case(
     rng: np.random.Generator,
     n_classes: int,
     background: np.ndarray | None = None,
+    stored: np.ndarray | None = None,
 ) -> VolumeCase:
     """What the store keeps of one case, from its crop (:func:`~brainprep.volume.brain_crop`).
 
@@ -183,13 +191,18 @@ def volume_case(
         rng: the case's generator (for the class-location sample).
         n_classes: foreground classes of the dataset spec (each gets class locations).
         background: float64 (4,) subtracted from the image (recorded); ``None``: zeros.
+        stored: an array of ``cropped``'s shape in the store dtype to hold the stored image (a worker's
+            reused memory); ``None``: a new one (or ``cropped`` itself when the dtypes agree).
 
     Raises:
         InvalidValueError: a float16 store cannot hold the image (:func:`float16_problem`).
     """
     size = params.sampling.patch_size
     with np.errstate(over="ignore"):  # a value beyond float16's range is refused just below
-        stored = cropped.astype(params.store.dtype, copy=False)  # in cropped's memory order
+        if stored is None or np.dtype(params.store.dtype) == cropped.dtype:
+            stored = cropped.astype(params.store.dtype, copy=False)  # in cropped's memory order
+        else:
+            np.copyto(stored, cropped, casting="same_kind")
     if params.store.dtype == "float16":
         problem = float16_problem(cropped, stored)
         if problem is not None:
@@ -263,10 +276,11 @@ def write_volume_case(task: CaseTask) -> dict[str, Any]:
             case = None
             if crop is not None:
                 rng = case_rng(params.seed, plan.case_id)
-                cropped = cut_case_crop(arrays, crop, background)
-                case = volume_case(
-                    cropped, cut_crop(label, crop), crop, params, rng, task.files.spec.n_classes, background
-                )
+                shape = (len(arrays.channels), *crop.shape)
+                cropped = cut_case_crop(arrays, crop, background, buffers.slice_major(0, shape, np.float32))
+                stored = buffers.slice_major(1, shape, params.store.dtype)
+                label_crop, n_classes = cut_crop(label, crop), task.files.spec.n_classes
+                case = volume_case(cropped, label_crop, crop, params, rng, n_classes, background, stored)
         except CaseError as err:
             if err.case_id is None:  # volume_case's float16 check does not know the case
                 err.case_id = plan.case_id

@@ -191,11 +191,16 @@ def stored_axis_order(ndim: int) -> tuple[int, ...]:
     return (0, 3, 2, 1) if ndim == 4 else (2, 1, 0)
 
 
-def slice_major(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """A new array of logical ``shape`` (…, X, Y, Z) laid out z-slice by z-slice, x fastest (the memory
-    order of :func:`stored_axis_order`): ``np.empty(reversed spatial shape).transpose(...)``."""
+def slice_major(shape: tuple[int, ...], dtype: Any, memory: np.ndarray | None = None) -> np.ndarray:
+    """An array of logical ``shape`` (…, X, Y, Z) laid out z-slice by z-slice, x fastest (the memory
+    order of :func:`stored_axis_order`): ``np.empty(reversed spatial shape).transpose(...)``, or a view of
+    ``memory`` (uint8, at least the array's bytes; reused memory, its content undefined)."""
     lead, spatial = tuple(shape[:-3]), tuple(shape[-3:])
-    memory = np.empty((*lead, *spatial[::-1]), dtype=dtype)
+    if memory is None:
+        memory = np.empty((*lead, *spatial[::-1]), dtype=dtype)
+    else:
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        memory = memory[:nbytes].view(dtype).reshape((*lead, *spatial[::-1]))
     n = len(lead)
     return memory.transpose(*range(n), n + 2, n + 1, n)
 
