@@ -26,17 +26,15 @@ from typing import Any
 import numpy as np
 
 from brainprep import discover_cases
+from brainprep.builder.case import borrowed_buffers
 from brainprep.params import BuildParams, StoreParams
 from brainprep.read.case import read_case_arrays
 
 
-def read_image(files: Any) -> Any:
-    """The image as a build worker reads it: into the worker's reused buffers (fresh memory per case
-    would add the kernel's page mapping, which a build does not pay)."""
-    from brainprep.builder.case import borrowed_buffers
-
-    with borrowed_buffers() as buffers:
-        return read_case_arrays(files, with_label=False, buffers=buffers.files)
+def read_image(files: Any, buffers: Any) -> Any:
+    """The image as a build worker reads it: into the worker's reused buffers (``WorkerBuffers``; fresh
+    memory per case would add the kernel's page mapping, which a build does not pay)."""
+    return read_case_arrays(files, with_label=False, buffers=buffers.files)
 
 
 DEFAULT_DATA = Path.home() / ".cache" / "brainprep-bench" / "synth-msd-8-seed0"
@@ -55,7 +53,7 @@ class Stages:
         return value
 
 
-def patch_stages(cases: list[Any], data: Path, store: Path, stages: Stages) -> None:
+def patch_stages(cases: list[Any], data: Path, store: Path, stages: Stages, buffers: Any) -> None:
     from brainprep.builder.case import cut_case_images, slot_labels
     from brainprep.builder.plan import plan_case
     from brainprep.store import schema
@@ -67,13 +65,13 @@ def patch_stages(cases: list[Any], data: Path, store: Path, stages: Stages) -> N
     create_zarr_store(store, layout, {"complete": False})
     for index, files in enumerate(cases):
         plan = stages.timed("plan", plan_case, files, index, "train", params, data)
-        arrays = stages.timed("read image", read_image, files)
+        arrays = stages.timed("read image", read_image, files, buffers)
         images, _, _ = stages.timed("cut + standardize", cut_case_images, arrays, plan.corners, params, k)
         labels = slot_labels(plan.label_patches(params.sampling.patch_size), k)
         stages.timed("zarr write", write_case_zarr, store, layout, index, images, labels)
 
 
-def volume_stages(cases: list[Any], data: Path, store: Path, stages: Stages) -> None:
+def volume_stages(cases: list[Any], data: Path, store: Path, stages: Stages, buffers: Any) -> None:
     from brainprep.builder import volume_case as vc
     from brainprep.sample import case_rng
     from brainprep.store.volume_zarr import create_volume_zarr, write_volume_case_zarr
@@ -81,20 +79,23 @@ def volume_stages(cases: list[Any], data: Path, store: Path, stages: Stages) -> 
 
     params = BuildParams(store=StoreParams(kind="volumes"))
     create_volume_zarr(store, {"complete": False})
-    for index, files in enumerate(cases):
+    for index, files in enumerate(cases):  # the steps of volume_case.write_volume_case, each timed
         plan = stages.timed("plan", vc.plan_volume_case, files, index, "train", params, data)
-        arrays = stages.timed("read image", read_image, files)
+        arrays = stages.timed("read image", read_image, files, buffers)
         label = vc._unpacked(plan.packed_labels)
         label = np.frombuffer(label, dtype=np.uint8).reshape(arrays.shape)
         background = stages.timed("background", vc.case_background, arrays)
         size = params.sampling.patch_size
         crop = stages.timed("crop", vc.case_crop, arrays, label, size, background)
-        cropped = stages.timed("cut", vc.cut_case_crop, arrays, crop, background)
+        shape = (len(arrays.channels), *crop.shape)
+        memory = buffers.slice_major(0, shape, np.float32)
+        cropped = stages.timed("cut", vc.cut_case_crop, arrays, crop, background, memory)
         rng = case_rng(params.seed, plan.case_id)
         n_classes = files.spec.n_classes
         label_crop = cut_crop(label, crop)
+        stored = buffers.slice_major(1, shape, params.store.dtype)
         case = stages.timed(
-            "tables", vc.volume_case, cropped, label_crop, crop, params, rng, n_classes, background
+            "tables", vc.volume_case, cropped, label_crop, crop, params, rng, n_classes, background, stored
         )
         level = params.store.compression_level
         write = write_volume_case_zarr
@@ -122,7 +123,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp())
     try:
         run = volume_stages if args.kind == "volumes" else patch_stages
-        run(cases, args.data, workdir / "stages.zarr", stages)
+        with borrowed_buffers() as buffers:  # one worker's reused memory, as a build holds it
+            run(cases, args.data, workdir / "stages.zarr", stages, buffers)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     load = nibabel_seconds(cases) / len(cases)

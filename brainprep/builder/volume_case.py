@@ -40,8 +40,6 @@ from brainprep.volume import (
 )
 
 logger = logging.getLogger(__name__)
-#: float32 magnitudes that float16 rounds to 0
-FLOAT16_VANISHES = 2.0**-25
 
 
 def plan_volume_case(files: CaseFiles, index: int, split: str, params: BuildParams, root: Path) -> CasePlan:

@@ -3,7 +3,7 @@ write of a whole volume array's shard.
 
 A volume array (:mod:`.volume_schema`) is one shard of chunks ``bytes -> blosc -> crc32c``. zarr-python
 reads a window through its asynchronous codec pipeline, which costs more per chunk than decoding it
-(:func:`~brainprep.store.volume_schema.volume_chunk_shape` has the numbers). :class:`VolumeArrayReader`
+(``benchmarks/measure_volume_chunks.py`` times window reads). :class:`VolumeArrayReader`
 reads the shard index once (checking its crc32c), then per chunk of the window one ranged read, one
 crc32c check and one Blosc decode (a local shard is memory-mapped, so a chunk is read in place without a
 copy), and copies the part of the chunk the window needs: the same path as

@@ -82,8 +82,8 @@ Why each choice:
   shuffle, which is what keeps the store at or under 0.75 of nnU-Net's own preprocessed data
   (``benchmarks/bench_build.py``, 16 cases), for windows about 10 % slower to decode. It is a trade:
   issue 12 asks for a store <= 0.75x nnU-Net's (bit shuffle: about 0.72-0.74; byte shuffle 0.77), a build
-  <= 1.5x a nibabel load (about 1.2x) and fresh windows >= 0.7x the patch store's rate
-  (``benchmarks/bench_streaming.py --volumes-only``: below it with either shuffle on a quiet machine).
+  <= 1.5x a nibabel load (about 1.25x) and fresh windows >= 0.7x the patch store's rate
+  (``benchmarks/bench_streaming.py --volumes-only``: about 0.8x with bit shuffle on a quiet machine).
   Labels are unshuffled: bit shuffle saves a few KB per case there and costs ten times the decode.
 
 Zarr: each case array is one shard (``sharding_indexed``, index at the end with its crc32c) of chunks
