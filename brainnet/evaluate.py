@@ -1,11 +1,19 @@
 """Evaluate a checkpoint on a store split: Dice, sensitivity and specificity per class and BraTS region.
 
 The Dice is the label-map Dice of :mod:`brainnet.metrics` (``dice_labelmap``), the one the training log
-reports and ``best.pt`` is chosen by. Per case, the metrics are over all of the case's patches of the split
-taken together (patches may overlap; each is counted as cut). Overall metrics come from the voxel counts
-of :func:`~brainnet.metrics.confusion_counts` summed over every patch of the split, so evaluating a large
-store never holds more than one case in memory, and give the same numbers as
-:func:`~brainnet.metrics.segmentation_metrics` on the concatenation.
+reports and ``best.pt`` is chosen by. What is scored depends on the store's kind:
+
+- a patch store: every stored patch of the split, predicted as a whole. Per case, the metrics are over
+  all of the case's patches taken together (patches may overlap; each is counted as cut).
+- a volume store: every case of the split over its whole stored crop (the brain's bounding box), by the
+  sliding window of :func:`brainnet.predict.predict_volume` (the patch size, overlap 0.5, Gaussian
+  blending, the brain mask), so these are whole-scan numbers: the crop holds every brain voxel, and
+  outside it prediction and truth are both background (only the specificity's true negatives differ
+  from a prediction over the whole scan).
+
+Overall metrics come from the voxel counts of :func:`~brainnet.metrics.confusion_counts` summed over the
+split, so evaluating a large store never holds more than one case in memory, and give the same numbers
+as :func:`~brainnet.metrics.segmentation_metrics` on the concatenation.
 """
 
 from __future__ import annotations
@@ -30,13 +38,14 @@ from brainnet.metrics import (
     metrics_from_counts,
     probabilities_to_labels,
 )
-from brainnet.predict import model_probabilities
+from brainnet.predict import model_probabilities, predict_volume, round_through
 from brainprep.errors import ConfigError
 from brainprep.spec import MSD_SPEC, DatasetSpec
 
 logger = logging.getLogger(__name__)
 
 OVERALL = "overall"
+PATCHES, CROPS = "patches", "crops"
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,8 @@ def draw_overlays(rows: list[OverlayRow], path: Path, spec: DatasetSpec = MSD_SP
         grey = plane_slice(np.asarray(row.image, dtype=np.float32)[:, :, None], "axial", 0)
         panels = (("image", None), ("truth", row.truth), ("prediction", row.prediction))
         for ax, (name, labels) in zip(ax_row, panels, strict=True):
-            shown = np.zeros(grey.shape, dtype=np.uint8) if labels is None else labels
+            # the (X, Y) slice's shape, not the displayed (Y, X) one: non-square slices differ
+            shown = np.zeros(np.shape(row.image), dtype=np.uint8) if labels is None else labels
             ax.imshow(overlay_rgb(grey, plane_slice(shown[:, :, None], "axial", 0)), interpolation="nearest")
             title = f"{row.title}: {name}" if name == "image" else name
             if name == "truth" and labels is None:
@@ -105,19 +115,22 @@ class EvaluationResult:
 
     Attributes:
         split: the evaluated split.
-        overall: ``{target: {metric: value}}`` over all patches.
+        overall: ``{target: {metric: value}}`` over the whole split.
         cases: ``{case_id: {target: {metric: value}}}``.
-        patches: patches per case.
-        overlays: a few patches drawn by :func:`draw_overlays`.
+        counts: what was scored per case, in :attr:`unit`: its patches (a patch store) or 1, its whole
+            crop (a volume store).
+        overlays: a few slices drawn by :func:`draw_overlays`.
         spec: the store's dataset spec (the classes and regions scored).
+        unit: ``"patches"`` or ``"crops"``.
     """
 
     split: str
     overall: dict[str, dict[str, float]]
     cases: dict[str, dict[str, dict[str, float]]]
-    patches: dict[str, int]
+    counts: dict[str, int]
     overlays: list[OverlayRow] = field(default_factory=list, repr=False)
     spec: DatasetSpec = MSD_SPEC
+    unit: str = PATCHES
 
     @property
     def score(self) -> float:
@@ -131,16 +144,93 @@ class EvaluationResult:
             "score": self.score,
             "overall": self.overall,
             "cases": self.cases,
-            "patches": self.patches,
+            "unit": self.unit,
+            "counts": self.counts,
         }
 
 
-def _overlay_row(
-    case_id: str, slot: int, image: np.ndarray, truth: np.ndarray, pred: np.ndarray
-) -> OverlayRow:
+def _overlay_row(title: str, image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> OverlayRow:
+    """The axial slice of (4, X, Y, Z) ``image`` with the most true plus predicted tumour."""
     tumour = (truth > 0).sum(axis=(0, 1)) + (pred > 0).sum(axis=(0, 1))
     z = int(np.argmax(tumour))
-    return OverlayRow(f"{case_id} slot {slot} z={z}", image[0, :, :, z], truth[:, :, z], pred[:, :, z])
+    return OverlayRow(f"{title} z={z}", image[0, :, :, z], truth[:, :, z], pred[:, :, z])
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """One case's prediction: (N, X, Y, Z) truth and labels (N patches, or N = 1: the whole crop), the
+    (N, 4, X, Y, Z) images and the title of each item's picture."""
+
+    case_id: str
+    truth: np.ndarray
+    predicted: np.ndarray
+    images: Any
+    titles: list[str]
+
+
+def _n_cases(store: Any, split: str, volumes: bool) -> int:
+    """Cases of ``split`` that hold something to score."""
+    if volumes:
+        return len(store.case_indices(split))
+    return len(np.unique(np.asarray(store.table.case)[store.patch_indices(split=split)]))
+
+
+def _case_ids(store: Any) -> dict[int, str]:
+    return {int(c["index"]): str(c["case_id"]) for c in store.cases}
+
+
+def _score_patches(model: torch.nn.Module, store: Any, split: str, options: dict[str, Any]):
+    """Yield a :class:`_Scored` per case of a patch store: every patch of ``split``, predicted whole."""
+    slots = store.patch_indices(split=split)
+    if len(slots) == 0:
+        raise ConfigError(f"store {store.location} has no patches in split {split!r}")
+    case_of_slot = np.asarray(store.table.case)[slots]
+    case_ids = _case_ids(store)
+    batch_size = options["batch_size"]
+    for case_index in np.unique(case_of_slot):
+        case_slots = slots[case_of_slot == case_index]
+        images, truth = store.read_patches(case_slots)
+        predicted = np.empty_like(truth)
+        for first in range(0, len(case_slots), batch_size):
+            batch = torch.from_numpy(np.asarray(images[first : first + batch_size], dtype=np.float32))
+            probabilities = model_probabilities(model, batch, options["amp"], options["amp_dtype"]).cpu()
+            predicted[first : first + batch_size] = probabilities_to_labels(
+                probabilities, options["threshold"], axis=1
+            ).numpy()
+        case_id = case_ids.get(int(case_index), f"case{int(case_index)}")
+        yield _Scored(case_id, truth, predicted, images, [f"{case_id} slot {int(k)}" for k in case_slots])
+
+
+def _score_crops(model: torch.nn.Module, store: Any, split: str, options: dict[str, Any]):
+    """Yield a :class:`_Scored` per case of a volume store: its whole crop by the sliding window."""
+    from brainprep.standardize import brain_mask
+
+    indices = store.case_indices(split)
+    if len(indices) == 0:
+        raise ConfigError(f"store {store.location} has no cases in split {split!r}")
+    params = store.params
+    per_window = params.standardize.method == "patch-slice"
+    case_ids = _case_ids(store)
+    for index in indices:
+        raw, truth = store.read_volume(int(index))
+        if per_window:  # the predictor standardizes each window as the training windows were
+            volume = np.asarray(raw, dtype=np.float32)
+        else:
+            volume = round_through(
+                store.read_volume(int(index), params.standardize.method)[0], params.store.dtype
+            )
+        # the crop is stored relative to the case's background: the brain is its nonzero voxels
+        predicted, _ = predict_volume(
+            model,
+            volume,
+            params,
+            brain_mask(raw, 0.0),
+            batch_size=options["batch_size"],
+            threshold=options["threshold"],
+            amp=options["amp"],
+        )
+        case_id = case_ids.get(int(index), f"case{int(index)}")
+        yield _Scored(case_id, truth[None], predicted[None], raw[None], [f"{case_id} crop"])
 
 
 def evaluate_store(
@@ -155,57 +245,46 @@ def evaluate_store(
     n_overlays: int = 4,
     progress: bool = False,
 ) -> EvaluationResult:
-    """Predict every patch of ``split`` and score it against the stored labels.
+    """Predict ``split`` of the store and score it against the stored labels (the module docstring says
+    what is scored for each store kind).
 
     Args:
         model: the network, on its device (put in eval mode here).
-        store: an open :class:`~brainprep.store.reader.PatchStore`.
+        store: an open store (:func:`~brainprep.store.open_store`): a patch store or a volume store.
         split: ``train`` or ``val``.
-        batch_size: patches per forward pass.
+        batch_size: patches (windows) per forward pass.
         threshold: probability threshold of :func:`~brainnet.metrics.probabilities_to_labels`.
         amp, amp_dtype: autocast on CUDA (see :func:`~brainnet.predict.model_probabilities`); the
             training's settings reproduce its validation numbers.
-        n_overlays: patches to keep for the picture (the most tumorous patch of the first cases).
+        n_overlays: cases to draw (the slice with the most tumour of the most tumorous patch or crop of
+            each of the first cases).
     """
-    slots = store.patch_indices(split=split)
-    if len(slots) == 0:
-        raise ConfigError(f"store {store.location} has no patches in split {split!r}")
+    from brainnet.train.loop import is_volume_store
+
     model.eval()
-    case_of_slot = np.asarray(store.table.case)[slots]
-    case_ids = {int(c["index"]): str(c["case_id"]) for c in store.cases}
-    spec = store.spec
-    total = torch.zeros((len(spec.targets), 4), dtype=torch.int64)
-    cases: dict[str, dict[str, dict[str, float]]] = {}
-    patches: dict[str, int] = {}
-    overlays: list[OverlayRow] = []
-    groups = np.unique(case_of_slot)
+    options = {"batch_size": batch_size, "threshold": threshold, "amp": amp, "amp_dtype": amp_dtype}
+    volumes = is_volume_store(store)
+    scored = (_score_crops if volumes else _score_patches)(model, store, split, options)
     if progress:
         from tqdm.auto import tqdm
 
-        groups = tqdm(groups, desc=f"evaluate {split}", unit="case")
-    for case_index in groups:
-        case_slots = slots[case_of_slot == case_index]
-        images, truth = store.read_patches(case_slots)
-        predicted = np.empty_like(truth)
-        for first in range(0, len(case_slots), batch_size):
-            batch = torch.from_numpy(np.asarray(images[first : first + batch_size], dtype=np.float32))
-            probabilities = model_probabilities(model, batch, amp, amp_dtype).cpu()
-            predicted[first : first + batch_size] = probabilities_to_labels(
-                probabilities, threshold, axis=1
-            ).numpy()
-        case_id = case_ids.get(int(case_index), f"case{int(case_index)}")
-        counts = confusion_counts(predicted, truth, spec)
-        cases[case_id] = metrics_from_counts(counts, spec)
-        patches[case_id] = len(case_slots)
-        total += counts
+        scored = tqdm(scored, total=_n_cases(store, split, volumes), desc=f"evaluate {split}", unit="case")
+    spec = store.spec
+    total = torch.zeros((len(spec.targets), 4), dtype=torch.int64)
+    cases: dict[str, dict[str, dict[str, float]]] = {}
+    counts: dict[str, int] = {}
+    overlays: list[OverlayRow] = []
+    for case in scored:
+        case_counts = confusion_counts(case.predicted, case.truth, spec)
+        cases[case.case_id] = metrics_from_counts(case_counts, spec)
+        counts[case.case_id] = len(case.truth)
+        total += case_counts
         if len(overlays) < n_overlays:
-            best = int(np.argmax((truth > 0).sum(axis=(1, 2, 3))))
-            overlays.append(
-                _overlay_row(
-                    case_id, int(case_slots[best]), np.asarray(images[best]), truth[best], predicted[best]
-                )
-            )
-    return EvaluationResult(split, metrics_from_counts(total, spec), cases, patches, overlays, spec)
+            best = int(np.argmax((case.truth > 0).sum(axis=(1, 2, 3))))
+            image = np.asarray(case.images[best])
+            overlays.append(_overlay_row(case.titles[best], image, case.truth[best], case.predicted[best]))
+    unit = CROPS if volumes else PATCHES
+    return EvaluationResult(split, metrics_from_counts(total, spec), cases, counts, overlays, spec, unit)
 
 
 def _short_name(target: str) -> str:
@@ -248,10 +327,10 @@ def write_evaluation(
     csv_path = out_dir / "metrics.csv"
     with csv_path.open("w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["case", "patches", "target", *(METRIC_COLUMNS[m] for m in METRIC_NAMES)])
-        n_all = sum(result.patches.values())
+        writer.writerow(["case", result.unit, "target", *(METRIC_COLUMNS[m] for m in METRIC_NAMES)])
+        n_all = sum(result.counts.values())
         for case_id, metrics in [*result.cases.items(), (OVERALL, result.overall)]:
-            n = result.patches.get(case_id, n_all)
+            n = result.counts.get(case_id, n_all)
             for target in result.spec.targets:
                 writer.writerow([case_id, n, target, *(f"{metrics[target][m]:.6f}" for m in METRIC_NAMES)])
     json_path = out_dir / "metrics.json"

@@ -59,7 +59,7 @@ def model_probabilities(
     return torch.sigmoid(logits.float())
 
 
-def _round_through(array: np.ndarray, dtype: str) -> np.ndarray:
+def round_through(array: np.ndarray, dtype: str) -> np.ndarray:
     """float32 ``array`` after a round trip through the store dtype (what training patches went through)."""
     return array.astype(dtype).astype(np.float32, copy=False)
 
@@ -80,7 +80,7 @@ def window_predictor(
         if per_window:
             arrays = windows.detach().cpu().numpy()
             windows = torch.from_numpy(
-                np.stack([_round_through(standardize_patch_slices(w), dtype) for w in arrays])
+                np.stack([round_through(standardize_patch_slices(w), dtype) for w in arrays])
             )
         return model_probabilities(model, windows, amp).to(windows.device)
 
@@ -107,7 +107,7 @@ def prepare_volume(
         background = background_values(image)
     mean, std = nonzero_statistics(image, background)
     standardized = standardize_with_statistics(image, mean, std, mask=brain_mask(image, background))
-    return _round_through(standardized, build_params.store.dtype)
+    return round_through(standardized, build_params.store.dtype)
 
 
 def predict_case(
@@ -144,14 +144,55 @@ def predict_case(
     Returns:
         (labels uint8 (X, Y, Z) MSD convention on the case's RAS grid, probabilities float32 (3, X, Y, Z)).
     """
+    background = background_values(case.image)
+    return predict_volume(
+        model,
+        prepare_volume(case.image, build_params, background),
+        build_params,
+        brain_mask(case.image, background) if brain_only else None,
+        window,
+        overlap,
+        batch_size,
+        device,
+        threshold=threshold,
+        amp=amp,
+        progress=progress,
+    )
+
+
+def predict_volume(
+    model: torch.nn.Module,
+    volume: np.ndarray,
+    build_params: BuildParams,
+    mask: np.ndarray | None = None,
+    window: tuple[int, int, int] | None = None,
+    overlap: float = 0.5,
+    batch_size: int = 4,
+    device: torch.device | str | None = None,
+    *,
+    threshold: float = 0.5,
+    amp: bool = False,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Segment a volume already prepared as the sliding window should see it (:func:`prepare_volume`, or
+    a volume store's crop: :func:`brainnet.evaluate.evaluate_store`).
+
+    Args:
+        volume: float32 (4, X, Y, Z): raw for ``patch-slice`` (each window is standardized in the
+            predictor), standardized for ``volume-nonzero``.
+        mask: bool (X, Y, Z), the brain: probabilities are zeroed outside it and windows without a brain
+            voxel are not run through the network; ``None`` predicts everywhere.
+        Others: as :func:`predict_case`.
+
+    Returns:
+        (labels uint8 (X, Y, Z) of the spec's classes, probabilities float32 (3, X, Y, Z)).
+    """
     window = tuple(window) if window is not None else build_params.sampling.patch_size
     if device is not None:
         model.to(device)
     model.eval()
-    background = background_values(case.image)
-    volume = torch.from_numpy(prepare_volume(case.image, build_params, background))
     probabilities = sliding_window(
-        volume,
+        torch.from_numpy(np.asarray(volume, dtype=np.float32)),
         window_predictor(model, build_params, amp),
         window=window,
         overlap=overlap,
@@ -159,8 +200,7 @@ def predict_case(
         batch_size=batch_size,
         device="cpu",  # windows are standardized on the CPU; the predictor moves them to the model
         progress=progress,
-        # zero outside the brain, where windows without a brain voxel are not run through the network
-        mask=torch.from_numpy(brain_mask(case.image, background)) if brain_only else None,
+        mask=torch.from_numpy(mask) if mask is not None else None,
     ).numpy()
     labels = probabilities_to_labels(probabilities, threshold=threshold)
     return labels, probabilities

@@ -6,6 +6,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from brainnet.cli import main
@@ -25,8 +26,9 @@ TINY = DemoParams(
 )
 
 
-def test_run_demo_writes_every_output(tmp_path):
-    result = run_demo(tmp_path / "demo", TINY, progress=False, echo=lambda _: None)
+@pytest.mark.parametrize("kind", ["volumes", "patches"])
+def test_run_demo_writes_every_output(tmp_path, kind):
+    result = run_demo(tmp_path / "demo", TINY.replace(kind=kind), progress=False, echo=lambda _: None)
 
     for name, path in result.outputs.items():
         assert path.exists(), name
@@ -37,11 +39,16 @@ def test_run_demo_writes_every_output(tmp_path):
     assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, 1, 2, 3}
     metrics = json.loads(result.outputs["evaluation json"].read_text())
     assert metrics["split"] == "val"
+    # a volume store scores whole validation crops, a patch store its validation patches
+    assert metrics["unit"] == ("crops" if kind == "volumes" else "patches")
+    assert (tmp_path / "demo" / f"{kind}.zarr" / "zarr.json").exists()
+    assert result.outputs["training patches picture"].read_bytes().startswith(b"\x89PNG")
     assert set(result.val_dice) == set(metrics["overall"])
     assert all(0.0 <= v <= 1.0 for v in result.val_dice.values())
     assert result.scan_metrics is not None
     report = format_result(result)
     assert "validation dice_labelmap" in report and str(result.outputs["checkpoint"]) in report
+    assert ("whole validation cases" in report) == (kind == "volumes")
 
 
 def test_demo_cli_refuses_a_non_empty_folder(tmp_path):
@@ -50,3 +57,10 @@ def test_demo_cli_refuses_a_non_empty_folder(tmp_path):
     assert outcome.exit_code == 2
     assert "is not empty" in outcome.output
     assert (tmp_path / "old.txt").exists()
+
+
+def test_demo_refuses_an_unknown_kind():
+    from brainprep.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="demo store kind must be one of"):
+        DemoParams(kind="slices")

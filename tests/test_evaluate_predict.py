@@ -164,7 +164,7 @@ def test_evaluate_store_per_case_and_overall(built):
     loaded = load_model(checkpoint)
     result = evaluate_store(loaded.model, store, "val", batch_size=3)
     assert sorted(result.cases) == ["BRATS_003", "BRATS_005"]
-    assert result.patches == {"BRATS_003": 4, "BRATS_005": 4}
+    assert result.counts == {"BRATS_003": 4, "BRATS_005": 4} and result.unit == "patches"
     predictions, truths = [], []
     for case_id in sorted(result.cases):
         index = next(c["index"] for c in store.cases if c["case_id"] == case_id)
@@ -370,3 +370,104 @@ def test_predict_real_case_writes_source_space_nifti(tmp_path):
     )
     assert set(result.metrics) == set(TARGETS)  # the case has a segmentation: whole-scan metrics
     assert result.png is not None and result.png.read_bytes()[:8] == PNG_MAGIC
+
+
+# ------------------------------------------------------------------------------ evaluate: volume store
+class _PointwiseModel(torch.nn.Module):
+    """A 1x1x1 convolution: its output at a voxel depends on that voxel alone, so a sliding window over
+    the crop and one over the whole scan must predict the same labels there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = torch.nn.Conv3d(4, 3, kernel_size=1)
+
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.fixture(scope="module")
+def volume_store(tmp_path_factory):
+    """(data folder, volume store): the 6 synthetic cases, volume-nonzero, val = BRATS_003 and BRATS_005."""
+    from brainprep.params import StoreParams
+
+    root = tmp_path_factory.mktemp("evaluate-volumes")
+    params = BuildParams(
+        sampling=SamplingParams(patch_size=(32, 32, 8)),
+        standardize=StandardizeParams(method="volume-nonzero"),
+        store=StoreParams(kind="volumes"),
+        split=SplitParams(val_fraction=0.34),
+        seed=1,
+    )
+    return _build(root, "volumes.zarr", params)
+
+
+def test_evaluate_volume_store_is_the_whole_scan_prediction(volume_store):
+    """Per case, a volume store's evaluation is the whole-scan prediction (a pointwise model, so window
+    positions do not matter): the crop loses no tumour voxel and predicts what the scan predicts."""
+    from brainprep.store import open_store
+
+    data, store_path = volume_store
+    model = _PointwiseModel()
+    with open_store(store_path) as store:
+        result = evaluate_store(model, store, "val", batch_size=2)
+        params = store.params
+    assert sorted(result.cases) == ["BRATS_003", "BRATS_005"]
+    assert result.unit == "crops" and result.counts == {"BRATS_003": 1, "BRATS_005": 1}
+    dataset = discover_cases(data)
+    counts = torch.zeros((len(TARGETS), 4), dtype=torch.int64)
+    for case_id, metrics in result.cases.items():
+        case = read_case(dataset.case(case_id))
+        labels, _ = predict_case(model, case, params, batch_size=2)
+        case_counts = confusion_counts(labels, case.label)
+        counts += case_counts
+        whole = metrics_from_counts(case_counts)
+        for target in TARGETS:
+            assert metrics[target]["dice"] == pytest.approx(whole[target]["dice"], abs=1e-9), (
+                case_id,
+                target,
+            )
+            assert metrics[target]["sensitivity"] == pytest.approx(whole[target]["sensitivity"], abs=1e-9)
+    overall = metrics_from_counts(counts)
+    assert all(result.overall[t]["dice"] == pytest.approx(overall[t]["dice"], abs=1e-9) for t in TARGETS)
+    assert 0.0 < result.overall["whole_tumour"]["dice"] < 1.0  # a real prediction, neither empty nor perfect
+    assert len(result.overlays) == 2 and result.overlays[0].title.startswith("BRATS_003 crop z=")
+
+
+def test_cli_evaluate_volume_store(volume_store, tmp_path):
+    """``brainnet evaluate`` on a volume store: whole crops, the CSV's count column says so."""
+    from brainprep.store import open_store
+
+    _, store_path = volume_store
+    checkpoint = _checkpoint(tmp_path / "tiny.pt", open_store(store_path).params, str(store_path))
+    out = tmp_path / "eval"
+    args = ["evaluate", "--checkpoint", str(checkpoint), "--store", str(store_path), "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "case,crops,target,dice_labelmap,sensitivity,specificity"
+    assert rows[-1].startswith("overall,2,enhancing_tumour,")
+    assert json.loads((out / "metrics.json").read_text())["unit"] == "crops"
+
+
+def test_read_volume_standardized_and_refusal(volume_store):
+    """A whole crop reads raw or with the stored brain statistics; patch-slice has no whole-crop form."""
+    from brainprep.errors import StoreError
+    from brainprep.standardize import standardize_with_statistics
+    from brainprep.store import open_store
+
+    _, store_path = volume_store
+    with open_store(store_path) as store:
+        index = int(store.case_indices("val")[0])
+        raw, label = store.read_volume(index)
+        standardized, same_label = store.read_volume(index, "volume-nonzero")
+        entry = store.metadata["cases"][index]
+        with pytest.raises(StoreError, match="patch-slice standardizes each window"):
+            store.read_volume(index, "patch-slice")
+    np.testing.assert_array_equal(label, same_label)
+    assert standardized.dtype == np.float32 and standardized.shape == raw.shape
+    want = standardize_with_statistics(raw, entry["mean"], entry["std"], mask=brain_mask(raw, 0.0))
+    np.testing.assert_array_equal(standardized, want)
+    brain = brain_mask(raw, 0.0)
+    assert not standardized[:, ~brain].any()
+    np.testing.assert_allclose(standardized[:, brain].mean(axis=1), 0.0, atol=0.02)

@@ -14,12 +14,25 @@ import click
 @click.option(
     "--seed", type=int, default=None, help="Seed of data, split, sampling and training (default 0)."
 )
+@click.option(
+    "--kind",
+    type=click.Choice(["volumes", "patches"]),
+    default=None,
+    help="Store kind: volumes (default: fresh windows, the more accurate model of "
+    "benchmarks/bench_accuracy.py) or patches (the course's frozen patches).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo in OUT_DIR.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
 def demo(
-    out_dir: Path, cases: int | None, epochs: int | None, seed: int | None, overwrite: bool, progress: bool
+    out_dir: Path,
+    cases: int | None,
+    epochs: int | None,
+    seed: int | None,
+    kind: str | None,
+    overwrite: bool,
+    progress: bool,
 ) -> None:
-    """Synthesize cases, check them, draw one, build a patch store, train, evaluate and segment a scan.
+    """Synthesize cases, check them, draw one, build a store, train, evaluate and segment a scan.
 
     Everything lands in OUT_DIR (default ./demo-output); the last lines say where.
     """
@@ -31,7 +44,11 @@ def demo(
         if not overwrite:
             raise click.BadParameter(f"{out_dir} is not empty (use --overwrite)", param_hint="OUT_DIR")
         shutil.rmtree(out_dir)
-    changes = {k: v for k, v in {"n_cases": cases, "epochs": epochs, "seed": seed}.items() if v is not None}
+    changes = {
+        k: v
+        for k, v in {"n_cases": cases, "epochs": epochs, "seed": seed, "kind": kind}.items()
+        if v is not None
+    }
     params = DemoParams().replace(**changes)
     result = run_demo(out_dir, params, progress=progress, echo=click.echo)
     click.echo(format_result(result))

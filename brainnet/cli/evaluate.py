@@ -11,7 +11,9 @@ from brainprep.cli.options import cache_options, chunk_cache, storage_options_op
 
 @click.command("evaluate")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--store", "store", required=True, help="Patch store (STORE.zarr, STORE.h5, .zip or URL).")
+@click.option(
+    "--store", "store", required=True, help="Patch or volume store (STORE.zarr, STORE.h5, .zip or URL)."
+)
 @click.option("--split", type=click.Choice(["train", "val"]), default="val", show_default=True)
 @click.option(
     "--out",
@@ -37,7 +39,11 @@ def evaluate(
     cache_dir: Path | None,
     cache_size: str,
 ) -> None:
-    """Score CHECKPOINT on the patches of one split of STORE, per case and overall."""
+    """Score CHECKPOINT on one split of STORE, per case and overall.
+
+    A patch store scores its stored patches; a volume store scores each case's whole crop (the brain's
+    bounding box) by the sliding window: whole-scan numbers.
+    """
     from brainnet.evaluate import evaluate_store, format_table, write_evaluation
     from brainnet.train.checkpoint import load_model
     from brainnet.train.config import TrainConfig

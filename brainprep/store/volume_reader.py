@@ -197,10 +197,30 @@ class VolumeStore(PatchStore):
         out[...] = block
         return out
 
-    def read_volume(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The whole crop of case ``index``: (image (4, X, Y, Z) store dtype, raw; label uint8 (X, Y, Z))."""
+    def read_volume(self, index: int, standardize: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The whole crop of case ``index``.
+
+        Args:
+            standardize: ``None`` (raw) or ``"volume-nonzero"`` (the case's stored brain statistics, as
+                :meth:`read_window`). ``"patch-slice"`` is refused: it standardizes each window on its own,
+                so a whole crop has no such standardization (read it raw and standardize the windows).
+
+        Returns:
+            (image (4, X, Y, Z): store dtype raw, float32 standardized; label uint8 (X, Y, Z)).
+        """
+        if standardize not in (None, "volume-nonzero"):
+            raise StoreError(
+                f"a whole crop reads raw or 'volume-nonzero', got {standardize!r} (patch-slice standardizes "
+                "each window: read windows, or the raw crop and standardize its windows)"
+            )
         every = (slice(None),) * 3
-        return self._read(vs.IMAGES, index, (slice(None), *every)), self._read(vs.LABELS, index, every)
+        image = self._read(vs.IMAGES, index, (slice(None), *every))
+        label = self._read(vs.LABELS, index, every)
+        if standardize is not None:
+            image = standardize_window(
+                image, standardize, self._case(index), np.empty(image.shape, np.float32)
+            )
+        return image, label
 
     def read_window(
         self,
