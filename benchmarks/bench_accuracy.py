@@ -123,6 +123,7 @@ class Plan:
     patches_per_case: int
     base_filters: int
     depth: int
+    normalization: str
     steps: int
     batch_size: int
     lr: float
@@ -137,6 +138,7 @@ FULL = Plan(
     patches_per_case=20,
     base_filters=8,
     depth=3,
+    normalization="none",  # the course's U-Net: no normalization layer
     steps=300,
     batch_size=4,
     # 1e-3 sent some trainings to labelling the whole brain as edema (a saturated sigmoid they never left:
@@ -239,7 +241,9 @@ def train_config(
 
 
 def model_config(plan: Plan) -> Any:
-    return require("brainnet.model", "ModelConfig")(base_filters=plan.base_filters, depth=plan.depth)
+    return require("brainnet.model", "ModelConfig")(
+        base_filters=plan.base_filters, depth=plan.depth, normalization=plan.normalization
+    )
 
 
 def train_on_store(
@@ -477,6 +481,8 @@ def run(args: Any) -> Report:
         plan = replace(plan, steps=args.steps)
     if args.lr is not None:
         plan = replace(plan, lr=args.lr)
+    if args.normalization is not None:
+        plan = replace(plan, normalization=args.normalization)
     arms = args.arms.split(",") if args.arms else list(DEFAULT_ARMS)
     report = Report(
         "Accuracy: whole-scan Dice on held-out cases, one U-Net, six data pipelines",
@@ -486,7 +492,7 @@ def run(args: Any) -> Report:
             "train_cases": plan.n_train,
             "held_out_cases": plan.n_test,
             "patches_per_case": plan.patches_per_case,
-            "model": f"base {plan.base_filters} depth {plan.depth}",
+            "model": f"base {plan.base_filters} depth {plan.depth} normalization {plan.normalization}",
             "steps": plan.steps,
             "batch": plan.batch_size,
             "lr": plan.lr,
@@ -525,6 +531,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per training")
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    parser.add_argument(
+        "--normalization",
+        choices=("none", "batch", "instance"),
+        default=None,
+        help="the U-Net's normalization after each convolution (default none, the course's)",
+    )
     parser.add_argument(
         "--arms", default=None, help="comma-separated subset of i,ii,iii,iv,v,vi (default all)"
     )

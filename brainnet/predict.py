@@ -1,13 +1,22 @@
 """Segment whole scans: preprocess as the training store was, slide patch-sized windows, write NIfTI.
 
+The sliding window runs over the brain's bounding box, the crop a volume store keeps
+(:func:`brainprep.volume.crop_from_hits` of the brain mask, widened to the window where shorter), never
+over the empty field of view around the head: a window there would be a few brain voxels among zeros, a
+window no training patch resembles (under ``patch-slice`` its few brain voxels would be standardized
+against the zeros around them). Outside the box every voxel is background and is labelled 0. A case
+scored from a volume store (:func:`brainnet.evaluate.evaluate_store`) is therefore predicted from the
+very windows this module predicts it from.
+
 "Preprocessed exactly as the store was" depends on the store's standardization:
 
 - ``patch-slice`` (the course): every stored patch was standardized on its own, each channel of each
   z-slice to mean 0 / std 1 over the *patch's* slice. A whole-scan slice standardized at once would have
-  other statistics, so the raw scan is tiled and each window is standardized inside the predictor, with
-  the same :func:`brainprep.standardize.standardize_patch_slices` the builder used. (Windows are the
-  store's patch size, so a window sees exactly the context a training patch saw. An axis shorter than the
-  window is zero-padded by the sliding window first; those zeros then count in the slice statistics.)
+  other statistics, so the raw crop (relative to the scan's background, as the volume store keeps it) is
+  tiled and each window is standardized inside the predictor, with the same
+  :func:`brainprep.standardize.standardize_patch_slices` the builder used. (Windows are the store's patch
+  size, so a window sees exactly the context a training patch saw. Where the scan is shorter than the
+  window the crop is zero-padded, as the store pads it; those zeros then count in the slice statistics.)
 - ``volume-nonzero`` (nnU-Net): statistics over the brain of the whole volume, so the scan is
   standardized once, before tiling, with :func:`~brainprep.standardize.nonzero_statistics` and
   :func:`~brainprep.standardize.standardize_with_statistics` (background kept at 0).
@@ -39,6 +48,7 @@ from brainprep.standardize import (
     standardize_patch_slices,
     standardize_with_statistics,
 )
+from brainprep.volume import Crop, axis_hits, crop_from_hits, cut_crop, window_parts
 
 logger = logging.getLogger(__name__)
 
@@ -135,21 +145,30 @@ def predict_case(
         batch_size: windows per forward pass.
         device: where the network runs (default: where the model is).
         threshold: a class is present where its probability is above this.
-        brain_only: zero the probabilities (hence labels) outside the brain (voxels that equal the
-            background in every channel: 0 in a skull-stripped scan, the constant of an already-normalized
-            one, see :func:`~brainprep.standardize.brain_mask`): no training patch taught the network
-            anything there.
-            Windows holding no brain voxel are then not predicted (the top and bottom slices of a scan).
+        brain_only: slide the window over the brain's bounding box only (the module docstring says why)
+            and zero the probabilities (hence labels) outside the brain (voxels that equal the background
+            in every channel: 0 in a skull-stripped scan, the constant of an already-normalized one, see
+            :func:`~brainprep.standardize.brain_mask`): no training patch taught the network anything
+            there. Windows holding no brain voxel are then not predicted. ``False`` slides over the whole
+            scan and predicts every voxel.
 
     Returns:
         (labels uint8 (X, Y, Z) MSD convention on the case's RAS grid, probabilities float32 (3, X, Y, Z)).
     """
+    window = tuple(window) if window is not None else build_params.sampling.patch_size
     background = background_values(case.image)
-    return predict_volume(
+    mask = brain_mask(case.image, background) if brain_only else np.ones(case.shape, dtype=bool)
+    crop = crop_from_hits(axis_hits(mask), mask.shape, window)  # type: ignore[arg-type]
+    if crop is None:  # no brain voxel: the whole scan, whose every window the mask skips
+        crop = Crop((0, 0, 0), tuple(case.shape), ((0, 0),) * 3)  # type: ignore[arg-type]
+    volume = prepare_volume(case.image, build_params, background)
+    if build_params.standardize.method == "patch-slice":  # relative to the background, as the store's crop
+        volume = volume - background.astype(np.float32)[:, None, None, None]  # a new array: not the case's
+    crop_labels, crop_probabilities = predict_volume(
         model,
-        prepare_volume(case.image, build_params, background),
+        cut_crop(volume, crop),
         build_params,
-        brain_mask(case.image, background) if brain_only else None,
+        cut_crop(mask, crop) if brain_only else None,
         window,
         overlap,
         batch_size,
@@ -158,6 +177,12 @@ def predict_case(
         amp=amp,
         progress=progress,
     )
+    labels = np.zeros(case.shape, dtype=np.uint8)
+    probabilities = np.zeros((crop_probabilities.shape[0], *case.shape), dtype=np.float32)
+    source, target = window_parts(case.shape, crop.offset, crop.shape)  # type: ignore[misc]
+    labels[source] = crop_labels[target]
+    probabilities[(slice(None), *source)] = crop_probabilities[(slice(None), *target)]
+    return labels, probabilities
 
 
 def predict_volume(

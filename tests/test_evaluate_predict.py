@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import shutil
@@ -373,42 +374,34 @@ def test_predict_real_case_writes_source_space_nifti(tmp_path):
 
 
 # ------------------------------------------------------------------------------ evaluate: volume store
-class _PointwiseModel(torch.nn.Module):
-    """A 1x1x1 convolution: its output at a voxel depends on that voxel alone, so a sliding window over
-    the crop and one over the whole scan must predict the same labels there."""
+def _volume_store(root: Path, method: str, dtype: str = "float16") -> tuple[Path, Path]:
+    """(data folder, volume store) of the 6 synthetic cases, val = BRATS_003 and BRATS_005."""
+    from brainprep.params import StoreParams
 
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(3)
-        self.conv = torch.nn.Conv3d(4, 3, kernel_size=1)
-
-    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+    params = BuildParams(
+        sampling=SamplingParams(patch_size=(32, 32, 8)),
+        standardize=StandardizeParams(method=method),
+        store=StoreParams(kind="volumes", dtype=dtype),
+        split=SplitParams(val_fraction=0.34),
+        seed=1,
+    )
+    return _build(root, f"volumes-{method}-{dtype}.zarr", params)
 
 
 @pytest.fixture(scope="module")
 def volume_store(tmp_path_factory):
-    """(data folder, volume store): the 6 synthetic cases, volume-nonzero, val = BRATS_003 and BRATS_005."""
-    from brainprep.params import StoreParams
-
-    root = tmp_path_factory.mktemp("evaluate-volumes")
-    params = BuildParams(
-        sampling=SamplingParams(patch_size=(32, 32, 8)),
-        standardize=StandardizeParams(method="volume-nonzero"),
-        store=StoreParams(kind="volumes"),
-        split=SplitParams(val_fraction=0.34),
-        seed=1,
-    )
-    return _build(root, "volumes.zarr", params)
+    return _volume_store(tmp_path_factory.mktemp("evaluate-volumes"), "volume-nonzero")
 
 
-def test_evaluate_volume_store_is_the_whole_scan_prediction(volume_store):
-    """Per case, a volume store's evaluation is the whole-scan prediction (a pointwise model, so window
-    positions do not matter): the crop loses no tumour voxel and predicts what the scan predicts."""
+@pytest.mark.parametrize("method", ["patch-slice", "volume-nonzero"])
+def test_evaluate_volume_store_is_the_whole_scan_prediction(tmp_path, method):
+    """A volume store's evaluation of a case is ``predict_case`` of its scan, label for label: both slide
+    the window over the brain's bounding box, the store's crop (float32, so no rounding tells them apart)."""
     from brainprep.store import open_store
 
-    data, store_path = volume_store
-    model = _PointwiseModel()
+    data, store_path = _volume_store(tmp_path, method, dtype="float32")
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL)
     with open_store(store_path) as store:
         result = evaluate_store(model, store, "val", batch_size=2)
         params = store.params
@@ -422,16 +415,28 @@ def test_evaluate_volume_store_is_the_whole_scan_prediction(volume_store):
         case_counts = confusion_counts(labels, case.label)
         counts += case_counts
         whole = metrics_from_counts(case_counts)
-        for target in TARGETS:
-            assert metrics[target]["dice"] == pytest.approx(whole[target]["dice"], abs=1e-9), (
-                case_id,
-                target,
-            )
-            assert metrics[target]["sensitivity"] == pytest.approx(whole[target]["sensitivity"], abs=1e-9)
+        for target in TARGETS:  # specificity aside: the scan has more true negatives than the crop
+            assert metrics[target]["dice"] == whole[target]["dice"], (case_id, target)
+            assert metrics[target]["sensitivity"] == whole[target]["sensitivity"], (case_id, target)
     overall = metrics_from_counts(counts)
-    assert all(result.overall[t]["dice"] == pytest.approx(overall[t]["dice"], abs=1e-9) for t in TARGETS)
+    assert all(result.overall[t]["dice"] == overall[t]["dice"] for t in TARGETS)
     assert 0.0 < result.overall["whole_tumour"]["dice"] < 1.0  # a real prediction, neither empty nor perfect
     assert len(result.overlays) == 2 and result.overlays[0].title.startswith("BRATS_003 crop z=")
+
+
+def test_predict_case_slides_over_the_brain_box_only(built):
+    """Nothing outside the brain's bounding box is predicted, and the scan's background never counts in a
+    window's slice statistics: a scan padded with more empty field of view predicts the same labels."""
+    data, _, checkpoint = built
+    loaded = load_model(checkpoint)
+    case = read_case(discover_cases(data).case("BRATS_003"))
+    labels, probabilities = predict_case(loaded.model, case, loaded.build_params, batch_size=4)
+    pad = ((0, 0), (20, 20), (20, 20), (8, 8))
+    wider = dataclasses.replace(case, image=np.pad(case.image, pad), label=np.pad(case.label, pad[1:]))
+    wider_labels, _ = predict_case(loaded.model, wider, loaded.build_params, batch_size=4)
+    np.testing.assert_array_equal(wider_labels[20:-20, 20:-20, 8:-8], labels)
+    assert not wider_labels[:20].any() and not wider_labels[:, :, :8].any()
+    assert probabilities[:, ~brain_mask(case.image)].max() == 0.0
 
 
 def test_cli_evaluate_volume_store(volume_store, tmp_path):
