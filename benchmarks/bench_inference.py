@@ -5,9 +5,10 @@
 brainnet runs through ``brainnet.predict.predict_case`` (the Python API behind ``brainnet predict``:
 per-window standardization as the store was made, float16 rounding, the U-Net, sigmoid, Gaussian
 blending, zeroing outside the brain, thresholding to labels). MONAI runs ``sliding_window_inference``
-with the very same predictor (``brainnet.predict.window_predictor``) and the same window 160x160x16,
-overlap 0.5, Gaussian blending (sigma 1/8), constant zero padding and windows per batch, followed by the
-same brain mask and thresholding. Both sides
+with the very same predictor (``brainnet.predict.window_predictor``) over the same brain bounding box
+(``brainnet.predict.brain_box``, where predict_case slides) and the same window 160x160x16, overlap 0.5,
+Gaussian blending (sigma 1/8), constant zero padding and windows per batch, followed by the same brain
+mask and thresholding. Both sides
 alternate ``--repeats`` times; the fastest run of each counts.
 
 The U-Net is ``UNet3D(ModelConfig(base_filters=N))`` with random (seeded) weights; the course default
@@ -28,7 +29,6 @@ Bars: brainnet / MONAI seconds <= 1.0; max |probability difference| <= 1e-5.
 
 from __future__ import annotations
 
-import inspect
 import sys
 import time
 from collections.abc import Callable
@@ -100,29 +100,32 @@ def compare_model(args: Any, sizes: dict[str, Any]) -> list[Row]:
     build_params = params.BuildParams(sampling=params.SamplingParams(patch_size=PATCH_SIZE))
     model = _model(args.base_filters or sizes["base_filters"])
     predictor = predict.window_predictor(model, build_params)
-    # predict_case zeroes the probabilities outside the brain by default (brain_only); MONAI's side gets
-    # the same post-processing so both compute the same thing.
-    brain_only = inspect.signature(predict.predict_case).parameters.get("brain_only")
-    mask_brain = brain_only is not None and brain_only.default is True
-    standardize = require("brainprep.standardize") if mask_brain else None
+    # predict_case slides over the brain's bounding box and zeroes the probabilities outside the brain
+    # (brain_only); MONAI's side gets the same box and the same post-processing, so both compute the same
+    # thing (predict.brain_box: the box, the prepared volume cut to it, the brain in it)
+    box = predict.brain_box(case.image, build_params, PATCH_SIZE)
 
     def brainnet_run() -> Any:
         return predict.predict_case(
             model, case, build_params, window=PATCH_SIZE, overlap=OVERLAP, batch_size=SW_BATCH_SIZE
         )
 
-    def brainnet_every_window_run() -> Any:
-        # MONAI's side with brainnet's sliding window: every window predicted, the brain zeroed after
-        volume = torch.from_numpy(predict.prepare_volume(case.image, build_params))
-        probabilities = sliding(
-            volume, predictor, PATCH_SIZE, OVERLAP, "gaussian", SW_BATCH_SIZE, sigma_scale=SIGMA_SCALE
-        ).numpy()
-        if mask_brain:
-            probabilities[:, ~standardize.brain_mask(case.image)] = 0.0
+    def _masked(probabilities: Any) -> Any:
+        probabilities[:, ~box.mask] = 0.0
+        probabilities = box.paste(probabilities)
         return metrics.probabilities_to_labels(probabilities), probabilities
 
+    def brainnet_every_window_run() -> Any:
+        # MONAI's side with brainnet's sliding window: every window predicted, the brain zeroed after
+        volume = torch.from_numpy(box.volume)
+        return _masked(
+            sliding(
+                volume, predictor, PATCH_SIZE, OVERLAP, "gaussian", SW_BATCH_SIZE, sigma_scale=SIGMA_SCALE
+            ).numpy()
+        )
+
     def monai_run() -> Any:
-        volume = torch.from_numpy(predict.prepare_volume(case.image, build_params))
+        volume = torch.from_numpy(box.volume)
         with torch.inference_mode():
             probabilities = inferers.sliding_window_inference(
                 volume[None],
@@ -135,9 +138,7 @@ def compare_model(args: Any, sizes: dict[str, Any]) -> list[Row]:
                 padding_mode="constant",
                 cval=0.0,
             )[0].numpy()
-        if mask_brain:
-            probabilities[:, ~standardize.brain_mask(case.image)] = 0.0
-        return metrics.probabilities_to_labels(probabilities), probabilities
+        return _masked(probabilities)
 
     brainnet_runs, every_window_runs, monai_runs = [], [], []
     for _ in range(args.repeats or sizes["repeats"]):
@@ -148,9 +149,9 @@ def compare_model(args: Any, sizes: dict[str, Any]) -> list[Row]:
     a_seconds, (_, a_prob) = _fastest(every_window_runs)
     m_seconds, (m_labels, m_prob) = _fastest(monai_runs)
     shape = "x".join(map(str, case.shape))
-    regions = require("brainnet.infer.sliding_window", "window_regions")(case.shape, PATCH_SIZE, OVERLAP)
-    brain = require("brainprep.standardize", "brain_mask")(case.image)
-    empty = sum(not brain[region].any() for region in regions)
+    box_shape = "x".join(map(str, box.crop.shape))
+    regions = require("brainnet.infer.sliding_window", "window_regions")(box.crop.shape, PATCH_SIZE, OVERLAP)
+    empty = sum(not box.mask[region].any() for region in regions)
     b_prob, m_prob = np.asarray(b_prob), np.asarray(m_prob)
     diff = float(np.abs(b_prob - m_prob).max())
     equal = float((np.asarray(b_labels) == np.asarray(m_labels)).mean())
@@ -159,14 +160,15 @@ def compare_model(args: Any, sizes: dict[str, Any]) -> list[Row]:
             ROW_BRAINNET,
             b_seconds,
             "s/scan",
-            f"{shape} scan; {empty} of {len(regions)} windows hold no brain voxel and are not predicted",
+            f"{shape} scan, brain box {box_shape}; {empty} of its {len(regions)} windows hold no brain voxel "
+            "and are not predicted",
             {"runs_s": [r[0] for r in brainnet_runs], "windows": len(regions), "windows_skipped": empty},
         ),
         Row(
             ROW_MONAI,
             m_seconds,
             "s/scan",
-            "same predictor" + (", same brain mask" if mask_brain else ""),
+            "same predictor, same brain box and mask",
             {"runs_s": [r[0] for r in monai_runs]},
         ),
         Row(

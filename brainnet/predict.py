@@ -156,19 +156,12 @@ def predict_case(
         (labels uint8 (X, Y, Z) MSD convention on the case's RAS grid, probabilities float32 (3, X, Y, Z)).
     """
     window = tuple(window) if window is not None else build_params.sampling.patch_size
-    background = background_values(case.image)
-    mask = brain_mask(case.image, background) if brain_only else np.ones(case.shape, dtype=bool)
-    crop = crop_from_hits(axis_hits(mask), mask.shape, window)  # type: ignore[arg-type]
-    if crop is None:  # no brain voxel: the whole scan, whose every window the mask skips
-        crop = Crop((0, 0, 0), tuple(case.shape), ((0, 0),) * 3)  # type: ignore[arg-type]
-    volume = prepare_volume(case.image, build_params, background)
-    if build_params.standardize.method == "patch-slice":  # relative to the background, as the store's crop
-        volume = volume - background.astype(np.float32)[:, None, None, None]  # a new array: not the case's
+    box = brain_box(case.image, build_params, window, brain_only)  # type: ignore[arg-type]
     crop_labels, crop_probabilities = predict_volume(
         model,
-        cut_crop(volume, crop),
+        box.volume,
         build_params,
-        cut_crop(mask, crop) if brain_only else None,
+        box.mask,
         window,
         overlap,
         batch_size,
@@ -177,12 +170,50 @@ def predict_case(
         amp=amp,
         progress=progress,
     )
-    labels = np.zeros(case.shape, dtype=np.uint8)
-    probabilities = np.zeros((crop_probabilities.shape[0], *case.shape), dtype=np.float32)
-    source, target = window_parts(case.shape, crop.offset, crop.shape)  # type: ignore[misc]
-    labels[source] = crop_labels[target]
-    probabilities[(slice(None), *source)] = crop_probabilities[(slice(None), *target)]
-    return labels, probabilities
+    return box.paste(crop_labels), box.paste(crop_probabilities)
+
+
+@dataclass(frozen=True)
+class BrainBox:
+    """What the sliding window of a scan covers (see the module docstring).
+
+    Attributes:
+        crop: the brain's bounding box on the scan's grid, at least the window along every axis.
+        volume: float32 (4, *crop.shape): the scan prepared for the window (:func:`prepare_volume`;
+            under ``patch-slice`` relative to the scan's background), cut to the box.
+        mask: bool (*crop.shape), the brain in the box; ``None`` when every voxel is predicted.
+        shape: the scan's (X, Y, Z).
+    """
+
+    crop: Crop
+    volume: np.ndarray
+    mask: np.ndarray | None
+    shape: tuple[int, int, int]
+
+    def paste(self, values: np.ndarray) -> np.ndarray:
+        """(..., *crop.shape) values of the box on the whole scan (..., X, Y, Z), zeros outside the box."""
+        out = np.zeros((*values.shape[:-3], *self.shape), dtype=values.dtype)
+        source, target = window_parts(self.shape, self.crop.offset, self.crop.shape)  # type: ignore[misc]
+        out[(Ellipsis, *source)] = values[(Ellipsis, *target)]
+        return out
+
+
+def brain_box(
+    image: np.ndarray, build_params: BuildParams, window: tuple[int, int, int], brain_only: bool = True
+) -> BrainBox:
+    """The :class:`BrainBox` of a float32 (4, X, Y, Z) RAS scan: the volume store's crop of its brain
+    (:func:`brainprep.volume.crop_from_hits`), or with ``brain_only=False`` the whole scan."""
+    shape = tuple(image.shape[1:])
+    background = background_values(image)
+    mask = brain_mask(image, background) if brain_only else np.ones(shape, dtype=bool)
+    crop = crop_from_hits(axis_hits(mask), shape, window)
+    if crop is None:  # no brain voxel: the whole scan, whose every window the mask skips
+        crop = Crop((0, 0, 0), shape, ((0, 0),) * 3)  # type: ignore[arg-type]
+    volume = prepare_volume(image, build_params, background)
+    if build_params.standardize.method == "patch-slice":  # relative to the background, as the store's crop
+        volume = volume - background.astype(np.float32)[:, None, None, None]  # a new array: not the case's
+    mask_crop = cut_crop(mask, crop) if brain_only else None
+    return BrainBox(crop, cut_crop(volume, crop), mask_crop, shape)  # type: ignore[arg-type]
 
 
 def predict_volume(
