@@ -340,6 +340,16 @@ def test_gamma_with_its_maps_folded_equals_the_steps(invert, retain_stats):
     torch.testing.assert_close(AF.gamma(x, gammas, invert, retain_stats), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_log2_in_place_equals_torchs_on_views_and_zeros():
+    x = torch.rand(3, 6, 5, 4, dtype=torch.float64) * 4
+    x[1, 2] = 0.0
+    for values in (x.float(), x, x.float().transpose(1, 3)):  # float32, float64, a strided view
+        expected = values.log2()
+        out = AF.log2_(values)
+        assert out.data_ptr() == values.data_ptr()
+        torch.testing.assert_close(out, expected, rtol=2e-7, atol=0)  # -inf where 0 too
+
+
 def test_hash_noise_is_a_function_of_its_key():
     keys = torch.tensor([3, 4, 3])
     z = AF.hash_normal(keys, (50, 41, 50))
