@@ -385,6 +385,23 @@ def test_in_place_equals_the_copy_and_the_copy_leaves_its_inputs():
         assert torch.equal(owned[0], copied[0]) and torch.equal(owned[1], copied[1])
 
 
+def test_the_copy_takes_the_volumes_it_keeps_from_an_input_of_any_layout():
+    """Samples not resampled come from the input a volume at a time (as first changed, or flipped into
+    place): the same batch as in place, from a channels-last input left alone."""
+    augment = BatchAugment(augment_preset("nnunet", {"noise.p": 0.5, "gamma.p": 0.5}))
+    image = torch.randn(4, 3, 8, 10, 6)
+    label = torch.randint(0, 4, (4, 8, 10, 6), dtype=torch.uint8)
+    strided = image.contiguous(memory_format=torch.channels_last_3d)
+    kept = 0
+    for step in range(6):
+        kept += int((~augment.parameters(image, (1, 0, step)).spatial).sum())
+        owned = augment(image.clone(), label.clone(), key=(1, 0, step), inplace=True)
+        copied = augment(strided, label, key=(1, 0, step))
+        assert torch.equal(strided, image)
+        assert torch.equal(copied[0], owned[0]) and torch.equal(copied[1], owned[1])
+    assert kept > 0
+
+
 def test_to_training_batch_never_hands_the_batch_itself_to_an_in_place_augmentation():
     augment = BatchAugment(augment_preset("nnunet", EVERYTHING))
     batch = {

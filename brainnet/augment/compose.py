@@ -12,8 +12,9 @@ Each transform runs only on the samples (or (sample, channel) pairs) it fires on
 (no device sync), in place on the working batch: runs of consecutive pairs as views (no gather, no
 scatter back; on the CPU in cache-sized pieces), the resampled samples of a slice stack in one gather
 per channel, those of a 3D patch one at a time (written back with one copy). The training loop hands
-its freshly converted batch over (``inplace=True``), so nothing copies the batch first. Order,
-probabilities and ranges: :class:`~brainnet.augment.config.AugmentConfig`.
+its freshly converted batch over (``inplace=True``); otherwise nothing copies the batch first either:
+each volume comes from the input when it is first changed (:class:`_Working`). Order, probabilities and
+ranges: :class:`~brainnet.augment.config.AugmentConfig`.
 
 Border rule. Rotation and scaling read positions outside the patch (a 160x160 patch rotated by 45 degrees
 reaches 41% beyond its faces; a scale of 1.4 reaches 20%). nnU-Net reads a larger window around each patch
@@ -212,11 +213,56 @@ def draw_parameters(
     )
 
 
+@dataclass
+class _Working:
+    """The batch being augmented: ``image`` (B, C, X, Y, Z), contiguous, changed in place, and the volumes
+    of it not written yet, whose values are still those of ``source`` (the caller's batch, or the centres
+    of its windows with context).
+
+    A volume is copied from ``source`` just before the first transform that changes it, so that the
+    transform reads it from the cache instead of memory, and one no intensity transform changes is
+    copied by :meth:`mirror` (flipped on the way): no copy of the whole batch first (a pass over it in
+    memory, then each transform's own).
+
+    Attributes:
+        pending: per flat volume ``b C + c`` (host bools), whether it still has to come from ``source``.
+    """
+
+    image: torch.Tensor
+    source: torch.Tensor
+    pending: list[bool]
+
+    def volumes(self, start: int, stop: int) -> torch.Tensor:
+        """Flat volumes ``start`` .. ``stop - 1`` of ``image`` (P, X, Y, Z), each written or copied in."""
+        channels = self.image.shape[1]
+        flat = self.image.view(-1, *self.image.shape[2:])
+        for i in range(start, stop):
+            if self.pending[i]:
+                flat[i].copy_(self.source[i // channels, i % channels])
+                self.pending[i] = False
+        return flat[start:stop]
+
+    def mirror(self, flips: torch.Tensor) -> None:
+        """Flip each volume along the axes of its sample in ``flips`` (bool (B, 3)), a volume at a time (the
+        copy back read from the cache); a pending one is flipped from ``source`` into place."""
+        channels = self.image.shape[1]
+        for sample, row in enumerate(flips.tolist()):
+            dims = [axis - 3 for axis in range(3) if row[axis]]
+            for channel in range(channels):
+                i = sample * channels + channel
+                volume = self.image[sample, channel]
+                if self.pending[i]:
+                    source = self.source[sample, channel]
+                    volume.copy_(source.flip(dims) if dims else source)
+                elif dims:
+                    volume.copy_(volume.flip(dims))
+
+
 def _on_pairs(
-    image: torch.Tensor, mask: torch.Tensor, transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    work: _Working, mask: torch.Tensor, transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ) -> None:
     """Apply ``transform(volumes (P, X, Y, Z), pair_index (P,))`` to the (sample, channel) pairs of ``mask``
-    (bool (B, C)) of ``image`` (contiguous, the caller's), in place.
+    (bool (B, C)) of ``work.image``, in place.
 
     The pairs are taken as views, one run of consecutive pairs at a time (no gather, no scatter back); on
     the CPU a run is cut into pieces of at most :data:`PIECE_BYTES` (at least one volume): a transform
@@ -225,13 +271,14 @@ def _on_pairs(
     a whole batch streamed through memory (``benchmarks/README.md``, augmentation). ``transform`` may
     change its volumes in place; a result that is a new tensor is copied into them.
     """
+    image = work.image
     flat = image.view(-1, *image.shape[2:])
     step = max(1, PIECE_BYTES // (flat[0].numel() * flat.element_size()))
     for run_start, run_stop, _ in AF.sample_runs(mask.flatten().nonzero().flatten().tolist()):
         pieces = range(run_start, run_stop, step) if image.device.type == "cpu" else [run_start]
         for start in pieces:
             stop = min(start + step, run_stop) if image.device.type == "cpu" else run_stop
-            volumes = flat[start:stop]
+            volumes = work.volumes(start, stop)
             out = transform(volumes, torch.arange(start, stop))
             if out.data_ptr() != volumes.data_ptr():
                 volumes.copy_(out)
@@ -339,23 +386,25 @@ def apply_parameters(
         are then not modified; windows with context are only read).
     """
     source = image, label
-    if out_shape is not None and tuple(out_shape) != tuple(image.shape[2:]):
-        # the centre is the working copy; the windows are only read
-        image = centre(image, out_shape).clone(memory_format=torch.contiguous_format)
-        label = (
-            None if label is None else centre(label, out_shape).clone(memory_format=torch.contiguous_format)
-        )
-    elif inplace:  # the working tensors, changed in place from here on
+    labels_change = label is not None and (bool(params.spatial.any()) or bool(params.flips.any()))
+    if inplace and (out_shape is None or tuple(out_shape) == tuple(image.shape[2:])):
+        # the working tensors, changed in place from here on
         image = image.contiguous()
-        if label is not None and (bool(params.spatial.any()) or bool(params.flips.any())):
-            label = label.contiguous()
+        label = label.contiguous() if labels_change else label
         source = image, label
-    else:  # working copies of the samples that are not resampled; the resampled ones read the inputs
-        image = _copy_samples(image, ~params.spatial)
-        if label is not None and (bool(params.spatial.any()) or bool(params.flips.any())):
+        work = _Working(image, image, [False] * (image.shape[0] * image.shape[1]))
+    else:
+        # a new working image: the resampled samples read the inputs (the windows), the others are copied
+        # a volume at a time as they are first changed (the centres of windows with context)
+        kept = centre(image, out_shape) if out_shape is not None else image
+        pending = (~params.spatial)[:, None].expand(-1, image.shape[1]).flatten().tolist()
+        work = _Working(torch.empty(kept.shape, dtype=kept.dtype, device=kept.device), kept, pending)
+        if out_shape is not None and label is not None:  # a new label map (of the centres)
+            label = _copy_samples(centre(label, out_shape), ~params.spatial)
+        elif labels_change:
             label = _copy_samples(label, ~params.spatial)
-    _apply(config, params, image, label, source)
-    return image, label
+    _apply(config, params, work, label, source)
+    return work.image, label
 
 
 def _copy_samples(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -372,11 +421,12 @@ def _copy_samples(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 def _apply(
     config: AugmentConfig,
     params: BatchParams,
-    image: torch.Tensor,
+    work: _Working,
     label: torch.Tensor | None,
     source: tuple[torch.Tensor, torch.Tensor | None],
 ) -> None:
     """:func:`apply_parameters` on working tensors, in place (spatial transforms read ``source``)."""
+    image = work.image
     _apply_spatial(config.spatial, params, image, label, source)
     channels = image.shape[1]
     noise_pairs = params.noise[:, None].expand(-1, channels)
@@ -408,8 +458,8 @@ def _apply(
     }
     for name in _INTENSITY_ORDER:
         mask, transform = steps[name]
-        _on_pairs(image, mask, transform)
-    AF.mirror_(image, params.flips)
+        _on_pairs(work, mask, transform)
+    work.mirror(params.flips)
     if label is not None:
         AF.mirror_(label, params.flips)
 
