@@ -402,6 +402,22 @@ def test_the_copy_takes_the_volumes_it_keeps_from_an_input_of_any_layout():
     assert kept > 0
 
 
+def test_volumes_flipped_after_their_last_transform_equal_the_batch_flipped_last():
+    """Each volume is flipped as soon as its last intensity transform is done: the batch of every other
+    transform, then flipped."""
+    config = augment_preset("nnunet", {"gamma.p": 0.5, "blur.p": 0.5})
+    unflipped = BatchAugment(with_overrides(config, {"mirror.axes": ()}))
+    image = torch.randn(4, 3, 8, 10, 6)
+    label = torch.randint(0, 4, (4, 8, 10, 6), dtype=torch.uint8)
+    for step in range(4):
+        flips = BatchAugment(config).parameters(image, (2, 0, step)).flips
+        out = BatchAugment(config)(image, label, key=(2, 0, step))
+        plain = unflipped(image, label, key=(2, 0, step))
+        assert torch.equal(out[0], AF.mirror(plain[0], flips)) and torch.equal(
+            out[1], AF.mirror(plain[1], flips)
+        )
+
+
 def test_to_training_batch_never_hands_the_batch_itself_to_an_in_place_augmentation():
     augment = BatchAugment(augment_preset("nnunet", EVERYTHING))
     batch = {

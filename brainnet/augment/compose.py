@@ -31,6 +31,7 @@ image with background labels that exists in no scan. ``zeros`` (image 0, labels 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -224,13 +225,42 @@ class _Working:
     copied by :meth:`mirror` (flipped on the way): no copy of the whole batch first (a pass over it in
     memory, then each transform's own).
 
+    A volume's flips (nnU-Net's last transform) are made right after the last intensity transform that
+    changes it, while the piece is in the cache (:meth:`done`); the others by :meth:`mirror`.
+
     Attributes:
         pending: per flat volume ``b C + c`` (host bools), whether it still has to come from ``source``.
+        last: per flat volume, the index of the last step (:meth:`done`'s ``step``) that changes it (-1:
+            none); empty when nothing flips.
+        flips: per sample, the dims (-3 X, -2 Y, -1 Z) it flips (set by :meth:`plan`).
     """
 
     image: torch.Tensor
     source: torch.Tensor
     pending: list[bool]
+    last: list[int] = dataclasses.field(default_factory=list)
+    flips: list[list[int]] = dataclasses.field(default_factory=list)
+
+    def plan(self, masks: Sequence[torch.Tensor], flips: torch.Tensor) -> None:
+        """Remember the steps' masks (bool (B, C) each, in order) and ``flips`` (bool (B, 3))."""
+        self.flips = [[axis - 3 for axis in range(3) if row[axis]] for row in flips.tolist()]
+        if not any(self.flips):
+            return
+        steps = torch.stack([m.flatten() for m in masks])  # (steps, B C)
+        order = torch.arange(len(masks))[:, None]
+        self.last = torch.where(steps, order, -1).amax(dim=0).tolist()
+
+    def done(self, start: int, stop: int, step: int) -> None:
+        """Flat volumes ``start`` .. ``stop - 1`` have been changed by ``step``: flip those it was the last
+        for (a volume each, the copy back read from the cache)."""
+        if not self.last:
+            return
+        channels = self.image.shape[1]
+        flat = self.image.view(-1, *self.image.shape[2:])
+        for i in range(start, stop):
+            dims = self.flips[i // channels]
+            if self.last[i] == step and dims:
+                flat[i].copy_(flat[i].flip(dims))
 
     def volumes(self, start: int, stop: int) -> torch.Tensor:
         """Flat volumes ``start`` .. ``stop - 1`` of ``image`` (P, X, Y, Z), each written or copied in."""
@@ -242,24 +272,26 @@ class _Working:
                 self.pending[i] = False
         return flat[start:stop]
 
-    def mirror(self, flips: torch.Tensor) -> None:
-        """Flip each volume along the axes of its sample in ``flips`` (bool (B, 3)), a volume at a time (the
-        copy back read from the cache); a pending one is flipped from ``source`` into place."""
+    def mirror(self) -> None:
+        """Flip the volumes :meth:`done` has not flipped, a volume at a time (the copy back read from the
+        cache); a pending one is flipped from ``source`` into place."""
         channels = self.image.shape[1]
-        for sample, row in enumerate(flips.tolist()):
-            dims = [axis - 3 for axis in range(3) if row[axis]]
+        for sample, dims in enumerate(self.flips):
             for channel in range(channels):
                 i = sample * channels + channel
                 volume = self.image[sample, channel]
                 if self.pending[i]:
                     source = self.source[sample, channel]
                     volume.copy_(source.flip(dims) if dims else source)
-                elif dims:
+                elif dims and (not self.last or self.last[i] < 0):
                     volume.copy_(volume.flip(dims))
 
 
 def _on_pairs(
-    work: _Working, mask: torch.Tensor, transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    work: _Working,
+    mask: torch.Tensor,
+    transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    step: int,
 ) -> None:
     """Apply ``transform(volumes (P, X, Y, Z), pair_index (P,))`` to the (sample, channel) pairs of ``mask``
     (bool (B, C)) of ``work.image``, in place.
@@ -269,19 +301,21 @@ def _on_pairs(
     makes several passes over its volumes and allocates temporaries like them, and a piece that fits the
     cache, with temporaries the allocator hands back without fresh pages, is several times faster than
     a whole batch streamed through memory (``benchmarks/README.md``, augmentation). ``transform`` may
-    change its volumes in place; a result that is a new tensor is copied into them.
+    change its volumes in place; a result that is a new tensor is copied into them. ``step``: its index in
+    the order of transforms (:meth:`_Working.done`).
     """
     image = work.image
     flat = image.view(-1, *image.shape[2:])
-    step = max(1, PIECE_BYTES // (flat[0].numel() * flat.element_size()))
+    piece = max(1, PIECE_BYTES // (flat[0].numel() * flat.element_size()))
     for run_start, run_stop, _ in AF.sample_runs(mask.flatten().nonzero().flatten().tolist()):
-        pieces = range(run_start, run_stop, step) if image.device.type == "cpu" else [run_start]
+        pieces = range(run_start, run_stop, piece) if image.device.type == "cpu" else [run_start]
         for start in pieces:
-            stop = min(start + step, run_stop) if image.device.type == "cpu" else run_stop
+            stop = min(start + piece, run_stop) if image.device.type == "cpu" else run_stop
             volumes = work.volumes(start, stop)
             out = transform(volumes, torch.arange(start, stop))
             if out.data_ptr() != volumes.data_ptr():
                 volumes.copy_(out)
+            work.done(start, stop, step)
 
 
 def _apply_spatial(
@@ -456,10 +490,11 @@ def _apply(
         "gamma_inverted": (params.gamma_inverted, _gamma(config.gamma_inverted, params.gamma_inverted_gamma)),
         "gamma": (params.gamma, _gamma(config.gamma, params.gamma_gamma)),
     }
-    for name in _INTENSITY_ORDER:
+    work.plan([steps[name][0] for name in _INTENSITY_ORDER], params.flips)
+    for step, name in enumerate(_INTENSITY_ORDER):
         mask, transform = steps[name]
-        _on_pairs(work, mask, transform)
-    work.mirror(params.flips)
+        _on_pairs(work, mask, transform, step)
+    work.mirror()
     if label is not None:
         AF.mirror_(label, params.flips)
 
