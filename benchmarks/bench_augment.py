@@ -8,9 +8,10 @@ Two patch sizes: the course's 160x160x16 and nnU-Net's BraTS 112x160x128, each i
 Rows per patch size:
   brainnet            samples/s of ``BatchAugment(augment_preset("nnunet"))`` on whole batches, in this
                       process with ``torch.set_num_threads(2)`` (the row's note reads the thread count
-                      back), a new key (new draws) per batch; each call copies its input batch first, as
-                      nnU-Net's side clones each sample inside its timer (training skips that copy:
-                      the loop hands its own fresh float32 batch over, ``inplace=True``)
+                      back), a new key (new draws) per batch; each call leaves its input alone and
+                      returns a new batch (each volume copied from the input as it is first changed), as
+                      nnU-Net's side clones each sample inside its timer (training hands its own fresh
+                      float32 batch over, ``inplace=True``)
   nnU-Net             samples/s of ``nnUNetTrainer.get_training_transforms`` (nnunetv2, the Compose of
                       batchgeneratorsv2 transforms nnU-Net trains with: its probabilities, its dummy-2D
                       rule for the anisotropic patch) on one sample at a time, in 2 worker processes with 1

@@ -340,6 +340,16 @@ def test_gamma_with_its_maps_folded_equals_the_steps(invert, retain_stats):
     torch.testing.assert_close(AF.gamma(x, gammas, invert, retain_stats), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_log2_in_place_equals_torchs_on_views_and_zeros():
+    x = torch.rand(3, 6, 5, 4, dtype=torch.float64) * 4
+    x[1, 2] = 0.0
+    for values in (x.float(), x, x.float().transpose(1, 3)):  # float32, float64, a strided view
+        expected = values.log2()
+        out = AF.log2_(values)
+        assert out.data_ptr() == values.data_ptr()
+        torch.testing.assert_close(out, expected, rtol=2e-7, atol=0)  # -inf where 0 too
+
+
 def test_hash_noise_is_a_function_of_its_key():
     keys = torch.tensor([3, 4, 3])
     z = AF.hash_normal(keys, (50, 41, 50))
@@ -373,6 +383,39 @@ def test_in_place_equals_the_copy_and_the_copy_leaves_its_inputs():
         assert torch.equal(image, kept[0]) and torch.equal(label, kept[1])
         owned = augment(image.clone(), label.clone(), key=(0, 0, 2), inplace=True)
         assert torch.equal(owned[0], copied[0]) and torch.equal(owned[1], copied[1])
+
+
+def test_the_copy_takes_the_volumes_it_keeps_from_an_input_of_any_layout():
+    """Samples not resampled come from the input a volume at a time (as first changed, or flipped into
+    place): the same batch as in place, from a channels-last input left alone."""
+    augment = BatchAugment(augment_preset("nnunet", {"noise.p": 0.5, "gamma.p": 0.5}))
+    image = torch.randn(4, 3, 8, 10, 6)
+    label = torch.randint(0, 4, (4, 8, 10, 6), dtype=torch.uint8)
+    strided = image.contiguous(memory_format=torch.channels_last_3d)
+    kept = 0
+    for step in range(6):
+        kept += int((~augment.parameters(image, (1, 0, step)).spatial).sum())
+        owned = augment(image.clone(), label.clone(), key=(1, 0, step), inplace=True)
+        copied = augment(strided, label, key=(1, 0, step))
+        assert torch.equal(strided, image)
+        assert torch.equal(copied[0], owned[0]) and torch.equal(copied[1], owned[1])
+    assert kept > 0
+
+
+def test_volumes_flipped_after_their_last_transform_equal_the_batch_flipped_last():
+    """Each volume is flipped as soon as its last intensity transform is done: the batch of every other
+    transform, then flipped."""
+    config = augment_preset("nnunet", {"gamma.p": 0.5, "blur.p": 0.5})
+    unflipped = BatchAugment(with_overrides(config, {"mirror.axes": ()}))
+    image = torch.randn(4, 3, 8, 10, 6)
+    label = torch.randint(0, 4, (4, 8, 10, 6), dtype=torch.uint8)
+    for step in range(4):
+        flips = BatchAugment(config).parameters(image, (2, 0, step)).flips
+        out = BatchAugment(config)(image, label, key=(2, 0, step))
+        plain = unflipped(image, label, key=(2, 0, step))
+        assert torch.equal(out[0], AF.mirror(plain[0], flips)) and torch.equal(
+            out[1], AF.mirror(plain[1], flips)
+        )
 
 
 def test_to_training_batch_never_hands_the_batch_itself_to_an_in_place_augmentation():

@@ -12,8 +12,9 @@ Each transform runs only on the samples (or (sample, channel) pairs) it fires on
 (no device sync), in place on the working batch: runs of consecutive pairs as views (no gather, no
 scatter back; on the CPU in cache-sized pieces), the resampled samples of a slice stack in one gather
 per channel, those of a 3D patch one at a time (written back with one copy). The training loop hands
-its freshly converted batch over (``inplace=True``), so nothing copies the batch first. Order,
-probabilities and ranges: :class:`~brainnet.augment.config.AugmentConfig`.
+its freshly converted batch over (``inplace=True``); otherwise nothing copies the batch first either:
+each volume comes from the input when it is first changed (:class:`_Working`). Order, probabilities and
+ranges: :class:`~brainnet.augment.config.AugmentConfig`.
 
 Border rule. Rotation and scaling read positions outside the patch (a 160x160 patch rotated by 45 degrees
 reaches 41% beyond its faces; a scale of 1.4 reaches 20%). nnU-Net reads a larger window around each patch
@@ -30,6 +31,7 @@ image with background labels that exists in no scan. ``zeros`` (image 0, labels 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -212,29 +214,108 @@ def draw_parameters(
     )
 
 
+@dataclass
+class _Working:
+    """The batch being augmented: ``image`` (B, C, X, Y, Z), contiguous, changed in place, and the volumes
+    of it not written yet, whose values are still those of ``source`` (the caller's batch, or the centres
+    of its windows with context).
+
+    A volume is copied from ``source`` just before the first transform that changes it, so that the
+    transform reads it from the cache instead of memory, and one no intensity transform changes is
+    copied by :meth:`mirror` (flipped on the way): no copy of the whole batch first (a pass over it in
+    memory, then each transform's own).
+
+    A volume's flips (nnU-Net's last transform) are made right after the last intensity transform that
+    changes it, while the piece is in the cache (:meth:`done`); the others by :meth:`mirror`.
+
+    Attributes:
+        pending: per flat volume ``b C + c`` (host bools), whether it still has to come from ``source``.
+        last: per flat volume, the index of the last step (:meth:`done`'s ``step``) that changes it (-1:
+            none); empty when nothing flips.
+        flips: per sample, the dims (-3 X, -2 Y, -1 Z) it flips (set by :meth:`plan`).
+    """
+
+    image: torch.Tensor
+    source: torch.Tensor
+    pending: list[bool]
+    last: list[int] = dataclasses.field(default_factory=list)
+    flips: list[list[int]] = dataclasses.field(default_factory=list)
+
+    def plan(self, masks: Sequence[torch.Tensor], flips: torch.Tensor) -> None:
+        """Remember the steps' masks (bool (B, C) each, in order) and ``flips`` (bool (B, 3))."""
+        self.flips = [[axis - 3 for axis in range(3) if row[axis]] for row in flips.tolist()]
+        if not any(self.flips):
+            return
+        steps = torch.stack([m.flatten() for m in masks])  # (steps, B C)
+        order = torch.arange(len(masks))[:, None]
+        self.last = torch.where(steps, order, -1).amax(dim=0).tolist()
+
+    def done(self, start: int, stop: int, step: int) -> None:
+        """Flat volumes ``start`` .. ``stop - 1`` have been changed by ``step``: flip those it was the last
+        for (a volume each, the copy back read from the cache)."""
+        if not self.last:
+            return
+        channels = self.image.shape[1]
+        flat = self.image.view(-1, *self.image.shape[2:])
+        for i in range(start, stop):
+            dims = self.flips[i // channels]
+            if self.last[i] == step and dims:
+                flat[i].copy_(flat[i].flip(dims))
+
+    def volumes(self, start: int, stop: int) -> torch.Tensor:
+        """Flat volumes ``start`` .. ``stop - 1`` of ``image`` (P, X, Y, Z), each written or copied in."""
+        channels = self.image.shape[1]
+        flat = self.image.view(-1, *self.image.shape[2:])
+        for i in range(start, stop):
+            if self.pending[i]:
+                flat[i].copy_(self.source[i // channels, i % channels])
+                self.pending[i] = False
+        return flat[start:stop]
+
+    def mirror(self) -> None:
+        """Flip the volumes :meth:`done` has not flipped, a volume at a time (the copy back read from the
+        cache); a pending one is flipped from ``source`` into place."""
+        channels = self.image.shape[1]
+        for sample, dims in enumerate(self.flips):
+            for channel in range(channels):
+                i = sample * channels + channel
+                volume = self.image[sample, channel]
+                if self.pending[i]:
+                    source = self.source[sample, channel]
+                    volume.copy_(source.flip(dims) if dims else source)
+                elif dims and (not self.last or self.last[i] < 0):
+                    volume.copy_(volume.flip(dims))
+
+
 def _on_pairs(
-    image: torch.Tensor, mask: torch.Tensor, transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    work: _Working,
+    mask: torch.Tensor,
+    transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    step: int,
 ) -> None:
     """Apply ``transform(volumes (P, X, Y, Z), pair_index (P,))`` to the (sample, channel) pairs of ``mask``
-    (bool (B, C)) of ``image`` (contiguous, the caller's), in place.
+    (bool (B, C)) of ``work.image``, in place.
 
     The pairs are taken as views, one run of consecutive pairs at a time (no gather, no scatter back); on
     the CPU a run is cut into pieces of at most :data:`PIECE_BYTES` (at least one volume): a transform
     makes several passes over its volumes and allocates temporaries like them, and a piece that fits the
     cache, with temporaries the allocator hands back without fresh pages, is several times faster than
     a whole batch streamed through memory (``benchmarks/README.md``, augmentation). ``transform`` may
-    change its volumes in place; a result that is a new tensor is copied into them.
+    change its volumes in place; a result that is a new tensor is copied into them. ``step``: its index in
+    the order of transforms (:meth:`_Working.done`).
     """
+    image = work.image
     flat = image.view(-1, *image.shape[2:])
-    step = max(1, PIECE_BYTES // (flat[0].numel() * flat.element_size()))
+    piece = max(1, PIECE_BYTES // (flat[0].numel() * flat.element_size()))
     for run_start, run_stop, _ in AF.sample_runs(mask.flatten().nonzero().flatten().tolist()):
-        pieces = range(run_start, run_stop, step) if image.device.type == "cpu" else [run_start]
+        pieces = range(run_start, run_stop, piece) if image.device.type == "cpu" else [run_start]
         for start in pieces:
-            stop = min(start + step, run_stop) if image.device.type == "cpu" else run_stop
-            volumes = flat[start:stop]
+            stop = min(start + piece, run_stop) if image.device.type == "cpu" else run_stop
+            volumes = work.volumes(start, stop)
             out = transform(volumes, torch.arange(start, stop))
             if out.data_ptr() != volumes.data_ptr():
                 volumes.copy_(out)
+            work.done(start, stop, step)
 
 
 def _apply_spatial(
@@ -339,23 +420,25 @@ def apply_parameters(
         are then not modified; windows with context are only read).
     """
     source = image, label
-    if out_shape is not None and tuple(out_shape) != tuple(image.shape[2:]):
-        # the centre is the working copy; the windows are only read
-        image = centre(image, out_shape).clone(memory_format=torch.contiguous_format)
-        label = (
-            None if label is None else centre(label, out_shape).clone(memory_format=torch.contiguous_format)
-        )
-    elif inplace:  # the working tensors, changed in place from here on
+    labels_change = label is not None and (bool(params.spatial.any()) or bool(params.flips.any()))
+    if inplace and (out_shape is None or tuple(out_shape) == tuple(image.shape[2:])):
+        # the working tensors, changed in place from here on
         image = image.contiguous()
-        if label is not None and (bool(params.spatial.any()) or bool(params.flips.any())):
-            label = label.contiguous()
+        label = label.contiguous() if labels_change else label
         source = image, label
-    else:  # working copies of the samples that are not resampled; the resampled ones read the inputs
-        image = _copy_samples(image, ~params.spatial)
-        if label is not None and (bool(params.spatial.any()) or bool(params.flips.any())):
+        work = _Working(image, image, [False] * (image.shape[0] * image.shape[1]))
+    else:
+        # a new working image: the resampled samples read the inputs (the windows), the others are copied
+        # a volume at a time as they are first changed (the centres of windows with context)
+        kept = centre(image, out_shape) if out_shape is not None else image
+        pending = (~params.spatial)[:, None].expand(-1, image.shape[1]).flatten().tolist()
+        work = _Working(torch.empty(kept.shape, dtype=kept.dtype, device=kept.device), kept, pending)
+        if out_shape is not None and label is not None:  # a new label map (of the centres)
+            label = _copy_samples(centre(label, out_shape), ~params.spatial)
+        elif labels_change:
             label = _copy_samples(label, ~params.spatial)
-    _apply(config, params, image, label, source)
-    return image, label
+    _apply(config, params, work, label, source)
+    return work.image, label
 
 
 def _copy_samples(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -372,11 +455,12 @@ def _copy_samples(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 def _apply(
     config: AugmentConfig,
     params: BatchParams,
-    image: torch.Tensor,
+    work: _Working,
     label: torch.Tensor | None,
     source: tuple[torch.Tensor, torch.Tensor | None],
 ) -> None:
     """:func:`apply_parameters` on working tensors, in place (spatial transforms read ``source``)."""
+    image = work.image
     _apply_spatial(config.spatial, params, image, label, source)
     channels = image.shape[1]
     noise_pairs = params.noise[:, None].expand(-1, channels)
@@ -406,10 +490,11 @@ def _apply(
         "gamma_inverted": (params.gamma_inverted, _gamma(config.gamma_inverted, params.gamma_inverted_gamma)),
         "gamma": (params.gamma, _gamma(config.gamma, params.gamma_gamma)),
     }
-    for name in _INTENSITY_ORDER:
+    work.plan([steps[name][0] for name in _INTENSITY_ORDER], params.flips)
+    for step, name in enumerate(_INTENSITY_ORDER):
         mask, transform = steps[name]
-        _on_pairs(image, mask, transform)
-    AF.mirror_(image, params.flips)
+        _on_pairs(work, mask, transform, step)
+    work.mirror()
     if label is not None:
         AF.mirror_(label, params.flips)
 

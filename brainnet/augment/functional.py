@@ -19,6 +19,7 @@ import itertools
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -766,7 +767,7 @@ def gamma_(
     if not retain_stats:
         # t ** g as exp2(g log2 t) (t in [0, 1]; log2 0 = -inf gives 0): pow with a tensor exponent is 3x
         # slower, exp 3x slower than exp2; (x - origin) first: the extreme voxel gives t = 0 exactly
-        x.sub_(origin).div_(floor * sign).log2_().mul_(gammas).exp2_()
+        log2_(x.sub_(origin).div_(floor * sign)).mul_(gammas).exp2_()
         return x.mul_(spread * sign).add_(origin)
     scratch = torch.empty_like(x)
     mean, std = _mean_std(x, scratch)
@@ -774,11 +775,26 @@ def gamma_(
         torch.sub(origin, x, out=x)
     else:
         x.sub_(origin)
-    x.log2_().mul_(gammas).exp2_()  # u ** g = floor ** g t ** g
+    log2_(x).mul_(gammas).exp2_()  # u ** g = floor ** g t ** g
     now_mean, now_std = _mean_std(x, scratch)
     # batchgeneratorsv2's factor spread std / max(spread std(t ** g), EPS), for u ** g instead of t ** g
     factor = spread * std * sign / torch.maximum(spread * now_std, EPS * floor.pow(gammas))
     return x.mul_(factor).add_(mean - now_mean * factor)  # (x - now_mean) factor + mean in two passes
+
+
+def log2_(x: torch.Tensor) -> torch.Tensor:
+    """``x.log2_()`` (float, any shape; 0 gives -inf): on the CPU numpy's SIMD loop on the tensor's memory.
+
+    torch's CPU ``log2`` goes through MKL's vector math, which takes a generic, several times slower path
+    on CPUs that are not Intel's (``benchmarks/README.md``, augmentation); numpy's float loop gives the
+    same values to an ulp. Other devices, dtypes numpy lacks and tensors that need gradients use torch.
+    """
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.requires_grad:
+        return x.log2_()
+    values = x.numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.log2(values, out=values)
+    return x
 
 
 def _mean_std(x: torch.Tensor, scratch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
