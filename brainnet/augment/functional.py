@@ -783,18 +783,41 @@ def gamma_(
 
 
 def log2_(x: torch.Tensor) -> torch.Tensor:
-    """``x.log2_()`` (float, any shape; 0 gives -inf): on the CPU numpy's SIMD loop on the tensor's memory.
+    """``x.log2_()`` (float, any shape; 0 gives -inf), on the CPU by numpy where numpy's loop is the fast one.
 
-    torch's CPU ``log2`` goes through MKL's vector math, which takes a generic, several times slower path
-    on CPUs that are not Intel's (``benchmarks/README.md``, augmentation); numpy's float loop gives the
-    same values to an ulp. Other devices, dtypes numpy lacks and tensors that need gradients use torch.
+    Which library's CPU ``log2`` is fast depends on the CPU: numpy's float loops call Intel's SVML only
+    where its dispatch found AVX512_SKX (``numpy/_core/src/umath/loops_umath_fp.dispatch.c.src``; libm's
+    scalar loop otherwise), and torch's went through a several times slower path on the AVX-512 AMD CPU
+    this was first measured on (``benchmarks/README.md``, augmentation). So numpy is used where it has
+    AVX512_SKX, torch elsewhere: one fixed choice per machine (same values to an ulp), so a run and its
+    resume take the same one. Other devices, dtypes numpy lacks and tensors that need gradients use torch.
     """
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.requires_grad:
+    if (
+        not _NUMPY_SVML
+        or x.device.type != "cpu"
+        or x.dtype not in (torch.float32, torch.float64)
+        or x.requires_grad
+    ):
         return x.log2_()
     values = x.numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         np.log2(values, out=values)
     return x
+
+
+def _numpy_has_svml() -> bool:
+    """Whether numpy's runtime dispatch found AVX512_SKX (its SVML loops for log2 and exp2)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # numpy < 2 named the module numpy.core
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__
+        except ImportError:
+            return False
+    return bool(__cpu_features__.get("AVX512_SKX", False))
+
+
+_NUMPY_SVML = _numpy_has_svml()
 
 
 def _mean_std(x: torch.Tensor, scratch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
