@@ -311,23 +311,29 @@ def synthetic_dataset(
     fresh: bool = False,
     shape: tuple[int, int, int] = SCAN_SHAPE,
     seed: int = SYNTH_SEED,
+    small_tumour_every: int = 0,
 ) -> Path:
     """An MSD-layout folder of ``n_cases`` synthetic cases of ``shape`` x 4, written once and reused.
 
+    ``small_tumour_every``: ``SynthParams``'s (every k-th case a tumour too small for any course-sized
+    patch to hold 5 %); 0 by default, so that every case yields its K patches and per-case timings compare
+    like with like.
+
     The folder is ``WORKDIR/synth-msd-<n>-seed<seed>`` (``-<X>x<Y>x<Z>`` appended for another shape than
-    240x240x155); a marker file written last holds the ``SynthParams`` so an interrupted or differently
-    made folder is rewritten.
+    240x240x155, ``-small<k>`` for small tumours); a marker file written last holds the ``SynthParams`` so
+    an interrupted or differently made folder is rewritten.
 
     Raises:
         MissingPiece: ``brainprep.synth.write_synthetic_dataset`` is not available.
     """
     write = require("brainprep.synth", "write_synthetic_dataset")
     synth_params_cls = require("brainprep.synth", "SynthParams")
-    # small_tumour_every=0: every case yields its K patches, so per-case timings compare like with like
-    params = synth_params_cls(n_cases=n_cases, shape=shape, seed=seed, small_tumour_every=0)
+    params = synth_params_cls(n_cases=n_cases, shape=shape, seed=seed, small_tumour_every=small_tumour_every)
     folder = workdir / f"synth-msd-{n_cases}-seed{seed}"
     if tuple(shape) != SCAN_SHAPE:
         folder = folder.with_name(folder.name + "-" + "x".join(map(str, shape)))
+    if small_tumour_every:
+        folder = folder.with_name(f"{folder.name}-small{small_tumour_every}")
     wanted = {"synth_params": params.to_dict()}
     if not fresh and _marker(folder).is_file():
         try:

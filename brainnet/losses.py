@@ -26,7 +26,13 @@ from torch import nn
 from brainprep.errors import ShapeMismatchError
 
 SPATIAL_AXES: tuple[int, int, int] = (2, 3, 4)
+BATCH_AXES: tuple[int, int, int, int] = (0, 2, 3, 4)
 DICE_EPSILON = 1e-5
+#: ``TrainConfig.dice``: the axes one Dice sums over. ``sample`` (the course): per (example, class), so an
+#: example without a class gives ``eps / (sum p^2 + eps)``, a loss near 1 whose gradient (about
+#: ``2 eps p / (sum p^2)^2``) vanishes: false positives on a tumour-free window are not penalized.
+#: ``batch`` (nnU-Net's ``batch_dice``): per class over the whole batch, where they add to the denominator.
+DICE_AXES: dict[str, tuple[int, ...]] = {"sample": SPATIAL_AXES, "batch": BATCH_AXES}
 
 
 def soft_dice_loss(

@@ -85,6 +85,25 @@ def test_soft_dice_extremes_and_gradient():
     assert float(pred.grad[:, :, :2].max()) < 0.0 < float(pred.grad[:, :, 2:].min())
 
 
+def test_batch_dice_penalizes_false_positives_of_a_window_without_tumour():
+    # example 0 holds the class, example 1 none: its predicted voxels are false positives
+    from brainnet.losses import DICE_AXES
+
+    target = torch.zeros(2, 1, 4, 4, 2)
+    target[0, :, :2] = 1.0
+    pred = torch.full_like(target, 0.5, requires_grad=True)
+    gradients = {}
+    for mode, axis in DICE_AXES.items():
+        pred.grad = None
+        soft_dice_loss(pred, target, axis=axis).backward()
+        gradients[mode] = pred.grad[1].clone()
+    # per example (the course's): eps / (sum p^2 + eps), a gradient of order eps on the empty window
+    assert float(gradients["sample"].abs().max()) < 1e-5
+    # per batch: the empty window's voxels add to the class's denominator, raising them raises the loss
+    assert float(gradients["batch"].min()) > 1e-3
+    assert DICE_AXES["sample"] == (2, 3, 4) and DICE_AXES["batch"] == (0, 2, 3, 4)
+
+
 def test_soft_dice_module_and_logits():
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 4, 4, 2)

@@ -245,10 +245,27 @@ def test_train_on_batches_equals_train_on_the_same_batches(store_path, tmp_path)
     assert not torch.equal(other.state_dict()["head.weight"], model.state_dict()["head.weight"])
 
 
+def test_batch_dice_trains_another_model_and_is_in_the_checkpoint(store_path, tmp_path):
+    from brainnet.train.checkpoint import load_checkpoint
+
+    config = _config(steps_per_epoch=2, val_split=None)
+    sample = train(store_path, tmp_path / "sample", config, TINY_MODEL)
+    batch = train(store_path, tmp_path / "batch", config.replace(dice="batch"), TINY_MODEL)
+    assert not torch.equal(sample.model.state_dict()["head.weight"], batch.model.state_dict()["head.weight"])
+    saved = load_checkpoint(tmp_path / "batch" / "last.pt")
+    assert TrainConfig.from_dict(saved["train_config"]).dice == "batch"
+    older = {k: v for k, v in saved["train_config"].items() if k != "dice"}  # a checkpoint from before
+    assert TrainConfig.from_dict(older).dice == "sample"
+    with pytest.raises(ConfigError, match="dice"):
+        TrainConfig(dice="voxel")
+
+
 def test_resume_refuses_a_different_trajectory(store_path, tmp_path):
     train(store_path, tmp_path / "run", _config(), TINY_MODEL)
     with pytest.raises(ConfigError, match="lr"):
         train(store_path, tmp_path / "run", _config(epochs=2, lr=1e-2), TINY_MODEL, resume=True)
+    with pytest.raises(ConfigError, match="dice"):
+        train(store_path, tmp_path / "run", _config(epochs=2, dice="batch"), TINY_MODEL, resume=True)
     with pytest.raises(ConfigError, match="model config"):
         train(
             store_path, tmp_path / "run", _config(epochs=2), ModelConfig(depth=2, base_filters=4), resume=True
@@ -283,7 +300,7 @@ def test_cli_train_then_resume(store_path, tmp_path):
     run = tmp_path / "run"
     common = ["train", "--store", str(store_path), "--out", str(run), "--steps-per-epoch", "1"]
     common += ["--batch-size", "2", "--base-filters", "2", "--depth", "2", "--workers", "0"]
-    common += ["--device", "cpu", "--no-progress", "--lr", "1e-3"]
+    common += ["--device", "cpu", "--no-progress", "--lr", "1e-3", "--dice", "batch"]
     result = CliRunner().invoke(main, [*common, "--epochs", "1"])
     assert result.exit_code == 0, result.output
     assert "trained 1 epochs" in result.output
@@ -295,6 +312,7 @@ def test_cli_train_then_resume(store_path, tmp_path):
     assert result.exit_code != 0 and "cannot change --seed 7 (checkpoint: 0)" in result.output
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
     assert payload["train_config"]["lr"] == 1e-3 and payload["model_config"]["base_filters"] == 2
+    assert payload["train_config"]["dice"] == "batch"
 
 
 # --------------------------------------------------------------------------------------------- DDP

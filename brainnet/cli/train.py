@@ -91,6 +91,14 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
     help="Loader workers: auto (threads for Zarr, processes for HDF5: the faster for each), processes or "
     "threads.",
 )
+@click.option(
+    "--dice",
+    type=click.Choice(["sample", "batch"]),
+    default="sample",
+    show_default=True,
+    help="Soft Dice per example and class (the course) or per class over the batch (nnU-Net's batch_dice: "
+    "false positives in tumour-free windows count).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option(
@@ -177,6 +185,7 @@ def train(
             loader=options["loader"],
             min_tumour_fraction=options["min_tumour_fraction"],
             weighting=options["weighting"],
+            dice=options["dice"],
             augment=_augment_config(options),
             volume_sampling=WindowSamplingParams(
                 draws_per_epoch=options["draws_per_epoch"], **_sampling_shares(options)

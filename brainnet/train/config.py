@@ -21,6 +21,7 @@ from brainprep.store.schema import SPLIT_NAMES
 DEVICES = ("auto", "cpu", "cuda")
 AMP_DTYPES = ("bfloat16", "float16")
 WEIGHTINGS = ("uniform", "tumour")
+DICE_MODES = ("sample", "batch")
 COURSE_LEARNING_RATE = 1e-5
 
 
@@ -54,6 +55,10 @@ class TrainConfig(Params):
         volume_sampling: how windows are drawn from a volume store: shares of tumour-constrained and
             class-balanced draws, draws per pass (:class:`brainnet.data.volume_sampler.WindowSamplingParams`);
             unused on a patch store.
+        dice: the training loss's soft Dice: ``sample`` (the course's: one Dice per example and class,
+            averaged; a window without tumour teaches nothing) or ``batch`` (nnU-Net's ``batch_dice``: one
+            Dice per class over the batch, so false positives in tumour-free windows count;
+            :data:`brainnet.losses.DICE_AXES`). Validation loss stays per patch.
         threshold: probability threshold of the reported Dice.
         deterministic: ``torch.use_deterministic_algorithms`` (bit-exact reruns on CPU; slower on GPU).
     """
@@ -75,6 +80,7 @@ class TrainConfig(Params):
     weighting: str = "uniform"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     volume_sampling: WindowSamplingParams = field(default_factory=WindowSamplingParams)
+    dice: str = "sample"
     threshold: float = 0.5
     deterministic: bool = False
 
@@ -100,6 +106,8 @@ class TrainConfig(Params):
             raise ConfigError(f"TrainConfig.device must be one of {DEVICES}, got {self.device!r}")
         if self.amp_dtype not in AMP_DTYPES:
             raise ConfigError(f"TrainConfig.amp_dtype must be one of {AMP_DTYPES}, got {self.amp_dtype!r}")
+        if self.dice not in DICE_MODES:
+            raise ConfigError(f"TrainConfig.dice must be one of {DICE_MODES}, got {self.dice!r}")
         if self.weighting not in WEIGHTINGS:
             raise ConfigError(f"TrainConfig.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if not 0.0 <= self.min_tumour_fraction <= 1.0:
