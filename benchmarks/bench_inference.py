@@ -8,7 +8,7 @@ blending, zeroing outside the brain, thresholding to labels). MONAI runs ``slidi
 with the very same predictor (``brainnet.predict.window_predictor``) over the same brain bounding box
 (``brainnet.predict.brain_box``, where predict_case slides) and the same window 160x160x16, overlap 0.5,
 Gaussian blending (sigma 1/8), constant zero padding and windows per batch, followed by the same brain
-mask and thresholding. Both sides
+mask and thresholding; each side finds the box inside its timed run, as predict_case does. Both sides
 alternate ``--repeats`` times; the fastest run of each counts.
 
 The U-Net is ``UNet3D(ModelConfig(base_filters=N))`` with random (seeded) weights; the course default
@@ -110,22 +110,26 @@ def compare_model(args: Any, sizes: dict[str, Any]) -> list[Row]:
             model, case, build_params, window=PATCH_SIZE, overlap=OVERLAP, batch_size=SW_BATCH_SIZE
         )
 
-    def _masked(probabilities: Any) -> Any:
-        probabilities[:, ~box.mask] = 0.0
-        probabilities = box.paste(probabilities)
+    def _masked(run_box: Any, probabilities: Any) -> Any:
+        probabilities[:, ~run_box.mask] = 0.0
+        probabilities = run_box.paste(probabilities)
         return metrics.probabilities_to_labels(probabilities), probabilities
 
+    # each side finds the box in its timed run, as predict_case does: the same work from scan to labels
     def brainnet_every_window_run() -> Any:
         # MONAI's side with brainnet's sliding window: every window predicted, the brain zeroed after
-        volume = torch.from_numpy(box.volume)
+        run_box = predict.brain_box(case.image, build_params, PATCH_SIZE)
+        volume = torch.from_numpy(run_box.volume)
         return _masked(
+            run_box,
             sliding(
                 volume, predictor, PATCH_SIZE, OVERLAP, "gaussian", SW_BATCH_SIZE, sigma_scale=SIGMA_SCALE
-            ).numpy()
+            ).numpy(),
         )
 
     def monai_run() -> Any:
-        volume = torch.from_numpy(box.volume)
+        run_box = predict.brain_box(case.image, build_params, PATCH_SIZE)
+        volume = torch.from_numpy(run_box.volume)
         with torch.inference_mode():
             probabilities = inferers.sliding_window_inference(
                 volume[None],
@@ -138,7 +142,7 @@ def compare_model(args: Any, sizes: dict[str, Any]) -> list[Row]:
                 padding_mode="constant",
                 cval=0.0,
             )[0].numpy()
-        return _masked(probabilities)
+        return _masked(run_box, probabilities)
 
     brainnet_runs, every_window_runs, monai_runs = [], [], []
     for _ in range(args.repeats or sizes["repeats"]):

@@ -209,11 +209,17 @@ def brain_box(
     crop = crop_from_hits(axis_hits(mask), shape, window)
     if crop is None:  # no brain voxel: the whole scan, whose every window the mask skips
         crop = Crop((0, 0, 0), shape, ((0, 0),) * 3)  # type: ignore[arg-type]
-    volume = prepare_volume(image, build_params, background)
-    if build_params.standardize.method == "patch-slice":  # relative to the background, as the store's crop
-        volume = volume - background.astype(np.float32)[:, None, None, None]  # a new array: not the case's
+    if build_params.standardize.method == "patch-slice":
+        # cut first (a copy of the box, not of the field of view), then made relative to the background
+        # inside the scan, as the store's crop: its padding stays 0
+        volume = cut_crop(np.asarray(image, dtype=np.float32), crop)
+        parts = window_parts(shape, crop.offset, crop.shape)
+        if parts is not None:
+            volume[(Ellipsis, *parts[1])] -= background.astype(np.float32)[:, None, None, None]
+    else:  # standardized over the whole brain, which the box holds
+        volume = cut_crop(prepare_volume(image, build_params, background), crop)
     mask_crop = cut_crop(mask, crop) if brain_only else None
-    return BrainBox(crop, cut_crop(volume, crop), mask_crop, shape)  # type: ignore[arg-type]
+    return BrainBox(crop, volume, mask_crop, shape)  # type: ignore[arg-type]
 
 
 def predict_volume(

@@ -476,3 +476,24 @@ def test_read_volume_standardized_and_refusal(volume_store):
     brain = brain_mask(raw, 0.0)
     assert not standardized[:, ~brain].any()
     np.testing.assert_allclose(standardized[:, brain].mean(axis=1), 0.0, atol=0.02)
+
+
+@pytest.mark.parametrize("method", ["patch-slice", "volume-nonzero"])
+def test_brain_box_is_the_prepared_scan_cut_to_the_crop_with_zero_padding(method):
+    # a scan thinner than the window along z: the crop is padded there, and stays 0 in the padding
+    from brainnet.predict import brain_box
+    from brainprep.standardize import background_values
+    from brainprep.volume import cut_crop
+
+    rng = np.random.default_rng(3)
+    image = np.full((4, 30, 28, 6), 7.0, dtype=np.float32)  # background 7, not 0
+    image[:, 8:20, 6:22, 1:5] += rng.random((4, 12, 16, 4), dtype=np.float32) * 100 + 1
+    params = BuildParams(standardize=StandardizeParams(method=method))
+    box = brain_box(image, params, (8, 8, 8))
+    assert box.crop.padded and box.volume.shape == (4, *box.crop.shape)
+    background = background_values(image)
+    prepared = prepare_volume(image, params, background)
+    if method == "patch-slice":
+        prepared = prepared - background.astype(np.float32)[:, None, None, None]
+    np.testing.assert_array_equal(box.volume, cut_crop(prepared, box.crop))
+    assert box.mask.sum() == 12 * 16 * 4
