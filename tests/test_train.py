@@ -278,9 +278,9 @@ def test_nan_loss_stops_with_a_clear_message(store_path, tmp_path, monkeypatch):
     calls = {"n": 0}
     real = loop.compute_loss
 
-    def nan_on_second_step(logits, target):
+    def nan_on_second_step(logits, target, dice="sample"):
         calls["n"] += 1
-        loss = real(logits, target)
+        loss = real(logits, target, dice)
         return loss * float("nan") if calls["n"] == 2 else loss
 
     monkeypatch.setattr(loop, "compute_loss", nan_on_second_step)
