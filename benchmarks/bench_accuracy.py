@@ -1,7 +1,7 @@
 """Accuracy benchmark: whole-scan Dice of one U-Net trained on six data pipelines (issues 12 and 14).
 
     python benchmarks/bench_accuracy.py [--quick] [--json FILE] [--workdir DIR] [--seeds N] [--steps N]
-        [--arms i,ii,...] [--small-tumour-every K]
+        [--arms i,ii,...] [--small-tumour-every K] [--dice sample|batch] [--lr LR] [--normalization N]
 
 One model (:class:`brainnet.model.UNet3D`, :data:`FULL` sizes), one optimizer, loss and step budget, the
 same seeds (model initialisation and data stream), trained on the synthetic train cases of
@@ -362,7 +362,7 @@ def small_tumour_ids(plan: Plan) -> set[str]:
 def score_scans(model: Any, cases: list[Any], build: Any, small: set[str] = frozenset()) -> dict[str, float]:
     """Whole-scan metrics averaged over ``cases``: Dice per target, the class mean, WT specificity and
     WT false-positive voxels, from ``predict_case`` and the one Dice of ``brainnet.metrics``; and WT Dice
-    over the cases of ``small`` (ids; NaN without any)."""
+    over the cases of ``small`` (ids; no ``wt_small`` key without any)."""
     predict_case = require("brainnet.predict", "predict_case")
     metrics = require("brainnet.metrics")
     wt = require("brainprep.spec", "MSD_SPEC").targets.index("whole_tumour")
@@ -378,7 +378,8 @@ def score_scans(model: Any, cases: list[Any], build: Any, small: set[str] = froz
         per_case.append(row)
     summary = {key: statistics.fmean(r[key] for r in per_case) for key in per_case[0]}
     small_wt = [r["whole_tumour"] for r, case in zip(per_case, cases, strict=True) if case.case_id in small]
-    summary["wt_small"] = statistics.fmean(small_wt) if small_wt else math.nan
+    if small_wt:  # absent without a small held-out case (--quick, --small-tumour-every 0)
+        summary["wt_small"] = statistics.fmean(small_wt)
     return summary
 
 
@@ -417,7 +418,7 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 def _line(scores: dict[str, float]) -> str:
     dice = " ".join(f"{DICE_COLUMNS[k]} {scores[k]:.3f}" for k in DICE_COLUMNS)
     return (
-        f"{dice}, mean {scores['mean']:.3f}, WT small {scores['wt_small']:.3f}, "
+        f"{dice}, mean {scores['mean']:.3f}, WT small {scores.get('wt_small', math.nan):.3f}, "
         f"WT FP {scores['wt_false_positives']:.0f} vox, "
         f"loader {scores['loader_cpu_s']:.1f} CPU s, train {scores['train_s']:.0f} s"
     )
@@ -450,6 +451,9 @@ def arm_table(report: Report) -> str:
             continue
         cells = []
         for c in columns:
+            if c not in row.extra["summary"]:  # no small-tumour held-out case
+                cells.append("n/a".rjust(13))
+                continue
             mean, sd = row.extra["summary"][c]
             d = digits.get(c, 3)
             cells.append(f"{mean:.{d}f}±{sd:.{d}f}".rjust(13))

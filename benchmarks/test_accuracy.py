@@ -22,6 +22,7 @@ KEYS = (
     "tumour_core",
     "enhancing_tumour",
     "mean",
+    "wt_small",
     "wt_specificity",
     "wt_false_positives",
     "loader_cpu_s",

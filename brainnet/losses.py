@@ -93,4 +93,4 @@ class SoftDiceLoss(nn.Module):
         return f"axis={self.axis}, epsilon={self.epsilon}, from_logits={self.from_logits}"
 
 
-__all__ = ["DICE_EPSILON", "SPATIAL_AXES", "SoftDiceLoss", "soft_dice_loss"]
+__all__ = ["BATCH_AXES", "DICE_AXES", "DICE_EPSILON", "SPATIAL_AXES", "SoftDiceLoss", "soft_dice_loss"]

@@ -212,7 +212,7 @@ def brain_box(
     if build_params.standardize.method == "patch-slice":
         # cut first (a copy of the box, not of the field of view), then made relative to the background
         # inside the scan, as the store's crop: its padding stays 0
-        volume = cut_crop(np.asarray(image, dtype=np.float32), crop)
+        volume = cut_crop(image, crop, np.float32)
         parts = window_parts(shape, crop.offset, crop.shape)
         if parts is not None:
             volume[(Ellipsis, *parts[1])] -= background.astype(np.float32)[:, None, None, None]

@@ -806,7 +806,10 @@ def log2_(x: torch.Tensor) -> torch.Tensor:
 
 
 def _numpy_has_svml() -> bool:
-    """Whether numpy's runtime dispatch found AVX512_SKX (its SVML loops for log2 and exp2)."""
+    """Whether numpy's runtime dispatch found AVX512_SKX (its SVML loops for log2 and exp2).
+
+    A numpy built without SVML (some distribution and Windows builds) would still pass: it then runs
+    libm's loop, as torch's path would be faster; the values are the same either way."""
     try:
         from numpy._core._multiarray_umath import __cpu_features__
     except ImportError:  # numpy < 2 named the module numpy.core

@@ -58,7 +58,9 @@ class TrainConfig(Params):
         dice: the training loss's soft Dice: ``sample`` (the course's: one Dice per example and class,
             averaged; a window without tumour teaches nothing) or ``batch`` (nnU-Net's ``batch_dice``: one
             Dice per class over the batch, so false positives in tumour-free windows count;
-            :data:`brainnet.losses.DICE_AXES`). Validation loss stays per patch.
+            :data:`brainnet.losses.DICE_AXES`). Under DDP the batch is each rank's own (nnU-Net
+            all-gathers the sums across GPUs): N ranks then train otherwise than one rank with N times
+            the batch. Validation loss stays per patch.
         threshold: probability threshold of the reported Dice.
         deterministic: ``torch.use_deterministic_algorithms`` (bit-exact reruns on CPU; slower on GPU).
     """
