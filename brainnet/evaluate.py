@@ -204,7 +204,6 @@ def _score_patches(model: torch.nn.Module, store: Any, split: str, options: dict
 def _score_crops(model: torch.nn.Module, store: Any, split: str, options: dict[str, Any]):
     """Yield a :class:`_Scored` per case of a volume store: its whole crop by the sliding window."""
     from brainprep.standardize import brain_mask
-    from brainprep.store.volume_reader import standardize_window
 
     indices = store.case_indices(split)
     if len(indices) == 0:
@@ -218,10 +217,7 @@ def _score_crops(model: torch.nn.Module, store: Any, split: str, options: dict[s
             volume = np.asarray(raw, dtype=np.float32)
         else:
             # the crop read once: standardized with the case's stored statistics, as read_volume would
-            entry = store.metadata["cases"][int(index)]
-            standardized = standardize_window(
-                raw, params.standardize.method, entry, np.empty(raw.shape, np.float32)
-            )
+            standardized = store.standardize(int(index), raw, params.standardize.method)
             volume = round_through(standardized, params.store.dtype)
         # the crop is stored relative to the case's background: the brain is its nonzero voxels
         predicted, _ = predict_volume(

@@ -14,6 +14,7 @@ from typing import Any
 from brainnet.augment.config import AugmentConfig, flips_config
 from brainnet.data.loader import LOADER_BACKENDS
 from brainnet.data.volume_sampler import WindowSamplingParams
+from brainnet.losses import DICE_AXES
 from brainprep.config import Params
 from brainprep.errors import ConfigError
 from brainprep.store.schema import SPLIT_NAMES
@@ -21,7 +22,7 @@ from brainprep.store.schema import SPLIT_NAMES
 DEVICES = ("auto", "cpu", "cuda")
 AMP_DTYPES = ("bfloat16", "float16")
 WEIGHTINGS = ("uniform", "tumour")
-DICE_MODES = ("sample", "batch")
+DICE_MODES = tuple(DICE_AXES)  # brainnet.losses owns the modes and their axes
 COURSE_LEARNING_RATE = 1e-5
 
 

@@ -217,10 +217,13 @@ class VolumeStore(PatchStore):
         image = self._read(vs.IMAGES, index, (slice(None), *every))
         label = self._read(vs.LABELS, index, every)
         if standardize is not None:
-            image = standardize_window(
-                image, standardize, self._case(index), np.empty(image.shape, np.float32)
-            )
+            image = self.standardize(index, image, standardize)
         return image, label
+
+    def standardize(self, index: int, image: np.ndarray, method: str) -> np.ndarray:
+        """A raw read of case ``index`` (a window or its whole crop, (4, X, Y, Z)) standardized by ``method``
+        with the case's stored statistics: a new float32 array (:func:`standardize_window`)."""
+        return standardize_window(image, method, self._case(index), np.empty(image.shape, np.float32))
 
     def read_window(
         self,
