@@ -389,7 +389,7 @@ def run_arm(arm: str, paths: dict[str, Path], cases: list[Any], plan: Plan, work
     open_store = require("brainprep.store", "open_store")
     with open_store(paths["volumes"]) as store:
         build = store.params  # patch size, per-slice standardization, float16: the same for every arm
-    seeds = []
+    seeds, small = [], small_tumour_ids(plan)
     for seed in plan.seeds:
         torch.set_num_threads(THREADS)
         run_dir = workdir / "accuracy-runs" / f"{arm}-seed{seed}"
@@ -400,7 +400,7 @@ def run_arm(arm: str, paths: dict[str, Path], cases: list[Any], plan: Plan, work
             trained = train_on_store(paths["volumes"], run_dir, plan, seed, augment, SHARES[arm])
         else:
             trained = train_monai(paths["train"], plan, seed)
-        scores = score_scans(trained.model, cases, build, small_tumour_ids(plan))
+        scores = score_scans(trained.model, cases, build, small)
         scores.update(loader_cpu_s=trained.loader_cpu_s, train_s=trained.train_s)
         seeds.append(scores)
         print(f"    {ARMS[arm]} seed {seed}: " + _line(scores), flush=True)
