@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_accuracy import ARMS, _mean_sd, arm_table, bars, children_cpu_seconds
+from bench_accuracy import ARMS, LoaderThreadClock, _mean_sd, arm_table, bars, children_cpu_seconds
 from common import Report, Row
 
 KEYS = (
@@ -79,6 +79,31 @@ def test_children_cpu_seconds_counts_a_reaped_child():
     child.start()
     child.join()
     assert children_cpu_seconds() - before >= 0.25
+
+
+class _SpinningDataset:
+    """What ThreadedLoader reads: each batch spins for 0.1 CPU s in the loader thread."""
+
+    def read_batch(self, positions, **_):
+        end = time.thread_time() + 0.1
+        while time.thread_time() < end:
+            pass
+        return {"slot": list(positions)}
+
+
+def test_loader_thread_clock_counts_the_loader_threads_and_restores():
+    from brainnet.data.loader import ThreadedLoader
+    from brainnet.data.volume_sampler import VolumeDraws
+
+    load, init = ThreadedLoader._load, VolumeDraws.__init__
+    with LoaderThreadClock() as clock:
+        loader = ThreadedLoader(_SpinningDataset(), [[0], [1], [2]], threads=2, prefetch=2)
+        started = time.thread_time()
+        assert [b["slot"] for b in loader] == [[0], [1], [2]]
+        main_thread = time.thread_time() - started
+    assert 0.28 <= clock.seconds <= 0.5  # the three batches' spins, in the loader's threads
+    assert main_thread < 0.1  # not this thread's time: it only waited
+    assert ThreadedLoader._load is load and VolumeDraws.__init__ is init
 
 
 def test_score_scans_counts_what_the_model_predicts(tmp_path: Path) -> None:

@@ -104,6 +104,25 @@ def test_loader_batches_are_the_same_for_any_worker_count(store_path: Path) -> N
     assert [slots for _, slots in batches[0, "processes"]] == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
+def test_getitems_is_the_default_collate_of_the_items(store_path: Path) -> None:
+    """The DataLoader's one-read batch (passed through brainnet.data.collate) holds what torch's
+    default_collate of the items would: every key, value, dtype and shape."""
+    from brainnet.data.collate import CollatedBatch, collate
+
+    params = WindowSamplingParams(foreground_share=0.5, draws_per_epoch=8)
+    with open_store(store_path) as store:
+        dataset = VolumeWindowDataset(store, VolumeDraws(store, "train", params, seed=2))
+        items = [(0, 5), (0, 1), (1, 2)]
+        read = dataset.__getitems__(items)
+        assert isinstance(read, CollatedBatch)
+        batch, expected = collate(read), torch.utils.data.default_collate([dataset[i] for i in items])
+    assert batch.keys() == expected.keys()
+    for key, value in expected.items():
+        assert batch[key].dtype == value.dtype and batch[key].shape == value.shape, key
+        assert torch.equal(batch[key], value), key
+    assert not batch["image"].is_shared()  # shared memory only in a worker process
+
+
 def test_training_on_a_volume_store_resumes_the_stream_bit_for_bit(store_path: Path, tmp_path: Path) -> None:
     from brainnet.model import ModelConfig
     from brainnet.train import TrainConfig, train

@@ -28,6 +28,7 @@ import torch
 import torch.utils.data
 
 from brainnet.data.buffers import RecycledArrays
+from brainnet.data.collate import collate
 from brainnet.data.dataset import PatchDataset
 from brainnet.data.sampler import ShardShuffleSampler
 from brainprep.errors import ConfigError
@@ -132,6 +133,7 @@ def make_loader(
         pin_memory=on_cuda,
         prefetch_factor=prefetch_factor if workers > 0 else None,
         worker_init_fn=_init_worker if workers > 0 else None,
+        collate_fn=collate,  # a volume store's batches come collated (brainnet.data.collate)
     )
 
 

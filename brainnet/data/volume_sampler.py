@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
+from brainnet.data.collate import CollatedBatch
 from brainprep.config import Params
 from brainprep.errors import ConfigError
 from brainprep.store import volume_schema as vs
@@ -239,10 +240,16 @@ class VolumeWindowDataset(torch.utils.data.Dataset):
         return sample
 
     def read_batch(
-        self, items: list[tuple[int, int]], *, pin_memory: bool = False, buffers: Any = None
+        self,
+        items: list[tuple[int, int]],
+        *,
+        pin_memory: bool = False,
+        buffers: Any = None,
+        shared_memory: bool = False,
     ) -> dict:
-        """The batch of ``items`` (the threads backend's call), read straight into its tensors (pinned,
-        or from ``buffers``' reused memory); equals ``default_collate([self[item] for item in items])``."""
+        """The batch of ``items``, read straight into its tensors: pinned, from ``buffers``' reused memory
+        (the threads backend), or in shared memory (a worker process: what the DataLoader ships to the
+        training process without another copy); equals ``default_collate([self[item] for item in items])``."""
         size = self.size[::-1]  # memory (z, y, x): slice-major samples
         dtype = np.dtype(self.store.params.store.dtype)
         shapes = {"image": ((len(items), 4, *size), dtype), "label": ((len(items), *size), np.uint8)}
@@ -253,6 +260,8 @@ class VolumeWindowDataset(torch.utils.data.Dataset):
                 k: torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=pin_memory)
                 for k, (shape, dtype) in shapes.items()
             }
+            if shared_memory:
+                batch = {k: v.share_memory_() for k, v in batch.items()}
         batch["image"] = batch["image"].permute(0, 1, 4, 3, 2)
         batch["label"] = batch["label"].permute(0, 3, 2, 1)
         images, labels = batch["image"].numpy(), batch["label"].numpy()
@@ -262,3 +271,10 @@ class VolumeWindowDataset(torch.utils.data.Dataset):
         batch["corner"] = torch.from_numpy(np.stack([d.corner.astype(np.int64) for d in draws]))
         batch.update(self._standardize_keys(draws))
         return batch
+
+    def __getitems__(self, items: list[tuple[int, int]]) -> CollatedBatch:
+        """A DataLoader batch in one read: :meth:`read_batch` (in shared memory in a worker process), passed
+        through the loader's :func:`~brainnet.data.loader.collate` as it is (no per-sample tensors, no
+        stacking copy)."""
+        in_worker = torch.utils.data.get_worker_info() is not None
+        return CollatedBatch(self.read_batch(items, shared_memory=in_worker))
