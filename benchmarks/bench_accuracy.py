@@ -1,7 +1,8 @@
 """Accuracy benchmark: whole-scan Dice of one U-Net trained on six data pipelines (issues 12 and 14).
 
     python benchmarks/bench_accuracy.py [--quick] [--json FILE] [--workdir DIR] [--seeds N] [--steps N]
-        [--arms i,ii,...] [--small-tumour-every K] [--dice sample|batch] [--lr LR] [--normalization N]
+        [--arms i,ii,...] [--small-tumour-every K] [--dice sample|batch] [--bce-weight W] [--lr LR]
+        [--normalization N]
 
 One model (:class:`brainnet.model.UNet3D`, :data:`FULL` sizes), one optimizer, loss and step budget, the
 same seeds (model initialisation and data stream), trained on the synthetic train cases of
@@ -135,6 +136,7 @@ class Plan:
     depth: int
     normalization: str
     dice: str
+    bce_weight: float
     steps: int
     batch_size: int
     lr: float
@@ -155,6 +157,7 @@ FULL = Plan(
     depth=3,
     normalization="none",  # the course's U-Net: no normalization layer
     dice="sample",  # the course's soft Dice (per example and class); "batch": nnU-Net's batch_dice
+    bce_weight=0.0,  # the course's loss: no cross-entropy term (1: nnU-Net's Dice + BCE)
     steps=300,
     batch_size=4,
     # 1e-3 sent some trainings to labelling the whole brain as edema (a saturated sigmoid they never left:
@@ -300,6 +303,7 @@ def train_config(
         loader="auto",  # brainnet train's default: threads for a Zarr store (module docstring)
         augment=augment_preset(augment),
         dice=plan.dice,
+        bce_weight=plan.bce_weight,
         # one pass of the stream covers the budget (draws depend only on seed and position)
         volume_sampling=sampling(
             draws_per_epoch=plan.steps * plan.batch_size, tumour_share=shares[0], foreground_share=shares[1]
@@ -572,6 +576,8 @@ def run(args: Any) -> Report:
         plan = replace(plan, normalization=args.normalization)
     if args.dice is not None:
         plan = replace(plan, dice=args.dice)
+    if args.bce_weight is not None:
+        plan = replace(plan, bce_weight=args.bce_weight)
     if args.small_tumour_every is not None:
         plan = replace(plan, small_tumour_every=args.small_tumour_every)
     arms = args.arms.split(",") if args.arms else list(DEFAULT_ARMS)
@@ -585,6 +591,7 @@ def run(args: Any) -> Report:
             "patches_per_case": plan.patches_per_case,
             "small_tumour_every": plan.small_tumour_every,
             "dice": plan.dice,
+            "bce_weight": plan.bce_weight,
             "model": f"base {plan.base_filters} depth {plan.depth} normalization {plan.normalization}",
             "steps": plan.steps,
             "batch": plan.batch_size,
@@ -636,6 +643,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=("sample", "batch"),
         default=None,
         help="the loss's soft Dice: per example (default, the course's) or per batch (nnU-Net's batch_dice)",
+    )
+    parser.add_argument(
+        "--bce-weight",
+        type=float,
+        default=None,
+        help="cross-entropy added to the Dice (default 0, the course's loss; 1: nnU-Net's Dice + BCE)",
     )
     parser.add_argument(
         "--small-tumour-every",

@@ -66,6 +66,34 @@ def soft_dice_loss(
     return 1.0 - (numerator / denominator).mean()
 
 
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, dice: str = "sample", bce_weight: float = 0.0
+) -> torch.Tensor:
+    """The training loss: soft Dice of ``sigmoid(logits)`` (:data:`DICE_AXES` ``dice``), plus ``bce_weight``
+    times the binary cross-entropy of the logits averaged over every voxel and class (nnU-Net's region
+    loss ``DC_and_BCE_loss`` at weight 1), all in float32 whatever the autocast dtype.
+
+    The course's loss is ``bce_weight=0``. A channel whose sigmoid saturates over the whole brain gets no
+    gradient from the Dice (the sigmoid's slope vanishes) and stays there; the cross-entropy's gradient on
+    a logit is ``p - t``, so it pulls such a channel back.
+
+    Args:
+        logits: (B, C, X, Y, Z) pre-sigmoid outputs.
+        target: float (B, C, X, Y, Z) one-hot.
+        dice: ``sample`` or ``batch`` (:data:`DICE_AXES`).
+        bce_weight: weight of the cross-entropy term, >= 0.
+
+    Returns:
+        0-d float32 tensor.
+    """
+    logits = logits.float()
+    loss = soft_dice_loss(torch.sigmoid(logits), target, axis=DICE_AXES[dice])
+    if bce_weight:
+        target = target.to(logits.dtype)
+        loss = loss + bce_weight * nn.functional.binary_cross_entropy_with_logits(logits, target)
+    return loss
+
+
 class SoftDiceLoss(nn.Module):
     """Module form of :func:`soft_dice_loss`.
 
@@ -93,4 +121,12 @@ class SoftDiceLoss(nn.Module):
         return f"axis={self.axis}, epsilon={self.epsilon}, from_logits={self.from_logits}"
 
 
-__all__ = ["BATCH_AXES", "DICE_AXES", "DICE_EPSILON", "SPATIAL_AXES", "SoftDiceLoss", "soft_dice_loss"]
+__all__ = [
+    "BATCH_AXES",
+    "DICE_AXES",
+    "DICE_EPSILON",
+    "SPATIAL_AXES",
+    "SoftDiceLoss",
+    "segmentation_loss",
+    "soft_dice_loss",
+]

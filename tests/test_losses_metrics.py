@@ -104,6 +104,37 @@ def test_batch_dice_penalizes_false_positives_of_a_window_without_tumour():
     assert DICE_AXES["sample"] == (2, 3, 4) and DICE_AXES["batch"] == (0, 2, 3, 4)
 
 
+def test_segmentation_loss_is_the_dice_plus_the_weighted_cross_entropy_by_hand():
+    from brainnet.losses import DICE_AXES, segmentation_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 4, 4, 2, generator=g, dtype=torch.float64) * 3
+    target = (torch.rand(2, 3, 4, 4, 2, generator=g) < 0.3).double()
+    for dice in DICE_AXES:
+        course = soft_dice_loss(torch.sigmoid(logits), target, axis=DICE_AXES[dice])
+        course32 = soft_dice_loss(torch.sigmoid(logits.float()), target.float(), axis=DICE_AXES[dice])
+        assert torch.equal(segmentation_loss(logits.float(), target.float(), dice), course32)
+        p = torch.sigmoid(logits)
+        bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
+        got = segmentation_loss(logits.float(), target.float(), dice, bce_weight=0.5)
+        assert float(got) == pytest.approx(float(course + 0.5 * bce), rel=1e-5)
+
+
+def test_cross_entropy_pulls_back_a_channel_saturated_over_the_volume():
+    """A channel at logit +12 everywhere (the whole brain one class): the Dice alone gives its logits
+    almost no gradient (the sigmoid's slope vanishes); with the cross-entropy each background logit is
+    pushed down by about 1 / (voxels x classes)."""
+    from brainnet.losses import segmentation_loss
+
+    target = torch.zeros(2, 3, 8, 8, 4)
+    target[:, :, 2:4, 2:4, 1:3] = 1.0  # 8 tumour voxels of 256 per example and class
+    for weight, low, high in ((0.0, 0.0, 1e-5), (1.0, 0.99, 1.01)):
+        logits = torch.full(target.shape, 12.0, requires_grad=True)
+        segmentation_loss(logits, target, "sample", bce_weight=weight).backward()
+        background = logits.grad[target == 0] * target.numel()  # in units of 1 / (voxels x classes)
+        assert float(background.min()) >= low and float(background.max()) <= high, weight
+
+
 def test_soft_dice_module_and_logits():
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 4, 4, 2)

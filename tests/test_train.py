@@ -260,6 +260,24 @@ def test_batch_dice_trains_another_model_and_is_in_the_checkpoint(store_path, tm
         TrainConfig(dice="voxel")
 
 
+def test_cross_entropy_weight_trains_another_model_and_is_in_the_checkpoint(store_path, tmp_path):
+    from brainnet.train.checkpoint import load_checkpoint
+
+    config = _config(steps_per_epoch=2, val_split=None)
+    dice = train(store_path, tmp_path / "dice", config, TINY_MODEL)
+    both = train(store_path, tmp_path / "both", config.replace(bce_weight=1.0), TINY_MODEL)
+    assert not torch.equal(dice.model.state_dict()["head.weight"], both.model.state_dict()["head.weight"])
+    saved = load_checkpoint(tmp_path / "both" / "last.pt")
+    assert TrainConfig.from_dict(saved["train_config"]).bce_weight == 1.0
+    older = {k: v for k, v in saved["train_config"].items() if k != "bce_weight"}  # from before the field
+    assert TrainConfig.from_dict(older).bce_weight == 0.0
+    with pytest.raises(ConfigError, match="bce_weight"):
+        train(store_path, tmp_path / "both", config.replace(epochs=2), TINY_MODEL, resume=True)
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="bce_weight"):
+            TrainConfig(bce_weight=bad)
+
+
 def test_resume_refuses_a_different_trajectory(store_path, tmp_path):
     train(store_path, tmp_path / "run", _config(), TINY_MODEL)
     with pytest.raises(ConfigError, match="lr"):
@@ -278,9 +296,9 @@ def test_nan_loss_stops_with_a_clear_message(store_path, tmp_path, monkeypatch):
     calls = {"n": 0}
     real = loop.compute_loss
 
-    def nan_on_second_step(logits, target, dice="sample"):
+    def nan_on_second_step(logits, target, dice="sample", bce_weight=0.0):
         calls["n"] += 1
-        loss = real(logits, target, dice)
+        loss = real(logits, target, dice, bce_weight)
         return loss * float("nan") if calls["n"] == 2 else loss
 
     monkeypatch.setattr(loop, "compute_loss", nan_on_second_step)
@@ -300,7 +318,7 @@ def test_cli_train_then_resume(store_path, tmp_path):
     run = tmp_path / "run"
     common = ["train", "--store", str(store_path), "--out", str(run), "--steps-per-epoch", "1"]
     common += ["--batch-size", "2", "--base-filters", "2", "--depth", "2", "--workers", "0"]
-    common += ["--device", "cpu", "--no-progress", "--lr", "1e-3", "--dice", "batch"]
+    common += ["--device", "cpu", "--no-progress", "--lr", "1e-3", "--dice", "batch", "--bce-weight", "0.5"]
     result = CliRunner().invoke(main, [*common, "--epochs", "1"])
     assert result.exit_code == 0, result.output
     assert "trained 1 epochs" in result.output
@@ -312,7 +330,7 @@ def test_cli_train_then_resume(store_path, tmp_path):
     assert result.exit_code != 0 and "cannot change --seed 7 (checkpoint: 0)" in result.output
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
     assert payload["train_config"]["lr"] == 1e-3 and payload["model_config"]["base_filters"] == 2
-    assert payload["train_config"]["dice"] == "batch"
+    assert payload["train_config"]["dice"] == "batch" and payload["train_config"]["bce_weight"] == 0.5
 
 
 # --------------------------------------------------------------------------------------------- DDP

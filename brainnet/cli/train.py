@@ -99,6 +99,14 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
     help="Soft Dice per example and class (the course) or per class over the batch (nnU-Net's batch_dice: "
     "false positives in tumour-free windows count).",
 )
+@click.option(
+    "--bce-weight",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="Add this times the binary cross-entropy to the Dice (0: the course's loss; 1: nnU-Net's Dice + "
+    "BCE, which pulls back a channel saturated over the whole brain).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option(
@@ -186,6 +194,7 @@ def train(
             min_tumour_fraction=options["min_tumour_fraction"],
             weighting=options["weighting"],
             dice=options["dice"],
+            bce_weight=options["bce_weight"],
             augment=_augment_config(options),
             volume_sampling=WindowSamplingParams(
                 draws_per_epoch=options["draws_per_epoch"], **_sampling_shares(options)

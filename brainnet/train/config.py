@@ -8,6 +8,7 @@ Course defaults (AI for Medicine, course 1 week 3): ``unet_model_3d`` compiles w
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,10 @@ class TrainConfig(Params):
             :data:`brainnet.losses.DICE_AXES`). Under DDP the batch is each rank's own (nnU-Net
             all-gathers the sums across GPUs): N ranks then train otherwise than one rank with N times
             the batch. Validation loss stays per patch.
+        bce_weight: weight of a binary cross-entropy term added to the Dice (0, the default: the course's
+            loss; 1: nnU-Net's region loss, Dice + BCE). The Dice alone can leave a channel saturated over
+            the whole brain for good; the cross-entropy pulls it back
+            (:func:`brainnet.losses.segmentation_loss`).
         threshold: probability threshold of the reported Dice.
         deterministic: ``torch.use_deterministic_algorithms`` (bit-exact reruns on CPU; slower on GPU).
     """
@@ -84,6 +89,7 @@ class TrainConfig(Params):
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     volume_sampling: WindowSamplingParams = field(default_factory=WindowSamplingParams)
     dice: str = "sample"
+    bce_weight: float = 0.0
     threshold: float = 0.5
     deterministic: bool = False
 
@@ -111,6 +117,8 @@ class TrainConfig(Params):
             raise ConfigError(f"TrainConfig.amp_dtype must be one of {AMP_DTYPES}, got {self.amp_dtype!r}")
         if self.dice not in DICE_MODES:
             raise ConfigError(f"TrainConfig.dice must be one of {DICE_MODES}, got {self.dice!r}")
+        if not (math.isfinite(self.bce_weight) and self.bce_weight >= 0):
+            raise ConfigError(f"TrainConfig.bce_weight must be a finite number >= 0, got {self.bce_weight}")
         if self.weighting not in WEIGHTINGS:
             raise ConfigError(f"TrainConfig.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if not 0.0 <= self.min_tumour_fraction <= 1.0:

@@ -26,7 +26,7 @@ from brainnet.augment import BatchAugment
 from brainnet.data.dataset import PatchDataset, split_slots, to_training_batch
 from brainnet.data.loader import make_loader
 from brainnet.data.sampler import ShardShuffleSampler, filter_by_tumour_fraction, tumour_weights
-from brainnet.losses import DICE_AXES, soft_dice_loss
+from brainnet.losses import segmentation_loss, soft_dice_loss
 from brainnet.metrics import DICE_NAME, class_score, label_map_counts, metrics_from_counts
 from brainnet.model import ModelConfig, build_model
 from brainnet.train import checkpoint as ckpt
@@ -85,15 +85,19 @@ class TrainResult:
     best_metric: str = VAL_SCORE
 
 
-def compute_loss(logits: torch.Tensor, target: torch.Tensor, dice: str = "sample") -> torch.Tensor:
-    """Soft Dice loss of sigmoid(logits), computed in float32 whatever the autocast dtype.
+def compute_loss(
+    logits: torch.Tensor, target: torch.Tensor, dice: str = "sample", bce_weight: float = 0.0
+) -> torch.Tensor:
+    """The training loss (:func:`brainnet.losses.segmentation_loss`: soft Dice of sigmoid(logits), plus
+    ``bce_weight`` times the cross-entropy), computed in float32 whatever the autocast dtype.
 
     Args:
         logits: (B, 3, X, Y, Z) pre-sigmoid outputs.
         target: float32 (B, 3, X, Y, Z) one-hot.
         dice: ``sample`` or ``batch`` (:attr:`TrainConfig.dice`).
+        bce_weight: :attr:`TrainConfig.bce_weight`.
     """
-    return soft_dice_loss(torch.sigmoid(logits.float()), target, axis=DICE_AXES[dice])
+    return segmentation_loss(logits, target, dice, bce_weight)
 
 
 class _Logits(nn.Module):
@@ -177,6 +181,7 @@ def train_step(
     augment: Any = None,
     spec: DatasetSpec = MSD_SPEC,
     dice: str = "sample",
+    bce_weight: float = 0.0,
 ) -> tuple[float, torch.Tensor]:
     """One optimizer step. Returns the loss averaged over ranks and the batch's label-map counts.
 
@@ -186,6 +191,7 @@ def train_step(
         augment: ``(image, label) -> (image, label)`` applied to the batch on the device, or ``None``.
         spec: the store's dataset spec (classes of the target and of the counts).
         dice: the loss's soft Dice, ``sample`` or ``batch`` (:attr:`TrainConfig.dice`).
+        bce_weight: the loss's cross-entropy weight (:attr:`TrainConfig.bce_weight`).
 
     Raises:
         NonFiniteLossError: the loss is NaN/Inf on any rank (all ranks raise together).
@@ -194,7 +200,7 @@ def train_step(
     image, target = to_training_batch(batch, device, augment, spec)
     with precision.autocast(device):
         logits = network(image)
-    loss = compute_loss(logits, target, dice)
+    loss = compute_loss(logits, target, dice, bce_weight)
     mean_loss = float(all_reduce_sum(loss, context).item()) / context.world_size
     if not math.isfinite(mean_loss):
         raise NonFiniteLossError(f"loss is {mean_loss}")
@@ -515,6 +521,7 @@ def _train_epoch(run: _Run, state: ckpt.RunState, bar: Any) -> tuple[float, torc
                 augment,
                 spec,
                 run.config.dice,
+                run.config.bce_weight,
             )
         except NonFiniteLossError as err:
             raise NonFiniteLossError(
@@ -721,7 +728,8 @@ def train_on_batches(
     Args:
         batches: compact batches as brainnet's loader yields them: ``image`` float (B, 4, X, Y, Z) and
             ``label`` uint8 (B, X, Y, Z) MSD labels; iterated once, to the end.
-        config: ``seed``, ``lr``, ``device``, ``amp``, ``augment``, ``dice`` and ``threshold`` are used.
+        config: ``seed``, ``lr``, ``device``, ``amp``, ``augment``, ``dice``, ``bce_weight`` and
+            ``threshold`` are used.
         model_config: the network (default: the course's).
 
     Returns:
@@ -742,7 +750,15 @@ def train_on_batches(
             augment = step_augment(augmenter, config.seed, context.rank, step)
             try:
                 train_step(
-                    network, optimizer, batch, precision, context, config.threshold, augment, dice=config.dice
+                    network,
+                    optimizer,
+                    batch,
+                    precision,
+                    context,
+                    config.threshold,
+                    augment,
+                    dice=config.dice,
+                    bce_weight=config.bce_weight,
                 )
             except NonFiniteLossError as err:
                 raise NonFiniteLossError(f"{err} at step {step + 1}; training stopped") from None
