@@ -567,6 +567,8 @@ def run(args: Any) -> Report:
     plan = QUICK if args.quick else FULL
     if args.seeds is not None:
         seeds = [int(v) for v in str(args.seeds).split(",")]
+        if len(seeds) == 1 and seeds[0] < 1:
+            raise SystemExit(f"--seeds N needs N >= 1 (seeds 0..N-1), got {seeds[0]}; a list a,b names seeds")
         plan = replace(plan, seeds=tuple(range(seeds[0])) if len(seeds) == 1 else tuple(seeds))
     if args.steps is not None:
         plan = replace(plan, steps=args.steps)
