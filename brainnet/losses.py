@@ -18,7 +18,7 @@ over the whole batch, as nnU-Net's ``batch_dice``), averaged over classes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -40,6 +40,7 @@ def soft_dice_loss(
     target: torch.Tensor,
     axis: Sequence[int] = SPATIAL_AXES,
     epsilon: float = DICE_EPSILON,
+    sum_across: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``1 - mean((2 sum(p t) + eps) / (sum(t^2) + sum(p^2) + eps))``, sums over ``axis``.
 
@@ -48,6 +49,9 @@ def soft_dice_loss(
         target: one-hot float of the same shape.
         axis: axes summed inside one Dice; the mean runs over all remaining axes.
         epsilon: smoothing added to numerator and denominator (course: 1e-5).
+        sum_across: applied to the stacked sums ``(sum p t, sum t^2, sum p^2)`` before the ratio, e.g. a
+            differentiable all-reduce over DDP ranks (:func:`brainnet.train.distributed.sum_across_ranks`)
+            so that a batch Dice sums over every rank's batch.
 
     Returns:
         0-d float tensor, differentiable with respect to ``pred``.
@@ -61,13 +65,22 @@ def soft_dice_loss(
     if pred.dtype in (torch.float16, torch.bfloat16):
         pred = pred.float()  # sums of ~400k squared voxels overflow / lose precision in half
     target = target.to(pred.dtype)
-    numerator = 2.0 * (pred * target).sum(dim=axis) + epsilon
-    denominator = (target * target).sum(dim=axis) + (pred * pred).sum(dim=axis) + epsilon
+    sums = torch.stack(
+        [(pred * target).sum(dim=axis), (target * target).sum(dim=axis), (pred * pred).sum(dim=axis)]
+    )
+    if sum_across is not None:
+        sums = sum_across(sums)
+    numerator = 2.0 * sums[0] + epsilon
+    denominator = sums[1] + sums[2] + epsilon
     return 1.0 - (numerator / denominator).mean()
 
 
 def segmentation_loss(
-    logits: torch.Tensor, target: torch.Tensor, dice: str = "sample", bce_weight: float = 0.0
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    dice: str = "sample",
+    bce_weight: float = 0.0,
+    sum_across: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The training loss: soft Dice of ``sigmoid(logits)`` (:data:`DICE_AXES` ``dice``), plus ``bce_weight``
     times the binary cross-entropy of the logits averaged over every voxel and class (nnU-Net's region
@@ -82,12 +95,15 @@ def segmentation_loss(
         target: float (B, C, X, Y, Z) one-hot.
         dice: ``sample`` or ``batch`` (:data:`DICE_AXES`).
         bce_weight: weight of the cross-entropy term, >= 0.
+        sum_across: for the ``batch`` Dice, :func:`soft_dice_loss`'s (its sums over every DDP rank's batch,
+            as nnU-Net all-gathers them); unused by the ``sample`` Dice, whose every example is its own.
 
     Returns:
         0-d float32 tensor.
     """
     logits = logits.float()
-    loss = soft_dice_loss(torch.sigmoid(logits), target, axis=DICE_AXES[dice])
+    across = sum_across if dice == "batch" else None
+    loss = soft_dice_loss(torch.sigmoid(logits), target, axis=DICE_AXES[dice], sum_across=across)
     if bce_weight:
         target = target.to(logits.dtype)
         loss = loss + bce_weight * nn.functional.binary_cross_entropy_with_logits(logits, target)

@@ -296,9 +296,9 @@ def test_nan_loss_stops_with_a_clear_message(store_path, tmp_path, monkeypatch):
     calls = {"n": 0}
     real = loop.compute_loss
 
-    def nan_on_second_step(logits, target, dice="sample", bce_weight=0.0):
+    def nan_on_second_step(logits, target, dice="sample", bce_weight=0.0, context=None):
         calls["n"] += 1
-        loss = real(logits, target, dice, bce_weight)
+        loss = real(logits, target, dice, bce_weight, context)
         return loss * float("nan") if calls["n"] == 2 else loss
 
     monkeypatch.setattr(loop, "compute_loss", nan_on_second_step)
@@ -376,6 +376,65 @@ def test_ddp_two_cpu_processes_split_the_data_and_agree(store_path, tmp_path):
     assert payload["world_size"] == 2
     for name, tensor in ranks[0]["weights"].items():
         assert torch.equal(payload["model"][name], tensor)
+
+
+def _loss_halves() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, 3, 6, 6, 4, generator=g, dtype=torch.float64) * 2
+    target = (torch.rand(4, 3, 6, 6, 4, generator=g) < 0.2).double()
+    target[2:, 1] = 0.0  # a class absent from rank 1's half: the batch Dice still counts its false positives
+    return logits, target
+
+
+def _batch_dice_worker(rank: int, port: int, results: str) -> None:
+    import torch.distributed as dist
+
+    from brainnet.losses import segmentation_loss
+    from brainnet.train.distributed import sum_across_ranks
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        logits, target = _loss_halves()
+        mine = logits[2 * rank : 2 * rank + 2].clone().requires_grad_()
+        loss = segmentation_loss(mine, target[2 * rank : 2 * rank + 2], "batch", sum_across=sum_across_ranks)
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grad": mine.grad}, Path(results) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_batch_dice_under_ddp_is_the_dice_of_every_ranks_batch(tmp_path):
+    """Two gloo ranks holding half a batch each: each rank's batch Dice loss is the loss of the whole batch,
+    and its gradient on its half is the whole-batch gradient times the world size (which DDP's average of
+    the parameter gradients divides back out)."""
+    import torch.multiprocessing as mp
+
+    from brainnet.losses import segmentation_loss
+
+    mp.spawn(_batch_dice_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
+    logits, target = _loss_halves()
+    whole = logits.float().clone().requires_grad_()
+    expected = segmentation_loss(whole, target.float(), "batch")
+    expected.backward()
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert float(got["loss"]) == pytest.approx(float(expected), rel=1e-6)
+        half = whole.grad[2 * rank : 2 * rank + 2]
+        torch.testing.assert_close(got["grad"].float(), 2 * half, rtol=1e-5, atol=1e-9)
+    # one rank's batch alone is another loss (what the batch Dice was under DDP before)
+    alone = segmentation_loss(logits[2:].float(), target[2:].float(), "batch")
+    assert abs(float(alone) - float(expected)) > 1e-3
+
+
+def test_sample_dice_never_sums_across_ranks():
+    from brainnet.losses import segmentation_loss
+
+    def refuse(_: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("a per-example Dice must not be summed across ranks")
+
+    logits, target = _loss_halves()
+    assert torch.isfinite(segmentation_loss(logits.float(), target.float(), "sample", sum_across=refuse))
 
 
 @pytest.mark.parametrize("preset", ["none", "flips", "nnunet"])

@@ -60,9 +60,9 @@ class TrainConfig(Params):
         dice: the training loss's soft Dice: ``sample`` (the course's: one Dice per example and class,
             averaged; a window without tumour teaches nothing) or ``batch`` (nnU-Net's ``batch_dice``: one
             Dice per class over the batch, so false positives in tumour-free windows count;
-            :data:`brainnet.losses.DICE_AXES`). Under DDP the batch is each rank's own (nnU-Net
-            all-gathers the sums across GPUs): N ranks then train otherwise than one rank with N times
-            the batch. Validation loss stays per patch.
+            :data:`brainnet.losses.DICE_AXES`). Under DDP a batch Dice sums over every rank's batch, as
+            nnU-Net's does (it all-gathers the sums): N ranks train as one process with N times the batch.
+            Validation loss stays per patch.
         bce_weight: weight of a binary cross-entropy term added to the Dice (0, the default: the course's
             loss; 1: nnU-Net's region loss, Dice + BCE). The Dice alone can leave a channel saturated over
             the whole brain for good; the cross-entropy pulls it back

@@ -76,6 +76,16 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.T
     return total
 
 
+def sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over the ranks of the process group, differentiable: its gradient is the sum
+    of the ranks' gradients (``torch.distributed.nn.functional.all_reduce``). With the same loss of the
+    summed tensor on every rank, DDP's average of the parameter gradients then equals the gradient of
+    that loss as one process holding every rank's batch would compute it."""
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
 def barrier(context: DistributedContext) -> None:
     if context.enabled:
         dist.barrier()

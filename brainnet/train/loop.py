@@ -31,7 +31,14 @@ from brainnet.metrics import DICE_NAME, class_score, label_map_counts, metrics_f
 from brainnet.model import ModelConfig, build_model
 from brainnet.train import checkpoint as ckpt
 from brainnet.train.config import TrainConfig
-from brainnet.train.distributed import DistributedContext, all_reduce_sum, barrier, init_distributed, shutdown
+from brainnet.train.distributed import (
+    DistributedContext,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    shutdown,
+    sum_across_ranks,
+)
 from brainnet.train.logs import RunLogger
 from brainprep.errors import BrainprepError, ConfigError, StoreMismatchError
 from brainprep.spec import MSD_SPEC, DatasetSpec
@@ -86,7 +93,11 @@ class TrainResult:
 
 
 def compute_loss(
-    logits: torch.Tensor, target: torch.Tensor, dice: str = "sample", bce_weight: float = 0.0
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    dice: str = "sample",
+    bce_weight: float = 0.0,
+    context: DistributedContext | None = None,
 ) -> torch.Tensor:
     """The training loss (:func:`brainnet.losses.segmentation_loss`: soft Dice of sigmoid(logits), plus
     ``bce_weight`` times the cross-entropy), computed in float32 whatever the autocast dtype.
@@ -96,8 +107,10 @@ def compute_loss(
         target: float32 (B, 3, X, Y, Z) one-hot.
         dice: ``sample`` or ``batch`` (:attr:`TrainConfig.dice`).
         bce_weight: :attr:`TrainConfig.bce_weight`.
+        context: under DDP, a ``batch`` Dice sums over every rank's batch (:func:`sum_across_ranks`).
     """
-    return segmentation_loss(logits, target, dice, bce_weight)
+    across = sum_across_ranks if context is not None and context.enabled else None
+    return segmentation_loss(logits, target, dice, bce_weight, sum_across=across)
 
 
 class _Logits(nn.Module):
@@ -200,7 +213,7 @@ def train_step(
     image, target = to_training_batch(batch, device, augment, spec)
     with precision.autocast(device):
         logits = network(image)
-    loss = compute_loss(logits, target, dice, bce_weight)
+    loss = compute_loss(logits, target, dice, bce_weight, context)
     mean_loss = float(all_reduce_sum(loss, context).item()) / context.world_size
     if not math.isfinite(mean_loss):
         raise NonFiniteLossError(f"loss is {mean_loss}")
