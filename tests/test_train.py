@@ -347,7 +347,8 @@ def _ddp_worker(rank: int, port: int, store: str, out: str, results: str) -> Non
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
     )
     torch.set_num_threads(1)
-    result = train(store, out, _config(steps_per_epoch=None), TINY_MODEL)
+    # the batch Dice: its sums run through a collective inside the backward pass, beside DDP's own
+    result = train(store, out, _config(steps_per_epoch=None, dice="batch", bce_weight=0.5), TINY_MODEL)
     torch.save(
         {"slots": torch.from_numpy(result.slots_seen), "weights": result.model.state_dict()},
         Path(results) / f"rank{rank}.pt",
