@@ -274,7 +274,7 @@ class VolumeWindowDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, items: list[tuple[int, int]]) -> CollatedBatch:
         """A DataLoader batch in one read: :meth:`read_batch` (in shared memory in a worker process), passed
-        through the loader's :func:`~brainnet.data.loader.collate` as it is (no per-sample tensors, no
+        through the loader's :func:`~brainnet.data.collate.collate` as it is (no per-sample tensors, no
         stacking copy)."""
         in_worker = torch.utils.data.get_worker_info() is not None
         return CollatedBatch(self.read_batch(items, shared_memory=in_worker))
