@@ -420,12 +420,12 @@ def test_batch_dice_under_ddp_is_the_dice_of_every_ranks_batch(tmp_path):
     expected.backward()
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
-        assert float(got["loss"]) == pytest.approx(float(expected), rel=1e-6)
+        assert float(got["loss"]) == pytest.approx(float(expected.detach()), rel=1e-6)
         half = whole.grad[2 * rank : 2 * rank + 2]
         torch.testing.assert_close(got["grad"].float(), 2 * half, rtol=1e-5, atol=1e-9)
     # one rank's batch alone is another loss (what the batch Dice was under DDP before)
     alone = segmentation_loss(logits[2:].float(), target[2:].float(), "batch")
-    assert abs(float(alone) - float(expected)) > 1e-3
+    assert abs(float(alone) - float(expected.detach())) > 1e-3
 
 
 def test_sample_dice_never_sums_across_ranks():
