@@ -167,6 +167,8 @@ FULL = Plan(
     seeds=(0, 1, 2),
 )
 QUICK = replace(FULL, n_train=6, n_test=2, steps=40, seeds=(0,))
+#: command-line options that set the Plan field of their name (``--seeds`` is parsed apart)
+PLAN_OPTIONS = ("steps", "lr", "normalization", "dice", "bce_weight", "small_tumour_every")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -570,18 +572,9 @@ def run(args: Any) -> Report:
         if len(seeds) == 1 and seeds[0] < 1:
             raise SystemExit(f"--seeds N needs N >= 1 (seeds 0..N-1), got {seeds[0]}; a list a,b names seeds")
         plan = replace(plan, seeds=tuple(range(seeds[0])) if len(seeds) == 1 else tuple(seeds))
-    if args.steps is not None:
-        plan = replace(plan, steps=args.steps)
-    if args.lr is not None:
-        plan = replace(plan, lr=args.lr)
-    if args.normalization is not None:
-        plan = replace(plan, normalization=args.normalization)
-    if args.dice is not None:
-        plan = replace(plan, dice=args.dice)
-    if args.bce_weight is not None:
-        plan = replace(plan, bce_weight=args.bce_weight)
-    if args.small_tumour_every is not None:
-        plan = replace(plan, small_tumour_every=args.small_tumour_every)
+    # options named after a Plan field replace it when given
+    given = {name: getattr(args, name) for name in PLAN_OPTIONS if getattr(args, name) is not None}
+    plan = replace(plan, **given)
     arms = args.arms.split(",") if args.arms else list(DEFAULT_ARMS)
     report = Report(
         "Accuracy: whole-scan Dice on held-out cases, one U-Net, six data pipelines",
