@@ -245,37 +245,30 @@ def test_train_on_batches_equals_train_on_the_same_batches(store_path, tmp_path)
     assert not torch.equal(other.state_dict()["head.weight"], model.state_dict()["head.weight"])
 
 
-def test_batch_dice_trains_another_model_and_is_in_the_checkpoint(store_path, tmp_path):
+@pytest.mark.parametrize(
+    ("field", "value", "default", "bad"),
+    [("dice", "batch", "sample", ("voxel",)), ("bce_weight", 1.0, 0.0, (-0.5, float("nan"), float("inf")))],
+)
+def test_a_loss_option_trains_another_model_and_is_in_the_checkpoint(
+    field, value, default, bad, store_path, tmp_path
+):
     from brainnet.train.checkpoint import load_checkpoint
 
     config = _config(steps_per_epoch=2, val_split=None)
-    sample = train(store_path, tmp_path / "sample", config, TINY_MODEL)
-    batch = train(store_path, tmp_path / "batch", config.replace(dice="batch"), TINY_MODEL)
-    assert not torch.equal(sample.model.state_dict()["head.weight"], batch.model.state_dict()["head.weight"])
-    saved = load_checkpoint(tmp_path / "batch" / "last.pt")
-    assert TrainConfig.from_dict(saved["train_config"]).dice == "batch"
-    older = {k: v for k, v in saved["train_config"].items() if k != "dice"}  # a checkpoint from before
-    assert TrainConfig.from_dict(older).dice == "sample"
-    with pytest.raises(ConfigError, match="dice"):
-        TrainConfig(dice="voxel")
-
-
-def test_cross_entropy_weight_trains_another_model_and_is_in_the_checkpoint(store_path, tmp_path):
-    from brainnet.train.checkpoint import load_checkpoint
-
-    config = _config(steps_per_epoch=2, val_split=None)
-    dice = train(store_path, tmp_path / "dice", config, TINY_MODEL)
-    both = train(store_path, tmp_path / "both", config.replace(bce_weight=1.0), TINY_MODEL)
-    assert not torch.equal(dice.model.state_dict()["head.weight"], both.model.state_dict()["head.weight"])
-    saved = load_checkpoint(tmp_path / "both" / "last.pt")
-    assert TrainConfig.from_dict(saved["train_config"]).bce_weight == 1.0
-    older = {k: v for k, v in saved["train_config"].items() if k != "bce_weight"}  # from before the field
-    assert TrainConfig.from_dict(older).bce_weight == 0.0
-    with pytest.raises(ConfigError, match="bce_weight"):
-        train(store_path, tmp_path / "both", config.replace(epochs=2), TINY_MODEL, resume=True)
-    for bad in (-0.5, float("nan"), float("inf")):
-        with pytest.raises(ConfigError, match="bce_weight"):
-            TrainConfig(bce_weight=bad)
+    course = train(store_path, tmp_path / "course", config, TINY_MODEL)
+    changed = train(store_path, tmp_path / "changed", config.replace(**{field: value}), TINY_MODEL)
+    assert not torch.equal(
+        course.model.state_dict()["head.weight"], changed.model.state_dict()["head.weight"]
+    )
+    saved = load_checkpoint(tmp_path / "changed" / "last.pt")
+    assert getattr(TrainConfig.from_dict(saved["train_config"]), field) == value
+    older = {k: v for k, v in saved["train_config"].items() if k != field}  # a checkpoint from before
+    assert getattr(TrainConfig.from_dict(older), field) == default
+    with pytest.raises(ConfigError, match=field):  # a resume may not change the loss
+        train(store_path, tmp_path / "changed", config.replace(epochs=2), TINY_MODEL, resume=True)
+    for wrong in bad:
+        with pytest.raises(ConfigError, match=field):
+            TrainConfig(**{field: wrong})
 
 
 def test_resume_refuses_a_different_trajectory(store_path, tmp_path):
