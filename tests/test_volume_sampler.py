@@ -67,15 +67,28 @@ def test_draws_depend_on_seed_epoch_and_position_only_and_follow_their_rules(sto
 
 
 def test_ranks_are_disjoint_and_a_resumed_epoch_continues_the_stream() -> None:
-    whole = list(WindowStreamSampler(10))
-    ranks = [list(WindowStreamSampler(10, rank=r, world_size=3)) for r in range(3)]
+    whole = list(WindowStreamSampler(12))
+    ranks = [list(WindowStreamSampler(12, rank=r, world_size=3)) for r in range(3)]
     assert sorted(p for rank in ranks for p in rank) == whole and not set(ranks[0]) & set(ranks[1])
-    sampler = WindowStreamSampler(10, rank=1, world_size=3)
+    sampler = WindowStreamSampler(12, rank=1, world_size=3)
     sampler.set_epoch(4, start=2)
-    assert list(sampler) == [(4, 7)] and len(sampler) == 1
-    restored = WindowStreamSampler(10, rank=1, world_size=3)
+    assert list(sampler) == [(4, 7), (4, 10)] and len(sampler) == 2
+    restored = WindowStreamSampler(12, rank=1, world_size=3)
     restored.load_state_dict(sampler.state_dict())
     assert list(restored) == list(sampler)
+
+
+def test_training_ranks_get_equal_lengths_when_the_world_does_not_divide_the_epoch() -> None:
+    """10 draws on 3 ranks: training pads to 12 (every rank 4 steps' worth: DDP's collectives match, and
+    the one sampler state a checkpoint keeps is every rank's); validation reads the 10 exactly."""
+    padded = [list(WindowStreamSampler(10, rank=r, world_size=3)) for r in range(3)]
+    assert [len(rank) for rank in padded] == [4, 4, 4]
+    assert sorted(p for rank in padded for _, p in rank) == list(range(12))  # 10 and 11: fresh draws
+    uneven = [list(WindowStreamSampler(10, rank=r, world_size=3, remainder="uneven")) for r in range(3)]
+    assert sorted(p for rank in uneven for _, p in rank) == list(range(10))
+    assert list(WindowStreamSampler(10)) == [(0, p) for p in range(10)]  # one process: unchanged
+    with pytest.raises(ConfigError, match="remainder"):
+        WindowStreamSampler(10, remainder="drop")
 
 
 def test_loader_batches_are_the_same_for_any_worker_count(store_path: Path) -> None:
@@ -203,12 +216,13 @@ def _ddp_worker(rank: int, port: int, store: str, out: str, results: str) -> Non
     torch.set_num_threads(1)
     config = TrainConfig(
         epochs=1,
-        batch_size=2,
+        batch_size=1,
         lr=1e-3,
         device="cpu",
         workers=0,
         val_split=None,
-        volume_sampling=WindowSamplingParams(draws_per_epoch=6),
+        # 5 draws on 2 ranks: padded to 3 steps of 1 each (unpadded, rank 1 had 2 steps and the run hung)
+        volume_sampling=WindowSamplingParams(draws_per_epoch=5),
     )
     result = train(store, out, config, ModelConfig(depth=2, base_filters=2))
     torch.save(

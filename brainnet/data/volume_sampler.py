@@ -119,18 +119,32 @@ class VolumeDraws:
 
 
 class WindowStreamSampler(torch.utils.data.Sampler[tuple[int, int]]):
-    """Yields ``(epoch, position)`` for one rank: positions ``rank, rank + world_size, ...`` of the epoch
-    (``draws_per_epoch`` in all), from ``start`` on (resuming mid-epoch).
+    """Yields ``(epoch, position)`` for one rank: positions ``rank, rank + world_size, ...`` of the epoch,
+    from ``start`` on (resuming mid-epoch).
+
+    With ``remainder="pad"`` (training) every rank gets ``ceil(draws_per_epoch / world_size)`` positions:
+    when ``world_size`` does not divide ``draws_per_epoch`` the last ranks also read positions past it,
+    fresh draws like any other (a draw is a pure function of its position), so every rank runs the same
+    number of steps (DDP's collectives stay matched) and is at the same place of the stream at every step
+    (the one sampler state a checkpoint holds is every rank's). ``"uneven"`` (validation: no per-step
+    collective) reads exactly the ``draws_per_epoch`` positions, ranks differing by at most one.
 
     Args:
-        draws_per_epoch: positions in an epoch over all ranks.
+        draws_per_epoch: positions in an epoch over all ranks (before padding).
         rank, world_size: this process's place in a distributed run.
+        remainder: ``pad`` or ``uneven``.
     """
 
-    def __init__(self, draws_per_epoch: int, *, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, draws_per_epoch: int, *, rank: int = 0, world_size: int = 1, remainder: str = "pad"
+    ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ConfigError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
+        if remainder not in ("pad", "uneven"):
+            raise ConfigError(f"remainder must be 'pad' or 'uneven', got {remainder!r}")
         self.total, self.rank, self.world_size = int(draws_per_epoch), int(rank), int(world_size)
+        if remainder == "pad":
+            self.total = -(-self.total // self.world_size) * self.world_size
         self.epoch = self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:

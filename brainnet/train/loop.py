@@ -290,7 +290,12 @@ def _volume_stream(store: Any, config: TrainConfig, context: DistributedContext,
     if not train:
         params = params.replace(tumour_share=1.0, foreground_share=0.0)
     draws = VolumeDraws(store, split, params, seed=config.seed if train else config.seed + 1)
-    sampler = WindowStreamSampler(params.draws_per_epoch, rank=context.rank, world_size=context.world_size)
+    sampler = WindowStreamSampler(
+        params.draws_per_epoch,
+        rank=context.rank,
+        world_size=context.world_size,
+        remainder="pad" if train else "uneven",
+    )
     margin = context_margin(config.augment.spatial, store.patch_size) if train else (0, 0, 0)
     return VolumeWindowDataset(store, draws, margin), sampler
 
