@@ -191,6 +191,27 @@ def test_resume_of_a_checkpoint_scored_by_an_older_dice_forgets_its_best(store_p
     assert result.best_score == best["best_score"] == result.history[-1]["val_dice_labelmap"]
 
 
+def test_a_kill_while_saving_best_leaves_the_resume_to_write_it(store_path, tmp_path, monkeypatch):
+    """best.pt is written before last.pt: killed in between, last.pt is still the previous epoch's, so the
+    resumed run replays the epoch and writes best.pt (the other order left a run with no best.pt for good)."""
+    import brainnet.train.checkpoint as ckpt_module
+
+    saved = ckpt_module.save_checkpoint
+
+    def killed_at_best(payload, path):
+        if Path(path).name == "best.pt":
+            raise KeyboardInterrupt("killed while writing best.pt")
+        return saved(payload, path)
+
+    monkeypatch.setattr(ckpt_module, "save_checkpoint", killed_at_best)
+    with pytest.raises(KeyboardInterrupt):
+        train(store_path, tmp_path / "run", _config(), TINY_MODEL)
+    assert not (tmp_path / "run" / "last.pt").exists()  # nothing claims the epoch as done
+    monkeypatch.setattr(ckpt_module, "save_checkpoint", saved)
+    result = train(store_path, tmp_path / "run", _config(), TINY_MODEL, resume=True)
+    assert result.best_checkpoint is not None and load_checkpoint(result.best_checkpoint)["epoch"] == 1
+
+
 def test_resume_equals_an_uninterrupted_run(store_path, tmp_path):
     # 4 steps of 2 patches per epoch do not divide the 12 train patches, so the resumed run has to restart
     # the data stream in the middle of a sampler pass; augmentation must resume with the same draws too.

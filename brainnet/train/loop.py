@@ -618,9 +618,11 @@ def _end_epoch(
             best_metric=run.score_column,
             world_size=run.context.world_size,
         )
-        ckpt.save_checkpoint(payload, run.last_path)
+        # best.pt first: a run killed between the two resumes from the previous last.pt and replays the
+        # epoch (rewriting best.pt); the other order would resume believing best.pt already saved
         if improved:
             ckpt.save_checkpoint(payload, run.best_path)
+        ckpt.save_checkpoint(payload, run.last_path)
         run.run_logger.epoch(row)
         logger.info("epoch %d: %s", state.epoch, {k: round(v, 4) for k, v in row.items()})
     barrier(run.context)
