@@ -1,8 +1,9 @@
 """``brainnet sample``: what training reads, written down: N samples of a patch or a volume store.
 
 From a patch store, ``count`` stored patches drawn uniformly (with replacement) from the valid slots of
-the split; from a volume store, the first ``count`` draws of epoch 0 of the training stream
-(:class:`~brainnet.data.volume_sampler.VolumeDraws`), standardized as training reads them. Both give the
+the split; from a volume store, the first ``count`` draws of the stream ``brainnet train --seed`` reads
+(:func:`brainnet.train.loop.volume_draws`: the training stream across its epochs, or validation's
+windows for ``split="val"``), standardized as training reads them. Both give the
 same arrays, so the two kinds can be compared side by side; a PNG shows the middle axial slice of each.
 
 :func:`sample_training` (``brainnet sample --augment``) shows instead the first ``count`` patches a
@@ -20,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from brainnet.data.volume_sampler import KINDS, VolumeDraws, WindowSamplingParams
+from brainnet.data.volume_sampler import KINDS, WindowSamplingParams
+from brainprep.errors import ConfigError
 
 #: tiles per row of the PNG
 TILES_PER_ROW = 8
@@ -28,6 +30,12 @@ TILES_PER_ROW = 8
 
 def sample_store(store: Any, count: int, seed: int, split: str | None = "train", params: Any = None) -> dict:
     """``count`` samples of an open store.
+
+    Args:
+        split: ``train``, ``val`` or ``None`` (every case); a volume store's ``val`` gives the windows
+            validation scores (at most its ``draws_per_epoch``).
+        params: a volume store's :class:`~brainnet.data.volume_sampler.WindowSamplingParams` (default:
+            ``brainnet train``'s).
 
     Returns:
         ``image`` float16 (N, 4, X, Y, Z) standardized, ``label`` uint8 (N, X, Y, Z), ``case`` int64 (N,),
@@ -37,10 +45,16 @@ def sample_store(store: Any, count: int, seed: int, split: str | None = "train",
     from brainprep.store.volume_reader import VolumeStore
 
     if isinstance(store, VolumeStore):
-        params = params or WindowSamplingParams(draws_per_epoch=count)
-        draws = VolumeDraws(store, split, params, seed=seed)
-        method = params.standardize or store.params.standardize.method
-        picked = [draws.draw(0, p) for p in range(count)]
+        from brainnet.train.loop import volume_draws
+
+        train = split != "val"
+        draws = volume_draws(store, params or WindowSamplingParams(), seed, split, train)
+        per_epoch = draws.params.draws_per_epoch
+        if not train and count > per_epoch:
+            raise ConfigError(f"validation reads {per_epoch} windows of {store.location}, asked for {count}")
+        method = draws.params.standardize or store.params.standardize.method
+        # training's stream: position p of each epoch, then the next epoch
+        picked = [draws.draw(p // per_epoch, p % per_epoch) for p in range(count)]
         windows = [store.read_window(d.case, d.corner, standardize=method) for d in picked]
         return {
             "image": np.stack([w[0] for w in windows]).astype(np.float16),

@@ -163,6 +163,32 @@ def test_training_on_a_volume_store_resumes_the_stream_bit_for_bit(store_path: P
     assert "val_dice_labelmap" in straight.history[-1]  # validated on the val case's tumour windows
 
 
+def test_sample_follows_the_training_stream_past_an_epoch_and_the_val_windows(store_path: Path) -> None:
+    """7 samples of 4-draw epochs are what training reads over its first two sampler epochs; ``val`` gives
+    the windows validation scores (its own tumour-constrained stream), and no more of them than it reads."""
+    from brainnet.sample import sample_store
+    from brainnet.train import TrainConfig
+    from brainnet.train.distributed import DistributedContext
+    from brainnet.train.loop import _val_loader, training_stream
+
+    params = WindowSamplingParams(foreground_share=0.3, draws_per_epoch=4)
+    config = TrainConfig(batch_size=1, seed=3, device="cpu", workers=0, volume_sampling=params)
+    context = DistributedContext(0, 1, 0, torch.device("cpu"), owns_group=False)
+    with open_store(store_path) as store:
+        stream = training_stream(store, config)
+        for split, count, batches in (
+            ("train", 7, [stream.next() for _ in range(7)]),
+            ("val", 4, list(_val_loader(store, config, context))),
+        ):
+            got = sample_store(store, count, 3, split, params)
+            read = [(int(c), x) for b in batches for c, x in zip(b["case"], b["corner"].numpy(), strict=True)]
+            assert len(read) == count and got["case"].tolist() == [c for c, _ in read]
+            for corner, (case, crop_corner) in zip(got["corner"], read, strict=True):
+                np.testing.assert_array_equal(corner, store.corner_on_source(case, crop_corner))
+        with pytest.raises(ConfigError, match="validation reads 4 windows"):
+            sample_store(store, 5, 3, "val", params)
+
+
 def test_brainnet_sample_writes_what_training_reads_from_both_kinds(store_path: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 

@@ -279,25 +279,33 @@ def _volume_stream(store: Any, config: TrainConfig, context: DistributedContext,
     augmentation resamples from (:func:`brainnet.augment.context_margin`; none without one).
     """
     from brainnet.augment import context_margin
-    from brainnet.data.volume_sampler import VolumeDraws, VolumeWindowDataset, WindowStreamSampler
+    from brainnet.data.volume_sampler import VolumeWindowDataset, WindowStreamSampler
 
     if train and (config.weighting != "uniform" or config.min_tumour_fraction > 0):
         logger.warning(
             "weighting and min_tumour_fraction select stored patches; a volume store draws fresh windows "
             "by volume_sampling (--tumour-share, --foreground-share) instead, so they are ignored"
         )
-    params = config.volume_sampling
-    if not train:
-        params = params.replace(tumour_share=1.0, foreground_share=0.0)
-    draws = VolumeDraws(store, split, params, seed=config.seed if train else config.seed + 1)
+    draws = volume_draws(store, config.volume_sampling, config.seed, split, train)
     sampler = WindowStreamSampler(
-        params.draws_per_epoch,
+        draws.params.draws_per_epoch,
         rank=context.rank,
         world_size=context.world_size,
         remainder="pad" if train else "uneven",
     )
     margin = context_margin(config.augment.spatial, store.patch_size) if train else (0, 0, 0)
     return VolumeWindowDataset(store, draws, margin), sampler
+
+
+def volume_draws(store: Any, params: Any, seed: int, split: str | None, train: bool) -> Any:
+    """The :class:`~brainnet.data.volume_sampler.VolumeDraws` training (``train``) or validation reads from a
+    volume store with sampling ``params`` and the run's ``seed``: validation's windows are all
+    tumour-constrained (the course's validation patches), from their own stream (``seed + 1``)."""
+    from brainnet.data.volume_sampler import VolumeDraws
+
+    if not train:
+        params = params.replace(tumour_share=1.0, foreground_share=0.0)
+    return VolumeDraws(store, split, params, seed=seed if train else seed + 1)
 
 
 def _train_dataset(store: Any, config: TrainConfig, context: DistributedContext):
