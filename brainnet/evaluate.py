@@ -228,6 +228,7 @@ def _score_crops(model: torch.nn.Module, store: Any, split: str, options: dict[s
             batch_size=options["batch_size"],
             threshold=options["threshold"],
             amp=options["amp"],
+            amp_dtype=options["amp_dtype"],
         )
         case_id = case_ids.get(int(index), f"case{int(index)}")
         yield _Scored(case_id, truth[None], predicted[None], raw[None], [f"{case_id} crop"])

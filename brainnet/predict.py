@@ -75,9 +75,10 @@ def round_through(array: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def window_predictor(
-    model: torch.nn.Module, build_params: BuildParams, amp: bool = False
+    model: torch.nn.Module, build_params: BuildParams, amp: bool = False, amp_dtype: str = "bfloat16"
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The predictor of :func:`~brainnet.infer.sliding_window.sliding_window` for this store's preprocessing.
+    """The predictor of :func:`~brainnet.infer.sliding_window.sliding_window` for this store's preprocessing
+    (``amp``, ``amp_dtype``: :func:`model_probabilities`).
 
     Returns:
         A function mapping raw (``patch-slice``) or standardized (``volume-nonzero``) float windows
@@ -92,7 +93,7 @@ def window_predictor(
             windows = torch.from_numpy(
                 np.stack([round_through(standardize_patch_slices(w), dtype) for w in arrays])
             )
-        return model_probabilities(model, windows, amp).to(windows.device)
+        return model_probabilities(model, windows, amp, amp_dtype).to(windows.device)
 
     return predict
 
@@ -131,6 +132,7 @@ def predict_case(
     *,
     threshold: float = 0.5,
     amp: bool = False,
+    amp_dtype: str = "bfloat16",
     brain_only: bool = True,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -145,6 +147,8 @@ def predict_case(
         batch_size: windows per forward pass.
         device: where the network runs (default: where the model is).
         threshold: a class is present where its probability is above this.
+        amp, amp_dtype: autocast on CUDA (:func:`model_probabilities`): a checkpoint's own
+            ``TrainConfig.amp_dtype`` scores it as its validation did.
         brain_only: slide the window over the brain's bounding box only (the module docstring says why)
             and zero the probabilities (hence labels) outside the brain (voxels that equal the background
             in every channel: 0 in a skull-stripped scan, the constant of an already-normalized one, see
@@ -168,6 +172,7 @@ def predict_case(
         device,
         threshold=threshold,
         amp=amp,
+        amp_dtype=amp_dtype,
         progress=progress,
     )
     return box.paste(crop_labels), box.paste(crop_probabilities)
@@ -234,6 +239,7 @@ def predict_volume(
     *,
     threshold: float = 0.5,
     amp: bool = False,
+    amp_dtype: str = "bfloat16",
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Segment a volume already prepared as the sliding window should see it (:func:`prepare_volume`, or
@@ -255,7 +261,7 @@ def predict_volume(
     model.eval()
     probabilities = sliding_window(
         torch.from_numpy(np.asarray(volume, dtype=np.float32)),
-        window_predictor(model, build_params, amp),
+        window_predictor(model, build_params, amp, amp_dtype),
         window=window,
         overlap=overlap,
         blend="gaussian",
@@ -351,7 +357,8 @@ def segment_case(
     truth, warning = read_truth(case)
     if warning is not None:
         logger.warning("%s", warning)
-    threshold = loaded.train_config.threshold if loaded.train_config is not None else 0.5
+    trained = loaded.train_config
+    threshold = trained.threshold if trained is not None else 0.5
     labels, _ = predict_case(
         loaded.model,
         case,
@@ -360,6 +367,7 @@ def segment_case(
         batch_size=batch_size,
         threshold=threshold,
         amp=amp,
+        amp_dtype=trained.amp_dtype if trained is not None else "bfloat16",
         progress=progress,
     )
     spec = loaded.spec

@@ -424,6 +424,41 @@ def test_evaluate_volume_store_is_the_whole_scan_prediction(tmp_path, method):
     assert len(result.overlays) == 2 and result.overlays[0].title.startswith("BRATS_003 crop z=")
 
 
+def test_the_autocast_dtype_reaches_every_forward_of_evaluate_and_predict(
+    built, volume_store, tmp_path, monkeypatch
+):
+    """A model trained under float16 autocast is scored under float16, on a patch store's patches and on a
+    volume store's crops alike (the crops went through the sliding window under bfloat16 before)."""
+    import brainnet.evaluate as evaluate_module
+    import brainnet.predict as predict_module
+    from brainprep.store import open_store
+
+    seen: list[tuple[bool, str]] = []
+    real = predict_module.model_probabilities
+
+    def spy(model, batch, amp=False, amp_dtype="bfloat16"):
+        seen.append((amp, amp_dtype))
+        return real(model, batch, amp, amp_dtype)
+
+    monkeypatch.setattr(predict_module, "model_probabilities", spy)
+    monkeypatch.setattr(evaluate_module, "model_probabilities", spy)
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL)
+    for path in (built[1], volume_store[1]):
+        seen.clear()
+        with open_store(path) as store:
+            evaluate_store(model, store, "val", amp=True, amp_dtype="float16", n_overlays=0)
+        assert seen and set(seen) == {(True, "float16")}, path
+    # predict: the checkpoint's own dtype
+    from brainnet.train import TrainConfig
+
+    data, _, checkpoint = built
+    loaded = dataclasses.replace(load_model(checkpoint), train_config=TrainConfig(amp_dtype="float16"))
+    seen.clear()
+    segment_case(loaded, discover_cases(data).case("BRATS_002"), tmp_path / "p.nii.gz", amp=True)
+    assert seen and set(seen) == {(True, "float16")}
+
+
 def test_predict_case_slides_over_the_brain_box_only(built):
     """Nothing outside the brain's bounding box is predicted, and the scan's background never counts in a
     window's slice statistics: a scan padded with more empty field of view predicts the same labels."""
