@@ -336,10 +336,12 @@ def test_cli_train_then_resume(store_path, tmp_path):
     result = CliRunner().invoke(main, [*common, "--epochs", "1"])
     assert result.exit_code == 0, result.output
     assert "trained 1 epochs" in result.output
-    result = CliRunner().invoke(main, [*common, "--epochs", "2", "--resume"])
+    # --val-steps is one of the changes train() accepts on a resume (RESUMABLE_CHANGES): so does the CLI
+    result = CliRunner().invoke(main, [*common, "--epochs", "2", "--resume", "--val-steps", "1"])
     assert result.exit_code == 0, result.output
     payload = load_checkpoint(run / "last.pt")
     assert payload["epoch"] == 2 and payload["global_step"] == 2
+    assert payload["train_config"]["val_steps"] == 1
     result = CliRunner().invoke(main, [*common, "--epochs", "3", "--resume", "--seed", "7"])
     assert result.exit_code != 0 and "cannot change --seed 7 (checkpoint: 0)" in result.output
     assert load_checkpoint(run / "last.pt")["epoch"] == 2

@@ -12,10 +12,6 @@ import click
 from brainnet.cli.augment_options import augment_config, augment_options
 from brainprep.cli.options import cache_options, chunk_cache, storage_options_option, store_location
 
-#: options that may change when resuming (the rest come from the checkpoint).
-_RESUME_OVERRIDES = ("epochs", "workers", "loader", "device", "amp")
-
-
 #: CLI options that set a TrainConfig field of another name.
 _CONFIG_FIELD = {
     "flips": "augment",
@@ -37,11 +33,14 @@ def _augment_config(options: dict) -> object:
 
 
 def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) -> None:
-    """Raise when an option given with --resume contradicts the checkpoint (it would be ignored)."""
+    """Raise when an option given with --resume contradicts the checkpoint (it would be ignored); the
+    options of ``RESUMABLE_CHANGES`` (those ``train`` accepts changed on a resume) may change."""
+    from brainnet.train.loop import RESUMABLE_CHANGES
+
     changed = sorted(
         name
         for name in explicit
-        if name in saved and name not in _RESUME_OVERRIDES and asked.get(name) != saved[name]
+        if name in saved and name not in RESUMABLE_CHANGES and asked.get(name) != saved[name]
     )
     if changed:
         details = ", ".join(
@@ -213,6 +212,8 @@ def train(
         )
         last = out_dir / "last.pt"
         if options["resume"] and last.exists():
+            from brainnet.train.loop import RESUMABLE_CHANGES
+
             saved = load_checkpoint(last)
             explicit = {
                 _CONFIG_FIELD.get(name, name)
@@ -225,7 +226,7 @@ def train(
             _refuse_changes(explicit, config.to_dict(), saved["train_config"], last)
             _refuse_changes(explicit, model_config.to_dict(), saved["model_config"], last)
             model_config = ModelConfig.from_dict(saved["model_config"])
-            given = {name: getattr(config, name) for name in _RESUME_OVERRIDES if name in explicit}
+            given = {name: getattr(config, name) for name in RESUMABLE_CHANGES if name in explicit}
             config = TrainConfig.from_dict(saved["train_config"]).replace(**given)
         result = run_training(
             patch_store,
