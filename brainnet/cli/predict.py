@@ -92,7 +92,8 @@ def predict(
             batch_size=batch_size,
             source_labels=source_labels,
             png=png,
-            amp=target.type == "cuda",
+            # as evaluate: autocast only for a model trained under it (same numbers, label for label)
+            amp=target.type == "cuda" and (loaded.train_config is None or loaded.train_config.amp),
             progress=progress,
         )
     except BrainprepError as err:
