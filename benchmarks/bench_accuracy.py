@@ -1,8 +1,8 @@
 """Accuracy benchmark: whole-scan Dice of one U-Net trained on six data pipelines (issues 12 and 14).
 
     python benchmarks/bench_accuracy.py [--quick] [--json FILE] [--workdir DIR] [--seeds N] [--steps N]
-        [--arms i,ii,...] [--small-tumour-every K] [--dice sample|batch] [--bce-weight W] [--lr LR]
-        [--normalization N]
+        [--patch X,Y,Z] [--arms i,ii,...] [--small-tumour-every K] [--dice sample|batch] [--bce-weight W]
+        [--lr LR] [--normalization N]
 
 One model (:class:`brainnet.model.UNet3D`, :data:`FULL` sizes), one optimizer, loss and step budget, the
 same seeds (model initialisation and data stream), trained on the synthetic train cases of
@@ -168,7 +168,7 @@ FULL = Plan(
 )
 QUICK = replace(FULL, n_train=6, n_test=2, steps=40, seeds=(0,))
 #: command-line options that set the Plan field of their name (``--seeds`` is parsed apart)
-PLAN_OPTIONS = ("steps", "lr", "normalization", "dice", "bce_weight", "small_tumour_every")
+PLAN_OPTIONS = ("patch", "steps", "lr", "normalization", "dice", "bce_weight", "small_tumour_every")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -620,10 +620,24 @@ def run(args: Any) -> Report:
     return report
 
 
+def patch_size(text: str) -> tuple[int, int, int]:
+    """``X,Y,Z`` as three ints >= 1 (argparse reports the ValueError as a usage error)."""
+    sides = tuple(int(v) for v in text.split(","))
+    if len(sides) != 3 or min(sides) < 1:
+        raise ValueError(f"a patch is three sides >= 1, got {text!r}")
+    return sides  # type: ignore[return-value]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument(
         "--seeds", default=None, help="seeds per arm, N (0..N-1; default 3, quick 1) or a list a,b,c"
+    )
+    parser.add_argument(
+        "--patch",
+        type=patch_size,
+        default=None,
+        help="training patch X,Y,Z (default 32,32,16; Z a multiple of 4 for the depth-3 U-Net)",
     )
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per training")
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate")

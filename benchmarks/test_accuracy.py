@@ -11,7 +11,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_accuracy import ARMS, LoaderThreadClock, _mean_sd, arm_table, bars, children_cpu_seconds
+from bench_accuracy import (
+    ARMS,
+    LoaderThreadClock,
+    _mean_sd,
+    arm_table,
+    bars,
+    children_cpu_seconds,
+    main,
+    patch_size,
+)
 from common import Report, Row
 
 KEYS = (
@@ -39,6 +48,16 @@ def _row(arm: str, mean: float, wt: tuple[float, float], cpu: float) -> Row:
 def test_mean_sd_is_the_sample_sd_and_zero_for_one_value():
     assert _mean_sd([1.0, 2.0, 3.0]) == (2.0, 1.0)
     assert _mean_sd([0.7]) == (0.7, 0.0)
+
+
+def test_patch_option_parses_three_sides_and_refuses_others(capsys: pytest.CaptureFixture[str]) -> None:
+    assert patch_size("64,64,4") == (64, 64, 4)
+    for bad in ("64,64", "64,0,4", "a,b,c"):
+        with pytest.raises(ValueError):
+            patch_size(bad)
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error, before any data is made
+        main(["--patch", "64,64"])
+    assert exit_info.value.code == 2 and "--patch" in capsys.readouterr().err
 
 
 def test_bars_by_hand():
