@@ -246,6 +246,26 @@ def nonzero_statistics(
     return mean, std
 
 
+def resolved_std(mean: np.ndarray, std: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
+    """float64 (C,): ``std``, with 0 where it is below what values of ``dtype`` near ``mean`` resolve.
+
+    Values rounded to a float ``dtype`` carry an error of up to half an ulp, ``|mean| * eps / 2`` near the
+    mean (2**-11 of it for float16). A brain std below that (a channel constant over the brain, whose
+    statistics were taken before the values were rounded) is rounding noise, and ``max(std, 1e-8)`` would
+    blow it up to huge or non-finite values; such a channel is flat, and standardizes to 0 as a slice of
+    std 0 does in the course (:func:`standardize_patch_slices`). Integer values are exact: only a std of
+    0 is flat.
+
+    Args:
+        mean, std: (C,) channel statistics; dtype: the dtype of the values they standardize.
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    dtype = np.dtype(dtype)
+    half_ulp = np.finfo(dtype).eps / 2 if dtype.kind == "f" else 0.0
+    return np.where(std <= np.abs(mean) * half_ulp, 0.0, std)
+
+
 def standardize_with_statistics(
     patch: np.ndarray, mean: np.ndarray, std: np.ndarray, mask: np.ndarray | None = None
 ) -> np.ndarray:

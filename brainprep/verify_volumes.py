@@ -4,7 +4,9 @@ What a sealed volume store says about itself, checked, as :class:`~brainprep.man
 naming the array, case and problem: the case tables against their digests; per case, every chunk of its
 image and label (decoded, so every crc32c / fletcher32 is checked; a missing chunk or shard is a row),
 the chunks against the case's recorded data digest (a chunk swapped for another valid one), the image
-finite, the crop's shape against the case table, and the sampling tables against their digests and
+finite, each array's dtype and shape against the store's dtype and the case's crop (the reader's own
+check, ``VolumeStore._array``: a damaged ``zarr.json`` or HDF5 header reads other values or another
+shape, and the chunk checksums do not cover it), and the sampling tables against their digests and
 against the stored label (the corner table recomputed, every class location on its class).
 """
 
@@ -46,7 +48,7 @@ def _case_differences(store: Any, entry: dict[str, Any]) -> list[Difference]:
     every = (slice(None),) * 3
     for name, selection in ((vs.IMAGES, (slice(None), *every)), (vs.LABELS, every)):
         key = vs.case_key(name, index)
-        try:
+        try:  # a wrong dtype or shape is refused here, as every read refuses it
             arrays[name] = store._read(name, index, selection)
         except (StoreError, KeyError) as error:
             out.append(Difference(name, key, _short(error, store.location), None, case))
@@ -61,9 +63,6 @@ def _case_differences(store: Any, entry: dict[str, Any]) -> list[Difference]:
     label = arrays.get(vs.LABELS)
     if label is None:
         return out
-    if list(label.shape) != list(entry["crop_shape"]):
-        problem = f"crop is {list(label.shape)}, the case table says {entry['crop_shape']}"
-        return [*out, Difference(vs.LABELS, vs.case_key(vs.LABELS, index), problem, None, case)]
     tables = {}
     for name in vs.SAMPLING_TABLES:
         try:

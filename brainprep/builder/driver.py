@@ -360,6 +360,42 @@ def _sealed_summary(store: Path, fmt: str, state: BuildState) -> BuildSummary:
     return BuildSummary(**{key: recorded[key] for key in fields})
 
 
+def lost_file(
+    store: Path, params: BuildParams, state: BuildState, index: int, record: dict[str, Any]
+) -> Path | None:
+    """A file that case ``index``, recorded done (``record``), wrote and that is gone (deleted, or a disk
+    that lost it), ``None`` when none is: the staged part of an HDF5 build, the arrays of a Zarr volume
+    case. A case that holds no data (skipped) needs none; a Zarr patch store's cases share its shards,
+    which ``verify`` checks once sealed."""
+    volumes = params.store.kind == "volumes"
+    if record.get("crop_shape" if volumes else "n_patches") in (None, 0):
+        return None
+    if params.store.format == "hdf5":
+        part = state.part_path(index)
+        return None if part.is_file() else part
+    if not volumes:
+        return None
+    from brainprep.store.volume_zarr import case_files
+
+    return next((store / name for name in case_files(index) if not (store / name).is_file()), None)
+
+
+def _forget_lost(store: Path, params: BuildParams, state: BuildState, done: dict[int, Any]) -> dict[int, Any]:
+    """``done`` less the cases whose written data is gone (:func:`lost_file`): their markers are dropped,
+    so the resume rebuilds them instead of sealing a store that cannot read them."""
+    kept = {}
+    for index, record in done.items():
+        lost = lost_file(store, params, state, index, record)
+        if lost is None:
+            kept[index] = record
+            continue
+        logger.warning(
+            "rebuilding case %s of %s: it was done but %s is missing", record["case_id"], store, lost
+        )
+        state.forget(index)
+    return kept
+
+
 # -- sealing -------------------------------------------------------------------------------------------
 def table_arrays(
     records: Mapping[int, dict[str, Any]], layout: schema.StoreLayout, n_classes: int
@@ -469,6 +505,13 @@ def _seal(
         raise StoreError(
             f"cannot seal {store}: {len(missing)} case(s) have no done marker (first: {missing[0]})"
         )
+    for index, record in sorted(records.items()):
+        lost = lost_file(store, params, state, index, record)
+        if lost is not None:
+            raise StoreError(
+                f"cannot seal {store}: case {record['case_id']} is marked done but {lost} is missing; "
+                "rerun the same command to rebuild it"
+            )
     volumes = params.store.kind == "volumes"
     if volumes:
         from brainprep.builder.volume_case import volume_table_arrays
@@ -708,7 +751,7 @@ def _locked_build(job: _BuildJob, executor: Executor) -> BuildSummary:
     if mode == "sealed":
         return _sealed_summary(store, job.fmt, state)
     resumed = mode == "resume"
-    done = state.done() if resumed else {}
+    done = _forget_lost(store, job.params, state, state.done()) if resumed else {}
     if done:
         logger.info("resuming %s: %d of %d cases already done", store, len(done), len(job.cases))
     plans = _plan(job, executor, done, resumed)

@@ -25,6 +25,7 @@ from brainprep.read.case import CaseArrays, read_case_arrays
 from brainprep.read.nifti import scale_voxels
 from brainprep.sample import case_rng
 from brainprep.spacing import geometry_entries
+from brainprep.spec import CHANNEL_NAMES
 from brainprep.standardize import border_voxels, channel_background, nonzero_statistics
 from brainprep.store import schema
 from brainprep.store import volume_schema as vs
@@ -67,22 +68,24 @@ def plan_volume_case(files: CaseFiles, index: int, split: str, params: BuildPara
     )
 
 
-def float16_problem(image: np.ndarray, stored: np.ndarray) -> str | None:
-    """Why ``image`` (float32) cannot be stored as float16 without changing it beyond rounding (one line),
-    ``None`` when it can: a magnitude beyond float16's range, or a nonzero voxel that became 0 in
-    ``stored`` (``image`` as float16: magnitudes up to 2**-25 round to 0, the nearest-even neighbour of
-    float16's smallest 2**-24). Rounding never turns a 0 into a nonzero, so the vanished voxels are the
-    difference of the two nonzero counts (a float16 -0.0 counts as 0: its magnitude bits are 0)."""
+def float16_problem(image: np.ndarray, stored: np.ndarray) -> tuple[int, str] | None:
+    """Why ``image`` (float32 (C, X, Y, Z)) cannot be stored as float16 without changing it beyond
+    rounding: (the first channel that cannot, one line), ``None`` when it can. A magnitude beyond
+    float16's range, or a nonzero voxel that became 0 in ``stored`` (``image`` as float16: magnitudes up
+    to 2**-25 round to 0, the nearest-even neighbour of float16's smallest 2**-24). Rounding never turns a
+    0 into a nonzero, so the vanished voxels are the difference of the two nonzero counts (a float16 -0.0
+    counts as 0: its magnitude bits are 0)."""
     if image.size == 0:
         return None
-    peak = max(float(image.max()), -float(image.min()))
-    if peak > vs.FLOAT16_MAX:
-        return (
-            f"intensity {peak:g} exceeds the float16 range ({vs.FLOAT16_MAX:g}); build with --dtype float32"
-        )
-    vanished = np.count_nonzero(image) - np.count_nonzero(stored.view(np.uint16) << np.uint16(1))
-    if vanished:
-        return f"{vanished} nonzero voxels round to 0 in float16; build with --dtype float32"
+    for c, (channel, rounded) in enumerate(zip(image, stored, strict=True)):
+        peak = max(float(channel.max()), -float(channel.min()))
+        if peak > vs.FLOAT16_MAX:
+            problem = f"exceeds the float16 range ({vs.FLOAT16_MAX:g}); build with --dtype float32"
+            return c, f"intensity {peak:g} in channel {CHANNEL_NAMES[c]} {problem}"
+        vanished = np.count_nonzero(channel) - np.count_nonzero(rounded.view(np.uint16) << np.uint16(1))
+        if vanished:
+            problem = "round to 0 in float16; build with --dtype float32"
+            return c, f"{vanished} nonzero voxels of channel {CHANNEL_NAMES[c]} {problem}"
     return None
 
 
@@ -152,7 +155,7 @@ class VolumeCase:
         image: (4, X, Y, Z) crop in the store dtype; label: uint8 (X, Y, Z) crop.
         tables: ``tumour_corners`` int32 (M, 3), ``tumour_voxels`` int32 (M,), ``class_locations`` int32
             (L, 4).
-        mean, std: float64 (4,) volume-nonzero statistics (of the image less its background).
+        mean, std: float64 (4,) volume-nonzero statistics (of the stored image, less its background).
         n_brain_corners: corners of the crop; best_tumour_fraction: over them.
         background: float64 (4,) what was subtracted from each channel (0 for BraTS).
     """
@@ -177,6 +180,7 @@ def volume_case(
     n_classes: int,
     background: np.ndarray | None = None,
     stored: np.ndarray | None = None,
+    files: CaseFiles | None = None,
 ) -> VolumeCase:
     """What the store keeps of one case, from its crop (:func:`~brainprep.volume.brain_crop`).
 
@@ -191,6 +195,7 @@ def volume_case(
         background: float64 (4,) subtracted from the image (recorded); ``None``: zeros.
         stored: an array of ``cropped``'s shape in the store dtype to hold the stored image (a worker's
             reused memory); ``None``: a new one (or ``cropped`` itself when the dtypes agree).
+        files: the case's files, to name the one a refusal comes from.
 
     Raises:
         InvalidValueError: a float16 store cannot hold the image (:func:`float16_problem`).
@@ -202,13 +207,18 @@ def volume_case(
         else:
             np.copyto(stored, cropped, casting="same_kind")
     if params.store.dtype == "float16":
-        problem = float16_problem(cropped, stored)
-        if problem is not None:
-            raise InvalidValueError(problem)
-    # The crop holds every brain voxel, less the background, so its brain is its nonzero voxels and its
-    # statistics are the whole volume's, bit for bit when summed in the same order: the crop's memory
+        found = float16_problem(cropped, stored)
+        if found is not None:
+            channel, problem = found
+            path = None if files is None else files.channel_path(channel)
+            raise InvalidValueError(problem, case_id=None if files is None else files.case_id, path=path)
+    # The crop holds every brain voxel, less the background, so its brain is its nonzero voxels (float16
+    # rounding keeps them nonzero: checked above). The statistics are those of the values as stored, the
+    # ones a read standardizes: a channel constant over the brain then has a std of exactly 0 and reads as
+    # 0, where float32 statistics would divide float16 rounding errors by max(std, 1e-8). For a float32
+    # store they are the whole volume's, bit for bit when summed in the same order: the crop's memory
     # order (x fastest for a slice-major crop, :func:`~brainprep.store.volume_schema.memory_order`).
-    mean, std = nonzero_statistics(vs.memory_order(cropped), 0.0)
+    mean, std = nonzero_statistics(vs.memory_order(stored), 0.0)
     corners, voxels = tumour_corner_table(label_crop, size, params.sampling.background_threshold)
     n_corners = int(np.prod([c - p + 1 for c, p in zip(crop.shape, size, strict=True)]))
     best = float(voxels.max()) / float(np.prod(size)) if len(voxels) else 0.0
@@ -278,7 +288,9 @@ def write_volume_case(task: CaseTask) -> dict[str, Any]:
                 cropped = cut_case_crop(arrays, crop, background, buffers.slice_major(0, shape, np.float32))
                 stored = buffers.slice_major(1, shape, params.store.dtype)
                 label_crop, n_classes = cut_crop(label, crop), task.files.spec.n_classes
-                case = volume_case(cropped, label_crop, crop, params, rng, n_classes, background, stored)
+                case = volume_case(
+                    cropped, label_crop, crop, params, rng, n_classes, background, stored, task.files
+                )
         except CaseError as err:
             if err.case_id is None:  # volume_case's float16 check does not know the case
                 err.case_id = plan.case_id

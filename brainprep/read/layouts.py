@@ -75,6 +75,10 @@ class CaseFiles:
     def all_paths(self) -> tuple[Path, ...]:
         return self.image_paths + ((self.label_path,) if self.label_path is not None else ())
 
+    def channel_path(self, channel: int) -> Path:
+        """The file holding canonical channel ``channel`` (0 FLAIR .. 3 T2w): the one 4D file, or its own."""
+        return self.image_paths[0] if len(self.image_paths) == 1 else self.image_paths[channel]
+
 
 @dataclass(frozen=True)
 class Dataset:

@@ -10,6 +10,12 @@ atomic); at the end the driver copies the already-compressed chunks into ``STORE
 Filters: shuffle + gzip (deflate) + fletcher32, which every HDF5 library has built in, so plain h5py reads
 the file and checks every chunk's fletcher32 checksum on every read (gzip alone would not notice a flipped
 byte that still inflates). The tables carry fletcher32 too.
+
+File format: :data:`LIBVER`. fletcher32 covers chunk bytes only; how they are read (the datatype, the
+shape, the chunk index) lives in the object headers, which HDF5's default (earliest) file format stores
+without a checksum: a flipped bit in an image dataset's datatype message silently rescales every value.
+From the 1.10 format on, the superblock, object headers and chunk indexes carry a checksum that HDF5
+checks when it opens them, so such a flip is refused instead of read.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ from typing import Any
 import numpy as np
 
 from brainprep.store import schema
+
+#: ``h5py.File(..., libver=LIBVER)`` of every store file: the earliest format whose metadata is checksummed
+#: (HDF5 1.10, 2017), so any HDF5 >= 1.10 reads the stores.
+LIBVER = ("v110", "latest")
 
 IMAGE_CHUNKS_KEY = "image_chunks"
 LABEL_CHUNKS_KEY = "label_chunks"
@@ -130,7 +140,7 @@ def assemble_hdf5(
     partial = path.with_name(path.name + schema.PARTIAL_SUFFIX)
     options = _dataset_options(layout.compression_level)
     patch = layout.patch_size
-    with h5py.File(partial, "w") as out:
+    with h5py.File(partial, "w", libver=LIBVER) as out:
         images = out.create_dataset(
             schema.IMAGES,
             shape=layout.image_shape,

@@ -180,6 +180,11 @@ class BuildState:
         """Record case ``index`` as finished; call only once its data is written."""
         write_json_atomic(self.marker_path(index), record)
 
+    def forget(self, index: int) -> None:
+        """Drop case ``index``'s done marker (then its staged part), so that a resume rebuilds it."""
+        self.marker_path(index).unlink(missing_ok=True)
+        self.part_path(index).unlink(missing_ok=True)
+
     def done(self) -> dict[int, dict[str, Any]]:
         """Case index -> the record of every finished case."""
         folder = self.root / DONE_DIR

@@ -115,8 +115,23 @@ class PatchStore:
         else:
             self._open_zarr()
         if store_kind(self._metadata or {}) == PATCHES:
-            self._images = self._handle[schema.IMAGES]
-            self._labels = self._handle[schema.LABELS]
+            try:
+                self._images, self._labels = (self._patch_array(n) for n in (schema.IMAGES, schema.LABELS))
+            except StoreCorruptError:
+                self.close()  # not half open: the next call would find a handle and no arrays
+                raise
+
+    def _patch_array(self, name: str) -> Any:
+        """Array ``name`` of a patch store; one that is gone or whose header fails its checksum (HDF5
+        refuses to open it) is a :class:`StoreCorruptError`."""
+        try:
+            return self._handle[name]
+        except KeyError as error:
+            reason = error.args[0] if error.args else error
+            raise StoreCorruptError(
+                f"{self.location}: array {name} missing or unreadable ({reason}); "
+                f"run `brainprep verify {self.location}`"
+            ) from error
 
     def _missing(self) -> StoreError:
         """The error for a location that holds no store: incomplete when a build state exists."""

@@ -4,7 +4,9 @@ As for the patch store (:mod:`.hdf5_store`): workers never write ``STORE.h5``. E
 chunks through HDF5's own filter pipeline (:func:`encode_chunks`, in an in-memory file with the store's
 dataset options: shuffle + gzip + fletcher32) and stages them with the case's sampling tables in
 ``STORE.build/parts/`` (:func:`write_volume_part`, atomic); at the end the driver copies the compressed
-chunks into ``STORE.h5.partial`` with ``write_direct_chunk`` and renames it (:func:`assemble_volume_hdf5`).
+chunks into ``STORE.h5.partial`` with ``write_direct_chunk`` and renames it (:func:`assemble_volume_hdf5`),
+in the checksummed file format (:data:`~brainprep.store.hdf5_store.LIBVER`: a flipped bit in a
+dataset's header is refused, not read).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 from brainprep.store import schema
 from brainprep.store import volume_schema as vs
-from brainprep.store.hdf5_store import _dataset_options, _pack, _unpack
+from brainprep.store.hdf5_store import LIBVER, _dataset_options, _pack, _unpack
 
 
 def encode_chunks(data: np.ndarray, chunks: tuple[int, ...], level: int) -> tuple[np.ndarray, list[bytes]]:
@@ -113,7 +115,7 @@ def assemble_volume_hdf5(
     import h5py
 
     partial = path.with_name(path.name + schema.PARTIAL_SUFFIX)
-    with h5py.File(partial, "w") as out:
+    with h5py.File(partial, "w", libver=LIBVER) as out:  # checksummed object headers
         for name in (vs.IMAGES, vs.LABELS, *vs.SAMPLING_TABLES):
             out.create_group(name)
         for index in sorted(parts):

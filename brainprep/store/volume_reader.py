@@ -122,18 +122,26 @@ class VolumeStore(PatchStore):
 
     # -- data -----------------------------------------------------------------------------------
     def _array(self, name: str, index: int) -> Any:
-        """The checked ``zarr.Array`` / ``h5py.Dataset`` of case ``index``: every chunk stored."""
+        """The checked ``zarr.Array`` / ``h5py.Dataset`` of case ``index``: the dtype and shape the store
+        and its case table say (:meth:`_layout_problem`) and, for HDF5, every chunk stored.
+
+        Raises:
+            StoreCorruptError: the array is missing, or its metadata disagrees with the store's.
+        """
         entry = self._case(index)
         key = vs.case_key(name, index)
         try:
             array = self._handle[key]
         except KeyError as error:
             raise StoreCorruptError(
-                f"{name} of case {entry['case_id']}: array {key} missing in {self.location}; "
+                f"{name} of case {entry['case_id']}: array {key} missing or unreadable "
+                f"({error.args[0] if error.args else error}) in {self.location}; "
                 f"run `brainprep verify {self.location}`"
             ) from error
-        if key not in self._checked and self.format == "hdf5":
-            problem = self._hdf5_problem(array)
+        if key not in self._checked:
+            problem = self._layout_problem(name, entry, array)
+            if problem is None and self.format == "hdf5":
+                problem = self._hdf5_problem(array)
             if problem is not None:
                 raise StoreCorruptError(
                     f"{name} of case {entry['case_id']}: {problem} in {self.location}/{key}; "
@@ -141,6 +149,24 @@ class VolumeStore(PatchStore):
                 )
             self._checked.add(key)
         return array
+
+    def _layout_problem(self, name: str, entry: dict[str, Any], array: Any) -> str | None:
+        """Why case array ``name`` (images or labels) cannot be read as the store says (one phrase), or
+        ``None``.
+
+        An array's own metadata (a Zarr ``zarr.json``; an HDF5 header, unchecked in files of HDF5's
+        earliest format) says how its bytes are read; a damaged one reads other values, or a crop of
+        another shape. The store's params (digest-checked) fix the dtype, the case table the shape."""
+        expected = vs.case_array_layout(name, self.params.store.dtype, tuple(entry["crop_shape"]))
+        problem = vs.layout_problem(np.dtype(array.dtype), tuple(array.shape), *expected)
+        if problem is None and self.format == "hdf5":
+            import h5py
+
+            # a flipped bit in an HDF5 float type (its exponent size, say) can keep numpy's dtype but
+            # convert every value: the file's type must be the native one of the dtype, field by field
+            if array.id.get_type() != h5py.h5t.py_create(expected[0]):
+                problem = f"datatype is not the native {expected[0]} (a damaged datatype message)"
+        return problem
 
     @staticmethod
     def _hdf5_problem(dataset: Any) -> str | None:
@@ -272,7 +298,9 @@ class VolumeStore(PatchStore):
             self._read(vs.IMAGES, index, (slice(None), *source), raw[(slice(None), *target)])
             self._read(vs.LABELS, index, source, label[target])
         if standardize is None:
-            return (raw if image_out is not None else np.ascontiguousarray(raw)), label
+            # raw is this thread's scratch buffer unless it is the caller's: always hand back a copy (even
+            # when ascontiguousarray would not copy, e.g. a (1, 1, n) window), or a later read changes it
+            return (raw if image_out is not None else raw.copy(order="C")), label
         image_out = np.empty(raw.shape, np.float32) if image_out is None else image_out
         return standardize_window(raw, standardize, self._case(index), image_out), label
 
@@ -306,11 +334,23 @@ def standardize_window(image: np.ndarray, method: str, case: dict[str, Any], out
     :meth:`VolumeStore.read_window`) into ``out`` (float16 or float32, same shape); ``case`` is the case's
     metadata entry (its float64 statistics). The course's exact float64 formulas; the training loop
     applies the same ones to raw windows in torch on its device (:mod:`brainnet.data.standardize`)."""
-    from brainprep.standardize import brain_mask, standardize_patch_slices, standardize_with_statistics
+    from brainprep.standardize import (
+        brain_mask,
+        resolved_std,
+        standardize_patch_slices,
+        standardize_with_statistics,
+    )
 
     if method == "patch-slice":
         return standardize_patch_slices(image, out)
+    # A channel flat over the brain (std 0, or below what the stored dtype resolves: a store built before
+    # the statistics were taken of the float16 values) reads as 0, the course's rule for a slice of std 0,
+    # instead of its rounding errors divided by max(std, 1e-8).
+    std = resolved_std(case["mean"], case["std"], image.dtype)
+    flat = std == 0
     # the store keeps each crop relative to the case's background (volume_schema), so the brain is the
     # nonzero voxels here, as it was when the build took the statistics
-    out[...] = standardize_with_statistics(image, case["mean"], case["std"], mask=brain_mask(image, 0.0))
+    mask = brain_mask(image, 0.0)
+    out[...] = standardize_with_statistics(image, case["mean"], np.where(flat, 1.0, std), mask=mask)
+    out[flat] = 0
     return out

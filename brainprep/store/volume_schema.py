@@ -219,3 +219,26 @@ def volume_chunk_shape(crop_shape: tuple[int, int, int]) -> tuple[int, int, int]
     its array), with edges :data:`CHUNK_XY` x :data:`CHUNK_XY` x :data:`CHUNK_Z`."""
     edges = (CHUNK_XY, CHUNK_XY, CHUNK_Z)
     return tuple(max(1, min(int(e), int(n))) for e, n in zip(edges, crop_shape, strict=True))  # type: ignore[return-value]
+
+
+def case_array_layout(
+    name: str, store_dtype: str, crop_shape: tuple[int, ...]
+) -> tuple[np.dtype, tuple[int, ...]]:
+    """(dtype, shape) of case array ``name`` (:data:`IMAGES`: the store dtype, (4, X, Y, Z); :data:`LABELS`:
+    uint8, (X, Y, Z)) for a case whose crop is ``crop_shape``."""
+    if name == IMAGES:
+        return np.dtype(store_dtype), (schema.N_CHANNELS, *(int(s) for s in crop_shape))
+    return np.dtype(np.uint8), tuple(int(s) for s in crop_shape)
+
+
+def layout_problem(
+    dtype: np.dtype, shape: tuple[int, ...], want_dtype: np.dtype, want_shape: tuple[int, ...]
+) -> str | None:
+    """Why an array of ``dtype`` and ``shape`` is not one of ``want_dtype`` and ``want_shape`` (one phrase,
+    e.g. ``"shape [4, 36, 46, 24], expected [4, 36, 46, 25]"``), ``None`` when it is."""
+    problems = []
+    if dtype != want_dtype:
+        problems.append(f"dtype {dtype}, expected {want_dtype}")
+    if tuple(shape) != tuple(want_shape):
+        problems.append(f"shape {list(shape)}, expected {list(want_shape)}")
+    return " and ".join(problems) or None

@@ -86,6 +86,17 @@ def write_sharded(
     return write_volume_shard(Path(path) / name, array, data)
 
 
+def case_files(index: int) -> tuple[str, ...]:
+    """The files (relative to the store) that writing case ``index`` leaves, whatever its content: each
+    array's ``zarr.json`` and the one shard of its image and label (:func:`write_sharded` writes it even
+    when all zeros; zarr's default chunk key encoding, ``c/0/0/0/0``). A small table's chunk is not among
+    them: zarr does not store a chunk that is all its fill value."""
+    files = [f"{vs.case_key(name, index)}/zarr.json" for name in (vs.IMAGES, vs.LABELS, *vs.SAMPLING_TABLES)]
+    for name, ndim in ((vs.IMAGES, 4), (vs.LABELS, 3)):
+        files.append("/".join((vs.case_key(name, index), "c", *("0",) * ndim)))
+    return tuple(files)
+
+
 def write_small_table(group: Any, name: str, data: np.ndarray) -> str:
     """Write a small table as one chunk (zstd + crc32c); returns its :func:`array_digest`."""
     chunks = tuple(max(1, int(s)) for s in data.shape)
