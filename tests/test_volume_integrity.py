@@ -338,3 +338,23 @@ def test_float16_refusals_name_the_source_file(
         build_patches(tmp_path / "d", tmp_path / "s.zarr", ONE_SPLIT, workers=1)
     assert str(refused.value).endswith(f"in case BraTS-GLI-00001-000 ({case.image_paths[channel]})")
     shutil.rmtree(tmp_path / "s.zarr", ignore_errors=True)
+
+
+def test_the_training_loops_torch_standardization_zeroes_a_flat_channel_as_the_reader_does() -> None:
+    """A float16 window of an old store (statistics of the float32 values: T2w std 0.01 around 1000, below
+    float16's resolution there): the training loop's torch formula gives 0 in that channel, as
+    ``standardize_window`` does, and the reader's values in the others."""
+    import torch
+
+    from brainnet.data.standardize import standardize_with_statistics_torch
+
+    rng = np.random.default_rng(0)
+    window = (rng.normal(100.0, 10.0, (4, 8, 8, 4)) + 200.0).astype(np.float16)
+    window[3] = 1000.5
+    case = {"mean": np.array([300.0, 300.0, 300.0, 1000.3]), "std": np.array([10.0, 10.0, 10.0, 0.01])}
+    read = standardize_window(window, "volume-nonzero", case, np.empty(window.shape, np.float32))
+    got = standardize_with_statistics_torch(
+        torch.from_numpy(window)[None], torch.tensor(case["mean"])[None], torch.tensor(case["std"])[None]
+    )[0].numpy()
+    assert (read[3] == 0).all() and (got[3] == 0).all()
+    np.testing.assert_allclose(got, read, rtol=1e-5, atol=1e-5)

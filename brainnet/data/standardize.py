@@ -64,7 +64,8 @@ def standardize_with_statistics_torch(
 ) -> torch.Tensor:
     """:func:`brainprep.standardize.standardize_with_statistics` in torch (float32, any device):
     ``(x - mean[c]) / max(std[c], 1e-8)`` inside the brain (voxels nonzero in any channel: a volume store
-    keeps its crops less the case's background), 0 outside.
+    keeps its crops less the case's background), 0 outside and in a channel whose std is below what
+    ``image``'s dtype resolves near its mean (:func:`brainprep.standardize.resolved_std`).
 
     Args:
         image: float (B, C, X, Y, Z), any layout; mean, std: (B, C) per sample and channel.
@@ -72,9 +73,13 @@ def standardize_with_statistics_torch(
     Returns:
         float32 (B, C, X, Y, Z) (a new tensor).
     """
+    # a channel flat within the stored dtype's resolution reads 0 (brainprep.standardize.resolved_std)
+    half_ulp = torch.finfo(image.dtype).eps / 2 if image.dtype.is_floating_point else 0.0
     values = image.to(torch.float32)
-    mask = (values != 0).any(dim=1, keepdim=True)
     shape = (*mean.shape, 1, 1, 1)
-    mean = mean.to(values.device, torch.float32).view(shape)
-    std = std.to(values.device, torch.float32).clamp(min=MIN_STD).view(shape)
+    mean = mean.to(values.device, torch.float64).view(shape)
+    std = std.to(values.device, torch.float64).view(shape)
+    flat = std <= mean.abs() * half_ulp
+    mask = (values != 0).any(dim=1, keepdim=True) & ~flat
+    mean, std = mean.to(torch.float32), std.to(torch.float32).clamp(min=MIN_STD)
     return torch.where(mask, (values - mean) / std, torch.zeros((), device=values.device))
