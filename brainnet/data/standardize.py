@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from brainprep.standardize import MIN_STD
+from brainprep.standardize import MIN_STD, resolved_std
 
 
 def standardize_slices_torch(image: torch.Tensor, region: tuple[slice, slice] | None = None) -> torch.Tensor:
@@ -68,18 +68,19 @@ def standardize_with_statistics_torch(
     ``image``'s dtype resolves near its mean (:func:`brainprep.standardize.resolved_std`).
 
     Args:
-        image: float (B, C, X, Y, Z), any layout; mean, std: (B, C) per sample and channel.
+        image: (B, C, X, Y, Z) of a store dtype (float16, float32, an integer type), any layout;
+        mean, std: (B, C) per sample and channel.
 
     Returns:
         float32 (B, C, X, Y, Z) (a new tensor).
     """
-    # a channel flat within the stored dtype's resolution reads 0 (brainprep.standardize.resolved_std)
-    half_ulp = torch.finfo(image.dtype).eps / 2 if image.dtype.is_floating_point else 0.0
     values = image.to(torch.float32)
     shape = (*mean.shape, 1, 1, 1)
-    mean = mean.to(values.device, torch.float64).view(shape)
-    std = std.to(values.device, torch.float64).view(shape)
-    flat = std <= mean.abs() * half_ulp
+    # a channel flat within the stored dtype's resolution reads 0: the reader's rule, on the (B, C) host copy
+    stored = torch.empty(0, dtype=image.dtype).numpy().dtype
+    resolved = torch.from_numpy(resolved_std(mean.cpu().numpy(), std.cpu().numpy(), stored))
+    flat = (resolved == 0).to(values.device).view(shape)
     mask = (values != 0).any(dim=1, keepdim=True) & ~flat
-    mean, std = mean.to(torch.float32), std.to(torch.float32).clamp(min=MIN_STD)
+    mean = mean.to(values.device, torch.float32).view(shape)
+    std = resolved.to(values.device, torch.float32).clamp(min=MIN_STD).view(shape)
     return torch.where(mask, (values - mean) / std, torch.zeros((), device=values.device))
