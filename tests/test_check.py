@@ -278,6 +278,31 @@ def test_nan_or_inf_in_image(tmp_path, bad):
     assert_one_problem(run_check(tmp_path, *PATCH_ARGS), t1c, "2 NaN/Inf voxels in channel T1gd")
 
 
+@pytest.mark.parametrize("value", [0.0, -0.7])
+def test_a_constant_channel_is_refused_naming_its_file(tmp_path, value):
+    """An all-zero (or all -0.7) channel is no scan: check refuses it, and build-patches stores nothing."""
+    image, label = small_case()
+    image[1] = value
+    written = write_brats_case(tmp_path / "data", "BraTS-GLI-00011-000", image, label, image_dtype="float32")
+    t1n = written.image_paths[1]
+    assert_one_problem(run_check(tmp_path / "data", *PATCH_ARGS), t1n, "constant", "channel T1w")
+    store = tmp_path / "s.zarr"
+    result = CliRunner().invoke(main, ["build-patches", str(tmp_path / "data"), str(store), *PATCH_ARGS])
+    assert result.exit_code != 0
+    assert "constant" in result.output and str(t1n) in result.output
+    assert not (store / "zarr.json").exists() or '"complete": true' not in (store / "zarr.json").read_text()
+
+
+def test_a_normalized_channel_with_a_constant_background_passes(tmp_path):
+    """Already-standardized inputs: background -0.7 everywhere outside the brain is not a flat channel."""
+    image, label = small_case()
+    image[0] = -0.7
+    image[0, 10:30, 10:30, 4:16] = np.linspace(-1.0, 3.0, 20 * 20 * 12).reshape(20, 20, 12)
+    write_brats_case(tmp_path, "BraTS-GLI-00011-000", image, label, image_dtype="float32")
+    result = run_check(tmp_path, *PATCH_ARGS)
+    assert result.exit_code == 0, result.output
+
+
 def test_label_values_outside_the_convention(tmp_path):
     image, label = small_case()
     # BraTS 2021 enhancing is 4; a 3 means a 2023 file sits in a 2021 dataset.
@@ -422,6 +447,7 @@ def test_real_msd_label_with_made_up_image(shared_data, tmp_path):
         np.uint8
     )
     image = np.zeros((4, *label.shape), dtype=np.float32)
+    image[:, 1, 1, 1] = 1.0  # a voxel of content: a constant channel is refused as no scan
     write_msd_case(tmp_path, "BRATS_001", image, label, affine=np.eye(4), image_dtype="uint8")
     (case,) = check_dataset(tmp_path).cases
     assert case.voxel_counts == (8816276, 53050, 27189, 31485)

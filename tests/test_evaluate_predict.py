@@ -258,6 +258,17 @@ def test_cli_predict_data_folder_case_and_msd_file(built, tmp_path):
         main, [*args[:3], "--input", str(double), "--case", "BRATS_002", "--out", str(out)]
     )
     assert result.exit_code != 0 and f"{gz.with_suffix('')} and {gz}" in result.output
+    # A scan with a blank channel is refused naming its file, and no segmentation is written.
+    blank = tmp_path / "blank" / "imagesTr" / "BRATS_002.nii.gz"
+    blank.parent.mkdir(parents=True)
+    volume = np.asarray(source.dataobj).copy()
+    volume[..., 2] = 0
+    nib.save(nib.Nifti1Image(volume, source.affine), blank)
+    result = CliRunner().invoke(
+        main, [*args[:3], "--input", str(blank), "--out", str(tmp_path / "blank.nii.gz"), "--no-progress"]
+    )
+    assert result.exit_code != 0 and "constant" in result.output and str(blank) in result.output
+    assert not (tmp_path / "blank.nii.gz").exists()
     # A data folder of several cases without --case is refused with the reason.
     result = CliRunner().invoke(
         main, ["predict", "--checkpoint", str(checkpoint), "--input", str(data), "--out", str(out)]

@@ -243,16 +243,26 @@ def read_label(
     return LabelVoxels(label, voxels.affine, shape, voxels.sha256, voxels.size)  # type: ignore[arg-type]
 
 
-def _check_finite_fast(channel: np.ndarray, slope: float, inter: float) -> bool:
-    """Whether every voxel of ``channel`` (file dtype) is finite once scaled, in two fast reductions.
+def _check_channel_values(channel: np.ndarray, slope: float, inter: float) -> str | None:
+    """What is wrong with one channel's voxels (file dtype), or ``None``, in two fast reductions.
 
-    NaN propagates through ``min``/``max`` and Inf is an extreme, so checking the scaled extremes
-    (scaling is monotonic) is exact; integers are finite, but a huge slope could overflow float32.
+    Two faults: a NaN/Inf voxel once scaled, and a channel with every voxel equal (an all-zero or
+    constant file: a scan with no image in it, which would otherwise build a store of blank patches
+    with tumour labels and train without complaint). NaN propagates through ``min``/``max`` and Inf
+    is an extreme, so checking the scaled extremes (scaling is monotonic) is exact; integers are
+    finite, but a huge slope could overflow float32. Constancy is judged on the file's values, so a
+    normalized input whose background is a constant such as -0.7 passes as long as the brain differs.
     """
     if channel.size == 0:
-        return True
+        return None
     extremes = np.array([channel.min(), channel.max()])
-    return bool(np.isfinite(scale_voxels(extremes, slope, inter, np.float32)).all())
+    if not np.isfinite(scale_voxels(extremes, slope, inter, np.float32)).all():
+        count = int((~np.isfinite(scale_voxels(channel, slope, inter, np.float32))).sum())
+        return f"image holds {count} NaN/Inf voxels"
+    if extremes[0] == extremes[1]:
+        value = float(scale_voxels(extremes[:1], slope, inter, np.float32)[0])
+        return f"image is constant ({value:g} in every voxel): no scan in it"
+    return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -347,12 +357,10 @@ def read_case_arrays(
     else:
         sources = [(v.raw, v.slope, v.inter, p) for p, v in zip(files.image_paths, read, strict=True)]
     for channel, (raw, slope, inter, path) in enumerate(sources):
-        if not _check_finite_fast(raw, slope, inter):
-            count = int((~np.isfinite(scale_voxels(raw, slope, inter, np.float32))).sum())
+        problem = _check_channel_values(raw, slope, inter)
+        if problem is not None:
             raise InvalidValueError(
-                f"image holds {count} NaN/Inf voxels in channel {CHANNEL_NAMES[channel]}",
-                case_id=case_id,
-                path=path,
+                f"{problem} in channel {CHANNEL_NAMES[channel]}", case_id=case_id, path=path
             )
     digests = {p: (v.size, v.sha256) for p, v in zip(files.image_paths, read, strict=True)}
     label = None
