@@ -10,7 +10,9 @@ shard or chunk, slot and case:
 - the patch table against the stored labels (case, split, tumour and class fractions of every slot) and,
   with ``check_images``, that every image patch decodes to finite values.
 
-A store built before checksums existed gets the table checks only; :func:`unverified_note` says so.
+A store built before checksums existed gets the table checks and the array shapes against its parameters
+only; :func:`unverified_note` says so. A store whose chunks carry checksums but whose metadata has lost its
+integrity block is damaged (only a sealing brainprep writes checksummed chunks).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def unverified_note(location: str | Path, *, storage_options: dict[str, Any] | N
     )
     with opened as store:
         metadata = store.metadata
-    if metadata.get("complete") and not integrity.is_sealed(metadata):
+        checksummed = store.chunks_checksummed(metadata)
+    if metadata.get("complete") and not integrity.is_sealed(metadata) and not checksummed:
         return (
             f"{location} was built without checksums (brainprep {metadata.get('tool_version', '?')}): "
             "its chunks cannot be checked without a manifest; only its tables were checked"
@@ -89,11 +92,14 @@ def check_store_consistency(
         metadata = store.metadata
         if metadata.get("complete") is not True:
             return [Difference("metadata", "complete", _incomplete_problem(location))]
-        out = _metadata_differences(metadata)
+        out = _metadata_differences(metadata, store.chunks_checksummed(metadata))
         if store_kind(metadata) != PATCHES:
             from brainprep.verify_volumes import check_volume_store
 
             return out + check_volume_store(store, progress)
+        shape = store.shape_problem()
+        if shape is not None:
+            return [*out, Difference("metadata", "params", shape)]
         tables, table_differences = _read_tables(store, metadata)
         out.extend(table_differences)
         if tables is None:
@@ -115,9 +121,10 @@ def _incomplete_problem(location: str | Path) -> str:
     )
 
 
-def _metadata_differences(metadata: dict[str, Any]) -> list[Difference]:
+def _metadata_differences(metadata: dict[str, Any], checksummed: bool) -> list[Difference]:
     if not integrity.is_sealed(metadata):
-        return []
+        missing = Difference("metadata", integrity.INTEGRITY_KEY, integrity.MISSING_SEAL)
+        return [missing] if checksummed else []
     problem = integrity.metadata_problem(metadata)
     return [] if problem is None else [Difference("metadata", schema.ATTRS_KEY, problem)]
 

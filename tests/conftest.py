@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -296,6 +298,23 @@ def copy_store(source: Path, folder: Path) -> Path:
     else:
         shutil.copy2(source, target)
     return target
+
+
+def edit_store_metadata(store: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Apply ``edit`` to the ``brainprep`` metadata of a Zarr (zarr.json) or HDF5 (root attribute) store,
+    the way a user would by hand (no digest updated)."""
+    if store.is_dir():
+        document = store / "zarr.json"
+        meta = json.loads(document.read_text())
+        edit(meta["attributes"]["brainprep"])
+        document.write_text(json.dumps(meta))
+        return
+    import h5py
+
+    with h5py.File(store, "r+") as handle:
+        metadata = json.loads(handle.attrs["brainprep"])
+        edit(metadata)
+        handle.attrs["brainprep"] = json.dumps(metadata)
 
 
 def flip_byte(path: Path, offset: int) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import copy_store, flip_byte
+from conftest import copy_store, edit_store_metadata, flip_byte
 
 from brainprep.builder import build_patches
 from brainprep.cli import main as brainprep_main
@@ -189,6 +189,27 @@ def test_hand_edited_parameter_is_refused_on_open_and_named_by_verify(
     assert [(d.array, d.key) for d in differences] == [("metadata", "brainprep")]
     result = CliRunner().invoke(brainprep_main, ["stats", str(store)])
     assert result.exit_code == 1 and "recorded digest" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "h5"])
+def test_a_removed_integrity_block_does_not_pass_as_a_store_from_before_checksums(
+    stores: dict[str, Path], tmp_path: Path, fmt: str
+) -> None:
+    """Deleting the seal with the edit it would catch: the chunks' checksums still say who wrote it."""
+    store = copy_store(stores[fmt], tmp_path)
+
+    def strip_and_edit(metadata: dict) -> None:
+        del metadata[integrity.INTEGRITY_KEY]
+        metadata["params"]["standardize"]["method"] = "volume-nonzero"
+
+    edit_store_metadata(store, strip_and_edit)
+    with pytest.raises(StoreCorruptError, match="integrity block is missing, yet its chunks carry checksums"):
+        open_store(store)
+    differences = check_store_consistency(store, check_images=False)
+    assert (differences[0].array, differences[0].key) == ("metadata", integrity.INTEGRITY_KEY)
+    result = CliRunner().invoke(brainprep_main, ["verify", str(store), "--no-progress"])
+    assert result.exit_code == 1 and "integrity block is missing" in result.output
+    assert "without checksums" not in result.output
 
 
 def test_edited_split_table_is_refused_by_training_and_named_by_verify(
@@ -403,3 +424,9 @@ def test_store_without_checksums_still_reads_and_says_so_once(
     assert sum("without checksums" in r.message for r in caplog.records) == 1
     result = CliRunner().invoke(brainprep_main, ["verify", str(old), "--no-progress"])
     assert result.exit_code == 0 and "without checksums" in result.output, result.output
+    # Nothing seals such a store's parameters, but its arrays' shapes must still agree with them.
+    edit_store_metadata(old, lambda m: m["params"]["sampling"].update(patch_size=[16, 16, 8]))
+    with pytest.raises(StoreCorruptError, match=r"array images has shape \(16, 4, 32, 32, 8\)"):
+        open_store(old)
+    result = CliRunner().invoke(brainprep_main, ["verify", str(old), "--no-progress"])
+    assert result.exit_code == 1 and "its metadata (cases, K, patch size) gives" in result.output

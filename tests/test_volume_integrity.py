@@ -15,14 +15,14 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from conftest import copy_store, write_brats_case
+from conftest import copy_store, edit_store_metadata, write_brats_case
 
 import brainprep.builder.driver as driver
 from brainprep.builder import build_patches
 from brainprep.errors import InvalidValueError, StoreCorruptError, StoreError
 from brainprep.params import BuildParams, SamplingParams, StoreParams
 from brainprep.standardize import resolved_std
-from brainprep.store import open_store, volume_hdf5
+from brainprep.store import integrity, open_store, volume_hdf5
 from brainprep.store.volume_reader import standardize_window
 from brainprep.synth import SynthParams, write_synthetic_dataset
 from brainprep.verify import check_store_consistency
@@ -358,3 +358,15 @@ def test_the_training_loops_torch_standardization_zeroes_a_flat_channel_as_the_r
     )[0].numpy()
     assert (read[3] == 0).all() and (got[3] == 0).all()
     np.testing.assert_allclose(got, read, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["zarr", "hdf5"])
+def test_a_volume_store_without_its_integrity_block_is_refused(
+    stores: dict[str, Path], tmp_path: Path, kind: str
+) -> None:
+    """Every volume store was written sealed: one without its block has had its metadata edited."""
+    store = copy_store(stores[kind], tmp_path)
+    edit_store_metadata(store, lambda metadata: metadata.pop(integrity.INTEGRITY_KEY))
+    with pytest.raises(StoreCorruptError, match="integrity block is missing"):
+        open_store(store)
+    assert (integrity.INTEGRITY_KEY, integrity.MISSING_SEAL) in problems(store)

@@ -105,6 +105,13 @@ def short_id(identifier: str | None) -> str:
     return identifier[:SHORT_ID] if identifier else "unknown"
 
 
+#: The problem of a store whose chunks carry checksums but whose metadata has no integrity block.
+MISSING_SEAL = (
+    "its integrity block is missing, yet its chunks carry checksums (only a brainprep that seals its "
+    "stores writes them): its metadata was edited or damaged"
+)
+
+
 def metadata_problem(metadata: Mapping[str, Any]) -> str | None:
     """Why a sealed store's metadata cannot be trusted (``None`` when its digests match)."""
     block = metadata.get(INTEGRITY_KEY)

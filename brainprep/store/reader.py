@@ -120,6 +120,35 @@ class PatchStore:
             except StoreCorruptError:
                 self.close()  # not half open: the next call would find a handle and no arrays
                 raise
+            problem = self.shape_problem() if self.check_integrity else None
+            if problem is not None:
+                self.close()
+                raise StoreCorruptError(f"{self.location}: {problem}; run `brainprep verify {self.location}`")
+
+    def shape_problem(self) -> str | None:
+        """How a complete patch store's arrays disagree with its metadata (``None`` when they agree).
+
+        ``images`` must be (cases x K, channels, X, Y, Z) and ``labels`` (cases x K, X, Y, Z) for the
+        recorded cases, K, channels and patch size; this catches an edited parameter even in a store from
+        before metadata digests, and an array resized by damage.
+        """
+        metadata = self._metadata or {}
+        if not metadata.get("complete") or self._images is None:
+            return None
+        sampling = self.params.sampling
+        slots = len(metadata.get("cases", [])) * sampling.patches_per_case
+        patch = tuple(sampling.patch_size)
+        want = {
+            schema.IMAGES: (slots, len(self.spec.channels), *patch),
+            schema.LABELS: (slots, *patch),
+        }
+        for name, array in ((schema.IMAGES, self._images), (schema.LABELS, self._labels)):
+            shape = tuple(int(s) for s in array.shape)
+            if shape != want[name]:
+                return (
+                    f"array {name} has shape {shape}, its metadata (cases, K, patch size) gives {want[name]}"
+                )
+        return None
 
     def _patch_array(self, name: str) -> Any:
         """Array ``name`` of a patch store; one that is gone or whose header fails its checksum (HDF5
@@ -230,6 +259,12 @@ class PatchStore:
     def _check_integrity(self, metadata: dict[str, Any]) -> None:
         """Refuse a sealed store whose metadata fails its digest; say once that an older one is unverified."""
         if not integrity.is_sealed(metadata):
+            if self.chunks_checksummed(metadata):
+                self.close()
+                raise StoreCorruptError(
+                    f"{self.location}: {integrity.MISSING_SEAL}; restore the store from its source or "
+                    "rebuild it"
+                )
             if self.location not in _WARNED_UNVERIFIED:
                 _WARNED_UNVERIFIED.add(self.location)
                 logger.warning(
@@ -246,6 +281,27 @@ class PatchStore:
                 f"{self.location}: {problem}; restore the store from its source or rebuild it "
                 f"(`brainprep verify {self.location}` lists what it can check)"
             )
+
+    def chunks_checksummed(self, metadata: dict[str, Any]) -> bool:
+        """Whether this store's chunks carry checksums (crc32c per Zarr chunk, fletcher32 per HDF5 chunk).
+
+        Only a brainprep that seals its stores writes them (every volume store is one), so such a store
+        without an integrity block had it removed: edited metadata, not a store from before checksums.
+        """
+        if store_kind(metadata) != PATCHES:
+            return True
+        try:
+            images = self._handle[schema.IMAGES]
+        except KeyError:
+            return False  # refused as missing when the arrays are opened
+        if self.format == "hdf5":
+            return bool(images.fletcher32)
+        from brainprep.store.shards import shard_layout
+
+        try:
+            return shard_layout(schema.IMAGES, images).checksummed
+        except StoreError:
+            return False  # another layout, read by zarr: no chunk checksums of ours
 
     # -- metadata ---------------------------------------------------------------------------------
     @property
