@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import shutil
 import tempfile
 import time
 from collections import defaultdict
@@ -314,15 +316,56 @@ def import_course(
     table = _empty_table(layout.n_slots)
     records = []
     writer = _ZarrWriter(store, layout) if fmt == "zarr" else _Hdf5Writer(store, layout)
-    metadata = _metadata(__version__, params, source, records, complete=False)
-    writer.create(metadata)
+    try:
+        writer.create(_metadata(__version__, params, source, records, complete=False))
+        _import_cases(writer, by_case, layout, table, records, source, progress)
+        n_patches = len(patches)
+        metadata = _metadata(__version__, params, source, records, complete=True)
+        metadata["summary"] = {
+            "cases": len(case_ids),
+            "patches": n_patches,
+            "skipped": 0,
+            "seconds": round(time.perf_counter() - start, 3),
+            "unlisted_files": list(unlisted),
+            "unlisted_policy": unlisted_policy,
+            "missing_files": list(missing),
+        }
+        table[schema.CASE_MEAN] = np.full((len(case_ids), schema.N_CHANNELS), np.nan, dtype=np.float32)
+        table[schema.CASE_STD] = np.full((len(case_ids), schema.N_CHANNELS), np.nan, dtype=np.float32)
+        writer.finish(table, metadata)
+    except BaseException:
+        writer.abort()  # no half-written store left behind
+        raise
+    logger.info("imported %d course patches of %d cases into %s", n_patches, len(case_ids), store)
+    return CourseImport(
+        store=store,
+        n_patches=n_patches,
+        cases={case_id: by_case[case_id][0].split for case_id in case_ids},
+        unlisted=unlisted,
+        missing=missing,
+        unlisted_policy=unlisted_policy,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _import_cases(
+    writer: Any,
+    by_case: dict[str, list[CoursePatch]],
+    layout: schema.StoreLayout,
+    table: dict[str, np.ndarray],
+    records: list[dict[str, Any]],
+    source: Path,
+    progress: bool,
+) -> None:
+    """Read each case's course patches, write its K slots and fill its table rows and case record."""
+    case_ids, per_case, patch_size = sorted(by_case), layout.patches_per_case, layout.patch_size
     iterator = case_ids
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(case_ids, desc="importing cases", unit="case")
     for case_index, case_id in enumerate(iterator):
-        images = np.zeros((per_case, schema.N_CHANNELS, *patch_size), dtype=store_params.dtype)
+        images = np.zeros((per_case, schema.N_CHANNELS, *patch_size), dtype=layout.dtype)
         labels = np.zeros((per_case, *patch_size), dtype=np.uint8)
         for patch in by_case[case_id]:
             image, label = read_course_patch(patch, patch_size)
@@ -355,30 +398,6 @@ def import_course(
                 "data_digest": digest,
             }
         )
-    n_patches = len(patches)
-    metadata = _metadata(__version__, params, source, records, complete=True)
-    metadata["summary"] = {
-        "cases": len(case_ids),
-        "patches": n_patches,
-        "skipped": 0,
-        "seconds": round(time.perf_counter() - start, 3),
-        "unlisted_files": list(unlisted),
-        "unlisted_policy": unlisted_policy,
-        "missing_files": list(missing),
-    }
-    table[schema.CASE_MEAN] = np.full((len(case_ids), schema.N_CHANNELS), np.nan, dtype=np.float32)
-    table[schema.CASE_STD] = np.full((len(case_ids), schema.N_CHANNELS), np.nan, dtype=np.float32)
-    writer.finish(table, metadata)
-    logger.info("imported %d course patches of %d cases into %s", n_patches, len(case_ids), store)
-    return CourseImport(
-        store=store,
-        n_patches=n_patches,
-        cases={case_id: by_case[case_id][0].split for case_id in case_ids},
-        unlisted=unlisted,
-        missing=missing,
-        unlisted_policy=unlisted_policy,
-        seconds=time.perf_counter() - start,
-    )
 
 
 def _patch_size(patch: CoursePatch) -> tuple[int, int, int]:
@@ -429,10 +448,16 @@ def _metadata(
 
 
 class _ZarrWriter:
-    """The build's Zarr writer functions (:mod:`brainprep.store.zarr_store`), in import order."""
+    """The build's Zarr writer functions (:mod:`brainprep.store.zarr_store`), in import order.
 
-    def __init__(self, path: Path, layout: schema.StoreLayout):
-        self.path, self.layout = path, layout
+    The store is written in a hidden folder beside ``STORE.zarr`` and renamed into place by
+    :meth:`finish`, so a failed import leaves no store (an import, unlike a build, does not resume).
+    """
+
+    def __init__(self, final: Path, layout: schema.StoreLayout):
+        self.final, self.layout = final, layout
+        self.staging = Path(tempfile.mkdtemp(prefix=".import-", dir=final.parent))
+        self.path = self.staging / final.name
 
     def create(self, metadata: dict[str, Any]) -> None:
         from brainprep.store.zarr_store import create_zarr_store
@@ -450,6 +475,14 @@ class _ZarrWriter:
 
         write_table_zarr(self.path, arrays)
         set_metadata_zarr(self.path, seal(metadata, arrays))
+        if self.final.exists():  # replaced: the old store moves out of the way first
+            os.replace(self.final, self.staging / "replaced")
+        os.replace(self.path, self.final)
+        self.abort()
+
+    def abort(self) -> None:
+        """Remove what was written (and a replaced store, once the new one is in place)."""
+        shutil.rmtree(self.staging, ignore_errors=True)
 
 
 class _Hdf5Writer:
@@ -483,4 +516,8 @@ class _Hdf5Writer:
         try:
             assemble_hdf5(self.path, self.layout, self.parts, arrays, seal(metadata, arrays))
         finally:
-            self.staging.cleanup()
+            self.abort()
+
+    def abort(self) -> None:
+        """Remove the staged parts."""
+        self.staging.cleanup()

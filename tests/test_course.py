@@ -131,13 +131,21 @@ def test_import_tiny_course_keeps_slots_corners_and_split(
         assert store.metadata["summary"]["unlisted_files"] == ["A.nii.gz_2_x4_y5_z6.h5"]
 
 
-def test_import_rejects_a_bad_onehot_naming_the_file(tiny_course: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_import_rejects_a_bad_onehot_naming_the_file(tiny_course: Path, tmp_path: Path, suffix: str) -> None:
+    """A failed import leaves no store, not even a partial one, and keeps the store it would replace."""
+    kept = import_course(tiny_course, tmp_path / f"old{suffix}").store
+    before = sorted(p.name for p in tmp_path.iterdir())
     with h5py.File(tiny_course / "train" / "A.nii.gz_3_x7_y8_z9.h5", "r+") as handle:
         handle["y"][0, 0, 0, 0] = 1.0  # voxel (0, 0, 0) is edema (label 1): now also background
-    with pytest.raises(
-        InvalidValueError, match=r"exactly one 1 per voxel.*case A.*A\.nii\.gz_3_x7_y8_z9\.h5"
-    ):
-        import_course(tiny_course, tmp_path / "bad.zarr")
+    for target in (tmp_path / f"bad{suffix}", kept):
+        with pytest.raises(
+            InvalidValueError, match=r"exactly one 1 per voxel.*case A.*A\.nii\.gz_3_x7_y8_z9\.h5"
+        ):
+            import_course(tiny_course, target)
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # no store, no staging folder
+    with open_store(kept) as store:  # the store a failed import would have replaced is whole
+        assert store.metadata["complete"] and store.n_slots == 6
 
 
 def test_cli_import_course_puts_unlisted_in_train(tiny_course: Path, tmp_path: Path) -> None:
