@@ -146,6 +146,7 @@ class DatasetReport:
         seconds: wall time of the whole check.
         workers: threads that read cases.
         spec: the dataset's spec (its classes are the table's count columns).
+        channel_order: the source channel of each canonical one (a dataset.json in another order).
     """
 
     root: str
@@ -155,6 +156,17 @@ class DatasetReport:
     seconds: float
     workers: int = 1
     spec: DatasetSpec = MSD_SPEC
+    channel_order: tuple[int, ...] = (0, 1, 2, 3)
+
+    @property
+    def channel_note(self) -> str | None:
+        """How the channels are reordered into the canonical FLAIR, T1w, T1gd, T2w (``None``: they are
+        not), e.g. ``FLAIR <- source channel 1, T1w <- 0, ...``."""
+        if tuple(self.channel_order) == tuple(range(len(self.channel_order))):
+            return None
+        named = zip(CHANNEL_NAMES, self.channel_order, strict=True)
+        pairs = ", ".join(f"{name} <- {source}" for name, source in named)
+        return f"channels reordered as dataset.json names them (canonical <- source channel): {pairs}"
 
     @property
     def problems(self) -> tuple[CaseReport, ...]:
@@ -201,6 +213,7 @@ class DatasetReport:
             "root": self.root,
             "layout": self.layout,
             "spec": self.spec.to_dict(),
+            "channel_order": list(self.channel_order),
             "params": self.params.to_dict(),
             "summary": self.summary,
             "warnings": list(self.warnings),
@@ -403,6 +416,7 @@ def check_dataset(
         seconds=time.perf_counter() - start,
         workers=workers,
         spec=dataset.spec,
+        channel_order=dataset.channel_order,
     )
 
 
@@ -484,6 +498,8 @@ def format_table(report: DatasetReport) -> str:
         f"< {p.background_threshold:g}"
     )
     lines.append(f"labels: {report.spec.describe()}")
+    if report.channel_note is not None:
+        lines.append(report.channel_note)
     lines.append(format_summary(report))
     problems = report.problems
     if problems:

@@ -217,6 +217,7 @@ def test_brainprep_check_reads_nnunet_raw(msd_dataset, tmp_path):
     result = CliRunner().invoke(brainprep_main, ["check", str(out), "--patch-size", "8", "8", "4"])
     assert result.exit_code == 0, result.output
     assert "2 cases: 2 ok" in result.output
+    assert "channels reordered" not in result.output  # dataset.json lists them in the canonical order
 
 
 def test_msd_dataset_json_channel_order_is_honoured(msd_dataset):
@@ -233,6 +234,10 @@ def test_msd_dataset_json_channel_order_is_honoured(msd_dataset):
     (root / "dataset.json").write_text(json.dumps(description))
     for files in discover_cases(root).cases:
         np.testing.assert_array_equal(read_case(files).image, msd_dataset.cases[files.case_id].image)
+    # check says so: FLAIR is the file's channel 2 (order[2] == 0), T1w its 0, T1gd its 3, T2w its 1
+    result = CliRunner().invoke(brainprep_main, ["check", str(root), "--patch-size", "8", "8", "4"])
+    assert result.exit_code == 0, result.output
+    assert "(canonical <- source channel): FLAIR <- 2, T1w <- 0, T1gd <- 3, T2w <- 1" in result.output
 
 
 @pytest.mark.parametrize(

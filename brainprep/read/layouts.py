@@ -89,6 +89,9 @@ class Dataset:
     cases: tuple[CaseFiles, ...]
     spec: DatasetSpec = MSD_SPEC
     description: dict = field(default_factory=dict, compare=False)
+    #: the source channel (a 4D file's channel, or a ``_000N`` file) of each canonical channel, as the
+    #: dataset.json orders them (``(0, 1, 2, 3)``: the canonical order, or no dataset.json)
+    channel_order: tuple[int, ...] = (0, 1, 2, 3)
 
     def case(self, case_id: str) -> CaseFiles:
         for case in self.cases:
@@ -247,7 +250,7 @@ def _discover_imagestr(root: Path, labels: str | None) -> Dataset:
             image = root / "imagesTr" / (f"{case_id}_0000{ending}" if nnunet else label.name)
             cases.append(CaseFiles(case_id, layout, (image,), label, spec, index))
     cases.sort(key=lambda c: c.case_id)
-    return Dataset(root, layout, tuple(cases), spec, description)
+    return Dataset(root, layout, tuple(cases), spec, description, order)
 
 
 def spec_for_ids(case_ids: Iterable[str], layout: str, labels: str | None) -> DatasetSpec:
