@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from brainprep.cli.options import labels_option
+from brainprep.cli.outputs import writable_output, writing
 from brainprep.params import STORE_KINDS, BuildParams
 
 #: defaults shown in --help come from the parameter dataclasses, so they cannot drift from them.
@@ -84,7 +85,7 @@ def _params_from_options(options: dict[str, Any]) -> Any:
 
 @click.command("build-patches")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=click.Path(path_type=Path), callback=writable_output)
 @click.option(
     "--patches-per-case",
     type=click.IntRange(min=1),
@@ -238,18 +239,19 @@ def build_patches(
     if threads and scheduler:
         raise click.UsageError("--threads and --scheduler exclude each other")
     try:
-        summary = run_build(
-            data_dir,
-            store,
-            params,
-            workers=workers,
-            scheduler=scheduler or ("threads" if threads else None),
-            skip_bad=skip_bad,
-            progress=progress,
-            overwrite=overwrite,
-            splits=splits,
-            labels=labels,
-        )
+        with writing(store):
+            summary = run_build(
+                data_dir,
+                store,
+                params,
+                workers=workers,
+                scheduler=scheduler or ("threads" if threads else None),
+                skip_bad=skip_bad,
+                progress=progress,
+                overwrite=overwrite,
+                splits=splits,
+                labels=labels,
+            )
     except BadCasesError as err:
         for message in err.messages:
             click.echo(message, err=True)

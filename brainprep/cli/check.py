@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from brainprep.cli.options import labels_option
+from brainprep.cli.outputs import writable_output, writing
 
 
 @click.command("check")
@@ -41,7 +42,8 @@ from brainprep.cli.options import labels_option
     "json_path",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     default=None,
-    help="Also write the full report to this JSON file.",
+    callback=writable_output,
+    help="Also write the full report to this JSON file (missing folders above it are made).",
 )
 @click.option(
     "--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Cases read at once."
@@ -81,6 +83,8 @@ def check(
         raise click.BadParameter(message, param_hint="'DATA_DIR'")
     click.echo(format_table(report))
     if json_path is not None:
-        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        with writing(json_path):
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     if report.problems:
         raise SystemExit(1)

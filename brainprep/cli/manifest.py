@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from brainprep.cli.options import storage_options_option, store_location
+from brainprep.cli.outputs import writable_output, writing
 from brainprep.errors import BrainprepError, one_line
 
 
@@ -17,6 +18,7 @@ from brainprep.errors import BrainprepError, one_line
     "--output",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     required=True,
+    callback=writable_output,
     help="Manifest JSON to write, e.g. manifests/NAME.json.",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar while hashing.")
@@ -28,7 +30,8 @@ def manifest(store: str, output: Path, progress: bool, storage_options: dict | N
 
     location = store_location(store)
     try:
-        written = write_manifest(location, output, progress=progress, storage_options=storage_options)
+        with writing(output):
+            written = write_manifest(location, output, progress=progress, storage_options=storage_options)
     except BrainprepError as error:
         raise click.ClickException(one_line(error)) from None
     n_chunks = sum(len(array["stored"]) for array in written["arrays"].values())
@@ -90,7 +93,9 @@ def verify(
 
 @click.command("pack")
 @click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("output", type=click.Path(dir_okay=False, writable=True, path_type=Path))
+@click.argument(
+    "output", type=click.Path(dir_okay=False, writable=True, path_type=Path), callback=writable_output
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 def pack(store: Path, output: Path, overwrite: bool, progress: bool) -> None:
@@ -99,7 +104,8 @@ def pack(store: Path, output: Path, overwrite: bool, progress: bool) -> None:
     from brainprep.pack import pack_store
 
     try:
-        pack_store(store, output, progress=progress, overwrite=overwrite)
+        with writing(output):
+            pack_store(store, output, progress=progress, overwrite=overwrite)
     except BrainprepError as error:
         raise click.ClickException(one_line(error)) from None
     click.echo(f"{output}: {output.stat().st_size} bytes")

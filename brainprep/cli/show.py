@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from brainprep.cli.options import labels_option
+from brainprep.cli.outputs import writable_output, writing
 
 
 def channel_index(name: str) -> int:
@@ -31,6 +32,7 @@ def channel_index(name: str) -> int:
     "out_png",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
+    callback=writable_output,
     help="PNG file for the planes figure.",
 )
 @click.option(
@@ -38,6 +40,7 @@ def channel_index(name: str) -> int:
     "out_gif",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
+    callback=writable_output,
     help="Also write a GIF stepping through the axial, coronal and sagittal slices.",
 )
 @click.option(
@@ -71,8 +74,9 @@ def show(
         case = read_case(dataset.case(case_id))
         if case.label is None:
             click.echo(f"case {case_id} has no label: drawing no overlay")
-        click.echo(str(write_planes_png(case, out_png)))
-        if out_gif is not None:
-            click.echo(str(write_gif(case, out_gif, channel=index, step=gif_step)))
+        with writing(out_png, out_gif):
+            click.echo(str(write_planes_png(case, out_png)))
+            if out_gif is not None:
+                click.echo(str(write_gif(case, out_gif, channel=index, step=gif_step)))
     except BrainprepError as err:
         raise click.ClickException(one_line(err)) from err

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import click
 
+from brainprep.cli.outputs import writable_output, writing
+
 LAYOUT_CHOICES = ("msd", "brats2021", "brats2023")
 
 
 @click.command("synth")
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path), callback=writable_output)
 @click.option("--cases", "n_cases", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option(
@@ -68,7 +70,8 @@ def synth(
             labels_from=str(labels_from) if labels_from is not None else None,
             skull_stripped=not with_skull,
         )
-        write_synthetic_dataset(out_dir, params, progress=True, overwrite=overwrite)
+        with writing(out_dir):
+            write_synthetic_dataset(out_dir, params, progress=True, overwrite=overwrite)
     except BrainprepError as err:
         raise click.ClickException(one_line(err)) from err
     x, y, z = params.shape

@@ -1,0 +1,107 @@
+"""brainprep.cli.outputs: an output path that cannot be written is one line naming it, in every command."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from brainprep.cli import main, outputs
+from brainprep.params import BuildParams, SamplingParams
+
+PATCH = ["--patch-size", "16", "16", "8"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 2-case data folder, its Zarr store and a regular file to put outputs "in"."""
+    from brainprep.builder import build_patches
+    from brainprep.synth import SynthParams, write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("outputs")
+    params = SynthParams(n_cases=2, shape=(32, 32, 16), seed=0, small_tumour_every=0)
+    data = write_synthetic_dataset(root / "data", params)
+    store = root / "store.zarr"
+    build_patches(data, store, BuildParams(sampling=SamplingParams(patch_size=(16, 16, 8))), workers=1)
+    (root / "file.txt").write_text("not a folder\n")
+    return {"data": data, "store": store, "file": root / "file.txt"}
+
+
+def _commands(built: dict[str, Path]) -> dict[str, tuple[list[str], Path]]:
+    """Each writing command with its output put inside a regular file, and that output."""
+    data, store, file = (str(built[k]) for k in ("data", "store", "file"))
+    out = built["file"]
+    return {
+        "manifest": (["manifest", store, "-o", str(out / "m.json"), "--no-progress"], out / "m.json"),
+        "pack": (["pack", store, str(out / "s.zip"), "--no-progress"], out / "s.zip"),
+        "synth": (["synth", str(out / "synth"), "--cases", "1", "--shape", "16", "16", "8"], out / "synth"),
+        "show": (["show", data, "BRATS_001", "--out", str(out / "p.png")], out / "p.png"),
+        "show-gif": (
+            ["show", data, "BRATS_001", "--out", f"{file}.png", "--gif", str(out / "g.gif")],
+            out / "g.gif",
+        ),
+        "check": (["check", data, *PATCH, "--json", str(out / "c.json")], out / "c.json"),
+        "build-zarr": (["build-patches", data, str(out / "s.zarr"), *PATCH, "--no-progress"], out / "s.zarr"),
+        "build-hdf5": (["build-patches", data, str(out / "s.h5"), *PATCH, "--no-progress"], out / "s.h5"),
+    }
+
+
+COMMANDS = ["manifest", "pack", "synth", "show", "show-gif", "check", "build-zarr", "build-hdf5"]
+
+
+def _assert_one_line(result, path: Path) -> None:
+    assert result.exit_code not in (0, None), result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # a click error, not a traceback
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and f"cannot write {path}" in error[0], result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_output_inside_a_file_is_refused_before_any_work(built, command):
+    args, path = _commands(built)[command]
+    result = CliRunner().invoke(main, args)
+    _assert_one_line(result, path)
+    assert f"{built['file']} is a file, not a folder" in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_write_failing_after_the_check_is_one_line_too(built, command, monkeypatch):
+    # the folder turns unwritable between the options' check and the write (or the check cannot tell)
+    monkeypatch.setattr(outputs, "output_problem", lambda path: None)
+    args, path = _commands(built)[command]
+    _assert_one_line(CliRunner().invoke(main, args), path)
+
+
+def test_check_json_into_a_missing_folder_makes_it(built, tmp_path):
+    out = tmp_path / "reports" / "check.json"
+    result = CliRunner().invoke(main, ["check", str(built["data"]), *PATCH, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+
+
+def test_output_problem_by_hand(tmp_path):
+    (tmp_path / "f").write_text("")
+    assert outputs.output_problem(tmp_path / "new" / "deeper" / "x.json") is None  # folders are made
+    assert outputs.output_problem(tmp_path / "f") is None  # an existing file is replaced
+    assert outputs.output_problem(tmp_path / "f" / "x") == f"{tmp_path / 'f'} is a file, not a folder"
+    assert outputs.output_problem(tmp_path / "f" / "a" / "b") == f"{tmp_path / 'f'} is a file, not a folder"
+
+
+def test_writing_passes_other_errors_through(tmp_path):
+    other = OSError(errno.EIO, "Input/output error", str(tmp_path / "input.nii.gz"))
+    with pytest.raises(OSError, match="Input/output"), outputs.writing(tmp_path / "out.json"):
+        raise other
+    from brainprep.errors import StoreSpaceError
+
+    with pytest.raises(StoreSpaceError), outputs.writing(tmp_path / "s.zarr"):
+        raise StoreSpaceError(f"disk full under {tmp_path / 's.zarr'}")
+    # a temporary file next to the output is the output's
+    partial = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / ".out.json.partial"))
+    with (
+        pytest.raises(Exception, match=r"cannot write .*out.json: No space left"),
+        outputs.writing(tmp_path / "out.json"),
+    ):
+        raise partial
