@@ -20,6 +20,7 @@ from conftest import copy_store, edit_store_metadata, write_brats_case
 import brainprep.builder.driver as driver
 from brainprep.builder import build_patches
 from brainprep.errors import InvalidValueError, StoreCorruptError, StoreError
+from brainprep.manifest import build_manifest, verify_against_manifest
 from brainprep.params import BuildParams, SamplingParams, StoreParams
 from brainprep.standardize import resolved_std
 from brainprep.store import integrity, open_store, volume_hdf5
@@ -149,6 +150,10 @@ def test_a_damaged_hdf5_datatype_is_refused_on_read_and_by_verify(
     with open_store(flipped) as opened:
         opened.read_volume(1)  # the other cases read
     assert problems(flipped) == [("images/000000", problem)]
+    # and against a manifest of the store, which records each HDF5 datatype message
+    rows = verify_against_manifest(flipped, build_manifest(store))
+    assert [(d.array, d.key) for d in rows] == [("images/000000", "(schema)")]
+    assert rows[0].problem.startswith("datatype is ")
 
     flipped = damaged(store, tmp_path / "bias", message + BIAS_BYTE)
     assert f"dtype float32, expected float16 in {flipped}/images/000000;" in refusal(flipped, read_case(0))
