@@ -457,6 +457,28 @@ def test_presets_and_overrides():
         augment_preset("none", {"spatial.scaling": (1.4, 0.7)})
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("noise.p", "abc", "noise.p must be a number, got 'abc'"),
+        ("noise.p", True, "noise.p must be a number"),
+        ("gamma.invert", 1, "gamma.invert must be true or false, got 1"),
+        ("spatial.rotation_degrees", ("a", "b"), "rotation_degrees must be numbers separated by commas"),
+        ("spatial.padding", 3, "spatial.padding must be a word, got 3"),
+    ],
+)
+def test_an_override_of_the_wrong_type_names_the_field_and_the_type(key, value, expected):
+    with pytest.raises(ConfigError, match=expected):
+        augment_preset("nnunet", {key: value})
+
+
+def test_an_override_of_one_number_for_a_tuple_is_a_one_tuple():
+    assert augment_preset("none", {"mirror.axes": 2}).mirror.axes == (2,)
+    assert augment_preset("none", {"spatial.scaling": [0.8, 1]}).spatial.scaling == (0.8, 1.0)
+    with pytest.raises(ConfigError, match="must be a range"):
+        augment_preset("none", {"spatial.rotation_degrees": 15})
+
+
 def test_old_train_configs_read_their_flips():
     old = TrainConfig().to_dict()
     del old["augment"]

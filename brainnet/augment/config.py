@@ -25,6 +25,7 @@ course's 160x160x16 patch is augmented in the X-Y plane, nnU-Net's 112x160x128 B
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -298,7 +299,7 @@ def with_overrides(config: AugmentConfig, overrides: Mapping[str, Any]) -> Augme
     """``config`` with fields replaced, named ``block.field`` (``{"noise.p": 0.5, "mirror.axes": (0,)}``).
 
     Raises:
-        ConfigError: an unknown block or field, or a value its block refuses.
+        ConfigError: an unknown block or field, a value not of the field's type, or one its block refuses.
     """
     changes: dict[str, dict[str, Any]] = {}
     for key, value in overrides.items():
@@ -308,8 +309,34 @@ def with_overrides(config: AugmentConfig, overrides: Mapping[str, Any]) -> Augme
         fields = {f.name for f in dataclasses.fields(getattr(config, block))}
         if name not in fields:
             raise ConfigError(f"AugmentConfig.{block} has no field {name!r}; fields: {sorted(fields)}")
-        changes.setdefault(block, {})[name] = value
+        changes.setdefault(block, {})[name] = _typed(key, getattr(getattr(config, block), name), value)
     return config.replace(**{block: getattr(config, block).replace(**c) for block, c in changes.items()})
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _typed(key: str, current: Any, value: Any) -> Any:
+    """``value`` as the field ``key``, whose value now is ``current``, takes it: true/false for a flag, a
+    number for a number, numbers for a range or axes (one number: a 1-tuple), a word for a word.
+
+    Raises:
+        ConfigError: ``value`` is not of that type (``noise.p="abc"``), naming the field and the type.
+    """
+    if isinstance(current, bool):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif _is_number(current):
+        ok, expected = _is_number(value), "a number"
+    elif isinstance(current, tuple):
+        value = (value,) if _is_number(value) else value
+        ok = isinstance(value, tuple | list) and all(_is_number(v) for v in value)
+        expected, value = "numbers separated by commas", tuple(value) if ok else value
+    else:
+        ok, expected = isinstance(value, str), "a word"
+    if not ok:
+        raise ConfigError(f"AugmentConfig.{key} must be {expected}, got {value!r}")
+    return value
 
 
 def augment_preset(name: str, overrides: Mapping[str, Any] | None = None) -> AugmentConfig:

@@ -48,6 +48,7 @@ def parse_value(text: str) -> object:
 def augment_config(preset: str, settings: Sequence[str]) -> Any:
     """The :class:`~brainnet.augment.AugmentConfig` of ``--augment preset`` and ``--augment-set`` items."""
     from brainnet.augment import augment_preset
+    from brainprep.errors import ConfigError
 
     overrides = {}
     for item in settings:
@@ -55,4 +56,7 @@ def augment_config(preset: str, settings: Sequence[str]) -> Any:
         if not sep or "." not in key:
             raise click.BadParameter(f"expected BLOCK.FIELD=VALUE, got {item!r}", param_hint="--augment-set")
         overrides[key.strip()] = parse_value(value)
-    return augment_preset(preset, overrides)
+    try:
+        return augment_preset(preset, overrides)
+    except ConfigError as error:
+        raise click.BadParameter(str(error), param_hint="--augment-set") from error
