@@ -146,3 +146,29 @@ def write_png(samples: dict, path: Path) -> Path:
     )
     Image.fromarray(grid).save(path)
     return Path(path)
+
+
+def write_samples(samples: dict, npz: Path | str, png: Path | str | None = None) -> tuple[Path, Path | None]:
+    """Write ``samples`` to ``npz`` (and their :func:`write_png` picture to ``png``): both or neither.
+
+    Each is written under a temporary name next to it, then renamed, so a failed picture leaves no
+    ``.npz`` behind and an interrupted write no half file. Missing folders are made. As numpy does,
+    ``.npz`` is appended to a name without it. Returns the two paths written.
+    """
+    npz = Path(npz) if str(npz).endswith(".npz") else Path(f"{npz}.npz")
+    targets = [npz] if png is None else [npz, Path(png)]
+    # the suffix stays last: PIL picks the picture's format from it
+    temporaries = [t.with_name(f".{t.name}.partial{t.suffix}") for t in targets]
+    try:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        with temporaries[0].open("wb") as file:
+            np.savez_compressed(file, **samples)
+        if png is not None:
+            write_png(samples, temporaries[1])
+        for temporary, target in zip(temporaries, targets, strict=True):
+            temporary.replace(target)
+    finally:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+    return npz, None if png is None else Path(png)

@@ -276,6 +276,20 @@ def test_cli_predict_data_folder_case_and_msd_file(built, tmp_path):
     assert result.exit_code != 0 and "--case" in result.output
 
 
+@pytest.mark.parametrize("option", ["--out", "--png"])
+def test_cli_predict_into_a_folder_that_is_a_file_is_one_line_before_any_work(built, tmp_path, option):
+    data, _, checkpoint = built
+    (tmp_path / "file.txt").write_text("")
+    bad = tmp_path / "file.txt" / "x"
+    paths = {"--out": tmp_path / "pred.nii.gz", "--png": tmp_path / "pred.png", option: bad}
+    args = ["predict", "--checkpoint", str(checkpoint), "--input", str(data), "--case", "BRATS_002"]
+    args += ["--out", str(paths["--out"]), "--png", str(paths["--png"]), "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert f"cannot write {bad}: {tmp_path / 'file.txt'} is a file, not a folder" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
 def test_predict_scores_the_label_map_it_writes_by_evaluates_definition(built, tmp_path):
     data, _, checkpoint = built
     loaded = load_model(checkpoint)

@@ -349,6 +349,55 @@ def test_cli_train_then_resume(store_path, tmp_path):
     assert payload["train_config"]["dice"] == "batch" and payload["train_config"]["bce_weight"] == 0.5
 
 
+def _cli_args(store_path: Path, run: Path) -> list[str]:
+    args = ["train", "--store", str(store_path), "--out", str(run), "--steps-per-epoch", "1", "--epochs", "1"]
+    args += ["--batch-size", "2", "--base-filters", "2", "--depth", "2", "--workers", "0"]
+    return [*args, "--device", "cpu", "--no-progress", "--val-split", "none"]
+
+
+def _one_error_line(result) -> str:
+    assert result.exit_code not in (0, None), result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # a click error, not a traceback
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+@pytest.mark.parametrize("name", ["last.pt", "best.pt", "log.csv"])
+def test_cli_train_refuses_a_folder_that_holds_a_run_without_resume(store_path, tmp_path, name):
+    from brainnet.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / name).write_bytes(b"an earlier run")
+    line = _one_error_line(CliRunner().invoke(main, _cli_args(store_path, run)))
+    assert f"{run} already holds a training run ({name}); pass --resume" in line
+    assert (run / name).read_bytes() == b"an earlier run"
+    with pytest.raises(ConfigError, match="already holds a training run"):
+        train(store_path, run, _config(), TINY_MODEL)
+
+
+def test_cli_train_into_a_folder_that_is_a_file_or_below_one_is_one_line(store_path, tmp_path, monkeypatch):
+    from brainnet.cli import main
+    from brainprep.cli import outputs
+
+    (tmp_path / "file.txt").write_text("")
+    run = tmp_path / "file.txt" / "run"
+    line = _one_error_line(CliRunner().invoke(main, _cli_args(store_path, run)))
+    assert f"cannot write {run}: {tmp_path / 'file.txt'} is a file, not a folder" in line
+    monkeypatch.setattr(outputs, "output_problem", lambda path: None)  # failing at the write, not the check
+    assert f"cannot write {run}" in _one_error_line(CliRunner().invoke(main, _cli_args(store_path, run)))
+
+
+def test_cli_augment_set_of_the_wrong_type_is_one_line(store_path, tmp_path):
+    from brainnet.cli import main
+
+    args = [*_cli_args(store_path, tmp_path / "run"), "--augment", "nnunet", "--augment-set", "noise.p=abc"]
+    line = _one_error_line(CliRunner().invoke(main, args))
+    assert "--augment-set" in line and "noise.p must be a number, got 'abc'" in line
+    assert not (tmp_path / "run").exists()
+
+
 # --------------------------------------------------------------------------------------------- DDP
 def _free_port() -> int:
     with socket.socket() as s:

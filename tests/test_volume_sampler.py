@@ -230,6 +230,39 @@ def test_brainnet_sample_writes_what_training_reads_from_both_kinds(store_path: 
     assert set(got["kind"]) == {"patch"}
 
 
+def _one_error_line(result) -> str:
+    assert result.exit_code not in (0, None), result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # a click error, not a traceback
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+def test_brainnet_sample_outputs_go_into_new_folders_and_are_written_both_or_neither(
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from brainnet.cli import main
+    from brainprep.cli import outputs
+
+    base = ["sample", "--store", str(store_path), "--count", "2"]
+    out, png = tmp_path / "new" / "s.npz", tmp_path / "other" / "s.png"
+    result = CliRunner().invoke(main, [*base, "--out", str(out), "--png", str(png)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and png.is_file()
+    (tmp_path / "file.txt").write_text("")
+    inside = tmp_path / "file.txt" / "s.npz"
+    line = _one_error_line(CliRunner().invoke(main, [*base, "--out", str(inside)]))
+    assert f"cannot write {inside}: {tmp_path / 'file.txt'} is a file, not a folder" in line
+    # a picture that cannot be written, found only at the write: no .npz is left behind either
+    monkeypatch.setattr(outputs, "output_problem", lambda path: None)
+    lone, bad_png = tmp_path / "lone.npz", tmp_path / "file.txt" / "s.png"
+    line = _one_error_line(CliRunner().invoke(main, [*base, "--out", str(lone), "--png", str(bad_png)]))
+    assert f"cannot write {bad_png}" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "new", "other"]
+
+
 def _ddp_worker(rank: int, port: int, store: str, out: str, results: str) -> None:
     import os
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from brainprep.cli.options import cache_options, chunk_cache, storage_options_option, store_location
+from brainprep.cli.outputs import writable_output, writing
 
 
 @click.command("evaluate")
@@ -20,6 +21,7 @@ from brainprep.cli.options import cache_options, chunk_cache, storage_options_op
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
+    callback=writable_output,
     help="Folder for metrics.csv, metrics.json, overlay.png.",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
@@ -83,5 +85,6 @@ def evaluate(
         raise click.ClickException(one_line(err)) from err
     click.echo(format_table(result))
     if out_dir is not None:
-        paths = write_evaluation(result, out_dir, {"checkpoint": str(checkpoint), "store": str(store)})
+        with writing(out_dir):
+            paths = write_evaluation(result, out_dir, {"checkpoint": str(checkpoint), "store": str(store)})
         click.echo("wrote " + ", ".join(str(p) for p in paths.values()))

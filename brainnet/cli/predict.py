@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from brainprep.cli.options import labels_option
+from brainprep.cli.outputs import writable_output, writing
 
 
 def _resolve_case(input_path: Path, case_id: str | None, labels: str | None, model_spec: Any):
@@ -50,12 +51,23 @@ def _resolve_case(input_path: Path, case_id: str | None, labels: str | None, mod
 )
 @click.option("--case", "case_id", default=None, help="Case id inside a data folder.")
 @click.option(
-    "--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="OUT.nii.gz"
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=writable_output,
+    help="OUT.nii.gz",
 )
 @click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--source-labels", is_flag=True, help="Write the source's label convention instead of MSD's.")
-@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Overlay picture.")
+@click.option(
+    "--png",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    callback=writable_output,
+    help="Overlay picture.",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @labels_option
@@ -84,18 +96,19 @@ def predict(
         loaded = load_model(checkpoint, target)
         files = _resolve_case(input_path, case_id, labels, loaded.spec)
         click.echo(loaded.provenance(), err=True)
-        result = segment_case(
-            loaded,
-            files,
-            out_path,
-            overlap=overlap,
-            batch_size=batch_size,
-            source_labels=source_labels,
-            png=png,
-            # as evaluate: autocast only for a model trained under it (same numbers, label for label)
-            amp=target.type == "cuda" and (loaded.train_config is None or loaded.train_config.amp),
-            progress=progress,
-        )
+        with writing(out_path, png):
+            result = segment_case(
+                loaded,
+                files,
+                out_path,
+                overlap=overlap,
+                batch_size=batch_size,
+                source_labels=source_labels,
+                png=png,
+                # as evaluate: autocast only for a model trained under it (same numbers, label for label)
+                amp=target.type == "cuda" and (loaded.train_config is None or loaded.train_config.amp),
+                progress=progress,
+            )
     except BrainprepError as err:
         raise click.ClickException(one_line(err)) from err
     classes = range(loaded.spec.n_classes + 1)

@@ -8,6 +8,7 @@ import click
 
 from brainnet.cli.augment_options import augment_config, augment_options
 from brainprep.cli.options import storage_options_option, store_location
+from brainprep.cli.outputs import writable_output, writing
 
 
 @click.command("sample")
@@ -34,9 +35,21 @@ from brainprep.cli.options import storage_options_option, store_location
     help="With --augment: training's batch size (the draws of a step depend on it).",
 )
 @click.option(
-    "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="FILE.npz."
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=writable_output,
+    help="FILE.npz (missing folders above it are made).",
 )
-@click.option("--png", "png", type=click.Path(dir_okay=False, path_type=Path), default=None, help="FILE.png.")
+@click.option(
+    "--png",
+    "png",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    callback=writable_output,
+    help="FILE.png, written with FILE.npz or not at all.",
+)
 @storage_options_option
 def sample(
     store: str,
@@ -51,9 +64,7 @@ def sample(
     storage_options: dict | None,
 ) -> None:
     """Write COUNT samples of STORE (image, label, case, corner on the source grid, kind) to FILE.npz."""
-    import numpy as np
-
-    from brainnet.sample import sample_store, sample_training, write_png
+    from brainnet.sample import sample_store, sample_training, write_samples
     from brainprep.errors import BrainprepError, one_line
     from brainprep.store import open_store
 
@@ -76,7 +87,8 @@ def sample(
                 samples = sample_training(opened, count, config)
     except BrainprepError as err:
         raise click.ClickException(one_line(err)) from err
-    np.savez_compressed(out, **samples)
+    with writing(out, png):
+        write_samples(samples, out, png)
     click.echo(f"{out}: {count} samples of {store}" + (f", augmented ({augment})" if augment else ""))
     if png is not None:
-        click.echo(f"wrote {write_png(samples, png)}")
+        click.echo(f"wrote {png}")

@@ -11,6 +11,7 @@ import click
 
 from brainnet.cli.augment_options import augment_config, augment_options
 from brainprep.cli.options import cache_options, chunk_cache, storage_options_option, store_location
+from brainprep.cli.outputs import writable_output, writing
 
 #: CLI options that set a TrainConfig field of another name.
 _CONFIG_FIELD = {
@@ -57,7 +58,12 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
     help="Patch or volume store (STORE.zarr, STORE.h5, .zip or URL); a volume store gives fresh windows.",
 )
 @click.option(
-    "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder."
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    callback=writable_output,
+    help="Run folder.",
 )
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Course: 10.")
 @click.option(
@@ -228,15 +234,16 @@ def train(
             model_config = ModelConfig.from_dict(saved["model_config"])
             given = {name: getattr(config, name) for name in RESUMABLE_CHANGES if name in explicit}
             config = TrainConfig.from_dict(saved["train_config"]).replace(**given)
-        result = run_training(
-            patch_store,
-            out_dir,
-            config,
-            model_config,
-            progress=options["progress"],
-            resume=options["resume"],
-            allow_store_change=bool(options["allow_store_change"]),
-        )
+        with writing(out_dir):
+            result = run_training(
+                patch_store,
+                out_dir,
+                config,
+                model_config,
+                progress=options["progress"],
+                resume=options["resume"],
+                allow_store_change=bool(options["allow_store_change"]),
+            )
     except BrainprepError as err:
         raise click.ClickException(one_line(err)) from err
     if result.rank == 0:

@@ -39,7 +39,7 @@ from brainnet.train.distributed import (
     shutdown,
     sum_across_ranks,
 )
-from brainnet.train.logs import RunLogger
+from brainnet.train.logs import CSV_NAME, RunLogger
 from brainprep.errors import BrainprepError, ConfigError, StoreMismatchError
 from brainprep.spec import MSD_SPEC, DatasetSpec
 
@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 LAST_NAME = "last.pt"
 BEST_NAME = "best.pt"
+#: the files that make a folder a training run (TensorBoard events alone: a run killed in its first epoch)
+RUN_FILES = (LAST_NAME, BEST_NAME, CSV_NAME)
 #: TrainConfig fields that may change when resuming; any other change would break the trajectory.
 RESUMABLE_CHANGES = frozenset(
     {"epochs", "workers", "loader", "device", "amp", "deterministic", "val_steps", "threshold"}
@@ -453,11 +455,14 @@ def train(
 
     Raises:
         NonFiniteLossError: the loss became NaN/Inf (message names epoch and step).
-        ConfigError: an empty train split, or a resume with a different model / trajectory.
+        ConfigError: an empty train split, a resume with a different model / trajectory, or a fresh run
+            (no ``resume``) into a folder that holds one (``last.pt``, ``best.pt`` or ``log.csv``).
         StoreMismatchError: a resume on another store (without ``allow_store_change``).
     """
-    store = _open(store)
     out_dir = Path(out_dir)
+    if not resume:
+        refuse_existing_run(out_dir)
+    store = _open(store)
     n_classes = store.spec.n_classes
     model_config = model_config if model_config is not None else ModelConfig(out_channels=n_classes)
     if model_config.out_channels != n_classes:
@@ -472,6 +477,20 @@ def train(
     finally:
         torch.use_deterministic_algorithms(deterministic)
         shutdown(context)
+
+
+def refuse_existing_run(out_dir: Path) -> None:
+    """Refuse a fresh run into a folder holding one: it would overwrite that run's checkpoints and log.
+
+    Every rank checks before any of them writes: the first checkpoint and log row come after an epoch,
+    whose steps need every rank.
+    """
+    found = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if found:
+        raise ConfigError(
+            f"{out_dir} already holds a training run ({', '.join(found)}); pass --resume to continue it "
+            "or choose another --out"
+        )
 
 
 @dataclass
