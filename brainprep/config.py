@@ -20,6 +20,10 @@ from brainprep.errors import ConfigError
 P = TypeVar("P", bound="Params")
 
 
+class _FieldTypeError(ConfigError):
+    """A value of another type than its field's; :meth:`Params.from_dict` puts the field's name first."""
+
+
 def _to_plain(value: Any) -> Any:
     if isinstance(value, Params):
         return value.to_dict()
@@ -32,16 +36,41 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
+def _check_type(annotation: Any, value: Any) -> None:
+    """Refuse a JSON value of another type than a scalar, tuple or nested-params field's (other fields are
+    not checked). An int passes for a float (a hand-written ``0``); a bool passes for neither."""
+    origin = typing.get_origin(annotation)
+    if annotation in (int, float):
+        ok = isinstance(value, int | float if annotation is float else int) and not isinstance(value, bool)
+        expected = annotation.__name__
+    elif annotation in (bool, str):
+        ok, expected = isinstance(value, annotation), annotation.__name__
+    elif origin is tuple:
+        ok, expected = isinstance(value, list | tuple), "a list"
+    elif isinstance(annotation, type) and issubclass(annotation, Params):
+        ok, expected = isinstance(value, dict), f"an object of {annotation.__name__}"
+    else:
+        return
+    if not ok:
+        raise _FieldTypeError(f"expected {expected}, found {'null' if value is None else repr(value)}")
+
+
 def _from_plain(annotation: Any, value: Any) -> Any:
-    """Turn a JSON value back into the annotated field type (nested Params, tuples)."""
-    if value is None:
-        return None
+    """Turn a JSON value back into the annotated field type (nested Params, tuples).
+
+    Raises:
+        ConfigError: a value of another type than its field's (``"x"`` for an int, a number for a list,
+            ``null`` for a field that cannot be ``None``).
+    """
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            if arg is type(None):
-                continue
-            return _from_plain(arg, value)
+        args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if value is None or len(args) != 1:
+            return value  # None where it may be, or a union of types: read as it is
+        return _from_plain(args[0], value)
+    _check_type(annotation, value)
+    if value is None:
+        return None
     if isinstance(annotation, type) and issubclass(annotation, Params):
         return annotation.from_dict(value)
     if origin is tuple:
@@ -69,7 +98,12 @@ class Params:
         if unknown:
             raise ConfigError(f"{cls.__name__} has no parameter(s) {', '.join(unknown)}")
         hints = typing.get_type_hints(cls)
-        kwargs = {name: _from_plain(hints[name], value) for name, value in data.items()}
+        kwargs = {}
+        for name, value in data.items():
+            try:
+                kwargs[name] = _from_plain(hints[name], value)
+            except _FieldTypeError as error:
+                raise _FieldTypeError(f"{cls.__name__}.{name}: {error}") from None
         return cls(**kwargs)
 
     def to_json(self) -> str:

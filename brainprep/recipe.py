@@ -84,7 +84,7 @@ def load_recipe(path: Path) -> tuple[BuildParams, dict[str, str]]:
         raise ConfigError(f"recipe {path}: 'params' must be an object of BuildParams")
     try:
         params = BuildParams.from_dict(data["params"])
-    except (ConfigError, TypeError) as error:
+    except (TypeError, ValueError) as error:  # ConfigError is a ValueError
         raise ConfigError(f"recipe {path}: bad params: {error}") from None
     splits = data.get("splits")
     if not isinstance(splits, dict):

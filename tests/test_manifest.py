@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import h5py
@@ -274,3 +275,49 @@ def test_recipe_round_trip_and_errors(tmp_path: Path) -> None:
         load_recipe(broken(params={**params.to_dict(), "sampling": {"patches_per_case": 0}}))
     with pytest.raises(ConfigError, match="does not exist"):
         load_recipe(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"seed": "x"}, "BuildParams.seed: expected int, found 'x'"),
+        ({"store": None}, "BuildParams.store: expected an object of StoreParams, found null"),
+        ({"sampling": "x"}, "BuildParams.sampling: expected an object of SamplingParams, found 'x'"),
+        ({"sampling": {"patch_size": "abc"}}, "SamplingParams.patch_size: expected a list, found 'abc'"),
+        ({"sampling": {"patch_size": [8, "a", 8]}}, "SamplingParams.patch_size: expected int, found 'a'"),
+        ({"split": {"val_fraction": True}}, "SplitParams.val_fraction: expected float, found True"),
+    ],
+)
+def test_params_of_another_type_are_refused_naming_the_field(change, expected) -> None:
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        BuildParams.from_dict({**BuildParams().to_dict(), **change})
+
+
+def test_an_int_for_a_float_and_null_for_an_optional_field_are_read() -> None:
+    params = BuildParams.from_dict({"split": {"val_fraction": 0, "split_file": None}})
+    assert params.split.val_fraction == 0.0 and params.split.split_file is None
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("not json", "is not readable JSON"),
+        ("[1, 2]", "is not a brainprep recipe: expected kind 'brainprep-recipe', found 'list'"),
+        ('{"a": 1}', "is not a brainprep recipe"),
+        (None, "BuildParams.seed: expected int, found 'x'"),
+    ],
+)
+def test_build_patches_with_a_bad_recipe_is_one_line(
+    tmp_path: Path, content: str | None, expected: str
+) -> None:
+    recipe = tmp_path / "recipe.json"
+    if content is None:
+        content = json.dumps({**recipe_dict(BuildParams(), {"A": "train"}), "params": {"seed": "x"}})
+    recipe.write_text(content)
+    store = tmp_path / "s.zarr"
+    result = CliRunner().invoke(main, ["build-patches", str(tmp_path), str(store), "--recipe", str(recipe)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "--recipe" in errors[0] and str(recipe) in errors[0], result.output
+    assert expected in errors[0]
+    assert not store.exists()

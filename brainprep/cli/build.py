@@ -229,9 +229,13 @@ def build_patches(
         clashing = sorted(f"--{k.replace('_', '-')}" for k in given)
         if clashing:
             raise click.UsageError(f"--recipe fixes the parameters; drop {', '.join(clashing)}")
+        from brainprep.errors import ConfigError
         from brainprep.recipe import load_recipe
 
-        params, splits = load_recipe(recipe)
+        try:
+            params, splits = load_recipe(recipe)
+        except ConfigError as err:
+            raise click.BadParameter(one_line(err), param_hint="--recipe") from err
         if options["kind"] is not None:  # the store's kind is a layout, like its format: not the recipe's
             params = params.replace(store=params.store.with_layout(kind=options["kind"]))
     else:
