@@ -252,6 +252,45 @@ def test_workers_end_when_the_driver_is_killed(tmp_path: Path) -> None:
     assert not [pid for pid in workers if _alive(pid)], "workers outlived their killed driver"
 
 
+def _sigint_disposition(_: object) -> bool:
+    return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_worker_processes_leave_ctrl_c_to_the_driver() -> None:
+    from brainprep.builder.driver import Executor
+
+    with Executor(2, None, progress=False) as executor:
+        assert list(executor.map(_sigint_disposition, [0, 1, 2, 3], "probe")) == [True] * 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the driver's is untouched
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="process groups")
+def test_ctrl_c_of_a_parallel_build_is_one_line_and_resumable(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group: only the driver answers (click's ``Aborted!``)."""
+    data = write_synthetic_dataset(
+        tmp_path / "data", SynthParams(n_cases=16, shape=(96, 96, 48), seed=3, small_tumour_every=0)
+    )
+    launcher = "from brainprep.cli import main; main()"
+    store, options = tmp_path / "s.zarr", [*CLI_OPTIONS, "--workers", "2"]
+    command = [sys.executable, "-c", launcher, "build-patches", str(data), str(store), *options]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    driver = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True
+    )
+    done = tmp_path / "s.zarr.build" / "done"
+    deadline = time.monotonic() + 60
+    while not (done.is_dir() and any(done.glob("*.json"))):  # workers are writing cases
+        assert driver.poll() is None, f"build ended before it could be interrupted: {driver.stderr.read()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    os.killpg(driver.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    stderr = driver.communicate(timeout=60)[1].decode()
+    assert driver.returncode == 1 and stderr.strip().endswith("Aborted!"), stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    resumed = CliRunner().invoke(cli, ["build-patches", str(data), str(store), *options])
+    assert resumed.exit_code == 0 and "done before resuming" in resumed.output, resumed.output
+
+
 def test_split_file_sets_the_split_and_is_recorded_resolved(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

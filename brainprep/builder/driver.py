@@ -23,6 +23,7 @@ import errno
 import logging
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -134,7 +135,12 @@ def _start_worker() -> None:
     done, so resuming the build writes it again. The parent is whatever process started this one (the
     driver, or a launcher between them), read here rather than passed in, so it never mistakes one for
     the other.
+
+    Ctrl-C is the driver's: a terminal sends SIGINT to the whole process group, and a worker that took it
+    would print its own KeyboardInterrupt traceback beside the driver's one-line ``Aborted!``; ignoring
+    it, the worker finishes (or is cancelled before) its case while the driver shuts the pool down.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _single_threaded()
     parent_pid = os.getppid()
 
