@@ -131,3 +131,27 @@ def test_cli_stats_refuses_a_missing_store(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["stats", str(tmp_path / "nope.zarr")])
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"not hdf5 at all\n", "is not an HDF5 file (no HDF5 signature): not a brainprep store"),
+        (None, "is a truncated or damaged HDF5 file (truncated file"),
+    ],
+)
+def test_cli_stats_of_a_file_that_is_not_hdf5_or_is_truncated_is_one_line(
+    tmp_path: Path, content: bytes | None, expected: str
+) -> None:
+    import h5py
+
+    path = tmp_path / "x.h5"
+    if content is None:  # the first half of a real HDF5 file
+        with h5py.File(path, "w") as handle:
+            handle["data"] = np.arange(10_000)
+        content = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(content)
+    result = CliRunner().invoke(main, ["stats", str(path)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith(f"Error: {path} {expected}"), result.output

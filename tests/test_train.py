@@ -389,6 +389,16 @@ def test_cli_train_into_a_folder_that_is_a_file_or_below_one_is_one_line(store_p
     assert f"cannot write {run}" in _one_error_line(CliRunner().invoke(main, _cli_args(store_path, run)))
 
 
+def test_cli_train_on_a_file_that_is_not_hdf5_is_one_line(tmp_path):
+    from brainnet.cli import main
+
+    store = tmp_path / "x.h5"
+    store.write_text("not an HDF5 file\n")
+    line = _one_error_line(CliRunner().invoke(main, _cli_args(store, tmp_path / "run")))
+    assert line == f"Error: {store} is not an HDF5 file (no HDF5 signature): not a brainprep store"
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_augment_set_of_the_wrong_type_is_one_line(store_path, tmp_path):
     from brainnet.cli import main
 

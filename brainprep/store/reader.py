@@ -215,18 +215,13 @@ class PatchStore:
         return readers[0], readers[1]
 
     def _open_hdf5(self) -> None:
-        import h5py
+        from brainprep.store.remote import open_h5_file
 
         if self.cache is not None and self.kind != locations.LOCAL:
             logger.warning("the chunk cache serves Zarr stores only; %s is read uncached", self.location)
-        if self.kind != locations.LOCAL:
-            from brainprep.store.remote import open_h5_file
-
-            handle = open_h5_file(self.location, storage_options=self.storage_options)
-        else:
-            if not Path(self.location).is_file():
-                raise self._missing()
-            handle = h5py.File(self.location, "r")
+        if self.kind == locations.LOCAL and not Path(self.location).is_file():
+            raise self._missing()
+        handle = open_h5_file(self.location, storage_options=self.storage_options)
         raw = handle.attrs.get(schema.ATTRS_KEY)
         self._handle = handle
         try:

@@ -24,7 +24,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from brainprep.errors import RangeRequestsUnsupportedError, StoreError
+from brainprep.errors import RangeRequestsUnsupportedError, StoreCorruptError, StoreError
 from brainprep.store import locations
 
 if TYPE_CHECKING:
@@ -171,6 +171,16 @@ def _remote_zip_store(url: str, storage_options: dict[str, Any] | None) -> Any:
     )
 
 
+def h5_open_error(location: str | Path, error: OSError) -> StoreError:
+    """The one-line error of an HDF5 store file h5py could not open: not HDF5 at all, or damaged."""
+    reason = str(error).removeprefix("Unable to synchronously open file ").strip("() ")
+    if "signature not found" in reason:
+        return StoreError(f"{location} is not an HDF5 file (no HDF5 signature): not a brainprep store")
+    return StoreCorruptError(
+        f"{location} is a truncated or damaged HDF5 file ({reason}); restore it or rebuild the store"
+    )
+
+
 def open_h5_file(location: str | Path, *, storage_options: dict[str, Any] | None = None) -> Any:
     """An ``h5py.File`` opened read-only, over a retrying fsspec file object for URLs.
 
@@ -179,7 +189,8 @@ def open_h5_file(location: str | Path, *, storage_options: dict[str, Any] | None
     ``h5py.File`` does; closing the ``h5py.File`` does not close it, call :func:`close_h5_file`.
 
     Raises:
-        StoreError: the fsspec backend of a URL is missing, or a local file does not exist.
+        StoreError: the fsspec backend of a URL is missing, a local file does not exist or is not HDF5.
+        StoreCorruptError: a truncated or damaged HDF5 file.
         RangeRequestsUnsupportedError: an HTTP server ignores Range requests.
         StoreUnreachableError: a remote server does not answer.
     """
@@ -190,7 +201,10 @@ def open_h5_file(location: str | Path, *, storage_options: dict[str, Any] | None
         path = Path(location)
         if not path.is_file():
             raise StoreError(f"HDF5 store {path} does not exist or is not a file")
-        return h5py.File(path, "r")
+        try:
+            return h5py.File(path, "r")
+        except OSError as error:
+            raise h5_open_error(location, error) from error
     import fsspec
 
     from brainprep.store.guard import GuardedFile, retry_sync
@@ -207,7 +221,7 @@ def open_h5_file(location: str | Path, *, storage_options: dict[str, Any] | None
         fileobj.close()
         if isinstance(error, StoreError):
             raise
-        raise StoreError(f"cannot open {text} as HDF5: {error}") from error
+        raise h5_open_error(text, error) from error
     handle._brainprep_fileobj = fileobj
     return handle
 
