@@ -45,10 +45,12 @@ def _commands(built: dict[str, Path]) -> dict[str, tuple[list[str], Path]]:
         "check": (["check", data, *PATCH, "--json", str(out / "c.json")], out / "c.json"),
         "build-zarr": (["build-patches", data, str(out / "s.zarr"), *PATCH, "--no-progress"], out / "s.zarr"),
         "build-hdf5": (["build-patches", data, str(out / "s.h5"), *PATCH, "--no-progress"], out / "s.h5"),
+        "stats": (["stats", store, "--plot", str(out / "stats.png")], out / "stats.png"),
+        "import-course": (["import-course", data, str(out / "c.zarr"), "--no-progress"], out / "c.zarr"),
     }
 
 
-COMMANDS = ["manifest", "pack", "synth", "show", "show-gif", "check", "build-zarr", "build-hdf5"]
+COMMANDS = ["manifest", "pack", "synth", "show", "show-gif", "check", "build-zarr", "build-hdf5", "stats"]
 
 
 def _assert_one_line(result, path: Path) -> None:
@@ -59,7 +61,7 @@ def _assert_one_line(result, path: Path) -> None:
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", [*COMMANDS, "import-course"])
 def test_an_output_inside_a_file_is_refused_before_any_work(built, command):
     args, path = _commands(built)[command]
     result = CliRunner().invoke(main, args)

@@ -6,9 +6,16 @@ from pathlib import Path
 
 import click
 
+from brainprep.cli.outputs import writable_output, writing
+
 
 @click.command()
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path), default="demo-output")
+@click.argument(
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="demo-output",
+    callback=writable_output,
+)
 @click.option("--cases", type=click.IntRange(min=2), default=None, help="Synthetic cases (default 10).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default 6).")
 @click.option(
@@ -50,5 +57,6 @@ def demo(
         if v is not None
     }
     params = DemoParams().replace(**changes)
-    result = run_demo(out_dir, params, progress=progress, echo=click.echo)
+    with writing(out_dir):
+        result = run_demo(out_dir, params, progress=progress, echo=click.echo)
     click.echo(format_result(result))

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import click
 
+from brainprep.cli.outputs import writable_output, writing
 from brainprep.errors import BrainprepError, one_line
 from brainprep.params import STORE_DTYPES
 
 
 @click.command("import-course")
 @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=click.Path(path_type=Path), callback=writable_output)
 @click.option(
     "--unlisted",
     type=click.Choice(["skip", "train"]),
@@ -34,13 +35,14 @@ def import_course(
     if store.exists():
         raise click.BadParameter(f"{store} exists; remove it first", param_hint="STORE")
     try:
-        result = run_import(
-            source,
-            store,
-            unlisted_policy=unlisted,
-            store_params=StoreParams(dtype=dtype, compression_level=compression_level),
-            progress=progress,
-        )
+        with writing(store):
+            result = run_import(
+                source,
+                store,
+                unlisted_policy=unlisted,
+                store_params=StoreParams(dtype=dtype, compression_level=compression_level),
+                progress=progress,
+            )
     except BrainprepError as error:
         raise click.ClickException(one_line(error)) from None
     for name in result.unlisted:

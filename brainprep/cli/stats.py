@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from brainprep.cli.options import storage_options_option, store_location
+from brainprep.cli.outputs import writable_output, writing
 from brainprep.errors import BrainprepError, one_line
 
 
@@ -18,6 +19,7 @@ from brainprep.errors import BrainprepError, one_line
     "plot_path",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     default=None,
+    callback=writable_output,
     help="Also draw the histograms and class balance into this PNG.",
 )
 @click.option("--bins", type=click.IntRange(min=1), default=10, show_default=True, help="Histogram bins.")
@@ -41,5 +43,6 @@ def stats(store: str, plot_path: Path | None, bins: int, storage_options: dict |
         raise click.ClickException(one_line(error)) from None
     click.echo(format_stats(result))
     if plot_path is not None:
-        plot_stats(result, plot_path, title=str(store))
+        with writing(plot_path):
+            plot_stats(result, plot_path, title=str(store))
         click.echo(f"wrote {plot_path}")
