@@ -215,8 +215,10 @@ def build_patches(
 ) -> None:
     """Build a patch store STORE (*.zarr: Zarr v3, *.h5: HDF5) from the cases of DATA_DIR.
 
-    Plans every case first (labels only): a bad case stops the build before anything is written
-    (unless --skip-bad). Then writes the cases in parallel. Interrupted (even kill -9), the same command
+    Plans every case first (labels and image headers): a bad case stops the build before anything is
+    written (unless --skip-bad). Then writes the cases in parallel; damage seen only when image voxels
+    are decoded (NaN, a constant channel, a cut file) stops it there, leaving an incomplete store that
+    the same command resumes once the file is fixed. Interrupted (even kill -9), the same command
     resumes and ends with the store an uninterrupted build makes; the store says complete only at the
     very end. The content depends only on the data, the parameters and --seed, not on --workers.
     """
