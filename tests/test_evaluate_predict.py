@@ -290,6 +290,41 @@ def test_cli_predict_into_a_folder_that_is_a_file_is_one_line_before_any_work(bu
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
 
 
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("random bytes", "is not a brainnet checkpoint (not a torch save file)"),
+        ("text", "is not a brainnet checkpoint (not a torch save file)"),
+        ("first half", "is a truncated or damaged checkpoint"),
+        ("a list", "is not a brainnet checkpoint (it holds a list)"),
+    ],
+)
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_cli_a_file_that_is_no_checkpoint_says_what_it_is(built, tmp_path, kind, expected, command):
+    data, store, checkpoint = built
+    bad = tmp_path / "bad.pt"
+    if kind == "random bytes":
+        bad.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "text":
+        bad.write_text("model weights: see the README\n")
+    elif kind == "first half":
+        whole = checkpoint.read_bytes()
+        bad.write_bytes(whole[: len(whole) // 2])
+    else:
+        torch.save([1, 2], bad)
+    args = ["--checkpoint", str(bad), "--device", "cpu", "--no-progress"]
+    if command == "predict":
+        args += ["--input", str(data), "--case", "BRATS_002", "--out", str(tmp_path / "p.nii.gz")]
+    else:
+        args += ["--store", str(store)]
+    result = CliRunner().invoke(main, [command, *args])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"Error: {bad} {expected}"), result.output
+    assert "code objects" not in result.output and "Errno" not in result.output
+    assert not (tmp_path / "p.nii.gz").exists()
+
+
 def test_predict_scores_the_label_map_it_writes_by_evaluates_definition(built, tmp_path):
     data, _, checkpoint = built
     loaded = load_model(checkpoint)

@@ -50,7 +50,7 @@ import torch
 
 from brainnet.model import ModelConfig, UNet3D, build_model
 from brainnet.train.config import TrainConfig
-from brainprep.errors import BrainprepError, one_line
+from brainprep.errors import BrainprepError
 from brainprep.params import BuildParams
 from brainprep.spec import MSD_SPEC, DatasetSpec, spec_from_metadata
 
@@ -217,26 +217,48 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> Path:
     return path
 
 
+#: the first bytes of every file torch.save writes (a zip archive since torch 1.6)
+TORCH_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _load_problem(path: Path, error: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed with ``error``, in one line naming ``path``:
+    a file holding code, a torch file cut short or damaged, or no torch file at all."""
+    text = str(error).lower()
+    if isinstance(error, pickle.UnpicklingError) and (
+        "unsupported global" in text or "unsupported class" in text
+    ):
+        # torch's own message suggests weights_only=False, which would run the code the file holds
+        return (
+            f"refused checkpoint {path}: it holds code objects or classes (not only tensors, numbers and "
+            "strings), so loading it could run code; brainnet never loads such files"
+        )
+    with path.open("rb") as file:
+        head = file.read(len(TORCH_ZIP_MAGIC))
+    if head == TORCH_ZIP_MAGIC:
+        return f"{path} is a truncated or damaged checkpoint (a torch save file that cannot be read)"
+    return f"{path} is not a brainnet checkpoint (not a torch save file)"
+
+
 def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (no code runs from the file)."""
+    """Read a checkpoint with ``weights_only=True`` (no code runs from the file).
+
+    Raises:
+        CheckpointError: (naming the file) missing, not a torch save file, truncated or damaged, holding
+            code objects, not a brainnet checkpoint's dict, or of a newer format.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights only" not in str(err).lower():
-            raise CheckpointError(f"cannot read checkpoint {path}: {one_line(err)}") from err
-        # torch's own message suggests weights_only=False, which would run the code the file holds
-        raise CheckpointError(
-            f"refused checkpoint {path}: it holds code objects or classes (not only tensors, numbers and "
-            "strings), so loading it could run code; brainnet never loads such files"
-        ) from err
     except Exception as err:  # torch raises several unrelated types for a bad file
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+        raise CheckpointError(_load_problem(path, err)) from err
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path} is not a brainnet checkpoint (it holds a {type(payload).__name__})")
     missing = [k for k in ("model", "model_config", "build_params") if k not in payload]
-    if not isinstance(payload, dict) or missing:
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing) or 'a dict payload'}")
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}")
     if payload.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format {payload['format_version']}, "
