@@ -1,10 +1,11 @@
 """Manifest stage: a JSON record of what a store holds, and verification of a store against it.
 
 A manifest holds the build parameters, the tool version, one row per case, the split, the schema of every
-array (shape, dtype, chunks, shards, codecs; for HDF5 also its datatype message) and a sha256 of every stored byte: for Zarr every chunk or
-shard file of every array plus the ``zarr.json`` metadata documents; for HDF5 every chunk's raw (still
-compressed) bytes, read with ``read_direct_chunk``, plus the attributes. Zarr shards are also hashed per
-inner chunk (one patch each), so a changed byte is traced to the exact patch slot and case.
+array (shape, dtype, chunks, shards, codecs; for HDF5 also its datatype message) and a sha256 of every
+stored byte: for Zarr every chunk or shard file of every array plus the ``zarr.json`` metadata documents;
+for HDF5 every chunk's raw (still compressed) bytes, read with ``read_direct_chunk``, plus the attributes.
+Zarr shards are also hashed per inner chunk (one patch each), so a changed byte is traced to the exact
+patch slot and case.
 
 Hashing walks the chunk grid computed from each array's metadata instead of listing folders, so the same
 code hashes a local folder, a packed ``.zarr.zip`` and a store served over plain HTTP (no listing there).
