@@ -40,6 +40,7 @@ from brainnet.metrics import (
 )
 from brainnet.predict import model_probabilities, predict_volume, round_through
 from brainprep.errors import ConfigError
+from brainprep.files import write_text_atomic
 from brainprep.spec import MSD_SPEC, DatasetSpec
 
 logger = logging.getLogger(__name__)
@@ -335,7 +336,7 @@ def write_evaluation(
             for target in result.spec.targets:
                 writer.writerow([case_id, n, target, *(f"{metrics[target][m]:.6f}" for m in METRIC_NAMES)])
     json_path = out_dir / "metrics.json"
-    json_path.write_text(json.dumps({**(extra or {}), **result.to_dict()}, indent=2))
+    write_text_atomic(json_path, json.dumps({**(extra or {}), **result.to_dict()}, indent=2))
     paths = {"csv": csv_path, "json": json_path}
     if result.overlays:
         paths["png"] = draw_overlays(result.overlays, out_dir / "overlay.png", result.spec)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from brainprep.errors import ConfigError, StoreError
+from brainprep.files import write_text_atomic
 from brainprep.spec import spec_from_metadata
 from brainprep.store import schema
 from brainprep.store.locations import HDF5, store_format
@@ -435,9 +436,7 @@ def write_manifest(
 ) -> dict[str, Any]:
     """Build the manifest of ``location`` and write it to ``output`` (indented, sorted JSON)."""
     manifest = build_manifest(location, progress=progress, storage_options=storage_options)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    write_text_atomic(output, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     logger.info("wrote manifest of %s to %s", location, output)
     return manifest
 

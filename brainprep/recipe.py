@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from brainprep.errors import ConfigError
+from brainprep.files import write_text_atomic
 from brainprep.params import BuildParams
 from brainprep.split import SPLITS, split_cases
 
@@ -50,10 +51,7 @@ def recipe_dict(params: BuildParams, splits: dict[str, str], description: str = 
 
 def write_recipe(path: Path, params: BuildParams, splits: dict[str, str], description: str = "") -> Path:
     """Write a recipe to ``path`` (indented JSON, trailing newline); returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(recipe_dict(params, splits, description), indent=1) + "\n")
-    return path
+    return write_text_atomic(path, json.dumps(recipe_dict(params, splits, description), indent=1) + "\n")
 
 
 def load_recipe(path: Path) -> tuple[BuildParams, dict[str, str]]:

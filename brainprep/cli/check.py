@@ -9,6 +9,7 @@ import click
 
 from brainprep.cli.options import labels_option
 from brainprep.cli.outputs import writable_output, writing
+from brainprep.files import write_text_atomic
 
 
 @click.command("check")
@@ -84,7 +85,6 @@ def check(
     click.echo(format_table(report))
     if json_path is not None:
         with writing(json_path):
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+            write_text_atomic(json_path, json.dumps(report.to_dict(), indent=2) + "\n")
     if report.problems:
         raise SystemExit(1)

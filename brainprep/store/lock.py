@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from brainprep.errors import StoreError, StoreLockedError
+from brainprep.files import write_text_atomic
 from brainprep.store.schema import BUILD_DIR_SUFFIX, LOCK_SUFFIX
 
 logger = logging.getLogger(__name__)
@@ -40,9 +41,7 @@ def sibling(store: Path, suffix: str) -> Path:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` via a temporary file and a rename (never half a file)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, sort_keys=True, indent=1))
 
 
 def _pid_alive(pid: int) -> bool:
