@@ -475,6 +475,9 @@ def _batch_dice_worker(rank: int, port: int, results: str) -> None:
         loss = segmentation_loss(mine, target[2 * rank : 2 * rank + 2], "batch", sum_across=sum_across_ranks)
         loss.backward()
         torch.save({"loss": loss.detach(), "grad": mine.grad}, Path(results) / f"rank{rank}.pt")
+        # both ranks past every collective before either tears its group down: a rank destroying its
+        # gloo group while the other still drains the backward all-reduce aborts that one (SIGABRT)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
