@@ -473,7 +473,9 @@ def train(
     context = init_distributed(config.device)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        return _run(store, out_dir, config, model_config, progress, resume, context, allow_store_change)
+        result = _run(store, out_dir, config, model_config, progress, resume, context, allow_store_change)
+        barrier(context)  # every rank past its last collective before any tears the group down
+        return result
     finally:
         torch.use_deterministic_algorithms(deterministic)
         shutdown(context)
