@@ -19,6 +19,7 @@ as :func:`~brainnet.metrics.segmentation_metrics` on the concatenation.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from brainnet.metrics import (
 )
 from brainnet.predict import model_probabilities, predict_volume, round_through
 from brainprep.errors import ConfigError
-from brainprep.files import write_text_atomic
+from brainprep.files import replacing, write_text_atomic
 from brainprep.spec import MSD_SPEC, DatasetSpec
 
 logger = logging.getLogger(__name__)
@@ -104,9 +105,11 @@ def draw_overlays(rows: list[OverlayRow], path: Path, spec: DatasetSpec = MSD_SP
     )
     figure.tight_layout(rect=(0, 0.04, 1, 1))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100, facecolor=figure.get_facecolor())
-    plt.close(figure)
+    try:
+        with replacing(path) as temporary:  # a failed or killed write leaves no half picture
+            figure.savefig(temporary, dpi=100, facecolor=figure.get_facecolor())
+    finally:
+        plt.close(figure)
     return path
 
 
@@ -326,15 +329,15 @@ def write_evaluation(
     ``overlay.png`` into ``out_dir``; returns their paths by kind."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = out_dir / "metrics.csv"
-    with csv_path.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["case", result.unit, "target", *(METRIC_COLUMNS[m] for m in METRIC_NAMES)])
-        n_all = sum(result.counts.values())
-        for case_id, metrics in [*result.cases.items(), (OVERALL, result.overall)]:
-            n = result.counts.get(case_id, n_all)
-            for target in result.spec.targets:
-                writer.writerow([case_id, n, target, *(f"{metrics[target][m]:.6f}" for m in METRIC_NAMES)])
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["case", result.unit, "target", *(METRIC_COLUMNS[m] for m in METRIC_NAMES)])
+    n_all = sum(result.counts.values())
+    for case_id, metrics in [*result.cases.items(), (OVERALL, result.overall)]:
+        n = result.counts.get(case_id, n_all)
+        for target in result.spec.targets:
+            writer.writerow([case_id, n, target, *(f"{metrics[target][m]:.6f}" for m in METRIC_NAMES)])
+    csv_path = write_text_atomic(out_dir / "metrics.csv", table.getvalue())
     json_path = out_dir / "metrics.json"
     write_text_atomic(json_path, json.dumps({**(extra or {}), **result.to_dict()}, indent=2))
     paths = {"csv": csv_path, "json": json_path}

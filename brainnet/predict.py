@@ -27,6 +27,7 @@ values it was trained on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +41,9 @@ from brainnet.metrics import probabilities_to_labels, segmentation_metrics
 from brainnet.train.checkpoint import LoadedModel
 from brainprep import Case, CaseFiles, write_label_in_source_space
 from brainprep.errors import CaseError, one_line
+from brainprep.files import replacing
 from brainprep.params import BuildParams
+from brainprep.spec import DatasetSpec
 from brainprep.standardize import (
     background_values,
     brain_mask,
@@ -321,6 +324,23 @@ def read_truth(case: Case) -> tuple[np.ndarray | None, str | None]:
     return np.array(label, order="C"), None
 
 
+def _draw_prediction(
+    case: Case, labels: np.ndarray, truth: np.ndarray | None, spec: DatasetSpec, path: Path
+) -> None:
+    """Draw the axial slice with the most tumour (true tumour when the case has a label, else predicted)."""
+    from brainnet.evaluate import OverlayRow, draw_overlays
+
+    shown = truth if truth is not None and truth.any() else labels
+    z = int(np.argmax((shown > 0).sum(axis=(0, 1)))) if shown.any() else labels.shape[2] // 2
+    row = OverlayRow(
+        title=f"{case.case_id} z={z}",
+        image=case.image[0, :, :, z],
+        truth=truth[:, :, z] if truth is not None else None,
+        prediction=labels[:, :, z],
+    )
+    draw_overlays([row], path, spec)
+
+
 def segment_case(
     loaded: LoadedModel,
     files: CaseFiles,
@@ -380,20 +400,11 @@ def segment_case(
         logger.warning("%s", warning)
         truth = None
     written = (files.spec if same_classes else spec) if source_labels else None
-    output = write_label_in_source_space(labels, case, Path(out_path), written)
     metrics = segmentation_metrics(labels, truth, spec) if truth is not None else None
-    picture = None
-    if png is not None:
-        from brainnet.evaluate import OverlayRow, draw_overlays
-
-        # The slice with the most tumour: true tumour when the case has a label, else predicted.
-        shown = truth if truth is not None and truth.any() else labels
-        z = int(np.argmax((shown > 0).sum(axis=(0, 1)))) if shown.any() else labels.shape[2] // 2
-        row = OverlayRow(
-            title=f"{case.case_id} z={z}",
-            image=case.image[0, :, :, z],
-            truth=truth[:, :, z] if truth is not None else None,
-            prediction=labels[:, :, z],
-        )
-        picture = draw_overlays([row], Path(png), spec)
+    with contextlib.ExitStack() as outputs:
+        # both or neither: the picture is drawn under a temporary name first and renamed after the NIfTI
+        if png is not None:
+            _draw_prediction(case, labels, truth, spec, outputs.enter_context(replacing(png)))
+        output = write_label_in_source_space(labels, case, Path(out_path), written)
+    picture = None if png is None else Path(png)
     return CasePrediction(case.case_id, labels, output, metrics, picture, warning)

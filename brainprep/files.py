@@ -6,14 +6,34 @@ one that reads as complete; ``os.replace`` is atomic on POSIX within one folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 
 def temporary_sibling(path: Path) -> Path:
-    """A hidden, unique name beside ``path`` (``.NAME.<hex>.tmp``) to write before renaming."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    """A hidden, unique name beside ``path`` (``.NAME.<hex>.tmp.SUFFIX``) to write before renaming.
+
+    ``path``'s suffix stays last: writers such as matplotlib and PIL pick the format from it.
+    """
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp{path.suffix}")
+
+
+@contextlib.contextmanager
+def replacing(path: Path | str) -> Iterator[Path]:
+    """Yield a :func:`temporary_sibling` of ``path`` to write; when the block ends without an error it
+    replaces ``path``, otherwise it is removed (``path`` keeps its previous content, or stays absent).
+    Folders are made."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_sibling(path)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: Path | str, text: str) -> Path:
@@ -22,12 +42,6 @@ def write_text_atomic(path: Path | str, text: str) -> Path:
     Returns:
         ``path``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_sibling(path)
-    try:
+    with replacing(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return Path(path)

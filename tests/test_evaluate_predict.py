@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gzip
 import json
 import shutil
@@ -181,6 +182,35 @@ def test_evaluate_store_per_case_and_overall(built):
     for target in TARGETS:
         assert result.overall[target] == pytest.approx(overall[target])
     assert len(result.overlays) == 2
+
+
+@pytest.mark.parametrize("failing", ["picture", "nifti"])
+def test_predict_writes_its_nifti_and_picture_both_or_neither(built, tmp_path, monkeypatch, failing):
+    """A failure writing either output leaves neither (nor a temporary): never a label map without the
+    picture asked for, nor a picture of a prediction that was not written."""
+    import brainnet.evaluate
+    import brainnet.predict
+
+    data, _, checkpoint = built
+    loaded = load_model(checkpoint)
+    files = discover_cases(data).case("BRATS_002")
+
+    def fail(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = {
+        "picture": (brainnet.evaluate, "draw_overlays"),
+        "nifti": (brainnet.predict, "write_label_in_source_space"),
+    }
+    monkeypatch.setattr(*target[failing], fail)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left"):
+        segment_case(loaded, files, out / "pred.nii.gz", batch_size=16, png=out / "pred.png")
+    assert not out.exists() or list(out.iterdir()) == []
+    monkeypatch.undo()
+    result = segment_case(loaded, files, out / "pred.nii.gz", batch_size=16, png=out / "pred.png")
+    assert sorted(p.name for p in out.iterdir()) == ["pred.nii.gz", "pred.png"]
+    assert result.png.read_bytes()[:8] == PNG_MAGIC
 
 
 def test_cli_evaluate_writes_table_csv_json_png(built, tmp_path):
