@@ -10,12 +10,11 @@ temporary name next to the output and renamed at the end, so ``OUT.zarr.zip`` on
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 import zipfile
 from pathlib import Path
 
 from brainprep.errors import StoreError
+from brainprep.files import replacing
 from brainprep.store import locations
 
 logger = logging.getLogger(__name__)
@@ -63,14 +62,11 @@ def pack_store(store: Path, output: Path, *, progress: bool = False, overwrite: 
         from tqdm import tqdm
 
         iterator = tqdm(files, desc="packing", unit="file")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-            for path in iterator:
-                archive.write(path, arcname=path.relative_to(store).as_posix())
-        os.replace(temporary, output)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with (
+        replacing(output) as temporary,
+        zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive,
+    ):
+        for path in iterator:
+            archive.write(path, arcname=path.relative_to(store).as_posix())
     logger.info("packed %d files of %s into %s (%d bytes)", len(files), store, output, output.stat().st_size)
     return output
