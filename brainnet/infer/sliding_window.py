@@ -162,6 +162,27 @@ def _cached_weights(
         return weights, weight_sum(spatial, window, overlap, weights)
 
 
+def _check_arguments(
+    volume: torch.Tensor, window: tuple[int, ...], blend: str, batch_size: int, mask: torch.Tensor | None
+) -> None:
+    """Refuse what :func:`sliding_window` cannot take, before any work."""
+    if volume.ndim != 4:
+        raise ShapeMismatchError(
+            f"sliding_window: volume must be (C, X, Y, Z), got shape {tuple(volume.shape)}"
+        )
+    if len(window) != 3 or any(w < 1 for w in window):
+        raise ConfigError(f"sliding_window: window must be three positive ints, got {window}")
+    if blend not in BLEND_MODES:
+        raise ConfigError(f"sliding_window: blend must be one of {BLEND_MODES}, got {blend!r}")
+    if batch_size < 1:
+        raise ConfigError(f"sliding_window: batch_size must be >= 1, got {batch_size}")
+    if mask is not None and tuple(mask.shape) != tuple(volume.shape[1:]):
+        raise ShapeMismatchError(
+            f"sliding_window: mask must have the volume's spatial shape {tuple(volume.shape[1:])}, "
+            f"got {tuple(mask.shape)}"
+        )
+
+
 def sliding_window(
     volume: torch.Tensor,
     predictor: Predictor,
@@ -205,21 +226,7 @@ def sliding_window(
     """
     volume = torch.as_tensor(volume)
     window = tuple(int(w) for w in window)
-    if volume.ndim != 4:
-        raise ShapeMismatchError(
-            f"sliding_window: volume must be (C, X, Y, Z), got shape {tuple(volume.shape)}"
-        )
-    if len(window) != 3 or any(w < 1 for w in window):
-        raise ConfigError(f"sliding_window: window must be three positive ints, got {window}")
-    if blend not in BLEND_MODES:
-        raise ConfigError(f"sliding_window: blend must be one of {BLEND_MODES}, got {blend!r}")
-    if batch_size < 1:
-        raise ConfigError(f"sliding_window: batch_size must be >= 1, got {batch_size}")
-    if mask is not None and tuple(mask.shape) != tuple(volume.shape[1:]):
-        raise ShapeMismatchError(
-            f"sliding_window: mask must have the volume's spatial shape {tuple(volume.shape[1:])}, "
-            f"got {tuple(mask.shape)}"
-        )
+    _check_arguments(volume, window, blend, batch_size, mask)
     device = torch.device(device) if device is not None else volume.device
     out_device = volume.device
 
