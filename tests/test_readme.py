@@ -126,3 +126,36 @@ def test_readme_store_reading_blocks_run_on_real_stores(readme_stores: Path, mon
             assert scope["patch"].shape == (4, 32, 32, 8)
         else:
             assert scope["image"].shape == (4, 32, 32, 8) and scope["label"].shape == (32, 32, 8)
+
+
+def _benchmark_commands() -> list[tuple[str, str]]:
+    """(script, the rest of its line) for every ``python benchmarks/NAME.py ...`` the two READMEs write."""
+    root = README.parent
+    text = README.read_text() + (root / "benchmarks" / "README.md").read_text()
+    return re.findall(r"python (benchmarks/[a-z_0-9]+\.py)([^`\n]*)", text)
+
+
+def test_every_benchmark_option_the_readmes_write_is_one_of_its_options() -> None:
+    import subprocess
+    import sys
+
+    commands = _benchmark_commands()
+    assert len({script for script, _ in commands}) >= 8
+    helps: dict[str, str] = {}
+    unknown = []
+    for script, rest in commands:
+        if script not in helps:
+            done = subprocess.run(
+                [sys.executable, script, "--help"],
+                cwd=README.parent,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert done.returncode == 0, f"{script} --help: {done.stderr.strip().splitlines()[-1:]}"
+            helps[script] = done.stdout
+        rest = rest.split("#")[0]  # a shell comment after the command
+        for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest):
+            if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", helps[script]):
+                unknown.append(f"{script} {flag}")
+    assert not unknown, f"the READMEs write options these benchmarks do not have: {sorted(set(unknown))}"
