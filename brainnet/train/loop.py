@@ -755,10 +755,13 @@ def step_augment(augmenter: BatchAugment | None, seed: int, rank: int, step: int
     return functools.partial(augmenter, key=(int(seed), int(rank), int(step)), inplace=True)
 
 
-def training_stream(store: Any, config: TrainConfig, rank: int = 0, world_size: int = 1) -> _Stream:
+def training_stream(
+    store: Any, config: TrainConfig, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu"
+) -> _Stream:
     """The batches :func:`train` reads on ``rank``, in its order (``.next()`` gives the batch of the next
-    step; ``.dataset``, ``.sampler``), read on the CPU: ``brainnet sample --augment`` shows them."""
-    context = DistributedContext(rank, world_size, 0, torch.device("cpu"), owns_group=False)
+    step; ``.dataset``, ``.sampler``), for training on ``device`` (CUDA: pinned batches): ``brainnet sample
+    --augment`` shows them, ``benchmarks/bench_gpu.py`` times them."""
+    context = DistributedContext(rank, world_size, 0, torch.device(device), owns_group=False)
     dataset, sampler = _train_dataset(_open(store), config, context)
     return _Stream(dataset, sampler, config, context.device)
 
