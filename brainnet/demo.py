@@ -247,7 +247,7 @@ def _evaluate_stage(
         evaluation = _timed(
             result,
             "evaluate on the validation split",
-            lambda: evaluate_store(loaded.model, store, "val", progress=progress),
+            lambda: evaluate_store(loaded.model, store, "val", progress=progress, model_spec=loaded.spec),
             echo,
         )
     written = write_evaluation(evaluation, result.out_dir / "evaluation")

@@ -40,7 +40,7 @@ from brainnet.metrics import (
     probabilities_to_labels,
 )
 from brainnet.predict import model_probabilities, predict_volume, round_through
-from brainprep.errors import ConfigError
+from brainprep.errors import ConfigError, StoreMismatchError
 from brainprep.files import replacing, write_text_atomic
 from brainprep.spec import MSD_SPEC, DatasetSpec
 
@@ -238,6 +238,22 @@ def _score_crops(model: torch.nn.Module, store: Any, split: str, options: dict[s
         yield _Scored(case_id, truth[None], predicted[None], raw[None], [f"{case_id} crop"])
 
 
+def check_model_spec(model_spec: DatasetSpec, store_spec: DatasetSpec, location: Any) -> None:
+    """Refuse to score a model on a store of other classes or channels (in another order included): its
+    outputs would be compared with the wrong classes, or fed the wrong scans, and no number would say so.
+
+    Raises:
+        StoreMismatchError: the class names or the channel names differ.
+    """
+    for what in ("classes", "channels"):
+        mine, theirs = getattr(model_spec, what), getattr(store_spec, what)
+        if tuple(mine) != tuple(theirs):
+            raise StoreMismatchError(
+                f"the model was trained on {what} {', '.join(mine)}, the store {location} holds "
+                f"{', '.join(theirs)}: its scores would be of other {what}"
+            )
+
+
 def evaluate_store(
     model: torch.nn.Module,
     store: Any,
@@ -249,6 +265,7 @@ def evaluate_store(
     amp_dtype: str = "bfloat16",
     n_overlays: int = 4,
     progress: bool = False,
+    model_spec: DatasetSpec | None = None,
 ) -> EvaluationResult:
     """Predict ``split`` of the store and score it against the stored labels (the module docstring says
     what is scored for each store kind).
@@ -263,9 +280,16 @@ def evaluate_store(
             training's settings reproduce its validation numbers.
         n_overlays: cases to draw (the slice with the most tumour of the most tumorous patch or crop of
             each of the first cases).
+        model_spec: the dataset spec the model was trained on (:attr:`LoadedModel.spec`), checked
+            against the store's: output channel ``k`` is the model's class ``k + 1``.
+
+    Raises:
+        StoreMismatchError: ``model_spec`` names other classes or channels than the store's.
     """
     from brainnet.train.loop import is_volume_store
 
+    if model_spec is not None:
+        check_model_spec(model_spec, store.spec, store.location)
     model.eval()
     options = {"batch_size": batch_size, "threshold": threshold, "amp": amp, "amp_dtype": amp_dtype}
     volumes = is_volume_store(store)

@@ -111,3 +111,17 @@ class Params:
 
     def replace(self: P, **changes: Any) -> P:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def differences(mine: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> list[str]:
+    """The fields where two :meth:`Params.to_dict` dicts differ, nested names dotted:
+    ``["standardize.method: volume-nonzero against patch-slice"]`` (``mine`` first); ``-`` for a missing
+    field."""
+    found = []
+    for key in sorted(set(mine) | set(theirs), key=str):
+        a, b = mine.get(key, "-"), theirs.get(key, "-")
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}: {json.dumps(a)} against {json.dumps(b)}")
+    return found

@@ -213,6 +213,44 @@ def test_predict_writes_its_nifti_and_picture_both_or_neither(built, tmp_path, m
     assert result.png.read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"classes": ("background", "enhancing", "edema", "non_enhancing")},  # the same classes, reordered
+        {"channels": ("T1w", "FLAIR", "T1gd", "T2w")},
+    ],
+)
+def test_evaluate_refuses_a_model_of_other_classes_or_channels(built, tmp_path, change):
+    """Output channel k is the model's class k + 1: scored on a store of other classes (or fed other
+    channels) every number would be of something else, so it is refused before any prediction."""
+    from brainprep.errors import StoreMismatchError
+    from brainprep.store import open_store
+
+    _, store_path, checkpoint = built
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["spec"] = dataclasses.replace(MSD_SPEC, **change).to_dict()
+    other = save_checkpoint(payload, tmp_path / "other.pt")
+    loaded = load_model(other)
+    what = next(iter(change))
+    with open_store(store_path) as store, pytest.raises(StoreMismatchError, match=f"trained on {what}"):
+        evaluate_store(loaded.model, store, "val", model_spec=loaded.spec)
+    args = ["evaluate", "--checkpoint", str(other), "--store", str(store_path), "--device", "cpu"]
+    result = CliRunner().invoke(main, [*args, "--no-progress"])
+    assert result.exit_code == 1 and f"the model was trained on {what}" in result.output, result.output
+    assert "whole_tumour" not in result.output  # no table of scores
+
+
+def test_cli_evaluate_names_the_build_parameters_that_differ(built, tmp_path):
+    _, store_path, checkpoint = built
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["build_params"]["standardize"]["method"] = "volume-nonzero"
+    other = save_checkpoint(payload, tmp_path / "other.pt")
+    args = ["evaluate", "--checkpoint", str(other), "--store", str(store_path), "--device", "cpu"]
+    result = CliRunner().invoke(main, [*args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert 'standardize.method: "patch-slice" against "volume-nonzero"' in result.output
+
+
 def test_cli_evaluate_writes_table_csv_json_png(built, tmp_path):
     _, store_path, checkpoint = built
     out = tmp_path / "eval"

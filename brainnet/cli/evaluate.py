@@ -50,6 +50,7 @@ def evaluate(
     from brainnet.train.checkpoint import load_model
     from brainnet.train.config import TrainConfig
     from brainnet.train.distributed import resolve_device
+    from brainprep.config import differences
     from brainprep.errors import BrainprepError, one_line
     from brainprep.store import open_store
     from brainprep.store.integrity import short_id
@@ -64,9 +65,11 @@ def evaluate(
         )
         click.echo(loaded.provenance(), err=True)
         click.echo(f"evaluating on {store} (store id {short_id(patch_store.content_id)})", err=True)
-        if patch_store.params.to_dict() != loaded.build_params.to_dict():
+        changed = differences(patch_store.params.to_dict(), loaded.build_params.to_dict())
+        if changed:
             click.echo(
-                f"warning: {store} was built with other parameters than the checkpoint's training store",
+                f"warning: {store} was built with other parameters than the checkpoint's training store "
+                f"(this store's against the training store's): {'; '.join(changed)}",
                 err=True,
             )
         # the training's threshold and precision: the numbers its validation logged on the same patches
@@ -80,6 +83,7 @@ def evaluate(
             amp=target.type == "cuda" and train_config.amp,
             amp_dtype=train_config.amp_dtype,
             progress=progress,
+            model_spec=loaded.spec,
         )
     except BrainprepError as err:
         raise click.ClickException(one_line(err)) from err
