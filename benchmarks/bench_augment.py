@@ -15,7 +15,9 @@ Rows per patch size:
   nnU-Net             samples/s of ``nnUNetTrainer.get_training_transforms`` (nnunetv2, the Compose of
                       batchgeneratorsv2 transforms nnU-Net trains with: its probabilities, its dummy-2D
                       rule for the anisotropic patch) on one sample at a time, in 2 worker processes with 1
-                      torch thread each, started together; samples of both / the slower one's seconds.
+                      torch thread each, started together, each warmed up to its steady state first
+                      (its blur's FFT-or-direct cache filled, :func:`prime_blur`, then 4 samples);
+                      samples of both / the slower one's seconds.
                       Time to ship samples between processes is not counted (nnU-Net would pay it too)
   <transform>, both   ms per sample each transform costs at the preset's probabilities: nnU-Net's from a
                       timer around each transform of its Compose; brainnet's from batches on which only
@@ -40,10 +42,15 @@ from common import Bar, Report, Row, base_parser, finish, measure_rows, require,
 SHAPES = {"course": (160, 160, 16), "nnU-Net BraTS": (112, 160, 128)}
 CHANNELS = 4
 THREADS = 2
-#: samples per nnU-Net worker and batches for brainnet, per round, by patch size
-FULL = {"course": {"samples": 24, "rounds": 3}, "nnU-Net BraTS": {"samples": 6, "rounds": 3}}
+#: samples per nnU-Net worker and batches for brainnet, per round, by patch size. Each transform fires
+#: on a sample with probability 0.1-0.3 and nnU-Net's blur of a BraTS patch alone costs more than the
+#: rest together, so a round of 6 BraTS samples gave ratios from 2.5x to 4.0x between two runs on an
+#: idle machine (2026-12-03): 24 per round make a round's mix of transforms close to the preset's.
+FULL = {"course": {"samples": 96, "rounds": 5}, "nnU-Net BraTS": {"samples": 24, "rounds": 5}}
 QUICK = {"course": {"samples": 4, "rounds": 1}, "nnU-Net BraTS": {"samples": 1, "rounds": 1}}
 #: brainnet's blocks, their firing probability per sample in the preset (spatial: rotation or scaling)
+#: nnU-Net samples per worker before its timer starts (after :func:`prime_blur`)
+WARM_UP_SAMPLES = 4
 BLOCKS = ("spatial", "noise", "blur", "brightness", "contrast", "low_resolution", "gamma_inverted", "gamma")
 
 
@@ -103,8 +110,26 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
+def prime_blur(compose: Any, image: Any) -> None:
+    """Fill the FFT-or-direct choice cache of nnU-Net's blur for every axis and kernel size it can draw.
+
+    nnU-Net builds its blur with ``benchmark=True``: the first blur of an (axis length, kernel size) pair
+    times 9 direct and 9 FFT convolutions before it blurs. That is paid once per worker over a training of
+    thousands of samples; in a round of a few samples it had dominated nnU-Net's time (a BraTS blur
+    averaged 313 ms per sample over 6 samples, 31 over 24). Steady state is what training sees.
+    """
+    for timed in compose.transforms:
+        blur = getattr(timed.inner, "transform", timed.inner)
+        if type(blur).__name__ != "GaussianBlurTransform" or not blur.benchmark:
+            continue
+        low, high = blur.blur_sigma
+        for axis in range(image.ndim - 1):
+            for sigma in np.linspace(low, high, 11):  # every kernel size the sigma range gives
+                blur._benchmark_wrapper(image[:1].clone(), float(sigma), axis)
+
+
 def nnunet_task(shape: tuple[int, ...], samples: int, seed: int) -> tuple[float, dict[str, float]]:
-    """In a worker: time ``samples`` samples through nnU-Net's transforms (one warm-up sample first)."""
+    """In a worker: time ``samples`` samples through nnU-Net's transforms, warmed up to its steady state."""
     import torch
 
     compose, timers, patch = _nnunet_transforms(shape)
@@ -112,7 +137,9 @@ def nnunet_task(shape: tuple[int, ...], samples: int, seed: int) -> tuple[float,
     torch.manual_seed(seed)
     image, label = make_batch(torch, 1, patch, seed)
     image, segmentation = image[0], label.to(torch.int16)
-    compose(image=image.clone(), segmentation=segmentation.clone())
+    prime_blur(compose, image)
+    for _ in range(WARM_UP_SAMPLES):
+        compose(image=image.clone(), segmentation=segmentation.clone())
     timers.clear()
     started = time.perf_counter()
     for _ in range(samples):
