@@ -132,6 +132,7 @@ class Plan:
     n_test: int
     patches_per_case: int
     small_tumour_every: int
+    mimics: int
     base_filters: int
     depth: int
     normalization: str
@@ -153,6 +154,7 @@ FULL = Plan(
     # positives show most: on a small tumour they outweigh the true tumour (the demo's BRATS_004); without
     # them (0, the other benchmarks' setting, used here before 2026-12-02) a held-out WT Dice hides them
     small_tumour_every=4,
+    mimics=0,
     base_filters=8,
     depth=3,
     normalization="none",  # the course's U-Net: no normalization layer
@@ -168,7 +170,7 @@ FULL = Plan(
 )
 QUICK = replace(FULL, n_train=6, n_test=2, steps=40, seeds=(0,))
 #: command-line options that set the Plan field of their name (``--seeds`` is parsed apart)
-PLAN_OPTIONS = ("patch", "steps", "lr", "normalization", "dice", "bce_weight", "small_tumour_every")
+PLAN_OPTIONS = ("patch", "steps", "lr", "normalization", "dice", "bce_weight", "small_tumour_every", "mimics")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -187,7 +189,12 @@ def build_params(plan: Plan, kind: str) -> Any:
 
 def prepare(plan: Plan, workdir: Path, fresh: bool) -> dict[str, Path]:
     """Train and held-out case folders and the two stores of the train cases (cached)."""
-    synth = {"fresh": fresh, "shape": plan.shape, "small_tumour_every": plan.small_tumour_every}
+    synth = {
+        "fresh": fresh,
+        "shape": plan.shape,
+        "small_tumour_every": plan.small_tumour_every,
+        "mimics": plan.mimics,
+    }
     train_dir = synthetic_dataset(workdir, plan.n_train, seed=0, **synth)
     test_dir = synthetic_dataset(workdir, plan.n_test, seed=TEST_SEED, **synth)
     size = "x".join(map(str, plan.patch))
@@ -414,7 +421,11 @@ def small_tumour_ids(plan: Plan) -> set[str]:
     """The ids of the held-out cases the generator gave a small tumour."""
     synth_params_cls = require("brainprep.synth", "SynthParams")
     params = synth_params_cls(
-        n_cases=plan.n_test, shape=plan.shape, seed=TEST_SEED, small_tumour_every=plan.small_tumour_every
+        n_cases=plan.n_test,
+        shape=plan.shape,
+        seed=TEST_SEED,
+        small_tumour_every=plan.small_tumour_every,
+        mimics=plan.mimics,
     )
     return {params.case_id(i) for i in range(plan.n_test) if params.is_small_tumour_case(i)}
 
@@ -585,6 +596,7 @@ def run(args: Any) -> Report:
             "held_out_cases": plan.n_test,
             "patches_per_case": plan.patches_per_case,
             "small_tumour_every": plan.small_tumour_every,
+            "mimics": plan.mimics,
             "dice": plan.dice,
             "bce_weight": plan.bce_weight,
             "model": f"base {plan.base_filters} depth {plan.depth} normalization {plan.normalization}",
@@ -664,6 +676,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="every k-th synthetic case (train and held out) a small tumour (default 4, as the demo; 0 none)",
+    )
+    parser.add_argument(
+        "--mimics",
+        type=int,
+        default=None,
+        help="tumour mimics per synthetic case (SynthParams.mimics: FLAIR/T2 hyperintensities and T1gd foci "
+        "in healthy brain, label 0; default 0)",
     )
     parser.add_argument(
         "--arms", default=None, help="comma-separated subset of i,ii,iii,iv,v,vi (default all)"

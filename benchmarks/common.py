@@ -312,28 +312,33 @@ def synthetic_dataset(
     shape: tuple[int, int, int] = SCAN_SHAPE,
     seed: int = SYNTH_SEED,
     small_tumour_every: int = 0,
+    mimics: int = 0,
 ) -> Path:
     """An MSD-layout folder of ``n_cases`` synthetic cases of ``shape`` x 4, written once and reused.
 
     ``small_tumour_every``: ``SynthParams``'s (every k-th case a tumour too small for any course-sized
     patch to hold 5 %); 0 by default, so that every case yields its K patches and per-case timings compare
-    like with like.
+    like with like. ``mimics``: ``SynthParams``'s tumour mimics per case (0 by default).
 
     The folder is ``WORKDIR/synth-msd-<n>-seed<seed>`` (``-<X>x<Y>x<Z>`` appended for another shape than
-    240x240x155, ``-small<k>`` for small tumours); a marker file written last holds the ``SynthParams`` so
-    an interrupted or differently made folder is rewritten.
+    240x240x155, ``-small<k>`` for small tumours, ``-mimics<m>`` for mimics); a marker file written last
+    holds the ``SynthParams`` so an interrupted or differently made folder is rewritten.
 
     Raises:
         MissingPiece: ``brainprep.synth.write_synthetic_dataset`` is not available.
     """
     write = require("brainprep.synth", "write_synthetic_dataset")
     synth_params_cls = require("brainprep.synth", "SynthParams")
-    params = synth_params_cls(n_cases=n_cases, shape=shape, seed=seed, small_tumour_every=small_tumour_every)
+    params = synth_params_cls(
+        n_cases=n_cases, shape=shape, seed=seed, small_tumour_every=small_tumour_every, mimics=mimics
+    )
     folder = workdir / f"synth-msd-{n_cases}-seed{seed}"
     if tuple(shape) != SCAN_SHAPE:
         folder = folder.with_name(folder.name + "-" + "x".join(map(str, shape)))
     if small_tumour_every:
         folder = folder.with_name(f"{folder.name}-small{small_tumour_every}")
+    if mimics:
+        folder = folder.with_name(f"{folder.name}-mimics{mimics}")
     wanted = {"synth_params": params.to_dict()}
     if not fresh and _marker(folder).is_file():
         try:
@@ -438,7 +443,7 @@ def cached_store(
     wanted = {"build_params": params.to_dict(), "data_dir": str(data_dir), "data": data_marker}
     if params.store.kind == "volumes":  # the chunk layout and codec are the schema's, not build parameters
         schema = require("brainprep.store.volume_schema")
-        names = ("CHUNK_XY", "CHUNK_Z", "BLOSC_CNAME", "BLOSC_SHUFFLE", "LABEL_SHUFFLE")
+        names = ("CHUNK_XY", "CHUNK_Z", "BLOSC_CNAME", "BLOSC_SHUFFLE", "LABEL_SHUFFLE", "CORNER_TABLE")
         wanted["layout"] = [list(schema.stored_axis_order(4)), *(getattr(schema, n, None) for n in names)]
     marker = store.with_name(store.name + ".bench.json")
     if not fresh and store.exists() and marker.is_file():

@@ -381,3 +381,63 @@ def test_cli_synth_with_skull_writes_the_whole_head(tmp_path):
     head_case = build_case(params, 0)
     np.testing.assert_array_equal(case.image, np.moveaxis(head_case.image, -1, 0))
     assert np.all(case.image[:, head_case.tissue == Tissue.SKULL] > 0)
+
+
+def test_mimics_change_only_their_own_voxels_and_leave_the_labels():
+    plain = build_case(small_params(), 0)
+    mimicked = build_case(small_params(mimics=6), 0)
+    np.testing.assert_array_equal(mimicked.label, plain.label)
+    mimic = np.isin(mimicked.tissue, [Tissue.HYPERINTENSITY, Tissue.ENHANCING_FOCUS])
+    for kind in (Tissue.HYPERINTENSITY, Tissue.ENHANCING_FOCUS):
+        assert (mimicked.tissue == kind).any()
+    assert not (mimic & (mimicked.label > 0)).any()
+    changed = (mimicked.image != plain.image).any(axis=-1)
+    assert changed.any() and not (changed & ~mimic).any()
+    # in healthy grey or white matter only, and inside the skull-stripped brain
+    assert set(np.unique(plain.tissue[mimic]).tolist()) <= {Tissue.GREY_MATTER, Tissue.WHITE_MATTER}
+    assert (mimicked.image[mimic] > 0).all()
+
+
+def test_mimics_keep_clear_of_the_tumour():
+    from scipy import ndimage
+
+    from brainprep.synth.mimics import CLEARANCE_MM
+
+    params = small_params(mimics=8)
+    for index in range(3):
+        case = build_case(params, index)
+        mimic = np.isin(case.tissue, [Tissue.HYPERINTENSITY, Tissue.ENHANCING_FOCUS])
+        mm = np.array(Grid(params.shape).mm_per_voxel)
+        distance = ndimage.distance_transform_edt(case.label == 0, sampling=mm)
+        assert distance[mimic].min() > CLEARANCE_MM
+
+
+def test_mimics_look_like_edema_and_enhancing_tumour():
+    cases = [build_case(small_params(mimics=8), i) for i in range(3)]
+    tissue = np.concatenate([c.tissue.ravel() for c in cases])
+    label = np.concatenate([c.label.ravel() for c in cases])
+    image = np.concatenate([c.image.reshape(-1, 4) for c in cases])
+    white = (tissue == Tissue.WHITE_MATTER) & (label == 0)
+    hyper, focus = tissue == Tissue.HYPERINTENSITY, tissue == Tissue.ENHANCING_FOCUS
+    for channel in (FLAIR, T2W):
+        edema = image[label == 1, channel].mean()
+        assert abs(image[hyper, channel].mean() / edema - 1) < 0.2
+        assert image[hyper, channel].mean() > 1.4 * image[white, channel].mean()
+    assert image[focus, T1GD].mean() > 1.5 * image[white, T1GD].mean()
+    assert abs(image[focus, T1GD].mean() / image[label == 3, T1GD].mean() - 1) < 0.2
+    assert image[focus, FLAIR].mean() < 0.8 * image[label == 1, FLAIR].mean()
+
+
+def test_mimics_parameter_validation_and_cli(tmp_path):
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ConfigError, match="mimics"):
+            SynthParams(mimics=bad)
+    out = tmp_path / "mimics"
+    args = ["synth", str(out), "--cases", "1", "--shape", "48", "48", "24", "--mimics", "4"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "4 mimics per case" in result.output
+    description = json.loads((out / "dataset.json").read_text())
+    assert SynthParams.from_dict(description["brainprep_synth"]).mimics == 4
+    description["brainprep_synth"].pop("mimics")
+    assert SynthParams.from_dict(description["brainprep_synth"]).mimics == 0  # older datasets read as none

@@ -42,6 +42,14 @@ LAYOUT_CHOICES = ("msd", "brats2021", "brats2023")
     is_flag=True,
     help="Keep scalp and skull (default: skull-stripped, 0 outside the brain, like the real MSD/BraTS data).",
 )
+@click.option(
+    "--mimics",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Tumour mimics per case: FLAIR/T2 hyperintensities and T1gd-enhancing foci in healthy brain "
+    "(label 0).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
 def synth(
     out_dir: Path,
@@ -52,6 +60,7 @@ def synth(
     small_tumour_every: int,
     labels_from: Path | None,
     with_skull: bool,
+    mimics: int,
     overwrite: bool,
 ) -> None:
     """Write N synthetic BraTS-like cases to OUT_DIR (MSD layout by default)."""
@@ -69,6 +78,7 @@ def synth(
             small_tumour_every=small_tumour_every,
             labels_from=str(labels_from) if labels_from is not None else None,
             skull_stripped=not with_skull,
+            mimics=mimics,
         )
         with writing(out_dir):
             write_synthetic_dataset(out_dir, params, progress=True, overwrite=overwrite)
@@ -76,6 +86,6 @@ def synth(
         raise click.ClickException(one_line(err)) from err
     x, y, z = params.shape
     head = "skull-stripped" if params.skull_stripped else "with skull"
-    click.echo(
-        f"wrote {n_cases} synthetic cases ({layout} layout, {x}x{y}x{z}, seed {seed}, {head}) to {out_dir}"
-    )
+    extra = f", {mimics} mimics per case" if mimics else ""
+    described = f"{layout} layout, {x}x{y}x{z}, seed {seed}, {head}{extra}"
+    click.echo(f"wrote {n_cases} synthetic cases ({described}) to {out_dir}")

@@ -23,9 +23,18 @@ class Tissue(IntEnum):
     CSF = 3
     GREY_MATTER = 4
     WHITE_MATTER = 5
+    # 6-8 are the tumour classes' codes in :func:`brainprep.synth.contrast.class_map`
+    HYPERINTENSITY = 9  # tumour mimics (:mod:`brainprep.synth.mimics`)
+    ENHANCING_FOCUS = 10
 
 
-BRAIN_TISSUES: tuple[Tissue, ...] = (Tissue.CSF, Tissue.GREY_MATTER, Tissue.WHITE_MATTER)
+BRAIN_TISSUES: tuple[Tissue, ...] = (
+    Tissue.CSF,
+    Tissue.GREY_MATTER,
+    Tissue.WHITE_MATTER,
+    Tissue.HYPERINTENSITY,
+    Tissue.ENHANCING_FOCUS,
+)
 
 BRAIN_CENTRE_MM = np.array([0.0, -10.0, -4.0], dtype=np.float32)
 BRAIN_SEMI_AXES_MM = np.array([66.0, 86.0, 63.0], dtype=np.float32)

@@ -10,6 +10,7 @@ import numpy as np
 from brainprep.synth.anatomy import BRAIN_TISSUES, Tissue, brain_mask, make_anatomy
 from brainprep.synth.contrast import class_map, render_image
 from brainprep.synth.fields import Grid
+from brainprep.synth.mimics import add_mimics, mimic_rng
 from brainprep.synth.params import SMALL_TUMOUR_MAX_FRACTION, SynthParams
 from brainprep.synth.tumour import label_files, make_tumour, read_source_label
 
@@ -24,8 +25,8 @@ class SynthCase:
             the default) or outside the head, at least 1 inside.
         label: uint8 (X, Y, Z), MSD convention.
         tissue: uint8 (X, Y, Z), :class:`~brainprep.synth.anatomy.Tissue` values (under the tumour too) of
-            what the image shows: no scalp or skull in a skull-stripped case, so ``tissue > 0`` is
-            exactly where the image is nonzero.
+            what the image shows (mimics included: label 0 there): no scalp or skull in a skull-stripped
+            case, so ``tissue > 0`` is exactly where the image is nonzero.
     """
 
     case_id: str
@@ -60,7 +61,11 @@ def build_case(params: SynthParams, index: int) -> SynthCase:
             patch=params.patch_size,
             max_fraction=SMALL_TUMOUR_MAX_FRACTION,
         )
-    image = render_image(class_map(tissue, label), grid, rng)
+    mimics = None
+    if params.mimics:
+        mimics = mimic_rng(params.seed, index)
+        add_mimics(tissue, label, grid, params.mimics, mimics)
+    image = render_image(class_map(tissue, label), grid, rng, mimics)
     if params.skull_stripped:
         # The distributed MSD / BraTS images were skull-stripped after co-registration: exactly 0 outside
         # the brain mask. The whole head is rendered first, so both settings make the same random draws

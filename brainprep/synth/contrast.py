@@ -17,6 +17,7 @@ import numpy as np
 from brainprep.spec import CHANNEL_NAMES
 from brainprep.synth.anatomy import Tissue
 from brainprep.synth.fields import Grid, interpolated_noise, smooth_field
+from brainprep.synth.mimics import mimic_signal_table
 
 #: rows: Tissue values 0..5, then edema, non-enhancing core, enhancing rim (tissue code 5 + MSD label);
 #: columns: FLAIR, T1w, T1gd, T2w.
@@ -65,7 +66,9 @@ def draw_signal_table(rng: np.random.Generator) -> np.ndarray:
     return RELATIVE_SIGNAL * jitter * level[None, :]
 
 
-def render_image(classes: np.ndarray, grid: Grid, rng: np.random.Generator) -> np.ndarray:
+def render_image(
+    classes: np.ndarray, grid: Grid, rng: np.random.Generator, mimic_rng: np.random.Generator | None = None
+) -> np.ndarray:
     """Intensities of the four channels.
 
     Signal = class contrast x tissue texture x per-channel smooth multiplicative bias field, then
@@ -77,11 +80,17 @@ def render_image(classes: np.ndarray, grid: Grid, rng: np.random.Generator) -> n
         classes: uint8 (X, Y, Z) from :func:`class_map`.
         grid: the whole-volume grid.
         rng: the case's generator.
+        mimic_rng: the generator of the case's mimics (:mod:`brainprep.synth.mimics`), needed where
+            ``classes`` holds their codes; their signal is drawn from it, so ``rng`` draws the same.
 
     Returns:
         float32 (X, Y, Z, 4), channels FLAIR, T1w, T1gd, T2w, integer-valued (fits int16).
     """
     table = draw_signal_table(rng)
+    if mimic_rng is not None:
+        table = np.concatenate([table, mimic_signal_table(table[Tissue.WHITE_MATTER], mimic_rng)])
+    if int(classes.max(initial=0)) >= len(table):
+        raise ValueError(f"class code {int(classes.max())} has no signal (mimics need mimic_rng)")
     # Only head voxels get signal and noise (a third of a BraTS volume): work on their flat indices.
     head = np.flatnonzero(classes.ravel())
     head_classes = classes.ravel()[head]

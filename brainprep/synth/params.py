@@ -32,6 +32,9 @@ class SynthParams(Params):
             any patch to hold more than 5 % tumour; 0 = never. Ignored with ``labels_from``.
         labels_from: folder of real MSD label maps (``labelsTr``); case ``index`` takes the label map
             ``sorted(files)[index % n_files]`` (centre-cropped/zero-padded to ``shape``) as its tumour.
+        mimics: tumour mimics per case (:mod:`brainprep.synth.mimics`: FLAIR/T2 hyperintensities and
+            T1gd-enhancing foci in healthy brain, label 0), clear of the tumour; 0 = none (the default:
+            the same bytes as before mimics existed).
         skull_stripped: like the distributed MSD Task01 / BraTS images, every voxel outside the brain
             (CSF, grey and white matter, tumour) is exactly 0; False keeps the whole head (scalp, skull).
     """
@@ -43,6 +46,7 @@ class SynthParams(Params):
     small_tumour_every: int = 4
     labels_from: str | None = None
     skull_stripped: bool = True
+    mimics: int = 0
 
     def __post_init__(self) -> None:
         if self.n_cases < 1:
@@ -58,6 +62,8 @@ class SynthParams(Params):
             raise ConfigError(f"small_tumour_every must be >= 0, got {self.small_tumour_every}")
         if self.labels_from is not None:
             object.__setattr__(self, "labels_from", str(self.labels_from))
+        if isinstance(self.mimics, bool) or not isinstance(self.mimics, int) or self.mimics < 0:
+            raise ConfigError(f"mimics must be an int >= 0, got {self.mimics!r}")
         if not isinstance(self.skull_stripped, bool):
             raise ConfigError(f"skull_stripped must be true or false, got {self.skull_stripped!r}")
 
