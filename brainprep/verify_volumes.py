@@ -23,7 +23,7 @@ from brainprep.store import integrity
 from brainprep.store import volume_schema as vs
 from brainprep.store.shards import checksum_digest
 from brainprep.store.volume_zarr import shard_digest, shard_key
-from brainprep.volume import tumour_corner_table
+from brainprep.volume import crop_corner_table
 
 
 def check_volume_store(store: Any, progress: bool = False) -> list[Difference]:
@@ -85,7 +85,10 @@ def _table_problems(
     store: Any, index: int, label: np.ndarray, tables: dict[str, np.ndarray], case: tuple[str, ...]
 ) -> list[Difference]:
     params = store.params.sampling
-    corners, voxels = tumour_corner_table(label, params.patch_size, params.background_threshold)
+    source_shape = store.cases[index]["source_shape"]
+    corners, voxels = crop_corner_table(
+        label, store.crop(index), source_shape, params.patch_size, params.background_threshold
+    )
     out = []
     if not (
         np.array_equal(corners, tables[vs.TUMOUR_CORNERS])

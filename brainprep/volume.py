@@ -6,8 +6,8 @@ holds enough tumour, and a sample of each tumour class's voxels.
 
 - :func:`brain_crop`: the crop box (offset on the source grid, shape, padding) of one case;
 - :func:`cut_crop`: that box cut out of an image or label (zeros where the box leaves the volume);
-- :func:`tumour_corner_table`: the corners of the crop whose patch passes the course's threshold, with
-  their tumour voxel counts;
+- :func:`tumour_corner_table` / :func:`crop_corner_table`: the corners of the source grid (in crop
+  coordinates) whose patch passes the course's threshold, with their tumour voxel counts;
 - :func:`class_locations`: nnU-Net's per-class foreground locations.
 """
 
@@ -150,8 +150,46 @@ def cut_crop(array: np.ndarray, crop: Crop, dtype: np.dtype | str | None = None)
     return out
 
 
+def corner_region(crop: Crop, source_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The box, in crop coordinates, whose corners the tumour corner table covers: the source grid, and
+    the crop beyond it along an axis where the volume is shorter than the patch (padded).
+
+    The course draws its corners from the whole source grid, so a tumour patch may reach past the brain's
+    bounding box (and always does along an axis where the brain is narrower than the patch, as a BraTS
+    brain is narrower than 160 voxels in x); the table must hold those corners too.
+
+    Returns:
+        (start, stop) int64 (3,): ``start <= 0 <= crop.shape <= stop``.
+    """
+    offset, shape = np.asarray(crop.offset, dtype=np.int64), np.asarray(crop.shape, dtype=np.int64)
+    source = np.asarray(source_shape[-3:], dtype=np.int64)
+    return np.minimum(0, -offset), np.maximum(shape, source - offset)
+
+
+def region_label(
+    label: np.ndarray, crop: Crop, source_shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The crop's label placed in its :func:`corner_region` (zeros elsewhere: the crop holds every
+    tumour voxel), and the region's start in crop coordinates.
+
+    Args:
+        label: uint8 (X, Y, Z), the crop's label.
+        crop: its :class:`Crop`; source_shape: (..., X, Y, Z) of the source volume.
+
+    Returns:
+        (uint8 region label, int64 (3,) start).
+    """
+    start, stop = corner_region(crop, source_shape)
+    out = np.zeros(tuple(int(n) for n in stop - start), dtype=np.uint8)
+    out[tuple(slice(int(-a), int(-a) + n) for a, n in zip(start, label.shape, strict=True))] = label
+    return out, start
+
+
 def tumour_corner_table(
-    label: np.ndarray, patch_size: tuple[int, int, int], background_threshold: float
+    label: np.ndarray,
+    patch_size: tuple[int, int, int],
+    background_threshold: float,
+    origin: np.ndarray | tuple[int, int, int] = (0, 0, 0),
 ) -> tuple[np.ndarray, np.ndarray]:
     """The corners of ``label`` whose patch passes the course's threshold, with their tumour counts.
 
@@ -160,17 +198,33 @@ def tumour_corner_table(
     tumour fraction ``count / (px * py * pz)`` is above ``1 - background_threshold``.
 
     Args:
-        label: uint8 (X, Y, Z), the crop's label; the patch fits along every axis.
+        label: uint8 (X, Y, Z); the patch fits along every axis. A volume store passes the
+            :func:`region_label` of a crop, so that the table is the course's over the source grid.
         patch_size: (px, py, pz).
         background_threshold: e.g. 0.95.
+        origin: added to every corner (the region's start in crop coordinates: corners are the crop's,
+            negative where the patch starts before it).
 
     Returns:
         (corners int32 (M, 3) in C order of (x, y, z), tumour voxel counts int32 (M,)).
     """
     counts = corner_tumour_counts(label, patch_size)
     valid = valid_from_counts(counts, patch_size, background_threshold)
-    corners = np.argwhere(valid).astype(np.int32).reshape(-1, 3)
-    return corners, counts[valid].astype(np.int32)
+    corners = np.argwhere(valid).reshape(-1, 3) + np.asarray(origin, dtype=np.int64)
+    return corners.astype(np.int32), counts[valid].astype(np.int32)
+
+
+def crop_corner_table(
+    label: np.ndarray,
+    crop: Crop,
+    source_shape: tuple[int, ...],
+    patch_size: tuple[int, int, int],
+    background_threshold: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`tumour_corner_table` of a crop's label over its :func:`corner_region`: the corners (in
+    crop coordinates) of every source-grid patch the course's rule accepts, and their tumour counts."""
+    region, start = region_label(label, crop, source_shape)
+    return tumour_corner_table(region, patch_size, background_threshold, start)
 
 
 def class_locations(label: np.ndarray, rng: np.random.Generator, n_classes: int) -> np.ndarray:

@@ -45,6 +45,8 @@ def test_draws_depend_on_seed_epoch_and_position_only_and_follow_their_rules(sto
         again = VolumeDraws(store, None, params, seed=5)
         tables = {int(i): store.sampling_tables(int(i)) for i in store.case_indices()}
         crops = {int(i): np.array(store.crop(int(i)).shape) for i in store.case_indices()}
+        offsets = {int(i): np.array(store.crop(int(i)).offset) for i in store.case_indices()}
+        sources = {int(i): np.array(store.cases[int(i)]["source_shape"]) for i in store.case_indices()}
     assert len(draws.tumour_cases) == 3  # BRATS_004's tumour is too small for any corner
     stream = [draws.draw(2, p) for p in range(600)]
     backwards = [again.draw(2, p) for p in reversed(range(600))][::-1]
@@ -56,10 +58,13 @@ def test_draws_depend_on_seed_epoch_and_position_only_and_follow_their_rules(sto
     # 600 draws: shares 0.4 / 0.3 / 0.3 within a few binomial standard deviations (~0.02)
     assert abs(kinds.count("tumour") / 600 - 0.4) < 0.07 and abs(kinds.count("foreground") / 600 - 0.3) < 0.07
     for d in stream:
-        assert ((d.corner >= 0) & (d.corner <= crops[d.case] - PATCH)).all()
-        if d.kind == "tumour":
+        if d.kind == "tumour":  # any corner of the course's set: on the source grid, maybe past the crop
             assert (tables[d.case][vs.TUMOUR_CORNERS] == d.corner).all(axis=1).any()
-        elif d.kind == "foreground":  # a stored tumour voxel lies inside the window
+            on_source = d.corner + offsets[d.case]
+            assert ((on_source >= 0) & (on_source <= sources[d.case] - PATCH)).all()
+            continue
+        assert ((d.corner >= 0) & (d.corner <= crops[d.case] - PATCH)).all()
+        if d.kind == "foreground":  # a stored tumour voxel lies inside the window
             voxels = tables[d.case][vs.CLASS_LOCATIONS][:, 1:]
             assert ((voxels >= d.corner) & (voxels < d.corner + PATCH)).all(axis=1).any()
     with pytest.raises(ConfigError, match="sum <= 1"):

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import SHARED_DATA, ras_affine, write_brats_case
+from conftest import SHARED_DATA, copy_store, edit_store_metadata, ras_affine, write_brats_case
 
 from brainprep.builder import BadCasesError, build_patches
 from brainprep.cli import main as cli
@@ -91,12 +91,13 @@ def test_a_case_is_its_raw_crop_with_its_statistics_and_corner_table(data: Path,
             mean, std = nonzero_statistics(np.ascontiguousarray(source.image.transpose(0, 3, 2, 1)))
             assert entry["mean"] == mean.tolist() and entry["std"] == std.tolist()
             tables = store.sampling_tables(index)
-            counts = corner_tumour_counts(label, PATCH)
-            valid = valid_corner_mask(label, PATCH, 0.95)
-            np.testing.assert_array_equal(tables[vs.TUMOUR_CORNERS], np.argwhere(valid))
+            # the corner table is the course's over the whole source grid, in crop coordinates
+            counts = corner_tumour_counts(source.label, PATCH)
+            valid = valid_corner_mask(source.label, PATCH, 0.95)
+            np.testing.assert_array_equal(tables[vs.TUMOUR_CORNERS], np.argwhere(valid) - crop.offset)
             np.testing.assert_array_equal(tables[vs.TUMOUR_VOXELS], counts[valid])
             assert entry["n_tumour_corners"] == int(valid.sum())
-            assert entry["n_brain_corners"] == valid.size
+            assert entry["n_brain_corners"] == np.prod(np.array(crop.shape) - PATCH + 1)
             locations = tables[vs.CLASS_LOCATIONS]
             assert (label[tuple(locations[:, 1:].T)] == locations[:, 0]).all()
         assert store.cases[3]["n_tumour_corners"] == 0  # the too-small tumour: an empty table, no crash
@@ -293,7 +294,9 @@ def test_small_brains_are_padded_and_float16_overflow_refused(tmp_path: Path) ->
         # x: brain 5..29 (25) widened to 32, centred (5 - 7 // 2 = 2); y: 4..19 (16) widened to 32 and
         # kept inside the 36 voxels (start -4 -> 0); z: the 6 slices padded to 8, one on each side
         assert entry["crop_offset"] == [2, 0, -1] and entry["crop_shape"] == [32, 32, 8]
-        assert entry["n_brain_corners"] == 1 and entry["n_tumour_corners"] == 1
+        # tumour corners: the course's over the source grid along x and y (9 x 5, all of them 11.7% tumour
+        # at least), the padded crop's one along z (the volume is shorter than the patch there)
+        assert entry["n_brain_corners"] == 1 and entry["n_tumour_corners"] == 45
         assert entry["padding"] == [[0, 0], [0, 0], [1, 1]]
         np.testing.assert_array_equal(store.case_table.padding[0], [[0, 0], [0, 0], [1, 1]])
     image[0, 10, 10, 2] = 70000.0
@@ -373,16 +376,14 @@ def test_crop_offset_maps_the_corner_table_back_to_a_real_label_map(tmp_path: Pa
         tables = store.sampling_tables(0)
         crop = store.crop(0)
         source = store.corner_on_source(0, tables[vs.TUMOUR_CORNERS])
-        # every corner of the crop that passes the threshold, and no other, is in the table
+        # every corner of the source grid that passes the threshold (the course's set), and no other, is in
+        # the table: those whose patch reaches past the crop too (the brain is narrower than the patch in x)
         valid = valid_corner_mask(label, size, 0.95)
         counts = corner_tumour_counts(label, size)
-        inside = np.argwhere(valid)
-        inside = inside[
-            ((inside >= crop.offset) & (inside <= np.array(crop.offset) + crop.shape - size)).all(axis=1)
-        ]
-        np.testing.assert_array_equal(source, inside)
-        np.testing.assert_array_equal(tables[vs.TUMOUR_VOXELS], counts[tuple(source.T)])
-        assert len(source) > 100
+        np.testing.assert_array_equal(source, np.argwhere(valid))
+        np.testing.assert_array_equal(tables[vs.TUMOUR_VOXELS], counts[valid])
+        outside = (source < crop.offset) | (source > np.array(crop.offset) + crop.shape - size)
+        assert len(source) > 100 and outside.any(axis=1).mean() > 0.5
         # the patch store's corners (drawn on the source grid) read back as its very label patches
         for slot in p.patch_indices():
             corner = p.table.corner[slot] - np.array(crop.offset)
@@ -439,3 +440,13 @@ def test_verify_pack_and_the_patch_commands_on_a_volume_store(reference: Path, t
     assert any(line.startswith("labels labels/000002: chunk 0 fails its checksum") for line in lines)
     assert any(line.startswith("tumour_voxels tumour_voxels/000000: table") for line in lines)
     assert "2 difference(s)" in bad.output
+
+
+def test_a_store_built_before_source_grid_corner_tables_is_refused(reference: Path, tmp_path: Path) -> None:
+    old = copy_store(reference, tmp_path)
+    edit_store_metadata(old, lambda meta: meta.pop("corner_table"))
+    with pytest.raises(StoreError, match="rebuild it") as caught:
+        open_store(old)
+    assert str(old) in str(caught.value) and "\n" not in str(caught.value)
+    with open_store(reference) as store:
+        assert store.metadata["corner_table"] == vs.CORNER_TABLE

@@ -480,9 +480,11 @@ def store_metadata(
                 entry["mean"], entry["std"] = records[index]["mean"], records[index]["std"]
             cases.append(entry)
         fingerprint = source_fingerprint([f for record in records.values() for f in record["files"]])
+    kind_keys = {"corner_table": volume_schema.CORNER_TABLE} if params.store.kind == "volumes" else {}
     return {
         "schema_version": schema.SCHEMA_VERSION,
         "tool_version": __version__,
+        **kind_keys,
         "params": params.to_dict(),
         "source": {"root": info["root"], "layout": info["layout"], "fingerprint": fingerprint},
         "spec": info["spec"],

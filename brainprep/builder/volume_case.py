@@ -34,9 +34,9 @@ from brainprep.volume import (
     Crop,
     axis_hits,
     class_locations,
+    crop_corner_table,
     crop_from_hits,
     cut_crop,
-    tumour_corner_table,
     window_parts,
 )
 
@@ -156,7 +156,7 @@ class VolumeCase:
         tables: ``tumour_corners`` int32 (M, 3), ``tumour_voxels`` int32 (M,), ``class_locations`` int32
             (L, 4).
         mean, std: float64 (4,) volume-nonzero statistics (of the stored image, less its background).
-        n_brain_corners: corners of the crop; best_tumour_fraction: over them.
+        n_brain_corners: corners of the crop; best_tumour_fraction: the highest of the corner table's.
         background: float64 (4,) what was subtracted from each channel (0 for BraTS).
     """
 
@@ -178,6 +178,7 @@ def volume_case(
     params: BuildParams,
     rng: np.random.Generator,
     n_classes: int,
+    source_shape: tuple[int, ...],
     background: np.ndarray | None = None,
     stored: np.ndarray | None = None,
     files: CaseFiles | None = None,
@@ -192,6 +193,7 @@ def volume_case(
         params: patch size, threshold and store dtype.
         rng: the case's generator (for the class-location sample).
         n_classes: foreground classes of the dataset spec (each gets class locations).
+        source_shape: (..., X, Y, Z) of the source volume: the corner table covers its grid.
         background: float64 (4,) subtracted from the image (recorded); ``None``: zeros.
         stored: an array of ``cropped``'s shape in the store dtype to hold the stored image (a worker's
             reused memory); ``None``: a new one (or ``cropped`` itself when the dtypes agree).
@@ -219,7 +221,8 @@ def volume_case(
     # store they are the whole volume's, bit for bit when summed in the same order: the crop's memory
     # order (x fastest for a slice-major crop, :func:`~brainprep.store.volume_schema.memory_order`).
     mean, std = nonzero_statistics(vs.memory_order(stored), 0.0)
-    corners, voxels = tumour_corner_table(label_crop, size, params.sampling.background_threshold)
+    threshold = params.sampling.background_threshold
+    corners, voxels = crop_corner_table(label_crop, crop, source_shape, size, threshold)
     n_corners = int(np.prod([c - p + 1 for c, p in zip(crop.shape, size, strict=True)]))
     best = float(voxels.max()) / float(np.prod(size)) if len(voxels) else 0.0
     tables = {
@@ -289,7 +292,16 @@ def write_volume_case(task: CaseTask) -> dict[str, Any]:
                 stored = buffers.slice_major(1, shape, params.store.dtype)
                 label_crop, n_classes = cut_crop(label, crop), task.files.spec.n_classes
                 case = volume_case(
-                    cropped, label_crop, crop, params, rng, n_classes, background, stored, task.files
+                    cropped,
+                    label_crop,
+                    crop,
+                    params,
+                    rng,
+                    n_classes,
+                    arrays.shape,
+                    background,
+                    stored,
+                    task.files,
                 )
         except CaseError as err:
             if err.case_id is None:  # volume_case's float16 check does not know the case

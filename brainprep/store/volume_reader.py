@@ -48,6 +48,13 @@ class VolumeStore(PatchStore):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.metadata.get("complete", False) and self.metadata.get("corner_table") != vs.CORNER_TABLE:
+            self.close()
+            raise StoreError(
+                f"{self.location} was built before its tumour corner tables covered the whole source grid "
+                "(they hold only the corners inside each brain crop, so tumour windows would miss most of "
+                "the course's); rebuild it with `brainprep build-patches --kind volumes --overwrite`"
+            )
         self._case_table: VolumeCaseTable | None = None
         self._checked: set[str] = set()  # HDF5 case arrays whose every chunk is known to be stored
         self._readers: dict[str, Any] = {}  # case array -> its direct chunk reader (None: read by zarr)

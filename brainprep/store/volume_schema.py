@@ -13,8 +13,10 @@ name                         shape                 dtype     meaning
 images/NNNNNN                (4, X, Y, Z)          float16   RAW (not standardized) FLAIR, T1w, T1gd, T2w,
                                                    /float32  the crop of the RAS image (see below)
 labels/NNNNNN                (X, Y, Z)             uint8     MSD labels 0..3 of the same crop
-tumour_corners/NNNNNN        (M, 3)                int32     corners (in the crop) whose patch's tumour
-                                                             fraction passes the course's threshold
+tumour_corners/NNNNNN        (M, 3)                int32     corners (crop coordinates, of the whole
+                                                             source grid: may lie before or past the
+                                                             crop) whose patch's tumour fraction passes
+                                                             the course's threshold
 tumour_voxels/NNNNNN         (M,)                  int32     tumour voxels (label > 0) of each such patch:
                                                              fraction = count / (px * py * pz)
 class_locations/NNNNNN       (L, 4)                int32     ``(class, x, y, z)`` (in the crop): nnU-Net's
@@ -41,8 +43,12 @@ with zeros beyond it, recorded in ``case_padding``). Each channel is stored less
 the constant of an already-normalized input, e.g. -0.7), so every voxel outside the crop is 0 in every
 channel and in the label, and a window that leaves the crop reads zeros there: any source-grid window
 can be served, and a corner ``c`` in the crop is ``case_crop_offset[i] + c`` on the source grid.
-"Brain corners" are the corners whose patch fits the crop (``case_brain_corners``); the corner table is
-computed on the crop's label with the patch store's own test (:func:`brainprep.sample.valid_from_counts`).
+"Brain corners" are the corners whose patch fits the crop (``case_brain_corners``). The corner table is
+the course's over the whole source grid (:func:`brainprep.volume.crop_corner_table`: the crop's label
+placed in the source grid, with the patch store's own test, :func:`brainprep.sample.valid_from_counts`),
+so tumour windows are drawn from exactly the corners the course and the patch store draw from, those
+whose patch reaches past the brain's bounding box included; along an axis where the volume itself is
+shorter than the patch the region is the padded crop.
 
 Why raw float16. Standardization happens at read time (``patch-slice`` on the window cut, or
 ``volume-nonzero`` with ``case_mean`` / ``case_std``; :class:`brainprep.store.volume_reader.VolumeStore`),
@@ -124,6 +130,10 @@ LABEL_SHUFFLE = "noshuffle"
 
 IMAGES = "images"
 LABELS = "labels"
+#: what the corner tables cover, in the ``corner_table`` key of a volume store's metadata. Stores built
+#: before it existed (2026-12-03) tabled only the corners whose patch fits the crop, a sliver of the
+#: course's where the brain is narrower than the patch; they are refused at open (rebuild them).
+CORNER_TABLE = "source-grid"
 TUMOUR_CORNERS = "tumour_corners"
 TUMOUR_VOXELS = "tumour_voxels"
 CLASS_LOCATIONS = "class_locations"
