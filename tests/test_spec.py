@@ -133,6 +133,21 @@ def test_ped_without_labels_is_refused_naming_the_option(tmp_path):
     assert discover_cases(tmp_path, "brats2024-ped").spec == convention_spec("brats2024-ped")
 
 
+@pytest.mark.parametrize("one_case_folder", [False, True])
+def test_ped_files_in_a_renamed_folder_are_refused_too(tmp_path, one_case_folder):
+    """A container's ``input/`` or renamed case folders: the file names still carry BraTS-PED-."""
+    _brats_folder(tmp_path / "data", "BraTS-PED-00001-000")
+    _brats_folder(tmp_path / "data", "BraTS-PED-00002-000")
+    for k in (1, 2):
+        (tmp_path / "data" / f"BraTS-PED-0000{k}-000").rename(tmp_path / "data" / f"case{k}")
+    root = tmp_path / "data" / "case1" if one_case_folder else tmp_path / "data"
+    with pytest.raises(LayoutError, match=r"BraTS-PED-.*--labels"):
+        discover_cases(root)
+    result = CliRunner().invoke(brainprep_main, ["check", str(root)])
+    assert result.exit_code == 2 and "--labels" in result.output
+    assert discover_cases(root, "brats2023-ped").spec == convention_spec("brats2023-ped")
+
+
 @pytest.mark.parametrize(
     ("case_id", "convention"), [("BraTS-GLI-00001-000", "brats2023"), ("BraTS-MEN-00001-000", "brats2023")]
 )
@@ -246,6 +261,17 @@ def test_msd_dataset_json_channel_order_is_honoured(msd_dataset):
         ({"0": "CT"}, NNUNET_LABELS, "not the four MRI modalities"),
         ({"0": "FLAIR", "1": "T1", "2": "T1CE", "3": "ADC"}, NNUNET_LABELS, "not the four MRI modalities"),
         ({"0": "FLAIR", "1": "T1", "2": "T1CE", "3": "T2"}, {"background": 0, "liver": 1}, "--labels"),
+        # 1-based channel keys: a bare IndexError before
+        ({"1": "FLAIR", "2": "T1", "3": "T1CE", "4": "T2"}, NNUNET_LABELS, "are not 0..3"),
+        (["FLAIR", "T1", "T1CE", "T2"], NNUNET_LABELS, "must be an object"),
+        ({"0": "FLAIR", "1": "T1", "2": "T1CE", "3": "T2"}, None, "labels must be a non-empty object"),
+        ({"0": "FLAIR", "1": "T1", "2": "T1CE", "3": "T2"}, ["background", "edema"], "must be a non-empty"),
+        # two classes of one value: the spec's refusal, naming the file
+        (
+            {"0": "FLAIR", "1": "T1", "2": "T1CE", "3": "T2"},
+            {"background": 0, "edema": 1, "non-enhancing": 1, "enhancing": 3},
+            "--labels",
+        ),
     ],
 )
 def test_dataset_json_that_cannot_be_placed_is_refused(msd_dataset, tmp_path, channels, labels, message):
@@ -256,7 +282,27 @@ def test_dataset_json_that_cannot_be_placed_is_refused(msd_dataset, tmp_path, ch
     )
     with pytest.raises(LayoutError, match=message) as info:
         discover_cases(out)
-    assert "dataset.json" in str(info.value)
+    assert "dataset.json" in str(info.value) and "\n" not in str(info.value)
+    result = CliRunner().invoke(brainprep_main, ["check", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output and "dataset.json" in result.output
+
+
+def test_nnunet_v1_raw_reads_identical_to_the_msd_case(msd_dataset, tmp_path):
+    """nnU-Net v1 (Task folders): _0000 files, channels named under ``modality``, MSD-style labels."""
+    out = write_nnunet_copy(msd_dataset.root, tmp_path / "Task001_BrainTumour", (1, 3, 0, 2), NNUNET_LABELS)
+    description = json.loads((out / "dataset.json").read_text())
+    description["modality"] = description.pop("channel_names")
+    description["labels"] = {
+        "0": "background",
+        "1": "edema",
+        "2": "non-enhancing tumor",
+        "3": "enhancing tumour",
+    }
+    description.pop("file_ending")
+    (out / "dataset.json").write_text(json.dumps(description))
+    dataset = discover_cases(out)
+    assert dataset.layout == "nnunet" and dataset.spec == MSD_SPEC
+    _same_cases(msd_dataset.root, out)
 
 
 def test_nnunet_raw_without_dataset_json_is_refused(msd_dataset, tmp_path):

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from brainprep.errors import LayoutError
+from brainprep.errors import ConfigError, LayoutError
 from brainprep.read.labels import CONVENTIONS, convention_spec
 from brainprep.spec import CHANNEL_NAMES, DatasetSpec
 
@@ -86,9 +86,18 @@ def channel_order(names: Mapping[str, Any], path: Path) -> tuple[int, ...]:
     """Source channel index of each canonical channel, from ``{"0": "T1", "1": "FLAIR", ...}``.
 
     Raises:
-        LayoutError: the channels are not the four MRI modalities, each once.
+        LayoutError: the channels are not an object of indices 0..3 naming the four MRI modalities, each
+            once.
     """
-    found = {int(index): _lookup(CHANNEL_ALIASES, name) for index, name in names.items()}
+    if not isinstance(names, Mapping):
+        raise LayoutError(f'{path}: channel names must be an object {{"0": "FLAIR", ...}}, found {names!r}')
+    indices = [str(index) for index in names]
+    if len(indices) == len(CHANNEL_NAMES) and sorted(indices) != [str(i) for i in range(len(CHANNEL_NAMES))]:
+        raise LayoutError(
+            f"{path}: channel indices {', '.join(indices)} are not 0..{len(CHANNEL_NAMES) - 1} (the file "
+            f"suffixes _0000.._{len(CHANNEL_NAMES) - 1:04d}, or the 4th axis of an MSD image)"
+        )
+    found = {str(index): _lookup(CHANNEL_ALIASES, str(name)) for index, name in names.items()}
     order = {canonical: index for index, canonical in found.items() if canonical is not None}
     if len(names) != len(CHANNEL_NAMES) or len(order) != len(CHANNEL_NAMES) or None in found.values():
         accepted = "; ".join(f"{c}: {', '.join(a)}" for c, a in CHANNEL_ALIASES.items())
@@ -96,7 +105,7 @@ def channel_order(names: Mapping[str, Any], path: Path) -> tuple[int, ...]:
             f"{path}: channels {dict(names)} are not the four MRI modalities {', '.join(CHANNEL_NAMES)} "
             f"(accepted names, case-insensitive: {accepted})"
         )
-    return tuple(order[c] for c in CHANNEL_NAMES)
+    return tuple(int(order[c]) for c in CHANNEL_NAMES)
 
 
 def _refuse(path: Path, labels: Any, why: str) -> LayoutError:
@@ -157,6 +166,10 @@ def spec_from_dataset_json(description: Mapping[str, Any], path: Path, labels: s
     if "labels" not in description:
         return convention_spec("msd")
     given = description["labels"]
+    if not isinstance(given, Mapping) or not given:
+        raise LayoutError(
+            f'{path}: labels must be a non-empty object ({{"background": 0, ...}}), found {given!r}'
+        )
     regional = any(isinstance(v, list | tuple) for v in given.values())
     classes = _values_from_regions(given, path) if regional else _values_by_class(given, path)
     for spec in CONVENTIONS.values():
@@ -164,5 +177,8 @@ def spec_from_dataset_json(description: Mapping[str, Any], path: Path, labels: s
             values = tuple(classes[c] for c in spec.classes)
             if values == spec.source_values:
                 return spec
-            return spec.replace(convention="nnunet", source_values=values)
+            try:
+                return spec.replace(convention="nnunet", source_values=values)
+            except ConfigError as err:  # e.g. two classes of one value, a background other than 0
+                raise _refuse(path, dict(given), f"cannot be read: {err}") from err
     raise _refuse(path, dict(given), "are not the classes of a known convention")

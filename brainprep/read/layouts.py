@@ -124,6 +124,19 @@ def _file_key(path: Path) -> str:
     return re.split(r"[-_.]", stem)[-1].lower()
 
 
+def _file_case_ids(files: Iterable[Path]) -> set[str]:
+    """The case ids the channel and label files of a case folder carry: each stem less its last
+    ``-``/``_`` token (``BraTS-PED-00001-000-t2f.nii.gz`` -> ``BraTS-PED-00001-000``). A folder may have
+    been renamed (``input/`` of a container); its files still say which release they come from."""
+    ids = set()
+    for path in files:
+        stem = strip_nifti_suffix(path.name) or path.name
+        head = re.split(r"[-_.](?=[^-_.]*$)", stem, maxsplit=1)[0]
+        if head != stem:
+            ids.add(head)
+    return ids
+
+
 def _unique(named: Iterable[tuple[str, Path]], what: str) -> dict[str, Path]:
     """``{name: path}``; two paths of one name are a :class:`LayoutError` naming both.
 
@@ -175,9 +188,12 @@ def _case_from_folder(folder: Path, layout: str, case_id: str, spec: DatasetSpec
 
 def _read_dataset_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        description = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise LayoutError(f"cannot read {path}: {err}") from err
+    if not isinstance(description, dict):
+        raise LayoutError(f"{path}: a dataset.json is a JSON object, found a {type(description).__name__}")
+    return description
 
 
 def _is_nnunet(root: Path, description: dict) -> bool:
@@ -213,10 +229,11 @@ def _discover_imagestr(root: Path, labels: str | None) -> Dataset:
     json_path = root / "dataset.json"
     description = _read_dataset_json(json_path) if json_path.exists() else {}
     nnunet = _is_nnunet(root, description)
-    if nnunet and "channel_names" not in description:
+    # nnU-Net v2 names the channels in channel_names, v1 (Task folders) in modality, in the same format
+    if nnunet and "channel_names" not in description and "modality" not in description:
         raise LayoutError(
-            f"{root} holds nnU-Net raw images (<id>_0000...) but no dataset.json with channel_names: "
-            "without it the channels have no names"
+            f"{root} holds nnU-Net raw images (<id>_0000...) but no dataset.json with channel_names (or "
+            "nnU-Net v1's modality): without it the channels have no names"
         )
     ending = str(description.get("file_ending", ".nii.gz"))
     if ending not in NIFTI_SUFFIXES:
@@ -306,15 +323,17 @@ def discover_cases(data_dir: Path | str, labels: str | None = None) -> Dataset:
     own_files = [p for p in root.iterdir() if p.is_file() and _is_visible_nifti(p)]
     own_layout = _folder_layout(own_files)
     if own_layout is not None:
-        spec = spec_for_ids([root.name], own_layout, labels)
+        spec = spec_for_ids([root.name, *sorted(_file_case_ids(own_files))], own_layout, labels)
         return Dataset(root, own_layout, (_case_from_folder(root, own_layout, root.name, spec),), spec)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     layouts: dict[Path, str] = {}
+    file_ids: set[str] = set()
     for folder in folders:
         files = [p for p in folder.iterdir() if p.is_file() and _is_visible_nifti(p)]
         layout = _folder_layout(files)
         if layout is not None:
             layouts[folder] = layout
+            file_ids |= _file_case_ids(files)
     if not layouts:
         raise LayoutError(
             f"{root} matches no known layout: expected imagesTr/ + labelsTr/ (MSD, nnU-Net raw), or one "
@@ -325,6 +344,6 @@ def discover_cases(data_dir: Path | str, labels: str | None = None) -> Dataset:
     if len(kinds) > 1:
         raise LayoutError(f"{root} mixes case folders of several layouts: {', '.join(kinds)}")
     layout = kinds[0]
-    spec = spec_for_ids([f.name for f in layouts], layout, labels)
+    spec = spec_for_ids([*(f.name for f in layouts), *sorted(file_ids)], layout, labels)
     cases = tuple(_case_from_folder(f, layout, f.name, spec) for f in layouts)
     return Dataset(root, layout, cases, spec)
