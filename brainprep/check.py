@@ -25,6 +25,7 @@ from brainprep.config import Params
 from brainprep.errors import CaseError, ConfigError, ShapeMismatchError
 from brainprep.params import SamplingParams
 from brainprep.read import CHANNEL_NAMES, CaseFiles, discover_cases, read_case
+from brainprep.read.layouts import listing_warnings
 from brainprep.read.nifti import ras_spacing, read_nifti_header
 from brainprep.sample import patch_misfit, valid_corner_share
 from brainprep.spacing import SPACING_RTOL, format_spacing, majority_spacing, off_majority
@@ -147,6 +148,8 @@ class DatasetReport:
         workers: threads that read cases.
         spec: the dataset's spec (its classes are the table's count columns).
         channel_order: the source channel of each canonical one (a dataset.json in another order).
+        listing: what the dataset.json lists that the folder does not hold
+            (:func:`brainprep.read.layouts.listing_warnings`); among the :attr:`warnings`.
     """
 
     root: str
@@ -157,6 +160,7 @@ class DatasetReport:
     workers: int = 1
     spec: DatasetSpec = MSD_SPEC
     channel_order: tuple[int, ...] = (0, 1, 2, 3)
+    listing: tuple[str, ...] = ()
 
     @property
     def channel_note(self) -> str | None:
@@ -181,10 +185,12 @@ class DatasetReport:
     def warnings(self) -> tuple[str, ...]:
         """One line per case that builds but deserves a look: its spacing differs from the majority (by
         more than :data:`~brainprep.spacing.SPACING_RTOL` relative on an axis: ``build-patches`` refuses
-        it without ``--resample`` or ``--allow-mixed-spacing``), or its background is not 0."""
+        it without ``--resample`` or ``--allow-mixed-spacing``), or its background is not 0; before them,
+        what the dataset.json lists that the folder does not hold."""
         majority = self.majority_spacing
         ids, spacings = [c.case_id for c in self.cases], [c.spacing for c in self.cases]
-        lines = [
+        lines = list(self.listing)
+        lines += [
             f"case {case_id}: spacing {format_spacing(spacing)} differs from the majority "
             f"{format_spacing(majority)} (by more than {SPACING_RTOL:g} relative); build-patches needs "  # type: ignore[arg-type]
             "--resample or --allow-mixed-spacing"
@@ -417,6 +423,7 @@ def check_dataset(
         workers=workers,
         spec=dataset.spec,
         channel_order=dataset.channel_order,
+        listing=listing_warnings(dataset),
     )
 
 

@@ -139,6 +139,35 @@ def test_msd_dataset_with_workers(msd_dataset):
     assert "BRATS_001" in text and "2 workers" in text
 
 
+def test_cases_the_dataset_json_lists_but_the_folder_lacks_are_warned(msd_dataset):
+    root = msd_dataset.root
+    description = json.loads((root / "dataset.json").read_text())
+    listed = [f"BRATS_00{k}" for k in (1, 2, 3)]  # BRATS_003: in the list, not on disk
+    description["training"] = [
+        {"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"} for i in listed
+    ]
+    description["numTraining"] = 3
+    description["test"] = ["./imagesTs/BRATS_485.nii.gz"]
+    (root / "dataset.json").write_text(json.dumps(description))
+    report = check_dataset(root, CheckParams(patch_size=SMALL_PATCH))
+    assert report.summary["ok"] == 2 and report.summary["warnings"] == 3
+    lines = report.warnings
+    assert "1 training case(s)" in lines[0] and "BRATS_003 (./imagesTr/BRATS_003.nii.gz)" in lines[0]
+    assert "1 test case(s)" in lines[1] and "BRATS_485" in lines[1]
+    assert "numTraining is 3, the folder holds 2 labelled case(s)" in lines[2]
+    assert all(str(root / "dataset.json") in line for line in lines)
+    result = CliRunner().invoke(main, ["check", str(root), "--patch-size", *map(str, SMALL_PATCH)])
+    assert "warnings (3):" in result.output and "BRATS_003" in result.output
+    # the complete listing warns of nothing
+    description["training"], description["numTraining"], description["test"] = (
+        description["training"][:2],
+        2,
+        [],
+    )
+    (root / "dataset.json").write_text(json.dumps(description))
+    assert check_dataset(root, CheckParams(patch_size=SMALL_PATCH)).warnings == ()
+
+
 def test_unlabelled_dataset_is_ok_without_label(tmp_path):
     image, _ = small_case()
     write_brats_case(tmp_path, "BraTS-GLI-00010-000", image, None)

@@ -301,6 +301,37 @@ def spec_for_ids(case_ids: Iterable[str], layout: str, labels: str | None) -> Da
     return convention_spec(names[0])
 
 
+def listing_warnings(dataset: Dataset) -> tuple[str, ...]:
+    """What a folder's dataset.json lists that the folder does not hold, one line each (an incomplete
+    download or copy): MSD's ``training`` / ``test`` entries whose image is not there, and a
+    ``numTraining`` other than the number of cases found with a label file.
+
+    Args:
+        dataset: from :func:`discover_cases` (its ``description``: the dataset.json as read).
+    """
+    description, json_path = dataset.description, dataset.root / "dataset.json"
+    found = set(dataset.case_ids)
+    listed: list[tuple[str, str]] = []
+    for key in ("training", "test"):
+        entries = description.get(key)
+        for entry in entries if isinstance(entries, list) else []:
+            image = entry.get("image") if isinstance(entry, dict) else entry
+            case_id = strip_nifti_suffix(Path(image).name) if isinstance(image, str) else None
+            if case_id is not None and case_id not in found:
+                listed.append((key, f"{case_id} ({image})"))
+    lines = []
+    for key in ("training", "test"):
+        missing = [name for k, name in listed if k == key]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            lines.append(f"{json_path}: lists {len(missing)} {key} case(s) the folder does not hold: {shown}")
+    expected = description.get("numTraining")
+    labelled = sum(1 for c in dataset.cases if c.label_path is not None and c.label_path.is_file())
+    if isinstance(expected, int) and not isinstance(expected, bool) and expected != labelled:
+        lines.append(f"{json_path}: numTraining is {expected}, the folder holds {labelled} labelled case(s)")
+    return tuple(lines)
+
+
 def discover_cases(data_dir: Path | str, labels: str | None = None) -> Dataset:
     """Detect the layout and spec of ``data_dir`` and list its cases.
 
