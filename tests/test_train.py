@@ -292,6 +292,11 @@ def test_a_loss_option_trains_another_model_and_is_in_the_checkpoint(
             TrainConfig(**{field: wrong})
 
 
+def test_train_config_refuses_a_negative_seed():
+    with pytest.raises(ConfigError, match="seed must be >= 0"):  # a numpy ValueError at the first draw before
+        TrainConfig(seed=-1)
+
+
 def test_resume_refuses_a_different_trajectory(store_path, tmp_path):
     train(store_path, tmp_path / "run", _config(), TINY_MODEL)
     with pytest.raises(ConfigError, match="lr"):

@@ -69,6 +69,10 @@ def test_draws_depend_on_seed_epoch_and_position_only_and_follow_their_rules(sto
             assert ((voxels >= d.corner) & (voxels < d.corner + PATCH)).all(axis=1).any()
     with pytest.raises(ConfigError, match="sum <= 1"):
         WindowSamplingParams(tumour_share=0.8, foreground_share=0.3)
+    with pytest.raises(
+        ConfigError, match="standardize must be one of"
+    ):  # a KeyError at the first batch before
+        WindowSamplingParams(standardize="patch_slice")
 
 
 def test_ranks_are_disjoint_and_a_resumed_epoch_continues_the_stream() -> None:

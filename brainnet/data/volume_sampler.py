@@ -32,6 +32,7 @@ import torch.utils.data
 from brainnet.data.collate import CollatedBatch
 from brainprep.config import Params
 from brainprep.errors import ConfigError
+from brainprep.params import STANDARDIZE_METHODS
 from brainprep.store import volume_schema as vs
 
 KINDS = ("tumour", "foreground", "brain")
@@ -61,6 +62,10 @@ class WindowSamplingParams(Params):
             raise ConfigError(f"tumour and foreground shares must be >= 0 with a sum <= 1, got {shares}")
         if self.draws_per_epoch < 1:
             raise ConfigError(f"draws_per_epoch must be >= 1, got {self.draws_per_epoch}")
+        if self.standardize is not None and self.standardize not in STANDARDIZE_METHODS:
+            raise ConfigError(
+                f"standardize must be one of {STANDARDIZE_METHODS} or None, got {self.standardize!r}"
+            )
 
 
 @dataclass(frozen=True)

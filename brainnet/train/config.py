@@ -101,6 +101,8 @@ class TrainConfig(Params):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"TrainConfig.{name} must be >= 1 or None, got {value}")
+        if self.seed < 0:
+            raise ConfigError(f"TrainConfig.seed must be >= 0, got {self.seed}")
         if not self.lr > 0:
             raise ConfigError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if self.loader not in LOADER_BACKENDS:
