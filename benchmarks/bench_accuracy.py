@@ -158,7 +158,8 @@ FULL = Plan(
     base_filters=8,
     depth=3,
     normalization="none",  # the course's U-Net: no normalization layer
-    dice="sample",  # the course's soft Dice (per example and class); "batch": nnU-Net's batch_dice
+    # the course's soft Dice (per example and class); "batch": nnU-Net's batch_dice axes, squared denominator
+    dice="sample",
     bce_weight=0.0,  # the course's loss: no cross-entropy term (1: nnU-Net's Dice + BCE)
     steps=300,
     batch_size=4,

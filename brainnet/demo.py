@@ -247,7 +247,14 @@ def _evaluate_stage(
         evaluation = _timed(
             result,
             "evaluate on the validation split",
-            lambda: evaluate_store(loaded.model, store, "val", progress=progress, model_spec=loaded.spec),
+            lambda: evaluate_store(
+                loaded.model,
+                store,
+                "val",
+                progress=progress,
+                model_spec=loaded.spec,
+                standardize=loaded.build_params.standardize.method,
+            ),
             echo,
         )
     written = write_evaluation(evaluation, result.out_dir / "evaluation")

@@ -206,13 +206,16 @@ def _score_patches(model: torch.nn.Module, store: Any, split: str, options: dict
 
 
 def _score_crops(model: torch.nn.Module, store: Any, split: str, options: dict[str, Any]):
-    """Yield a :class:`_Scored` per case of a volume store: its whole crop by the sliding window."""
+    """Yield a :class:`_Scored` per case of a volume store: its whole crop by the sliding window,
+    standardized as ``options["standardize"]`` (the model's training windows) or the store's method."""
     from brainprep.standardize import brain_mask
 
     indices = store.case_indices(split)
     if len(indices) == 0:
         raise ConfigError(f"store {store.location} has no cases in split {split!r}")
     params = store.params
+    if options.get("standardize") is not None:  # a volume store reads with either method
+        params = params.replace(standardize=params.standardize.replace(method=options["standardize"]))
     per_window = params.standardize.method == "patch-slice"
     case_ids = _case_ids(store)
     for index in indices:
@@ -266,6 +269,7 @@ def evaluate_store(
     n_overlays: int = 4,
     progress: bool = False,
     model_spec: DatasetSpec | None = None,
+    standardize: str | None = None,
 ) -> EvaluationResult:
     """Predict ``split`` of the store and score it against the stored labels (the module docstring says
     what is scored for each store kind).
@@ -282,6 +286,10 @@ def evaluate_store(
             each of the first cases).
         model_spec: the dataset spec the model was trained on (:attr:`LoadedModel.spec`), checked
             against the store's: output channel ``k`` is the model's class ``k + 1``.
+        standardize: the method the model's training windows were standardized with (its checkpoint's
+            ``build_params.standardize.method``); a volume store's crops are standardized so (default: the
+            store's method). A patch store holds its patches standardized once: this is unused there
+            (``brainnet evaluate`` warns when the two differ).
 
     Raises:
         StoreMismatchError: ``model_spec`` names other classes or channels than the store's.
@@ -291,7 +299,13 @@ def evaluate_store(
     if model_spec is not None:
         check_model_spec(model_spec, store.spec, store.location)
     model.eval()
-    options = {"batch_size": batch_size, "threshold": threshold, "amp": amp, "amp_dtype": amp_dtype}
+    options = {
+        "batch_size": batch_size,
+        "threshold": threshold,
+        "amp": amp,
+        "amp_dtype": amp_dtype,
+        "standardize": standardize,
+    }
     volumes = is_volume_store(store)
     scored = (_score_crops if volumes else _score_patches)(model, store, split, options)
     if progress:

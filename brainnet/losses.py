@@ -14,6 +14,11 @@ Batches here are ``(B, C, X, Y, Z)``. The default ``axis=(2, 3, 4)`` computes on
 (example, class) and averages over examples *and* classes: exactly the course's loss of each example,
 averaged over the batch. ``axis=(0, 2, 3, 4)`` gives the "batch Dice" variant (one Dice per class, sums
 over the whole batch, as nnU-Net's ``batch_dice``), averaged over classes.
+
+Both keep the course's squared denominator, ``sum t^2 + sum p^2``. nnU-Net's own soft Dice
+(``MemoryEfficientSoftDiceLoss``, nnunetv2/training/loss/dice.py) sums ``t + p`` without squares and a
+smooth term of 1e-5 in both parts, so ``dice="batch"`` with ``bce_weight=1`` has nnU-Net's batch axes and
+its cross-entropy term, not its Dice term: it is not nnU-Net's loss exactly.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ DICE_EPSILON = 1e-5
 #: ``TrainConfig.dice``: the axes one Dice sums over. ``sample`` (the course): per (example, class), so an
 #: example without a class gives ``eps / (sum p^2 + eps)``, a loss near 1 whose gradient (about
 #: ``2 eps p / (sum p^2)^2``) vanishes: false positives on a tumour-free window are not penalized.
-#: ``batch`` (nnU-Net's ``batch_dice``): per class over the whole batch, where they add to the denominator.
+#: ``batch`` (the axes of nnU-Net's ``batch_dice``): per class over the whole batch, where they add to the
+#: denominator. Both with the course's squared denominator (see the module docstring).
 DICE_AXES: dict[str, tuple[int, ...]] = {"sample": SPATIAL_AXES, "batch": BATCH_AXES}
 
 
@@ -83,8 +89,9 @@ def segmentation_loss(
     sum_across: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The training loss: soft Dice of ``sigmoid(logits)`` (:data:`DICE_AXES` ``dice``), plus ``bce_weight``
-    times the binary cross-entropy of the logits averaged over every voxel and class (nnU-Net's region
-    loss ``DC_and_BCE_loss`` at weight 1), all in float32 whatever the autocast dtype.
+    times the binary cross-entropy of the logits averaged over every voxel and class (the cross-entropy
+    term of nnU-Net's region loss ``DC_and_BCE_loss`` at weight 1; its Dice term has no squares, see the
+    module docstring), all in float32 whatever the autocast dtype.
 
     The course's loss is ``bce_weight=0``. A channel whose sigmoid saturates over the whole brain gets no
     gradient from the Dice (the sigmoid's slope vanishes) and stays there; the cross-entropy's gradient on

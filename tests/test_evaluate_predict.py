@@ -660,3 +660,30 @@ def test_brain_box_is_the_prepared_scan_cut_to_the_crop_with_zero_padding(method
         prepared = prepared - background.astype(np.float32)[:, None, None, None]
     np.testing.assert_array_equal(box.volume, cut_crop(prepared, box.crop))
     assert box.mask.sum() == 12 * 16 * 4
+
+
+def test_a_volume_model_trained_with_another_standardization_is_evaluated_as_it_was_trained(tmp_path):
+    """``volume_sampling.standardize`` overrides the store's method in training: the checkpoint records
+    the method trained with, and evaluate standardizes the crops so (it used the store's before)."""
+    from brainnet.data.volume_sampler import WindowSamplingParams
+    from brainnet.train import TrainConfig, train
+    from brainprep.store import open_store
+
+    _, slice_store = _volume_store(tmp_path / "a", "patch-slice", dtype="float32")
+    _, nonzero_store = _volume_store(tmp_path / "b", "volume-nonzero", dtype="float32")
+    sampling = WindowSamplingParams(standardize="volume-nonzero", draws_per_epoch=4)
+    config = TrainConfig(epochs=1, batch_size=2, steps_per_epoch=2, val_steps=1, volume_sampling=sampling)
+    train(slice_store, tmp_path / "run", config, TINY_MODEL)
+    loaded = load_model(tmp_path / "run" / "last.pt")
+    assert loaded.build_params.standardize.method == "volume-nonzero"
+    with open_store(slice_store) as a, open_store(nonzero_store) as b:
+        assert a.params.standardize.method == "patch-slice"
+        method = loaded.build_params.standardize.method
+        as_trained = evaluate_store(loaded.model, a, "val", batch_size=2, standardize=method)
+        reference = evaluate_store(loaded.model, b, "val", batch_size=2)
+        as_built = evaluate_store(loaded.model, a, "val", batch_size=2)
+    assert as_trained.overall == reference.overall  # the same crops, standardized the same way
+    assert as_built.overall != reference.overall
+    # a resume on the same store is not taken for a store change
+    config2 = dataclasses.replace(config, epochs=2)
+    train(slice_store, tmp_path / "run", config2, TINY_MODEL, resume=True)

@@ -84,6 +84,7 @@ def evaluate(
             amp_dtype=train_config.amp_dtype,
             progress=progress,
             model_spec=loaded.spec,
+            standardize=loaded.build_params.standardize.method,
         )
     except BrainprepError as err:
         raise click.ClickException(one_line(err)) from err

@@ -101,16 +101,16 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
     type=click.Choice(["sample", "batch"]),
     default="sample",
     show_default=True,
-    help="Soft Dice per example and class (the course) or per class over the batch (nnU-Net's batch_dice: "
-    "false positives in tumour-free windows count).",
+    help="Soft Dice per example and class (the course) or per class over the batch (nnU-Net's batch_dice "
+    "axes, the course's squared denominator: false positives in tumour-free windows count).",
 )
 @click.option(
     "--bce-weight",
     type=click.FloatRange(min=0.0),
     default=0.0,
     show_default=True,
-    help="Add this times the binary cross-entropy to the Dice (0: the course's loss; 1: nnU-Net's Dice + "
-    "BCE, which pulls back a channel saturated over the whole brain).",
+    help="Add this times the binary cross-entropy to the Dice (0: the course's loss; 1: Dice + BCE "
+    "as nnU-Net weighs them, which pulls back a channel saturated over the whole brain).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)

@@ -10,7 +10,7 @@ format_version     1
 model              ``state_dict`` of the (unwrapped) model
 model_config       ``ModelConfig.to_dict()``
 train_config       ``TrainConfig.to_dict()``
-build_params       the store's ``BuildParams.to_dict()`` (patch size, standardization, ...)
+build_params       the store's ``BuildParams.to_dict()`` (patch size, standardization as trained, ...)
 spec               the store's ``DatasetSpec.to_dict()``: channels, classes, label values, regions
                    (absent before the spec: the MSD glioma spec)
 store              the store location (str)
@@ -118,6 +118,16 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def trained_build_params(build_params: BuildParams, train_config: TrainConfig) -> BuildParams:
+    """The build parameters a checkpoint records: its store's, with the standardization the windows were
+    trained with (a volume store's ``volume_sampling.standardize`` overrides the store's method), so that
+    :mod:`brainnet.predict` and :func:`brainnet.evaluate.evaluate_store` standardize as training did."""
+    method = train_config.volume_sampling.standardize
+    if build_params.store.kind != "volumes" or method is None or method == build_params.standardize.method:
+        return build_params
+    return build_params.replace(standardize=build_params.standardize.replace(method=method))
+
+
 def training_payload(
     *,
     model: torch.nn.Module,
@@ -147,7 +157,7 @@ def training_payload(
         "model": model.state_dict(),
         "model_config": model_config.to_dict(),
         "train_config": train_config.to_dict(),
-        "build_params": store.params.to_dict(),
+        "build_params": trained_build_params(store.params, train_config).to_dict(),
         "spec": store.spec.to_dict(),
         "store": str(store.location),
         "store_id": getattr(store, "content_id", None),

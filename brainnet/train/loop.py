@@ -399,7 +399,12 @@ def _check_same_store(saved: dict[str, Any], store: Any, path: Path, allow_chang
                 "training on another store on purpose"
             )
         return
-    if saved["build_params"] != store.params.to_dict() and not allow_change:
+    built = store.params.to_dict()
+    trained = saved["build_params"]
+    if "train_config" in saved:  # the checkpoint records the standardization trained with
+        trained_with = TrainConfig.from_dict(saved["train_config"])
+        built = ckpt.trained_build_params(store.params, trained_with).to_dict()
+    if trained != built and not allow_change:
         raise StoreMismatchError(
             f"cannot resume {path}: store {store.location} was not built like the store it was trained on "
             f"({saved.get('store', '?')}); pass --allow-store-change to go on on purpose"
