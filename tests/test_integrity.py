@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -189,6 +190,25 @@ def test_hand_edited_parameter_is_refused_on_open_and_named_by_verify(
     assert [(d.array, d.key) for d in differences] == [("metadata", "brainprep")]
     result = CliRunner().invoke(brainprep_main, ["stats", str(store)])
     assert result.exit_code == 1 and "recorded digest" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("array", "dtype"), [("images", "int16"), ("images", "uint16"), ("labels", "int8")])
+def test_an_edited_array_dtype_is_refused_on_open_and_by_verify(
+    stores: dict[str, Path], tmp_path: Path, array: str, dtype: str
+) -> None:
+    """An array's zarr.json says how its bytes read: another dtype of the same size passes every chunk's
+    checksum and reads other values (float16 -1.555 as int16 -16840), so it is checked against the params."""
+    store = copy_store(stores["zarr"], tmp_path)
+    document = store / array / "zarr.json"
+    meta = json.loads(document.read_text())
+    meta["data_type"] = dtype
+    document.write_text(json.dumps(meta))
+    want = "float16" if array == "images" else "uint8"
+    problem = f"array {array} has dtype {dtype}, its metadata (store dtype) gives {want}"
+    with pytest.raises(StoreCorruptError, match=re.escape(problem)):
+        open_store(store)
+    result = CliRunner().invoke(brainprep_main, ["verify", str(store), "--no-progress"])
+    assert result.exit_code == 1 and problem in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "h5"])

@@ -209,6 +209,25 @@ def test_a_damaged_zarr_array_metadata_is_refused_on_read_and_by_verify(
     assert problems(store) == [(key, problem)]
 
 
+@pytest.mark.parametrize(("key", "order"), [("images/000000", [0, 3, 1, 2]), ("labels/000001", [2, 0, 1])])
+def test_an_edited_chunk_axis_order_is_refused_on_read_and_by_verify(
+    stores: dict[str, Path], tmp_path: Path, key: str, order: list[int]
+) -> None:
+    """The TransposeCodec's order says how a chunk's bytes map to voxels: another order reads the same
+    bytes, checksums and all, scrambled (plain zarr does so)."""
+    store = copy_store(stores["zarr"], tmp_path)
+    meta = store / key / "zarr.json"
+    doc = json.loads(meta.read_text())
+    transpose = doc["codecs"][0]["configuration"]["codecs"][0]
+    assert transpose["name"] == "transpose"
+    want, transpose["configuration"]["order"] = tuple(transpose["configuration"]["order"]), order
+    meta.write_text(json.dumps(doc))
+    problem = f"chunk axis order (TransposeCodec) {tuple(order)}, expected {want}"
+    index = int(key.split("/")[1])
+    assert problem in refusal(store, read_case(index))
+    assert problems(store) == [(key, problem)]
+
+
 # -- 3. a resume rebuilds a done case whose data is gone -----------------------------------------------
 def interrupted_build(data: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A build killed after every case is done, before sealing."""

@@ -128,9 +128,10 @@ class PatchStore:
     def shape_problem(self) -> str | None:
         """How a complete patch store's arrays disagree with its metadata (``None`` when they agree).
 
-        ``images`` must be (cases x K, channels, X, Y, Z) and ``labels`` (cases x K, X, Y, Z) for the
-        recorded cases, K, channels and patch size; this catches an edited parameter even in a store from
-        before metadata digests, and an array resized by damage.
+        ``images`` must be (cases x K, channels, X, Y, Z) of the store dtype and ``labels`` (cases x K,
+        X, Y, Z) uint8 for the recorded cases, K, channels and patch size; this catches an edited parameter
+        even in a store from before metadata digests, an array resized by damage, and an edited array
+        dtype (whose chunks would pass their checksums and read as other values).
         """
         metadata = self._metadata or {}
         if not metadata.get("complete") or self._images is None:
@@ -142,12 +143,18 @@ class PatchStore:
             schema.IMAGES: (slots, len(self.spec.channels), *patch),
             schema.LABELS: (slots, *patch),
         }
+        dtypes = {schema.IMAGES: np.dtype(self.params.store.dtype), schema.LABELS: np.dtype(np.uint8)}
         for name, array in ((schema.IMAGES, self._images), (schema.LABELS, self._labels)):
             shape = tuple(int(s) for s in array.shape)
             if shape != want[name]:
                 return (
                     f"array {name} has shape {shape}, its metadata (cases, K, patch size) gives {want[name]}"
                 )
+            # an array's own metadata (zarr.json) says how its bytes read: another dtype reads every chunk,
+            # checksums and all, as other values
+            if np.dtype(array.dtype) != dtypes[name]:
+                found = np.dtype(array.dtype)
+                return f"array {name} has dtype {found}, its metadata (store dtype) gives {dtypes[name]}"
         return None
 
     def _patch_array(self, name: str) -> Any:

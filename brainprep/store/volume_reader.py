@@ -40,6 +40,22 @@ class VolumeCaseTable:
     std: np.ndarray
 
 
+def _transpose_problem(array: Any) -> str | None:
+    """Why a Zarr case array's chunk axis order is not the schema's (:func:`volume_schema.stored_axis_order`),
+    or ``None``: an edited ``TransposeCodec`` order reads the same bytes, checksums and all, scrambled."""
+    from zarr.codecs import ShardingCodec, TransposeCodec
+
+    codecs = list(array.metadata.codecs)
+    if codecs and isinstance(codecs[0], ShardingCodec):
+        codecs = list(codecs[0].codecs)
+    orders = [tuple(int(a) for a in c.order) for c in codecs if isinstance(c, TransposeCodec)]
+    want = vs.stored_axis_order(len(array.shape))
+    if orders != [want]:
+        found = ", ".join(map(str, orders)) or "none"
+        return f"chunk axis order (TransposeCodec) {found}, expected {want}"
+    return None
+
+
 class VolumeStore(PatchStore):
     """An open volume store. Use :func:`~brainprep.store.reader.open_store` to make one.
 
@@ -166,6 +182,8 @@ class VolumeStore(PatchStore):
         another shape. The store's params (digest-checked) fix the dtype, the case table the shape."""
         expected = vs.case_array_layout(name, self.params.store.dtype, tuple(entry["crop_shape"]))
         problem = vs.layout_problem(np.dtype(array.dtype), tuple(array.shape), *expected)
+        if problem is None and self.format == "zarr":
+            problem = _transpose_problem(array)
         if problem is None and self.format == "hdf5":
             import h5py
 
