@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -196,6 +197,10 @@ class PatchStore:
             group = zarr.open_group(store, mode="r")
         except (FileNotFoundError, KeyError, ValueError) as err:
             raise StoreError(f"{self.location} is not a Zarr v3 patch store: {err}") from err
+        except zipfile.BadZipFile as err:  # the packed zarr.json fails its CRC-32
+            raise StoreCorruptError(
+                f"{self.location}: damaged zip member ({err}); pack or download it again"
+            ) from err
         metadata = group.attrs.get(schema.ATTRS_KEY)
         self._handle = group
         self._check_metadata(metadata)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,7 +111,12 @@ def open_zarr_store(
     if kind == locations.ZIP:
         if not path.is_file():
             raise StoreError(f"packed store {path} must be a zip file, found a folder")
-        return sync(zarr.storage.ZipStore.open(path, mode="r"))
+        try:
+            return sync(zarr.storage.ZipStore.open(path, mode="r"))
+        except zipfile.BadZipFile as err:
+            raise StoreCorruptError(
+                f"packed store {path} is a truncated or damaged zip ({err}); pack or download it again"
+            ) from err
     if not path.is_dir():
         raise StoreError(f"Zarr store {path} must be a folder (or a .zip), found a file")
     return sync(zarr.storage.LocalStore.open(path, read_only=True))

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,7 +261,10 @@ class StoreBytes:
         from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
 
-        got = sync(self.store.get(f"{self.prefix}/{key}", default_buffer_prototype(), byte_range))
+        try:
+            got = sync(self.store.get(f"{self.prefix}/{key}", default_buffer_prototype(), byte_range))
+        except zipfile.BadZipFile as err:  # a zip member that fails its CRC-32 or a damaged directory
+            raise StoreCorruptError(f"{self.describe(key)}: damaged zip member ({err})") from err
         return None if got is None else got.to_bytes()
 
     def read(self, key: str, offset: int, length: int) -> bytes:
