@@ -578,7 +578,23 @@ def verify_against_manifest(
     progress: bool = False,
     storage_options: dict[str, Any] | None = None,
 ) -> list[Difference]:
-    """Recompute every hash of ``location`` and compare with ``manifest``; ``[]`` when all match."""
-    names = tuple(manifest["arrays"]) if manifest["store"].get("kind") == "volumes" else ARRAY_NAMES
+    """Recompute every hash of ``location`` and compare with ``manifest``; ``[]`` when all match.
+
+    Raises:
+        ConfigError: the manifest is of another store kind (a patch store's manifest for a volume store,
+            or the reverse): nothing to compare array by array.
+    """
+    from brainprep.store.reader import open_store, store_kind
+
+    wanted = manifest["store"].get("kind", "patches")
+    with open_store(
+        location, require_complete=False, check_integrity=False, storage_options=storage_options
+    ) as store:
+        found = store_kind(store.metadata)
+    if found != wanted:
+        raise ConfigError(
+            f"the manifest is of a {wanted} store, {location} is a {found} store: verify it with its own"
+        )
+    names = tuple(manifest["arrays"]) if wanted == "volumes" else ARRAY_NAMES
     hashes = hash_store(location, progress=progress, storage_options=storage_options, names=names)
     return compare_hashes(manifest, hashes)

@@ -177,6 +177,27 @@ def test_a_damaged_hdf5_shape_is_refused(stores: dict[str, Path], tmp_path: Path
     assert problems(flipped) == [("images/000000", problem)]
 
 
+@pytest.mark.parametrize(("store", "manifest_of"), [("zarr", "patches"), ("patches", "hdf5")])
+def test_a_manifest_of_the_other_store_kind_is_one_line(
+    stores: dict[str, Path], store: str, manifest_of: str, tmp_path: Path
+) -> None:
+    """A patch store's manifest for a volume store (or the reverse) was a KeyError traceback."""
+    from click.testing import CliRunner
+
+    from brainprep.cli import main
+    from brainprep.errors import ConfigError
+
+    manifest = build_manifest(stores[manifest_of])
+    with pytest.raises(ConfigError, match=r"the manifest is of a \w+ store, .* is a \w+ store"):
+        verify_against_manifest(stores[store], manifest)
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(manifest))
+    result = CliRunner().invoke(
+        main, ["verify", str(stores[store]), "--manifest", str(path), "--no-progress"]
+    )
+    assert result.exit_code != 0 and "Traceback" not in result.output and "manifest is of a" in result.output
+
+
 # -- 2. Zarr array metadata against the store and the case table ---------------------------------------
 @pytest.mark.parametrize(
     ("key", "field", "damage", "problem"),
