@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from brainprep.errors import ConfigError, StoreError
+from brainprep.errors import ConfigError, StoreCorruptError, StoreError
 from brainprep.files import write_text_atomic
 from brainprep.spec import spec_from_metadata
 from brainprep.store import schema
@@ -286,6 +286,13 @@ def hash_hdf5(
             coords = tuple(o // c for o, c in zip(info.chunk_offset, dataset.chunks, strict=True))
             key = "/".join(["c", *map(str, coords)])
             arrays[name]["stored"][key] = {"sha256": sha256_hex(bytes(data)), "size": len(data)}
+    except (
+        KeyError,
+        RuntimeError,
+    ) as err:  # h5py's errors of an object header or chunk index failing its checksum
+        raise StoreCorruptError(
+            f"{location} is a damaged HDF5 file ({err}); restore it or rebuild the store"
+        ) from err
     finally:
         close_h5_file(handle)
     return {"documents": documents, "arrays": arrays}

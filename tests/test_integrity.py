@@ -211,6 +211,34 @@ def test_an_edited_array_dtype_is_refused_on_open_and_by_verify(
     assert result.exit_code == 1 and problem in result.output and "Traceback" not in result.output
 
 
+def test_any_flipped_byte_of_the_hdf5_metadata_reads_the_same_or_is_a_brainprep_error(
+    stores: dict[str, Path], tmp_path: Path
+) -> None:
+    """The file's first 4 KiB hold its superblock, root object header and chunk indices: a damaged root
+    header (a KeyError from h5py's attrs) or chunk index (a RuntimeError) were tracebacks."""
+    from brainprep.errors import BrainprepError
+
+    source = stores["h5"]
+    with open_store(source) as store:
+        slots = store.patch_indices()
+        images, labels = store.read_patches(slots)
+    raw, copy, caught = source.read_bytes(), tmp_path / "flipped.h5", 0
+    for offset in range(0, 4096, 5):
+        data = bytearray(raw)
+        data[offset] ^= 0x10
+        copy.write_bytes(bytes(data))
+        try:
+            with open_store(copy) as store:
+                got_images, got_labels = store.read_patches(slots)
+        except BrainprepError as err:
+            assert "\n" not in str(err)
+            caught += 1
+            continue
+        assert np.array_equal(got_images.view(np.uint16), images.view(np.uint16)), offset
+        assert np.array_equal(got_labels, labels), offset
+    assert caught > 50  # the scan met damage (not only padding)
+
+
 @pytest.mark.parametrize("fmt", ["zarr", "h5"])
 def test_a_removed_integrity_block_does_not_pass_as_a_store_from_before_checksums(
     stores: dict[str, Path], tmp_path: Path, fmt: str

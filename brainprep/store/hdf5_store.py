@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from brainprep.errors import StoreCorruptError
 from brainprep.store import schema
 
 #: ``h5py.File(..., libver=LIBVER)`` of every store file: the earliest format whose metadata is checksummed
@@ -83,7 +84,11 @@ def stored_slot_chunk(dataset: Any, slot: int) -> tuple[int, ...] | None:
     """The chunk offset of ``slot`` in a one-patch-per-chunk dataset, ``None`` when that chunk was never
     written (h5py would read it as the fill value: zeros)."""
     offset = (int(slot),) + (0,) * (dataset.ndim - 1)
-    return offset if dataset.id.get_chunk_info_by_coord(offset).byte_offset is not None else None
+    try:
+        info = dataset.id.get_chunk_info_by_coord(offset)
+    except (KeyError, OSError, RuntimeError) as err:  # a chunk index (B-tree) node failing its checksum
+        raise StoreCorruptError(f"the chunk index of {dataset.name} cannot be read ({err})") from err
+    return offset if info.byte_offset is not None else None
 
 
 def _pack(chunks: list[bytes]) -> tuple[np.ndarray, np.ndarray]:

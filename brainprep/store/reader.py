@@ -227,14 +227,21 @@ class PatchStore:
         return readers[0], readers[1]
 
     def _open_hdf5(self) -> None:
-        from brainprep.store.remote import open_h5_file
+        from brainprep.store.remote import close_h5_file, open_h5_file
 
         if self.cache is not None and self.kind != locations.LOCAL:
             logger.warning("the chunk cache serves Zarr stores only; %s is read uncached", self.location)
         if self.kind == locations.LOCAL and not Path(self.location).is_file():
             raise self._missing()
         handle = open_h5_file(self.location, storage_options=self.storage_options)
-        raw = handle.attrs.get(schema.ATTRS_KEY)
+        try:
+            raw = handle.attrs.get(schema.ATTRS_KEY)
+        except (KeyError, OSError, RuntimeError) as err:  # a root object header failing its checksum
+            close_h5_file(handle)
+            raise StoreCorruptError(
+                f"{self.location} is a damaged HDF5 file (its root attributes cannot be read: {err}); "
+                "restore it or rebuild the store"
+            ) from err
         self._handle = handle
         try:
             metadata = json.loads(raw) if raw is not None else None
@@ -546,7 +553,12 @@ class PatchStore:
         from brainprep.store.hdf5_store import stored_slot_chunk
 
         for dataset, out in ((self.images, images), (self.labels, labels)):
-            if stored_slot_chunk(dataset, slot) is None:
+            try:
+                stored = stored_slot_chunk(dataset, slot)
+            except StoreCorruptError as err:
+                where = f"{self.describe_slot(slot)}: {err} in {self.location}"
+                raise StoreCorruptError(f"{where}; run `brainprep verify {self.location}`") from err
+            if stored is None:
                 raise StoreCorruptError(
                     f"{dataset.name.lstrip('/')} of {self.describe_slot(slot)}: chunk missing in "
                     f"{self.location}; run `brainprep verify {self.location}`"
