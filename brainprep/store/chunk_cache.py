@@ -16,7 +16,8 @@ Entries are whole or absent: the bytes are written to a temporary file in the sa
 over the entry (``os.replace``, atomic on POSIX) only after the remote read returned them complete, so a
 read that fails or is killed mid-download leaves no entry (at most a ``.tmp-*`` file, never read, removed
 by the next eviction once it is older than :data:`STALE_TMP_S`). The chunk checksums of the store
-(crc32c) then check the bytes whatever their origin.
+(crc32c) then check the bytes whatever their origin; bytes that fail them drop their entry and are read
+once more from the store (:meth:`DiskChunkCache.forget`), so a damaged download is not served for good.
 
 Size bound. The cache folder's total size is kept under ``max_bytes``: each process counts what it writes
 on top of a scan of the folder, and once that passes ``max_bytes`` it rescans the folder and deletes the
@@ -178,6 +179,19 @@ class DiskChunkCache(ReadWrapperStore):
         if value is not None:
             await asyncio.to_thread(self._write_entry, path, value.to_bytes())
         return value
+
+    def forget(self, key: str, byte_range: ByteRequest | None) -> bool:
+        """Drop the entry of ``(key, byte_range)``; True when there was one. A reader whose bytes fail
+        their checksum calls it and reads once more, from the store
+        (:class:`~brainprep.store.shards.StoreBytes`)."""
+        try:
+            self.entry_path(key, byte_range).unlink()
+        except FileNotFoundError:
+            return False
+        logger.warning(
+            "chunk cache %s: dropped a cached %s that failed its check; reading it again", self.root, key
+        )
+        return True
 
     def _write_entry(self, path: Path, data: bytes) -> None:
         if len(data) > self.params.max_bytes:

@@ -247,6 +247,14 @@ class LocalFiles:
             return None
         return self.read(key, max(0, size - length), min(size, length))
 
+    def read_checked(self, key: str, offset: int, length: int, valid: Callable[[bytes], bool]) -> bytes:
+        """:meth:`read` (a local file has no cache to read past: ``valid`` is the caller's to apply)."""
+        return self.read(key, offset, length)
+
+    def suffix_checked(self, key: str, length: int, valid: Callable[[bytes], bool]) -> bytes | None:
+        """:meth:`read_suffix` (see :meth:`read_checked`)."""
+        return self.read_suffix(key, length)
+
 
 class StoreBytes:
     """Ranged reads through a zarr ``Store`` (zip, http(s), s3, or any other), under ``prefix``."""
@@ -281,6 +289,31 @@ class StoreBytes:
         from zarr.abc.store import SuffixByteRequest
 
         return self._get(key, SuffixByteRequest(length))
+
+    # A cache in front of the store (:class:`~brainprep.store.chunk_cache.DiskChunkCache`) keeps what it
+    # was once given: bytes that fail their check drop that entry and are read from the store once more,
+    # so one damaged download (or a server copy since repaired) does not fail every later read.
+    def read_checked(self, key: str, offset: int, length: int, valid: Callable[[bytes], bool]) -> bytes:
+        """:meth:`read`, read again past the cache when ``valid`` refuses the bytes."""
+        from zarr.abc.store import RangeByteRequest
+
+        data = self.read(key, offset, length)
+        if not valid(data) and self._forget(key, RangeByteRequest(offset, offset + length)):
+            data = self.read(key, offset, length)
+        return data
+
+    def suffix_checked(self, key: str, length: int, valid: Callable[[bytes], bool]) -> bytes | None:
+        """:meth:`read_suffix`, read again past the cache when ``valid`` refuses the bytes."""
+        from zarr.abc.store import SuffixByteRequest
+
+        raw = self.read_suffix(key, length)
+        if raw is not None and not valid(raw) and self._forget(key, SuffixByteRequest(length)):
+            raw = self.read_suffix(key, length)
+        return raw
+
+    def _forget(self, key: str, request: Any) -> bool:
+        forget = getattr(self.store, "forget", None)
+        return bool(forget is not None and forget(f"{self.prefix}/{key}", request))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -333,7 +366,12 @@ class ShardReader:
         cached = self._indexes.get(shard)
         if cached is not None:
             return cached
-        raw = self.source.read_suffix(self.layout.key(shard), self.layout.index_bytes)
+        per_shard = self.layout.per_shard
+        raw = self.source.suffix_checked(
+            self.layout.key(shard),
+            self.layout.index_bytes,
+            lambda got: parse_shard_index(got, per_shard) is not None,
+        )
         if raw is None:
             raise self._corrupt(slot, shard, "shard file missing")
         index = parse_shard_index(raw, self.layout.per_shard)
@@ -349,7 +387,7 @@ class ShardReader:
         offset, length = (int(v) for v in self.index(shard, slot)[position])
         if offset == MISSING:
             raise self._corrupt(slot, shard, f"chunk {position} missing")
-        data = self.source.read(self.layout.key(shard), offset, length)
+        data = self.source.read_checked(self.layout.key(shard), offset, length, self._chunk_checker(length))
         if len(data) != length:
             raise self._corrupt(slot, shard, f"chunk {position} cut short ({len(data)} of {length} bytes)")
         if self.layout.checksummed:
@@ -358,6 +396,18 @@ class ShardReader:
             if crc32c(frame) != data[-CRC_BYTES:]:
                 raise self._corrupt(slot, shard, f"chunk {position} checksum mismatch (crc32c)")
         return data
+
+    def _chunk_checker(self, length: int) -> Callable[[bytes], bool]:
+        """Whether a chunk's bytes are whole and pass their crc32c (the checks :meth:`chunk` reports)."""
+
+        def valid(data: bytes) -> bool:
+            if len(data) != length:
+                return False
+            if not self.layout.checksummed:
+                return True
+            return crc32c(np.frombuffer(data, dtype=np.uint8, count=length - CRC_BYTES)) == data[-CRC_BYTES:]
+
+        return valid
 
     def read_into(self, slot: int, out: np.ndarray) -> None:
         """Decode the chunk of ``slot`` into ``out`` (C-contiguous, the array's patch shape and dtype)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,16 @@ def is_direct_layout(array: Any) -> bool:
     )
 
 
+def _whole(length: int) -> Callable[[bytes], bool]:
+    """Whether a volume chunk's bytes are whole and pass their crc32c."""
+
+    def valid(data: bytes) -> bool:
+        frame = np.frombuffer(data, dtype=np.uint8, count=max(0, len(data) - CRC_BYTES))
+        return len(data) == length and crc32c(frame) == data[length - CRC_BYTES :]
+
+    return valid
+
+
 class VolumeArrayReader:
     """Windows of one volume array, read chunk by chunk (thread-safe once made).
 
@@ -93,7 +104,9 @@ class VolumeArrayReader:
         self.source, self.what, self.key = source, what, shard_key(array)
         self._codec = Blosc()  # reads its settings from each chunk's Blosc header
         n = math.prod(self.grid)
-        raw = source.read_suffix(self.key, INDEX_ENTRY_BYTES * n + CRC_BYTES)
+        raw = source.suffix_checked(
+            self.key, INDEX_ENTRY_BYTES * n + CRC_BYTES, lambda got: parse_shard_index(got, n) is not None
+        )
         if raw is None:
             raise self._corrupt("shard file missing")
         index = parse_shard_index(raw, n)
@@ -121,7 +134,9 @@ class VolumeArrayReader:
         if self._mapped is not None:
             data = self._mapped[offset : offset + length]
         else:
-            data = np.frombuffer(self.source.read(self.key, offset, length), dtype=np.uint8)
+            data = np.frombuffer(
+                self.source.read_checked(self.key, offset, length, _whole(length)), dtype=np.uint8
+            )
         if len(data) != length:
             raise self._corrupt(f"chunk {flat} cut short ({len(data)} of {length} bytes)")
         frame = data[: length - CRC_BYTES]
