@@ -382,6 +382,22 @@ def test_cli_train_refuses_a_folder_that_holds_a_run_without_resume(store_path, 
         train(store_path, run, _config(), TINY_MODEL)
 
 
+@pytest.mark.parametrize("name", ["best.pt", "log.csv"])
+def test_resume_of_a_run_without_last_pt_is_refused_not_overwritten(store_path, tmp_path, name):
+    """--resume with nothing to resume from started afresh over the run's best.pt and log.csv."""
+    from brainnet.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / name).write_bytes(b"an earlier run")
+    line = _one_error_line(CliRunner().invoke(main, [*_cli_args(store_path, run), "--resume"]))
+    assert f"{run} holds a training run ({name}) but no last.pt to resume it from" in line
+    assert sorted(p.name for p in run.iterdir()) == [name] and (run / name).read_bytes() == b"an earlier run"
+    empty = tmp_path / "empty"  # an empty or new folder: a resume starts a fresh run
+    train(store_path, empty, _config(), TINY_MODEL, resume=True)
+    assert (empty / "last.pt").is_file()
+
+
 def test_cli_train_into_a_folder_that_is_a_file_or_below_one_is_one_line(store_path, tmp_path, monkeypatch):
     from brainnet.cli import main
     from brainprep.cli import outputs

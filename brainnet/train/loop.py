@@ -460,13 +460,22 @@ def train(
 
     Raises:
         NonFiniteLossError: the loss became NaN/Inf (message names epoch and step).
-        ConfigError: an empty train split, a resume with a different model / trajectory, or a fresh run
-            (no ``resume``) into a folder that holds one (``last.pt``, ``best.pt`` or ``log.csv``).
+        ConfigError: an empty train split, a resume with a different model / trajectory, a fresh run
+            (no ``resume``) into a folder that holds one (``last.pt``, ``best.pt`` or ``log.csv``), or a
+            resume of a folder holding ``best.pt`` or ``log.csv`` but no ``last.pt``.
         StoreMismatchError: a resume on another store (without ``allow_store_change``).
     """
     out_dir = Path(out_dir)
     if not resume:
         refuse_existing_run(out_dir)
+    elif not (out_dir / "last.pt").exists():
+        # nothing to resume from: starting afresh would overwrite the run's best.pt and log.csv
+        found = [name for name in RUN_FILES if (out_dir / name).exists()]
+        if found:
+            raise ConfigError(
+                f"{out_dir} holds a training run ({', '.join(found)}) but no last.pt to resume it from; "
+                "restore last.pt, or choose another --out for a fresh run"
+            )
     store = _open(store)
     n_classes = store.spec.n_classes
     model_config = model_config if model_config is not None else ModelConfig(out_channels=n_classes)
