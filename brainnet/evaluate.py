@@ -39,7 +39,7 @@ from brainnet.metrics import (
     metrics_from_counts,
     probabilities_to_labels,
 )
-from brainnet.predict import model_probabilities, predict_volume, round_through
+from brainnet.predict import model_probabilities, predict_volume
 from brainprep.errors import ConfigError, StoreMismatchError
 from brainprep.files import replacing, write_text_atomic
 from brainprep.spec import MSD_SPEC, DatasetSpec
@@ -224,8 +224,8 @@ def _score_crops(model: torch.nn.Module, store: Any, split: str, options: dict[s
             volume = np.asarray(raw, dtype=np.float32)
         else:
             # the crop read once: standardized with the case's stored statistics, as read_volume would
-            standardized = store.standardize(int(index), raw, params.standardize.method)
-            volume = round_through(standardized, params.store.dtype)
+            # (in float32, as training's windows: the store rounded the raw values, not these)
+            volume = np.asarray(store.standardize(int(index), raw, params.standardize.method), np.float32)
         # the crop is stored relative to the case's background: the brain is its nonzero voxels
         predicted, _ = predict_volume(
             model,

@@ -77,6 +77,13 @@ def round_through(array: np.ndarray, dtype: str) -> np.ndarray:
     return array.astype(dtype).astype(np.float32, copy=False)
 
 
+def stores_raw(build_params: BuildParams) -> bool:
+    """True for a volume store's model: its store rounded the *raw* intensities (less the background)
+    through the store dtype and training standardized them in float32; a patch store rounded the
+    standardized values. Prediction rounds where its training data was rounded."""
+    return build_params.store.kind == "volumes"
+
+
 def window_predictor(
     model: torch.nn.Module, build_params: BuildParams, amp: bool = False, amp_dtype: str = "bfloat16"
 ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -89,13 +96,16 @@ def window_predictor(
     """
     per_window = build_params.standardize.method == "patch-slice"
     dtype = build_params.store.dtype
+    # a volume store's windows are rounded raw (the box is, :func:`brain_box`) and standardized in float32
+    rounded_after = not stores_raw(build_params)
 
     def predict(windows: torch.Tensor) -> torch.Tensor:
         if per_window:
             arrays = windows.detach().cpu().numpy()
-            windows = torch.from_numpy(
-                np.stack([round_through(standardize_patch_slices(w), dtype) for w in arrays])
-            )
+            standardized = [standardize_patch_slices(w) for w in arrays]
+            if rounded_after:
+                standardized = [round_through(w, dtype) for w in standardized]
+            windows = torch.from_numpy(np.stack(standardized))
         return model_probabilities(model, windows, amp, amp_dtype).to(windows.device)
 
     return predict
@@ -119,8 +129,15 @@ def prepare_volume(
         return np.asarray(image, dtype=np.float32)
     if background is None:
         background = background_values(image)
+    mask = brain_mask(image, background)
+    if stores_raw(build_params):  # as the volume store: statistics of the rounded raw values, none after
+        offset = np.asarray(background, dtype=np.float32)[:, None, None, None]
+        shifted = np.asarray(image, dtype=np.float32) - offset
+        rounded = round_through(shifted, build_params.store.dtype)
+        mean, std = nonzero_statistics(rounded, 0.0)
+        return standardize_with_statistics(rounded, mean, std, mask=mask)
     mean, std = nonzero_statistics(image, background)
-    standardized = standardize_with_statistics(image, mean, std, mask=brain_mask(image, background))
+    standardized = standardize_with_statistics(image, mean, std, mask=mask)
     return round_through(standardized, build_params.store.dtype)
 
 
@@ -224,6 +241,8 @@ def brain_box(
         parts = window_parts(shape, crop.offset, crop.shape)
         if parts is not None:
             volume[(Ellipsis, *parts[1])] -= background.astype(np.float32)[:, None, None, None]
+        if stores_raw(build_params):
+            volume = round_through(volume, build_params.store.dtype)
     else:  # standardized over the whole brain, which the box holds
         volume = cut_crop(prepare_volume(image, build_params, background), crop)
     mask_crop = cut_crop(mask, crop) if brain_only else None

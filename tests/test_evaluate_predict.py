@@ -19,7 +19,14 @@ from brainnet.cli import main
 from brainnet.evaluate import confusion_counts, evaluate_store, metrics_from_counts
 from brainnet.metrics import probabilities_to_labels, segmentation_metrics
 from brainnet.model import ModelConfig, build_model
-from brainnet.predict import model_probabilities, predict_case, prepare_volume, segment_case, window_predictor
+from brainnet.predict import (
+    model_probabilities,
+    predict_case,
+    prepare_volume,
+    round_through,
+    segment_case,
+    window_predictor,
+)
 from brainnet.train.checkpoint import load_model, save_checkpoint
 from brainprep import discover_cases, read_case
 from brainprep.params import BuildParams, SamplingParams, SplitParams, StandardizeParams
@@ -687,3 +694,27 @@ def test_a_volume_model_trained_with_another_standardization_is_evaluated_as_it_
     # a resume on the same store is not taken for a store change
     config2 = dataclasses.replace(config, epochs=2)
     train(slice_store, tmp_path / "run", config2, TINY_MODEL, resume=True)
+
+
+@pytest.mark.parametrize("method", ["patch-slice", "volume-nonzero"])
+def test_a_float16_volume_models_scan_is_prepared_as_its_store_holds_it(tmp_path, method):
+    """A volume store rounds the raw crop through float16 and training standardizes it in float32; a
+    patch store rounds the standardized values. predict's box of the scan equals the store's crop read as
+    training reads it (it rounded the standardized values for both kinds before)."""
+    from brainnet.predict import brain_box
+    from brainprep.store import open_store
+
+    data, store_path = _volume_store(tmp_path, method, dtype="float16")
+    with open_store(store_path) as store:
+        params = store.params
+        index = int(store.case_indices("val")[0])
+        case = read_case(discover_cases(data).case(store.cases[index]["case_id"]))
+        box = brain_box(case.image, params, params.sampling.patch_size)
+        assert box.crop == store.crop(index)
+        raw, _ = store.read_volume(index)
+        if method == "patch-slice":  # raw: each window is standardized in the predictor
+            np.testing.assert_array_equal(box.volume, np.asarray(raw, dtype=np.float32))
+        else:
+            trained = np.asarray(store.standardize(index, raw, method), dtype=np.float32)
+            np.testing.assert_allclose(box.volume, trained, rtol=0, atol=1e-5)
+            assert not np.array_equal(box.volume, round_through(box.volume, "float16"))  # not rounded after
