@@ -662,9 +662,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--dice",
-        choices=("sample", "batch"),
+        choices=("sample", "batch", "nnunet"),
         default=None,
-        help="the loss's soft Dice: per example (default, the course's) or per batch (nnU-Net's batch_dice)",
+        help="the loss's soft Dice: per example (default, the course's), per batch (nnU-Net's batch_dice "
+        "axes, squared denominator) or nnU-Net's own (linear denominator)",
     )
     parser.add_argument(
         "--bce-weight",

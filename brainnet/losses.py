@@ -16,9 +16,10 @@ averaged over the batch. ``axis=(0, 2, 3, 4)`` gives the "batch Dice" variant (o
 over the whole batch, as nnU-Net's ``batch_dice``), averaged over classes.
 
 Both keep the course's squared denominator, ``sum t^2 + sum p^2``. nnU-Net's own soft Dice
-(``MemoryEfficientSoftDiceLoss``, nnunetv2/training/loss/dice.py) sums ``t + p`` without squares and a
-smooth term of 1e-5 in both parts, so ``dice="batch"`` with ``bce_weight=1`` has nnU-Net's batch axes and
-its cross-entropy term, not its Dice term: it is not nnU-Net's loss exactly.
+(``MemoryEfficientSoftDiceLoss``, nnunetv2/training/loss/dice.py) sums ``t + p`` without squares, with a
+smooth term of 1e-5 in both parts: that is ``dice="nnunet"`` (the batch axes, the linear denominator), and
+with ``bce_weight=1`` nnU-Net's region loss ``DC_and_BCE_loss`` (``batch_dice``, ``do_bg=True``, smooth
+1e-5), up to its constant: nnU-Net minimizes ``-mean(dc)``, this ``1 - mean(dc)``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ DICE_EPSILON = 1e-5
 #: ``2 eps p / (sum p^2)^2``) vanishes: false positives on a tumour-free window are not penalized.
 #: ``batch`` (the axes of nnU-Net's ``batch_dice``): per class over the whole batch, where they add to the
 #: denominator. Both with the course's squared denominator (see the module docstring).
-DICE_AXES: dict[str, tuple[int, ...]] = {"sample": SPATIAL_AXES, "batch": BATCH_AXES}
+#: ``nnunet``: the ``batch`` axes with nnU-Net's linear denominator ``sum t + sum p``.
+DICE_AXES: dict[str, tuple[int, ...]] = {"sample": SPATIAL_AXES, "batch": BATCH_AXES, "nnunet": BATCH_AXES}
+#: whether a mode's denominator squares its terms (the course's) or sums them (nnU-Net's)
+DICE_SQUARED: dict[str, bool] = {"sample": True, "batch": True, "nnunet": False}
 
 
 def soft_dice_loss(
@@ -47,8 +51,10 @@ def soft_dice_loss(
     axis: Sequence[int] = SPATIAL_AXES,
     epsilon: float = DICE_EPSILON,
     sum_across: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    squared: bool = True,
 ) -> torch.Tensor:
-    """``1 - mean((2 sum(p t) + eps) / (sum(t^2) + sum(p^2) + eps))``, sums over ``axis``.
+    """``1 - mean((2 sum(p t) + eps) / (sum(t^2) + sum(p^2) + eps))``, sums over ``axis``
+    (``squared=False``: ``sum(t) + sum(p)`` in the denominator, nnU-Net's).
 
     Args:
         pred: probabilities, float ``(B, C, X, Y, Z)`` (any shape equal to ``target``'s works).
@@ -58,6 +64,7 @@ def soft_dice_loss(
         sum_across: applied to the stacked sums ``(sum p t, sum t^2, sum p^2)`` before the ratio, e.g. a
             differentiable all-reduce over DDP ranks (:func:`brainnet.train.distributed.sum_across_ranks`)
             so that a batch Dice sums over every rank's batch.
+        squared: the course's squared denominator terms; ``False``: nnU-Net's plain sums.
 
     Returns:
         0-d float tensor, differentiable with respect to ``pred``.
@@ -71,9 +78,12 @@ def soft_dice_loss(
     if pred.dtype in (torch.float16, torch.bfloat16):
         pred = pred.float()  # sums of ~400k squared voxels overflow / lose precision in half
     target = target.to(pred.dtype)
-    sums = torch.stack(
-        [(pred * target).sum(dim=axis), (target * target).sum(dim=axis), (pred * pred).sum(dim=axis)]
-    )
+    if squared:
+        sums = torch.stack(
+            [(pred * target).sum(dim=axis), (target * target).sum(dim=axis), (pred * pred).sum(dim=axis)]
+        )
+    else:
+        sums = torch.stack([(pred * target).sum(dim=axis), target.sum(dim=axis), pred.sum(dim=axis)])
     if sum_across is not None:
         sums = sum_across(sums)
     numerator = 2.0 * sums[0] + epsilon
@@ -100,7 +110,7 @@ def segmentation_loss(
     Args:
         logits: (B, C, X, Y, Z) pre-sigmoid outputs.
         target: float (B, C, X, Y, Z) one-hot.
-        dice: ``sample`` or ``batch`` (:data:`DICE_AXES`).
+        dice: ``sample``, ``batch`` or ``nnunet`` (:data:`DICE_AXES`, :data:`DICE_SQUARED`).
         bce_weight: weight of the cross-entropy term, >= 0.
         sum_across: for the ``batch`` Dice, :func:`soft_dice_loss`'s (its sums over every DDP rank's batch,
             as nnU-Net all-gathers them); unused by the ``sample`` Dice, whose every example is its own.
@@ -109,8 +119,10 @@ def segmentation_loss(
         0-d float32 tensor.
     """
     logits = logits.float()
-    across = sum_across if dice == "batch" else None
-    loss = soft_dice_loss(torch.sigmoid(logits), target, axis=DICE_AXES[dice], sum_across=across)
+    across = sum_across if DICE_AXES[dice] == BATCH_AXES else None
+    loss = soft_dice_loss(
+        torch.sigmoid(logits), target, axis=DICE_AXES[dice], sum_across=across, squared=DICE_SQUARED[dice]
+    )
     if bce_weight:
         target = target.to(logits.dtype)
         loss = loss + bce_weight * nn.functional.binary_cross_entropy_with_logits(logits, target)

@@ -73,6 +73,39 @@ def test_soft_dice_batch_dice_variant_by_hand():
     assert expected == pytest.approx(0.247059, abs=1e-5)
 
 
+def test_nnunet_dice_has_a_linear_denominator_by_hand():
+    pred, target = torch.cat([P1, P2]), torch.cat([T1, T2])
+    batch = soft_dice_loss(pred, target, axis=(0, 2, 3, 4))
+    linear = soft_dice_loss(pred, target, axis=(0, 2, 3, 4), squared=False)
+    sums = [(pred * target).sum(dim=(0, 2, 3, 4)), target.sum(dim=(0, 2, 3, 4)), pred.sum(dim=(0, 2, 3, 4))]
+    expected = 1 - float(((2 * sums[0] + EPS) / (sums[1] + sums[2] + EPS)).mean())
+    assert linear.item() == pytest.approx(expected, rel=1e-6)
+    assert linear.item() != pytest.approx(batch.item(), rel=1e-3)  # a soft prediction tells them apart
+
+
+def test_nnunet_dice_mode_is_nnunets_own_soft_dice_and_region_loss():
+    """Against nnunetv2's MemoryEfficientSoftDiceLoss and DC_and_BCE_loss as nnU-Net builds its region
+    loss (batch_dice, do_bg=True, smooth 1e-5), values and gradients: nnU-Net minimizes -mean(dc)."""
+    pytest.importorskip("nnunetv2", reason="nnunetv2 is in the bench extra, not the test one")
+    from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    from brainnet.losses import segmentation_loss
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 6, 5, 4, generator=g) * 2
+    target = (torch.rand(2, 3, 6, 5, 4, generator=g) < 0.3).float()
+    kwargs = {"batch_dice": True, "do_bg": True, "smooth": 1e-5, "ddp": False}
+    theirs_dice = MemoryEfficientSoftDiceLoss(apply_nonlin=torch.sigmoid, **kwargs)
+    ours = segmentation_loss(logits, target, "nnunet")
+    assert float(ours) == pytest.approx(1 + float(theirs_dice(logits, target)), abs=1e-6)
+    region = DC_and_BCE_loss({}, kwargs, use_ignore_label=False)
+    mine, theirs = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    segmentation_loss(mine, target, "nnunet", bce_weight=1.0).backward()
+    region(theirs, target).backward()
+    torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-7)
+
+
 def test_soft_dice_extremes_and_gradient():
     target = torch.zeros(2, 3, 4, 4, 2)
     target[:, :, :2] = 1.0
@@ -105,14 +138,15 @@ def test_batch_dice_penalizes_false_positives_of_a_window_without_tumour():
 
 
 def test_segmentation_loss_is_the_dice_plus_the_weighted_cross_entropy_by_hand():
-    from brainnet.losses import DICE_AXES, segmentation_loss
+    from brainnet.losses import DICE_AXES, DICE_SQUARED, segmentation_loss
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 3, 4, 4, 2, generator=g, dtype=torch.float64) * 3
     target = (torch.rand(2, 3, 4, 4, 2, generator=g) < 0.3).double()
     for dice in DICE_AXES:
-        course = soft_dice_loss(torch.sigmoid(logits), target, axis=DICE_AXES[dice])
-        course32 = soft_dice_loss(torch.sigmoid(logits.float()), target.float(), axis=DICE_AXES[dice])
+        axis, squared = DICE_AXES[dice], DICE_SQUARED[dice]
+        course = soft_dice_loss(torch.sigmoid(logits), target, axis=axis, squared=squared)
+        course32 = soft_dice_loss(torch.sigmoid(logits.float()), target.float(), axis=axis, squared=squared)
         assert torch.equal(segmentation_loss(logits.float(), target.float(), dice), course32)
         p = torch.sigmoid(logits)
         bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()

@@ -337,7 +337,7 @@ def test_cli_train_then_resume(store_path, tmp_path):
     run = tmp_path / "run"
     common = ["train", "--store", str(store_path), "--out", str(run), "--steps-per-epoch", "1"]
     common += ["--batch-size", "2", "--base-filters", "2", "--depth", "2", "--workers", "0"]
-    common += ["--device", "cpu", "--no-progress", "--lr", "1e-3", "--dice", "batch", "--bce-weight", "0.5"]
+    common += ["--device", "cpu", "--no-progress", "--lr", "1e-3", "--dice", "nnunet", "--bce-weight", "0.5"]
     result = CliRunner().invoke(main, [*common, "--epochs", "1"])
     assert result.exit_code == 0, result.output
     assert "trained 1 epochs" in result.output
@@ -351,7 +351,7 @@ def test_cli_train_then_resume(store_path, tmp_path):
     assert result.exit_code != 0 and "cannot change --seed 7 (checkpoint: 0)" in result.output
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
     assert payload["train_config"]["lr"] == 1e-3 and payload["model_config"]["base_filters"] == 2
-    assert payload["train_config"]["dice"] == "batch" and payload["train_config"]["bce_weight"] == 0.5
+    assert payload["train_config"]["dice"] == "nnunet" and payload["train_config"]["bce_weight"] == 0.5
 
 
 def _cli_args(store_path: Path, run: Path) -> list[str]:

@@ -98,11 +98,12 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
 )
 @click.option(
     "--dice",
-    type=click.Choice(["sample", "batch"]),
+    type=click.Choice(["sample", "batch", "nnunet"]),
     default="sample",
     show_default=True,
-    help="Soft Dice per example and class (the course) or per class over the batch (nnU-Net's batch_dice "
-    "axes, the course's squared denominator: false positives in tumour-free windows count).",
+    help="Soft Dice per example and class (the course), per class over the batch (nnU-Net's batch_dice "
+    "axes, the course's squared denominator: false positives in tumour-free windows count), or nnU-Net's "
+    "own (the batch axes, sum t + sum p in the denominator; with --bce-weight 1 nnU-Net's region loss).",
 )
 @click.option(
     "--bce-weight",

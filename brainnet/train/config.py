@@ -58,11 +58,13 @@ class TrainConfig(Params):
             class-balanced draws, draws per pass (:class:`brainnet.data.volume_sampler.WindowSamplingParams`);
             unused on a patch store.
         dice: the training loss's soft Dice: ``sample`` (the course's: one Dice per example and class,
-            averaged; a window without tumour teaches nothing) or ``batch`` (the axes of nnU-Net's
+            averaged; a window without tumour teaches nothing), ``batch`` (the axes of nnU-Net's
             ``batch_dice``, with the course's squared denominator: one Dice per class over the batch, so
-            false positives in tumour-free windows count; :data:`brainnet.losses.DICE_AXES`). Under DDP a
-            batch Dice sums over every rank's batch, as nnU-Net's does (it all-gathers the sums): N ranks
-            train as one process with N times the batch. Validation loss stays per patch.
+            false positives in tumour-free windows count) or ``nnunet`` (the batch axes with nnU-Net's
+            ``sum t + sum p`` denominator: with ``bce_weight=1`` nnU-Net's region loss;
+            :data:`brainnet.losses.DICE_AXES`). Under DDP a batch Dice sums over every rank's batch, as
+            nnU-Net's does (it all-gathers the sums): N ranks train as one process with N times the batch.
+            Validation loss stays per patch.
         bce_weight: weight of a binary cross-entropy term added to the Dice (0, the default: the course's
             loss; 1: Dice + BCE, as nnU-Net's region loss, whose Dice has no squares). The Dice alone can
             leave a channel saturated over the whole brain for good; the cross-entropy pulls it back

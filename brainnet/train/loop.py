@@ -107,9 +107,10 @@ def compute_loss(
     Args:
         logits: (B, 3, X, Y, Z) pre-sigmoid outputs.
         target: float32 (B, 3, X, Y, Z) one-hot.
-        dice: ``sample`` or ``batch`` (:attr:`TrainConfig.dice`).
+        dice: ``sample``, ``batch`` or ``nnunet`` (:attr:`TrainConfig.dice`).
         bce_weight: :attr:`TrainConfig.bce_weight`.
-        context: under DDP, a ``batch`` Dice sums over every rank's batch (:func:`sum_across_ranks`).
+        context: under DDP, a ``batch`` or ``nnunet`` Dice sums over every rank's batch
+            (:func:`sum_across_ranks`).
     """
     across = sum_across_ranks if context is not None and context.enabled else None
     return segmentation_loss(logits, target, dice, bce_weight, sum_across=across)
@@ -205,7 +206,7 @@ def train_step(
     Args:
         augment: ``(image, label) -> (image, label)`` applied to the batch on the device, or ``None``.
         spec: the store's dataset spec (classes of the target and of the counts).
-        dice: the loss's soft Dice, ``sample`` or ``batch`` (:attr:`TrainConfig.dice`).
+        dice: the loss's soft Dice, ``sample``, ``batch`` or ``nnunet`` (:attr:`TrainConfig.dice`).
         bce_weight: the loss's cross-entropy weight (:attr:`TrainConfig.bce_weight`).
 
     Raises:
