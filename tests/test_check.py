@@ -168,6 +168,15 @@ def test_cases_the_dataset_json_lists_but_the_folder_lacks_are_warned(msd_datase
     assert check_dataset(root, CheckParams(patch_size=SMALL_PATCH)).warnings == ()
 
 
+def test_a_label_whose_image_is_in_imagests_is_warned(msd_dataset):
+    root = msd_dataset.root
+    (root / "imagesTs").mkdir()
+    (root / "imagesTr" / "BRATS_002.nii.gz").rename(root / "imagesTs" / "BRATS_002.nii.gz")
+    report = check_dataset(root, CheckParams(patch_size=SMALL_PATCH))
+    assert report.summary["without_label"] == 1
+    assert any("the label of BRATS_002 is not read, its image is in imagesTs/" in w for w in report.warnings)
+
+
 def test_unlabelled_dataset_is_ok_without_label(tmp_path):
     image, _ = small_case()
     write_brats_case(tmp_path, "BraTS-GLI-00010-000", image, None)

@@ -304,7 +304,8 @@ def spec_for_ids(case_ids: Iterable[str], layout: str, labels: str | None) -> Da
 def listing_warnings(dataset: Dataset) -> tuple[str, ...]:
     """What a folder's dataset.json lists that the folder does not hold, one line each (an incomplete
     download or copy): MSD's ``training`` / ``test`` entries whose image is not there, and a
-    ``numTraining`` other than the number of cases found with a label file.
+    ``numTraining`` other than the number of cases found with a label file; and a label in ``labelsTr/``
+    whose image is in ``imagesTs/``, which is read as an unlabelled case.
 
     Args:
         dataset: from :func:`discover_cases` (its ``description``: the dataset.json as read).
@@ -325,6 +326,13 @@ def listing_warnings(dataset: Dataset) -> tuple[str, ...]:
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             lines.append(f"{json_path}: lists {len(missing)} {key} case(s) the folder does not hold: {shown}")
+    labels = set(_nifti_by_name(dataset.root / "labelsTr"))
+    for case in dataset.cases:  # a label beside an image in imagesTs/: that case is read unlabelled
+        if case.label_path is None and case.case_id in labels and dataset.layout in ("msd", "nnunet"):
+            lines.append(
+                f"{dataset.root / 'labelsTr'}: the label of {case.case_id} is not read, its image is in "
+                "imagesTs/ (unlabelled cases); move the image to imagesTr/ to train on it"
+            )
     expected = description.get("numTraining")
     labelled = sum(1 for c in dataset.cases if c.label_path is not None and c.label_path.is_file())
     if isinstance(expected, int) and not isinstance(expected, bool) and expected != labelled:
