@@ -440,6 +440,27 @@ def test_a_damaged_cache_entry_is_read_again_from_the_store(built: dict[str, Pat
     np.testing.assert_array_equal(labels, want_labels)
 
 
+def test_damaged_cached_tables_are_read_again_from_the_store(built: dict[str, Path], tmp_path: Path) -> None:
+    """Every cached entry damaged (array documents, tables, shard indexes, chunks): the reads still give the
+    store's data, each damaged entry read again from the server."""
+    cache_dir = tmp_path / "cache"
+    cache = ChunkCacheParams(directory=str(cache_dir), max_bytes=2**30)
+    with serving(built["zarr"].parent) as served, open_store(built["zarr"]) as local:
+        slots = local.patch_indices()[:3]
+        with open_store(f"{served.url}/store.zarr", cache=cache) as store:
+            store.read_patches(slots)
+        for entry in _cache_files(cache_dir):
+            data = bytearray(entry.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            entry.write_bytes(bytes(data))
+        with open_store(f"{served.url}/store.zarr", cache=cache) as store:
+            images, labels = store.read_patches(slots)
+            np.testing.assert_array_equal(store.table.case, local.table.case)
+        want_images, want_labels = local.read_patches(slots)
+    np.testing.assert_array_equal(images, want_images)
+    np.testing.assert_array_equal(labels, want_labels)
+
+
 def test_cache_stays_under_its_size_bound(built: dict[str, Path], tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
     max_bytes = 40_000  # about 3 inner chunks of this store: most reads evict

@@ -17,7 +17,8 @@ over the entry (``os.replace``, atomic on POSIX) only after the remote read retu
 read that fails or is killed mid-download leaves no entry (at most a ``.tmp-*`` file, never read, removed
 by the next eviction once it is older than :data:`STALE_TMP_S`). The chunk checksums of the store
 (crc32c) then check the bytes whatever their origin; bytes that fail them drop their entry and are read
-once more from the store (:meth:`DiskChunkCache.forget`), so a damaged download is not served for good.
+once more from the store (:meth:`DiskChunkCache.forget`), so a damaged download is not served for good;
+a cached metadata document (``zarr.json``) that is not JSON is read from the store again too.
 
 Size bound. The cache folder's total size is kept under ``max_bytes``: each process counts what it writes
 on top of a scan of the folder, and once that passes ``max_bytes`` it rescans the folder and deletes the
@@ -32,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -55,6 +57,8 @@ LOW_WATER = 0.8
 #: Seconds after which a temporary file is an abandoned download (a killed process), not one in progress.
 STALE_TMP_S = 600.0
 TMP_PREFIX = ".tmp-"
+#: the key suffix of a Zarr v3 metadata document: a cached copy that is not JSON is read from the store
+METADATA_DOCUMENT = "zarr.json"
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,9 @@ class DiskChunkCache(ReadWrapperStore):
     ) -> Buffer | None:
         path = self.entry_path(key, byte_range)
         cached = await asyncio.to_thread(_read_entry, path)
+        if cached is not None and key.endswith(METADATA_DOCUMENT) and not _is_json(cached):
+            self.forget(key, byte_range)  # a damaged copy of a metadata document: read it from the store
+            cached = None
         if cached is not None:
             return prototype.buffer.from_bytes(cached)
         value = await self._store.get(key, prototype, byte_range)
@@ -207,6 +214,14 @@ class DiskChunkCache(ReadWrapperStore):
         self._counted += len(data)
         if self._counted > self.params.max_bytes:
             self._counted = evict(self.root, self.params.max_bytes)
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
+        return False
+    return True
 
 
 def _read_entry(path: Path) -> bytes | None:

@@ -421,6 +421,14 @@ class PatchStore:
         """
         self._open()
         try:
+            return self._read_table_once(name, check)
+        except StoreCorruptError:
+            if not self._forget_cached_table(name):
+                raise
+            return self._read_table_once(name, check)  # read again from the store, past the chunk cache
+
+    def _read_table_once(self, name: str, check: bool) -> np.ndarray:
+        try:
             array = np.asarray(self._handle[name][...])
         except KeyError as error:
             raise StoreCorruptError(f"{self.location}: table {name} missing") from error
@@ -434,6 +442,24 @@ class PatchStore:
         if check and self._metadata is not None and self._metadata.get("complete", False):
             integrity.check_table(self.location, self._metadata, name, array)
         return array
+
+    def _forget_cached_table(self, name: str) -> bool:
+        """Drop what a chunk cache holds of table ``name`` (its zarr.json and chunks, read whole); True when
+        the store is cached, so that a damaged download is read once more from the store."""
+        import itertools
+
+        forget = getattr(getattr(self._handle, "store", None), "forget", None)
+        if forget is None:
+            return False
+        dropped = forget(f"{name}/zarr.json", None)
+        try:
+            array = self._handle[name]
+        except Exception:  # its zarr.json was what failed: dropped above
+            return dropped
+        grid = [range(-(-int(s) // int(c))) for s, c in zip(array.shape, array.chunks, strict=True)]
+        for coords in itertools.product(*grid):
+            dropped |= forget(f"{name}/{array.metadata.encode_chunk_key(coords)}", None)
+        return dropped
 
     def patch_indices(self, split: str | None = None) -> np.ndarray:
         """int64 slots holding a patch, ascending; only those of ``split`` (``train``/``val``) if given."""
