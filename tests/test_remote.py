@@ -415,41 +415,26 @@ def test_cut_download_leaves_no_cache_entry(built: dict[str, Path], tmp_path: Pa
     assert len(_cache_files(cache_dir)) > len(before)
 
 
-def test_a_damaged_cache_entry_is_read_again_from_the_store(built: dict[str, Path], tmp_path: Path) -> None:
-    """One damaged download (or disk) kept in the cache failed every later read, the store being fine."""
+@pytest.mark.parametrize("damaged", ["chunks", "every entry"])
+def test_a_damaged_cache_entry_is_read_again_from_the_store(
+    built: dict[str, Path], tmp_path: Path, damaged: str
+) -> None:
+    """One damaged download (or disk) kept in the cache failed every later read, the store being fine:
+    the shard indexes and chunks alone (checked by brainprep's readers), or every entry (array documents
+    and tables too, read through zarr)."""
     cache_dir = tmp_path / "cache"
     cache = ChunkCacheParams(directory=str(cache_dir), max_bytes=2**30)
     with serving(built["zarr"].parent) as served, open_store(built["zarr"]) as local:
         slots = local.patch_indices()[:3]
         with open_store(f"{served.url}/store.zarr", cache=cache) as store:
             store.read_patches(slots)
-        # the cached shard indexes and chunks: byte ranges of the image and label shards (the documents and
-        # the tables, read through zarr, are refused when damaged: a StoreCorruptError naming them)
-        files = [p for name in ("images", "labels") for p in (built["zarr"] / name / "c").rglob("*")]
-        shards = [p.read_bytes() for p in files if p.is_file()]
-        entries = [e for e in _cache_files(cache_dir) if any(e.read_bytes() in shard for shard in shards)]
+        entries = _cache_files(cache_dir)
+        if damaged == "chunks":  # byte ranges of the image and label shards
+            files = [p for name in ("images", "labels") for p in (built["zarr"] / name / "c").rglob("*")]
+            shards = [p.read_bytes() for p in files if p.is_file()]
+            entries = [e for e in entries if any(e.read_bytes() in shard for shard in shards)]
         assert len(entries) >= 4
         for entry in entries:
-            data = bytearray(entry.read_bytes())
-            data[len(data) // 2] ^= 0xFF
-            entry.write_bytes(bytes(data))
-        with open_store(f"{served.url}/store.zarr", cache=cache) as store:
-            images, labels = store.read_patches(slots)
-        want_images, want_labels = local.read_patches(slots)
-    np.testing.assert_array_equal(images, want_images)
-    np.testing.assert_array_equal(labels, want_labels)
-
-
-def test_damaged_cached_tables_are_read_again_from_the_store(built: dict[str, Path], tmp_path: Path) -> None:
-    """Every cached entry damaged (array documents, tables, shard indexes, chunks): the reads still give the
-    store's data, each damaged entry read again from the server."""
-    cache_dir = tmp_path / "cache"
-    cache = ChunkCacheParams(directory=str(cache_dir), max_bytes=2**30)
-    with serving(built["zarr"].parent) as served, open_store(built["zarr"]) as local:
-        slots = local.patch_indices()[:3]
-        with open_store(f"{served.url}/store.zarr", cache=cache) as store:
-            store.read_patches(slots)
-        for entry in _cache_files(cache_dir):
             data = bytearray(entry.read_bytes())
             data[len(data) // 2] ^= 0xFF
             entry.write_bytes(bytes(data))
