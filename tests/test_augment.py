@@ -383,8 +383,20 @@ def test_in_place_equals_the_copy_and_the_copy_leaves_its_inputs():
         kept = image.clone(), label.clone()
         copied = augment(image, label, key=(0, 0, 2))
         assert torch.equal(image, kept[0]) and torch.equal(label, kept[1])
+        assert copied[0] is not image and copied[1] is not label
         owned = augment(image.clone(), label.clone(), key=(0, 0, 2), inplace=True)
         assert torch.equal(owned[0], copied[0]) and torch.equal(owned[1], copied[1])
+
+
+def test_the_copy_is_a_new_label_even_when_no_sample_moves():
+    """Nothing resampled or flipped: the copy's label was the caller's own tensor."""
+    still = {"spatial.p_rotation": 0.0, "spatial.p_scaling": 0.0, "mirror.axes": (), "noise.p": 1.0}
+    augment = BatchAugment(augment_preset("nnunet", still))
+    image, label = torch.randn(2, 4, 8, 8, 4), torch.randint(0, 4, (2, 8, 8, 4), dtype=torch.uint8)
+    _, out_label = augment(image, label, key=(0, 0, 1))
+    assert out_label is not label and torch.equal(out_label, label)
+    out_label[0] = 9
+    assert int(label.max()) < 4
 
 
 def test_the_copy_takes_the_volumes_it_keeps_from_an_input_of_any_layout():
@@ -455,6 +467,10 @@ def test_presets_and_overrides():
         augment_preset("nnunet", {"noise.p": 1.5})
     with pytest.raises(ConfigError, match="low <= high"):
         augment_preset("none", {"spatial.scaling": (1.4, 0.7)})
+    with pytest.raises(ConfigError, match="must be a range"):  # NaN passed every comparison before
+        augment_preset("none", {"noise.std": (float("nan"), 0.1)})
+    with pytest.raises(ConfigError, match=r"MirrorParams\.axes"):  # 1.7 became axis 1 before
+        augment_preset("none", {"mirror.axes": 1.7})
 
 
 @pytest.mark.parametrize(

@@ -435,7 +435,7 @@ def apply_parameters(
         work = _Working(torch.empty(kept.shape, dtype=kept.dtype, device=kept.device), kept, pending)
         if out_shape is not None and label is not None:  # a new label map (of the centres)
             label = _copy_samples(centre(label, out_shape), ~params.spatial)
-        elif labels_change:
+        elif label is not None:  # new even when unchanged, as the docstring promises
             label = _copy_samples(label, ~params.spatial)
     _apply(config, params, work, label, source)
     return work.image, label

@@ -25,6 +25,7 @@ course's 160x160x16 patch is augmented in the X-Y plane, nnU-Net's 112x160x128 B
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ def _check_probability(owner: str, name: str, value: float) -> None:
 
 
 def _check_range(owner: str, name: str, value: tuple[float, float], low: float | None = None) -> None:
-    if len(value) != 2 or value[0] > value[1]:
+    if len(value) != 2 or not all(math.isfinite(float(v)) for v in value) or value[0] > value[1]:
         raise ConfigError(f"{owner}.{name} must be a range (low, high) with low <= high, got {value}")
     if low is not None and value[0] < low:
         raise ConfigError(f"{owner}.{name} must lie above {low}, got {value}")
@@ -74,6 +75,8 @@ class MirrorParams(Params):
 
     def __post_init__(self) -> None:
         axes = (self.axes,) if isinstance(self.axes, int) else self.axes  # "--augment-set mirror.axes=2"
+        if any(isinstance(a, bool) or float(a) != int(a) for a in axes):  # 1.7 is no axis, nor True
+            raise ConfigError(f"MirrorParams.axes must be distinct among 0, 1, 2, got {tuple(axes)}")
         object.__setattr__(self, "axes", tuple(int(a) for a in axes))
         if any(a not in (0, 1, 2) for a in self.axes) or len(set(self.axes)) != len(self.axes):
             raise ConfigError(f"MirrorParams.axes must be distinct among 0, 1, 2, got {self.axes}")
