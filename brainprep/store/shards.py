@@ -55,6 +55,22 @@ def crc32c(data: bytes | np.ndarray) -> bytes:
     return np.uint32(google_crc32c.value(data)).astype("<u4").tobytes()
 
 
+def whole_chunk(length: int, checksummed: bool = True) -> Callable[[bytes | np.ndarray], bool]:
+    """Whether a stored chunk's bytes (its frame, then its crc32c when ``checksummed``) are ``length``
+    long and pass their crc32c: the test a cached read is retried on (:meth:`StoreBytes.read_checked`);
+    the readers report which part failed in their own words."""
+
+    def valid(data: bytes | np.ndarray) -> bool:
+        if len(data) != length:
+            return False
+        if not checksummed:
+            return True
+        frame = np.frombuffer(data, dtype=np.uint8, count=length - CRC_BYTES)
+        return crc32c(frame) == bytes(data[length - CRC_BYTES :])
+
+    return valid
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The layout of one array, from its zarr metadata.
 
@@ -387,7 +403,8 @@ class ShardReader:
         offset, length = (int(v) for v in self.index(shard, slot)[position])
         if offset == MISSING:
             raise self._corrupt(slot, shard, f"chunk {position} missing")
-        data = self.source.read_checked(self.layout.key(shard), offset, length, self._chunk_checker(length))
+        valid = whole_chunk(length, self.layout.checksummed)
+        data = self.source.read_checked(self.layout.key(shard), offset, length, valid)
         if len(data) != length:
             raise self._corrupt(slot, shard, f"chunk {position} cut short ({len(data)} of {length} bytes)")
         if self.layout.checksummed:
@@ -396,18 +413,6 @@ class ShardReader:
             if crc32c(frame) != data[-CRC_BYTES:]:
                 raise self._corrupt(slot, shard, f"chunk {position} checksum mismatch (crc32c)")
         return data
-
-    def _chunk_checker(self, length: int) -> Callable[[bytes], bool]:
-        """Whether a chunk's bytes are whole and pass their crc32c (the checks :meth:`chunk` reports)."""
-
-        def valid(data: bytes) -> bool:
-            if len(data) != length:
-                return False
-            if not self.layout.checksummed:
-                return True
-            return crc32c(np.frombuffer(data, dtype=np.uint8, count=length - CRC_BYTES)) == data[-CRC_BYTES:]
-
-        return valid
 
     def read_into(self, slot: int, out: np.ndarray) -> None:
         """Decode the chunk of ``slot`` into ``out`` (C-contiguous, the array's patch shape and dtype)."""

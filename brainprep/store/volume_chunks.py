@@ -23,7 +23,6 @@ from __future__ import annotations
 import itertools
 import math
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from brainprep.store.shards import (
     crc32c,
     numcodecs_blosc,
     parse_shard_index,
+    whole_chunk,
     write_shard_file,
 )
 
@@ -62,16 +62,6 @@ def is_direct_layout(array: Any) -> bool:
         )
         and np.dtype(array.dtype).byteorder in "=<|"
     )
-
-
-def _whole(length: int) -> Callable[[bytes], bool]:
-    """Whether a volume chunk's bytes are whole and pass their crc32c."""
-
-    def valid(data: bytes) -> bool:
-        frame = np.frombuffer(data, dtype=np.uint8, count=max(0, len(data) - CRC_BYTES))
-        return len(data) == length and crc32c(frame) == data[length - CRC_BYTES :]
-
-    return valid
 
 
 class VolumeArrayReader:
@@ -135,7 +125,7 @@ class VolumeArrayReader:
             data = self._mapped[offset : offset + length]
         else:
             data = np.frombuffer(
-                self.source.read_checked(self.key, offset, length, _whole(length)), dtype=np.uint8
+                self.source.read_checked(self.key, offset, length, whole_chunk(length)), dtype=np.uint8
             )
         if len(data) != length:
             raise self._corrupt(f"chunk {flat} cut short ({len(data)} of {length} bytes)")
