@@ -118,23 +118,24 @@ def _is_visible_nifti(path: Path) -> bool:
     return not path.name.startswith(".") and strip_nifti_suffix(path.name) is not None
 
 
+def _stem_parts(path: Path) -> tuple[str | None, str]:
+    """(what precedes the last ``-``/``_``/``.`` of the file stem, its last token):
+    ``BraTS-PED-00001-000-t2f.nii.gz`` -> ``("BraTS-PED-00001-000", "t2f")``; ``(None, stem)`` without one."""
+    stem = strip_nifti_suffix(path.name) or path.name
+    parts = re.split(r"[-_.](?=[^-_.]*$)", stem, maxsplit=1)
+    return (parts[0], parts[1]) if len(parts) == 2 else (None, stem)
+
+
 def _file_key(path: Path) -> str:
     """Last ``-``/``_``-separated token of the file stem, lower case: ``..._t1ce.nii.gz`` -> ``t1ce``."""
-    stem = strip_nifti_suffix(path.name) or path.name
-    return re.split(r"[-_.]", stem)[-1].lower()
+    return _stem_parts(path)[1].lower()
 
 
 def _file_case_ids(files: Iterable[Path]) -> set[str]:
     """The case ids the channel and label files of a case folder carry: each stem less its last
     ``-``/``_`` token (``BraTS-PED-00001-000-t2f.nii.gz`` -> ``BraTS-PED-00001-000``). A folder may have
     been renamed (``input/`` of a container); its files still say which release they come from."""
-    ids = set()
-    for path in files:
-        stem = strip_nifti_suffix(path.name) or path.name
-        head = re.split(r"[-_.](?=[^-_.]*$)", stem, maxsplit=1)[0]
-        if head != stem:
-            ids.add(head)
-    return ids
+    return {head for head, _ in map(_stem_parts, files) if head is not None}
 
 
 def _unique(named: Iterable[tuple[str, Path]], what: str) -> dict[str, Path]:
@@ -312,17 +313,15 @@ def listing_warnings(dataset: Dataset) -> tuple[str, ...]:
     """
     description, json_path = dataset.description, dataset.root / "dataset.json"
     found = set(dataset.case_ids)
-    listed: list[tuple[str, str]] = []
+    lines = []
     for key in ("training", "test"):
         entries = description.get(key)
+        missing = []
         for entry in entries if isinstance(entries, list) else []:
             image = entry.get("image") if isinstance(entry, dict) else entry
             case_id = strip_nifti_suffix(Path(image).name) if isinstance(image, str) else None
             if case_id is not None and case_id not in found:
-                listed.append((key, f"{case_id} ({image})"))
-    lines = []
-    for key in ("training", "test"):
-        missing = [name for k, name in listed if k == key]
+                missing.append(f"{case_id} ({image})")
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             lines.append(f"{json_path}: lists {len(missing)} {key} case(s) the folder does not hold: {shown}")
