@@ -192,6 +192,32 @@ def test_read_case_reorients_to_ras(tmp_path, axcodes):
     np.testing.assert_allclose(canonical.affine, ras_affine(), atol=1e-6)
 
 
+def test_channel_files_of_shape_xyz1_read_as_their_volume(tmp_path):
+    """Some writers save a 3D volume as (X, Y, Z, 1): such channel files (and label) read as the 3D ones,
+    through both readers and the build plan's header check; (X, Y, Z, 2) stays refused."""
+    from brainprep.read.case import check_image_headers, read_case_arrays
+    from brainprep.read.nifti import read_nifti_header
+
+    image, label = small_case(seed=4)
+    written = write_brats_case(tmp_path, "BraTS-GLI-00004-000", image, label, axcodes="LPS")
+    for path in (*written.image_paths, written.label_path):
+        source = nib.load(path)
+        write_nifti_file(path, np.asarray(source.dataobj)[..., None], source.affine)
+        assert nib.load(path).shape[3:] == (1,)
+    files = discover_cases(tmp_path).cases[0]
+    case = read_case(files)
+    np.testing.assert_array_equal(case.image, image)
+    np.testing.assert_array_equal(case.label, label)
+    arrays = read_case_arrays(files)
+    np.testing.assert_array_equal(np.stack(arrays.channels), image)
+    headers = [read_nifti_header(p, files.case_id) for p in files.image_paths]
+    assert check_image_headers(files, headers)[0] == image.shape[1:]
+    source = nib.load(files.image_paths[2])
+    write_nifti_file(files.image_paths[2], np.concatenate([source.dataobj] * 2, axis=-1), source.affine)
+    with pytest.raises(CaseError, match=r"expected a 3D channel image, found shape \(48, 48, 20, 2\)"):
+        read_case(files)
+
+
 def test_lps_fixture_matches_a_hand_flip():
     """The conftest writer's LPS is a flip of x and y with the matching affine, nothing else."""
     _, label = small_case()

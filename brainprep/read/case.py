@@ -74,27 +74,36 @@ def _check_affine(affine: np.ndarray, case_id: str, path: Path) -> None:
         )
 
 
+def channel_file_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """The spatial shape of a per-channel file: its shape, less a trailing axis of length 1 (some writers
+    save a 3D volume as (X, Y, Z, 1), as some label files are)."""
+    shape = tuple(int(s) for s in shape)
+    return shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
+
+
 def _check_channel_files(files: CaseFiles, channels: Sequence[Any]) -> None:
-    """Each per-channel file is 3D with the shape and affine of the first one.
+    """Each per-channel file is 3D (or (X, Y, Z, 1)) with the shape and affine of the first one.
 
     Args:
         channels: one object per file of ``files.image_paths`` with ``.shape`` and ``.affine`` (an opened
             nibabel image or decoded voxels).
     """
-    first_path, first = files.image_paths[0], channels[0]
+    first_path, first = files.image_paths[0], channel_file_shape(channels[0].shape)
     for path, channel in zip(files.image_paths, channels, strict=True):
-        shape = tuple(channel.shape)
+        shape = channel_file_shape(channel.shape)
         if len(shape) != 3:
             raise ShapeMismatchError(
-                f"expected a 3D channel image, found shape {shape}", case_id=files.case_id, path=path
-            )
-        if shape != tuple(first.shape):
-            raise ShapeMismatchError(
-                f"channel shape {shape} differs from {tuple(first.shape)} of {first_path.name}",
+                f"expected a 3D channel image, found shape {tuple(channel.shape)}",
                 case_id=files.case_id,
                 path=path,
             )
-        if not np.allclose(channel.affine, first.affine, atol=AFFINE_TOLERANCE):
+        if shape != first:
+            raise ShapeMismatchError(
+                f"channel shape {shape} differs from {first} of {first_path.name}",
+                case_id=files.case_id,
+                path=path,
+            )
+        if not np.allclose(channel.affine, channels[0].affine, atol=AFFINE_TOLERANCE):
             raise ShapeMismatchError(
                 f"channel affine differs from that of {first_path.name}", case_id=files.case_id, path=path
             )
@@ -103,9 +112,10 @@ def _check_channel_files(files: CaseFiles, channels: Sequence[Any]) -> None:
 def check_image_headers(files: CaseFiles, headers: Sequence[Any]) -> tuple[tuple[int, int, int], np.ndarray]:
     """The case's spatial shape and source affine, after checking what its image headers say.
 
-    One 4D file must hold the 4 channels; per-channel files must be 3D with the shape and affine of the
-    first; the first affine must be finite and invertible. Every reader of a case (:func:`read_case`,
-    :func:`read_case_arrays`, the build plan) checks here, so a case fails with the same words on each.
+    One 4D file must hold the 4 channels; per-channel files must be 3D (or (X, Y, Z, 1)) with the shape
+    and affine of the first; the first affine must be finite and invertible. Every reader of a case
+    (:func:`read_case`, :func:`read_case_arrays`, the build plan) checks here, so a case fails with the
+    same words on each.
 
     Args:
         headers: one object per file of ``files.image_paths`` with ``.shape`` and ``.affine`` (a header
@@ -355,7 +365,11 @@ def read_case_arrays(
         # channel_index: the file's channel of each canonical one (a dataset.json in another order)
         sources = [(first.raw[..., c], first.slope, first.inter, path) for c in files.channel_index]
     else:
-        sources = [(v.raw, v.slope, v.inter, p) for p, v in zip(files.image_paths, read, strict=True)]
+        # an (X, Y, Z, 1) file as its one volume (a view)
+        sources = [
+            (v.raw.reshape(v.raw.shape[:3], order="A"), v.slope, v.inter, p)
+            for p, v in zip(files.image_paths, read, strict=True)
+        ]
     for channel, (raw, slope, inter, path) in enumerate(sources):
         problem = _check_channel_values(raw, slope, inter)
         if problem is not None:
