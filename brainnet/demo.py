@@ -220,6 +220,7 @@ def _train_stage(
     )
     result.outputs["checkpoint"] = trained.best_checkpoint or trained.last_checkpoint
     result.outputs["training log"] = run_dir / "log.csv"
+    result.outputs["training curves"] = run_dir / "progress.png"
     return train_config
 
 

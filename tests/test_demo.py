@@ -43,6 +43,7 @@ def test_run_demo_writes_every_output(tmp_path, kind):
     assert metrics["unit"] == ("crops" if kind == "volumes" else "patches")
     assert (tmp_path / "demo" / f"{kind}.zarr" / "zarr.json").exists()
     assert result.outputs["training patches picture"].read_bytes().startswith(b"\x89PNG")
+    assert result.outputs["training curves"].read_bytes().startswith(b"\x89PNG")
     assert set(result.val_dice) == set(metrics["overall"])
     assert all(0.0 <= v <= 1.0 for v in result.val_dice.values())
     assert result.scan_metrics is not None

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from brainnet.augment import augment_preset
 from brainnet.model import ModelConfig
@@ -134,6 +135,8 @@ def test_checkpoint_loads_with_weights_only_and_holds_the_run(store_path, tmp_pa
     for column in columns:
         assert 0.0 <= float(rows[0][column]) <= 1.0
     assert any((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    with Image.open(tmp_path / "run" / "progress.png") as picture:  # the curves, drawn from log.csv
+        assert picture.format == "PNG"
 
 
 def test_log_evaluate_and_the_metric_give_one_dice(store_path, tmp_path):

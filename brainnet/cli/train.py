@@ -174,7 +174,8 @@ def train(
     cache_size: str,
     **options: object,
 ) -> None:
-    """Train on the train split of STORE; checkpoints, log.csv and TensorBoard events go to RUN_DIR."""
+    """Train on the train split of STORE; checkpoints, log.csv, progress.png (the curves) and TensorBoard
+    events go to RUN_DIR."""
     from brainnet.data.volume_sampler import WindowSamplingParams
     from brainnet.model import ModelConfig
     from brainnet.train import TrainConfig

@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import Any
+
+from brainnet.train.progress import PNG_NAME, write_progress_png
+
+logger = logging.getLogger(__name__)
 
 CSV_NAME = "log.csv"
 TENSORBOARD_DIR = "tensorboard"
 
 
 class RunLogger:
-    """Appends one CSV row per epoch to ``RUN_DIR/log.csv`` and writes TensorBoard scalars.
+    """Appends one CSV row per epoch to ``RUN_DIR/log.csv``, writes TensorBoard scalars and redraws
+    ``RUN_DIR/progress.png`` (:mod:`brainnet.train.progress`; ``score_column``: the column ``best.pt`` is
+    chosen by, marked there; ``None``: no picture).
 
     On resume (``resume_epoch`` epochs done) rows of later epochs, written by a run killed after its CSV
     row but before its checkpoint, are dropped so the log matches the checkpoint.
     """
 
-    def __init__(self, out_dir: Path, *, resume_epoch: int = 0, resume_step: int = 0) -> None:
+    def __init__(
+        self, out_dir: Path, *, resume_epoch: int = 0, resume_step: int = 0, score_column: str | None = None
+    ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        self.score_column = score_column
+        self.png_path = Path(out_dir) / PNG_NAME
         self.csv_path = Path(out_dir) / CSV_NAME
         self.rows: list[dict[str, Any]] = []
         if resume_epoch > 0 and self.csv_path.exists():
@@ -49,6 +60,11 @@ class RunLogger:
             writer.writeheader()
             writer.writerows(self.rows)
         temporary.replace(self.csv_path)
+        if self.score_column is not None:
+            try:
+                write_progress_png(self.rows, self.png_path, self.score_column)
+            except Exception as err:  # a picture that cannot be drawn must not end a training
+                logger.warning("could not draw %s: %s", self.png_path, err)
 
     def close(self) -> None:
         self.writer.close()

@@ -729,7 +729,9 @@ def _run(
     )
     if context.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        run.run_logger = RunLogger(out_dir, resume_epoch=state.epoch, resume_step=state.global_step)
+        run.run_logger = RunLogger(
+            out_dir, resume_epoch=state.epoch, resume_step=state.global_step, score_column=run.score_column
+        )
     network.train()
     try:
         while state.epoch < config.epochs:
