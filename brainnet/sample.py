@@ -1,9 +1,10 @@
 """``brainnet sample``: what training reads, written down: N samples of a patch or a volume store.
 
-From a patch store, ``count`` stored patches drawn uniformly (with replacement) from the valid slots of
-the split; from a volume store, the first ``count`` draws of the stream ``brainnet train --seed`` reads
-(:func:`brainnet.train.loop.volume_draws`: the training stream across its epochs, or validation's
-windows for ``split="val"``), standardized as training reads them. Both give the
+Of either kind, the first ``count`` patches ``brainnet train --seed`` reads, in its order: from a patch
+store its shard-shuffled passes over the stored patches (:func:`brainnet.train.loop.patch_order`), from a
+volume store its stream of fresh windows (:func:`brainnet.train.loop.volume_draws`), across epochs; or for
+``split="val"`` what validation scores (the stored val patches in order; a volume store's val windows),
+standardized as training reads them. Both give the
 same arrays, so the two kinds can be compared side by side; a PNG shows the middle axial slice of each.
 
 :func:`sample_training` (``brainnet sample --augment``) shows instead the first ``count`` patches a
@@ -63,8 +64,10 @@ def sample_store(store: Any, count: int, seed: int, split: str | None = "train",
             "corner": np.stack([store.corner_on_source(d.case, d.corner) for d in picked]),
             "kind": np.array([d.kind for d in picked], dtype=f"<U{max(map(len, KINDS))}"),
         }
-    slots = store.patch_indices(split)
-    slots = np.sort(np.random.default_rng(seed).choice(slots, size=count, replace=True))
+    from brainnet.train import TrainConfig
+    from brainnet.train.loop import patch_order
+
+    slots = patch_order(store, TrainConfig(seed=seed), split, count)
     images, labels = store.read_patches(slots)
     return {
         "image": images.astype(np.float16),

@@ -198,7 +198,49 @@ def test_sample_follows_the_training_stream_past_an_epoch_and_the_val_windows(st
             sample_store(store, 5, 3, "val", params)
 
 
-def test_brainnet_sample_writes_what_training_reads_from_both_kinds(store_path: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def patch_store_path(store_path: Path) -> Path:
+    """A patch store of the volume store's cases: 3 train cases and 1 val case (a small tumour: the
+    threshold lets it in), 2 patches each."""
+    sampling = SamplingParams(patch_size=PATCH, patches_per_case=2, background_threshold=0.999)
+    params = BuildParams(sampling=sampling, split=SplitParams(val_fraction=0.25))
+    build_patches(store_path.parent / "data", store_path.parent / "p.zarr", params, workers=1)
+    return store_path.parent / "p.zarr"
+
+
+def test_sample_of_a_patch_store_is_what_training_and_validation_read_in_their_order(
+    patch_store_path: Path,
+) -> None:
+    """9 samples of a 6-patch train split are training's first pass then 3 of its second (shuffled
+    anew), patch for patch; ``val`` gives validation's patches in its order, and no more than it has."""
+    from brainnet.sample import sample_store
+    from brainnet.train import TrainConfig
+    from brainnet.train.distributed import DistributedContext
+    from brainnet.train.loop import _val_loader, training_stream
+
+    config = TrainConfig(batch_size=4, seed=3, device="cpu", workers=0)
+    context = DistributedContext(0, 1, 0, torch.device("cpu"), owns_group=False)
+    with open_store(patch_store_path) as store:
+        stream = training_stream(store, config)
+        trained = np.concatenate([stream.next()["slot"].numpy() for _ in range(3)])  # 4 + 2 | 4
+        validated = np.concatenate([b["slot"].numpy() for b in _val_loader(store, config, context)])
+        assert len(trained) == 10 and len(validated) == 2
+        assert sorted(trained[:6]) == sorted(store.patch_indices("train"))  # one pass: each patch once
+        assert trained[:6].tolist() != trained[6:].tolist() + trained[:2].tolist()  # reshuffled
+        for split, count, slots in (("train", 9, trained[:9]), ("val", 2, validated)):
+            got = sample_store(store, count, 3, split)
+            images, labels = store.read_patches(slots)
+            np.testing.assert_array_equal(got["case"], store.table.case[slots])
+            np.testing.assert_array_equal(got["corner"], store.table.corner[slots])
+            np.testing.assert_array_equal(got["image"], images.astype(np.float16))
+            np.testing.assert_array_equal(got["label"], labels)
+        with pytest.raises(ConfigError, match="validation reads 2 patches"):
+            sample_store(store, 3, 3, "val")
+
+
+def test_brainnet_sample_writes_what_training_reads_from_both_kinds(
+    store_path: Path, patch_store_path: Path, tmp_path: Path
+) -> None:
     from click.testing import CliRunner
 
     from brainnet.cli import main
@@ -222,20 +264,19 @@ def test_brainnet_sample_writes_what_training_reads_from_both_kinds(store_path: 
     from PIL import Image
 
     assert Image.open(png).size == (8 * PATCH[0], PATCH[1])  # one row of 8 axial tiles (5 and 3 blank)
-    patches = tmp_path / "p.zarr"
-    data = store_path.parent / "data"
-    build_patches(
-        data, patches, BuildParams(sampling=SamplingParams(patch_size=PATCH, patches_per_case=2)), workers=1
-    )
+    from brainnet.sample import sample_store
+
     result = runner.invoke(
-        main, ["sample", "--store", str(patches), "--count", "3", "--out", str(tmp_path / "p.npz")]
+        main, ["sample", "--store", str(patch_store_path), "--count", "3", "--out", str(tmp_path / "p.npz")]
     )
     assert result.exit_code == 0, result.output
     got = np.load(tmp_path / "p.npz")
-    with open_store(patches) as store:
-        for image, case, corner in zip(got["image"], got["case"], got["corner"], strict=True):
-            slots = np.flatnonzero((store.table.case == case) & (store.table.corner == corner).all(axis=1))
-            np.testing.assert_array_equal(image, store.read_image(int(slots[0])))
+    with open_store(patch_store_path) as store:
+        for key, value in sample_store(store, 3, 0, "train").items():  # training's first 3, in its order
+            np.testing.assert_array_equal(got[key], value)
+    val = ["sample", "--store", str(patch_store_path), "--split", "val", "--count", "3"]
+    line = _one_error_line(runner.invoke(main, [*val, "--out", str(tmp_path / "val.npz")]))
+    assert "validation reads 2 patches" in line and not (tmp_path / "val.npz").exists()
     assert set(got["kind"]) == {"patch"}
 
 

@@ -311,14 +311,38 @@ def volume_draws(store: Any, params: Any, seed: int, split: str | None, train: b
     return VolumeDraws(store, split, params, seed=seed if train else seed + 1)
 
 
-def _train_dataset(store: Any, config: TrainConfig, context: DistributedContext):
+def patch_order(store: Any, config: TrainConfig, split: str | None, count: int) -> np.ndarray:
+    """int64 (count,): the slots of a patch store that training with ``config`` (``split`` ``train``, or
+    ``None`` for every case: rank 0's shard-shuffled sampler passes, one after another) or validation
+    (``val``: the stored order, once) reads first, in that order.
+
+    Raises:
+        ConfigError: validation reads fewer than ``count`` patches (or none).
+    """
+    if split == "val":
+        slots = split_slots(store, "val")
+        if len(slots) == 0:
+            raise ConfigError(f"store {store.location} has no val patches")
+        if len(slots) < count:
+            raise ConfigError(f"validation reads {len(slots)} patches of {store.location}, asked for {count}")
+        return slots[:count]
+    context = DistributedContext(0, 1, 0, torch.device("cpu"), owns_group=False)
+    dataset, sampler = _train_dataset(store, config, context, split)
+    order: list[np.ndarray] = []
+    while sum(map(len, order)) < count:  # the loader keeps the short last batch: passes run on
+        sampler.set_epoch(len(order), 0)
+        order.append(dataset.slots[np.fromiter(iter(sampler), dtype=np.int64)])
+    return np.concatenate(order)[:count]
+
+
+def _train_dataset(store: Any, config: TrainConfig, context: DistributedContext, split: str | None = "train"):
     if is_volume_store(store):
-        return _volume_stream(store, config, context, "train", train=True)
-    slots = split_slots(store, "train")
+        return _volume_stream(store, config, context, split, train=True)
+    slots = split_slots(store, split)
     slots = filter_by_tumour_fraction(slots, store.table.tumour_fraction, config.min_tumour_fraction)
     if len(slots) == 0:
         raise ConfigError(
-            f"store {store.location} has no train patches with tumour fraction "
+            f"store {store.location} has no {split or 'stored'} patches with tumour fraction "
             f">= {config.min_tumour_fraction}"
         )
     dataset = PatchDataset(store, slots)  # augmentation happens on the batch, in train_step
