@@ -166,8 +166,9 @@ def format_stats(stats: list[SplitStats]) -> str:
 
 
 def plot_stats(stats: list[SplitStats], path: Path, title: str = "") -> Path:
-    """PNG: top row one tumour fraction histogram per split; bottom row the class balance as grouped bars
-    (mean voxel share, share of patches containing the class). Returns ``path``."""
+    """A figure (PNG, or PDF / SVG by ``path``'s suffix): top row one tumour fraction histogram per split;
+    bottom row the class balance as grouped bars (mean voxel share, share of patches containing the class).
+    Returns ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")

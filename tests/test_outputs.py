@@ -107,3 +107,75 @@ def test_writing_passes_other_errors_through(tmp_path):
         outputs.writing(tmp_path / "out.json"),
     ):
         raise partial
+
+
+def _misnamed(built: dict[str, Path], tmp: Path) -> dict[str, tuple[list[str], Path, str]]:
+    """Each picture output given a suffix its writer cannot write (or none): args, the output, the
+    suffixes the refusal names."""
+    data, store = str(built["data"]), str(built["store"])
+    show = ["show", data, "BRATS_001", "--out"]
+    plots = ".png, .pdf or .svg"
+    return {
+        "show-out": ([*show, str(tmp / "p.jpg2")], tmp / "p.jpg2", ".png"),
+        "show-out-bare": ([*show, str(tmp / "pic")], tmp / "pic", ".png"),
+        "show-gif": ([*show, str(tmp / "p.png"), "--gif", str(tmp / "g.foo")], tmp / "g.foo", ".gif"),
+        "show-gif-bare": ([*show, str(tmp / "p.png"), "--gif", str(tmp / "movie")], tmp / "movie", ".gif"),
+        "show-out-upper": ([*show, str(tmp / "p.PNG")], tmp / "p.PNG", ".png"),
+        "stats": (["stats", store, "--plot", str(tmp / "s.xyz")], tmp / "s.xyz", plots),
+        "stats-bare": (["stats", store, "--plot", str(tmp / "stats")], tmp / "stats", plots),
+    }
+
+
+def _assert_suffix_refused(result, path: Path, allowed: str, tmp: Path) -> None:
+    _assert_one_line(result, path)
+    found = path.suffix or "none"
+    assert f"cannot write {path}: needs a {allowed} suffix, found {found}" in result.output
+    assert list(tmp.iterdir()) == []  # refused when parsing: nothing drawn, nothing written
+
+
+MISNAMED = ["show-out", "show-out-bare", "show-gif", "show-gif-bare", "show-out-upper", "stats", "stats-bare"]
+
+
+@pytest.mark.parametrize("case", MISNAMED)
+def test_a_picture_suffix_its_writer_cannot_write_is_refused_before_any_work(built, tmp_path, case):
+    args, path, allowed = _misnamed(built, tmp_path)[case]
+    result = CliRunner().invoke(main, args)
+    _assert_suffix_refused(result, path, allowed, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("option", "name", "allowed"),
+    [
+        ("--out", "foo", ".npz"),  # numpy would write foo.npz
+        ("--out", "s.npy", ".npz"),
+        ("--png", "s.bmpx", ".png"),
+        ("--png", "pic", ".png"),
+    ],
+)
+def test_brainnet_sample_refuses_an_output_suffix_before_sampling(built, tmp_path, option, name, allowed):
+    pytest.importorskip("torch")
+    from brainnet.cli import main as brainnet
+
+    paths = {"--out": tmp_path / "s.npz", "--png": tmp_path / "s.png", option: tmp_path / name}
+    args = ["sample", "--store", str(built["store"]), "--count", "2"]
+    result = CliRunner().invoke(brainnet, [*args, "--out", str(paths["--out"]), "--png", str(paths["--png"])])
+    _assert_suffix_refused(result, tmp_path / name, allowed, tmp_path)
+
+
+def test_suffix_problem_by_hand():
+    assert outputs.suffix_problem(Path("a/b.png"), (".png",)) is None
+    assert outputs.suffix_problem(Path("b.jpg2"), (".png",)) == "needs a .png suffix, found .jpg2"
+    assert outputs.suffix_problem(Path("b"), (".png", ".svg")) == "needs a .png or .svg suffix, found none"
+    assert outputs.suffix_problem(Path("b.tar.gz"), (".npz",)) == "needs a .npz suffix, found .gz"
+
+
+def test_brainnet_predict_refuses_a_picture_suffix_before_loading_the_model(built, tmp_path):
+    pytest.importorskip("torch")
+    from brainnet.cli import main as brainnet
+
+    checkpoint = built["data"].parent / "not-a-checkpoint.pt"  # never opened: the refusal comes first
+    checkpoint.write_bytes(b"")
+    out, png = tmp_path / "seg.nii.gz", tmp_path / "overlay.jpg"
+    args = ["predict", "--checkpoint", str(checkpoint), "--input", str(built["data"]), "--case", "BRATS_001"]
+    result = CliRunner().invoke(brainnet, [*args, "--out", str(out), "--png", str(png)])
+    _assert_suffix_refused(result, png, ".png", tmp_path)

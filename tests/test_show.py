@@ -152,6 +152,24 @@ def test_cli_show_unknown_case_and_channel_fail_clearly(dataset_dir, tmp_path):
     assert result.exit_code != 0 and "unknown channel 'dwi'" in result.output
 
 
+def test_cli_show_a_failed_gif_takes_the_png_with_it(dataset_dir, tmp_path, monkeypatch):
+    import errno
+
+    import brainprep.show
+
+    png, gif = tmp_path / "a.png", tmp_path / "a.gif"
+
+    def full_disk(case, path, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(brainprep.show, "write_gif", full_disk)
+    args = ["show", str(dataset_dir), "BRATS_001", "--out", str(png), "--gif", str(gif)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.splitlines() == [f"Error: cannot write {gif}: No space left on device"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_show_case_without_label_says_so(dataset_dir, tmp_path):
     unlabelled = tmp_path / "unlabelled"
     (unlabelled / "imagesTs").mkdir(parents=True)

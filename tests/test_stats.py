@@ -127,6 +127,14 @@ def test_cli_stats_on_a_built_store(built_store: Path, tmp_path: Path) -> None:
     assert plot.stat().st_size > 10_000
 
 
+def test_cli_stats_plots_a_vector_format_too(built_store: Path, tmp_path: Path) -> None:
+    plot = tmp_path / "stats.svg"
+    result = CliRunner().invoke(main, ["stats", str(built_store), "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == f"wrote {plot}"
+    assert "<svg" in plot.read_text()[:1000]
+
+
 def test_cli_stats_refuses_a_missing_store(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["stats", str(tmp_path / "nope.zarr")])
     assert result.exit_code == 2

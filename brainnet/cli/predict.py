@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from brainprep.cli.options import labels_option
-from brainprep.cli.outputs import writable_output, writing
+from brainprep.cli.outputs import suffixed_output, writable_output, writing
 
 
 def _resolve_case(input_path: Path, case_id: str | None, labels: str | None, model_spec: Any):
@@ -65,8 +65,8 @@ def _resolve_case(input_path: Path, case_id: str | None, labels: str | None, mod
     "--png",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    callback=writable_output,
-    help="Overlay picture.",
+    callback=suffixed_output(".png"),
+    help="Overlay picture, FILE.png.",
 )
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)

@@ -8,7 +8,7 @@ import click
 
 from brainnet.cli.augment_options import augment_config, augment_options
 from brainprep.cli.options import storage_options_option, store_location
-from brainprep.cli.outputs import writable_output, writing
+from brainprep.cli.outputs import suffixed_output, writing
 
 
 @click.command("sample")
@@ -39,15 +39,15 @@ from brainprep.cli.outputs import writable_output, writing
     "out",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    callback=writable_output,
-    help="FILE.npz (missing folders above it are made).",
+    callback=suffixed_output(".npz"),
+    help="FILE.npz (missing folders above it are made; the suffix is needed).",
 )
 @click.option(
     "--png",
     "png",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    callback=writable_output,
+    callback=suffixed_output(".png"),
     help="FILE.png, written with FILE.npz or not at all.",
 )
 @storage_options_option

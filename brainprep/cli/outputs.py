@@ -5,13 +5,17 @@ missing folder is fine. A folder above the output that is a file, or that is rea
 the options are parsed, before any work (:func:`writable_output`, a click callback). A write that fails
 later anyway (a full disk, a folder made read-only meanwhile) becomes the same one line in
 :func:`writing`. Both name the output as it was given.
+
+An output whose format follows from its suffix (a picture, an ``.npz``) must carry one its writer
+supports, checked with the same parse (:func:`suffixed_output`): matplotlib and Pillow would otherwise
+refuse it after the work, and numpy would write ``foo.npz`` for ``foo``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,31 @@ def writable_output(ctx: click.Context, param: click.Parameter, value: Any) -> A
         if problem is not None:
             raise click.BadParameter(f"cannot write {value}: {problem}")
     return value
+
+
+def suffix_problem(path: Path, suffixes: tuple[str, ...]) -> str | None:
+    """Why the suffix of ``path`` is not one of ``suffixes`` (``None``: it is).
+
+    Case counts: numpy would write ``foo.NPZ.npz`` for ``foo.NPZ``, so ``.PNG`` is refused alike.
+    """
+    suffix = Path(path).suffix
+    if suffix in suffixes:
+        return None
+    allowed = suffixes[0] if len(suffixes) == 1 else f"{', '.join(suffixes[:-1])} or {suffixes[-1]}"
+    return f"needs a {allowed} suffix, found {suffix or 'none'}"
+
+
+def suffixed_output(*suffixes: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """Click callback of an output whose format is its suffix: one of ``suffixes``, then
+    :func:`writable_output`."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        problem = None if value is None else suffix_problem(Path(value), suffixes)
+        if problem is not None:
+            raise click.BadParameter(f"cannot write {value}: {problem}")
+        return writable_output(ctx, param, value)
+
+    return check
 
 
 def _concerns(error: OSError, path: Path) -> bool:

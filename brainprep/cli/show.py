@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from brainprep.cli.options import labels_option
-from brainprep.cli.outputs import writable_output, writing
+from brainprep.cli.outputs import suffixed_output, writing
+
+if TYPE_CHECKING:
+    from brainprep.read.case import Case
 
 
 def channel_index(name: str) -> int:
@@ -32,16 +36,16 @@ def channel_index(name: str) -> int:
     "out_png",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    callback=writable_output,
-    help="PNG file for the planes figure.",
+    callback=suffixed_output(".png"),
+    help="FILE.png for the planes figure.",
 )
 @click.option(
     "--gif",
     "out_gif",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    callback=writable_output,
-    help="Also write a GIF stepping through the axial, coronal and sagittal slices.",
+    callback=suffixed_output(".gif"),
+    help="Also write FILE.gif stepping through the axial, coronal and sagittal slices (both or neither).",
 )
 @click.option(
     "--channel", default="FLAIR", show_default=True, help="Channel of the GIF (FLAIR, T1w, T1gd, T2w)."
@@ -66,7 +70,6 @@ def show(
     """Draw case CASE_ID of DATA_DIR: four channels x three planes through the tumour centre."""
     from brainprep.errors import BrainprepError, one_line
     from brainprep.read import discover_cases, read_case
-    from brainprep.show import write_gif, write_planes_png
 
     index = channel_index(channel)
     try:
@@ -75,8 +78,22 @@ def show(
         if case.label is None:
             click.echo(f"case {case_id} has no label: drawing no overlay")
         with writing(out_png, out_gif):
-            click.echo(str(write_planes_png(case, out_png)))
-            if out_gif is not None:
-                click.echo(str(write_gif(case, out_gif, channel=index, step=gif_step)))
+            for path in _write_pictures(case, out_png, out_gif, index, gif_step):
+                click.echo(str(path))
     except BrainprepError as err:
         raise click.ClickException(one_line(err)) from err
+
+
+def _write_pictures(case: Case, out_png: Path, out_gif: Path | None, channel: int, step: int) -> list[Path]:
+    """Write the planes PNG and the GIF: both or neither (a failed GIF takes the PNG with it; Pillow
+    removes a GIF it did not finish)."""
+    from brainprep.show import write_gif, write_planes_png
+
+    written = [write_planes_png(case, out_png)]
+    try:
+        if out_gif is not None:
+            written.append(write_gif(case, out_gif, channel=channel, step=step))
+    except BaseException:
+        out_png.unlink(missing_ok=True)
+        raise
+    return written

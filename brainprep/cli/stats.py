@@ -8,8 +8,11 @@ from pathlib import Path
 import click
 
 from brainprep.cli.options import storage_options_option, store_location
-from brainprep.cli.outputs import writable_output, writing
+from brainprep.cli.outputs import suffixed_output, writing
 from brainprep.errors import BrainprepError, one_line
+
+#: formats of ``--plot`` that matplotlib writes from the suffix (a chart: vector formats serve too).
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
 
 @click.command("stats")
@@ -19,8 +22,8 @@ from brainprep.errors import BrainprepError, one_line
     "plot_path",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     default=None,
-    callback=writable_output,
-    help="Also draw the histograms and class balance into this PNG.",
+    callback=suffixed_output(*PLOT_SUFFIXES),
+    help="Also draw the histograms and class balance into FILE.png (or a vector .pdf / .svg).",
 )
 @click.option("--bins", type=click.IntRange(min=1), default=10, show_default=True, help="Histogram bins.")
 @storage_options_option
