@@ -15,6 +15,7 @@ Task01 array grid the course read with nibabel (identity affine, so also the RAS
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,13 +25,21 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from brainprep.errors import ConfigError, InvalidValueError, ShapeMismatchError, UnreadableFileError
+from brainprep.errors import (
+    BrainprepError,
+    ConfigError,
+    InvalidValueError,
+    ShapeMismatchError,
+    UnreadableFileError,
+    one_line,
+)
 from brainprep.params import BuildParams, SamplingParams, SplitParams, StoreParams
 from brainprep.sample import patch_fractions
 from brainprep.spec import MSD_SPEC
@@ -163,17 +172,14 @@ def read_course_patch(patch: CoursePatch, patch_size: tuple[int, int, int]) -> t
 
     Returns:
         ``(image, label)``: float32 (4, X, Y, Z) standardized per channel and z-slice; uint8 (X, Y, Z).
-    """
-    import h5py
 
-    try:
-        with h5py.File(patch.path, "r") as handle:
-            x = handle["x"][()]
-            y = handle["y"][()]
-    except (OSError, KeyError) as error:
-        raise UnreadableFileError(
-            f"cannot read datasets x and y: {error}", case_id=patch.case_id, path=patch.path
-        ) from None
+    Raises:
+        UnreadableFileError: see :func:`_course_datasets`.
+        ShapeMismatchError: ``x`` is not (4, *patch_size) or ``y`` not (*patch_size, 4).
+        InvalidValueError: ``x`` or ``y`` is not numeric, ``x`` holds NaN or Inf, ``y`` is not one-hot.
+    """
+    with _course_datasets(patch) as (x_data, y_data):
+        x, y = x_data[()], y_data[()]
     if x.shape != (schema.N_CHANNELS, *patch_size):
         raise ShapeMismatchError(
             f"x must be ({schema.N_CHANNELS}, {', '.join(map(str, patch_size))}), found {x.shape}",
@@ -186,10 +192,47 @@ def read_course_patch(patch: CoursePatch, patch_size: tuple[int, int, int]) -> t
             case_id=patch.case_id,
             path=patch.path,
         )
+    for name, array in (("x", x), ("y", y)):
+        if array.dtype.kind not in "biuf":  # np.isfinite would raise a TypeError on text or compounds
+            raise InvalidValueError(
+                f"{name} must be numeric, found dtype {array.dtype}", case_id=patch.case_id, path=patch.path
+            )
     if not np.isfinite(x).all():
         raise InvalidValueError("x holds NaN or Inf", case_id=patch.case_id, path=patch.path)
     label = onehot_to_labels(y, path=patch.path, case_id=patch.case_id)
     return standardize_patch_slices(x), label
+
+
+@contextlib.contextmanager
+def _course_datasets(patch: CoursePatch) -> Iterator[tuple[Any, Any]]:
+    """The open ``x`` and ``y`` datasets of a course patch file.
+
+    Raises:
+        UnreadableFileError: the file is not HDF5 (corrupt, truncated, unreadable), it lacks dataset ``x``
+            or ``y``, or reading them in the ``with`` body fails (a corrupt chunk).
+    """
+    import h5py
+
+    try:
+        with h5py.File(patch.path, "r") as handle:
+            found = {name: handle.get(name) for name in ("x", "y")}
+            absent = [name for name, item in found.items() if not isinstance(item, h5py.Dataset)]
+            if absent:
+                raise UnreadableFileError(
+                    f"course patch file must hold datasets x and y, found no dataset {' or '.join(absent)} "
+                    f"(it holds {sorted(handle)})",
+                    case_id=patch.case_id,
+                    path=patch.path,
+                )
+            yield found["x"], found["y"]
+    except BrainprepError:
+        raise
+    except (OSError, KeyError, RuntimeError) as error:  # h5py raises all three for damaged files
+        raise UnreadableFileError(
+            f"cannot read course patch file as HDF5: {one_line(error)}",
+            case_id=patch.case_id,
+            path=patch.path,
+        ) from None
 
 
 def _file_record(path: Path, root: Path) -> dict[str, Any]:
@@ -216,28 +259,15 @@ def discover_course_patches(
         lists that are not on disk.
 
     Raises:
-        ConfigError: bad policy, missing or malformed config.json, a case in two splits, two files with the
-            same case and index, or no patch file at all.
+        ConfigError: bad policy, missing or malformed config.json (see :func:`read_course_config`), two
+            files of the same name in different subfolders, a case in two splits, two files with the same
+            case and index, or no patch file at all.
     """
     if unlisted_policy not in UNLISTED_POLICIES:
         raise ConfigError(f"unlisted policy must be one of {UNLISTED_POLICIES}, got {unlisted_policy!r}")
     config_path = source / CONFIG_FILE
-    try:
-        config = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"course folder {source} has no {CONFIG_FILE}") from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{config_path} is not readable JSON: {error}") from None
-    if not isinstance(config, dict) or set(config) - set(COURSE_SPLITS):
-        found = sorted(config) if isinstance(config, dict) else type(config).__name__
-        raise ConfigError(f'{config_path} must be {{"train": [...], "valid": [...]}}, found {found}')
-    listed: dict[str, str] = {}
-    for course_split, names in config.items():
-        for name in names:
-            listed[name] = COURSE_SPLITS[course_split]
-    files = {path.name: path for path in sorted(source.rglob("*.h5"))}
-    if not files:
-        raise ConfigError(f"course folder {source} holds no .h5 patch file")
+    listed = read_course_config(source)
+    files = _patch_files(source)
     unlisted = tuple(sorted(set(files) - set(listed)))
     missing = tuple(sorted(set(listed) - set(files)))
     patches, seen, case_split = [], {}, {}
@@ -256,6 +286,77 @@ def discover_course_patches(
         patches.append(CoursePatch(path, case_id, index, corner, split))
     patches.sort(key=lambda p: (p.case_id, p.index))
     return patches, unlisted, missing
+
+
+def read_course_config(source: Path) -> dict[str, str]:
+    """``{file name: store split}`` from ``source/config.json``.
+
+    Raises:
+        ConfigError: config.json is missing or not JSON, repeats a key, is not
+            ``{"train": [...], "valid": [...]}``, a split is not a list of file names, or a file is listed in
+            both splits.
+    """
+    config_path = source / CONFIG_FILE
+    try:
+        config = json.loads(config_path.read_text(), object_pairs_hook=_unique_keys)
+    except FileNotFoundError:
+        raise ConfigError(f"course folder {source} has no {CONFIG_FILE}") from None
+    except (OSError, ValueError) as error:  # ValueError: not UTF-8, not JSON, a repeated key
+        raise ConfigError(f"{config_path} is not readable JSON: {error}") from None
+    if not isinstance(config, dict) or set(config) - set(COURSE_SPLITS):
+        found = sorted(config) if isinstance(config, dict) else type(config).__name__
+        raise ConfigError(f'{config_path} must be {{"train": [...], "valid": [...]}}, found {found}')
+    listed: dict[str, str] = {}
+    for course_split, names in config.items():
+        _check_names(names, f'{config_path}: "{course_split}"')
+        for name in names:
+            # without this check a file in both lists would silently end up in the last one
+            if listed.setdefault(name, COURSE_SPLITS[course_split]) != COURSE_SPLITS[course_split]:
+                raise ConfigError(f"{config_path}: {name} is listed in both train and valid")
+    return listed
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict; a repeated key (json.loads would silently keep the last) is refused."""
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"repeated key {', '.join(map(repr, repeated))} (only its last list would count)")
+    return dict(pairs)
+
+
+def _check_names(names: Any, where: str) -> None:
+    """Refuse a config.json split that is not a list of file names (``null``, a string, a number in it)."""
+    if not isinstance(names, list):
+        raise ConfigError(f"{where} must be a list of file names, found {_json_excerpt(names)}")
+    for position, name in enumerate(names):
+        if not isinstance(name, str):
+            raise ConfigError(
+                f"{where} must be a list of file names, found {_json_excerpt(name)} at position {position}"
+            )
+
+
+def _json_excerpt(value: Any, limit: int = 60) -> str:
+    """``value`` as JSON on one line, cut to ``limit`` characters."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _patch_files(source: Path) -> dict[str, Path]:
+    """``{file name: path}`` of the ``.h5`` files under ``source``, in subfolders or not.
+
+    Raises:
+        ConfigError: no ``.h5`` file, or two of the same name (config.json names files by name alone, so
+            it cannot tell them apart).
+    """
+    files: dict[str, Path] = {}
+    for path in sorted(source.rglob("*.h5")):
+        if path.name in files:
+            raise ConfigError(f"two course patch files are named {path.name}: {files[path.name]} and {path}")
+        files[path.name] = path
+    if not files:
+        raise ConfigError(f"course folder {source} holds no .h5 patch file")
+    return files
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -278,7 +379,8 @@ def import_course(
 
     Args:
         source: the course folder (``config.json`` and the ``.h5`` files, in subfolders or not).
-        store: output store; its suffix picks the format (replaced if it exists).
+        store: output store; its suffix picks the format (replaced if it exists; missing folders above it
+            are made).
         unlisted_policy: ``skip`` files not in config.json, or put them in ``train``.
         store_params: dtype and compression level (its ``format`` is taken from the suffix).
         progress: tqdm bar over cases.
@@ -401,10 +503,9 @@ def _import_cases(
 
 
 def _patch_size(patch: CoursePatch) -> tuple[int, int, int]:
-    import h5py
-
-    with h5py.File(patch.path, "r") as handle:
-        shape = handle["x"].shape
+    """(X, Y, Z) of the ``x`` of ``patch`` (the first patch fixes the store's patch size)."""
+    with _course_datasets(patch) as (x_data, _):
+        shape = x_data.shape
     if len(shape) != 4 or shape[0] != schema.N_CHANNELS:
         raise ShapeMismatchError(
             f"x must be ({schema.N_CHANNELS}, X, Y, Z), found {shape}", case_id=patch.case_id, path=patch.path
@@ -456,6 +557,7 @@ class _ZarrWriter:
 
     def __init__(self, final: Path, layout: schema.StoreLayout):
         self.final, self.layout = final, layout
+        final.parent.mkdir(parents=True, exist_ok=True)  # as every writer does: a missing folder is fine
         self.staging = Path(tempfile.mkdtemp(prefix=".import-", dir=final.parent))
         self.path = self.staging / final.name
 
@@ -491,6 +593,7 @@ class _Hdf5Writer:
 
     def __init__(self, path: Path, layout: schema.StoreLayout):
         self.path, self.layout = path, layout
+        path.parent.mkdir(parents=True, exist_ok=True)  # as every writer does: a missing folder is fine
         self.staging = tempfile.TemporaryDirectory(prefix=".import-", dir=path.parent)
         self.parts: dict[int, Path] = {}
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from brainprep.cli import main
 from brainprep.course import discover_course_patches, import_course, onehot_to_labels, parse_patch_name
-from brainprep.errors import ConfigError, InvalidValueError, ShapeMismatchError
+from brainprep.errors import ConfigError, InvalidValueError, ShapeMismatchError, UnreadableFileError
 from brainprep.standardize import standardize_patch_slices
 from brainprep.store import schema
 from brainprep.store.reader import open_store
@@ -101,6 +101,140 @@ def test_discover_refuses_a_case_in_two_splits(tiny_course: Path) -> None:
     (tiny_course / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="case A has patches in both train and val"):
         discover_course_patches(tiny_course)
+
+
+def test_discover_refuses_two_files_of_one_name(tiny_course: Path) -> None:
+    """config.json names files by name alone: a second file of that name in another folder is ambiguous."""
+    tiny_patch_file(tiny_course / "extra", "B.nii.gz_1_x0_y0_z10.h5", tiny_label(8), 5)
+    with pytest.raises(
+        ConfigError, match=re.escape("two course patch files are named B.nii.gz_1_x0_y0_z10.h5")
+    ) as info:
+        discover_course_patches(tiny_course)
+    assert str(tiny_course / "extra" / "B.nii.gz_1_x0_y0_z10.h5") in str(info.value)
+    assert str(tiny_course / "valid" / "B.nii.gz_1_x0_y0_z10.h5") in str(info.value)
+
+
+@pytest.mark.parametrize("order", [("train", "valid"), ("valid", "train")])
+def test_discover_refuses_a_file_in_both_splits(tiny_course: Path, order: tuple[str, str]) -> None:
+    """Case B's only file in both lists: it used to go silently to whichever list came last."""
+    config = json.loads((tiny_course / "config.json").read_text())
+    config["train"].append("B.nii.gz_1_x0_y0_z10.h5")
+    (tiny_course / "config.json").write_text(json.dumps({key: config[key] for key in order}))
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            f"{tiny_course / 'config.json'}: B.nii.gz_1_x0_y0_z10.h5 is listed in both train and valid"
+        ),
+    ):
+        discover_course_patches(tiny_course)
+
+
+@pytest.mark.parametrize(
+    ("train", "found"),
+    [
+        (None, "found null"),
+        ("A.nii.gz_1_x1_y2_z3.h5", 'found "A.nii.gz_1_x1_y2_z3.h5"'),  # a string iterated as its characters
+        ({"A.nii.gz_1_x1_y2_z3.h5": 1}, 'found {"A.nii.gz_1_x1_y2_z3.h5": 1}'),
+        (["A.nii.gz_1_x1_y2_z3.h5", 3], "found 3 at position 1"),
+        ([["A.nii.gz_1_x1_y2_z3.h5"]], 'found ["A.nii.gz_1_x1_y2_z3.h5"] at position 0'),
+    ],
+)
+def test_discover_refuses_a_split_that_is_not_a_list_of_names(
+    tiny_course: Path, train: object, found: str
+) -> None:
+    (tiny_course / "config.json").write_text(json.dumps({"train": train, "valid": []}))
+    message = f'{tiny_course / "config.json"}: "train" must be a list of file names, {found}'
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        discover_course_patches(tiny_course)
+
+
+def test_discover_refuses_a_repeated_split_in_config_json(tiny_course: Path) -> None:
+    """json.loads keeps the last of two "train" lists: the first one's files would silently drop out."""
+    text = '{"train": ["A.nii.gz_1_x1_y2_z3.h5"], "train": ["A.nii.gz_3_x7_y8_z9.h5"], "valid": []}'
+    (tiny_course / "config.json").write_text(text)
+    message = f"{tiny_course / 'config.json'} is not readable JSON: repeated key 'train'"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        discover_course_patches(tiny_course)
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"not an HDF5 file\n" * 8)
+
+
+def _without_x(path: Path) -> None:
+    with h5py.File(path, "r+") as handle:
+        del handle["x"]
+
+
+def _text_x(path: Path) -> None:
+    with h5py.File(path, "r+") as handle:
+        del handle["x"]
+        handle["x"] = np.full((4, *TINY_PATCH), b"a")
+
+
+@pytest.mark.parametrize(
+    "name", ["A.nii.gz_1_x1_y2_z3.h5", "B.nii.gz_1_x0_y0_z10.h5"], ids=["first-patch", "later-patch"]
+)
+@pytest.mark.parametrize(
+    ("damage", "error", "problem"),
+    [
+        (_garbage, UnreadableFileError, "cannot read course patch file as HDF5: Unable to"),
+        (_without_x, UnreadableFileError, "must hold datasets x and y, found no dataset x (it holds ['y'])"),
+        (_text_x, InvalidValueError, "x must be numeric, found dtype |S1"),
+    ],
+)
+def test_import_names_an_unreadable_patch_file(
+    tiny_course: Path, tmp_path: Path, name: str, damage, error: type, problem: str
+) -> None:
+    """Was an OSError / KeyError / TypeError traceback; now one line naming the file, and no store."""
+    path = next(tiny_course.rglob(name))
+    damage(path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(
+        error, match=f"{re.escape(problem)}.* in case {name[0]} \\({re.escape(str(path))}\\)$"
+    ):
+        import_course(tiny_course, tmp_path / "bad.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    result = CliRunner().invoke(
+        main, ["import-course", str(tiny_course), str(tmp_path / "bad.h5"), "--no-progress"]
+    )
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and str(path) in lines[0], result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_import_makes_the_missing_folders_above_the_store(
+    tiny_course: Path, tmp_path: Path, suffix: str
+) -> None:
+    target = tmp_path / "new" / "deeper" / f"tiny{suffix}"
+    assert import_course(tiny_course, target).n_patches == 3
+    with open_store(target) as store:
+        assert store.metadata["complete"] and store.n_slots == 6
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no staging folder left
+
+
+@pytest.mark.parametrize("level", ["0", "-1", "10"])
+@pytest.mark.parametrize("command", ["import-course", "build-patches"])
+def test_cli_compression_level_range_is_build_patches_one(
+    tiny_course: Path, tmp_path: Path, command: str, level: str
+) -> None:
+    """import-course took level 0, which build-patches refuses: both now take 1..9 only."""
+    out = tmp_path / "out.zarr"
+    result = CliRunner().invoke(main, [command, str(tiny_course), str(out), "--compression-level", level])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--compression-level'" in result.output and "1<=x<=9" in result.output
+    assert not out.exists()
+
+
+def test_cli_import_course_compression_level_1_into_a_new_folder(tiny_course: Path, tmp_path: Path) -> None:
+    out = tmp_path / "stores" / "c.h5"
+    args = ["import-course", str(tiny_course), str(out), "--compression-level", "1", "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    with open_store(out) as store:
+        assert store.params.store.compression_level == 1 and store.n_slots == 6
 
 
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])

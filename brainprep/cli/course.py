@@ -22,7 +22,13 @@ from brainprep.params import STORE_DTYPES
     help="Patch files on disk that config.json does not list: skip them, or import them as train.",
 )
 @click.option("--dtype", type=click.Choice(STORE_DTYPES), default="float16", show_default=True)
-@click.option("--compression-level", type=click.IntRange(min=0, max=9), default=3, show_default=True)
+@click.option(
+    "--compression-level",
+    type=click.IntRange(min=1, max=9),  # the range build-patches accepts
+    default=3,
+    show_default=True,
+    help="Compressor level: zstd (Zarr) or gzip (HDF5).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 def import_course(
     source: Path, store: Path, unlisted: str, dtype: str, compression_level: int, progress: bool
