@@ -166,6 +166,14 @@ def corner_region(crop: Crop, source_shape: tuple[int, ...]) -> tuple[np.ndarray
     return np.minimum(0, -offset), np.maximum(shape, source - offset)
 
 
+def region_corners(crop: Crop, source_shape: tuple[int, ...], patch_size: tuple[int, int, int]) -> int:
+    """Corners of the :func:`corner_region` (the grid the tumour corner table is drawn from): the
+    denominator of the share of corners that pass the course's threshold."""
+    start, stop = corner_region(crop, source_shape)
+    fits = stop - start - np.asarray(patch_size, dtype=np.int64) + 1
+    return int(np.prod(np.maximum(fits, 0)))
+
+
 def region_label(
     label: np.ndarray, crop: Crop, source_shape: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray]:

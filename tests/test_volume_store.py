@@ -29,6 +29,7 @@ from brainprep.store import open_store
 from brainprep.store import volume_schema as vs
 from brainprep.store.volume_reader import VolumeStore
 from brainprep.synth import SynthParams, write_synthetic_dataset
+from brainprep.volume_stats import volume_stats
 
 PATCH = (32, 32, 8)
 PATCHES = BuildParams(sampling=SamplingParams(patch_size=PATCH, patches_per_case=4), seed=11)
@@ -299,6 +300,9 @@ def test_small_brains_are_padded_and_float16_overflow_refused(tmp_path: Path) ->
         assert entry["n_brain_corners"] == 1 and entry["n_tumour_corners"] == 45
         assert entry["padding"] == [[0, 0], [0, 0], [1, 1]]
         np.testing.assert_array_equal(store.case_table.padding[0], [[0, 0], [0, 0], [1, 1]])
+        train = volume_stats(store)[0]  # every one of the 45 grid corners passes: a share of 1, not 45
+        assert (train.brain_corners, train.grid_corners, train.tumour_corners) == (1, 45, 45)
+        assert train.tumour_share == 1.0
     image[0, 10, 10, 2] = 70000.0
     write_brats_case(tmp_path / "big", "BraTS-GLI-00002-000", image, label, image_dtype="float32")
     with pytest.raises(InvalidValueError, match=r"exceeds the float16 range .* case BraTS-GLI-00002-000"):
@@ -417,7 +421,11 @@ def test_verify_pack_and_the_patch_commands_on_a_volume_store(reference: Path, t
     train_row = stats.output.splitlines()[1].split()
     assert train_row[0] == "train" and int(train_row[1]) == len(entries)
     assert int(train_row[4]) == sum(c["n_brain_corners"] for c in entries)
-    assert int(train_row[5]) == sum(c["n_tumour_corners"] for c in entries)
+    # the tumour corners are the source grid's (a window may reach past the crop): their share is of it
+    grid = sum(int(np.prod(np.subtract(c["source_shape"][-3:], PATCH) + 1)) for c in entries)
+    tumour = sum(c["n_tumour_corners"] for c in entries)
+    assert int(train_row[5]) == grid and int(train_row[6]) == tumour
+    assert float(train_row[7]) == pytest.approx(tumour / grid, abs=5e-4) and 0 < tumour / grid < 1
 
     copy = tmp_path / "damaged.zarr"
     shutil.copytree(reference, copy)
