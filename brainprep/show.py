@@ -268,14 +268,16 @@ def write_planes_png(case: Case, path: Path | str, centre: tuple[int, int, int] 
 
 
 def gif_frames(case: Case, channel: int = 0, step: int = 1) -> list[np.ndarray]:
-    """Frames stepping through the volume: axial (inferior to superior), then coronal (posterior to
-    anterior), then sagittal (right to left... in index order, x = 0 first), every ``step``-th slice.
+    """Frames stepping through the volume's content box (:func:`content_box`) on the RAS grid: axial
+    (inferior to superior), then coronal (posterior to anterior), then sagittal (left to right: RAS's x
+    grows toward the patient's right), every ``step``-th slice.
 
     Every frame is padded (centred, black) to the largest plane and carries a progress bar along its
     bottom rows, so that no two frames are identical (GIF writers merge identical frames).
 
     Returns:
-        uint8 (H, W, 3) frames, ``ceil(Z/step) + ceil(Y/step) + ceil(X/step)`` of them.
+        uint8 (H, W, 3) frames, ``ceil(Z/step) + ceil(Y/step) + ceil(X/step)`` of them (X, Y, Z the
+        content box's shape).
     """
     box = content_box(case.image, tuple(s // 2 for s in case.shape))  # type: ignore[arg-type]
     volume = case.image[channel][box]
