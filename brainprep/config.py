@@ -92,7 +92,9 @@ class Params:
 
     @classmethod
     def from_dict(cls: type[P], data: dict[str, Any]) -> P:
-        """Inverse of :meth:`to_dict`. Unknown keys are an error; missing keys take defaults."""
+        """Inverse of :meth:`to_dict`. Unknown keys are an error; missing keys take defaults: the field's
+        own default, so a nested block's missing keys come from that default instance (an
+        ``AugmentConfig``'s ``gamma_inverted`` given without ``invert`` stays inverted), not its class's."""
         fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - set(fields))
         if unknown:
@@ -100,6 +102,9 @@ class Params:
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for name, value in data.items():
+            default = fields[name].default
+            if isinstance(default, Params) and isinstance(value, dict):
+                value = {**default.to_dict(), **value}
             try:
                 kwargs[name] = _from_plain(hints[name], value)
             except _FieldTypeError as error:

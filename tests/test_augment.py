@@ -460,6 +460,9 @@ def test_presets_and_overrides():
     nnunet = augment_preset("nnunet")
     assert nnunet.spatial.p_rotation == 0.2 and nnunet.gamma_inverted.invert and not nnunet.gamma.invert
     assert AugmentConfig.from_dict(nnunet.to_dict()) == nnunet
+    # a block given in part keeps its field's default for the rest: the inverted gamma stays inverted
+    partial = AugmentConfig.from_dict({"gamma_inverted": {"p": 0.1}, "gamma": {"p": 0.3}})
+    assert partial.gamma_inverted.invert and not partial.gamma.invert and partial.gamma_inverted.p == 0.1
     assert augment_preset("nnunet", {"noise.p": 0.5}).noise.p == 0.5
     with pytest.raises(ConfigError, match="no field 'q'"):
         augment_preset("nnunet", {"noise.q": 0.5})

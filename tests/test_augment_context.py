@@ -84,6 +84,23 @@ def test_context_margin_by_hand():
     course = context_margin(augment_preset("nnunet").spatial, (160, 160, 16))
     exact = math.ceil(1.4 * 79.5 * math.sqrt(2) - 79.5)
     assert course[2] == 0 and course[0] == course[1] and exact <= course[0] <= exact + 1
+    # every 3D orientation (+-180 degrees about each axis: a grid of 721**3 matrices, not searched) reads up
+    # to the corner radius 4 * sqrt(3) = 6.93 from a 9-voxel cube's centre: 3 voxels beyond each face
+    turned = augment_preset("none", {"spatial.p_rotation": 1.0, "spatial.rotation_degrees": (-180, 180)})
+    assert context_margin(turned.spatial, (9, 9, 9)) == (3, 3, 3)
+
+
+def test_a_rotation_range_the_patch_does_not_use_is_warned_about(caplog):
+    caplog.set_level("WARNING", logger="brainnet.augment.compose")
+    in_3d = augment_preset("nnunet", {"spatial.rotation_degrees": (-5, 5)})
+    BatchAugment(in_3d, patch_size=(112, 160, 128))  # 3D: the range it sets is the one used
+    assert not caplog.records
+    BatchAugment(in_3d, patch_size=(160, 160, 16))  # the course's patch turns in-plane only
+    assert "spatial.rotation_degrees is not used for the 160x160x16 patch" in caplog.text
+    caplog.clear()
+    in_plane = augment_preset("nnunet", {"spatial.rotation_degrees_2d": (-5, 5)})
+    BatchAugment(in_plane, patch_size=(112, 160, 128))
+    assert "spatial.rotation_degrees_2d is not used" in caplog.text
 
 
 @pytest.mark.parametrize("shape", [(12, 10, 9), (16, 16, 4)])  # 3D, and in-plane only

@@ -32,6 +32,7 @@ image with background labels that exists in no scan. ``zeros`` (image 0, labels 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,10 +44,12 @@ from brainnet.augment import functional as AF
 from brainnet.augment.config import AugmentConfig, GammaParams, SpatialParams
 from brainprep.errors import ShapeMismatchError
 
-#: Intensity transforms in nnU-Net's order (``trainer.py:772-829``), by AugmentConfig field.
+logger = logging.getLogger(__name__)
+
 #: Bytes of volumes an intensity transform handles at a time (see :func:`_on_pairs`): a course volume
 #: (160x160x16 float32, 1.6 MB) alone, small test volumes many at a time.
 PIECE_BYTES = 2**21
+#: Intensity transforms in nnU-Net's order (``trainer.py:772-829``), by AugmentConfig field.
 _INTENSITY_ORDER = ("noise", "blur", "brightness", "contrast", "low_resolution", "gamma_inverted", "gamma")
 
 
@@ -137,6 +140,19 @@ def _spatial_draws(config: SpatialParams, batch: int, shape: Sequence[int], g: t
     if short is not None:
         scales[:, short] = 1.0
     return rotate | scale | deform, AF.rotation_scaling_matrices(angles, scales), deform, magnitude_u, short
+
+
+def _warn_unused_rotation(spatial: SpatialParams, patch_size: tuple[int, ...]) -> None:
+    """Warn when the rotation range set away from its default is the one ``patch_size`` does not use (an
+    anisotropic patch turns by ``rotation_degrees_2d`` only, a 3D one by ``rotation_degrees`` only)."""
+    if spatial.p_rotation <= 0:
+        return
+    unused = "rotation_degrees" if short_axis(patch_size, spatial) is not None else "rotation_degrees_2d"
+    if getattr(spatial, unused) != getattr(SpatialParams(), unused):
+        used = "rotation_degrees_2d" if unused == "rotation_degrees" else "rotation_degrees"
+        shape = "x".join(map(str, patch_size))
+        message = "spatial.%s is not used for the %s patch (it turns by spatial.%s)"
+        logger.warning(message, unused, shape, used)
 
 
 def draw_parameters(
@@ -516,6 +532,8 @@ class BatchAugment:
     def __init__(self, config: AugmentConfig, patch_size: Sequence[int] | None = None) -> None:
         self.config = config
         self.patch_size = None if patch_size is None else tuple(int(s) for s in patch_size)
+        if self.patch_size is not None:
+            _warn_unused_rotation(config.spatial, self.patch_size)
 
     def parameters(self, image: torch.Tensor, key: Sequence[int]) -> BatchParams:
         """The draws of the batch: they depend on B, C and the patch's shape (not on its context's)."""

@@ -8,7 +8,10 @@ Presets (:func:`augment_preset`):
   ``nnUNetTrainer.get_training_transforms`` (``nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py`` of
   nnunetv2 2.8.1 = github.com/MIC-DKFZ/nnUNet at 0e49508, lines 739-839, cited as ``trainer.py:LINE``)
   and of the batchgeneratorsv2 transforms it builds (github.com/MIC-DKFZ/batchgeneratorsv2 at 3cb4f07,
-  cited by file).
+  cited by file). One step is left out: ``MaskImageTransform`` (``trainer.py:838-842``), which zeroes the
+  image outside the brain, as nnU-Net's normalization does; the course's standardization does not (the
+  background is standardized with its slice, at training and inference), so neither does brainnet (nor,
+  yet, with ``volume-nonzero``, whose background is 0 as nnU-Net's).
 
 Every field of a preset can be overridden (:func:`with_overrides`, ``brainnet train --augment-set
 noise.p=0.2``). Defaults of each block are nnU-Net's ranges with probability 0, so a block is off until a

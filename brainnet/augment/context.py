@@ -38,6 +38,9 @@ from brainnet.augment.config import SpatialParams
 
 #: Step of the angle grid (0.5 degree: the bound is then within ~0.013 |S h| voxels per rotated axis).
 ANGLE_STEP = math.radians(0.5)
+#: Largest angle grid (rotation matrices) searched for the extent: a 3D range of +-30 degrees per axis is
+#: 1.8 M; wider ones (time and memory grow as the cube of the range) take the corner radius instead.
+MAX_GRID_MATRICES = 4_000_000
 #: Standard deviations of the elastic displacement the margin covers.
 ELASTIC_SIGMAS = 3.0
 
@@ -99,8 +102,13 @@ def context_margin(spatial: SpatialParams, patch_size: Sequence[int]) -> tuple[i
     scales = torch.full((1, 3), largest, dtype=torch.float64)
     if short is not None:
         scales[0, short] = 1.0
-    extent = _largest_extent(axes, scales, half)
-    extent += float(torch.linalg.vector_norm(scales[0] * half)) * sum(gaps)
+    radius = float(torch.linalg.vector_norm(scales[0] * half))  # of the scaled patch's corners
+    if math.prod(len(a) for a in axes) > MAX_GRID_MATRICES:
+        # a wide 3D range: no rotated corner reaches past the radius along any axis (a safe bound,
+        # exact once the range spans every orientation)
+        extent = torch.full((3,), radius, dtype=torch.float64)
+    else:
+        extent = _largest_extent(axes, scales, half) + radius * sum(gaps)
     plane = 3 if short is None else 2
     if spatial.p_elastic > 0:
         extent += ELASTIC_SIGMAS * spatial.elastic_magnitude[1] * largest * math.sqrt(plane)
