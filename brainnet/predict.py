@@ -308,6 +308,8 @@ class CasePrediction:
             Dice ``evaluate`` reports, over the whole scan), or ``None``.
         png: the overlay picture, when asked for.
         warning: why a label file that exists or should exist gave no metrics, else ``None``.
+        written_values: the value ``output`` holds for each class of ``labels`` (its index): the
+            canonical 0, 1, 2, ..., or the source convention's (``source_labels``).
     """
 
     case_id: str
@@ -316,6 +318,7 @@ class CasePrediction:
     metrics: dict[str, dict[str, float]] | None
     png: Path | None
     warning: str | None = None
+    written_values: tuple[int, ...] = ()
 
 
 def read_truth(case: Case) -> tuple[np.ndarray | None, str | None]:
@@ -426,4 +429,9 @@ def segment_case(
             _draw_prediction(case, labels, truth, spec, outputs.enter_context(replacing(png)))
         output = write_label_in_source_space(labels, case, Path(out_path), written)
     picture = None if png is None else Path(png)
-    return CasePrediction(case.case_id, labels, output, metrics, picture, warning)
+    values = (
+        tuple(int(v) for v in written.source_values)
+        if written is not None
+        else tuple(range(len(spec.classes)))
+    )
+    return CasePrediction(case.case_id, labels, output, metrics, picture, warning, values)

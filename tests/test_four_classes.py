@@ -138,4 +138,13 @@ def test_log_evaluate_and_predict_give_the_four_class_dice(run, data, tmp_path):
     args += ["brats2024-gli", "--out", str(tmp_path / "p2.nii.gz"), "--device", "cpu", "--no-progress"]
     command = CliRunner().invoke(brainnet_main, args)
     assert command.exit_code == 0, command.output
-    assert "voxels per class 0/1/2/3/4" in command.output and "resection_cavity" in command.output
+    assert "voxels per label value 0/1/2/3/4" in command.output and "resection_cavity" in command.output
+    # with --source-labels the counts are named by the values the file holds, and are its counts
+    source = tmp_path / "p3.nii.gz"
+    args[args.index(str(tmp_path / "p2.nii.gz"))] = str(source)
+    command = CliRunner().invoke(brainnet_main, [*args, "--source-labels"])
+    assert command.exit_code == 0, command.output
+    values = [int(v) for v in SPEC.source_values]
+    stored = np.asarray(nib.load(source).dataobj)
+    counts = "/".join(str(int((stored == v).sum())) for v in values)
+    assert f"voxels per label value {'/'.join(map(str, values))}: {counts})" in command.output

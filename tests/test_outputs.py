@@ -167,6 +167,12 @@ def test_suffix_problem_by_hand():
     assert outputs.suffix_problem(Path("b.jpg2"), (".png",)) == "needs a .png suffix, found .jpg2"
     assert outputs.suffix_problem(Path("b"), (".png", ".svg")) == "needs a .png or .svg suffix, found none"
     assert outputs.suffix_problem(Path("b.tar.gz"), (".npz",)) == "needs a .npz suffix, found .gz"
+    nifti = (".nii.gz", ".nii")
+    assert outputs.suffix_problem(Path("a/seg.nii.gz"), nifti) is None
+    assert outputs.suffix_problem(Path("seg.nii"), nifti) is None
+    assert outputs.suffix_problem(Path("seg.gz"), nifti) == "needs a .nii.gz or .nii suffix, found .gz"
+    assert outputs.suffix_problem(Path("o5.png"), nifti) == "needs a .nii.gz or .nii suffix, found .png"
+    assert outputs.suffix_problem(Path(".nii.gz"), nifti) == "needs a .nii.gz or .nii suffix, found .gz"
 
 
 def test_brainnet_predict_refuses_a_picture_suffix_before_loading_the_model(built, tmp_path):
@@ -179,3 +185,29 @@ def test_brainnet_predict_refuses_a_picture_suffix_before_loading_the_model(buil
     args = ["predict", "--checkpoint", str(checkpoint), "--input", str(built["data"]), "--case", "BRATS_001"]
     result = CliRunner().invoke(brainnet, [*args, "--out", str(out), "--png", str(png)])
     _assert_suffix_refused(result, png, ".png", tmp_path)
+    result = CliRunner().invoke(brainnet, [*args, "--out", str(tmp_path / "seg")])  # it wrote an .nii as seg
+    _assert_suffix_refused(result, tmp_path / "seg", ".nii.gz or .nii", tmp_path)
+
+
+def test_a_nifti_write_failing_part_way_keeps_the_old_file_and_is_one_line_naming_it(tmp_path, monkeypatch):
+    import click
+    import nibabel as nib
+    import numpy as np
+
+    from brainprep.read.nifti import write_nifti
+
+    path = tmp_path / "seg.nii.gz"
+    write_nifti(np.zeros((4, 4, 4), np.uint8), np.eye(4), path)
+    before = path.read_bytes()
+
+    def full_disk(image, filename):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError(errno.ENOSPC, "No space left on device")  # as gzip's write: no file named
+
+    monkeypatch.setattr(nib, "save", full_disk)
+    with (
+        pytest.raises(click.ClickException, match=r"cannot write .*seg.nii.gz: No space left"),
+        outputs.writing(path),
+    ):
+        write_nifti(np.ones((4, 4, 4), np.uint8), np.eye(4), path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["seg.nii.gz"]

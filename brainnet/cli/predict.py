@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from brainprep.cli.options import labels_option
-from brainprep.cli.outputs import suffixed_output, writable_output, writing
+from brainprep.cli.outputs import suffixed_output, writing
 
 
 def _resolve_case(input_path: Path, case_id: str | None, labels: str | None, model_spec: Any):
@@ -55,8 +55,8 @@ def _resolve_case(input_path: Path, case_id: str | None, labels: str | None, mod
     "out_path",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    callback=writable_output,
-    help="OUT.nii.gz",
+    callback=suffixed_output(".nii.gz", ".nii"),
+    help="OUT.nii.gz (or an uncompressed OUT.nii).",
 )
 @click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
@@ -111,11 +111,11 @@ def predict(
             )
     except BrainprepError as err:
         raise click.ClickException(one_line(err)) from err
-    classes = range(loaded.spec.n_classes + 1)
-    counts = [int((result.labels == v).sum()) for v in classes]
+    # counted per class, named by the value the file holds for it (the source's with --source-labels)
+    counts = [int((result.labels == c).sum()) for c in range(len(result.written_values))]
     click.echo(
-        f"{result.case_id}: wrote {result.output} (voxels per class "
-        f"{'/'.join(map(str, classes))}: {'/'.join(map(str, counts))})"
+        f"{result.case_id}: wrote {result.output} (voxels per label value "
+        f"{'/'.join(map(str, result.written_values))}: {'/'.join(map(str, counts))})"
     )
     if result.metrics is not None:
         click.echo(DICE_DEFINITION)

@@ -51,11 +51,12 @@ def suffix_problem(path: Path, suffixes: tuple[str, ...]) -> str | None:
 
     Case counts: numpy would write ``foo.NPZ.npz`` for ``foo.NPZ``, so ``.PNG`` is refused alike.
     """
-    suffix = Path(path).suffix
-    if suffix in suffixes:
+    name = Path(path).name
+    if any(name.endswith(s) and len(name) > len(s) for s in suffixes):  # .nii.gz: a suffix of two parts
         return None
     allowed = suffixes[0] if len(suffixes) == 1 else f"{', '.join(suffixes[:-1])} or {suffixes[-1]}"
-    return f"needs a {allowed} suffix, found {suffix or 'none'}"
+    parts = max(s.count(".") for s in suffixes)  # show as many suffix parts as the allowed ones have
+    return f"needs a {allowed} suffix, found {''.join(Path(name).suffixes[-parts:]) or 'none'}"
 
 
 def suffixed_output(*suffixes: str) -> Callable[[click.Context, click.Parameter, Any], Any]:

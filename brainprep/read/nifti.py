@@ -113,16 +113,31 @@ def from_ras(array: np.ndarray, source_affine: np.ndarray) -> np.ndarray:
 
 
 def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, header=None) -> Path:
-    """Write ``array`` with ``affine`` to ``path`` atomically (temporary file, then rename)."""
+    """Write ``array`` with ``affine`` to ``path`` atomically (temporary file, then rename; a failed write
+    removes the temporary file and leaves ``path`` as it was).
+
+    Raises:
+        OSError: the write failed; it names ``path`` where the writer's error named no file (gzip's
+            and nibabel's do not), so the CLI reports it as the output's
+            (:func:`brainprep.cli.outputs.writing`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image = nib.Nifti1Image(array, affine, header=header)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
+    # not brainprep.files.replacing: nibabel picks the format from the whole .nii.gz suffix
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
     tmp = path.with_name(f".{path.name}.partial{suffix}")
-    nib.save(image, tmp)
-    tmp.replace(path)
+    try:
+        nib.save(image, tmp)
+        tmp.replace(path)
+    except OSError as error:
+        if error.filename is None:
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
