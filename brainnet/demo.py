@@ -255,6 +255,7 @@ def _evaluate_stage(
                 progress=progress,
                 model_spec=loaded.spec,
                 standardize=loaded.build_params.standardize.method,
+                window=loaded.build_params.sampling.patch_size,
             ),
             echo,
         )

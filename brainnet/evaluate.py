@@ -6,10 +6,10 @@ reports and ``best.pt`` is chosen by. What is scored depends on the store's kind
 - a patch store: every stored patch of the split, predicted as a whole. Per case, the metrics are over
   all of the case's patches taken together (patches may overlap; each is counted as cut).
 - a volume store: every case of the split over its whole stored crop (the brain's bounding box), by the
-  sliding window of :func:`brainnet.predict.predict_volume` (the patch size, overlap 0.5, Gaussian
-  blending, the brain mask), so these are whole-scan numbers: the crop holds every brain voxel, and
-  outside it prediction and truth are both background (only the specificity's true negatives differ
-  from a prediction over the whole scan).
+  sliding window of :func:`brainnet.predict.predict_volume` (the model's window, overlap 0.5, Gaussian
+  blending, the brain mask) over the box :func:`brainnet.predict.predict_case` slides over, so these are
+  whole-scan numbers: the crop holds every brain voxel, and outside it prediction and truth are both
+  background (only the specificity's true negatives differ from a prediction over the whole scan).
 
 Overall metrics come from the voxel counts of :func:`~brainnet.metrics.confusion_counts` summed over the
 split, so evaluating a large store never holds more than one case in memory, and give the same numbers
@@ -18,6 +18,7 @@ as :func:`~brainnet.metrics.segmentation_metrics` on the concatenation.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -41,8 +42,9 @@ from brainnet.metrics import (
 )
 from brainnet.predict import model_probabilities, predict_volume
 from brainprep.errors import ConfigError, StoreMismatchError
-from brainprep.files import replacing, write_text_atomic
+from brainprep.files import replacing
 from brainprep.spec import MSD_SPEC, DatasetSpec
+from brainprep.volume import Crop, axis_hits, crop_from_hits, cut_crop, window_parts
 
 logger = logging.getLogger(__name__)
 
@@ -205,9 +207,31 @@ def _score_patches(model: torch.nn.Module, store: Any, split: str, options: dict
         yield _Scored(case_id, truth, predicted, images, [f"{case_id} slot {int(k)}" for k in case_slots])
 
 
+def _window_box(
+    crop: Crop, brain: np.ndarray, source_shape: tuple[int, ...], window: tuple[int, ...]
+) -> Crop | None:
+    """The box :func:`brainnet.predict.brain_box` slides ``window`` over on the case's scan, in the
+    coordinates of its stored ``crop`` (``None`` when the crop holds no brain voxel).
+
+    The store widened its crop to its own patch size: a model trained with another window slides over
+    another box (wider, narrower or placed elsewhere where the brain is shorter than either), and its
+    labels differ from ``predict``'s unless the box is the same. Outside the crop the scan is background,
+    which the crop is stored relative to: zeros, as the box's padding is.
+    """
+    hits = [np.zeros(int(n), dtype=bool) for n in source_shape]
+    for axis, planes in enumerate(axis_hits(brain)):
+        hits[axis][np.flatnonzero(planes) + crop.offset[axis]] = True  # brain voxels lie on the scan
+    box = crop_from_hits(tuple(hits), tuple(source_shape), window)  # type: ignore[arg-type]
+    if box is None:
+        return None
+    offset = tuple(int(b) - int(c) for b, c in zip(box.offset, crop.offset, strict=True))
+    return Crop(offset, box.shape, box.padding)  # type: ignore[arg-type]
+
+
 def _score_crops(model: torch.nn.Module, store: Any, split: str, options: dict[str, Any]):
-    """Yield a :class:`_Scored` per case of a volume store: its whole crop by the sliding window,
-    standardized as ``options["standardize"]`` (the model's training windows) or the store's method."""
+    """Yield a :class:`_Scored` per case of a volume store: its whole crop by the sliding window of
+    ``options["window"]`` (the model's training windows; default the store's patch size), standardized as
+    ``options["standardize"]`` (the model's training windows) or the store's method."""
     from brainprep.standardize import brain_mask
 
     indices = store.case_indices(split)
@@ -216,6 +240,7 @@ def _score_crops(model: torch.nn.Module, store: Any, split: str, options: dict[s
     params = store.params
     if options.get("standardize") is not None:  # a volume store reads with either method
         params = params.replace(standardize=params.standardize.replace(method=options["standardize"]))
+    window = tuple(options.get("window") or params.sampling.patch_size)
     per_window = params.standardize.method == "patch-slice"
     case_ids = _case_ids(store)
     for index in indices:
@@ -227,16 +252,25 @@ def _score_crops(model: torch.nn.Module, store: Any, split: str, options: dict[s
             # (in float32, as training's windows: the store rounded the raw values, not these)
             volume = np.asarray(store.standardize(int(index), raw, params.standardize.method), np.float32)
         # the crop is stored relative to the case's background: the brain is its nonzero voxels
-        predicted, _ = predict_volume(
-            model,
-            volume,
-            params,
-            brain_mask(raw, 0.0),
-            batch_size=options["batch_size"],
-            threshold=options["threshold"],
-            amp=options["amp"],
-            amp_dtype=options["amp_dtype"],
-        )
+        brain = brain_mask(raw, 0.0)
+        source_shape = tuple(store.cases[int(index)]["source_shape"])[-3:]
+        box = _window_box(store.crop(int(index)), brain, source_shape, window)
+        predicted = np.zeros(truth.shape, dtype=np.uint8)
+        if box is not None:  # no brain voxel: predict runs no window either, and predicts background
+            labels, _ = predict_volume(
+                model,
+                cut_crop(volume, box),
+                params,
+                cut_crop(brain, box),
+                window,  # type: ignore[arg-type]
+                batch_size=options["batch_size"],
+                threshold=options["threshold"],
+                amp=options["amp"],
+                amp_dtype=options["amp_dtype"],
+            )
+            # every predicted voxel is a brain voxel (the mask), and the crop holds them all
+            inside, part = window_parts(truth.shape, box.offset, box.shape)  # type: ignore[misc]
+            predicted[inside] = labels[part]
         case_id = case_ids.get(int(index), f"case{int(index)}")
         yield _Scored(case_id, truth[None], predicted[None], raw[None], [f"{case_id} crop"])
 
@@ -270,6 +304,7 @@ def evaluate_store(
     progress: bool = False,
     model_spec: DatasetSpec | None = None,
     standardize: str | None = None,
+    window: tuple[int, int, int] | None = None,
 ) -> EvaluationResult:
     """Predict ``split`` of the store and score it against the stored labels (the module docstring says
     what is scored for each store kind).
@@ -290,6 +325,10 @@ def evaluate_store(
             ``build_params.standardize.method``); a volume store's crops are standardized so (default: the
             store's method). A patch store holds its patches standardized once: this is unused there
             (``brainnet evaluate`` warns when the two differ).
+        window: the sliding window over a volume store's crops: the model's training windows (its
+            checkpoint's ``build_params.sampling.patch_size``, the window ``predict`` slides), so that a
+            case scores as ``predict`` segments it (default: the store's patch size). Unused on a patch
+            store, whose patches are predicted whole.
 
     Raises:
         StoreMismatchError: ``model_spec`` names other classes or channels than the store's.
@@ -305,6 +344,7 @@ def evaluate_store(
         "amp": amp,
         "amp_dtype": amp_dtype,
         "standardize": standardize,
+        "window": window,
     }
     volumes = is_volume_store(store)
     scored = (_score_crops if volumes else _score_patches)(model, store, split, options)
@@ -364,7 +404,12 @@ def write_evaluation(
     result: EvaluationResult, out_dir: Path, extra: dict[str, Any] | None = None
 ) -> dict[str, Path]:
     """Write ``metrics.csv`` (one row per case and target, ``overall`` last), ``metrics.json`` and
-    ``overlay.png`` into ``out_dir``; returns their paths by kind."""
+    ``overlay.png`` into ``out_dir``; returns their paths by kind.
+
+    All or nothing: every file is written under a temporary name first and renamed once all are, so a
+    failure (a full disk, the picture) leaves the folder's previous evaluation as it was, never new
+    metrics beside an old picture. A result without overlays removes a previous ``overlay.png``.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = io.StringIO(newline="")
@@ -375,10 +420,15 @@ def write_evaluation(
         n = result.counts.get(case_id, n_all)
         for target in result.spec.targets:
             writer.writerow([case_id, n, target, *(f"{metrics[target][m]:.6f}" for m in METRIC_NAMES)])
-    csv_path = write_text_atomic(out_dir / "metrics.csv", table.getvalue())
-    json_path = out_dir / "metrics.json"
-    write_text_atomic(json_path, json.dumps({**(extra or {}), **result.to_dict()}, indent=2))
-    paths = {"csv": csv_path, "json": json_path}
-    if result.overlays:
-        paths["png"] = draw_overlays(result.overlays, out_dir / "overlay.png", result.spec)
+    paths = {"csv": out_dir / "metrics.csv", "json": out_dir / "metrics.json"}
+    picture = out_dir / "overlay.png"
+    with contextlib.ExitStack() as outputs:  # each temporary is renamed when the block ends without error
+        outputs.enter_context(replacing(paths["csv"])).write_text(table.getvalue(), encoding="utf-8")
+        document = json.dumps({**(extra or {}), **result.to_dict()}, indent=2)
+        outputs.enter_context(replacing(paths["json"])).write_text(document, encoding="utf-8")
+        if result.overlays:
+            draw_overlays(result.overlays, outputs.enter_context(replacing(picture)), result.spec)
+            paths["png"] = picture
+    if not result.overlays:
+        picture.unlink(missing_ok=True)  # a previous run's picture of another prediction
     return paths

@@ -279,6 +279,94 @@ def test_cli_evaluate_writes_table_csv_json_png(built, tmp_path):
     assert (out / "overlay.png").read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.parametrize("previous", [False, True])
+def test_write_evaluation_is_all_or_nothing(built, tmp_path, monkeypatch, previous):
+    """The picture failing leaves the folder's previous metrics.csv, metrics.json and overlay.png as they
+    were (or none), and no temporary: never new metrics beside the picture of another prediction."""
+    import brainnet.evaluate
+    from brainnet.evaluate import write_evaluation
+    from brainprep.store import open_store
+
+    _, store_path, checkpoint = built
+    loaded = load_model(checkpoint)
+    with open_store(store_path) as store:
+        result = evaluate_store(loaded.model, store, "val", batch_size=4, n_overlays=1)
+    out = tmp_path / "eval"
+    before: dict[str, bytes] = {}
+    if previous:
+        for name in ("metrics.csv", "metrics.json", "overlay.png"):
+            (out / name).parent.mkdir(exist_ok=True)
+            (out / name).write_bytes(f"previous {name}".encode())
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def fail(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(brainnet.evaluate, "draw_overlays", fail)
+    with pytest.raises(OSError, match="No space left"):
+        write_evaluation(result, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary either
+    monkeypatch.undo()
+    paths = write_evaluation(result, out)
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "metrics.json", "overlay.png"]
+    assert paths["png"].read_bytes()[:8] == PNG_MAGIC
+    assert json.loads(paths["json"].read_text())["score"] == pytest.approx(result.score)
+    # a result without a picture removes the previous one, which showed another prediction
+    write_evaluation(dataclasses.replace(result, overlays=[]), out)
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "metrics.json"]
+
+
+def _edited_checkpoint(checkpoint: Path, path: Path, **changes) -> Path:
+    payload = torch.load(checkpoint, weights_only=True)
+    payload.update(changes)
+    return save_checkpoint(payload, path)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (  # weights of a wider network than its model_config says
+            {"model": build_model(dataclasses.replace(TINY_MODEL, base_filters=4)).state_dict()},
+            "weights do not match its model_config: size mismatch for encoder.0.0.0.weight",
+        ),
+        (
+            {"model": {}},
+            'weights do not match its model_config: Missing key(s) in state_dict: "encoder.0.0.0.weight"',
+        ),
+        (  # 4 sigmoids for the 3 classes of its spec
+            {"model_config": dataclasses.replace(TINY_MODEL, out_channels=4).to_dict()},
+            "its model has 4 output channels, its dataset spec 3 classes (edema, non_enhancing, enhancing)",
+        ),
+        (
+            {"model_config": dataclasses.replace(TINY_MODEL, in_channels=2).to_dict()},
+            "its model has 2 input channels, its dataset spec 4 channels (FLAIR, T1w, T1gd, T2w)",
+        ),
+    ],
+    ids=["shapes", "keys", "out_channels", "in_channels"],
+)
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_cli_a_checkpoint_whose_model_does_not_fit_is_one_line(built, tmp_path, change, expected, command):
+    """Weights that do not fit the checkpoint's model_config, or a model_config that does not fit its
+    dataset spec, are one error naming the file, not a torch traceback (nor outputs read as other classes)."""
+    from brainnet.train.checkpoint import CheckpointError
+
+    data, store, checkpoint = built
+    bad = _edited_checkpoint(checkpoint, tmp_path / "bad.pt", **change)
+    with pytest.raises(CheckpointError, match=r"^checkpoint "):
+        load_model(bad)
+    args = ["--checkpoint", str(bad), "--device", "cpu", "--no-progress"]
+    if command == "predict":
+        args += ["--input", str(data), "--case", "BRATS_002", "--out", str(tmp_path / "p.nii.gz")]
+    else:
+        args += ["--store", str(store), "--out", str(tmp_path / "eval")]
+    result = CliRunner().invoke(main, [command, *args])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"Error: checkpoint {bad}: {expected}"), result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]  # nothing written
+
+
 # ----------------------------------------------------------------------------------------- predict
 def test_cli_predict_data_folder_case_and_msd_file(built, tmp_path):
     data, _, checkpoint = built
@@ -355,7 +443,8 @@ def test_cli_predict_data_folder_case_and_msd_file(built, tmp_path):
 def test_cli_predict_into_a_folder_that_is_a_file_is_one_line_before_any_work(built, tmp_path, option):
     data, _, checkpoint = built
     (tmp_path / "file.txt").write_text("")
-    bad = tmp_path / "file.txt" / "x"
+    # a name of the option's suffix: the folder is what is wrong (a name without one is refused first)
+    bad = tmp_path / "file.txt" / {"--out": "x.nii.gz", "--png": "x.png"}[option]
     paths = {"--out": tmp_path / "pred.nii.gz", "--png": tmp_path / "pred.png", option: bad}
     args = ["predict", "--checkpoint", str(checkpoint), "--input", str(data), "--case", "BRATS_002"]
     args += ["--out", str(paths["--out"]), "--png", str(paths["--png"]), "--no-progress"]
@@ -557,6 +646,76 @@ def test_evaluate_volume_store_is_the_whole_scan_prediction(tmp_path, method):
     assert all(result.overall[t]["dice"] == overall[t]["dice"] for t in TARGETS)
     assert 0.0 < result.overall["whole_tumour"]["dice"] < 1.0  # a real prediction, neither empty nor perfect
     assert len(result.overlays) == 2 and result.overlays[0].title.startswith("BRATS_003 crop z=")
+
+
+@pytest.mark.parametrize(
+    ("store_patch", "model_window"),
+    [((48, 48, 32), (16, 16, 8)), ((16, 16, 8), (48, 48, 32))],  # crops wider / narrower than the window
+)
+def test_evaluate_volume_store_slides_the_models_window_as_predict_does(
+    tmp_path, monkeypatch, store_patch, model_window
+):
+    """A model trained with one window, scored on a volume store built with another patch size: each case
+    scores as ``predict`` segments it with that checkpoint (its window over its box of the brain), not by
+    the store's patch size and crop (the store's window, a different segmentation, before)."""
+    import importlib
+
+    from brainprep.params import StoreParams
+    from brainprep.store import open_store
+
+    params = BuildParams(
+        sampling=SamplingParams(patch_size=store_patch),
+        store=StoreParams(kind="volumes", dtype="float32"),
+        split=SplitParams(val_fraction=0.34),
+        seed=1,
+    )
+    data, store_path = _build(tmp_path, "volumes.zarr", params, n_cases=3)
+    sw = importlib.import_module("brainnet.infer.sliding_window")  # the package exports its function
+    with open_store(store_path) as store:
+        trained = store.params.replace(sampling=store.params.sampling.replace(patch_size=model_window))
+        loaded = load_model(_checkpoint(tmp_path / "tiny.pt", trained, str(store_path)))
+        windows: list[tuple[int, ...]] = []
+        real = sw.window_regions
+
+        def spy(spatial, window, overlap):
+            windows.append(tuple(window))
+            return real(spatial, window, overlap)
+
+        monkeypatch.setattr(sw, "window_regions", spy)
+        result = evaluate_store(
+            loaded.model,
+            store,
+            "val",
+            batch_size=4,
+            standardize=loaded.build_params.standardize.method,
+            window=loaded.build_params.sampling.patch_size,
+        )
+        monkeypatch.undo()
+    assert result.cases and set(windows) == {model_window}
+    dataset = discover_cases(data)
+    for case_id, metrics in result.cases.items():
+        case = read_case(dataset.case(case_id))
+        labels, _ = predict_case(loaded.model, case, loaded.build_params, batch_size=4)
+        whole = metrics_from_counts(confusion_counts(labels, case.label))
+        for target in TARGETS:  # specificity aside: the scan has more true negatives than the crop
+            assert metrics[target]["dice"] == whole[target]["dice"], (case_id, target)
+            assert metrics[target]["sensitivity"] == whole[target]["sensitivity"], (case_id, target)
+    assert 0.0 < result.overall["whole_tumour"]["dice"] < 1.0  # a real prediction, neither empty nor perfect
+    # `brainnet evaluate` slides the checkpoint's window too: its numbers are these
+    out = tmp_path / "eval"
+    args = [
+        "evaluate",
+        "--checkpoint",
+        str(tmp_path / "tiny.pt"),
+        "--store",
+        str(store_path),
+        "--out",
+        str(out),
+    ]
+    command = CliRunner().invoke(main, [*args, "--device", "cpu", "--no-progress", "--batch-size", "4"])
+    assert command.exit_code == 0, command.output
+    saved = json.loads((out / "metrics.json").read_text())["overall"]
+    assert all(saved[t]["dice"] == result.overall[t]["dice"] for t in TARGETS)
 
 
 def test_the_autocast_dtype_reaches_every_forward_of_evaluate_and_predict(

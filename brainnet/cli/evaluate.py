@@ -85,6 +85,7 @@ def evaluate(
             progress=progress,
             model_spec=loaded.spec,
             standardize=loaded.build_params.standardize.method,
+            window=loaded.build_params.sampling.patch_size,
         )
     except BrainprepError as err:
         raise click.ClickException(one_line(err)) from err

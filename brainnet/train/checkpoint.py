@@ -308,12 +308,57 @@ class LoadedModel:
         )
 
 
+def check_model_fits_spec(model_config: ModelConfig, spec: DatasetSpec, path: Path) -> None:
+    """Refuse a checkpoint whose network does not fit its dataset spec: one input channel per scan of
+    ``spec.channels`` and one output channel per foreground class, as training builds it. Its outputs
+    would otherwise be read as classes they are not, with no error to say so.
+
+    Raises:
+        CheckpointError: (naming ``path``) the channel counts differ.
+    """
+    if model_config.out_channels != spec.n_classes:
+        raise CheckpointError(
+            f"checkpoint {path}: its model has {model_config.out_channels} output channels, its dataset "
+            f"spec {spec.n_classes} classes ({', '.join(spec.foreground)}): one channel per class"
+        )
+    if model_config.in_channels != len(spec.channels):
+        raise CheckpointError(
+            f"checkpoint {path}: its model has {model_config.in_channels} input channels, its dataset "
+            f"spec {len(spec.channels)} channels ({', '.join(spec.channels)}): one channel per scan"
+        )
+
+
+def _state_dict_problem(error: Exception) -> str:
+    """The first problem ``load_state_dict`` found (its message opens with a header line naming the
+    class only), and how many more there are."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    details = [line for line in lines if not line.startswith("Error(s) in loading state_dict")]
+    if not details:
+        return lines[0] if lines else type(error).__name__
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return details[0] + more
+
+
 def load_model(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """Rebuild the network of a checkpoint and load its weights."""
+    """Rebuild the network of a checkpoint and load its weights.
+
+    Raises:
+        CheckpointError: (naming the file) as :func:`load_checkpoint`, a model whose channels do not fit
+            the checkpoint's dataset spec (:func:`check_model_fits_spec`), or weights that do not fit its
+            ``model_config`` (missing, unexpected or of other shapes).
+    """
+    path = Path(path)
     payload = load_checkpoint(path, map_location=device)
     model_config = ModelConfig.from_dict(payload["model_config"])
+    spec = spec_from_metadata(payload)
+    check_model_fits_spec(model_config, spec, path)
     model = build_model(model_config)
-    model.load_state_dict(payload["model"])
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, KeyError, TypeError) as err:  # torch: size mismatch, missing or unexpected keys
+        raise CheckpointError(
+            f"checkpoint {path}: weights do not match its model_config: {_state_dict_problem(err)}"
+        ) from err
     model.to(device).eval()
     train_config = payload.get("train_config")
     return LoadedModel(
@@ -324,5 +369,5 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
         store=str(payload.get("store", "")),
         epoch=int(payload.get("epoch", 0)),
         store_id=payload.get("store_id"),
-        spec=spec_from_metadata(payload),
+        spec=spec,
     )
