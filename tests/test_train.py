@@ -237,6 +237,138 @@ def test_resume_equals_an_uninterrupted_run(store_path, tmp_path):
         assert [row["epoch"] for row in csv.DictReader(file)] == ["1", "2"]
 
 
+def _log_epochs(run: Path) -> list[str]:
+    with (run / "log.csv").open() as file:
+        return [row["epoch"] for row in csv.DictReader(file)]
+
+
+def test_a_resume_rebuilds_the_log_from_the_checkpoint(store_path, tmp_path, monkeypatch):
+    """last.pt is written before log.csv: a run killed in between, or a deleted log.csv, once lost those
+    rows for good (the log was rebuilt from log.csv); the checkpoint's history is the log now, and
+    progress.png is drawn from it."""
+    import brainnet.train.logs as logs
+
+    run = tmp_path / "run"
+    record = logs.RunLogger.epoch
+
+    def killed_at_epoch_2(self, row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt("killed between last.pt and log.csv")
+        return record(self, row)
+
+    monkeypatch.setattr(logs.RunLogger, "epoch", killed_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(store_path, run, _config(epochs=3), TINY_MODEL)
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2 and _log_epochs(run) == ["1"]
+    monkeypatch.setattr(logs.RunLogger, "epoch", record)
+    drawn: list[list[str]] = []
+    draw = logs.write_progress_png
+
+    def spy(rows, *args):
+        drawn.append([str(row["epoch"]) for row in rows])
+        return draw(rows, *args)
+
+    monkeypatch.setattr(logs, "write_progress_png", spy)
+    result = train(store_path, run, _config(epochs=3), TINY_MODEL, resume=True)
+    assert _log_epochs(run) == ["1", "2", "3"] and drawn[-1] == ["1", "2", "3"]
+    with (run / "log.csv").open() as file:
+        second = list(csv.DictReader(file))[1]
+    assert float(second["val_dice_labelmap"]) == result.history[1]["val_dice_labelmap"]
+    (run / "log.csv").unlink()  # a resume with nothing left to train still writes the log back
+    train(store_path, run, _config(epochs=3), TINY_MODEL, resume=True)
+    assert _log_epochs(run) == ["1", "2", "3"] and drawn[-1] == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize(("field", "value"), [("val_steps", 1), ("threshold", 0.3)])
+def test_a_resume_that_changes_the_measure_forgets_the_best_score(field, value, store_path, tmp_path, caplog):
+    """val_steps and threshold may change on a resume, but the best score of the earlier epochs was
+    measured otherwise: kept, best.pt would be chosen across two measures."""
+    run = tmp_path / "run"
+    train(store_path, run, _config(), TINY_MODEL)
+    old = load_checkpoint(run / "last.pt")
+    old["best_score"] = 2.0  # beyond any Dice: kept, best.pt would never move again
+    save_checkpoint(old, run / "last.pt")
+    with caplog.at_level("WARNING", logger="brainnet.train.loop"):
+        result = train(store_path, run, _config(epochs=2, **{field: value}), TINY_MODEL, resume=True)
+    assert f"with {field} {getattr(_config(), field)!r} -> {value!r}" in caplog.text
+    best = load_checkpoint(run / "best.pt")
+    assert best["epoch"] == 2 and best["train_config"][field] == value
+    assert result.best_score == best["best_score"] == result.history[-1]["val_dice_labelmap"]
+
+
+def test_train_loss_is_the_loss_per_patch(store_path, tmp_path, monkeypatch):
+    """12 patches in batches of 5: the short last batch of 2 weighs 2 patches (as the validation loss
+    does), not as much as a batch of 5."""
+    import brainnet.train.loop as loop
+
+    seen: list[tuple[int, float]] = []
+    real = loop.compute_loss
+
+    def spy(logits, target, *args, **kwargs):
+        loss = real(logits, target, *args, **kwargs)
+        seen.append((len(logits), float(loss.detach())))
+        return loss
+
+    monkeypatch.setattr(loop, "compute_loss", spy)
+    config = _config(steps_per_epoch=None, batch_size=5, val_split=None)
+    result = train(store_path, tmp_path / "run", config, TINY_MODEL)
+    assert [n for n, _ in seen] == [5, 5, 2]
+    per_patch = sum(n * loss for n, loss in seen) / 12
+    assert result.history[0]["train_loss"] == pytest.approx(per_patch, rel=1e-12)
+    assert per_patch != pytest.approx(sum(loss for _, loss in seen) / 3, rel=1e-6)
+
+
+def test_resume_of_a_checkpoint_that_cannot_resume_is_one_line(store_path, tmp_path):
+    """A last.pt that loads but lacks what a resume reads (a model-only checkpoint) or holds a damaged
+    entry: one line naming the file, from the command and from train(), never a KeyError."""
+    from brainnet.cli import main
+    from brainnet.train.checkpoint import CheckpointError
+
+    run = tmp_path / "run"
+    config = _config(steps_per_epoch=1, val_split=None)  # as _cli_args
+    train(store_path, run, config, TINY_MODEL)
+    good = load_checkpoint(run / "last.pt")
+    last = run / "last.pt"
+    args = [*_cli_args(store_path, run), "--resume", "--epochs", "2"]
+    resume_keys = ("train_config", "optimizer", "epoch", "global_step", "sampler", "rng", "best_score")
+    for key in (*resume_keys, "history"):
+        save_checkpoint({k: v for k, v in good.items() if k != key}, last)
+        expected = f"{last} lacks {key}: not a training checkpoint to resume"
+        assert expected in _one_error_line(CliRunner().invoke(main, args)), key
+        with pytest.raises(CheckpointError, match=f"lacks {key}: not a training checkpoint"):
+            train(store_path, run, config.replace(epochs=2), TINY_MODEL, resume=True)
+    for key, damaged in (("sampler", {}), ("optimizer", {"state": {}, "param_groups": []})):
+        save_checkpoint({**good, key: damaged}, last)
+        assert f"{last} cannot be resumed" in _one_error_line(CliRunner().invoke(main, args)), key
+    assert load_checkpoint(last)["epoch"] == 1
+
+
+def test_val_steps_counts_the_batches_of_all_ranks(store_path):
+    """val_steps batches are the first val_steps * batch_size validation patches whatever the world size
+    (they were val_steps batches per rank: a validation set, and a best.pt, that changed with the ranks)."""
+    from brainnet.train.distributed import DistributedContext
+    from brainnet.train.loop import _val_loader
+    from brainprep.store import open_store
+
+    store = open_store(store_path)
+    config = _config(val_steps=1)
+    first = store.patch_indices(split="val")[: config.batch_size].tolist()
+    for world_size in (1, 2, 4):
+        read = []
+        for rank in range(world_size):
+            context = DistributedContext(rank, world_size, rank, torch.device("cpu"), owns_group=False)
+            read += [s for batch in _val_loader(store, config, context) for s in batch["slot"].tolist()]
+        assert read == first, world_size
+
+
+def test_cli_train_help_says_what_workers_and_val_steps_are():
+    from brainnet.cli import main
+
+    text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
+    assert "threads or processes as --loader chooses" in text and "TrainConfig's default is 0" in text
+    assert "over all ranks together" in text
+
+
 def test_worker_processes_do_not_change_the_result(store_path, tmp_path):
     config = _config(steps_per_epoch=3, augment=EVERY_TRANSFORM)
     single = train(store_path, tmp_path / "w0", config, TINY_MODEL)
@@ -439,6 +571,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+DDP_MODEL = ModelConfig(depth=2, base_filters=2, normalization="batch")
+
+
 def _ddp_worker(rank: int, port: int, store: str, out: str, results: str) -> None:
     import os
 
@@ -446,8 +581,10 @@ def _ddp_worker(rank: int, port: int, store: str, out: str, results: str) -> Non
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
     )
     torch.set_num_threads(1)
-    # the batch Dice: its sums run through a collective inside the backward pass, beside DDP's own
-    result = train(store, out, _config(steps_per_epoch=None, dice="batch", bce_weight=0.5), TINY_MODEL)
+    # the batch Dice: its sums run through a collective inside the backward pass, beside DDP's own; batch
+    # normalization: each rank's forwards update its own running statistics
+    config = _config(steps_per_epoch=None, dice="batch", bce_weight=0.5)
+    result = train(store, out, config, DDP_MODEL)
     torch.save(
         {"slots": torch.from_numpy(result.slots_seen), "weights": result.model.state_dict()},
         Path(results) / f"rank{rank}.pt",
@@ -460,12 +597,13 @@ def test_ddp_two_cpu_processes_split_the_data_and_agree(store_path, tmp_path):
 
     from brainprep.store import open_store
 
+    store = open_store(store_path)
     mp.spawn(
         _ddp_worker, args=(_free_port(), str(store_path), str(tmp_path / "run"), str(tmp_path)), nprocs=2
     )
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     seen = [r["slots"].tolist() for r in ranks]
-    train_slots = open_store(store_path).patch_indices("train").tolist()
+    train_slots = store.patch_indices("train").tolist()
     assert len(seen[0]) == len(seen[1]) == -(-len(train_slots) // 2)
     assert sorted(set(seen[0]) | set(seen[1])) == train_slots
     padding = 2 * len(seen[0]) - len(train_slots)  # 0 for an even split, else 1 repeated patch
@@ -474,8 +612,14 @@ def test_ddp_two_cpu_processes_split_the_data_and_agree(store_path, tmp_path):
         assert torch.equal(tensor, ranks[1]["weights"][name]), name
     payload = load_checkpoint(tmp_path / "run" / "last.pt")
     assert payload["world_size"] == 2
-    for name, tensor in ranks[0]["weights"].items():
+    assert any("running_mean" in name for name in payload["model"])
+    for name, tensor in ranks[0]["weights"].items():  # BatchNorm's running statistics too
         assert torch.equal(payload["model"][name], tensor)
+    # both ranks validated the saved model: the logged score is the saved model's on the whole split
+    from brainnet.evaluate import evaluate_store
+
+    evaluation = evaluate_store(load_model(tmp_path / "run" / "last.pt").model, store, "val", batch_size=2)
+    assert payload["history"][0]["val_dice_labelmap"] == pytest.approx(evaluation.score, abs=1e-12)
 
 
 def _loss_halves() -> tuple[torch.Tensor, torch.Tensor]:

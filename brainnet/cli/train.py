@@ -86,7 +86,13 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
     "--normalization", type=click.Choice(["none", "batch", "instance"]), default="none", show_default=True
 )
 @click.option(
-    "--workers", type=click.IntRange(min=0), default=2, show_default=True, help="DataLoader workers."
+    "--workers",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Loader workers reading batches ahead: threads or processes as --loader chooses; 0 reads in the "
+    "training process. Results do not depend on it. (TrainConfig's default is 0, for library calls; the "
+    "command reads ahead.)",
 )
 @click.option(
     "--loader",
@@ -123,7 +129,11 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
     help="Split validated each epoch; none skips validation.",
 )
 @click.option(
-    "--val-steps", type=click.IntRange(min=1), default=None, help="Validation batches (default: all)."
+    "--val-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Validation batches of --batch-size patches, over all ranks together: the first ones of the "
+    "split, whatever the ranks (default: all).",
 )
 @click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA.")
 @click.option("--min-tumour-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True)
@@ -220,9 +230,10 @@ def train(
         )
         last = out_dir / "last.pt"
         if options["resume"] and last.exists():
-            from brainnet.train.loop import RESUMABLE_CHANGES
+            from brainnet.train.loop import RESUMABLE_CHANGES, check_resume_keys
 
             saved = load_checkpoint(last)
+            check_resume_keys(saved, last)
             explicit = {
                 _CONFIG_FIELD.get(name, name)
                 for name in options

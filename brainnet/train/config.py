@@ -39,12 +39,17 @@ class TrainConfig(Params):
         batch_size: patches per batch and rank (course: 3).
         lr: Adam learning rate (course: 1e-5).
         val_split: split evaluated after each epoch; ``None`` skips validation.
-        val_steps: validation batches per epoch; ``None`` = the whole split (course: 20).
+        val_steps: validation batches per epoch; ``None`` = the whole split (course: 20). They count over
+            all ranks together: validation reads the first ``val_steps * batch_size`` patches of the split
+            (a volume store: windows), the batches one process reads, split among the ranks, so the
+            score does not depend on the world size.
         seed: seeds model initialisation, shuffling and augmentation.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         amp: mixed precision on CUDA (ignored on CPU).
         amp_dtype: ``bfloat16`` (no loss scaling needed) or ``float16`` (with a GradScaler).
-        workers: loader workers, processes or threads (results do not depend on it).
+        workers: loader workers reading batches ahead, threads or processes as ``loader`` chooses (0:
+            read in the training process; results do not depend on it). The default 0 suits library
+            calls and tests; ``brainnet train --workers`` defaults to 2, so the command reads ahead.
         loader: ``auto`` (threads for a Zarr store, processes for HDF5: the faster backend of each,
             :func:`~brainnet.data.loader.resolve_backend`), ``processes`` or ``threads``.
         shuffle_window: shards (cases) whose patches are shuffled together.

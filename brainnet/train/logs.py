@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,29 +17,35 @@ TENSORBOARD_DIR = "tensorboard"
 
 
 class RunLogger:
-    """Appends one CSV row per epoch to ``RUN_DIR/log.csv``, writes TensorBoard scalars and redraws
+    """Writes one CSV row per epoch to ``RUN_DIR/log.csv``, TensorBoard scalars, and redraws
     ``RUN_DIR/progress.png`` (:mod:`brainnet.train.progress`; ``score_column``: the column ``best.pt`` is
     chosen by, marked there; ``None``: no picture).
 
-    On resume (``resume_epoch`` epochs done) rows of later epochs, written by a run killed after its CSV
-    row but before its checkpoint, are dropped so the log matches the checkpoint.
+    On resume ``history`` holds the checkpoint's rows (its ``history``, one per epoch it completed), and
+    both files are rewritten from them at once: the checkpoint, written before the log, is the record, so
+    a run killed between the two, a row of a later epoch or a deleted ``log.csv`` all come back as the
+    checkpoint's epochs. ``resume_step`` (the checkpoint's steps) drops later TensorBoard scalars.
     """
 
     def __init__(
-        self, out_dir: Path, *, resume_epoch: int = 0, resume_step: int = 0, score_column: str | None = None
+        self,
+        out_dir: Path,
+        *,
+        history: Sequence[Mapping[str, Any]] = (),
+        resume_step: int = 0,
+        score_column: str | None = None,
     ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.score_column = score_column
         self.png_path = Path(out_dir) / PNG_NAME
         self.csv_path = Path(out_dir) / CSV_NAME
-        self.rows: list[dict[str, Any]] = []
-        if resume_epoch > 0 and self.csv_path.exists():
-            with self.csv_path.open(newline="") as file:
-                self.rows = [row for row in csv.DictReader(file) if int(row["epoch"]) <= resume_epoch]
+        self.rows: list[dict[str, Any]] = [dict(row) for row in history]  # copies: the caller appends its own
         self.writer = SummaryWriter(
             str(Path(out_dir) / TENSORBOARD_DIR), purge_step=resume_step if resume_step > 0 else None
         )
+        if self.rows:
+            self._write()
 
     def step(self, values: dict[str, float], global_step: int) -> None:
         for name, value in values.items():
@@ -51,6 +58,10 @@ class RunLogger:
             if name not in ("epoch", "global_step") and isinstance(value, int | float):
                 self.writer.add_scalar(f"epoch/{name}", value, int(row["global_step"]))
         self.writer.flush()
+        self._write()
+
+    def _write(self) -> None:
+        """Rewrite ``log.csv`` (atomically) and ``progress.png`` from the rows."""
         fields: list[str] = []
         for r in self.rows:
             fields.extend(k for k in r if k not in fields)

@@ -53,6 +53,11 @@ RUN_FILES = (LAST_NAME, BEST_NAME, CSV_NAME)
 RESUMABLE_CHANGES = frozenset(
     {"epochs", "workers", "loader", "device", "amp", "deterministic", "val_steps", "threshold"}
 )
+#: the resumable changes that change what the score measures (the patches validated, the threshold of the
+#: Dice): a resume with one of them forgets the best score, so best.pt is not chosen across two measures.
+SCORE_CHANGES = ("val_steps", "threshold")
+#: the keys of a checkpoint that a resume reads beyond those every checkpoint holds (``load_checkpoint``)
+RESUME_KEYS = ("train_config", "optimizer", "epoch", "global_step", "sampler", "rng", "best_score", "history")
 #: log columns of the label-map Dice: the score of the train batches, of the validation split (the mean of
 #: its class columns; ``best.pt`` is chosen by it), and one column per target of the validation split.
 TRAIN_SCORE = f"train_{DICE_NAME}"
@@ -240,10 +245,10 @@ def validate(
     precision: _Precision,
     context: DistributedContext,
     threshold: float,
-    max_batches: int | None,
     spec: DatasetSpec = MSD_SPEC,
 ) -> dict[str, float]:
-    """Loss and label-map Dice over a split, voxel counts summed over all ranks.
+    """Loss and label-map Dice over what ``loader`` reads (this rank's part of the validation patches,
+    :func:`validation_count` of them over all ranks), voxel counts summed over all ranks.
 
     Returns:
         ``{"val_loss", "val_dice_labelmap", "val_dice_labelmap_<target>" for each target}``: the Dice of
@@ -255,9 +260,7 @@ def validate(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     patches = torch.zeros((), dtype=torch.float64, device=device)
     counts = torch.zeros((len(spec.targets), 4), dtype=torch.int64, device=device)
-    for index, batch in enumerate(loader):
-        if max_batches is not None and index >= max_batches:
-            break
+    for batch in loader:
         image, target = to_training_batch(batch, device, spec=spec)
         with precision.autocast(device):
             logits = network(image)
@@ -290,8 +293,9 @@ def _volume_stream(store: Any, config: TrainConfig, context: DistributedContext,
             "by volume_sampling (--tumour-share, --foreground-share) instead, so they are ignored"
         )
     draws = volume_draws(store, config.volume_sampling, config.seed, split, train)
+    count = draws.params.draws_per_epoch
     sampler = WindowStreamSampler(
-        draws.params.draws_per_epoch,
+        count if train else validation_count(config, count),
         rank=context.rank,
         world_size=context.world_size,
         remainder="pad" if train else "uneven",
@@ -360,6 +364,14 @@ def _train_dataset(store: Any, config: TrainConfig, context: DistributedContext,
     return dataset, sampler
 
 
+def validation_count(config: TrainConfig, available: int) -> int:
+    """The patches (windows) validation reads of the ``available`` ones, over all ranks together: the
+    first ``val_steps`` batches one process reads, so the validation set does not depend on the ranks."""
+    if config.val_steps is None:
+        return available
+    return min(available, config.val_steps * config.batch_size)
+
+
 def _val_loader(store: Any, config: TrainConfig, context: DistributedContext):
     if config.val_split is None:
         return None
@@ -373,7 +385,7 @@ def _val_loader(store: Any, config: TrainConfig, context: DistributedContext):
         if len(slots) == 0:
             logger.warning("store %s has no %s patches: no validation", store.location, config.val_split)
             return None
-        dataset = PatchDataset(store, slots)
+        dataset = PatchDataset(store, slots[: validation_count(config, len(slots))])
         sampler = ShardShuffleSampler(
             dataset.shards,
             shuffle=False,
@@ -391,6 +403,18 @@ def _val_loader(store: Any, config: TrainConfig, context: DistributedContext):
     )
 
 
+def check_resume_keys(saved: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint that loads but lacks what a resume reads (:data:`RESUME_KEYS`), such as a
+    model-only one.
+
+    Raises:
+        CheckpointError: naming ``path`` and the missing keys.
+    """
+    missing = [key for key in RESUME_KEYS if key not in saved]
+    if missing:
+        raise ckpt.CheckpointError(f"{path} lacks {', '.join(missing)}: not a training checkpoint to resume")
+
+
 def _check_resumable(
     saved: dict[str, Any], config: TrainConfig, model_config: ModelConfig, path: Path
 ) -> None:
@@ -399,7 +423,7 @@ def _check_resumable(
             f"cannot resume {path}: model config {model_config.to_dict()} differs from the checkpoint's "
             f"{saved['model_config']}"
         )
-    old = TrainConfig.from_dict(saved.get("train_config", {})).to_dict()  # older dicts: today's fields
+    old = TrainConfig.from_dict(saved["train_config"]).to_dict()  # older dicts: today's fields
     changed = sorted(
         k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and k in old and old[k] != v
     )
@@ -566,6 +590,7 @@ def _load_for_resume(
 ) -> dict[str, Any]:
     """The checkpoint at ``path``, once it is known to continue this very run."""
     saved = ckpt.load_checkpoint(path, map_location=context.device)
+    check_resume_keys(saved, path)
     _check_resumable(saved, config, model_config, path)
     _check_same_store(saved, store, path, allow_store_change)
     if saved.get("world_size", 1) != context.world_size:
@@ -574,6 +599,45 @@ def _load_for_resume(
             f"on {context.world_size} ranks: the data order would change"
         )
     return saved
+
+
+def _restore(
+    saved: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    sampler: Any,
+    score_column: str,
+    path: Path,
+) -> ckpt.RunState:
+    """:func:`~brainnet.train.checkpoint.restore_training`, a damaged entry (an optimizer state of other
+    parameters, a sampler or RNG state of another shape) refused in one line naming ``path``."""
+    try:
+        return ckpt.restore_training(saved, model, optimizer, scaler, sampler, score_column)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+        raise ckpt.CheckpointError(f"{path} cannot be resumed: {type(err).__name__}: {err}") from err
+
+
+def _forget_best_of_another_measure(
+    state: ckpt.RunState, saved: dict[str, Any], config: TrainConfig, score_column: str, path: Path
+) -> None:
+    """Forget the best score of a checkpoint when the resume changes what the score measures
+    (:data:`SCORE_CHANGES`), as :func:`~brainnet.train.checkpoint.restore_training` does for another
+    score column: the next epoch becomes ``best.pt`` by the new measure."""
+    old = TrainConfig.from_dict(saved["train_config"])
+    names = [n for n in SCORE_CHANGES if getattr(old, n) != getattr(config, n)]
+    if score_column != VAL_SCORE:
+        names = [n for n in names if n != "val_steps"]  # the training score validates nothing
+    if not names or state.best_score == ckpt.RunState().best_score:
+        return
+    details = ", ".join(f"{n} {getattr(old, n)!r} -> {getattr(config, n)!r}" for n in names)
+    logger.warning(
+        "resuming %s with %s: its best score %.4f was measured otherwise, so the next epoch is best.pt",
+        path,
+        details,
+        state.best_score,
+    )
+    state.best_score = ckpt.RunState().best_score
 
 
 def _wrap(model: nn.Module, context: DistributedContext) -> tuple[nn.Module, nn.Module]:
@@ -588,8 +652,10 @@ def _wrap(model: nn.Module, context: DistributedContext) -> tuple[nn.Module, nn.
 
 
 def _train_epoch(run: _Run, state: ckpt.RunState, bar: Any) -> tuple[float, torch.Tensor]:
-    """The optimizer steps of one epoch: mean loss and summed label-map counts of this rank."""
+    """The optimizer steps of one epoch: the loss per patch (a short batch weighs its patches, as the
+    validation loss does) and the summed label-map counts of this rank."""
     loss_sum = 0.0
+    patches = 0
     spec = run.spec
     counts = torch.zeros((len(spec.targets), 4), dtype=torch.int64, device=run.context.device)
     for index in range(run.steps):
@@ -616,7 +682,9 @@ def _train_epoch(run: _Run, state: ckpt.RunState, bar: Any) -> tuple[float, torc
                 f"{run.last_path if run.last_path.exists() else 'none'}"
             ) from None
         state.global_step += 1
-        loss_sum += loss
+        # every rank's batch has this size (the sampler pads): the rank-averaged loss weighs it as is
+        loss_sum += loss * len(batch["slot"])
+        patches += len(batch["slot"])
         counts += batch_counts
         if run.run_logger is not None:
             run.run_logger.step({"train/loss": loss}, state.global_step)
@@ -625,7 +693,7 @@ def _train_epoch(run: _Run, state: ckpt.RunState, bar: Any) -> tuple[float, torc
                 loss=f"{loss:.4f}", dice=f"{class_score(metrics_from_counts(counts, spec), spec):.4f}"
             )
             bar.update()
-    return loss_sum / run.steps, counts
+    return loss_sum / patches, counts
 
 
 def _epoch_row(run: _Run, state: ckpt.RunState, val_loader: Any, progress: bool) -> dict[str, Any]:
@@ -639,6 +707,7 @@ def _epoch_row(run: _Run, state: ckpt.RunState, val_loader: Any, progress: bool)
     train_loss, counts = _train_epoch(run, state, bar)
     if bar is not None:
         bar.close()
+    broadcast_buffers(run.model, run.context)
     row: dict[str, Any] = {
         "epoch": state.epoch + 1,
         "global_step": state.global_step,
@@ -656,12 +725,23 @@ def _epoch_row(run: _Run, state: ckpt.RunState, val_loader: Any, progress: bool)
                 run.precision,
                 run.context,
                 config.threshold,
-                config.val_steps,
                 run.spec,
             )
         )
     row["seconds"] = time.perf_counter() - started
     return row
+
+
+def broadcast_buffers(model: nn.Module, context: DistributedContext) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics): each rank's training forwards
+    updated its own from its own batches (DDP broadcasts rank 0's only at the start of a training forward),
+    so without this rank 1 would validate, and hand back, a model that is not the one rank 0 saves."""
+    if not context.enabled:
+        return
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
 
 
 def _end_epoch(
@@ -729,7 +809,8 @@ def _run(
     state = ckpt.RunState()
     if resume and last_path.exists():
         saved = _load_for_resume(last_path, config, model_config, store, context, allow_store_change)
-        state = ckpt.restore_training(saved, model, optimizer, precision.scaler, sampler, score_column)
+        state = _restore(saved, model, optimizer, precision.scaler, sampler, score_column, last_path)
+        _forget_best_of_another_measure(state, saved, config, score_column, last_path)
         logger.info("resumed %s at epoch %d, step %d", last_path, state.epoch, state.global_step)
     elif resume:
         logger.warning("no %s to resume from: starting a fresh run", last_path)
@@ -754,7 +835,7 @@ def _run(
     if context.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         run.run_logger = RunLogger(
-            out_dir, resume_epoch=state.epoch, resume_step=state.global_step, score_column=run.score_column
+            out_dir, history=state.history, resume_step=state.global_step, score_column=run.score_column
         )
     network.train()
     try:
