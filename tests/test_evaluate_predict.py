@@ -335,11 +335,11 @@ def _edited_checkpoint(checkpoint: Path, path: Path, **changes) -> Path:
         ),
         (  # 4 sigmoids for the 3 classes of its spec
             {"model_config": dataclasses.replace(TINY_MODEL, out_channels=4).to_dict()},
-            "its model has 4 output channels, its dataset spec 3 classes (edema, non_enhancing, enhancing)",
+            "the model has 4 output channels, the dataset spec 3 classes (edema, non_enhancing, enhancing)",
         ),
         (
             {"model_config": dataclasses.replace(TINY_MODEL, in_channels=2).to_dict()},
-            "its model has 2 input channels, its dataset spec 4 channels (FLAIR, T1w, T1gd, T2w)",
+            "the model has 2 input channels, the dataset spec 4 channels (FLAIR, T1w, T1gd, T2w)",
         ),
     ],
     ids=["shapes", "keys", "out_channels", "in_channels"],

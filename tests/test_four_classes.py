@@ -93,6 +93,9 @@ def test_a_three_channel_model_is_refused(run, tmp_path):
     config = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, device="cpu", workers=0)
     with pytest.raises(ConfigError, match=r"3 output channels.*4 classes"):
         train(run["store"], tmp_path / "bad", config, ModelConfig(depth=2, base_filters=2))
+    two_scans = ModelConfig(depth=2, base_filters=2, in_channels=2, out_channels=4)
+    with pytest.raises(ConfigError, match=r"2 input channels, the dataset spec 4 channels"):
+        train(run["store"], tmp_path / "bad", config, two_scans)
 
 
 def test_log_evaluate_and_predict_give_the_four_class_dice(run, data, tmp_path):

@@ -308,24 +308,21 @@ class LoadedModel:
         )
 
 
-def check_model_fits_spec(model_config: ModelConfig, spec: DatasetSpec, path: Path) -> None:
-    """Refuse a checkpoint whose network does not fit its dataset spec: one input channel per scan of
+def model_fit_problem(model_config: ModelConfig, spec: DatasetSpec) -> str | None:
+    """Why a network does not fit a dataset spec (``None``: it does): one input channel per scan of
     ``spec.channels`` and one output channel per foreground class, as training builds it. Its outputs
-    would otherwise be read as classes they are not, with no error to say so.
-
-    Raises:
-        CheckpointError: (naming ``path``) the channel counts differ.
-    """
+    would otherwise be read as classes they are not, with no error to say so."""
     if model_config.out_channels != spec.n_classes:
-        raise CheckpointError(
-            f"checkpoint {path}: its model has {model_config.out_channels} output channels, its dataset "
-            f"spec {spec.n_classes} classes ({', '.join(spec.foreground)}): one channel per class"
+        return (
+            f"the model has {model_config.out_channels} output channels, the dataset spec {spec.n_classes} "
+            f"classes ({', '.join(spec.foreground)}): one channel per class"
         )
     if model_config.in_channels != len(spec.channels):
-        raise CheckpointError(
-            f"checkpoint {path}: its model has {model_config.in_channels} input channels, its dataset "
-            f"spec {len(spec.channels)} channels ({', '.join(spec.channels)}): one channel per scan"
+        return (
+            f"the model has {model_config.in_channels} input channels, the dataset spec "
+            f"{len(spec.channels)} channels ({', '.join(spec.channels)}): one channel per scan"
         )
+    return None
 
 
 def _state_dict_problem(error: Exception) -> str:
@@ -344,14 +341,16 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
 
     Raises:
         CheckpointError: (naming the file) as :func:`load_checkpoint`, a model whose channels do not fit
-            the checkpoint's dataset spec (:func:`check_model_fits_spec`), or weights that do not fit its
+            the checkpoint's dataset spec (:func:`model_fit_problem`), or weights that do not fit its
             ``model_config`` (missing, unexpected or of other shapes).
     """
     path = Path(path)
     payload = load_checkpoint(path, map_location=device)
     model_config = ModelConfig.from_dict(payload["model_config"])
     spec = spec_from_metadata(payload)
-    check_model_fits_spec(model_config, spec, path)
+    problem = model_fit_problem(model_config, spec)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path}: {problem}")
     model = build_model(model_config)
     try:
         model.load_state_dict(payload["model"])

@@ -528,11 +528,9 @@ def train(
     store = _open(store)
     n_classes = store.spec.n_classes
     model_config = model_config if model_config is not None else ModelConfig(out_channels=n_classes)
-    if model_config.out_channels != n_classes:
-        raise ConfigError(
-            f"the model has {model_config.out_channels} output channels, the store {store.location} "
-            f"{n_classes} classes ({', '.join(store.spec.foreground)}): one channel per class"
-        )
+    problem = ckpt.model_fit_problem(model_config, store.spec)
+    if problem is not None:
+        raise ConfigError(f"store {store.location}: {problem}")
     context = init_distributed(config.device)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
