@@ -3,8 +3,10 @@ draws its ``progress.png``), so a run can be judged at a glance without TensorBo
 
 Left: the train and validation loss per epoch. Right: the label-map Dice of each class and region the
 log holds (``val_dice_labelmap_<target>``, or the training ones without validation) and the mean by
-which ``best.pt`` is chosen, with the best epoch marked. The curves are drawn from the rows of
-``log.csv`` (:class:`~brainnet.train.logs.RunLogger`), so a resumed run draws its whole history.
+which ``best.pt`` is chosen, with the best epoch marked (the highest score of the rows: after a resume
+that changed what the score measures, ``best.pt`` may be a later epoch). The curves are drawn from the
+rows :class:`~brainnet.train.logs.RunLogger` writes to ``log.csv`` (a resumed run's come from its
+checkpoint's history), so a resumed run draws its whole history.
 """
 
 from __future__ import annotations
