@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -25,6 +26,7 @@ from brainprep.config import Params
 from brainprep.errors import CaseError, ConfigError, ShapeMismatchError
 from brainprep.params import SamplingParams
 from brainprep.read import CHANNEL_NAMES, CaseFiles, discover_cases, read_case
+from brainprep.read.case import dtype_name
 from brainprep.read.layouts import listing_warnings
 from brainprep.read.nifti import ras_spacing, read_nifti_header
 from brainprep.sample import patch_misfit, valid_corner_share
@@ -268,7 +270,7 @@ def _header_info(
         orientation = "".join(code or "?" for code in nib.aff2axcodes(first.affine))
     except ValueError:  # ... or, for NaN entries, fails to decompose it (LinAlgError)
         orientation = "???"
-    dtypes = [str(h.get_data_dtype()) for h in headers]
+    dtypes = [dtype_name(h.get_data_dtype()) for h in headers]
     dtype = dtypes[0] if len(set(dtypes)) == 1 else "/".join(dtypes)
     return shape, spacing, orientation, dtype  # type: ignore[return-value]
 
@@ -326,9 +328,15 @@ def check_case(
     except CaseError as err:
         problem, status = _one_line(err.message), _one_line(_short_problem(err))
     except Exception as err:  # a decoder failure the reader does not know yet must not end the whole run
-        logger.warning("unexpected error while checking case %s", files.case_id, exc_info=True)
-        status = _one_line(f"unexpected {type(err).__name__}: {err}")
-        problem = CaseError(status, case_id=files.case_id).message
+        # one line like any problem (the traceback is logged at debug, -vv); which file failed is not
+        # known here, so it names the folder of the case's files
+        logger.debug("unexpected error while checking case %s", files.case_id, exc_info=True)
+        error = CaseError(
+            _one_line(f"unexpected {type(err).__name__}: {err}"),
+            case_id=files.case_id,
+            path=Path(os.path.commonpath(files.all_paths)),
+        )
+        problem, status = _one_line(error.message), _one_line(_short_problem(error))
     else:
         status = "ok" if files.label_path is not None else "ok (no label)"
     return CaseReport(

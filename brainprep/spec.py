@@ -46,6 +46,15 @@ GLIOMA_REGIONS: tuple[tuple[str, tuple[int, ...]], ...] = (
 UNDEFINED = 255
 
 
+def format_value(value: int | float) -> str:
+    """A label value for a message: an integer as itself, any other value so that it cannot read as an
+    integer (``0.99999994``, the float32 just below 1, which ``:g`` prints as ``1``)."""
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    text = f"{value:.9g}"  # enough digits for every float32
+    return text if not float(text).is_integer() else repr(float(value))
+
+
 @dataclass(frozen=True)
 class DatasetSpec(Params):
     """Channels, classes, label values and regions of one dataset.
@@ -147,7 +156,7 @@ class DatasetSpec(Params):
     ) -> InvalidValueError:
         """The one-line error for label values ``bad`` that the convention does not define."""
         allowed = ",".join(str(v) for v in sorted(self.source_values))
-        found = ",".join(f"{v:g}" for v in bad[:8]) + (",..." if len(bad) > 8 else "")
+        found = ",".join(format_value(v) for v in bad[:8]) + (",..." if len(bad) > 8 else "")
         return InvalidValueError(
             f"label values must be in {{{allowed}}} ({self.describe()}), found {{{found}}}; "
             "another convention: --labels NAME",
@@ -178,7 +187,7 @@ class DatasetSpec(Params):
         """Canonical classes -> the convention's source values (uint8, same shape): what predict writes."""
         bad = self.unexpected_values(labels, canonical=True)
         if bad:
-            found = ",".join(f"{v:g}" for v in bad[:8])
+            found = ",".join(format_value(v) for v in bad[:8])
             raise InvalidValueError(f"canonical labels must be in 0..{self.n_classes}, found {{{found}}}")
         table = np.zeros(256, dtype=np.uint8)
         table[: len(self.classes)] = self.source_values

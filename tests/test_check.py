@@ -221,6 +221,30 @@ def test_missing_channel_file(brats2023_dataset):
     assert table_row(result.stdout, "BraTS-GLI-00000-000")[2:6] == ["48x48x20", "1x1.25x2.5", "LPS", "int16"]
 
 
+def test_a_case_folder_holding_only_its_seg_is_a_case_missing_its_channels(brats2023_dataset):
+    """Review r2: an incomplete download left a folder with only its seg, and the case was silently no
+    case (the dataset checked ok); MSD and nnU-Net report a label without its image as a broken case."""
+    written = brats2023_dataset.cases["BraTS-GLI-00002-000"]
+    for path in written.image_paths:
+        path.unlink()
+    result = run_check(brats2023_dataset.root, *PATCH_ARGS)
+    assert_one_problem(result, written.image_paths[0], "file not found", "case BraTS-GLI-00002-000")
+    assert table_row(result.stdout, "BraTS-GLI-00000-000")[-1] == "ok"
+    files = discover_cases(brats2023_dataset.root).case("BraTS-GLI-00002-000")
+    assert files.image_paths == written.image_paths and files.label_path == written.label_path
+
+
+def test_a_seg_only_brats2021_folder_alone_is_read_by_its_separator(tmp_path):
+    """With no folder of channel files to follow, a ``_seg`` file is BraTS 2021's naming."""
+    image, label = small_case()
+    written = write_brats_case(tmp_path, "BraTS2021_00001", image, label, "brats2021")
+    for path in written.image_paths:
+        path.unlink()
+    dataset = discover_cases(tmp_path)
+    assert dataset.layout == "brats2021" and dataset.case_ids == ("BraTS2021_00001",)
+    assert dataset.cases[0].image_paths == written.image_paths
+
+
 def test_truncated_gzip(brats2023_dataset):
     flair = brats2023_dataset.cases["BraTS-GLI-00000-000"].image_paths[0]
     data = flair.read_bytes()
@@ -391,6 +415,38 @@ def test_check_case_never_raises_for_a_bad_case(msd_dataset):
     assert report.status.endswith("(BRATS_002.nii.gz)")
     assert report.voxel_counts is None and report.valid_corner_share is None
     assert report.shape == SMALL_SHAPE and report.orientation == "LPS"  # the image header still reads
+
+
+def test_an_rgb_channel_is_one_problem_line_naming_its_file(tmp_path):
+    """Review r9: an RGB24 channel printed a traceback and a problem line naming no file."""
+    image, label = small_case()
+    written = write_brats_case(tmp_path, "BraTS-GLI-00001-000", image, label, axcodes="RAS")
+    t1n = written.image_paths[1]
+    rgb = np.zeros(image.shape[1:], dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["R"] = image[1].astype(np.uint8)
+    nib.save(nib.Nifti1Image(rgb, written.source_affine), t1n)
+    result = run_check(tmp_path, *PATCH_ARGS)
+    assert "Traceback" not in result.output
+    assert_one_problem(result, t1n, "image voxels must be real numbers", "found RGB24")
+    assert table_row(result.stdout, "BraTS-GLI-00001-000")[5] == "int16/RGB24/int16/int16"
+
+
+def test_an_unexpected_error_is_one_line_naming_the_case_folder(brats2023_dataset, monkeypatch, caplog):
+    """A failure the reader does not know yet: one line naming the case and its files' folder, its
+    traceback only at debug level (it was printed as a warning)."""
+    import brainprep.check
+
+    def broken(files, **kwargs):
+        raise RuntimeError("decoder\nfailed")
+
+    monkeypatch.setattr(brainprep.check, "read_case", broken)
+    files = discover_cases(brats2023_dataset.root).case("BraTS-GLI-00000-000")
+    folder = brats2023_dataset.root / "BraTS-GLI-00000-000"
+    with caplog.at_level("DEBUG", logger="brainprep.check"):
+        report = check_case(files, patch_size=SMALL_PATCH)
+    assert report.problem == f"unexpected RuntimeError: decoder failed in case BraTS-GLI-00000-000 ({folder})"
+    assert report.status == "unexpected RuntimeError: decoder failed (BraTS-GLI-00000-000)"
+    assert [r.levelname for r in caplog.records] == ["DEBUG"] and caplog.records[0].exc_info is not None
 
 
 def test_several_problems_are_all_listed(brats2023_dataset, msd_dataset):

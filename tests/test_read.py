@@ -355,6 +355,122 @@ def test_duplicate_case_files_are_refused_naming_both(msd_dataset, brats2023_dat
     assert str(first) in message and str(second) in message
 
 
+def test_a_case_folder_holding_another_cases_file_is_refused_naming_both(tmp_path):
+    """Review r1: matched by its key alone, case 2's T2w copied into case 1's folder was read as case
+    1's T2w. The files of one folder must name one case; the folder's own name may differ."""
+    image_a, label = small_case(seed=0)
+    image_b, _ = small_case(seed=1)
+    write_brats_case(tmp_path, "BraTS-GLI-00001-000", image_a, label)
+    other = write_brats_case(tmp_path, "BraTS-GLI-00002-000", image_b, label)
+    folder = tmp_path / "BraTS-GLI-00001-000"
+    (folder / "BraTS-GLI-00001-000-t2w.nii.gz").unlink()
+    foreign = folder / "BraTS-GLI-00002-000-t2w.nii.gz"
+    foreign.write_bytes(other.image_paths[3].read_bytes())
+    with pytest.raises(LayoutError) as caught:
+        discover_cases(tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message and "name two cases" in message
+    assert str(foreign) in message and str(folder / "BraTS-GLI-00001-000-seg.nii.gz") in message
+    # a file without an id beside files with one is another case too (a one-case folder's t2w.nii.gz)
+    foreign.rename(folder / "t2w.nii.gz")
+    with pytest.raises(LayoutError, match=r"t2w\.nii\.gz \(no case id\)"):
+        discover_cases(tmp_path)
+    # a renamed folder whose files agree on their id is still read (the folder names the case)
+    (folder / "t2w.nii.gz").unlink()
+    write_brats_case(tmp_path, "BraTS-GLI-00003-000", image_a, label)
+    (tmp_path / "BraTS-GLI-00003-000").rename(tmp_path / "renamed")
+    files = discover_cases(tmp_path).case("renamed")
+    np.testing.assert_array_equal(read_case(files).image, image_a)
+
+
+@pytest.mark.parametrize("second", ["label", "segmentation"])
+def test_two_label_files_in_a_case_folder_are_refused_naming_both(tmp_path, second):
+    """Review r3: ``-seg`` beside ``-label`` (a model's prediction, say): one was picked silently."""
+    image, label = small_case()
+    written = write_brats_case(tmp_path, "BraTS-GLI-00001-000", image, label)
+    assert written.label_path is not None
+    other = written.label_path.with_name(f"BraTS-GLI-00001-000-{second}.nii.gz")
+    source, affine = orient_from_ras(np.zeros_like(label), written.affine, "LPS")
+    write_nifti_file(other, source, affine, "uint8")
+    with pytest.raises(LayoutError) as caught:
+        discover_cases(tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("two label files in case BraTS-GLI-00001-000")
+    assert str(written.label_path) in message and str(other) in message
+
+
+def _rotated_about_z(degrees: float) -> np.ndarray:
+    theta = np.deg2rad(degrees)
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]
+    return rotation @ ras_affine(spacing=(1.0, 1.0, 2.5))
+
+
+def test_label_is_reoriented_as_its_image_near_45_degrees_of_obliquity(tmp_path):
+    """Review r12: image and label affines within the 1e-3 tolerance, either side of 45 degrees about z:
+    reoriented each by its own affine, the label came out transposed against the image. Image and label
+    here hold the same source voxels, so the label must land where the image's voxels do."""
+    from brainprep.read.case import read_case_arrays
+    from brainprep.read.nifti import ras_transform
+
+    image, label = small_case(shape=(40, 40, 20))
+    image_affine, label_affine = _rotated_about_z(45.0 + 2e-5), _rotated_about_z(45.0 - 2e-5)
+    assert np.allclose(image_affine, label_affine, atol=1e-3)
+    assert not np.array_equal(ras_transform(image_affine), ras_transform(label_affine))  # the trap
+    folder = tmp_path / "case1"
+    for channel, key in enumerate(("t2f", "t1n", "t1c", "t2w")):
+        write_nifti_file(folder / f"case1-{key}.nii.gz", image[channel], image_affine, "int16")
+    brats2023 = np.array([0, 2, 1, 3], dtype=np.uint8)[label]  # MSD -> BraTS 2023 values, by hand
+    write_nifti_file(folder / "case1-seg.nii.gz", brats2023, label_affine, "uint8")
+    files = discover_cases(tmp_path).cases[0]
+    case = read_case(files)
+
+    # the image's source axis 1 runs -R, its axis 0 +A: RAS voxel (a, b, c) is source voxel
+    # (b, 39 - a, c), for the label as for the image
+    def on_ras_grid(source):
+        return np.flip(source.transpose(1, 0, 2), axis=0)
+
+    expected = on_ras_grid(label)
+    np.testing.assert_array_equal(case.image[0], on_ras_grid(image[0]))
+    np.testing.assert_array_equal(case.label, expected)
+    np.testing.assert_array_equal(read_case_arrays(files).label, expected)
+
+
+def _rgb(volume: np.ndarray) -> np.ndarray:
+    rgb = np.zeros(volume.shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["R"] = volume.astype(np.uint8)
+    return rgb
+
+
+@pytest.mark.parametrize(("which", "kind"), [(1, "RGB24"), (1, "complex64"), (None, "complex64")])
+def test_voxels_that_are_not_real_numbers_are_refused_naming_the_file(tmp_path, which, kind):
+    """Review r9/r10: an RGB24 channel failed in numpy's min (a traceback); a complex64 channel read
+    with its imaginary part dropped (an all-zero T1w from a pure imaginary file). ``which``: the channel
+    file made so, ``None`` the label."""
+    from brainprep.read.case import check_image_headers, read_case_arrays, read_label
+    from brainprep.read.nifti import read_nifti_header
+
+    image, label = small_case()
+    written = write_brats_case(tmp_path, "BraTS-GLI-00001-000", image, label, axcodes="RAS")
+    assert written.label_path is not None
+    path = written.label_path if which is None else written.image_paths[which]
+    volume = label if which is None else image[which]
+    voxels = _rgb(volume) if kind == "RGB24" else (volume * 1j).astype(np.complex64)
+    nib.save(nib.Nifti1Image(voxels, written.source_affine), path)
+    files = discover_cases(tmp_path).cases[0]
+    what = "label" if which is None else "image"
+    expected = f"{what} voxels must be real numbers (an integer or float dtype), found {kind}"
+    readers = [read_case, read_case_arrays]
+    if which is None:
+        readers.append(read_label)
+    else:  # the build plan checks the headers alone
+        readers.append(lambda f: check_image_headers(f, [read_nifti_header(p) for p in f.image_paths]))
+    for reader in readers:
+        with pytest.raises(InvalidValueError) as caught:
+            reader(files)
+        assert str(caught.value) == f"{expected} in case BraTS-GLI-00001-000 ({path})"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # real BraTS 2023 data
 

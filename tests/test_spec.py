@@ -108,6 +108,21 @@ def test_value_outside_the_convention_names_labels_option():
         convention_spec("brats2023").to_canonical(np.array([0, 1, 4], dtype=np.uint8))
 
 
+def test_a_value_just_off_an_integer_is_shown_as_found():
+    """Review r11: ``:g`` printed the float32 just below 1 as 1, refusing "{1}" where 1 is allowed."""
+    below_one = float(np.nextafter(np.float32(1), np.float32(0)))
+    labels = np.array([0, below_one, 2.5, 3], dtype=np.float64)
+    with pytest.raises(InvalidValueError, match=r"found \{0\.99999994,2\.5\}"):
+        convention_spec("msd").to_canonical(labels)
+    with pytest.raises(InvalidValueError, match=r"found \{1e-12\}"):
+        convention_spec("msd").to_canonical(np.array([1e-12]))
+    # even where 9 digits round to an integer, the value does not read as one
+    with pytest.raises(InvalidValueError, match=r"found \{0\.999999999999\}"):
+        convention_spec("msd").to_canonical(np.array([0.999999999999]))
+    with pytest.raises(InvalidValueError, match=r"found \{3\.00000024,40000\}"):
+        MSD_SPEC.to_source(np.array([float(np.nextafter(np.float32(3), np.float32(4))), 40000.0]))
+
+
 # -- per-case-folder layouts: id prefixes ---------------------------------------------------------------
 
 
@@ -266,6 +281,34 @@ def test_msd_dataset_json_channel_order_is_honoured(msd_dataset):
         (["FLAIR", "T1", "T1CE", "T2"], NNUNET_LABELS, "must be an object"),
         ({"0": "FLAIR", "1": "T1", "2": "T1CE", "3": "T2"}, None, "labels must be a non-empty object"),
         ({"0": "FLAIR", "1": "T1", "2": "T1CE", "3": "T2"}, ["background", "edema"], "must be a non-empty"),
+        # region values that are not integers: int() raised a bare ValueError, 3.7 was read as 3
+        (
+            {"0": "FLAIR", "1": "T1", "2": "T1CE", "3": "T2"},
+            {**NNUNET_REGIONS, "tumor core": [2, "three"]},
+            "give region 'tumor core' the value 'three'",
+        ),
+        (
+            {"0": "FLAIR", "1": "T1", "2": "T1CE", "3": "T2"},
+            {**NNUNET_REGIONS, "enhancing tumor": None},
+            "give region 'enhancing tumor' the value None",
+        ),
+        (
+            {"0": "FLAIR", "1": "T1", "2": "T1CE", "3": "T2"},
+            {"background": 0, "whole tumor": [1, 2, 3.7], "tumor core": [2, 3.7], "enhancing tumor": 3.7},
+            "give region 'whole tumor' the value 3.7",
+        ),
+        (
+            {"0": "FLAIR", "1": "T1", "2": "T1CE", "3": "T2"},
+            {**NNUNET_REGIONS, "whole tumor": [1, 2, "3"]},
+            "the value '3'",
+        ),
+        (
+            {"0": "FLAIR", "1": "T1", "2": "T1CE", "3": "T2"},
+            {**NNUNET_REGIONS, "enhancing tumor": [True]},
+            "the value True",
+        ),
+        # true is no label value either (isinstance(True, int) read it as 1)
+        ({"0": "FLAIR", "1": "T1", "2": "T1CE", "3": "T2"}, {**NNUNET_LABELS, "edema": True}, "'edema'"),
         # two classes of one value: the spec's refusal, naming the file
         (
             {"0": "FLAIR", "1": "T1", "2": "T1CE", "3": "T2"},
@@ -303,6 +346,27 @@ def test_nnunet_v1_raw_reads_identical_to_the_msd_case(msd_dataset, tmp_path):
     dataset = discover_cases(out)
     assert dataset.layout == "nnunet" and dataset.spec == MSD_SPEC
     _same_cases(msd_dataset.root, out)
+
+
+@pytest.mark.parametrize("with_json", [True, False])
+def test_msd_ids_ending_in_four_digits_stay_msd(tmp_path, with_json):
+    """Review r7: MSD 4D files named ``BRATS_0000.nii.gz`` were taken for nnU-Net's ``_0000`` channel
+    files (one case ``BRATS`` of four 4D "channels", and four cases missing their images)."""
+    from conftest import write_msd_case
+
+    image, label = small_case()
+    written = [write_msd_case(tmp_path, f"BRATS_{i:04d}", image, label, axcodes="LPS") for i in range(3)]
+    if with_json:
+        modality = {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}
+        labels = {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}
+        (tmp_path / "dataset.json").write_text(json.dumps({"modality": modality, "labels": labels}))
+    dataset = discover_cases(tmp_path)
+    assert dataset.layout == "msd" and dataset.case_ids == ("BRATS_0000", "BRATS_0001", "BRATS_0002")
+    for files, case in zip(dataset.cases, written, strict=True):
+        assert files.image_paths == case.image_paths and files.label_path == case.label_path
+        read = read_case(files)
+        np.testing.assert_array_equal(read.image, image)
+        np.testing.assert_array_equal(read.label, label)
 
 
 def test_nnunet_raw_without_dataset_json_is_refused(msd_dataset, tmp_path):

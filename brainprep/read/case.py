@@ -74,6 +74,29 @@ def _check_affine(affine: np.ndarray, case_id: str, path: Path) -> None:
         )
 
 
+def dtype_name(dtype: np.dtype) -> str:
+    """A file dtype as NIfTI names it where numpy's words are unreadable: ``RGB24`` for the record of
+    3 uint8 fields ``R, G, B`` (numpy: ``[('R', 'u1'), ...]``), else numpy's name (``complex64``)."""
+    dtype = np.dtype(dtype)
+    return f"{''.join(dtype.names)}{dtype.itemsize * 8}" if dtype.names else str(dtype)
+
+
+def check_real_dtype(dtype: np.dtype, case_id: str, path: Path, what: str) -> None:
+    """Refuse a file whose voxels are not real numbers (NIfTI's RGB24/RGBA32 records, complex64/128):
+    reading one as a scan would fail on its first reduction, or drop the imaginary part without a word.
+
+    Args:
+        what: the file's role in the message, ``"image"`` or ``"label"``.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biuf":
+        raise InvalidValueError(
+            f"{what} voxels must be real numbers (an integer or float dtype), found {dtype_name(dtype)}",
+            case_id=case_id,
+            path=path,
+        )
+
+
 def channel_file_shape(shape: Sequence[int]) -> tuple[int, ...]:
     """The spatial shape of a per-channel file: its shape, less a trailing axis of length 1 (some writers
     save a 3D volume as (X, Y, Z, 1), as some label files are)."""
@@ -112,19 +135,22 @@ def _check_channel_files(files: CaseFiles, channels: Sequence[Any]) -> None:
 def check_image_headers(files: CaseFiles, headers: Sequence[Any]) -> tuple[tuple[int, int, int], np.ndarray]:
     """The case's spatial shape and source affine, after checking what its image headers say.
 
-    One 4D file must hold the 4 channels; per-channel files must be 3D (or (X, Y, Z, 1)) with the shape
-    and affine of the first; the first affine must be finite and invertible. Every reader of a case
-    (:func:`read_case`, :func:`read_case_arrays`, the build plan) checks here, so a case fails with the
-    same words on each.
+    Every file must hold real numbers (not RGB or complex voxels); one 4D file must hold the 4 channels;
+    per-channel files must be 3D (or (X, Y, Z, 1)) with the shape and affine of the first; the first
+    affine must be finite and invertible. Every reader of a case (:func:`read_case`,
+    :func:`read_case_arrays`, the build plan) checks here, so a case fails with the same words on each.
 
     Args:
-        headers: one object per file of ``files.image_paths`` with ``.shape`` and ``.affine`` (a header
-            from :func:`~brainprep.read.nifti.read_nifti_header` or decoded voxels).
+        headers: one object per file of ``files.image_paths`` with ``.shape``, ``.affine`` and
+            ``.get_data_dtype()`` (a header from :func:`~brainprep.read.nifti.read_nifti_header` or
+            decoded voxels).
 
     Raises:
         ShapeMismatchError: wrong dimensions or channel count, channel files that disagree.
-        InvalidValueError: a degenerate affine.
+        InvalidValueError: a degenerate affine, voxels that are not real numbers.
     """
+    for path, header in zip(files.image_paths, headers, strict=True):
+        check_real_dtype(header.get_data_dtype(), files.case_id, path, "image")
     first_path, first = files.image_paths[0], headers[0]
     if len(headers) == 1 and (len(first.shape) != 4 or first.shape[3] != N_CHANNELS):
         raise ShapeMismatchError(
@@ -225,16 +251,18 @@ def read_label(
 
     Args:
         files: the case's files (``files.label_path`` must be set).
-        image_shape, image_affine: the image's spatial shape and source affine, checked when given.
+        image_shape, image_affine: the image's spatial shape and source affine, checked when given;
+            the label is put on the RAS grid of ``image_affine`` when given (of its own affine if not).
 
     Raises:
-        CaseError: no label file, unreadable file, shape/affine mismatch, NaN/Inf or values outside the
-            convention.
+        CaseError: no label file, unreadable file, voxels that are not real numbers, shape/affine
+            mismatch, NaN/Inf or values outside the convention.
     """
     path = files.label_path
     if path is None:
         raise CaseError("the case has no label file", case_id=files.case_id)
     voxels = read_nifti_voxels(path, files.case_id)
+    check_real_dtype(voxels.get_data_dtype(), files.case_id, path, "label")
     shape = _check_label_header(path, files.case_id, voxels.shape, voxels.affine, image_shape, image_affine)
     raw = voxels.raw.reshape(shape, order="A")  # "A": a view of the file's (Fortran-ordered) voxels
     if raw.dtype == np.uint8 and not voxels.scaled:
@@ -249,7 +277,9 @@ def read_label(
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             raise InvalidValueError("label holds NaN/Inf values", case_id=files.case_id, path=path)
         source = files.spec.to_canonical(values, case_id=files.case_id, path=path)
-    label, _ = ras_view(source, voxels.affine)
+    # Reoriented as the image is: the label's affine only has to match the image's within
+    # AFFINE_TOLERANCE, and near 45 degrees of obliquity two such affines give different axes.
+    label, _ = ras_view(source, voxels.affine if image_affine is None else image_affine)
     return LabelVoxels(label, voxels.affine, shape, voxels.sha256, voxels.size)  # type: ignore[arg-type]
 
 

@@ -114,6 +114,12 @@ def _refuse(path: Path, labels: Any, why: str) -> LayoutError:
     )
 
 
+def _is_int(value: Any) -> bool:
+    """A label value as JSON writes one: an integer (``3.7`` or ``"3"`` is no value, and ``True`` is not
+    an integer in JSON)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _values_by_class(labels: Mapping[str, Any], path: Path) -> dict[str, int]:
     """``{canonical class: source value}`` of plain (not region-based) labels, in either format."""
     if all(re.fullmatch(r"\d+", str(k)) for k in labels):  # MSD: index -> name
@@ -123,7 +129,7 @@ def _values_by_class(labels: Mapping[str, Any], path: Path) -> dict[str, int]:
     classes: dict[str, int] = {}
     for name, value in pairs:
         canonical = _lookup(CLASS_ALIASES, name)
-        if canonical is None or canonical in classes or not isinstance(value, int):
+        if canonical is None or canonical in classes or not _is_int(value):
             raise _refuse(path, dict(labels), f"name a class it cannot place ({name!r})")
         classes[canonical] = value
     return classes
@@ -138,7 +144,12 @@ def _values_from_regions(labels: Mapping[str, Any], path: Path) -> dict[str, int
         region = _lookup(REGION_ALIASES, name)
         if region is None:
             raise _refuse(path, dict(labels), f"name a region it cannot place ({name!r})")
-        regions[region] = {int(v) for v in (value if isinstance(value, list | tuple) else [value])}
+        values = value if isinstance(value, list | tuple) else [value]
+        bad = [v for v in values if not _is_int(v)]
+        if bad or not values:
+            found = f"the value {bad[0]!r}" if bad else "no value"
+            raise _refuse(path, dict(labels), f"give region {name!r} {found} (its values are integers)")
+        regions[region] = set(values)
     if set(regions) != set(REGION_ALIASES):
         raise _refuse(path, dict(labels), "are not the whole tumour / tumour core / enhancing regions")
     whole, core, enhancing = (regions[r] for r in REGION_ALIASES)

@@ -22,7 +22,12 @@ is read as a one-case dataset named after the folder.
 Files are matched by name without their suffix, so a folder may mix ``.nii`` and ``.nii.gz`` (an
 uncompressed image with a compressed label). Two files of one name (``BRATS_001.nii`` and
 ``BRATS_001.nii.gz``, or one case id in ``imagesTr`` and ``imagesTs``) would make two cases of one id, or
-leave it to chance which file is read: :func:`discover_cases` refuses them, naming both files.
+leave it to chance which file is read: :func:`discover_cases` refuses them, naming both files. So it does
+two label files in one case folder (``-seg`` and ``-label``), and the files of one case folder whose names
+carry two case ids (another case's scan copied in). A case folder holding its label and no channel file
+is a case whose channel files are missing, as a label without its image is in ``imagesTr``/``labelsTr``.
+MSD and nnU-Net raw (v1) both name their dataset.json's channels ``modality``: image files of one channel
+each are nnU-Net's, 4D files MSD's (whose ids may end in ``_NNNN`` too).
 """
 
 from __future__ import annotations
@@ -34,9 +39,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from brainprep.errors import LayoutError
+from brainprep.errors import CaseError, LayoutError
 from brainprep.read.dataset_json import channel_order, spec_from_dataset_json
 from brainprep.read.labels import AMBIGUOUS_PREFIXES, ID_PREFIXES, convention_spec
+from brainprep.read.nifti import read_nifti_header
 from brainprep.spec import MSD_SPEC, DatasetSpec
 
 #: per-file channel keys of the per-case-folder layouts, in MSD channel order.
@@ -165,26 +171,68 @@ def _nifti_by_name(folder: Path) -> dict[str, Path]:
 
 
 def _folder_layout(files: list[Path]) -> str | None:
+    """The per-case-folder layout whose channel keys ``files`` carry most, ``None`` for none."""
     keys = {_file_key(p) for p in files}
     scores = {layout: len(keys & set(k)) for layout, k in CHANNEL_KEYS.items()}
     best = max(scores, key=lambda layout: scores[layout])
     return best if scores[best] > 0 else None
 
 
+def _label_only_layout(files: list[Path]) -> str | None:
+    """The layout of a case folder holding a label file and no channel file (an incomplete download or
+    copy), by the separator before its key (``..._seg``: brats2021, else brats2023); ``None`` when
+    ``files`` hold no label file. Such a folder is a case whose channel files are missing, as MSD's and
+    nnU-Net's label without its image is, never silently no case."""
+    label = next((p for p in files if _file_key(p) in LABEL_KEYS), None)
+    if label is None:
+        return None
+    head = _stem_parts(label)[0]
+    stem = strip_nifti_suffix(label.name) or label.name
+    return "brats2021" if head is not None and stem[len(head)] == "_" else "brats2023"
+
+
+def _one_case_id(files: Iterable[Path], case_id: str) -> None:
+    """Refuse the files of a case folder that name two cases (``BraTS-GLI-00002-000-t2w.nii.gz`` copied
+    into ``BraTS-GLI-00001-000/``): read by its key alone, the other case's scan would be this case's.
+    A file without a case id in its name (``t2w.nii.gz``) beside one with an id counts as another case.
+    The folder's own name may differ from the files' id (a renamed folder)."""
+    by_id: dict[str | None, list[Path]] = {}
+    for path in files:
+        by_id.setdefault(_stem_parts(path)[0], []).append(path)
+    if len(by_id) > 1:
+        # the id most files carry first: the message then names the odd file second
+        (id_a, (path_a, *_)), (id_b, (path_b, *_)) = sorted(by_id.items(), key=lambda kv: -len(kv[1]))[:2]
+
+        def named(head: str | None, path: Path) -> str:
+            return f"{path} ({'no case id' if head is None else f'case {head}'})"
+
+        raise LayoutError(
+            f"the files of case {case_id} name two cases: {named(id_a, path_a)} and "
+            f"{named(id_b, path_b)}; keep the files of one case in each folder"
+        )
+
+
 def _case_from_folder(folder: Path, layout: str, case_id: str, spec: DatasetSpec) -> CaseFiles:
     """The case of one folder; a folder without a label file is an unlabelled case (``label_path``
-    ``None``), even next to labelled ones: ``check`` reports it as such and a build leaves it out."""
+    ``None``), even next to labelled ones: ``check`` reports it as such and a build leaves it out.
+
+    Raises:
+        LayoutError: two files of one key, two label files (``-seg`` and ``-label``), or files that
+            name two case ids.
+    """
     files = sorted(p for p in folder.iterdir() if _is_visible_nifti(p))
     wanted = {*CHANNEL_KEYS[layout], *LABEL_KEYS}
-    by_key = _unique(
-        ((_file_key(p), p) for p in files if _file_key(p) in wanted), f"{{name}} file in case {case_id}"
-    )
+    matched = [p for p in files if _file_key(p) in wanted]
+    by_key = _unique(((_file_key(p), p) for p in matched), f"{{name}} file in case {case_id}")
+    _one_case_id(matched, case_id)
     separator = "-" if layout == "brats2023" else "_"
     images = tuple(
         by_key.get(key, folder / f"{case_id}{separator}{key}.nii.gz") for key in CHANNEL_KEYS[layout]
     )
-    label = next((by_key[k] for k in LABEL_KEYS if k in by_key), None)
-    return CaseFiles(case_id, layout, images, label, spec)
+    labels = [by_key[k] for k in LABEL_KEYS if k in by_key]
+    if len(labels) > 1:  # e.g. a model's prediction beside the reference: which one is the truth?
+        raise LayoutError(f"two label files in case {case_id}: {labels[0]} and {labels[1]}; keep one of them")
+    return CaseFiles(case_id, layout, images, labels[0] if labels else None, spec)
 
 
 def _read_dataset_json(path: Path) -> dict:
@@ -198,11 +246,28 @@ def _read_dataset_json(path: Path) -> dict:
 
 
 def _is_nnunet(root: Path, description: dict) -> bool:
-    """nnU-Net v2 raw: its dataset.json has ``channel_names``, or its images are ``<id>_0000`` files."""
+    """nnU-Net raw: its dataset.json has ``channel_names`` (v2), or its images are ``<id>_0000`` files
+    holding one 3D channel each (v1, whose dataset.json has MSD's ``modality``).
+
+    The name alone does not settle it: MSD ids may end in four digits too (``BRATS_0000.nii.gz``), and
+    their files are 4D. The first such file whose header reads decides; when none reads, the names do
+    (the reader then reports the broken file)."""
     if "channel_names" in description:
         return True
     folders = [root / "imagesTr", root / "imagesTs"]
-    return any(re.search(r"_\d{4}$", name) for folder in folders for name in _nifti_by_name(folder))
+    numbered = [
+        path
+        for folder in folders
+        for name, path in _nifti_by_name(folder).items()
+        if re.search(r"_\d{4}$", name)
+    ]
+    for path in numbered:
+        try:
+            shape = read_nifti_header(path).shape
+        except (CaseError, OSError):  # e.g. permission denied
+            continue
+        return len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)  # one channel, not MSD's four
+    return bool(numbered)
 
 
 def _nnunet_images(folder: Path, n_channels: int) -> dict[str, tuple[Path, ...]]:
@@ -365,20 +430,28 @@ def discover_cases(data_dir: Path | str, labels: str | None = None) -> Dataset:
         return Dataset(root, own_layout, (_case_from_folder(root, own_layout, root.name, spec),), spec)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     layouts: dict[Path, str] = {}
+    label_only: dict[Path, str] = {}  # folders holding a label and no channel file
     file_ids: set[str] = set()
     for folder in folders:
         files = [p for p in folder.iterdir() if p.is_file() and _is_visible_nifti(p)]
         layout = _folder_layout(files)
         if layout is not None:
             layouts[folder] = layout
-            file_ids |= _file_case_ids(files)
-    if not layouts:
+        elif (guess := _label_only_layout(files)) is not None:
+            label_only[folder] = guess
+        else:
+            continue
+        file_ids |= _file_case_ids(files)
+    # a label-only folder takes the layout of the folders with channel files (its separator otherwise)
+    kinds = sorted(set(layouts.values()) or set(label_only.values()))
+    if len(kinds) == 1:
+        layouts = dict(sorted({**layouts, **dict.fromkeys(label_only, kinds[0])}.items()))
+    if not layouts and not label_only:
         raise LayoutError(
             f"{root} matches no known layout: expected imagesTr/ + labelsTr/ (MSD, nnU-Net raw), or one "
             "folder per case with <id>_{flair,t1,t1ce,t2,seg}.nii.gz (BraTS 2017-2021) or "
             "<id>-{t2f,t1n,t1c,t2w,seg}.nii.gz (BraTS 2023+)"
         )
-    kinds = sorted(set(layouts.values()))
     if len(kinds) > 1:
         raise LayoutError(f"{root} mixes case folders of several layouts: {', '.join(kinds)}")
     layout = kinds[0]

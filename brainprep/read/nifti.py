@@ -169,6 +169,10 @@ class NiftiVoxels:
     def shape(self) -> tuple[int, ...]:
         return tuple(int(s) for s in self.image.shape)
 
+    def get_data_dtype(self) -> np.dtype:
+        """The file's voxel dtype, as a nibabel image's ``get_data_dtype()`` says it."""
+        return self.raw.dtype
+
     @property
     def scaled(self) -> bool:
         """Whether the header asks for read scaling (a slope other than 1 or an intercept other than 0)."""
