@@ -30,7 +30,7 @@ from brainprep.standardize import (
     standardize_with_statistics,
 )
 from brainprep.store import open_store, schema
-from brainprep.store.lock import BuildLock
+from brainprep.store.lock import DONE_MARKERS, BuildLock
 from brainprep.synth import SynthParams, write_synthetic_dataset
 
 PATCH = (32, 32, 8)
@@ -179,13 +179,13 @@ def test_kill_and_resume_ends_with_the_uninterrupted_store(tmp_path: Path) -> No
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 60
-    while not (done.is_dir() and any(done.glob("*.json"))):
+    while not (done.is_dir() and any(done.glob(DONE_MARKERS))):
         assert process.poll() is None, f"build ended before it could be killed: {process.stderr.read()}"
         assert time.monotonic() < deadline
         time.sleep(0.002)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    n_done = len(list(done.glob("*.json")))
+    n_done = len(list(done.glob(DONE_MARKERS)))
     assert 1 <= n_done < 6
     with pytest.raises(StoreIncompleteError, match="not complete"):
         open_store(store)
@@ -238,14 +238,14 @@ def test_workers_end_when_the_driver_is_killed(tmp_path: Path) -> None:
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     done = tmp_path / "s.zarr.build" / "done"
     deadline = time.monotonic() + 60
-    while not (done.is_dir() and any(done.glob("*.json"))):  # workers are writing cases
+    while not (done.is_dir() and any(done.glob(DONE_MARKERS))):  # workers are writing cases
         assert driver.poll() is None, f"build ended before it could be killed: {driver.stderr.read()}"
         assert time.monotonic() < deadline
         time.sleep(0.002)
     workers = _living_children(driver.pid)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    assert len(list(done.glob("*.json"))) < 16 and len(workers) >= 2
+    assert len(list(done.glob(DONE_MARKERS))) < 16 and len(workers) >= 2
     deadline = time.monotonic() + 10
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -279,7 +279,7 @@ def test_ctrl_c_of_a_parallel_build_is_one_line_and_resumable(tmp_path: Path) ->
     )
     done = tmp_path / "s.zarr.build" / "done"
     deadline = time.monotonic() + 60
-    while not (done.is_dir() and any(done.glob("*.json"))):  # workers are writing cases
+    while not (done.is_dir() and any(done.glob(DONE_MARKERS))):  # workers are writing cases
         assert driver.poll() is None, f"build ended before it could be interrupted: {driver.stderr.read()}"
         assert time.monotonic() < deadline
         time.sleep(0.002)

@@ -27,6 +27,7 @@ from brainprep.sample import corner_tumour_counts, valid_corner_mask
 from brainprep.standardize import nonzero_statistics
 from brainprep.store import open_store
 from brainprep.store import volume_schema as vs
+from brainprep.store.lock import DONE_MARKERS
 from brainprep.store.volume_reader import VolumeStore
 from brainprep.synth import SynthParams, write_synthetic_dataset
 from brainprep.volume_stats import volume_stats
@@ -224,13 +225,13 @@ def test_kill_and_resume_ends_with_the_uninterrupted_store(tmp_path: Path) -> No
         [*command, "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
     )
     deadline = time.monotonic() + 60
-    while not (done.is_dir() and any(done.glob("*.json"))):
+    while not (done.is_dir() and any(done.glob(DONE_MARKERS))):
         assert process.poll() is None, f"build ended before it could be killed: {process.stderr.read()}"
         assert time.monotonic() < deadline
         time.sleep(0.002)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    n_done = len(list(done.glob("*.json")))
+    n_done = len(list(done.glob(DONE_MARKERS)))
     assert 1 <= n_done < 6
     with pytest.raises(StoreIncompleteError, match="not complete"):
         open_store(store)

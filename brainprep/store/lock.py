@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 BUILD_FILE = "build.json"
 DONE_DIR = "done"
+#: the done markers of DONE_DIR (``000012.json``), not the hidden temporaries written beside them
+DONE_MARKERS = "[0-9]*.json"
 PARTS_DIR = "parts"
 
 
@@ -190,7 +192,7 @@ class BuildState:
         if not folder.is_dir():
             return {}
         records = {}
-        for path in sorted(folder.glob("[0-9]*.json")):
+        for path in sorted(folder.glob(DONE_MARKERS)):
             records[int(path.stem)] = json.loads(path.read_text())
         return records
 
