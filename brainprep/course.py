@@ -41,6 +41,7 @@ from brainprep.errors import (
     one_line,
 )
 from brainprep.params import BuildParams, SamplingParams, SplitParams, StoreParams
+from brainprep.read.case import check_real_dtype
 from brainprep.sample import patch_fractions
 from brainprep.spec import MSD_SPEC
 from brainprep.standardize import standardize_patch_slices
@@ -176,7 +177,8 @@ def read_course_patch(patch: CoursePatch, patch_size: tuple[int, int, int]) -> t
     Raises:
         UnreadableFileError: see :func:`_course_datasets`.
         ShapeMismatchError: ``x`` is not (4, *patch_size) or ``y`` not (*patch_size, 4).
-        InvalidValueError: ``x`` or ``y`` is not numeric, ``x`` holds NaN or Inf, ``y`` is not one-hot.
+        InvalidValueError: ``x`` or ``y`` is not numeric (:func:`~brainprep.read.case.check_real_dtype`),
+            ``x`` holds NaN or Inf, ``y`` is not one-hot.
     """
     with _course_datasets(patch) as (x_data, y_data):
         x, y = x_data[()], y_data[()]
@@ -192,11 +194,8 @@ def read_course_patch(patch: CoursePatch, patch_size: tuple[int, int, int]) -> t
             case_id=patch.case_id,
             path=patch.path,
         )
-    for name, array in (("x", x), ("y", y)):
-        if array.dtype.kind not in "biuf":  # np.isfinite would raise a TypeError on text or compounds
-            raise InvalidValueError(
-                f"{name} must be numeric, found dtype {array.dtype}", case_id=patch.case_id, path=patch.path
-            )
+    for name, array in (("x", x), ("y", y)):  # np.isfinite would raise a TypeError on text or compounds
+        check_real_dtype(array.dtype, patch.case_id, patch.path, name)
     if not np.isfinite(x).all():
         raise InvalidValueError("x holds NaN or Inf", case_id=patch.case_id, path=patch.path)
     label = onehot_to_labels(y, path=patch.path, case_id=patch.case_id)

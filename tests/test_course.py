@@ -180,7 +180,7 @@ def _text_x(path: Path) -> None:
     [
         (_garbage, UnreadableFileError, "cannot read course patch file as HDF5: Unable to"),
         (_without_x, UnreadableFileError, "must hold datasets x and y, found no dataset x (it holds ['y'])"),
-        (_text_x, InvalidValueError, "x must be numeric, found dtype |S1"),
+        (_text_x, InvalidValueError, "x voxels must be real numbers (an integer or float dtype), found |S1"),
     ],
 )
 def test_import_names_an_unreadable_patch_file(

@@ -86,7 +86,7 @@ def check_real_dtype(dtype: np.dtype, case_id: str, path: Path, what: str) -> No
     reading one as a scan would fail on its first reduction, or drop the imaginary part without a word.
 
     Args:
-        what: the file's role in the message, ``"image"`` or ``"label"``.
+        what: the voxels' role in the message: ``"image"``, ``"label"`` (a course patch: ``"x"``, ``"y"``).
     """
     dtype = np.dtype(dtype)
     if dtype.kind not in "biuf":
