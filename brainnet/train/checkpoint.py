@@ -41,6 +41,7 @@ import os
 import pickle
 import random
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,12 +182,14 @@ def restore_training(
     scaler: torch.amp.GradScaler | None,
     sampler: Any,
     best_metric: str,
+    measure_changes: Sequence[str] = (),
 ) -> RunState:
     """Load a :func:`training_payload` back into the run's objects and the global RNGs (last).
 
-    A checkpoint whose best score was measured by another column (one from before the label-map Dice)
-    keeps its weights and trajectory, but its best score is forgotten: the next epoch becomes ``best.pt``
-    by the current measure.
+    A checkpoint whose best score was measured otherwise keeps its weights and trajectory, but its best
+    score is forgotten: the next epoch becomes ``best.pt`` by the current measure. Otherwise is by another
+    column (one from before the label-map Dice), or under the resume's ``measure_changes`` (e.g.
+    ``"threshold 0.5 -> 0.3"``: what changed of what the score measures, found by the caller).
 
     Returns:
         the run's state.
@@ -196,14 +199,18 @@ def restore_training(
     if scaler is not None and saved.get("scaler"):
         scaler.load_state_dict(saved["scaler"])
     best_score = float(saved["best_score"])
+    reasons = []
     if saved.get("best_metric") != best_metric:
+        reasons.append(f"by {saved.get('best_metric', 'an older Dice')}, not {best_metric}")
+    if measure_changes and best_score != RunState().best_score:  # a best score to forget
+        reasons.append(f"before this resume with {', '.join(measure_changes)}")
+    if reasons:
         logger.warning(
-            "the checkpoint's best score %.4f was measured by %s, not %s: the next epoch is best.pt",
+            "the checkpoint's best score %.4f was measured %s: the next epoch is best.pt",
             best_score,
-            saved.get("best_metric", "an older Dice"),
-            best_metric,
+            "; ".join(reasons),
         )
-        best_score = -1.0
+        best_score = RunState().best_score
     state = RunState(int(saved["epoch"]), int(saved["global_step"]), best_score, list(saved["history"]))
     sampler.load_state_dict(saved["sampler"])
     restore_rng_state(saved["rng"])

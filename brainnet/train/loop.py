@@ -605,37 +605,28 @@ def _restore(
     optimizer: torch.optim.Optimizer,
     scaler: Any,
     sampler: Any,
+    config: TrainConfig,
     score_column: str,
     path: Path,
 ) -> ckpt.RunState:
-    """:func:`~brainnet.train.checkpoint.restore_training`, a damaged entry (an optimizer state of other
-    parameters, a sampler or RNG state of another shape) refused in one line naming ``path``."""
+    """:func:`~brainnet.train.checkpoint.restore_training`, told what of the score's measure this resume
+    changes (:func:`_measure_changes`); a damaged entry (an optimizer state of other parameters, a sampler
+    or RNG state of another shape) refused in one line naming ``path``."""
+    changes = _measure_changes(saved, config, score_column)
     try:
-        return ckpt.restore_training(saved, model, optimizer, scaler, sampler, score_column)
+        return ckpt.restore_training(saved, model, optimizer, scaler, sampler, score_column, changes)
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
         raise ckpt.CheckpointError(f"{path} cannot be resumed: {type(err).__name__}: {err}") from err
 
 
-def _forget_best_of_another_measure(
-    state: ckpt.RunState, saved: dict[str, Any], config: TrainConfig, score_column: str, path: Path
-) -> None:
-    """Forget the best score of a checkpoint when the resume changes what the score measures
-    (:data:`SCORE_CHANGES`), as :func:`~brainnet.train.checkpoint.restore_training` does for another
-    score column: the next epoch becomes ``best.pt`` by the new measure."""
+def _measure_changes(saved: dict[str, Any], config: TrainConfig, score_column: str) -> list[str]:
+    """What a resume with ``config`` changes of what the score measures (:data:`SCORE_CHANGES`), as
+    ``"val_steps 8 -> 1"``: the checkpoint's best score was measured otherwise, so it is forgotten."""
     old = TrainConfig.from_dict(saved["train_config"])
     names = [n for n in SCORE_CHANGES if getattr(old, n) != getattr(config, n)]
     if score_column != VAL_SCORE:
         names = [n for n in names if n != "val_steps"]  # the training score validates nothing
-    if not names or state.best_score == ckpt.RunState().best_score:
-        return
-    details = ", ".join(f"{n} {getattr(old, n)!r} -> {getattr(config, n)!r}" for n in names)
-    logger.warning(
-        "resuming %s with %s: its best score %.4f was measured otherwise, so the next epoch is best.pt",
-        path,
-        details,
-        state.best_score,
-    )
-    state.best_score = ckpt.RunState().best_score
+    return [f"{n} {getattr(old, n)!r} -> {getattr(config, n)!r}" for n in names]
 
 
 def _wrap(model: nn.Module, context: DistributedContext) -> tuple[nn.Module, nn.Module]:
@@ -807,8 +798,7 @@ def _run(
     state = ckpt.RunState()
     if resume and last_path.exists():
         saved = _load_for_resume(last_path, config, model_config, store, context, allow_store_change)
-        state = _restore(saved, model, optimizer, precision.scaler, sampler, score_column, last_path)
-        _forget_best_of_another_measure(state, saved, config, score_column, last_path)
+        state = _restore(saved, model, optimizer, precision.scaler, sampler, config, score_column, last_path)
         logger.info("resumed %s at epoch %d, step %d", last_path, state.epoch, state.global_step)
     elif resume:
         logger.warning("no %s to resume from: starting a fresh run", last_path)
