@@ -190,7 +190,7 @@ def train(
     from brainnet.model import ModelConfig
     from brainnet.train import TrainConfig
     from brainnet.train import train as run_training
-    from brainnet.train.checkpoint import load_checkpoint
+    from brainnet.train.checkpoint import check_resume_keys, load_checkpoint
     from brainprep.errors import BrainprepError, one_line
     from brainprep.store import open_store
 
@@ -230,7 +230,7 @@ def train(
         )
         last = out_dir / "last.pt"
         if options["resume"] and last.exists():
-            from brainnet.train.loop import RESUMABLE_CHANGES, check_resume_keys
+            from brainnet.train.loop import RESUMABLE_CHANGES
 
             saved = load_checkpoint(last)
             check_resume_keys(saved, last)

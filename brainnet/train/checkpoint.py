@@ -56,6 +56,8 @@ from brainprep.params import BuildParams
 from brainprep.spec import MSD_SPEC, DatasetSpec, spec_from_metadata
 
 FORMAT_VERSION = 1
+#: the keys of a checkpoint that a resume reads beyond those every checkpoint holds (``load_checkpoint``)
+RESUME_KEYS = ("train_config", "optimizer", "epoch", "global_step", "sampler", "rng", "best_score", "history")
 
 logger = logging.getLogger(__name__)
 
@@ -282,6 +284,18 @@ def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dic
             f"this brainnet reads <= {FORMAT_VERSION}"
         )
     return payload
+
+
+def check_resume_keys(saved: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint that loads but lacks what a resume reads (:data:`RESUME_KEYS`), such as a
+    model-only one.
+
+    Raises:
+        CheckpointError: naming ``path`` and the missing keys.
+    """
+    missing = [key for key in RESUME_KEYS if key not in saved]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}: not a training checkpoint to resume")
 
 
 @dataclass(frozen=True)

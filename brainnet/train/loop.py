@@ -56,8 +56,6 @@ RESUMABLE_CHANGES = frozenset(
 #: the resumable changes that change what the score measures (the patches validated, the threshold of the
 #: Dice): a resume with one of them forgets the best score, so best.pt is not chosen across two measures.
 SCORE_CHANGES = ("val_steps", "threshold")
-#: the keys of a checkpoint that a resume reads beyond those every checkpoint holds (``load_checkpoint``)
-RESUME_KEYS = ("train_config", "optimizer", "epoch", "global_step", "sampler", "rng", "best_score", "history")
 #: log columns of the label-map Dice: the score of the train batches, of the validation split (the mean of
 #: its class columns; ``best.pt`` is chosen by it), and one column per target of the validation split.
 TRAIN_SCORE = f"train_{DICE_NAME}"
@@ -403,18 +401,6 @@ def _val_loader(store: Any, config: TrainConfig, context: DistributedContext):
     )
 
 
-def check_resume_keys(saved: dict[str, Any], path: Path) -> None:
-    """Refuse a checkpoint that loads but lacks what a resume reads (:data:`RESUME_KEYS`), such as a
-    model-only one.
-
-    Raises:
-        CheckpointError: naming ``path`` and the missing keys.
-    """
-    missing = [key for key in RESUME_KEYS if key not in saved]
-    if missing:
-        raise ckpt.CheckpointError(f"{path} lacks {', '.join(missing)}: not a training checkpoint to resume")
-
-
 def _check_resumable(
     saved: dict[str, Any], config: TrainConfig, model_config: ModelConfig, path: Path
 ) -> None:
@@ -588,7 +574,7 @@ def _load_for_resume(
 ) -> dict[str, Any]:
     """The checkpoint at ``path``, once it is known to continue this very run."""
     saved = ckpt.load_checkpoint(path, map_location=context.device)
-    check_resume_keys(saved, path)
+    ckpt.check_resume_keys(saved, path)
     _check_resumable(saved, config, model_config, path)
     _check_same_store(saved, store, path, allow_store_change)
     if saved.get("world_size", 1) != context.world_size:
