@@ -323,6 +323,7 @@ def patch_order(store: Any, config: TrainConfig, split: str | None, count: int) 
     """
     if split == "val":
         slots = split_slots(store, "val")
+        slots = slots[: validation_count(config, len(slots))]  # what _val_loader reads
         if len(slots) == 0:
             raise ConfigError(f"store {store.location} has no val patches")
         if len(slots) < count:
