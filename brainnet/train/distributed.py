@@ -86,6 +86,16 @@ def sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return all_reduce(tensor, op=dist.ReduceOp.SUM)
 
 
+def broadcast_buffers(model: torch.nn.Module, context: DistributedContext) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics): each rank's training forwards
+    updated its own from its own batches (DDP broadcasts rank 0's only at the start of a training forward),
+    so without this rank 1 would validate, and hand back, a model that is not the one rank 0 saves."""
+    if not context.enabled:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def barrier(context: DistributedContext) -> None:
     if context.enabled:
         dist.barrier()

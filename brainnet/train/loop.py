@@ -35,6 +35,7 @@ from brainnet.train.distributed import (
     DistributedContext,
     all_reduce_sum,
     barrier,
+    broadcast_buffers,
     init_distributed,
     shutdown,
     sum_across_ranks,
@@ -706,18 +707,6 @@ def _epoch_row(run: _Run, state: ckpt.RunState, val_loader: Any, progress: bool)
         )
     row["seconds"] = time.perf_counter() - started
     return row
-
-
-def broadcast_buffers(model: nn.Module, context: DistributedContext) -> None:
-    """Give every rank rank 0's buffers (BatchNorm running statistics): each rank's training forwards
-    updated its own from its own batches (DDP broadcasts rank 0's only at the start of a training forward),
-    so without this rank 1 would validate, and hand back, a model that is not the one rank 0 saves."""
-    if not context.enabled:
-        return
-    import torch.distributed as dist
-
-    for buffer in model.buffers():
-        dist.broadcast(buffer, src=0)
 
 
 def _end_epoch(
