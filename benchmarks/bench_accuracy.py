@@ -2,7 +2,7 @@
 
     python benchmarks/bench_accuracy.py [--quick] [--json FILE] [--workdir DIR] [--seeds N] [--steps N]
         [--patch X,Y,Z] [--arms i,ii,...] [--small-tumour-every K] [--dice sample|batch] [--bce-weight W]
-        [--lr LR] [--normalization N]
+        [--lr LR] [--lr-schedule constant|poly] [--normalization N]
 
 One model (:class:`brainnet.model.UNet3D`, :data:`FULL` sizes), one optimizer, loss and step budget, the
 same seeds (model initialisation and data stream), trained on the synthetic train cases of
@@ -141,6 +141,7 @@ class Plan:
     steps: int
     batch_size: int
     lr: float
+    lr_schedule: str
     seeds: tuple[int, ...]
 
 
@@ -167,11 +168,22 @@ FULL = Plan(
     # 2 of the first 4 seeds of arms (i)/(ii) on 2026-12-02, and arms (i), (iii), (iv) before); 3e-4 did not
     # on the two seeds of arm (ii) tried, but trained more slowly (mean Dice 0.61 and 0.78 at 300 steps)
     lr=5e-4,
+    lr_schedule="constant",  # poly: nnU-Net's decay to 0 over the steps (brainnet.train.schedule)
     seeds=(0, 1, 2),
 )
 QUICK = replace(FULL, n_train=6, n_test=2, steps=40, seeds=(0,))
 #: command-line options that set the Plan field of their name (``--seeds`` is parsed apart)
-PLAN_OPTIONS = ("patch", "steps", "lr", "normalization", "dice", "bce_weight", "small_tumour_every", "mimics")
+PLAN_OPTIONS = (
+    "patch",
+    "steps",
+    "lr",
+    "lr_schedule",
+    "normalization",
+    "dice",
+    "bce_weight",
+    "small_tumour_every",
+    "mimics",
+)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -306,6 +318,7 @@ def train_config(
         steps_per_epoch=plan.steps,
         batch_size=plan.batch_size,
         lr=plan.lr,
+        lr_schedule=plan.lr_schedule,
         val_split=None,
         seed=seed,
         device="cpu",
@@ -410,7 +423,7 @@ def train_monai(train_dir: Path, plan: Plan, seed: int) -> Trained:
 
     def run() -> Any:
         batches: Iterator[Any] = itertools.islice(iter(monai_loader(train_dir, plan, seed)), plan.steps)
-        return train_on_batches(batches, train_config(plan, seed), model_config(plan))
+        return train_on_batches(batches, train_config(plan, seed), model_config(plan), steps=plan.steps)
 
     return _measured(run)
 
@@ -604,6 +617,7 @@ def run(args: Any) -> Report:
             "steps": plan.steps,
             "batch": plan.batch_size,
             "lr": plan.lr,
+            "lr_schedule": plan.lr_schedule,
             "seeds": len(plan.seeds),
             "torch_threads": THREADS,
             "loader_workers": WORKERS,
@@ -654,6 +668,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per training")
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    parser.add_argument(
+        "--lr-schedule",
+        choices=("constant", "poly"),
+        default=None,
+        help="the learning rate over the steps: constant (default) or nnU-Net's poly decay",
+    )
     parser.add_argument(
         "--normalization",
         choices=("none", "batch", "instance"),

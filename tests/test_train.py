@@ -26,6 +26,7 @@ from brainnet.train import (
     train_on_batches,
 )
 from brainnet.train.checkpoint import capture_rng_state, restore_rng_state
+from brainnet.train.schedule import LR_SCHEDULES, learning_rate
 from brainprep.errors import ConfigError
 from brainprep.spec import MSD_SPEC
 
@@ -378,11 +379,15 @@ def test_worker_processes_do_not_change_the_result(store_path, tmp_path):
         assert torch.equal(tensor, workers.model.state_dict()[name]), name
 
 
-def test_train_on_batches_equals_train_on_the_same_batches(store_path, tmp_path):
-    # the slots train() read, fed back as batches: the same initialisation, optimizer and augmentation
+@pytest.mark.parametrize("schedule", ["constant", "poly"])
+def test_train_on_batches_equals_train_on_the_same_batches(schedule, store_path, tmp_path):
+    # the slots train() read, fed back as batches: the same initialisation, optimizer, learning rates and
+    # augmentation
     from brainprep.store import open_store
 
-    config = _config(steps_per_epoch=3, val_split=None, augment=EVERY_TRANSFORM, deterministic=True)
+    config = _config(
+        steps_per_epoch=3, val_split=None, augment=EVERY_TRANSFORM, deterministic=True, lr_schedule=schedule
+    )
     trained = train(store_path, tmp_path / "run", config, TINY_MODEL)
     with open_store(store_path) as store:
         slots = trained.slots_seen.reshape(3, config.batch_size)
@@ -425,6 +430,53 @@ def test_a_loss_option_trains_another_model_and_is_in_the_checkpoint(
     for wrong in bad:
         with pytest.raises(ConfigError, match=field):
             TrainConfig(**{field: wrong})
+
+
+def test_poly_learning_rate_is_nnunets_decay():
+    assert learning_rate(1e-3, "constant", 7, 10) == 1e-3
+    assert learning_rate(1e-3, "poly", 0, 10) == 1e-3
+    assert learning_rate(1e-3, "poly", 5, 10) == pytest.approx(1e-3 * 0.5**0.9)
+    assert learning_rate(1e-3, "poly", 9, 10) == pytest.approx(1e-3 * 0.1**0.9)
+    for step in (-1, 10):
+        with pytest.raises(ValueError, match="outside"):
+            learning_rate(1e-3, "poly", step, 10)
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        TrainConfig(lr_schedule="cosine")
+    assert set(LR_SCHEDULES) == set(_cli_choices("--lr-schedule"))
+
+
+def _cli_choices(option: str) -> list[str]:
+    from brainnet.cli.train import train as train_command
+
+    return next(p.type.choices for p in train_command.params if option in p.opts)
+
+
+def test_a_poly_run_decays_each_step_and_resumes_on_the_same_schedule(store_path, tmp_path, monkeypatch):
+    import brainnet.train.checkpoint as ckpt_module
+
+    config = _config(epochs=2, steps_per_epoch=3, val_split=None, lr_schedule="poly", deterministic=True)
+    straight = train(store_path, tmp_path / "straight", config, TINY_MODEL)
+    saved = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    # the last of the 6 steps ran at lr * (1 - 5 / 6) ** 0.9 and the optimizer keeps that rate
+    assert saved["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * (1 / 6) ** 0.9)
+    save = ckpt_module.save_checkpoint
+
+    def killed_after_epoch_1(payload, path):
+        save(payload, path)
+        if Path(path).name == "last.pt":
+            raise KeyboardInterrupt("killed after epoch 1")
+
+    monkeypatch.setattr(ckpt_module, "save_checkpoint", killed_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train(store_path, tmp_path / "resumed", config, TINY_MODEL)
+    monkeypatch.setattr(ckpt_module, "save_checkpoint", save)
+    resumed = train(store_path, tmp_path / "resumed", config, TINY_MODEL, resume=True)
+    assert resumed.global_step == 6
+    constant = train(store_path, tmp_path / "constant", config.replace(lr_schedule="constant"), TINY_MODEL)
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+    weight = straight.model.state_dict()["head.weight"]
+    assert not torch.equal(constant.model.state_dict()["head.weight"], weight)
 
 
 def test_train_config_refuses_a_negative_seed():

@@ -80,6 +80,13 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
     show_default=True,
     help="Adam; course 1e-5.",
 )
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(["constant", "poly"]),  # brainnet.train.schedule.LR_SCHEDULES (torch-free import)
+    default="constant",
+    show_default=True,
+    help="constant (the course's) or poly: nnU-Net's decay lr * (1 - step / steps) ** 0.9 over the run.",
+)
 @click.option("--base-filters", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--depth", type=click.IntRange(min=2), default=4, show_default=True)
 @click.option(
@@ -201,6 +208,7 @@ def train(
             steps_per_epoch=options["steps_per_epoch"],
             batch_size=options["batch_size"],
             lr=options["lr"],
+            lr_schedule=options["lr_schedule"],
             val_split=val_split,
             val_steps=options["val_steps"],
             seed=options["seed"],

@@ -16,6 +16,7 @@ from brainnet.augment.config import AugmentConfig, flips_config
 from brainnet.data.loader import LOADER_BACKENDS
 from brainnet.data.volume_sampler import WindowSamplingParams
 from brainnet.losses import DICE_AXES
+from brainnet.train.schedule import LR_SCHEDULES
 from brainprep.config import Params
 from brainprep.errors import ConfigError
 from brainprep.store.schema import SPLIT_NAMES
@@ -37,7 +38,11 @@ class TrainConfig(Params):
             With a fixed count the data stream runs on across epochs (the sampler's own epoch advances
             whenever a pass over the split is used up).
         batch_size: patches per batch and rank (course: 3).
-        lr: Adam learning rate (course: 1e-5).
+        lr: Adam learning rate (course: 1e-5); the rate of the first step under ``lr_schedule``.
+        lr_schedule: ``constant`` (the course's) or ``poly`` (nnU-Net's polynomial decay to 0 over
+            ``epochs`` times the steps of an epoch, :mod:`brainnet.train.schedule`). A resume with more
+            ``epochs`` decays the rest of the run from its step over the new length, as nnU-Net's does
+            when its epoch count is raised.
         val_split: split evaluated after each epoch; ``None`` skips validation.
         val_steps: validation batches per epoch; ``None`` = the whole split (course: 20). They count over
             all ranks together: validation reads the first ``val_steps * batch_size`` patches of the split
@@ -82,6 +87,7 @@ class TrainConfig(Params):
     steps_per_epoch: int | None = None
     batch_size: int = 3
     lr: float = COURSE_LEARNING_RATE
+    lr_schedule: str = "constant"
     val_split: str | None = "val"
     val_steps: int | None = None
     seed: int = 0
@@ -112,6 +118,10 @@ class TrainConfig(Params):
             raise ConfigError(f"TrainConfig.seed must be >= 0, got {self.seed}")
         if not self.lr > 0:
             raise ConfigError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"
+            )
         if self.loader not in LOADER_BACKENDS:
             raise ConfigError(f"TrainConfig.loader must be one of {LOADER_BACKENDS}, got {self.loader!r}")
         if self.workers < 0:

@@ -41,6 +41,7 @@ from brainnet.train.distributed import (
     sum_across_ranks,
 )
 from brainnet.train.logs import CSV_NAME, RunLogger
+from brainnet.train.schedule import learning_rate, set_learning_rate
 from brainprep.errors import BrainprepError, ConfigError, StoreMismatchError
 from brainprep.spec import MSD_SPEC, DatasetSpec
 
@@ -635,10 +636,14 @@ def _train_epoch(run: _Run, state: ckpt.RunState, bar: Any) -> tuple[float, torc
     patches = 0
     spec = run.spec
     counts = torch.zeros((len(spec.targets), 4), dtype=torch.int64, device=run.context.device)
+    # the run's length as this epoch sees it: epochs * steps, unless a resume changed the epoch's steps
+    total_steps = state.global_step + (run.config.epochs - state.epoch) * run.steps
     for index in range(run.steps):
         batch = run.stream.next()
         run.seen.append(batch["slot"].numpy())
         augment = step_augment(run.augmenter, run.config.seed, run.context.rank, state.global_step)
+        rate = learning_rate(run.config.lr, run.config.lr_schedule, state.global_step, total_steps)
+        set_learning_rate(run.optimizer, rate)
         try:
             loss, batch_counts = train_step(
                 run.network,
@@ -856,6 +861,7 @@ def train_on_batches(
     batches: Iterable[dict[str, Any]],
     config: TrainConfig,
     model_config: ModelConfig | None = None,
+    steps: int | None = None,
 ) -> nn.Module:
     """Train a fresh network on ``batches`` from any source, one optimizer step per batch.
 
@@ -869,14 +875,21 @@ def train_on_batches(
         config: ``seed``, ``lr``, ``device``, ``amp``, ``augment``, ``dice``, ``bce_weight`` and
             ``threshold`` are used.
         model_config: the network (default: the course's).
+        steps: how many batches ``batches`` holds, the run's length under ``config.lr_schedule="poly"``
+            (default: ``len(batches)``); unused by the constant schedule.
 
     Returns:
         The trained network (on the training device).
 
     Raises:
+        ConfigError: a poly schedule without ``steps`` and a ``batches`` without a length.
         NonFiniteLossError: the loss became NaN/Inf (the message names the step).
     """
     model_config = model_config if model_config is not None else ModelConfig()
+    if steps is None and config.lr_schedule != "constant":
+        if not hasattr(batches, "__len__"):
+            raise ConfigError(f"lr_schedule {config.lr_schedule!r} needs the number of batches (steps=)")
+        steps = len(batches)  # type: ignore[arg-type]
     context = init_distributed(config.device)
     try:
         model, optimizer = _model_and_optimizer(config, model_config, context.device)
@@ -886,6 +899,7 @@ def train_on_batches(
         network.train()
         for step, batch in enumerate(batches):
             augment = step_augment(augmenter, config.seed, context.rank, step)
+            set_learning_rate(optimizer, learning_rate(config.lr, config.lr_schedule, step, steps or 1))
             try:
                 train_step(
                     network,
