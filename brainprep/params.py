@@ -119,6 +119,10 @@ class StoreParams(Params):
         if self.compression_level is None:  # resolved here: the stored parameters always hold the level
             volumes_zarr = self.kind == "volumes" and self.format == "zarr"
             object.__setattr__(self, "compression_level", DEFAULT_LEVEL_VOLUMES_ZARR if volumes_zarr else 1)
+        level = self.compression_level
+        # 1-9: the levels gzip knows (zstd and lz4hc know more; 9 bounds what the CLI offers for every store)
+        if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 9:
+            raise ConfigError(f"store compression_level must be an int from 1 to 9, got {level!r}")
 
     def with_layout(self, *, fmt: str | None = None, kind: str | None = None) -> StoreParams:
         """These parameters for a store of another format (the store path's suffix decides it) or kind (a

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from brainprep.cli import main
 from brainprep.course import discover_course_patches, import_course, onehot_to_labels, parse_patch_name
 from brainprep.errors import ConfigError, InvalidValueError, ShapeMismatchError, UnreadableFileError
+from brainprep.params import StoreParams
 from brainprep.standardize import standardize_patch_slices
 from brainprep.store import schema
 from brainprep.store.reader import open_store
@@ -228,13 +229,17 @@ def test_cli_compression_level_range_is_build_patches_one(
     assert not out.exists()
 
 
-def test_cli_import_course_compression_level_1_into_a_new_folder(tiny_course: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("level", [[], ["--compression-level", "2"]])
+def test_cli_import_course_into_a_new_folder_at_build_patches_default_level(
+    tiny_course: Path, tmp_path: Path, level: list[str]
+) -> None:
+    # import-course defaulted to level 3 where build-patches and the API default to 1
     out = tmp_path / "stores" / "c.h5"
-    args = ["import-course", str(tiny_course), str(out), "--compression-level", "1", "--no-progress"]
-    result = CliRunner().invoke(main, args)
+    result = CliRunner().invoke(main, ["import-course", str(tiny_course), str(out), *level, "--no-progress"])
     assert result.exit_code == 0, result.output
+    expected = int(level[1]) if level else StoreParams(format="hdf5").compression_level
     with open_store(out) as store:
-        assert store.params.store.compression_level == 1 and store.n_slots == 6
+        assert store.params.store.compression_level == expected and store.n_slots == 6
 
 
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])

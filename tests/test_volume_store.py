@@ -20,7 +20,13 @@ from conftest import SHARED_DATA, copy_store, edit_store_metadata, ras_affine, w
 
 from brainprep.builder import BadCasesError, build_patches
 from brainprep.cli import main as cli
-from brainprep.errors import InvalidValueError, StoreCorruptError, StoreError, StoreIncompleteError
+from brainprep.errors import (
+    ConfigError,
+    InvalidValueError,
+    StoreCorruptError,
+    StoreError,
+    StoreIncompleteError,
+)
 from brainprep.params import BuildParams, SamplingParams, StandardizeParams, StoreParams
 from brainprep.read import discover_cases, read_case
 from brainprep.sample import corner_tumour_counts, valid_corner_mask
@@ -355,6 +361,14 @@ def test_patch_store_parameters_are_unchanged() -> None:
     )
     assert StoreParams(kind="volumes").to_dict()["kind"] == "volumes"
     assert BuildParams.from_dict(VOLUMES.to_dict()) == VOLUMES
+
+
+@pytest.mark.parametrize("level", [0, 10, -1, 3.0, True, "3"])
+def test_store_parameters_refuse_a_compression_level_the_cli_would(level) -> None:
+    # the API took any level: 23 reached zstd, 0 gzip, and the store recorded it as a build parameter
+    for kind in ("patches", "volumes"):
+        with pytest.raises(ConfigError, match="compression_level must be an int from 1 to 9"):
+            StoreParams(kind=kind, compression_level=level)
 
 
 def test_crop_offset_maps_the_corner_table_back_to_a_real_label_map(tmp_path: Path) -> None:

@@ -25,9 +25,8 @@ from brainprep.params import STORE_DTYPES
 @click.option(
     "--compression-level",
     type=click.IntRange(min=1, max=9),  # the range build-patches accepts
-    default=3,
-    show_default=True,
-    help="Compressor level: zstd (Zarr) or gzip (HDF5).",
+    default=None,
+    help="Compressor level: zstd (Zarr) or gzip (HDF5) [1, as build-patches].",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 def import_course(
