@@ -341,8 +341,13 @@ def _edited_checkpoint(checkpoint: Path, path: Path, **changes) -> Path:
             {"model_config": dataclasses.replace(TINY_MODEL, in_channels=2).to_dict()},
             "the model has 2 input channels, the dataset spec 4 channels (FLAIR, T1w, T1gd, T2w)",
         ),
+        (  # the parameters' own errors named the field, not the file
+            {"model_config": {**TINY_MODEL.to_dict(), "depth": 0}},
+            "its parameters do not read: ",
+        ),
+        ({"train_config": {"lr": -1.0}}, "its parameters do not read: TrainConfig.lr must be > 0"),
     ],
-    ids=["shapes", "keys", "out_channels", "in_channels"],
+    ids=["shapes", "keys", "out_channels", "in_channels", "model_config", "train_config"],
 )
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
 def test_cli_a_checkpoint_whose_model_does_not_fit_is_one_line(built, tmp_path, change, expected, command):

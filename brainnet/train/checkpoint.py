@@ -367,8 +367,14 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
     """
     path = Path(path)
     payload = load_checkpoint(path, map_location=device)
-    model_config = ModelConfig.from_dict(payload["model_config"])
-    spec = spec_from_metadata(payload)
+    try:  # the parameters' own errors name the field, not the file
+        model_config = ModelConfig.from_dict(payload["model_config"])
+        spec = spec_from_metadata(payload)
+        train_config = payload.get("train_config")
+        train_config = TrainConfig.from_dict(train_config) if train_config else None
+        build_params = BuildParams.from_dict(payload["build_params"])
+    except (BrainprepError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"checkpoint {path}: its parameters do not read: {err}") from err
     problem = model_fit_problem(model_config, spec)
     if problem is not None:
         raise CheckpointError(f"checkpoint {path}: {problem}")
@@ -380,12 +386,11 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
             f"checkpoint {path}: weights do not match its model_config: {_state_dict_problem(err)}"
         ) from err
     model.to(device).eval()
-    train_config = payload.get("train_config")
     return LoadedModel(
         model=model,
         model_config=model_config,
-        train_config=TrainConfig.from_dict(train_config) if train_config else None,
-        build_params=BuildParams.from_dict(payload["build_params"]),
+        train_config=train_config,
+        build_params=build_params,
         store=str(payload.get("store", "")),
         epoch=int(payload.get("epoch", 0)),
         store_id=payload.get("store_id"),
