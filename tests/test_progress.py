@@ -7,7 +7,7 @@ import math
 import pytest
 from PIL import Image
 
-from brainnet.train.progress import best_epoch, progress_figure, write_progress_png
+from brainnet.train.progress import BEST_COLUMN, best_epoch, progress_figure, write_progress_png
 
 SCORE = "val_dice_labelmap"
 
@@ -35,6 +35,21 @@ def test_best_epoch_is_the_first_highest_score_as_best_pt_keeps_it():
     rows[1][SCORE] = ""
     assert best_epoch(rows, SCORE) == 1
     assert best_epoch(_rows([0.3], with_val=False), SCORE) is None
+
+
+def test_best_epoch_is_the_last_marked_one_when_the_rows_mark_it():
+    # a resume that changed the score's measure forgot the best score: best.pt is epoch 3, not the
+    # highest score's epoch 2
+    rows = _rows([0.2, 0.6, 0.4])
+    for row, marked in zip(rows, (1, 1, 1), strict=True):
+        row[BEST_COLUMN] = marked
+    assert best_epoch(rows, SCORE) == 3
+    rows[2][BEST_COLUMN] = "0"  # strings, as read back from log.csv
+    assert best_epoch(rows, SCORE) == 2
+    assert _line(progress_figure(rows, SCORE), 1, "best.pt").get_label() == "best.pt: epoch 2, 0.600"
+    rows[1][BEST_COLUMN] = 0
+    rows[0][BEST_COLUMN] = 0
+    assert best_epoch(rows, SCORE) is None
 
 
 def test_the_figure_draws_each_column_of_the_rows():

@@ -26,6 +26,7 @@ from brainnet.train import (
     train_on_batches,
 )
 from brainnet.train.checkpoint import capture_rng_state, restore_rng_state
+from brainnet.train.progress import best_epoch
 from brainnet.train.schedule import LR_SCHEDULES, learning_rate
 from brainprep.errors import ConfigError
 from brainprep.spec import MSD_SPEC
@@ -295,6 +296,10 @@ def test_a_resume_that_changes_the_measure_forgets_the_best_score(field, value, 
     best = load_checkpoint(run / "best.pt")
     assert best["epoch"] == 2 and best["train_config"][field] == value
     assert result.best_score == best["best_score"] == result.history[-1]["val_dice_labelmap"]
+    # the log says which epoch best.pt holds, and so does progress.png's mark
+    with (run / "log.csv").open() as file:
+        assert [row["best_pt"] for row in csv.DictReader(file)] == ["1", "1"]
+    assert best_epoch(result.history, "val_dice_labelmap") == 2
 
 
 def test_train_loss_is_the_loss_per_patch(store_path, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from brainnet.train.progress import PNG_NAME, write_progress_png
+from brainnet.train.progress import BEST_COLUMN, PNG_NAME, write_progress_png
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class RunLogger:
         """Record one finished epoch (``row`` holds ``epoch``, ``global_step`` and metrics)."""
         self.rows.append(row)
         for name, value in row.items():
-            if name not in ("epoch", "global_step") and isinstance(value, int | float):
+            if name not in ("epoch", "global_step", BEST_COLUMN) and isinstance(value, int | float):
                 self.writer.add_scalar(f"epoch/{name}", value, int(row["global_step"]))
         self.writer.flush()
         self._write()

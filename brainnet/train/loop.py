@@ -41,6 +41,7 @@ from brainnet.train.distributed import (
     sum_across_ranks,
 )
 from brainnet.train.logs import CSV_NAME, RunLogger
+from brainnet.train.progress import BEST_COLUMN
 from brainnet.train.schedule import learning_rate, set_learning_rate
 from brainprep.errors import BrainprepError, ConfigError, StoreMismatchError
 from brainprep.spec import MSD_SPEC, DatasetSpec
@@ -721,6 +722,7 @@ def _end_epoch(
     state.epoch = int(row["epoch"])
     score = float(row[run.score_column])
     improved = score > state.best_score
+    row[BEST_COLUMN] = int(improved)
     state.best_score = max(state.best_score, score)
     state.history.append(row)
     if run.context.is_main:

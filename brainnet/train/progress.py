@@ -3,10 +3,11 @@ draws its ``progress.png``), so a run can be judged at a glance without TensorBo
 
 Left: the train and validation loss per epoch. Right: the label-map Dice of each class and region the
 log holds (``val_dice_labelmap_<target>``, or the training ones without validation) and the mean by
-which ``best.pt`` is chosen, with the best epoch marked (the highest score of the rows: after a resume
-that changed what the score measures, ``best.pt`` may be a later epoch). The curves are drawn from the
-rows :class:`~brainnet.train.logs.RunLogger` writes to ``log.csv`` (a resumed run's come from its
-checkpoint's history), so a resumed run draws its whole history.
+which ``best.pt`` is chosen, with the epoch ``best.pt`` holds marked: the last row whose
+:data:`BEST_COLUMN` is 1 (after a resume that changed what the score measures, a later epoch than the
+highest score of the rows), or in rows from before that column the first highest score. The curves are
+drawn from the rows :class:`~brainnet.train.logs.RunLogger` writes to ``log.csv`` (a resumed run's come
+from its checkpoint's history), so a resumed run draws its whole history.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 from brainprep.files import replacing
 
 PNG_NAME = "progress.png"
+#: log column: 1 for an epoch written to ``best.pt`` (its score beat the best so far), 0 otherwise
+BEST_COLUMN = "best_pt"
 _LOSSES = (("train_loss", "train"), ("val_loss", "validation"))
 
 
@@ -31,7 +34,11 @@ def _value(row: Mapping[str, Any], name: str) -> float:
 
 
 def best_epoch(rows: Sequence[Mapping[str, Any]], score_column: str) -> int | None:
-    """The epoch ``best.pt`` holds: the first whose ``score_column`` is the highest (``None``: no score)."""
+    """The epoch ``best.pt`` holds: the last marked in :data:`BEST_COLUMN`; in rows without the column, the
+    first whose ``score_column`` is the highest (``None``: no score)."""
+    if any(BEST_COLUMN in r for r in rows):
+        marked = [int(_value(r, "epoch")) for r in rows if _value(r, BEST_COLUMN) == 1]
+        return marked[-1] if marked else None
     scored = [(_value(r, score_column), -int(_value(r, "epoch"))) for r in rows]
     scored = [s for s in scored if not math.isnan(s[0])]
     return -max(scored)[1] if scored else None
