@@ -95,10 +95,10 @@ class StoreParams(Params):
             volume store, :data:`brainprep.store.volume_schema.BLOSC_CNAME`) or gzip (HDF5). ``None``
             (the default) resolves to :data:`DEFAULT_LEVEL_VOLUMES_ZARR` for a Zarr volume store and to 1
             otherwise. Patch stores, level 1: on the course's real patches (standardized, float16, blosc
-            zstd + shuffle) it encodes at ~370 MB/s against ~110 MB/s for level 3, for a ratio of 2.66
-            instead of 2.75 (3% more bytes; synthetic 240x240x155 patches: 1.78 vs 1.82) and the same
-            decode speed; at level 3 encoding was up to half of a case's build time. HDF5 (shuffle + gzip):
-            ratio 2.78 vs 2.84, encode 70 vs 56 MB/s. Volume stores: see the schema's "Chunks and codecs".
+            zstd + shuffle) it encodes about 3.4x faster than level 3, for a ratio of 2.66 instead of
+            2.75 (3% more bytes; synthetic 240x240x155 patches: 1.78 vs 1.82) and the same decode
+            speed; at level 3 encoding was up to half of a case's build time. HDF5 (shuffle + gzip):
+            ratio 2.78 vs 2.84, encoding 1.25x faster. Volume stores: see the schema's "Chunks and codecs".
     """
 
     format: str = "zarr"

@@ -10,8 +10,8 @@ Two backends yield the same batches in the same order:
   GIL, so threads decode in parallel without the per-batch shared-memory copies of worker processes.
 
 ``auto`` (the default of ``brainnet train``) picks the faster one for the store: threads for a Zarr
-store (patches or volumes, local or remote: 509 against 130 patches/s for processes in one run of
-``benchmarks/bench_streaming.py`` on a local Zarr store), processes for HDF5 (:func:`resolve_backend`).
+store (patches or volumes, local or remote: rows (a) and (a2) of ``benchmarks/bench_streaming.py``
+measure the two side by side), processes for HDF5 (:func:`resolve_backend`).
 """
 
 from __future__ import annotations

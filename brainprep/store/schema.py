@@ -54,10 +54,10 @@ Refinements (schema version 1, written by :mod:`brainprep.builder`):
   differs between two builds of the same data and parameters.
 - Codecs. Zarr: ``BloscCodec(cname="zstd", clevel=StoreParams.compression_level, shuffle="shuffle",
   typesize=itemsize, blocksize=1 MiB)``, a core Zarr v3 codec that every v3 reader decodes (measured on 20
-  course patches, standardized float16, one core: ratio 2.81 at the default level 1, encode ~1.3 GB/s,
-  decode ~2.8 GB/s). HDF5: the
-  shuffle filter + gzip at ``compression_level`` (ratio 2.73, decode ~460 MB/s; lzf decodes barely faster,
-  ~590 MB/s, at ratio 2.24), both built into every HDF5 library, so plain h5py reads the file.
+  course patches, standardized float16, one core: ratio 2.81 at the default level 1; it decodes about 6x
+  faster than gzip). HDF5: the
+  shuffle filter + gzip at ``compression_level`` (ratio 2.73; lzf decodes barely faster, about 1.3x, at
+  ratio 2.24), both built into every HDF5 library, so plain h5py reads the file.
 - While a build runs, ``STORE.build/`` next to the store holds its state (``build.json``: parameters and
   case list; ``done/NNNNNN.json``: one marker per finished case, written after the case's data is durable;
   ``parts/``: staged HDF5 chunks) and ``STORE.lock`` the lock. Both disappear when the build completes.
