@@ -229,6 +229,20 @@ def test_cli_compression_level_range_is_build_patches_one(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("kind", ["patches", "volumes"])
+def test_cli_build_records_the_level_it_was_given_in_an_hdf5_store(tmp_path: Path, kind: str) -> None:
+    # level 3 is a Zarr volume store's default: into an .h5 it was taken for "not given" and became 1
+    from brainprep.synth import SynthParams, write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", SynthParams(n_cases=2, shape=(48, 48, 24), seed=0))
+    out = tmp_path / "s.h5"
+    args = ["build-patches", str(data), str(out), "--kind", kind, "--patch-size", "16", "16", "8"]
+    result = CliRunner().invoke(main, [*args, "--compression-level", "3", "--workers", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    with open_store(out) as store:
+        assert store.params.store.compression_level == 3 and store.params.store.format == "hdf5"
+
+
 @pytest.mark.parametrize("level", [[], ["--compression-level", "2"]])
 def test_cli_import_course_into_a_new_folder_at_build_patches_default_level(
     tiny_course: Path, tmp_path: Path, level: list[str]

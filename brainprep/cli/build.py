@@ -33,8 +33,20 @@ CONTENT_OPTIONS = (
 )
 
 
-def _params_from_options(options: dict[str, Any]) -> Any:
-    """BuildParams from the given options, defaults for the others."""
+def _suffix_format(store: Path) -> str | None:
+    """``zarr`` or ``hdf5`` by the suffix of ``store``; ``None`` for another (the build refuses it)."""
+    from brainprep.errors import ConfigError
+    from brainprep.store.locations import format_for_new_store
+
+    try:
+        return format_for_new_store(store)
+    except ConfigError:
+        return None
+
+
+def _params_from_options(options: dict[str, Any], store: Path) -> Any:
+    """BuildParams from the given options, defaults for the others; the store's format from the suffix of
+    ``store``, so that a level given for one format is not taken for another's default (``with_layout``)."""
     from brainprep.errors import ConfigError
     from brainprep.params import (
         BuildParams,
@@ -65,6 +77,7 @@ def _params_from_options(options: dict[str, Any]) -> Any:
             standardize=StandardizeParams(**given(method=options["standardize"])),
             store=StoreParams(
                 **given(
+                    format=_suffix_format(store),
                     dtype=options["dtype"],
                     compression_level=options["compression_level"],
                     kind=options["kind"],
@@ -241,7 +254,7 @@ def build_patches(
         if options["kind"] is not None:  # the store's kind is a layout, like its format: not the recipe's
             params = params.replace(store=params.store.with_layout(kind=options["kind"]))
     else:
-        params, splits = _params_from_options(options), None
+        params, splits = _params_from_options(options, store), None
     if threads and scheduler:
         raise click.UsageError("--threads and --scheduler exclude each other")
     try:
