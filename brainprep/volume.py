@@ -216,10 +216,30 @@ def tumour_corner_table(
     Returns:
         (corners int32 (M, 3) in C order of (x, y, z), tumour voxel counts int32 (M,)).
     """
-    counts = corner_tumour_counts(label, patch_size)
+    return passing_corners(corner_tumour_counts(label, patch_size), patch_size, background_threshold, origin)
+
+
+def passing_corners(
+    counts: np.ndarray,
+    patch_size: tuple[int, int, int],
+    background_threshold: float,
+    origin: np.ndarray | tuple[int, int, int] = (0, 0, 0),
+) -> tuple[np.ndarray, np.ndarray]:
+    """The corners of a :func:`~brainprep.sample.corner_tumour_counts` array that pass the threshold, as
+    :func:`tumour_corner_table` returns them."""
     valid = valid_from_counts(counts, patch_size, background_threshold)
     corners = np.argwhere(valid).reshape(-1, 3) + np.asarray(origin, dtype=np.int64)
     return corners.astype(np.int32), counts[valid].astype(np.int32)
+
+
+def crop_corner_counts(
+    label: np.ndarray, crop: Crop, source_shape: tuple[int, ...], patch_size: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The tumour count of every source-grid patch that reaches a crop (its :func:`corner_region`; every
+    other patch counts 0), and the region's start in crop coordinates: (int counts (Rx, Ry, Rz), int64
+    (3,))."""
+    region, start = region_label(label, crop, source_shape)
+    return corner_tumour_counts(region, patch_size), start
 
 
 def crop_corner_table(
@@ -231,8 +251,8 @@ def crop_corner_table(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`tumour_corner_table` of a crop's label over its :func:`corner_region`: the corners (in
     crop coordinates) of every source-grid patch the course's rule accepts, and their tumour counts."""
-    region, start = region_label(label, crop, source_shape)
-    return tumour_corner_table(region, patch_size, background_threshold, start)
+    counts, start = crop_corner_counts(label, crop, source_shape, patch_size)
+    return passing_corners(counts, patch_size, background_threshold, start)
 
 
 def class_locations(label: np.ndarray, rng: np.random.Generator, n_classes: int) -> np.ndarray:

@@ -82,3 +82,25 @@ def test_class_locations_follow_nnunets_budget(monkeypatch: pytest.MonkeyPatch) 
     flat = np.ravel_multi_index(tuple(edema.T), label.shape)
     assert (np.diff(flat) > 0).all()
     assert len(rows[rows[:, 0] == 3]) == 3
+
+
+def test_best_tumour_fraction_means_the_same_in_both_store_kinds(tmp_path) -> None:
+    """A volume store's best_tumour_fraction was the best of the passing corners (0.0 where none passes);
+    a patch store's, the best of every corner: the same key now holds the same number in both."""
+    from brainprep.builder import build_patches
+    from brainprep.params import BuildParams, SamplingParams, StoreParams
+    from brainprep.store import open_store
+    from brainprep.synth import SynthParams, write_synthetic_dataset
+
+    # BRATS_004's tumour is too small for any patch to pass the threshold
+    data = write_synthetic_dataset(tmp_path / "data", SynthParams(n_cases=4, shape=(64, 64, 32), seed=7))
+    params = BuildParams(sampling=SamplingParams(patch_size=(32, 32, 8), patches_per_case=4), seed=11)
+    best = {}
+    for kind in ("patches", "volumes"):
+        build_patches(
+            data, tmp_path / f"{kind}.zarr", params.replace(store=StoreParams(kind=kind)), workers=1
+        )
+        with open_store(tmp_path / f"{kind}.zarr") as store:
+            best[kind] = {c["case_id"]: c["best_tumour_fraction"] for c in store.metadata["cases"]}
+    assert best["volumes"] == best["patches"]
+    assert 0.0 < best["volumes"]["BRATS_004"] < 0.05

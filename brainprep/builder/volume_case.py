@@ -34,9 +34,10 @@ from brainprep.volume import (
     Crop,
     axis_hits,
     class_locations,
-    crop_corner_table,
+    crop_corner_counts,
     crop_from_hits,
     cut_crop,
+    passing_corners,
     window_parts,
 )
 
@@ -222,9 +223,11 @@ def volume_case(
     # order (x fastest for a slice-major crop, :func:`~brainprep.store.volume_schema.memory_order`).
     mean, std = nonzero_statistics(vs.memory_order(stored), 0.0)
     threshold = params.sampling.background_threshold
-    corners, voxels = crop_corner_table(label_crop, crop, source_shape, size, threshold)
+    counts, start = crop_corner_counts(label_crop, crop, source_shape, size)
+    corners, voxels = passing_corners(counts, size, threshold, start)
     n_corners = int(np.prod([c - p + 1 for c, p in zip(crop.shape, size, strict=True)]))
-    best = float(voxels.max()) / float(np.prod(size)) if len(voxels) else 0.0
+    # over every corner, passing or not: a patch store's best_tumour_fraction (0.0 only without tumour)
+    best = float(counts.max()) / float(np.prod(size)) if counts.size else 0.0
     tables = {
         vs.TUMOUR_CORNERS: corners,
         vs.TUMOUR_VOXELS: voxels,

@@ -59,8 +59,10 @@ Refinements (schema version 1, written by :mod:`brainprep.builder`):
   shuffle filter + gzip at ``compression_level`` (ratio 2.73; lzf decodes barely faster, about 1.3x, at
   ratio 2.24), both built into every HDF5 library, so plain h5py reads the file.
 - While a build runs, ``STORE.build/`` next to the store holds its state (``build.json``: parameters and
-  case list; ``done/NNNNNN.json``: one marker per finished case, written after the case's data is durable;
-  ``parts/``: staged HDF5 chunks) and ``STORE.lock`` the lock. Both disappear when the build completes.
+  case list; ``done/NNNNNN.json``: one marker per finished case, written after the case's data files are
+  whole: renamed into place, so a kill -9 leaves whole files or none; nothing is fsynced, so after a power
+  loss run ``brainprep verify``; ``parts/``: staged HDF5 chunks) and ``STORE.lock`` the lock. Both
+  disappear when the build completes.
   An HDF5 store is assembled from the staged chunks at the end into ``STORE.h5.partial`` and renamed, so
   ``STORE.h5`` only ever exists complete.
 - Integrity (written since brainprep 0.1 stores gained checksums; older stores lack both and still read):

@@ -109,7 +109,8 @@ content id, as every parameter does.
 Metadata (the ``brainprep`` attribute): as a patch store's (``schema_version``, ``tool_version``,
 ``params``, ``source``, names, ``complete``, ``summary``, ``integrity``), with ``cases[i]`` holding
 ``index, case_id, split, files, source_shape, crop_offset, crop_shape, padding, n_brain_corners,
-n_tumour_corners, best_tumour_fraction, mean, std`` (float64 volume-nonzero statistics, over the brain
+n_tumour_corners, best_tumour_fraction`` (the highest tumour fraction of any corner, passing or not, as a
+patch store's), ``mean, std`` (float64 volume-nonzero statistics, over the brain
 voxels of the whole volume, less the background), ``background`` (what was subtracted from each channel),
 ``skip_reason``, ``data_digest`` and the grid (:data:`brainprep.store.schema.GEOMETRY_KEYS`; under
 ``--resample`` ``source_shape`` and the crop are on the resampled grid).

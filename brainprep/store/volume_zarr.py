@@ -113,7 +113,7 @@ def write_volume_case_zarr(
         path: ``STORE.zarr`` made by :func:`create_volume_zarr`.
         image: (4, X, Y, Z) crop in the store dtype; label: uint8 (X, Y, Z).
         tables: the case's sampling tables (``tumour_corners``, ``tumour_voxels``, ``class_locations``).
-        level: zstd level.
+        level: the image and label compressor's level (Blosc lz4hc, ``StoreParams.compression_level``).
 
     Returns:
         The case's data digest: ``{"images", "labels"}`` chunk checksum digests and the array digest

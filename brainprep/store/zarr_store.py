@@ -2,9 +2,9 @@
 
 Workers write the shards of their own cases directly (:func:`write_case_zarr`): shards are disjoint
 files, so a parallel build needs no locking and a resumed build rewrites a case by rewriting its shard.
-The driver creates the arrays (:func:`create_zarr_store`) and, at the very end, the patch table and the
-metadata (:func:`finish_zarr_store`). Shards and zarr's own files are written through a temporary name and
-a rename, so a killed build leaves whole shards or none.
+The driver creates the arrays (:func:`create_zarr_store`) and, at the very end, writes the patch table
+(:func:`write_table_zarr`) and the metadata (:func:`set_metadata_zarr`). Shards and zarr's own files are
+written through a temporary name and a rename, so a killed build leaves whole shards or none.
 
 Every chunk carries a crc32c (the core Zarr v3 ``crc32c`` codec after Blosc, and after zstd in the
 tables), so every Zarr v3 reader checks it on every read.
