@@ -2,10 +2,13 @@
 
 Of either kind, the first ``count`` patches ``brainnet train --seed`` reads, in its order: from a patch
 store its shard-shuffled passes over the stored patches (:func:`brainnet.train.loop.patch_order`), from a
-volume store its stream of fresh windows (:func:`brainnet.train.loop.volume_draws`), across epochs; or for
-``split="val"`` what validation scores (the stored val patches in order; a volume store's val windows),
-standardized as training reads them. Both give the
-same arrays, so the two kinds can be compared side by side; a PNG shows the middle axial slice of each.
+volume store its stream of fresh windows across epochs, read by training's own stream
+(:func:`brainnet.train.loop.training_stream`); or for ``split="val"`` what validation scores (the stored
+val patches in order; a volume store's val windows). The image is what the training step receives before
+augmentation (:func:`brainnet.data.dataset.augmented_inputs`, on the CPU, at ``brainnet train``'s default
+batch size): a patch store's stored float16 patch as float32, a volume store's raw window standardized by
+training's float32 torch code, bit for bit. Both kinds give the same arrays, so they can be compared side
+by side; a PNG shows the middle axial slice of each.
 
 :func:`sample_training` (``brainnet sample --augment``) shows instead the first ``count`` patches a
 training run with a given :class:`~brainnet.train.TrainConfig` trains on (rank 0), augmented as its steps
@@ -16,7 +19,9 @@ depend on the seed and on the batch size, as training's do.
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +32,12 @@ from brainprep.errors import ConfigError
 
 #: tiles per row of the PNG
 TILES_PER_ROW = 8
+#: numpy dtype of ``kind``: the window rules' names and ``patch``
+KIND_DTYPE = f"<U{max(map(len, (*KINDS, 'patch')))}"
 
 
 def sample_store(store: Any, count: int, seed: int, split: str | None = "train", params: Any = None) -> dict:
-    """``count`` samples of an open store.
+    """``count`` samples of an open store, as training (or validation) reads them.
 
     Args:
         split: ``train``, ``val`` or ``None`` (every case); a volume store's ``val`` gives the windows
@@ -39,43 +46,110 @@ def sample_store(store: Any, count: int, seed: int, split: str | None = "train",
             ``brainnet train``'s).
 
     Returns:
-        ``image`` float16 (N, 4, X, Y, Z) standardized, ``label`` uint8 (N, X, Y, Z), ``case`` int64 (N,),
-        ``corner`` int64 (N, 3) on the case's source (RAS) grid, ``kind`` (N,) str (``patch`` for a patch
-        store; ``tumour`` / ``foreground`` / ``brain`` for a volume store).
+        ``image`` float32 (N, 4, X, Y, Z) standardized, as the training step receives it before augmentation;
+        ``label`` uint8 (N, X, Y, Z); ``case`` str (N,) case ids (``BRATS_001``); ``case_index`` int64 (N,)
+        the store's index of the case; ``corner`` int64 (N, 3) on the case's source (RAS) grid; ``kind``
+        str (N,) (``patch`` for a patch store; ``tumour`` / ``foreground`` / ``brain`` for a volume store);
+        ``tumour_fraction`` float32 (N,) the share of the window's voxels with label > 0 (a patch store's
+        stored table value; a volume store's counted on the window read, equal to its corner table's for
+        a tumour window).
+
+    Raises:
+        ConfigError: a negative seed; validation reads fewer than ``count`` patches (windows).
     """
-    from brainprep.store.volume_reader import VolumeStore
-
-    if isinstance(store, VolumeStore):
-        from brainnet.train.loop import volume_draws
-
-        train = split != "val"
-        draws = volume_draws(store, params or WindowSamplingParams(), seed, split, train)
-        per_epoch = draws.params.draws_per_epoch
-        if not train and count > per_epoch:
-            raise ConfigError(f"validation reads {per_epoch} windows of {store.location}, asked for {count}")
-        method = draws.params.standardize or store.params.standardize.method
-        # training's stream: position p of each epoch, then the next epoch
-        picked = [draws.draw(p // per_epoch, p % per_epoch) for p in range(count)]
-        windows = [store.read_window(d.case, d.corner, standardize=method) for d in picked]
-        return {
-            "image": np.stack([w[0] for w in windows]).astype(np.float16),
-            "label": np.stack([w[1] for w in windows]),
-            "case": np.array([d.case for d in picked], dtype=np.int64),
-            "corner": np.stack([store.corner_on_source(d.case, d.corner) for d in picked]),
-            "kind": np.array([d.kind for d in picked], dtype=f"<U{max(map(len, KINDS))}"),
-        }
+    from brainnet.data.dataset import augmented_inputs
     from brainnet.train import TrainConfig
-    from brainnet.train.loop import patch_order
+    from brainnet.train.loop import is_volume_store, patch_order
 
-    slots = patch_order(store, TrainConfig(seed=seed), split, count)
-    images, labels = store.read_patches(slots)
+    config = TrainConfig(seed=seed, volume_sampling=params or WindowSamplingParams())
+    if not is_volume_store(store):
+        slots = patch_order(store, config, split, count)
+        images, labels = store.read_patches(slots)
+        return _with_case_ids(
+            store, {"image": images.astype(np.float32), "label": labels, **_patch_keys(store, slots)}
+        )
+    dataset, batches = _volume_batches(store, config, split, count)
+    parts: list[dict[str, np.ndarray]] = []
+    for batch, epoch in batches:
+        image, label = augmented_inputs(batch, "cpu")  # training's float32 standardization, on the CPU
+        parts.append({"image": image.numpy(), "label": label.numpy().copy()})
+        parts[-1].update(_window_keys(store, batch, dataset, epoch))
+        if sum(len(part["label"]) for part in parts) >= count:
+            break
+    return _with_case_ids(store, _concatenate(parts, count))
+
+
+def _volume_batches(store: Any, config: Any, split: str | None, count: int) -> tuple[Any, Iterator]:
+    """The window dataset of a volume store's ``split`` and its compact batches, each with the epoch it
+    was drawn from: training's own stream for ``train``; for ``val`` validation's windows and for
+    ``None`` training's draws over every case, read by the same dataset in batches of the same size."""
+    from brainnet.data.volume_sampler import VolumeWindowDataset
+    from brainnet.train.loop import training_stream, validation_count, volume_draws
+
+    if split == "train":
+        stream = training_stream(store, config)
+        return stream.dataset, _stream_batches(stream)
+    draws = volume_draws(store, config.volume_sampling, config.seed, split, train=split != "val")
+    per_epoch = draws.params.draws_per_epoch
+    if split == "val" and count > (available := validation_count(config, per_epoch)):
+        raise ConfigError(f"validation reads {available} windows of {store.location}, asked for {count}")
+    dataset, size = VolumeWindowDataset(store, draws), config.batch_size
+    batches = (
+        (dataset.read_batch([(epoch, p) for p in range(start, min(start + size, per_epoch))]), epoch)
+        for epoch in itertools.count()
+        for start in range(0, per_epoch, size)
+    )
+    return dataset, batches
+
+
+def _stream_batches(stream: Any) -> Iterator[tuple[dict, int]]:
+    """The batches of a :func:`~brainnet.train.loop.training_stream`, each with its sampler epoch."""
+    while True:
+        batch = stream.next()
+        yield batch, stream.sampler.epoch  # next() moves to the next epoch only at its next call
+
+
+def _patch_keys(store: Any, slots: np.ndarray) -> dict[str, np.ndarray]:
+    """``case_index``, ``corner``, ``kind`` and ``tumour_fraction`` of a patch store's ``slots``, from its
+    table."""
+    table, slots = store.table, np.asarray(slots, dtype=np.int64)
     return {
-        "image": images.astype(np.float16),
-        "label": labels,
-        "case": store.table.case[slots].astype(np.int64),
-        "corner": store.table.corner[slots].astype(np.int64),
-        "kind": np.full(count, "patch"),
+        "case_index": table.case[slots].astype(np.int64),
+        "corner": table.corner[slots].astype(np.int64),
+        "kind": np.full(len(slots), "patch", dtype=KIND_DTYPE),
+        "tumour_fraction": table.tumour_fraction[slots].astype(np.float32),
     }
+
+
+def _window_keys(store: Any, batch: dict, dataset: Any, epoch: int) -> dict[str, np.ndarray]:
+    """The keys of :func:`_patch_keys` for a compact batch of volume-store windows drawn in ``epoch``:
+    the tumour fraction counted on each window read (its centre, when read with context)."""
+    cases = batch["case"].numpy().astype(np.int64)
+    label = batch["label"].numpy()  # (B, X, Y, Z) uint8, the window and its context
+    if "context" in batch:  # the same margin on every window: the window is the centre
+        margins = batch["context"][0].tolist()
+        centre = tuple(slice(m, n - m) for m, n in zip(margins, label.shape[1:], strict=True))
+        label = label[(slice(None), *centre)]
+    voxels = np.count_nonzero(label, axis=(1, 2, 3))
+    return {
+        "case_index": cases,
+        "corner": np.stack(
+            [store.corner_on_source(c, x) for c, x in zip(cases, batch["corner"].numpy(), strict=True)]
+        ),
+        "kind": np.array([dataset.draws.draw(epoch, int(p)).kind for p in batch["slot"]], dtype=KIND_DTYPE),
+        "tumour_fraction": (voxels / np.prod(label.shape[1:])).astype(np.float32),
+    }
+
+
+def _concatenate(parts: list[dict[str, np.ndarray]], count: int) -> dict[str, np.ndarray]:
+    """The batches' arrays key by key, cut to the first ``count`` samples."""
+    return {key: np.concatenate([part[key] for part in parts])[:count] for key in parts[0]}
+
+
+def _with_case_ids(store: Any, samples: dict) -> dict:
+    """``samples`` with ``case``: the case id (str) of each ``case_index``, from the store's cases."""
+    ids = {int(c["index"]): str(c["case_id"]) for c in store.cases}
+    return {**samples, "case": np.array([ids[int(i)] for i in samples["case_index"]], dtype=str)}
 
 
 def sample_training(store: Any, count: int, config: Any) -> dict:
@@ -88,45 +162,30 @@ def sample_training(store: Any, count: int, config: Any) -> dict:
             sampling); the augmentation of step ``t`` is keyed by ``(seed, 0, t)``.
 
     Returns:
-        As :func:`sample_store`, the image float16 of the augmented patch and its label, plus
-        ``augment``: the augmentation's JSON (a 0-d str array) and ``step`` int64 (N,) the step of each.
+        As :func:`sample_store` (``tumour_fraction`` that of the window before augmentation), with the image
+        float32 (N, 4, X, Y, Z) of the augmented patch, as the training step receives it, and its label,
+        plus ``augment``: the augmentation's JSON (a 0-d str array) and ``step`` int64 (N,) the step of
+        each.
     """
     from brainnet.data.dataset import augmented_inputs
     from brainnet.train.loop import is_volume_store, step_augment, training_augmenter, training_stream
 
     stream, augmenter = training_stream(store, config), training_augmenter(store, config)
     volume = is_volume_store(store)
-    parts: dict[str, list] = {k: [] for k in ("image", "label", "case", "corner", "kind", "step")}
-    step = 0
-    while sum(map(len, parts["step"])) < count:
-        batch, epoch = stream.next(), stream.sampler.epoch  # the epoch the batch was drawn from
+    parts: list[dict[str, np.ndarray]] = []
+    for step, (batch, epoch) in enumerate(_stream_batches(stream)):
         augment = step_augment(augmenter, config.seed, 0, step)
         image, label = augmented_inputs(batch, "cpu", augment)  # what to_training_batch one-hot encodes
-        parts["image"].append(image.numpy().astype(np.float16))
-        parts["label"].append(label.numpy())
-        if volume:
-            cases = batch["case"].numpy()
-            parts["corner"].append(
-                np.stack(
-                    [
-                        store.corner_on_source(c, x)
-                        for c, x in zip(cases, batch["corner"].numpy(), strict=True)
-                    ]
-                )
-            )
-            parts["kind"].append([stream.dataset.draws.draw(epoch, int(p)).kind for p in batch["slot"]])
+        # copies: a threads loader reuses a batch's memory once it is let go
+        parts.append({"image": image.numpy().copy(), "label": label.numpy().copy()})
+        if volume:  # the window's keys off the batch: before augmentation
+            parts[-1].update(_window_keys(store, batch, stream.dataset, epoch))
         else:
-            slots = batch["slot"].numpy()
-            cases = store.table.case[slots]
-            parts["corner"].append(store.table.corner[slots])
-            parts["kind"].append(["patch"] * len(slots))
-        parts["case"].append(cases)
-        parts["step"].append(np.full(len(cases), step))
-        step += 1
-    samples = {k: np.concatenate(v)[:count] for k, v in parts.items()}
-    samples["case"], samples["corner"] = samples["case"].astype(np.int64), samples["corner"].astype(np.int64)
-    samples["step"] = samples["step"].astype(np.int64)
-    samples["kind"] = samples["kind"].astype(f"<U{max(map(len, (*KINDS, 'patch')))}")
+            parts[-1].update(_patch_keys(store, batch["slot"].numpy()))
+        parts[-1]["step"] = np.full(len(label), step, dtype=np.int64)
+        if sum(len(part["step"]) for part in parts) >= count:
+            break
+    samples = _with_case_ids(store, _concatenate(parts, count))
     samples["augment"] = np.array(json.dumps(config.augment.to_dict()))
     return samples
 

@@ -100,6 +100,94 @@ def test_training_ranks_get_equal_lengths_when_the_world_does_not_divide_the_epo
         WindowStreamSampler(10, remainder="drop")
 
 
+def test_a_live_iterator_keeps_the_epoch_it_started_with() -> None:
+    sampler = WindowStreamSampler(4)
+    live = iter(sampler)
+    assert next(live) == (0, 0)
+    sampler.set_epoch(7)  # the loop moves to the next epoch while a prefetching iterator still runs
+    assert list(live) == [(0, 1), (0, 2), (0, 3)]
+    assert next(iter(sampler)) == (7, 0)
+
+
+class _WithoutTumour:
+    """A volume store whose sampling tables hold no tumour corner and no tumour voxel."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+    def sampling_tables(self, index: int) -> dict[str, np.ndarray]:
+        return {name: table[:0] for name, table in self.store.sampling_tables(index).items()}
+
+
+def test_a_tumour_share_without_passing_corners_is_drawn_as_foreground_and_said_once(
+    store_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The val case's tumour is too small for any corner to pass the course's threshold: validation (all
+    tumour-constrained) and ``--tumour-share 1`` draw class-balanced foreground windows there, with one
+    warning naming the store, the split and the threshold; training's split draws tumour windows."""
+    from brainnet.train.loop import volume_draws
+
+    course = WindowSamplingParams(tumour_share=1.0, foreground_share=0.0, draws_per_epoch=40)
+    with open_store(store_path) as store:
+        assert [store.cases[i]["case_id"] for i in store.case_indices("val")] == ["BRATS_004"]
+        with caplog.at_level("WARNING", logger="brainnet.data.volume_sampler"):
+            validation = volume_draws(store, WindowSamplingParams(), 0, "val", train=False)
+            trained = VolumeDraws(store, "val", course, seed=1)
+        assert len(caplog.records) == 2  # one per VolumeDraws, none per draw
+        message = caplog.records[0].getMessage()
+        for part in (
+            f"no case of {store.location} (split 'val')",
+            "has a 32x32x8 corner holding more than 5% tumour (background_threshold 0.95)",
+            "its tumour share 1.0 is drawn as foreground windows",
+        ):
+            assert part in message, message
+        for draws in (validation, trained):
+            assert draws.tumour_rule == "foreground"
+            assert {draws.draw(0, p).kind for p in range(40)} == {"foreground"}
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="brainnet.data.volume_sampler"):
+            train = VolumeDraws(store, "train", course, seed=1)
+            share = VolumeDraws(store, "val", WindowSamplingParams(), seed=1)  # no tumour share: no rule
+        assert not caplog.records and train.tumour_rule == "tumour"
+        assert {train.draw(0, p).kind for p in range(40)} == {"tumour"}
+        assert {share.draw(0, p).kind for p in range(40)} == {"foreground", "brain"}
+        # no tumour voxel at all: nothing of a tumour share could be drawn
+        bare = _WithoutTumour(store)
+        with pytest.raises(ConfigError, match=r"tumour_share 0.5 .*\(split 'val'\).* or any tumour voxel"):
+            VolumeDraws(bare, "val", WindowSamplingParams(tumour_share=0.5), seed=1)
+        brain = VolumeDraws(bare, "val", WindowSamplingParams(foreground_share=1.0), seed=1)
+        assert {brain.draw(0, p).kind for p in range(20)} == {"brain"}  # a case without tumour voxels
+
+
+def test_a_negative_seed_is_refused_in_one_line(
+    store_path: Path, patch_store_path: Path, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from brainnet.cli import main
+
+    with open_store(store_path) as store, pytest.raises(ConfigError, match="seed must be >= 0, got -1"):
+        VolumeDraws(store, "train", WindowSamplingParams(), seed=-1)
+    for path in (store_path, patch_store_path):  # a numpy traceback from the volume store before
+        args = [
+            "sample",
+            "--store",
+            str(path),
+            "--count",
+            "2",
+            "--seed",
+            "-1",
+            "--out",
+            str(tmp_path / "s.npz"),
+        ]
+        line = _one_error_line(CliRunner().invoke(main, args))
+        assert "Invalid value for '--seed': -1 is not in the range x>=0" in line
+    assert not (tmp_path / "s.npz").exists()
+
+
 def test_loader_batches_are_the_same_for_any_worker_count(store_path: Path) -> None:
     params = WindowSamplingParams(foreground_share=0.3, draws_per_epoch=8)
     with open_store(store_path) as store:
@@ -169,12 +257,16 @@ def test_training_on_a_volume_store_resumes_the_stream_bit_for_bit(store_path: P
     np.testing.assert_array_equal(straight.slots_seen, [0, 1, 2, 3, 4, 0, 1])
     for name, tensor in second.model.state_dict().items():
         assert torch.equal(tensor, straight.model.state_dict()[name]), name
-    assert "val_dice_labelmap" in straight.history[-1]  # validated on the val case's tumour windows
+    # validated: the val case (BRATS_004) has no corner passing the threshold, so validation's all-tumour
+    # share is drawn as class-balanced foreground windows (VolumeDraws warns)
+    assert "val_dice_labelmap" in straight.history[-1]
 
 
 def test_sample_follows_the_training_stream_past_an_epoch_and_the_val_windows(store_path: Path) -> None:
     """7 samples of 4-draw epochs are what training reads over its first two sampler epochs; ``val`` gives
-    the windows validation scores (its own tumour-constrained stream), and no more of them than it reads."""
+    the windows validation scores (its own tumour-constrained stream), and no more of them than it reads:
+    case for case, corner for corner and image for image (the float32 the training step standardizes)."""
+    from brainnet.data.dataset import augmented_inputs
     from brainnet.sample import sample_store
     from brainnet.train import TrainConfig
     from brainnet.train.distributed import DistributedContext
@@ -191,9 +283,12 @@ def test_sample_follows_the_training_stream_past_an_epoch_and_the_val_windows(st
         ):
             got = sample_store(store, count, 3, split, params)
             read = [(int(c), x) for b in batches for c, x in zip(b["case"], b["corner"].numpy(), strict=True)]
-            assert len(read) == count and got["case"].tolist() == [c for c, _ in read]
+            assert len(read) == count and got["case_index"].tolist() == [c for c, _ in read]
+            assert got["case"].tolist() == [store.cases[c]["case_id"] for c, _ in read]
             for corner, (case, crop_corner) in zip(got["corner"], read, strict=True):
                 np.testing.assert_array_equal(corner, store.corner_on_source(case, crop_corner))
+            images = torch.cat([augmented_inputs(b)[0] for b in batches]).numpy()
+            assert got["image"].dtype == np.float32 and np.array_equal(got["image"], images)
         with pytest.raises(ConfigError, match="validation reads 4 windows"):
             sample_store(store, 5, 3, "val", params)
 
@@ -230,12 +325,110 @@ def test_sample_of_a_patch_store_is_what_training_and_validation_read_in_their_o
         for split, count, slots in (("train", 9, trained[:9]), ("val", 2, validated)):
             got = sample_store(store, count, 3, split)
             images, labels = store.read_patches(slots)
-            np.testing.assert_array_equal(got["case"], store.table.case[slots])
-            np.testing.assert_array_equal(got["corner"], store.table.corner[slots])
-            np.testing.assert_array_equal(got["image"], images.astype(np.float16))
+            assert images.dtype == np.float16 and got["image"].dtype == np.float32
+            np.testing.assert_array_equal(got["image"], images.astype(np.float32))  # exact: the stored patch
             np.testing.assert_array_equal(got["label"], labels)
+            np.testing.assert_array_equal(got["case_index"], store.table.case[slots])
+            assert got["case"].tolist() == [store.cases[c]["case_id"] for c in store.table.case[slots]]
+            np.testing.assert_array_equal(got["corner"], store.table.corner[slots])
+            assert got["tumour_fraction"].dtype == np.float32
+            np.testing.assert_array_equal(got["tumour_fraction"], store.table.tumour_fraction[slots])
+            assert (got["tumour_fraction"] > 0).all()
         with pytest.raises(ConfigError, match="validation reads 2 patches"):
             sample_store(store, 3, 3, "val")
+
+
+@pytest.mark.parametrize("kind", ["volume", "patch"])
+def test_sample_is_bit_for_bit_what_train_gives_the_training_step(
+    kind: str, store_path: Path, patch_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``brainnet train``'s first 10 patches, as to_training_batch expands them (5-draw epochs: the second
+    epoch's windows included), equal ``sample_store``'s with the same seed: image (float32, bit for bit),
+    label, case and corner."""
+    import brainnet.train.loop as loop
+    from brainnet.model import ModelConfig
+    from brainnet.sample import sample_store
+    from brainnet.train import TrainConfig, train
+
+    fed: list[dict] = []
+    real = loop.to_training_batch
+
+    def spy(batch, *args, **kwargs):
+        image, target = real(batch, *args, **kwargs)
+        fed.append({"image": image.clone(), "target": target.clone(), "batch": dict(batch)})
+        return image, target
+
+    monkeypatch.setattr(loop, "to_training_batch", spy)
+    params = WindowSamplingParams(draws_per_epoch=5)  # brainnet train's shares
+    path = store_path if kind == "volume" else patch_store_path
+    config = TrainConfig(
+        epochs=1, steps_per_epoch=4, device="cpu", val_split=None, seed=5, volume_sampling=params
+    )
+    train(path, tmp_path / "run", config, ModelConfig(depth=2, base_filters=2))
+    image = torch.cat([f["image"] for f in fed]).numpy()
+    target = torch.cat([f["target"] for f in fed])
+    label = (target * torch.arange(1, 4).view(1, 3, 1, 1, 1)).sum(1).to(torch.uint8).numpy()
+    assert len(image) == (10 if kind == "volume" else 12)  # batches of 3: 5 draws a pass (3 + 2), 6 patches
+    with open_store(path) as store:
+        got = sample_store(store, 10, 5, "train", params)
+        if kind == "volume":
+            cases = torch.cat([f["batch"]["case"] for f in fed]).numpy()
+            corners = [
+                store.corner_on_source(c, x)
+                for c, x in zip(cases, torch.cat([f["batch"]["corner"] for f in fed]).numpy(), strict=True)
+            ]
+        else:
+            slots = torch.cat([f["batch"]["slot"] for f in fed]).numpy()
+            cases, corners = store.table.case[slots], store.table.corner[slots]
+        ids = [store.cases[int(c)]["case_id"] for c in cases[:10]]
+    assert got["image"].dtype == np.float32 and got["image"].tobytes() == image[:10].tobytes()
+    np.testing.assert_array_equal(got["label"], label[:10])
+    np.testing.assert_array_equal(got["case_index"], cases[:10])
+    np.testing.assert_array_equal(got["corner"], np.stack(corners)[:10])
+    assert got["case"].tolist() == ids and all(i.startswith("BRATS_") for i in ids)
+
+
+def test_sample_tumour_fraction_is_the_windows_and_the_corner_tables(store_path: Path) -> None:
+    """A volume store's ``tumour_fraction`` is counted on the window read; a tumour window's equals its
+    corner table's (``tumour_voxels`` / window voxels), also for a window reaching past the crop."""
+    from brainnet.sample import sample_store
+
+    params = WindowSamplingParams(tumour_share=0.5, foreground_share=0.3, draws_per_epoch=40)
+    with open_store(store_path) as store:
+        got = sample_store(store, 40, 2, "train", params)
+        volume = int(np.prod(PATCH))
+        assert got["tumour_fraction"].dtype == np.float32
+        for label, fraction in zip(got["label"], got["tumour_fraction"], strict=True):
+            assert fraction == np.float32(np.count_nonzero(label) / volume)
+        tumour = np.flatnonzero(got["kind"] == "tumour")
+        assert len(tumour) > 10 and (got["tumour_fraction"][tumour] > 0.05).all()
+        past = 0
+        for i in tumour:
+            case = int(got["case_index"][i])
+            crop = store.crop(case)
+            corner = got["corner"][i] - np.asarray(crop.offset)  # back into the crop's coordinates
+            tables = store.sampling_tables(case)
+            row = np.flatnonzero((tables[vs.TUMOUR_CORNERS] == corner).all(axis=1))[0]
+            assert got["tumour_fraction"][i] == np.float32(tables[vs.TUMOUR_VOXELS][row] / volume)
+            past += bool((corner < 0).any() or (corner + PATCH > np.asarray(crop.shape)).any())
+    assert {"brain", "foreground"} <= set(got["kind"]) and past > 0
+
+
+def test_sample_augment_gives_the_same_keys_as_the_windows_before_augmentation(store_path: Path) -> None:
+    """``sample_training`` with a spatial augmentation reads windows with context: its ``case``,
+    ``corner``, ``kind`` and ``tumour_fraction`` are those of the windows themselves (``sample_store``'s)."""
+    from brainnet.augment import augment_preset
+    from brainnet.sample import sample_store, sample_training
+    from brainnet.train import TrainConfig
+
+    params = WindowSamplingParams(tumour_share=0.3, foreground_share=0.3, draws_per_epoch=6)
+    config = TrainConfig(seed=4, device="cpu", volume_sampling=params, augment=augment_preset("nnunet"))
+    with open_store(store_path) as store:
+        augmented = sample_training(store, 8, config)
+        plain = sample_store(store, 8, 4, "train", params)
+    for key in ("case", "case_index", "corner", "kind", "tumour_fraction"):
+        np.testing.assert_array_equal(augmented[key], plain[key], err_msg=key)
+    assert augmented["step"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
 
 
 def test_brainnet_sample_writes_what_training_reads_from_both_kinds(
@@ -254,13 +447,18 @@ def test_brainnet_sample_writes_what_training_reads_from_both_kinds(
     got = np.load(out)
     with open_store(store_path) as store:
         draws = VolumeDraws(store, "train", WindowSamplingParams(draws_per_epoch=5), seed=0)
+        ids = [c["case_id"] for c in store.cases]
         for i in range(5):
             drawn = draws.draw(0, i)
-            assert int(got["case"][i]) == drawn.case and got["kind"][i] == drawn.kind
+            assert int(got["case_index"][i]) == drawn.case and got["kind"][i] == drawn.kind
+            assert got["case"][i] == ids[drawn.case]
             np.testing.assert_array_equal(got["corner"][i], store.corner_on_source(drawn.case, drawn.corner))
             window, label = store.read_window(drawn.case, drawn.corner, standardize="patch-slice")
-            np.testing.assert_array_equal(got["image"][i], window.astype(np.float16))
+            # training's float32 torch standardization against read_window's float64 numpy one
+            np.testing.assert_allclose(got["image"][i], window, rtol=2e-5, atol=2e-5)
             np.testing.assert_array_equal(got["label"][i], label)
+            assert got["tumour_fraction"][i] == np.float32(np.count_nonzero(label) / label.size)
+    assert got["image"].dtype == np.float32 and got["tumour_fraction"].dtype == np.float32
     from PIL import Image
 
     assert Image.open(png).size == (8 * PATCH[0], PATCH[1])  # one row of 8 axial tiles (5 and 3 blank)

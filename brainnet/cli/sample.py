@@ -14,7 +14,7 @@ from brainprep.cli.outputs import suffixed_output, writing
 @click.command("sample")
 @click.option("--store", "store", required=True, help="Patch or volume store (.zarr, .h5, .zip or URL).")
 @click.option("--count", type=click.IntRange(min=1), default=16, show_default=True, help="Samples.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Training's seed.")
 @click.option(
     "--split",
     type=click.Choice(["train", "val"]),
@@ -63,7 +63,8 @@ def sample(
     png: Path | None,
     storage_options: dict | None,
 ) -> None:
-    """Write COUNT samples of STORE (image, label, case, corner on the source grid, kind) to FILE.npz."""
+    """Write COUNT samples of STORE to FILE.npz: image (standardized, float32), label,
+    case (ids), case_index, corner (on the source grid), kind (the rule that drew it), tumour_fraction."""
     from brainnet.sample import sample_store, sample_training, write_samples
     from brainprep.errors import BrainprepError, one_line
     from brainprep.store import open_store

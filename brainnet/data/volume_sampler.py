@@ -7,10 +7,19 @@ continues the very stream. Each draw is one of (issue 12):
 
 - **tumour** (share ``tumour_share``, default 0): a case uniform among the cases with at least one
   corner passing the threshold, then a corner uniform among those corners (the store's table): the
-  course's rule, exactly;
+  course's rule, exactly. Where no case of the split has such a corner (a split of small tumours, e.g.
+  validation's, which draws only tumour windows), the tumour share is drawn by the foreground rule
+  instead, and :class:`VolumeDraws` says so in one warning; where no case of the split holds a tumour
+  voxel at all it refuses (:class:`~brainprep.errors.ConfigError`): no rule could find tumour;
 - **foreground** (share ``foreground_share``, default a half): nnU-Net's class-balanced rule: a class
   uniform among the case's tumour classes, a voxel uniform among its stored locations, the window centred
-  on it and kept inside the crop (``nnunetv2`` ``DataLoader.get_bbox`` with ``force_fg``);
+  on it (``nnunetv2`` ``DataLoader.get_bbox`` with ``force_fg``). Unlike nnU-Net, which only keeps the
+  corner from going below the data's lower bound and pads a window that runs past the far side, the
+  window is kept inside the stored crop: a corner past the last one is shifted back to it, so near the far
+  faces the voxel lies off-centre (still inside the window). Why: the crop already holds the whole brain
+  and tumour (widened to the patch size), so keeping the window inside it loses no foreground and no
+  window reads the zeros past the crop that nnU-Net's would pad with. A case holding no tumour voxel
+  gets a brain window instead (nnU-Net too draws a random window for a case without foreground);
 - **brain** (the rest): a case uniform among the cases, a corner uniform over the crop's corners.
 
 Why these defaults: ``benchmarks/bench_accuracy.py`` (whole-scan Dice on held-out scans, 3 seeds) scored
@@ -22,6 +31,7 @@ Everything here reads the store's small tables only; :class:`VolumeWindowDataset
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +44,8 @@ from brainprep.config import Params
 from brainprep.errors import ConfigError
 from brainprep.params import STANDARDIZE_METHODS
 from brainprep.store import volume_schema as vs
+
+logger = logging.getLogger(__name__)
 
 KINDS = ("tumour", "foreground", "brain")
 #: ``standardize`` codes of a batch of raw windows (0: already standardized, as a patch store's patches)
@@ -84,10 +96,20 @@ class VolumeDraws:
         store: an open :class:`~brainprep.store.volume_reader.VolumeStore`.
         split: ``train`` / ``val`` / ``None`` (every case with a volume).
         params: shares and stream length.
-        seed: the stream's seed.
+        seed: the stream's seed, >= 0.
+
+    Attributes:
+        tumour_rule: the rule the tumour share is drawn by: ``tumour``, or ``foreground`` where no case of
+            the split has a corner passing the threshold (logged once, as a warning; module docstring).
+
+    Raises:
+        ConfigError: a negative seed, a split without volumes, or a tumour share on a split with no
+            tumour voxel at all.
     """
 
     def __init__(self, store: Any, split: str | None, params: WindowSamplingParams, seed: int = 0) -> None:
+        if int(seed) < 0:  # numpy's SeedSequence takes no negative entropy
+            raise ConfigError(f"the window sampling seed must be >= 0, got {seed} (store {store.location})")
         self.params, self.seed = params, int(seed)
         self.size = np.asarray(store.patch_size, dtype=np.int64)
         self.cases = store.case_indices(split)
@@ -104,23 +126,61 @@ class VolumeDraws:
         self.tumour_cases = np.array(
             [i for i in self.cases if len(self.tumour_corners[int(i)])], dtype=np.int64
         )
+        self.tumour_rule = "tumour" if len(self.tumour_cases) else self._tumour_fallback(store, split)
+
+    def _tumour_fallback(self, store: Any, split: str | None) -> str:
+        """The rule the tumour share is drawn by when no corner passes: ``foreground``, said once; or a
+        refusal where no case holds a tumour voxel (every such draw would be a brain window)."""
+        if self.params.tumour_share == 0:
+            return "foreground"  # never used
+        sampling = store.params.sampling
+        where = f"{store.location} (split {split!r})"
+        size, share = "x".join(map(str, sampling.patch_size)), 100 * sampling.min_tumour_fraction
+        passing = (
+            f"a {size} corner holding more than {share:.3g}% tumour "
+            f"(background_threshold {sampling.background_threshold})"
+        )
+        if not any(self.class_voxels.values()):
+            raise ConfigError(
+                f"tumour_share {self.params.tumour_share} asks for tumour windows, but no case of {where} "
+                f"has {passing} or any tumour voxel"
+            )
+        logger.warning(
+            "no case of %s has %s: its tumour share %s is drawn as foreground windows (a stored tumour "
+            "voxel inside, the class-balanced rule) instead",
+            where,
+            passing,
+            self.params.tumour_share,
+        )
+        return "foreground"
 
     def draw(self, epoch: int, position: int) -> WindowDraw:
         """Draw ``position`` of ``epoch`` (a pure function of ``(seed, epoch, position)``)."""
         rng = np.random.default_rng([self.seed, int(epoch), int(position)])
         u = rng.random()
-        if u < self.params.tumour_share and len(self.tumour_cases):
+        tumour = u < self.params.tumour_share
+        if tumour and self.tumour_rule == "tumour":
             case = int(self.tumour_cases[rng.integers(len(self.tumour_cases))])
             corners = self.tumour_corners[case]
             return WindowDraw(case, corners[rng.integers(len(corners))].astype(np.int64), "tumour")
         case = int(self.cases[rng.integers(len(self.cases))])
-        highest = self.crop_shape[case] - self.size  # last corner of the crop along each axis
+        if tumour or u < self.params.tumour_share + self.params.foreground_share:
+            return self._foreground(case, rng)
+        return self._brain(case, rng)
+
+    def _foreground(self, case: int, rng: np.random.Generator) -> WindowDraw:
+        """The class-balanced window of ``case`` (kept inside the crop), a brain one without tumour voxels."""
         classes = self.class_voxels[case]
-        if u < self.params.tumour_share + self.params.foreground_share and classes:
-            chosen = classes[rng.integers(len(classes))]
-            voxel = chosen[rng.integers(len(chosen))]
-            return WindowDraw(case, np.clip(voxel - self.size // 2, 0, highest), "foreground")
-        return WindowDraw(case, rng.integers(0, highest + 1), "brain")
+        if not classes:
+            return self._brain(case, rng)
+        chosen = classes[rng.integers(len(classes))]
+        voxel = chosen[rng.integers(len(chosen))]
+        highest = self.crop_shape[case] - self.size  # last corner of the crop along each axis
+        return WindowDraw(case, np.clip(voxel - self.size // 2, 0, highest), "foreground")
+
+    def _brain(self, case: int, rng: np.random.Generator) -> WindowDraw:
+        """A corner of ``case`` uniform over the crop's corners."""
+        return WindowDraw(case, rng.integers(0, self.crop_shape[case] - self.size + 1), "brain")
 
 
 class WindowStreamSampler(torch.utils.data.Sampler[tuple[int, int]]):
@@ -167,7 +227,8 @@ class WindowStreamSampler(torch.utils.data.Sampler[tuple[int, int]]):
         return range(self.rank, self.total, self.world_size)[self.start :]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return ((self.epoch, p) for p in self.positions())
+        epoch = self.epoch  # bound now: a set_epoch while this iterator runs does not relabel it
+        return ((epoch, p) for p in self.positions())
 
     def __len__(self) -> int:
         return len(self.positions())
