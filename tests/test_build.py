@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,9 +18,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import brainprep.builder.driver as driver
+from brainprep import __version__
 from brainprep.builder import build_patches
 from brainprep.cli import main as cli
-from brainprep.errors import StoreIncompleteError
+from brainprep.errors import InvalidValueError, StoreIncompleteError, StoreMismatchError
 from brainprep.params import BuildParams, SamplingParams, SplitParams, StandardizeParams
 from brainprep.read import discover_cases, read_case
 from brainprep.sample import extract_patch
@@ -30,7 +33,7 @@ from brainprep.standardize import (
     standardize_with_statistics,
 )
 from brainprep.store import open_store, schema
-from brainprep.store.lock import DONE_MARKERS, BuildLock
+from brainprep.store.lock import DONE_MARKERS, BuildLock, BuildState
 from brainprep.synth import SynthParams, write_synthetic_dataset
 
 PATCH = (32, 32, 8)
@@ -468,3 +471,177 @@ def test_the_builder_package_is_not_named_like_a_build_output_folder() -> None:
 
         importlib.reload(brainprep.build)
     assert brainprep.build.build_patches is build_patches
+
+
+# -- resuming only what is still true; no task outlives the build ---------------------------------------
+class _Killed(Exception):
+    """Stands for a kill -9 of the build between a case's data and its done marker."""
+
+
+def interrupt_before_marking(monkeypatch: pytest.MonkeyPatch, index: int) -> None:
+    """Make the build stop when case ``index`` is written, before its done marker (one worker: the cases
+    before it are done, the ones after it not started)."""
+    real = BuildState.mark_done
+
+    def mark_done(self: BuildState, i: int, record: dict) -> None:
+        if i == index:
+            raise _Killed(f"killed before marking case {i} done")
+        real(self, i, record)
+
+    monkeypatch.setattr(BuildState, "mark_done", mark_done)
+
+
+def assert_same_content(a: Path, b: Path) -> None:
+    """The same patches and tables (content id) and shard bytes, from data that may lie elsewhere."""
+    with open_store(a) as left, open_store(b) as right:
+        assert left.content_id is not None and left.content_id == right.content_id
+    assert shard_bytes(a) == shard_bytes(b)
+
+
+def interrupted_build(data: Path, store: Path, params: BuildParams, index: int, **options: object) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        interrupt_before_marking(patch, index)
+        with pytest.raises(_Killed):
+            build_patches(data, store, params, workers=1, **options)
+    assert (store.parent / f"{store.name}.build" / "done" / f"{index - 1:06d}.json").is_file()
+
+
+def test_a_resume_refuses_a_done_case_whose_source_changed(
+    data: Path, reference: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    store = tmp_path / "s.zarr"
+    interrupted_build(copy, store, PARAMS, index=2)
+    image = copy / "imagesTr" / "BRATS_002.nii.gz"  # case 1: done
+    original = image.read_bytes()
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0xFF  # same size: only the hash can tell
+    image.write_bytes(bytes(flipped))
+    with pytest.raises(StoreMismatchError) as refused:
+        build_patches(copy, store, PARAMS, workers=1)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert f"case BRATS_002 was built from other source data: {image} has other bytes" in message
+    label = copy / "labelsTr" / "BRATS_001.nii.gz"  # case 0: done, and the first one checked
+    label.write_bytes(label.read_bytes() + b"\0")
+    with pytest.raises(StoreMismatchError, match=re.escape(f"{label} has {label.stat().st_size} bytes")):
+        build_patches(copy, store, PARAMS, workers=1)
+    label.write_bytes(label.read_bytes()[:-1])
+    image.write_bytes(original)
+    summary = build_patches(copy, store, PARAMS, workers=1)
+    assert summary.resumed_cases == 2
+    assert_same_content(reference, store)
+
+
+def test_a_resume_does_a_bad_case_again_once_fixed(data: Path, reference: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    image = copy / "imagesTr" / "BRATS_002.nii.gz"
+    aside = tmp_path / "BRATS_002.nii.gz"
+    image.rename(aside)
+    store = tmp_path / "s.zarr"
+    interrupted_build(copy, store, PARAMS, index=2, skip_bad=True)  # case 1 recorded bad
+    aside.rename(image)
+    summary = build_patches(copy, store, PARAMS, workers=1, skip_bad=True)
+    assert summary.resumed_cases == 1 and summary.skipped == 1  # BRATS_004: tumour too small
+    assert_same_content(reference, store)
+
+
+def test_hdf5_never_seals_the_stale_part_of_a_case_now_bad(data: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    store = tmp_path / "s.h5"
+    interrupted_build(copy, store, PARAMS, index=1)  # case 1's part is staged, its marker not written
+    assert BuildState(store).part_path(1).is_file()
+    (copy / "imagesTr" / "BRATS_002.nii.gz").unlink()
+    build_patches(copy, store, PARAMS, workers=1, skip_bad=True)
+    build_patches(copy, tmp_path / "fresh.h5", PARAMS, workers=1, skip_bad=True)
+    with open_store(store) as resumed, open_store(tmp_path / "fresh.h5") as fresh:
+        assert resumed.cases[1]["skip_reason"].startswith("bad case: ")
+        np.testing.assert_array_equal(resumed.images[...], fresh.images[...])
+        assert not resumed.images[K : 2 * K].any()
+
+
+def test_a_resume_by_another_version_is_refused(data: Path, tmp_path: Path) -> None:
+    store = tmp_path / "s.zarr"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(driver, "__version__", "0.0.1")
+        interrupted_build(data, store, PARAMS, index=1)
+    with pytest.raises(StoreMismatchError) as refused:
+        build_patches(data, store, PARAMS, workers=1)
+    assert str(refused.value) == (
+        f"{store} holds an interrupted build started by brainprep 0.0.1, and this is brainprep "
+        f"{__version__}; resume it with the version that started it, or pass --overwrite to build it "
+        "again with this one"
+    )
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "distributed"])
+def test_no_case_is_written_after_a_failed_build_returns(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scheduler: str
+) -> None:
+    """A case fails while others are still being written: the build raises the case's own error, and
+    only once the others have ended, so nothing writes into the store after its lock is released."""
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    path = copy / "imagesTr" / "BRATS_001.nii.gz"
+    image = nib.load(path)
+    voxels = np.asarray(image.dataobj, dtype=np.float32)
+    voxels[10, 10, 10, 0] = np.nan
+    nib.save(nib.Nifti1Image(voxels, image.affine), path)
+    real, started = driver.write_case, tmp_path / "started"
+    started.mkdir()
+
+    def slow_good_case(task):  # big cases: still being written when case 0 fails
+        if task.plan.index != 0:
+            (started / str(task.plan.index)).touch()
+            time.sleep(1.0)
+        return real(task)
+
+    monkeypatch.setattr(driver, "write_case", slow_good_case)
+    store = tmp_path / "s.zarr"
+
+    def assert_every_started_case_ended() -> None:
+        # the tasks run in an order of dask's: whichever good ones started, none may still run
+        indices = sorted(int(p.name) for p in started.iterdir())
+        assert indices, "no good case ran beside the bad one"
+        for index in indices:
+            assert BuildState(store).marker_path(index).is_file(), index
+        assert not (tmp_path / "s.zarr.lock").exists()
+
+    error = "NaN/Inf voxels in channel FLAIR in case BRATS_001"
+    if scheduler == "threads":
+        with pytest.raises(InvalidValueError, match=error):
+            build_patches(copy, store, PARAMS, workers=2, scheduler="threads")
+        assert_every_started_case_ended()
+        return
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        with pytest.raises(InvalidValueError, match=error):
+            build_patches(copy, store, PARAMS, scheduler=client)
+        assert_every_started_case_ended()
+
+
+def test_a_scheduler_address_alone_builds(data: Path, reference: Path, tmp_path: Path) -> None:
+    """What ``--scheduler tcp://...`` does: no Client of this process to fall back on."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        dashboard_address=None,
+        protocol="tcp",  # an address as the CLI gets one: tcp://127.0.0.1:PORT
+        host="127.0.0.1",
+    ) as cluster:
+        with pytest.raises(ValueError, match="No clients found"):
+            distributed.default_client()
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        summary = build_patches(data, tmp_path / "s.zarr", PARAMS, scheduler=cluster.scheduler_address)
+    assert summary.workers == 2
+    assert_same_store(reference, tmp_path / "s.zarr")

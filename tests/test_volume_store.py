@@ -6,6 +6,7 @@ Small synthetic data (64x64x32, 32x32x8 patches) for the build and read paths, a
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from brainprep.errors import (
     StoreCorruptError,
     StoreError,
     StoreIncompleteError,
+    StoreMismatchError,
 )
 from brainprep.params import BuildParams, SamplingParams, StandardizeParams, StoreParams
 from brainprep.read import discover_cases, read_case
@@ -473,3 +475,33 @@ def test_a_store_built_before_source_grid_corner_tables_is_refused(reference: Pa
     assert str(old) in str(caught.value) and "\n" not in str(caught.value)
     with open_store(reference) as store:
         assert store.metadata["corner_table"] == vs.CORNER_TABLE
+
+
+def test_a_resume_refuses_a_done_case_whose_label_changed(data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    image = copy / "imagesTr" / "BRATS_003.nii.gz"
+    good = image.read_bytes()
+    loaded = nib.load(image)
+    voxels = np.asarray(loaded.dataobj, dtype=np.float32)
+    voxels[10, 10, 10, 0] = np.nan
+    nib.save(nib.Nifti1Image(voxels, loaded.affine), image)
+    store = tmp_path / "v.h5"
+    with pytest.raises(InvalidValueError, match="BRATS_003"):  # cases 0 and 1 are done
+        build_patches(copy, store, VOLUMES, workers=1)
+    image.write_bytes(good)
+    label = copy / "labelsTr" / "BRATS_002.nii.gz"
+    original = label.read_bytes()
+    flipped = bytearray(original)
+    flipped[-10] ^= 0x01  # same size
+    label.write_bytes(bytes(flipped))
+    with pytest.raises(
+        StoreMismatchError, match=re.escape(f"case BRATS_002 was built from other source data: {label}")
+    ):
+        build_patches(copy, store, VOLUMES, workers=1)
+    label.write_bytes(original)
+    assert build_patches(copy, store, VOLUMES, workers=1).resumed_cases == 2
+    build_patches(copy, tmp_path / "fresh.h5", VOLUMES, workers=1)
+    assert open_store(store).content_id == open_store(tmp_path / "fresh.h5").content_id

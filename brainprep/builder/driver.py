@@ -4,14 +4,17 @@ Order of a build of ``STORE`` (``.zarr`` or ``.h5``):
 
 1. Take ``STORE.lock`` (a second build of the same store is refused) and look at what is there: a
    complete store is refused unless ``overwrite``; an interrupted build (``STORE.build/``) is resumed
-   if its parameters and cases equal this build's, and refused naming the first differing parameter.
+   if this brainprep version started it, its parameters and cases equal this build's and the source
+   files of its done cases are unchanged (sizes and sha256), and refused naming the first difference.
+   A done case that holds no data (bad or skipped) is done again.
 2. Plan the cases not done yet (labels only, in parallel). A bad case stops the build here, before
    anything is written, unless ``skip_bad`` (then it is recorded as skipped).
 3. Create the build state and, for Zarr, the empty store (``complete: false``).
 4. Write the cases in parallel, one case per task (a worker holds one case at a time); each task writes
    its own shards (Zarr) or staged chunks (HDF5), then its done marker.
 5. Seal: patch table, case statistics and metadata from the markers, ``complete: true`` last (HDF5: the
-   file is assembled and renamed into place); remove the build state; release the lock.
+   file is assembled and renamed into place); remove the build state; release the lock. Whether the
+   build ends sealed or with an error, the lock is released only once no task of it runs any more.
 
 The content of the store depends only on the data, the parameters and the seed (every case draws from
 ``case_rng(seed, case_id)``), never on the worker count, the scheduler or the completion order.
@@ -27,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
@@ -38,7 +41,7 @@ import numpy as np
 
 from brainprep import __version__
 from brainprep.builder.case import CaseTask, case_record, release_buffers, write_case
-from brainprep.builder.plan import BadCasesError, CasePlan, plan_case, source_fingerprint
+from brainprep.builder.plan import BadCasesError, CasePlan, file_record, plan_case, source_fingerprint
 from brainprep.builder.summary import BuildSummary
 from brainprep.errors import ConfigError, StoreError, StoreMismatchError, StoreSpaceError
 from brainprep.params import BuildParams
@@ -85,13 +88,21 @@ def _run_local(
 
 
 def _run_distributed(client: Any, func: Callable, items: list[Any], bar: Any) -> Iterator[Any]:
+    """Results of ``func(item)`` on the cluster of ``client``, in completion order, at most
+    :data:`TASKS_PER_THREAD` tasks in flight per worker thread.
+
+    When a task fails (or the caller stops early) the tasks still in flight are waited for, not
+    cancelled: ``client.cancel`` only makes the scheduler forget a task, whose thread goes on writing
+    its case, so this returns (and the build releases the store's lock) once none runs.
+    """
     from distributed import as_completed
-    from distributed import wait as distributed_wait
 
     window = max(1, TASKS_PER_THREAD * sum(client.nthreads().values()))
     pending = iter(items)
     futures = [client.submit(func, item, pure=False) for item in islice(pending, window)]
-    running = as_completed(futures)
+    # the client's own loop: with none given, as_completed looks for a default client, and a client
+    # made for a scheduler address is not one (set_as_default=False)
+    running = as_completed(futures, loop=client.loop)
     try:
         for future in running:
             result = future.result()
@@ -104,10 +115,25 @@ def _run_distributed(client: Any, func: Callable, items: list[Any], bar: Any) ->
                 running.add(futures[-1])
             yield result
     finally:
-        # Every task submitted, not only the first window: none may write after the lock is released.
-        unfinished = [f for f in futures if not f.done()]
-        client.cancel(unfinished)
-        distributed_wait(unfinished)
+        _wait_for_tasks(client, [f for f in futures if not f.done()])
+
+
+def _wait_for_tasks(client: Any, futures: list[Any]) -> None:
+    """Return once every one of ``futures`` has ended (finished, failed or lost with its worker).
+
+    Never raises an error of its own: it runs while an error of a case (which must reach the user) or
+    none is on its way out.
+    """
+    if not futures:
+        return
+    from distributed import as_completed
+
+    logger.info("waiting for the %d case(s) still being written to end", len(futures))
+    try:
+        for _ in as_completed(futures, loop=client.loop):
+            pass
+    except Exception as error:  # the scheduler is gone: nothing more can be learnt about those tasks
+        logger.warning("could not wait for %d case(s) still in flight: %s", len(futures), error)
 
 
 def _single_threaded() -> None:
@@ -194,6 +220,7 @@ class Executor:
         self._client: Any = None
         self._own_client = False
         self._pool: Any = None
+        self._maps: list[Generator[Any, None, None]] = []
 
     @property
     def distributed(self) -> bool:
@@ -212,6 +239,12 @@ class Executor:
                 self._client = Client(address, set_as_default=False)
                 self._own_client = True
             self.workers = max(1, sum(self._client.nthreads().values()))
+        elif self.workers > 1 and self.scheduler == "threads":
+            from concurrent.futures import ThreadPoolExecutor
+
+            # Our own pool, so that __exit__ can wait for its threads: dask's threaded scheduler raises
+            # the first error of a case at once and leaves the other cases' threads writing.
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="brainprep-build")
         elif self.workers > 1 and self.scheduler in (None, "processes"):
             # One pool for both stages (plan, write): worker processes start (and import) once.
             import multiprocessing
@@ -228,16 +261,31 @@ class Executor:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Wait for every task still running (a local pool's queued tasks are cancelled; a cluster's in
+        flight are waited for as the maps close), then free what the build held. The store's lock is
+        released after this, so no task of the build writes once it is."""
+        for results in self._maps:
+            results.close()  # runs the finally of a map its caller left unfinished
+        self._maps.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         release_buffers()  # what inline and thread tasks kept between cases in this process
         if self._own_client and self._client is not None:
             self._client.close()
         self._client = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
 
     def map(self, func: Callable, items: list[Any], desc: str) -> Iterator[Any]:
-        """Results of ``func(item)`` for every item, in completion order (local: in item order)."""
+        """Results of ``func(item)`` for every item, in completion order (local: in item order).
+
+        A map left unfinished (its caller raised between two results) is closed by :meth:`__exit__`,
+        which is when a cluster's tasks still in flight are waited for.
+        """
+        results = self._map(func, items, desc)
+        self._maps.append(results)
+        return results
+
+    def _map(self, func: Callable, items: list[Any], desc: str) -> Generator[Any, None, None]:
         if not items:
             return
         bar = None
@@ -345,6 +393,7 @@ def _prepare(store: Path, fmt: str, state: BuildState, info: dict[str, Any], ove
             return "sealed"  # killed after sealing, before removing the build state
         raise StoreError(f"{store} already exists and is complete; pass --overwrite to build it again")
     if previous is not None:
+        _refuse_other_version(store, previous, info)
         if differences:
             raise StoreMismatchError(
                 f"{store} holds an interrupted build with different parameters: {'; '.join(differences)}; "
@@ -358,12 +407,30 @@ def _prepare(store: Path, fmt: str, state: BuildState, info: dict[str, Any], ove
     return "fresh"
 
 
+def _refuse_other_version(store: Path, previous: Mapping[str, Any], info: Mapping[str, Any]) -> None:
+    """Refuse to resume a build another brainprep version started: its done markers may lack what this
+    version seals (or mean something else by a key), and its cases were written by other code."""
+    started, this = previous.get("tool_version"), info["tool_version"]
+    if started == this:
+        return
+    named = f"brainprep {started}" if started else "a brainprep version that does not record its version"
+    raise StoreMismatchError(
+        f"{store} holds an interrupted build started by {named}, and this is brainprep {this}; "
+        "resume it with the version that started it, or pass --overwrite to build it again with this one"
+    )
+
+
 def _sealed_summary(store: Path, fmt: str, state: BuildState) -> BuildSummary:
     """The summary recorded in an already sealed store (whose leftover build state is removed)."""
     state.remove()
     recorded = (_existing_metadata(store, fmt) or {}).get("summary") or {}
     fields = ("store", "cases", "patches", "skipped", "bytes", "seconds", "workers", "resumed_cases")
     return BuildSummary(**{key: recorded[key] for key in fields})
+
+
+def holds_data(params: BuildParams, record: Mapping[str, Any]) -> bool:
+    """Whether the case recorded done (``record``) wrote data: a skipped or bad case wrote none."""
+    return record.get("crop_shape" if params.store.kind == "volumes" else "n_patches") not in (None, 0)
 
 
 def lost_file(
@@ -373,9 +440,9 @@ def lost_file(
     that lost it), ``None`` when none is: the staged part of an HDF5 build, the arrays of a Zarr volume
     case. A case that holds no data (skipped) needs none; a Zarr patch store's cases share its shards,
     which ``verify`` checks once sealed."""
-    volumes = params.store.kind == "volumes"
-    if record.get("crop_shape" if volumes else "n_patches") in (None, 0):
+    if not holds_data(params, record):
         return None
+    volumes = params.store.kind == "volumes"
     if params.store.format == "hdf5":
         part = state.part_path(index)
         return None if part.is_file() else part
@@ -400,6 +467,70 @@ def _forget_lost(store: Path, params: BuildParams, state: BuildState, done: dict
         )
         state.forget(index)
     return kept
+
+
+def _forget_empty(params: BuildParams, state: BuildState, done: dict[int, Any]) -> dict[int, Any]:
+    """``done`` less the cases that hold no data (bad or skipped), whose markers are dropped so the
+    resume does them again.
+
+    Doing one again costs about what checking its files would (a label read, the images hashed or read),
+    and the marker of a bad case cannot be checked: it records only the files that could be read (not a
+    file that was missing, nor an image the write stage refused), so a fixed file would stay skipped.
+    """
+    kept = {}
+    for index, record in done.items():
+        if holds_data(params, record):
+            kept[index] = record
+        else:
+            state.forget(index)
+    return kept
+
+
+def source_change(files: list[Mapping[str, Any]], root: Path) -> str | None:
+    """How the first of ``files`` (a done marker's ``{"path", "size", "sha256"}``, paths relative to
+    ``root``) differs from that file now, ``None`` when none does.
+
+    Sizes first (a stat each), then the sha256 of each whole file: a byte changed in place keeps the size,
+    and a copy or an archive can restore the modification time.
+    """
+    paths = [(root / entry["path"], entry) for entry in files]
+    for path, entry in paths:
+        try:
+            size = path.stat().st_size
+        except OSError as error:
+            return f"{path} cannot be read ({error.strerror or error})"
+        if size != entry["size"]:
+            return f"{path} has {size} bytes, it had {entry['size']}"
+    for path, entry in paths:
+        try:
+            digest = file_record(path, root)["sha256"]
+        except OSError as error:
+            return f"{path} cannot be read ({error.strerror or error})"
+        if digest != entry["sha256"]:
+            return f"{path} has other bytes (sha256 {digest[:12]}..., it had {entry['sha256'][:12]}...)"
+    return None
+
+
+def _source_change_task(item: tuple[int, list[Mapping[str, Any]], Path]) -> tuple[int, str | None]:
+    index, files, root = item
+    return index, source_change(files, root)
+
+
+def _refuse_changed_sources(job: _BuildJob, executor: Executor, done: Mapping[int, Any]) -> None:
+    """Refuse a resume when a source file of a case done before the interruption changed since: the
+    store would hold that case's old data beside the other cases' new data, sealed as one build.
+
+    Every file of every done case is hashed again (in parallel, by the executor): the price of a resume
+    is reading the done cases' files once more, as the cases left to do read theirs.
+    """
+    items = [(index, record["files"], job.root) for index, record in sorted(done.items())]
+    for index, change in sorted(executor.map(_source_change_task, items, "check"), key=lambda r: r[0]):
+        if change is not None:
+            raise StoreMismatchError(
+                f"{job.store} holds an interrupted build whose case {done[index]['case_id']} was built "
+                f"from other source data: {change}; put the file back to resume, or pass --overwrite "
+                "to build again from the files as they are"
+            )
 
 
 # -- sealing -------------------------------------------------------------------------------------------
@@ -537,7 +668,8 @@ def _seal(
         write_table_zarr(store, arrays)
         payload = store_bytes(store / schema.IMAGES) + store_bytes(store / schema.LABELS)
     else:
-        parts = {i: state.part_path(i) for i in records if state.part_path(i).is_file()}
+        # the cases that hold data only: a case now skipped may have left the part of an earlier try
+        parts = {i: state.part_path(i) for i, record in records.items() if holds_data(params, record)}
         payload = int(sum(_part_payload(p) for p in parts.values()))
     summary = BuildSummary(
         str(store), layout.n_cases, patches, skipped, payload, time.perf_counter() - started, workers, resumed
@@ -639,7 +771,7 @@ def build_patches(
     Raises:
         BadCasesError: bad cases without ``skip_bad`` (nothing written).
         StoreLockedError: another build holds the store.
-        StoreMismatchError: an interrupted build of this store used other parameters.
+        StoreMismatchError: an interrupted build of this store differs: parameters, version or source.
         StoreError: the store exists and is complete (without ``overwrite``), or is not a brainprep store.
         StoreSpaceError: the disk filled up (the store stays incomplete; rerun to resume once freed).
         ConfigError: no case can be built (e.g. a patch larger than every volume), or cases of mixed
@@ -661,6 +793,7 @@ def build_patches(
     params = params.replace(spacing=resolve_spacing(cases, params.spacing))
     root = Path(dataset.root).resolve()
     info = {
+        "tool_version": __version__,  # a build is resumed only by the version that started it
         "params": params.to_dict(),
         "root": str(root),
         "layout": dataset.layout,
@@ -759,7 +892,10 @@ def _locked_build(job: _BuildJob, executor: Executor) -> BuildSummary:
     if mode == "sealed":
         return _sealed_summary(store, job.fmt, state)
     resumed = mode == "resume"
-    done = _forget_lost(store, job.params, state, state.done()) if resumed else {}
+    done = {}
+    if resumed:
+        done = _forget_empty(job.params, state, _forget_lost(store, job.params, state, state.done()))
+        _refuse_changed_sources(job, executor, done)
     if done:
         logger.info("resuming %s: %d of %d cases already done", store, len(done), len(job.cases))
     plans = _plan(job, executor, done, resumed)
