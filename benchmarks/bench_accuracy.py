@@ -1,8 +1,11 @@
 """Accuracy benchmark: whole-scan Dice of one U-Net trained on six data pipelines (issues 12 and 14).
 
     python benchmarks/bench_accuracy.py [--quick] [--json FILE] [--workdir DIR] [--seeds N] [--steps N]
-        [--patch X,Y,Z] [--arms i,ii,...] [--small-tumour-every K] [--dice sample|batch] [--bce-weight W]
-        [--lr LR] [--lr-schedule constant|poly] [--normalization N]
+        [--patch X,Y,Z] [--arms i,ii,...] [--small-tumour-every K] [--mimics M]
+        [--dice sample|batch|nnunet] [--bce-weight W] [--lr LR] [--lr-schedule constant|poly]
+        [--normalization none|batch|instance]
+
+``--arms`` defaults to i,ii,iii,iv (:data:`DEFAULT_ARMS`); v and vi run only when named.
 
 One model (:class:`brainnet.model.UNet3D`, :data:`FULL` sizes), one optimizer, loss and step budget, the
 same seeds (model initialisation and data stream), trained on the synthetic train cases of
@@ -707,7 +710,9 @@ def main(argv: list[str] | None = None) -> int:
         "in healthy brain, label 0; default 0)",
     )
     parser.add_argument(
-        "--arms", default=None, help="comma-separated subset of i,ii,iii,iv,v,vi (default all)"
+        "--arms",
+        default=None,
+        help="comma-separated subset of i,ii,iii,iv,v,vi (default i,ii,iii,iv; v and vi only when named)",
     )
     args = parser.parse_args(argv)
     setup_logging(args.verbose)

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Create (or reuse) .venv and install brainprep + brainnet with the test extra (which pulls the train and
-# remote extras: torch, tensorboard, fsspec, aiohttp, s3fs; see the README's "What to install").
-# The CPU build of torch is installed first: a plain `pip install torch` would pull a multi-GB CUDA build.
-# Set BRAINPREP_TORCH to another requirement (e.g. "torch" for CUDA) to override.
+# remote extras: torch, tensorboard, fsspec, aiohttp, s3fs, botocore; see the README's "What to install").
+# torch is installed first, as $BRAINPREP_TORCH (default torch==2.13.0) from pip's configured index; only if
+# that install fails is torch>=2.3 taken from PyTorch's CPU wheel index (download.pytorch.org/whl/cpu).
+# Which build the pin gives depends on the index: the CI and development machines' index serves a CPU
+# build of 2.13.0, plain PyPI on Linux a CUDA build of several GB. For the CPU build from PyPI, install it
+# into .venv first (python3 -m venv .venv && .venv/bin/pip install --index-url
+# https://download.pytorch.org/whl/cpu torch) and run this with BRAINPREP_TORCH=torch, a requirement it
+# then finds satisfied (see the README's "Quick start").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

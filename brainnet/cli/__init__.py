@@ -17,7 +17,7 @@ COMMANDS: dict[str, str] = {
     "sample": "brainnet.cli.sample:sample",
 }
 HELP = {
-    "train": "Train the 3D U-Net on a patch store.",
+    "train": "Train the 3D U-Net on a patch or volume store.",
     "evaluate": "Dice, sensitivity and specificity of a checkpoint on a store split.",
     "predict": "Segment whole scans with sliding windows; write NIfTI in the source space.",
     "demo": "The whole pipeline end to end on the embedded synthetic dataset.",
@@ -29,7 +29,7 @@ HELP = {
 @click.version_option(__version__, prog_name="brainnet")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
-    """brainnet: a thin PyTorch 3D U-Net over brainprep patch stores."""
+    """brainnet: a thin PyTorch 3D U-Net over brainprep patch and volume stores."""
     try:  # every brainnet command needs torch; `pip install brainprep` is the offline half alone
         import torch  # noqa: F401
     except ImportError as err:

@@ -19,7 +19,10 @@ from brainprep.cli.outputs import writable_output, writing
 @click.option("--cases", type=click.IntRange(min=2), default=None, help="Synthetic cases (default 10).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default 6).")
 @click.option(
-    "--seed", type=int, default=None, help="Seed of data, split, sampling and training (default 0)."
+    "--seed",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Seed of data, split, sampling and training (default 0).",
 )
 @click.option(
     "--kind",
@@ -29,7 +32,7 @@ from brainprep.cli.outputs import writable_output, writing
     "benchmarks/bench_accuracy.py) or patches (the course's frozen patches).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo in OUT_DIR.")
-@click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 def demo(
     out_dir: Path,
     cases: int | None,

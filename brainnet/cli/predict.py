@@ -58,7 +58,14 @@ def _resolve_case(input_path: Path, case_id: str | None, labels: str | None, mod
     callback=suffixed_output(".nii.gz", ".nii"),
     help="OUT.nii.gz (or an uncompressed OUT.nii).",
 )
-@click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True)
+@click.option(
+    "--overlap",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.5,
+    show_default=True,
+    help="Share of a window each neighbour shares along each axis, in [0, 1): windows start every "
+    "int(window x (1 - overlap)) voxels; their predictions are blended with Gaussian weights.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--source-labels", is_flag=True, help="Write the source's label convention instead of MSD's.")
 @click.option(

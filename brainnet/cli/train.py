@@ -1,4 +1,4 @@
-"""``brainnet train``: train the 3D U-Net on a patch store.
+"""``brainnet train``: train the 3D U-Net on a patch or volume store.
 
 Several GPUs (or CPU processes): ``torchrun --nproc-per-node N --no-python brainnet train ...``.
 """
@@ -70,7 +70,8 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
     "--steps-per-epoch",
     type=click.IntRange(min=1),
     default=None,
-    help="Batches per epoch (course: 20); default one pass over the train split.",
+    help="Batches per epoch (course: 20); default one pass: every train patch of a patch store, or "
+    "--draws-per-epoch windows of a volume store (ceil(draws / (ranks x --batch-size)) batches).",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=3, show_default=True, help="Course: 3.")
 @click.option(
@@ -126,7 +127,13 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
     help="Add this times the binary cross-entropy to the Dice (0: the course's loss; 1: Dice + BCE "
     "as nnU-Net weighs them, which pulls back a channel saturated over the whole brain).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seeds model initialisation, shuffling or window draws, and augmentation.",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option(
     "--val-split",
@@ -140,15 +147,36 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
     type=click.IntRange(min=1),
     default=None,
     help="Validation batches of --batch-size patches, over all ranks together: the first ones of the "
-    "split, whatever the ranks (default: all).",
+    "split, whatever the ranks. Default: all, i.e. every val patch of a patch store, or --draws-per-epoch "
+    "tumour windows of the val cases of a volume store (1000 by default; the same windows every epoch).",
 )
 @click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA.")
-@click.option("--min-tumour-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True)
-@click.option("--weighting", type=click.Choice(["uniform", "tumour"]), default="uniform", show_default=True)
+@click.option(
+    "--min-tumour-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Patch store: train only on patches whose stored tumour fraction is at least this. Ignored, with "
+    "a warning, on a volume store (see --tumour-share, --foreground-share).",
+)
+@click.option(
+    "--weighting",
+    type=click.Choice(["uniform", "tumour"]),
+    default="uniform",
+    show_default=True,
+    help="Patch store: uniform (every patch once per pass) or tumour (drawn with replacement, probability "
+    "proportional to the stored tumour fraction, floor 0.01). Ignored, with a warning, on a volume store.",
+)
 @augment_options(
     "none", "Batch augmentation on the training device: none (course), flips (X, Y, Z), nnunet (nnU-Net's)."
 )
-@click.option("--flips/--no-flips", default=False, help="Same as --augment flips (kept for older scripts).")
+@click.option(
+    "--flips/--no-flips",
+    default=False,
+    show_default=True,
+    help="--flips: same as --augment flips (kept for older scripts; refused with --augment nnunet). "
+    "--no-flips, the default, changes nothing: --augment alone decides.",
+)
 @click.option(
     "--tumour-share",
     type=click.FloatRange(0, 1),
@@ -168,7 +196,8 @@ def _refuse_changes(explicit: set[str], asked: dict, saved: dict, path: Path) ->
     type=click.IntRange(min=1),
     default=1000,
     show_default=True,
-    help="Volume store: fresh windows per pass (over all ranks).",
+    help="Volume store: fresh windows per training pass (over all ranks), and the count of validation's "
+    "fixed tumour windows, read every epoch, unless --val-steps.",
 )
 @click.option(
     "--resume", is_flag=True, help="Continue RUN_DIR/last.pt (its configs; --epochs etc. may change)."

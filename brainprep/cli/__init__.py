@@ -28,13 +28,13 @@ COMMANDS: dict[str, str] = {
 
 HELP = {
     "check": "Check every case of a data folder and print a table.",
-    "synth": "Write a synthetic BraTS-like dataset in the MSD layout.",
+    "synth": "Write a synthetic BraTS-like dataset (MSD layout, or --layout brats2021|brats2023).",
     "show": "Draw the three planes through a case's tumour (PNG, GIF).",
-    "build-patches": "Build a Zarr v3 / HDF5 patch store from a data folder.",
+    "build-patches": "Build a Zarr v3 / HDF5 patch or volume store (--kind) from a data folder.",
     "manifest": "Write the manifest (parameters, cases, hashes) of a store.",
-    "verify": "Verify a store against its manifest.",
+    "verify": "Verify a store's checksums, digests and tables; with --manifest, every byte.",
     "pack": "Pack a Zarr store into one zip file for sharing.",
-    "stats": "Patch counts, class balance and tumour fractions of a store.",
+    "stats": "Per split: patch counts, class balance, tumour fractions (volume store: crops, corners).",
     "import-course": "Convert the course's legacy h5 patch folder into a store.",
 }
 
@@ -66,6 +66,6 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="brainprep")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
-    """brainprep: BraTS MRI -> checked cases -> standardized patch stores."""
+    """brainprep: BraTS MRI -> checked cases -> standardized patch stores or cropped volume stores."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

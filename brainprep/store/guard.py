@@ -2,10 +2,10 @@
 
 Without this, a server that stops mid-training surfaces as an aiohttp traceback from zarr's event loop
 thread. :class:`GuardedStore` wraps zarr's ``FsspecStore`` (and :class:`GuardedFile` the fsspec file under
-an HDF5 store): a read that fails with a connection error is retried :data:`ATTEMPTS` times with a short
-exponential backoff, then raises one line naming the URL of the key and the last error. Errors that a
-retry cannot fix (access denied, an HTTP 4xx) raise at once; a missing key stays what zarr expects
-(``FileNotFoundError`` inside ``FsspecStore``, which returns ``None``).
+an HDF5 store): a read that fails with a connection error is tried :data:`ATTEMPTS` times in all (the
+first try included) with a short exponential backoff, then raises one line naming the URL of the key and
+the last error. Errors that a retry cannot fix (access denied, an HTTP 4xx) raise at once; a missing key
+stays what zarr expects (``FileNotFoundError`` inside ``FsspecStore``, which returns ``None``).
 
 s3fs retries transient S3 errors itself (its ``retries`` option) before an error reaches this layer; the
 retries here add a bound on top of whatever the filesystem does, they do not replace it.
