@@ -16,12 +16,12 @@ Arrays (``X, Y, Z`` is the patch size, ``N`` the slot count):
 name                       shape                  dtype        meaning
 =========================  =====================  ===========  =====================================
 images                     (N, 4, X, Y, Z)        float16/32   standardized FLAIR, T1w, T1gd, T2w
-labels                     (N, X, Y, Z)           uint8        MSD labels 0..3 (one-hot is the loader's)
+labels                     (N, X, Y, Z)           uint8        spec classes 0..n_classes (glioma: 0..3)
 patch_valid                (N,)                   bool         slot holds a patch
 patch_case                 (N,)                   int32        case index into ``cases``; -1 if empty
 patch_corner               (N, 3)                 int32        (x, y, z) corner on the case's RAS grid
 patch_tumour_fraction      (N,)                   float32      share of voxels with label > 0
-patch_class_fractions      (N, 3)                 float32      share of edema, non-enhancing, enhancing
+patch_class_fractions      (N, n_classes)         float32      share of each foreground class of the spec
 patch_split                (N,)                   int8         0 train, 1 val, -1 empty slot
 case_mean                  (C, 4)                 float32      volume-nonzero means (NaN otherwise)
 case_std                   (C, 4)                 float32      volume-nonzero stds (NaN otherwise)
