@@ -2,16 +2,23 @@
 
 A manifest holds the build parameters, the tool version, one row per case, the split, the schema of every
 array (shape, dtype, chunks, shards, codecs; for HDF5 also its datatype message) and a sha256 of every
-stored byte: for Zarr every chunk or shard file of every array plus the ``zarr.json`` metadata documents;
-for HDF5 every chunk's raw (still compressed) bytes, read with ``read_direct_chunk``, plus the attributes.
-Zarr shards are also hashed per inner chunk (one patch each), so a changed byte is traced to the exact
-patch slot and case.
+stored byte: for Zarr every chunk or shard file of every array plus the ``zarr.json`` metadata documents
+(those of a volume store's groups too, since manifest version 2); for HDF5 every chunk's raw (still
+compressed) bytes, read with ``read_direct_chunk``, plus the attributes. Zarr shards are also hashed per
+inner chunk (one patch each), so a changed byte is traced to the exact patch slot and case.
+
+A manifest seals a whole store: :func:`build_manifest` first runs the store's own checks
+(:func:`brainprep.verify.check_open_store`, every chunk's checksum) and refuses a damaged store, and
+:func:`verify_against_manifest` runs them too before comparing the hashes.
 
 Hashing walks the chunk grid computed from each array's metadata instead of listing folders, so the same
 code hashes a local folder, a packed ``.zarr.zip`` and a store served over plain HTTP (no listing there).
 
 Without a manifest, :func:`brainprep.verify.check_store_consistency` checks what a store says about
 itself (checksums, digests, the patch table against its labels).
+
+Versions: 2 adds the volume store's group documents (``images/zarr.json``...); a version 1 manifest still
+verifies, over what it holds (a warning says its groups are not covered).
 """
 
 from __future__ import annotations
@@ -28,18 +35,22 @@ from typing import Any
 
 import numpy as np
 
-from brainprep.errors import ConfigError, StoreCorruptError, StoreError
+from brainprep.errors import ConfigError, StoreCorruptError, StoreError, StoreIncompleteError
 from brainprep.files import write_text_atomic
 from brainprep.spec import spec_from_metadata
 from brainprep.store import schema
 from brainprep.store.locations import HDF5, store_format
+from brainprep.store.reader import PATCHES, VOLUMES, resume_hint, store_kind, unreadable_as_corrupt
 from brainprep.store.remote import close_h5_file, open_h5_file, open_zarr_store
 from brainprep.store.shards import chunk_ranges
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_KIND = "brainprep-manifest"
-MANIFEST_VERSION = 1
+#: 2: a volume store's group documents are hashed too (see the module docstring)
+MANIFEST_VERSION = 2
+#: the versions :func:`load_manifest` reads
+READABLE_VERSIONS = (1, 2)
 #: Arrays of the schema, hashed in this order (reached by name: HTTP stores cannot list).
 ARRAY_NAMES: tuple[str, ...] = (
     schema.IMAGES,
@@ -112,11 +123,14 @@ def grid_coords(shape: tuple[int, ...], chunk_shape: tuple[int, ...]) -> Iterato
     return itertools.product(*(range(n) for n in grid_shape(shape, chunk_shape)))
 
 
-def _zarr_get(store: Any, key: str) -> bytes | None:
+def _zarr_get(store: Any, key: str, location: str | Path) -> bytes | None:
+    """All bytes of ``key`` (``None`` when absent); a packed member failing its CRC-32 is a
+    :class:`StoreCorruptError` naming it."""
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
-    buffer = sync(store.get(key, prototype=default_buffer_prototype()))
+    with unreadable_as_corrupt(str(location), f"{key} unreadable"):
+        buffer = sync(store.get(key, prototype=default_buffer_prototype()))
     return None if buffer is None else buffer.to_bytes()
 
 
@@ -169,42 +183,66 @@ def hash_zarr(
     progress: bool = False,
     storage_options: dict[str, Any] | None = None,
     names: tuple[str, ...] = ARRAY_NAMES,
+    groups: tuple[str, ...] = (),
+    store: Any = None,
 ) -> dict[str, Any]:
-    """Hash the metadata documents and every stored shard/chunk of a Zarr v3 store.
+    """Hash the metadata documents (the root's, each array's and each of ``groups``') and every stored
+    shard/chunk of a Zarr v3 store.
 
-    ``storage_options`` go to fsspec for a remote store (as everywhere below).
+    ``storage_options`` go to fsspec for a remote store (as everywhere below); ``store``: the zarr ``Store``
+    of a store already open (left open), instead of opening ``location`` again.
 
     Returns:
         ``{"documents": {key: sha256}, "arrays": {name: schema + {"stored": {key: entry}}}}`` where an entry
         is ``{"sha256", "size"}`` (+ ``"inner"``: sha256 per inner chunk of a shard, C order). Chunks never
         written (all fill value) are absent from ``stored``; a missing array is absent from ``arrays``.
+
+    Raises:
+        StoreCorruptError: an array's ``zarr.json`` does not parse, or a packed member fails its CRC-32.
     """
-    store = open_zarr_store(location, storage_options=storage_options)
-    documents: dict[str, str] = {}
-    root = _zarr_get(store, "zarr.json")
+    owned = store is None
+    store = open_zarr_store(location, storage_options=storage_options) if owned else store
+    try:
+        documents, arrays, keys = _zarr_documents(store, location, names, groups)
+        for name, key in _progress(keys, progress, "hashing shards"):
+            data = _zarr_get(store, key, location)
+            if data is None:
+                continue
+            entry: dict[str, Any] = {"sha256": sha256_hex(data), "size": len(data)}
+            if arrays[name]["shards"] is not None:
+                with unreadable_as_corrupt(str(location), f"array {name} metadata unreadable"):
+                    entry["inner"] = _inner_hashes(data, arrays[name])
+            arrays[name]["stored"][key[len(name) + 1 :]] = entry  # the key under the array (names may hold /)
+    finally:
+        if owned:
+            store.close()
+    return {"documents": documents, "arrays": arrays}
+
+
+def _zarr_documents(
+    store: Any, location: str | Path, names: tuple[str, ...], groups: tuple[str, ...]
+) -> tuple[dict[str, str], dict[str, Any], list[tuple[str, str]]]:
+    """The documents' hashes, each array's schema (``stored`` still empty) and the chunk keys to hash."""
+    root = _zarr_get(store, "zarr.json", location)
     if root is None:
         raise StoreError(f"{location} has no zarr.json: not a Zarr v3 store")
-    documents["zarr.json"] = sha256_hex(root)
+    documents = {"zarr.json": sha256_hex(root)}
+    for group in groups:
+        raw = _zarr_get(store, f"{group}/zarr.json", location)
+        if raw is not None:
+            documents[f"{group}/zarr.json"] = sha256_hex(raw)
     arrays: dict[str, Any] = {}
     keys: list[tuple[str, str]] = []
     for name in names:
-        raw = _zarr_get(store, f"{name}/zarr.json")
+        raw = _zarr_get(store, f"{name}/zarr.json", location)
         if raw is None:
             continue
         documents[f"{name}/zarr.json"] = sha256_hex(raw)
-        meta = json.loads(raw)
-        arrays[name] = {**zarr_array_schema(meta), "stored": {}}
-        keys.extend((name, key) for key in _zarr_stored_keys(name, meta))
-    for name, key in _progress(keys, progress, "hashing shards"):
-        data = _zarr_get(store, key)
-        if data is None:
-            continue
-        entry: dict[str, Any] = {"sha256": sha256_hex(data), "size": len(data)}
-        if arrays[name]["shards"] is not None:
-            entry["inner"] = _inner_hashes(data, arrays[name])
-        arrays[name]["stored"][key[len(name) + 1 :]] = entry  # the key under the array (names may hold /)
-    store.close()
-    return {"documents": documents, "arrays": arrays}
+        with unreadable_as_corrupt(str(location), f"array {name} metadata unreadable"):
+            meta = json.loads(raw)
+            arrays[name] = {**zarr_array_schema(meta), "stored": {}}
+            keys.extend((name, key) for key in _zarr_stored_keys(name, meta))
+    return documents, arrays, keys
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -251,17 +289,25 @@ def hash_hdf5(
     progress: bool = False,
     storage_options: dict[str, Any] | None = None,
     names: tuple[str, ...] = ARRAY_NAMES,
+    groups: tuple[str, ...] = (),
+    handle: Any = None,
 ) -> dict[str, Any]:
     """Hash the attributes and every chunk's raw bytes of an HDF5 store.
 
+    ``handle``: the ``h5py.File`` of a store already open (left open), instead of opening ``location``.
+
     Returns:
-        Same layout as :func:`hash_zarr`; documents are ``attrs/NAME`` (file) and ``ARRAY/attrs/NAME``;
-        chunk keys are ``c/i/j/...`` chunk-grid coordinates (offset / chunk shape); a contiguous dataset
-        has the single key ``contiguous`` (its bytes, which carry no filter).
+        Same layout as :func:`hash_zarr`; documents are ``attrs/NAME`` (file), ``GROUP/attrs/NAME`` and
+        ``ARRAY/attrs/NAME``; chunk keys are ``c/i/j/...`` chunk-grid coordinates (offset / chunk shape);
+        a contiguous dataset has the single key ``contiguous`` (its bytes, which carry no filter).
     """
-    handle = open_h5_file(location, storage_options=storage_options)
+    owned = handle is None
+    handle = open_h5_file(location, storage_options=storage_options) if owned else handle
     try:
         documents = {f"attrs/{k}": sha256_hex(_attribute_bytes(v)) for k, v in sorted(handle.attrs.items())}
+        for group in (g for g in groups if g in handle):
+            for key, value in sorted(handle[group].attrs.items()):
+                documents[f"{group}/attrs/{key}"] = sha256_hex(_attribute_bytes(value))
         arrays: dict[str, Any] = {}
         work: list[tuple[str, int | None]] = []
         for name in names:
@@ -294,7 +340,8 @@ def hash_hdf5(
             f"{location} is a damaged HDF5 file ({err}); restore it or rebuild the store"
         ) from err
     finally:
-        close_h5_file(handle)
+        if owned:
+            close_h5_file(handle)
     return {"documents": documents, "arrays": arrays}
 
 
@@ -304,10 +351,15 @@ def hash_store(
     progress: bool = False,
     storage_options: dict[str, Any] | None = None,
     names: tuple[str, ...] = ARRAY_NAMES,
+    groups: tuple[str, ...] = (),
+    opened: Any = None,
 ) -> dict[str, Any]:
-    """:func:`hash_zarr` or :func:`hash_hdf5` (of the arrays ``names``) depending on the location's format."""
-    hasher = hash_hdf5 if store_format(location) == HDF5 else hash_zarr
-    return hasher(location, progress=progress, storage_options=storage_options, names=names)
+    """:func:`hash_zarr` or :func:`hash_hdf5` (of the arrays ``names`` and the groups ``groups``) depending
+    on the location's format; ``opened``: the open store of ``location`` to hash through (not reopened)."""
+    common = {"progress": progress, "storage_options": storage_options, "names": names, "groups": groups}
+    if store_format(location) == HDF5:
+        return hash_hdf5(location, handle=None if opened is None else opened.handle, **common)
+    return hash_zarr(location, store=None if opened is None else opened.handle.store, **common)
 
 
 def volume_array_names(metadata: dict[str, Any]) -> tuple[str, ...]:
@@ -315,9 +367,15 @@ def volume_array_names(metadata: dict[str, Any]) -> tuple[str, ...]:
     a volume, then the case tables; reached by name, as for a patch store."""
     from brainprep.store import volume_schema as vs
 
-    per_case = (vs.IMAGES, vs.LABELS, *vs.SAMPLING_TABLES)
     cases = [c["index"] for c in metadata.get("cases", []) if c.get("crop_shape") is not None]
-    return (*(vs.case_key(name, i) for i in cases for name in per_case), *vs.CASE_TABLE_ARRAYS)
+    return (*(vs.case_key(name, i) for i in cases for name in volume_group_names()), *vs.CASE_TABLE_ARRAYS)
+
+
+def volume_group_names() -> tuple[str, ...]:
+    """The groups of a volume store, one array per case in each (``images`` holds ``images/000003``)."""
+    from brainprep.store import volume_schema as vs
+
+    return (vs.IMAGES, vs.LABELS, *vs.SAMPLING_TABLES)
 
 
 def _progress(items: list, enabled: bool, desc: str, unit: str = "chunk"):
@@ -361,14 +419,26 @@ def case_rows(metadata: dict[str, Any], table: Any, patches_per_case: int) -> li
 def build_manifest(
     location: str | Path, *, progress: bool = False, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The manifest of a complete store (see the module docstring); a JSON-able dict, deterministic."""
-    from brainprep.store.reader import PATCHES, open_store, store_kind
+    """The manifest of a complete, whole store (see the module docstring); a JSON-able dict, deterministic.
 
-    store = open_store(location, require_complete=True, storage_options=storage_options)
-    if store_kind(store.metadata) != PATCHES:
-        return _volume_manifest(location, store, progress, storage_options)
-    try:
+    The store is opened once: its own checks (:func:`brainprep.verify.check_open_store`: every chunk's
+    checksum, the digests, the tables against the labels; not the images' finiteness) and the hashing
+    read it through the same handle.
+
+    Raises:
+        StoreIncompleteError: the store's build has not finished.
+        StoreCorruptError: the store fails its own checks (a manifest would seal the damage); the message
+            gives the first problem and how many there are.
+    """
+    from brainprep.verify import check_open_store, open_to_check
+
+    with open_to_check(location, storage_options=storage_options) as store:
         metadata = store.metadata
+        if not metadata.get("complete"):
+            raise StoreIncompleteError(f"{location} is not complete: {resume_hint(location)}")
+        _refuse_damaged(location, check_open_store(store, check_images=False, progress=progress))
+        if store_kind(metadata) == VOLUMES:
+            return _volume_manifest(location, store, progress, storage_options)
         patches_per_case = int(store.params.sampling.patches_per_case)
         rows = case_rows(metadata, store.table, patches_per_case)
         store_fields = {
@@ -377,25 +447,33 @@ def build_manifest(
             "n_slots": int(store.n_slots),
             "patches_per_case": patches_per_case,
         }
-    finally:
-        store.close()
-    hashes = hash_store(location, progress=progress, storage_options=storage_options)
+        hashes = hash_store(location, progress=progress, storage_options=storage_options, opened=store)
     return _manifest(location, metadata, store_fields, rows, rows, hashes)
+
+
+def _refuse_damaged(location: str | Path, differences: list[Difference]) -> None:
+    """Raise, in one line, when a store about to get a manifest fails its own checks."""
+    if differences:
+        more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
+        raise StoreCorruptError(
+            f"{location} fails its own checks, so no manifest was written: {differences[0]}{more}; "
+            f"run `brainprep verify {location}` for every problem, then restore or rebuild the store"
+        )
 
 
 def _volume_manifest(
     location: str | Path, store: Any, progress: bool, storage_options: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """:func:`build_manifest` of a volume store: its case rows as stored, every array hashed."""
-    try:
-        metadata = store.metadata
-        store_fields = {"format": store.format, "kind": "volumes", "patch_size": list(store.patch_size)}
-    finally:
-        store.close()
+    """:func:`build_manifest` of an open, checked volume store: its case rows as stored, every array and
+    group document hashed."""
+    metadata = store.metadata
+    store_fields = {"format": store.format, "kind": VOLUMES, "patch_size": list(store.patch_size)}
     rows = [dict(record) for record in metadata.get("cases", [])]
     built = [row for row in rows if row.get("crop_shape") is not None]  # skipped cases have no volume
-    names = volume_array_names(metadata)
-    hashes = hash_store(location, progress=progress, storage_options=storage_options, names=names)
+    names, groups = volume_array_names(metadata), volume_group_names()
+    hashes = hash_store(
+        location, progress=progress, storage_options=storage_options, names=names, groups=groups, opened=store
+    )
     return _manifest(location, metadata, store_fields, rows, built, hashes)
 
 
@@ -461,9 +539,10 @@ def load_manifest(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read manifest {path}: {error}") from error
     if not isinstance(manifest, dict) or manifest.get("kind") != MANIFEST_KIND:
         raise ConfigError(f"{path} is not a brainprep manifest (expected kind {MANIFEST_KIND!r})")
-    if manifest.get("version") != MANIFEST_VERSION:
+    if manifest.get("version") not in READABLE_VERSIONS:
         raise ConfigError(
-            f"manifest {path} has version {manifest.get('version')}, expected {MANIFEST_VERSION}"
+            f"manifest {path} has version {manifest.get('version')}, this brainprep reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}: write it again with `brainprep manifest`"
         )
     for key in ("arrays", "documents", "cases", "store"):
         if key not in manifest:
@@ -480,7 +559,7 @@ def _held(manifest: dict[str, Any], array: str, key: str) -> tuple[tuple[int, in
     info = manifest["arrays"][array]
     grid = info["shards"] or info["chunks"]
     ids = [row["case_id"] for row in manifest["cases"]]
-    if manifest["store"].get("kind") == "volumes":  # images/000003: an array per case
+    if manifest["store"].get("kind") == VOLUMES:  # images/000003: an array per case
         _, _, index = array.rpartition("/")
         return None, (ids[int(index)],) if index.isdigit() and int(index) < len(ids) else ()
     if key == "contiguous" or not grid:
@@ -582,26 +661,48 @@ def verify_against_manifest(
     location: str | Path,
     manifest: dict[str, Any],
     *,
+    check_images: bool = True,
     progress: bool = False,
     storage_options: dict[str, Any] | None = None,
 ) -> list[Difference]:
-    """Recompute every hash of ``location`` and compare with ``manifest``; ``[]`` when all match.
+    """The store's own checks (:func:`brainprep.verify.check_open_store`, ``check_images`` as there), then
+    every hash of ``location`` recomputed and compared with ``manifest``; ``[]`` when all pass. The store
+    is opened once for both.
 
     Raises:
         ConfigError: the manifest is of another store kind (a patch store's manifest for a volume store,
             or the reverse): nothing to compare array by array.
     """
-    from brainprep.store.reader import open_store, store_kind
+    from brainprep.verify import check_open_store, open_problem, open_to_check, short_problem
 
-    wanted = manifest["store"].get("kind", "patches")
-    with open_store(
-        location, require_complete=False, check_integrity=False, storage_options=storage_options
-    ) as store:
+    wanted = manifest["store"].get("kind", PATCHES)
+    try:
+        opened = open_to_check(location, storage_options=storage_options)
+    except StoreCorruptError as error:  # an array's metadata that does not read, a damaged file
+        return [open_problem(error, location)]
+    with opened as store:
         found = store_kind(store.metadata)
-    if found != wanted:
-        raise ConfigError(
-            f"the manifest is of a {wanted} store, {location} is a {found} store: verify it with its own"
-        )
-    names = tuple(manifest["arrays"]) if wanted == "volumes" else ARRAY_NAMES
-    hashes = hash_store(location, progress=progress, storage_options=storage_options, names=names)
-    return compare_hashes(manifest, hashes)
+        if found != wanted:
+            raise ConfigError(
+                f"the manifest is of a {wanted} store, {location} is a {found} store: verify it with its own"
+            )
+        out = check_open_store(store, check_images=check_images, progress=progress)
+        names, groups = ARRAY_NAMES, ()
+        if wanted == VOLUMES:
+            names, groups = tuple(manifest["arrays"]), volume_group_names()
+            if manifest.get("version") == 1:
+                groups = ()  # not recorded then
+                logger.warning("manifest of %s is version 1: its group documents are not covered", location)
+        try:
+            hashes = hash_store(
+                location,
+                progress=progress,
+                storage_options=storage_options,
+                names=names,
+                groups=groups,
+                opened=store,
+            )
+        except StoreCorruptError as error:  # metadata that does not parse: its rows are above
+            problem = f"not compared: {short_problem(error, str(location))}"
+            return [*out, Difference("metadata", "(sha256)", problem)]
+    return out + compare_hashes(manifest, hashes)

@@ -4,6 +4,9 @@
 shard or chunk, slot and case:
 
 - an incomplete store (one row, saying how to resume it), and nothing else, since it has no tables yet;
+- a store that does not even open for checking (an array's metadata that does not parse, a damaged
+  file: one row), or whose ``images`` / ``labels`` metadata is not brainprep's (another shape, dtype or
+  shard layout: one row, since its chunks cannot be read as written);
 - metadata that fails its digest (a hand-edited parameter or split), a table that fails its digest;
 - every chunk that is missing or fails its checksum (crc32c in Zarr, fletcher32 in HDF5), and every case
   whose stored chunks no longer give its recorded data digest (a chunk swapped for another valid one);
@@ -13,10 +16,14 @@ shard or chunk, slot and case:
 A store built before checksums existed gets the table checks and the array shapes against its parameters
 only; :func:`unverified_note` says so. A store whose chunks carry checksums but whose metadata has lost its
 integrity block is damaged (only a sealing brainprep writes checksummed chunks).
+
+:func:`check_open_store` runs the same checks on a store already open (:func:`open_to_check`), so that
+:mod:`brainprep.manifest` checks a store and hashes it through one handle.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,28 +34,47 @@ from brainprep.errors import StoreCorruptError
 from brainprep.manifest import Difference, _progress
 from brainprep.sample import patch_fractions
 from brainprep.store import integrity, schema
+from brainprep.store.reader import PATCHES, open_store, resume_hint, store_kind
 from brainprep.store.shards import checksum_digest
 
 #: Tolerance of the recomputed tumour / class fractions (stored as float32).
 FRACTION_ATOL = 1e-6
 
 
-def unverified_note(location: str | Path, *, storage_options: dict[str, Any] | None = None) -> str | None:
-    """A one-line note when ``location`` is a complete store built without checksums (else ``None``)."""
-    from brainprep.store.reader import open_store
-
-    opened = open_store(
+def open_to_check(location: str | Path, *, storage_options: dict[str, Any] | None = None) -> Any:
+    """``location`` opened as the checks here need it: incomplete or failing its digests, to report it."""
+    return open_store(
         location, require_complete=False, check_integrity=False, storage_options=storage_options
     )
-    with opened as store:
-        metadata = store.metadata
-        checksummed = store.chunks_checksummed(metadata)
-    if metadata.get("complete") and not integrity.is_sealed(metadata) and not checksummed:
+
+
+def unverified_note(location: str | Path, *, storage_options: dict[str, Any] | None = None) -> str | None:
+    """A one-line note when ``location`` is a complete store built without checksums (else ``None``)."""
+    with open_to_check(location, storage_options=storage_options) as store:
+        return store_note(store)
+
+
+def store_note(store: Any) -> str | None:
+    """:func:`unverified_note` of an open store (from :func:`open_to_check`)."""
+    metadata = store.metadata
+    if (
+        metadata.get("complete")
+        and not integrity.is_sealed(metadata)
+        and not store.chunks_checksummed(metadata)
+    ):
         return (
-            f"{location} was built without checksums (brainprep {metadata.get('tool_version', '?')}): "
+            f"{store.location} was built without checksums (brainprep {metadata.get('tool_version', '?')}): "
             "its chunks cannot be checked without a manifest; only its tables were checked"
         )
     return None
+
+
+def short_problem(error: Exception, location: str) -> str:
+    """The problem part of a reader's message, for a row that names the array, slot and case already while
+    verify runs: without its ``"<what>: "`` prefix, `` in LOCATION/...`` and its advice to run verify."""
+    text = re.split(r"; run `brainprep verify", str(error), maxsplit=1)[0]
+    text = re.sub(f" in {re.escape(str(location))}\\S*", "", text)
+    return text.split(": ", 1)[-1]
 
 
 def check_table_slot(
@@ -83,42 +109,61 @@ def check_store_consistency(
 ) -> list[Difference]:
     """Every way the store at ``location`` disagrees with itself (``[]`` when it is whole); see the module
     docstring for what is checked. ``storage_options``: fsspec options of a remote store."""
-    from brainprep.store.reader import PATCHES, open_store, store_kind
-
-    opened = open_store(
-        location, require_complete=False, check_integrity=False, storage_options=storage_options
+    found = check_store(
+        location, check_images=check_images, progress=progress, storage_options=storage_options
     )
-    with opened as store:
-        metadata = store.metadata
-        if metadata.get("complete") is not True:
-            return [Difference("metadata", "complete", _incomplete_problem(location))]
-        out = _metadata_differences(metadata, store.chunks_checksummed(metadata))
-        if store_kind(metadata) != PATCHES:
-            from brainprep.verify_volumes import check_volume_store
+    return found[0]
 
-            return out + check_volume_store(store, progress)
-        shape = store.shape_problem()
-        if shape is not None:
-            return [*out, Difference("metadata", "params", shape)]
-        tables, table_differences = _read_tables(store, metadata)
-        out.extend(table_differences)
-        if tables is None:
-            return out
-        store.use_table(tables)  # the tables as read, even where they fail their digests (reported above)
-        damaged, data_differences = _data_differences(store, tables, progress)
-        out.extend(data_differences)
-        out.extend(_table_differences(store, tables, damaged, check_images, progress))
+
+def check_store(
+    location: str | Path,
+    *,
+    check_images: bool = True,
+    progress: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[list[Difference], str | None]:
+    """:func:`check_store_consistency` and, when it finds nothing, :func:`unverified_note`, from one open
+    of the store (``brainprep verify``)."""
+    try:
+        store = open_to_check(location, storage_options=storage_options)
+    except StoreCorruptError as error:  # an array's metadata that does not read, a damaged file
+        return [open_problem(error, location)], None
+    with store:
+        differences = check_open_store(store, check_images=check_images, progress=progress)
+        return differences, None if differences else store_note(store)
+
+
+def open_problem(error: StoreCorruptError, location: str | Path) -> Difference:
+    """The row of a store that does not open for checking (damaged array metadata, a damaged file)."""
+    return Difference("metadata", "(open)", short_problem(error, str(location)))
+
+
+def check_open_store(store: Any, *, check_images: bool = True, progress: bool = False) -> list[Difference]:
+    """:func:`check_store_consistency` of a store opened by :func:`open_to_check` (left open: the manifest
+    hashes the same handle)."""
+    metadata = store.metadata
+    if metadata.get("complete") is not True:
+        return [Difference("metadata", "complete", f"store is not complete: {resume_hint(store.location)}")]
+    out = _metadata_differences(metadata, store.chunks_checksummed(metadata))
+    if store_kind(metadata) != PATCHES:
+        from brainprep.verify_volumes import check_volume_store
+
+        return out + check_volume_store(store, progress)
+    shape = store.shape_problem()
+    if shape is not None:
+        return [*out, Difference("metadata", "params", shape)]
+    layout = store.layout_problem()
+    if layout is not None:  # its chunks cannot be located: nothing below could be read as it reads
+        return [*out, Difference("metadata", "layout", layout)]
+    tables, table_differences = _read_tables(store, metadata)
+    out.extend(table_differences)
+    if tables is None:
+        return out
+    store.use_table(tables)  # the tables as read, even where they fail their digests (reported above)
+    damaged, data_differences = _data_differences(store, tables, progress)
+    out.extend(data_differences)
+    out.extend(_table_differences(store, tables, damaged, check_images, progress))
     return out
-
-
-def _incomplete_problem(location: str | Path) -> str:
-    path = Path(str(location))
-    state = path.with_name(path.name + schema.BUILD_DIR_SUFFIX)
-    where = f" (its build state is in {state})" if state.is_dir() else ""
-    return (
-        f"store is not complete: its build is still running or was interrupted{where}; rerun the same "
-        "`brainprep build-patches` command to finish it"
-    )
 
 
 def _metadata_differences(metadata: dict[str, Any], checksummed: bool) -> list[Difference]:
@@ -133,19 +178,40 @@ def _read_tables(
     store: Any, metadata: dict[str, Any]
 ) -> tuple[dict[str, np.ndarray] | None, list[Difference]]:
     """The table arrays (without their digest check) and a row for each that fails its digest; ``None``
-    when one cannot be read at all."""
+    when one cannot be read at all, or has another shape than the store's (its rows would not line up
+    with the slots)."""
     tables, out = {}, []
+    shapes = _table_shapes(store)
     for name in (*schema.PATCH_TABLE_ARRAYS, schema.CASE_MEAN, schema.CASE_STD):
         try:
             tables[name] = store.read_table_array(name, check=False)
         except StoreCorruptError as error:
-            out.append(Difference(name, "(table)", str(error)))
+            out.append(Difference(name, "(table)", short_problem(error, store.location)))
             return None, out
+        if tables[name].shape != shapes[name]:
+            problem = f"shape {tables[name].shape}, the store's slots, cases and classes give {shapes[name]}"
+            return None, [*out, Difference(name, "(table)", problem)]
         try:
             integrity.check_table(store.location, metadata, name, tables[name])
         except StoreCorruptError:
             out.append(Difference(name, "(table)", "does not match its recorded digest (edited or damaged)"))
     return tables, out
+
+
+def _table_shapes(store: Any) -> dict[str, tuple[int, ...]]:
+    """The shape of each table of a patch store (N slots, C cases, its spec's channels and classes)."""
+    n, cases = int(store.n_slots), len(store.metadata.get("cases", []))
+    per_case = (cases, len(store.spec.channels))
+    return {
+        schema.PATCH_VALID: (n,),
+        schema.PATCH_CASE: (n,),
+        schema.PATCH_CORNER: (n, 3),
+        schema.PATCH_TUMOUR_FRACTION: (n,),
+        schema.PATCH_CLASS_FRACTIONS: (n, store.spec.n_classes),
+        schema.PATCH_SPLIT: (n,),
+        schema.CASE_MEAN: per_case,
+        schema.CASE_STD: per_case,
+    }
 
 
 def _data_differences(
@@ -192,33 +258,34 @@ class _CaseChunks:
 def _case_chunks(
     store: Any, which: int, name: str, slots: range, valid: np.ndarray, case_id: str
 ) -> _CaseChunks:
-    """The stored chunks of one case of array ``name``: every slot of its Zarr shard, or its valid HDF5
-    slots; each missing or damaged one becomes a problem row."""
-    if store.format == "zarr" and store._shards is not None:
+    """The stored chunks of one case of array ``name``: every slot of its Zarr shard (the layout is
+    checked first, so a complete Zarr store has its shard readers), or its valid HDF5 slots; each missing
+    or damaged one becomes a problem row."""
+    if store.format == "hdf5":
+        dataset = (store.images, store.labels)[which]
+        found = _CaseChunks(f"slots {slots.start}-{slots.stop - 1}")
+        read: Callable[[int], bytes] = lambda slot: _hdf5_chunk(dataset, slot)  # noqa: E731
+        wanted = [s for s in slots if valid[s]]
+    else:
         reader = store._shards[which]
         found = _CaseChunks(reader.layout.key(slots.start // reader.layout.per_shard))
         try:
             reader.index(slots.start // reader.layout.per_shard)
         except StoreCorruptError as error:
+            problem = short_problem(error, store.location)
             found.problems.append(
-                Difference(name, found.key, _short(error), (slots.start, slots.stop - 1), (case_id,))
+                Difference(name, found.key, problem, (slots.start, slots.stop - 1), (case_id,))
             )
             found.damaged.extend(slots)
             return found
-        read: Callable[[int], bytes] = reader.chunk
+        read = reader.chunk
         wanted = list(slots)
-    elif store.format == "hdf5":
-        dataset = (store.images, store.labels)[which]
-        found = _CaseChunks(f"slots {slots.start}-{slots.stop - 1}")
-        read = lambda slot: _hdf5_chunk(dataset, slot)  # noqa: E731
-        wanted = [s for s in slots if valid[s]]
-    else:
-        return _CaseChunks("(not checked: not a brainprep layout)")
     for slot in wanted:
         try:
             found.chunks.append(read(slot))
         except StoreCorruptError as error:
-            found.problems.append(Difference(name, found.key, _short(error), (slot, slot), (case_id,)))
+            problem = short_problem(error, store.location)
+            found.problems.append(Difference(name, found.key, problem, (slot, slot), (case_id,)))
             found.damaged.append(slot)
     return found
 
@@ -230,12 +297,6 @@ def _hdf5_chunk(dataset: Any, slot: int) -> bytes:
     if offset is None:
         raise StoreCorruptError(f"chunk of slot {slot} missing")
     return bytes(dataset.id.read_direct_chunk(offset)[1])
-
-
-def _short(error: Exception) -> str:
-    """The problem part of a reader's message (the row already names array, slot and case)."""
-    text = str(error)
-    return text.split(": ", 1)[1] if text.startswith(("images of", "labels of")) else text
 
 
 def _table_differences(
@@ -303,5 +364,5 @@ def _slot_problems(
         if check_images and not np.isfinite(store.read_image(slot)).all():
             problems.append("image patch holds NaN or Inf")
     except StoreCorruptError as error:
-        problems.append(f"cannot decode patch: {_short(error)}")
+        problems.append(f"cannot decode patch: {short_problem(error, store.location)}")
     return problems

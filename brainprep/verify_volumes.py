@@ -4,15 +4,14 @@ What a sealed volume store says about itself, checked, as :class:`~brainprep.man
 naming the array, case and problem: the case tables against their digests; per case, every chunk of its
 image and label (decoded, so every crc32c / fletcher32 is checked; a missing chunk or shard is a row),
 the chunks against the case's recorded data digest (a chunk swapped for another valid one), the image
-finite, each array's dtype and shape against the store's dtype and the case's crop (the reader's own
-check, ``VolumeStore._array``: a damaged ``zarr.json`` or HDF5 header reads other values or another
-shape, and the chunk checksums do not cover it), and the sampling tables against their digests and
-against the stored label (the corner table recomputed, every class location on its class).
+finite, each array's dtype, shape and codec layout against the store's dtype and the case's crop (the
+reader's own check, ``VolumeStore._array``: a damaged ``zarr.json`` or HDF5 header reads other values or
+another shape, and the chunk checksums do not cover it), and the sampling tables against their digests
+and against the stored label (the corner table recomputed, every class location on its class).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,7 @@ from brainprep.store import integrity
 from brainprep.store import volume_schema as vs
 from brainprep.store.shards import checksum_digest
 from brainprep.store.volume_zarr import shard_digest, shard_key
+from brainprep.verify import short_problem
 from brainprep.volume import crop_corner_table
 
 
@@ -34,7 +34,7 @@ def check_volume_store(store: Any, progress: bool = False) -> list[Difference]:
         try:
             integrity.check_table(store.location, metadata, name, store.read_table_array(name, check=False))
         except StoreCorruptError as error:
-            out.append(Difference(name, "(table)", _short(error, store.location)))
+            out.append(Difference(name, "(table)", short_problem(error, store.location)))
     for entry in _progress(metadata.get("cases", []), progress, "checking cases", "case"):
         if entry.get("crop_shape") is not None:
             out.extend(_case_differences(store, entry))
@@ -51,7 +51,7 @@ def _case_differences(store: Any, entry: dict[str, Any]) -> list[Difference]:
         try:  # a wrong dtype or shape is refused here, as every read refuses it
             arrays[name] = store._read(name, index, selection)
         except (StoreError, KeyError) as error:
-            out.append(Difference(name, key, _short(error, store.location), None, case))
+            out.append(Difference(name, key, short_problem(error, store.location), None, case))
             continue
         if integrity.is_sealed(store.metadata) and _chunk_digest(store, name, index) != (
             entry.get("data_digest") or {}
@@ -68,17 +68,12 @@ def _case_differences(store: Any, entry: dict[str, Any]) -> list[Difference]:
         try:
             tables[name] = store.sampling_table(index, name)
         except (StoreError, KeyError) as error:
-            out.append(Difference(name, vs.case_key(name, index), _short(error, store.location), None, case))
+            out.append(
+                Difference(name, vs.case_key(name, index), short_problem(error, store.location), None, case)
+            )
     if len(tables) == len(vs.SAMPLING_TABLES):
         out.extend(_table_problems(store, index, label, tables, case))
     return out
-
-
-def _short(error: Exception, location: str) -> str:
-    """The problem part of a reader's message: the row names the array and case, verify is running."""
-    text = str(error).split("; run `brainprep verify", 1)[0]
-    text = re.sub(f" in {re.escape(location)}\\S*", "", text)
-    return text.split(": ", 1)[-1]
 
 
 def _table_problems(

@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -478,3 +479,188 @@ def test_store_without_checksums_still_reads_and_says_so_once(
         open_store(old)
     result = CliRunner().invoke(brainprep_main, ["verify", str(old), "--no-progress"])
     assert result.exit_code == 1 and "its metadata (cases, K, patch size) gives" in result.output
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Array metadata: a damaged zarr.json is refused, never read through another layout.
+
+
+def test_an_edited_fill_value_is_refused_not_read_through_zarr(
+    stores: dict[str, Path], tmp_path: Path
+) -> None:
+    """One bit ('0' -> '1') of images/zarr.json's fill_value made the array another layout to brainprep's
+    reader, and zarr then read every empty slot as 1.0 and a deleted shard of valid slots as 1.0 too."""
+    store = copy_store(stores["zarr"], tmp_path)
+    document = store / "images" / "zarr.json"
+    text = document.read_text()
+    assert '"fill_value": 0.0' in text
+    document.write_text(text.replace('"fill_value": 0.0', '"fill_value": 1.0'))
+    problem = "images/zarr.json is not brainprep's shard layout: fill_value 1.0, brainprep writes 0"
+    with pytest.raises(StoreCorruptError, match=re.escape(problem)):
+        open_store(store)
+    slot, _ = first_valid_slot(stores["zarr"])
+    (store / "images" / "c" / str(slot // K) / "0" / "0" / "0" / "0").unlink()
+    with open_store(store, check_integrity=False) as opened:  # as verify opens it: reads still refuse
+        empty = int(np.flatnonzero(~opened.table.valid)[0])
+        for slots in ([empty], [slot]):
+            with pytest.raises(StoreCorruptError, match=re.escape(problem)):
+                opened.read_patches(slots)
+    assert [(d.array, d.key, d.problem) for d in check_store_consistency(store)] == [
+        ("metadata", "layout", problem)
+    ]
+    result = CliRunner().invoke(brainprep_main, ["verify", str(store), "--no-progress"])
+    assert result.exit_code == 1 and f"metadata layout: {problem}" in result.output
+    assert "not checked" not in result.output and "Traceback" not in result.output
+
+
+def test_a_sealed_store_whose_zarr_json_lost_its_crc32c_is_refused(
+    stores: dict[str, Path], tmp_path: Path
+) -> None:
+    """Blosc then no crc32c is the layout of stores from before checksums: a sealed store's chunks all end
+    with one, so its reads would go unchecked."""
+    store = copy_store(stores["zarr"], tmp_path)
+    document = store / "labels" / "zarr.json"
+    meta = json.loads(document.read_text())
+    inner = meta["codecs"][0]["configuration"]["codecs"]
+    assert inner[-1]["name"] == "crc32c"
+    meta["codecs"][0]["configuration"]["codecs"] = inner[:-1]
+    document.write_text(json.dumps(meta))
+    with pytest.raises(
+        StoreCorruptError, match=re.escape("labels/zarr.json has no crc32c codec, yet the store is sealed")
+    ):
+        open_store(store)
+
+
+@pytest.fixture(scope="module")
+def tiny_stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A patch and a volume store of two small cases, as Zarr folders and packed, with their manifests."""
+    from brainprep.manifest import write_manifest
+    from brainprep.pack import pack_store
+    from brainprep.params import StoreParams
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = write_synthetic_dataset(root / "data", SynthParams(n_cases=2, shape=(32, 32, 16), seed=0))
+    params = BuildParams(sampling=SamplingParams(patch_size=(16, 16, 8), patches_per_case=2), seed=1)
+    out = {}
+    for kind in ("patches", "volumes"):
+        out[kind] = root / f"{kind}.zarr"
+        build_patches(data, out[kind], params.replace(store=StoreParams(kind=kind)), workers=1)
+        out[f"{kind}.zip"] = pack_store(out[kind], root / f"{kind}.zarr.zip")
+        write_manifest(out[kind], root / f"{kind}.json")
+    return out
+
+
+def _read_everything(location: Path) -> list[np.ndarray]:
+    """Every array a reader hands out (tables, patches or volumes, windows), as training and stats do."""
+    from brainprep.store.volume_reader import VolumeStore
+
+    with open_store(location) as store:
+        if isinstance(store, VolumeStore):
+            out = [getattr(store.case_table, name) for name in store.case_table.__dataclass_fields__]
+            for index in store.case_indices():
+                out.extend(store.read_volume(int(index)))
+                out.extend(store.sampling_tables(int(index)).values())
+                out.extend(store.read_window(int(index), (0, 0, 0), standardize="volume-nonzero"))
+            return out
+        table = store.table
+        statistics = [store.read_table_array(name) for name in (schema.CASE_MEAN, schema.CASE_STD)]
+        fields = [getattr(table, name) for name in table.__dataclass_fields__]
+        return [*fields, *statistics, *store.read_patches(range(4))]
+
+
+def _document_damages(raw: bytes) -> dict[str, bytes]:
+    """A metadata document cut short (not JSON), and single bit flips of a digit (a shape, a chunk size,
+    a level) and of a name (a codec, a dtype) that keep it JSON."""
+    digits = [i for i, b in enumerate(raw) if chr(b).isdigit()]
+    names = [m.end() for m in re.finditer(rb'"(name|data_type)": "', raw)]
+    out = {"cut": raw[:-3]}
+    for label, positions in (("digit", digits), ("name", names)):
+        if positions:
+            flipped = bytearray(raw)
+            flipped[positions[len(positions) // 2]] ^= 0x01
+            out[label] = bytes(flipped)
+    return out
+
+
+def _assert_one_line_or_fine(result: Any, what: str) -> None:
+    """A command ended normally or with one ``Error:`` line, its last, and no traceback."""
+    assert result.exception is None or isinstance(result.exception, SystemExit), (what, result.exception)
+    lines = result.output.splitlines()
+    errors = [i for i, line in enumerate(lines) if line.startswith("Error:")]
+    assert "Traceback" not in result.output and errors in ([], [len(lines) - 1]), (what, result.output)
+
+
+def _every_command(location: Path, manifest: Path, folder: Path, what: str, base: list) -> bool:
+    """Reading, stats, verify, verify --manifest and manifest on a damaged store: each gives the data
+    unchanged or one brainprep error line, never another exception; the manifest always tells. True when
+    reading refused the store."""
+    from brainprep.errors import BrainprepError
+
+    refused = False
+    try:
+        got = _read_everything(location)
+    except BrainprepError as error:
+        assert "\n" not in str(error), what
+        refused = True
+    else:  # a change that reads the same (a compression level, say) must read exactly the same
+        assert len(got) == len(base) and all(
+            a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+            for a, b in zip(got, base, strict=True)
+        ), f"{what}: read other values without an error"
+    runner = CliRunner()
+    for args in (
+        ["stats", str(location)],
+        ["verify", str(location), "--no-progress"],
+        ["manifest", str(location), "-o", str(folder / "m.json"), "--no-progress"],
+    ):
+        _assert_one_line_or_fine(runner.invoke(brainprep_main, args), f"{what}: {args[0]}")
+    result = runner.invoke(
+        brainprep_main, ["verify", str(location), "--manifest", str(manifest), "--no-progress"]
+    )
+    _assert_one_line_or_fine(result, f"{what}: verify --manifest")
+    assert result.exit_code == 1, f"{what}: verify --manifest found nothing"
+    return refused
+
+
+@pytest.mark.parametrize("kind", ["patches", "volumes"])
+def test_damaged_metadata_documents_are_one_line_on_every_command(
+    tiny_stores: dict[str, Path], tmp_path: Path, kind: str
+) -> None:
+    """Every zarr.json of a Zarr folder cut short or with a bit flipped, and every member of the packed
+    store damaged (its CRC-32 fails): JSONDecodeError, UnknownCodecError, MetadataValidationError,
+    KeyError 'codecs', ZeroDivisionError or BadZipFile were tracebacks from stats, verify and manifest."""
+    import zipfile
+
+    source, manifest = tiny_stores[kind], tiny_stores[kind].with_suffix(".json")
+    base = _read_everything(source)
+    trials = refused = 0
+    # every document but those of the second case of a volume store (the first's are alike)
+    keys = [p.relative_to(source).as_posix() for p in sorted(source.rglob("zarr.json"))]
+    keys = [key for key in keys if "/000001/" not in key]
+    for key in keys:
+        document = source / key
+        for label, damaged in _document_damages(document.read_bytes()).items():
+            store = tmp_path / label / source.name
+            shutil.copytree(source, store)
+            (store / key).write_bytes(damaged)
+            refused += _every_command(store, manifest, store.parent, f"{key} {label}", base)
+            trials += 1
+            shutil.rmtree(store.parent)
+    packed = tiny_stores[f"{kind}.zip"]
+    with zipfile.ZipFile(packed) as archive:
+        members = [(i.filename, i.header_offset, i.compress_size) for i in archive.infolist()]
+    for name, header, size in members:
+        if name not in keys:
+            continue
+        copy = tmp_path / name.replace("/", "_") / packed.name
+        copy.parent.mkdir()
+        shutil.copy(packed, copy)
+        raw = bytearray(copy.read_bytes())
+        start = header + 30 + int.from_bytes(raw[header + 26 : header + 28], "little")
+        start += int.from_bytes(raw[header + 28 : header + 30], "little")
+        raw[start + size // 2] ^= 0x01
+        copy.write_bytes(bytes(raw))
+        refused += _every_command(copy, manifest, copy.parent, f"zip member {name}", base)
+        trials += 1
+    # most damage is refused on read; the rest (a group's document, a compression level) reads the same
+    assert refused > trials // 2

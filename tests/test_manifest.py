@@ -134,9 +134,11 @@ def test_flipped_byte_in_a_zarr_shard_is_traced_to_slot_and_case(
 
     differences = verify_against_manifest(store, load_manifest(manifest_path))
     assert [(d.array, d.key, d.slots, d.case_ids) for d in differences] == [
-        ("images", "c/1/0/0/0/0", (4, 7), ("BRATS_002",)),
+        ("images", "c/1/0/0/0/0", (6, 6), ("BRATS_002",)),  # the store's own check: the chunk's crc32c
+        ("images", "c/1/0/0/0/0", (4, 7), ("BRATS_002",)),  # then the hashes
         ("images", "c/1/0/0/0/0 inner chunk 2", (6, 6), ("BRATS_002",)),
     ]
+    assert "checksum mismatch (crc32c)" in differences[0].problem
     result = runner.invoke(main, ["verify", str(store), "--manifest", str(manifest_path), "--no-progress"])
     assert result.exit_code == 1
     assert "images c/1/0/0/0/0: sha256" in result.output
@@ -164,7 +166,8 @@ def test_flipped_byte_in_an_hdf5_chunk_is_traced_to_slot_and_case(
 
     differences = verify_against_manifest(store, manifest)
     assert [(d.array, d.key, d.slots, d.case_ids) for d in differences] == [
-        ("labels", "c/5/0/0/0", (5, 5), ("BRATS_002",))
+        ("table", "slot 5", (5, 5), ("BRATS_002",)),  # the store's own check: the chunk does not decode
+        ("labels", "c/5/0/0/0", (5, 5), ("BRATS_002",)),
     ]
     result = CliRunner().invoke(
         main, ["verify", str(store), "--manifest", str(manifest_path), "--no-progress"]
@@ -180,7 +183,61 @@ def test_changed_metadata_document_is_reported(built: dict[str, Path], tmp_path:
     meta["attributes"]["brainprep"]["summary"]["seconds"] = 123.0
     (store / "zarr.json").write_text(json.dumps(meta))
     differences = verify_against_manifest(store, manifest)
-    assert [(d.array, d.key) for d in differences] == [("metadata", "zarr.json")]
+    assert [(d.array, d.key) for d in differences] == [("metadata", "brainprep"), ("metadata", "zarr.json")]
+    assert "recorded digest" in differences[0].problem
+
+
+def test_a_damaged_store_gets_no_manifest(built: dict[str, Path], tmp_path: Path) -> None:
+    """A manifest sealed a store with a bad chunk, and `verify --manifest` then said OK: a manifest is
+    written only for a store that passes its own checks."""
+    store = copy_store(built["zarr"], tmp_path)
+    shard = store / "labels" / "c" / "1" / "0" / "0" / "0"
+    offset, nbytes = chunk_ranges(shard.read_bytes(), PATCHES_PER_CASE)[2]
+    flip_byte(shard, offset + nbytes // 2)
+    output = tmp_path / "m.json"
+    result = CliRunner().invoke(main, ["manifest", str(store), "-o", str(output), "--no-progress"])
+    assert result.exit_code == 1 and not output.exists()
+    (line,) = result.output.splitlines()
+    assert line.startswith(
+        f"Error: {store} fails its own checks, so no manifest was written: labels c/1/0/0/0"
+    )
+    assert "checksum mismatch (crc32c)" in line and "[slot 6; case BRATS_002]" in line
+
+
+def test_verify_with_a_manifest_runs_the_stores_own_checks_too(
+    built: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest written over damage (as brainprep wrote them before it checked the store first): the
+    hashes match, the chunk's crc32c does not, and verify --manifest says so."""
+    import brainprep.manifest as manifest_module
+
+    store = copy_store(built["zarr"], tmp_path)
+    shard = store / "images" / "c" / "1" / "0" / "0" / "0" / "0"
+    offset, nbytes = chunk_ranges(shard.read_bytes(), PATCHES_PER_CASE)[1]
+    flip_byte(shard, offset + nbytes // 2)
+    monkeypatch.setattr(manifest_module, "_refuse_damaged", lambda location, differences: None)
+    sealed = tmp_path / "sealed.json"
+    manifest_module.write_manifest(store, sealed)
+    monkeypatch.undo()
+    result = CliRunner().invoke(main, ["verify", str(store), "--manifest", str(sealed), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "images c/1/0/0/0/0: chunk 1 checksum mismatch (crc32c)" in result.output
+    assert "[slot 5; case BRATS_002]" in result.output and "sha256" not in result.output
+
+
+def test_manifest_versions(built: dict[str, Path], tmp_path: Path) -> None:
+    """Version 1 manifests still load (and verify, see test_volume_integrity); an unknown one is refused
+    in one line saying what to do."""
+    manifest = build_manifest(built["zarr"])
+    assert manifest["version"] == 2
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({**manifest, "version": 1}))
+    assert verify_against_manifest(built["zarr"], load_manifest(path)) == []
+    path.write_text(json.dumps({**manifest, "version": 9}))
+    with pytest.raises(
+        ConfigError, match=r"has version 9, this brainprep reads versions 1, 2: write it again"
+    ):
+        load_manifest(path)
 
 
 def test_consistency_finds_a_wrong_table_row(built: dict[str, Path], tmp_path: Path) -> None:

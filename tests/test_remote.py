@@ -16,6 +16,7 @@ import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -444,6 +445,63 @@ def test_a_damaged_cache_entry_is_read_again_from_the_store(
         want_images, want_labels = local.read_patches(slots)
     np.testing.assert_array_equal(images, want_images)
     np.testing.assert_array_equal(labels, want_labels)
+
+
+def _edit_json(path: Path, edit: Any) -> None:
+    document = json.loads(path.read_bytes())
+    edit(document)
+    path.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize("kind", ["patches", "volumes"])
+def test_a_damaged_cached_document_that_is_still_json_is_read_again(
+    built: dict[str, Path], tmp_path: Path, kind: str
+) -> None:
+    """Cached metadata documents damaged but still JSON (the root's brainprep attribute, images' fill
+    value, a case array's shape) failed every later open or read for good, the store being fine: the
+    reader compares them with the store's, keeps the store's and opens once more."""
+    from brainprep.builder import build_patches
+    from brainprep.params import StoreParams
+    from brainprep.synth import SynthParams, write_synthetic_dataset
+
+    if kind == "patches":
+        source = built["zarr"]
+        keys = {"zarr.json": "root", "images/zarr.json": "fill"}
+    else:
+        data = write_synthetic_dataset(tmp_path / "data", SynthParams(n_cases=2, shape=(32, 32, 16), seed=0))
+        params = BuildParams(
+            sampling=SamplingParams(patch_size=(16, 16, 8), patches_per_case=2),
+            store=StoreParams(kind="volumes"),
+        )
+        source = tmp_path / "served" / "store.zarr"
+        build_patches(data, source, params, workers=1)
+        keys = {"zarr.json": "root", "images/000000/zarr.json": "shape"}
+    edits = {
+        "root": lambda d: d["attributes"]["brainprep"]["summary"].update(seconds=12345.0),
+        "fill": lambda d: d.update(fill_value=1.0),
+        "shape": lambda d: d.update(shape=[d["shape"][0], d["shape"][1] + 1, *d["shape"][2:]]),
+    }
+
+    def read(location: str, cache: ChunkCacheParams | None = None) -> list[np.ndarray]:
+        with open_store(location, cache=cache) as store:
+            if kind == "patches":
+                return list(store.read_patches(store.patch_indices()))
+            return list(store.read_volume(0))
+
+    cache = ChunkCacheParams(directory=str(tmp_path / "cache"), max_bytes=2**30)
+    want = read(str(source))
+    with serving(source.parent) as served:
+        url = f"{served.url}/{source.name}"
+        read(url, cache)  # every document is cached now
+        entries = {key: open_zarr_store(url, cache=cache).entry_path(key, None) for key in keys}
+        for key, entry in entries.items():
+            assert entry.is_file(), key
+            _edit_json(entry, edits[keys[key]])
+        for _ in range(2):  # healed at once, and for good
+            for got, expected in zip(read(url, cache), want, strict=True):
+                np.testing.assert_array_equal(got, expected)
+    for key, entry in entries.items():
+        assert entry.read_bytes() == (source / key).read_bytes(), key
 
 
 def test_cache_stays_under_its_size_bound(built: dict[str, Path], tmp_path: Path) -> None:

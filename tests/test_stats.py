@@ -135,6 +135,36 @@ def test_cli_stats_plots_a_vector_format_too(built_store: Path, tmp_path: Path) 
     assert "<svg" in plot.read_text()[:1000]
 
 
+def test_cli_stats_opens_a_patch_store_once(built_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from brainprep.store.reader import PatchStore
+
+    opened = []
+    original = PatchStore._open_once
+    monkeypatch.setattr(PatchStore, "_open_once", lambda self: opened.append(self) or original(self))
+    result = CliRunner().invoke(main, ["stats", str(built_store), "--bins", "3"])
+    assert result.exit_code == 0, result.output
+    assert len(opened) == 1
+
+
+def test_cli_stats_of_a_volume_store_refuses_bins_and_plot(tmp_path: Path) -> None:
+    """--bins was silently ignored for a volume store (it has no tumour fraction histogram)."""
+    from brainprep.builder import build_patches
+    from brainprep.params import BuildParams, SamplingParams, StoreParams
+    from brainprep.synth import SynthParams, write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "data", SynthParams(n_cases=2, shape=(32, 32, 16), seed=0))
+    store = tmp_path / "volumes.zarr"
+    params = BuildParams(sampling=SamplingParams(patch_size=(16, 16, 8)), store=StoreParams(kind="volumes"))
+    build_patches(data, store, params, workers=1)
+    runner = CliRunner()
+    result = runner.invoke(main, ["stats", str(store)])
+    assert result.exit_code == 0 and "tumour corners" in result.output.lower(), result.output
+    for option in (["--bins", "10"], ["--plot", str(tmp_path / "p.png")]):
+        result = runner.invoke(main, ["stats", str(store), *option])
+        assert result.exit_code == 2 and "a volume store has" in result.output, result.output
+        assert option[0] in result.output
+
+
 def test_cli_stats_refuses_a_missing_store(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["stats", str(tmp_path / "nope.zarr")])
     assert result.exit_code == 2

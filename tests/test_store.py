@@ -196,7 +196,7 @@ def test_hdf5_build_in_progress_is_refused(tmp_path: Path) -> None:
 
 
 def test_not_a_store(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="no patch store"):
+    with pytest.raises(StoreError, match="no brainprep store"):
         open_store(tmp_path / "missing.zarr")
     zarr.open_group(str(tmp_path / "other.zarr"), mode="w")
     with pytest.raises(StoreError, match="not a brainprep store"):

@@ -152,8 +152,9 @@ def test_a_damaged_hdf5_datatype_is_refused_on_read_and_by_verify(
     assert problems(flipped) == [("images/000000", problem)]
     # and against a manifest of the store, which records each HDF5 datatype message
     rows = verify_against_manifest(flipped, build_manifest(store))
-    assert [(d.array, d.key) for d in rows] == [("images/000000", "(schema)")]
-    assert rows[0].problem.startswith("datatype is ")
+    # the store's own check first (as verify without a manifest), then the manifest's schema
+    assert [(d.array, d.key) for d in rows] == [("images", "images/000000"), ("images/000000", "(schema)")]
+    assert rows[0].problem == problem and rows[1].problem.startswith("datatype is ")
 
     flipped = damaged(store, tmp_path / "bias", message + BIAS_BYTE)
     assert f"dtype float32, expected float16 in {flipped}/images/000000;" in refusal(flipped, read_case(0))
@@ -196,6 +197,35 @@ def test_a_manifest_of_the_other_store_kind_is_one_line(
         main, ["verify", str(stores[store]), "--manifest", str(path), "--no-progress"]
     )
     assert result.exit_code != 0 and "Traceback" not in result.output and "manifest is of a" in result.output
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_a_volume_manifest_covers_the_group_documents(
+    stores: dict[str, Path], tmp_path: Path, fmt: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The groups' zarr.json (images/, labels/, tumour_corners/...) were not hashed: a flipped or deleted
+    one verified OK against the manifest. A version 1 manifest (without them) still verifies."""
+    manifest = build_manifest(stores[fmt])
+    groups = ("images", "labels", "tumour_corners", "tumour_voxels", "class_locations")
+    if fmt == "hdf5":  # HDF5 groups carry no attributes: nothing more to hash (their headers are checked)
+        assert not any(key.split("/")[0] in groups and "/attrs/" in key for key in manifest["documents"])
+        return
+    assert {f"{group}/zarr.json" for group in groups} <= set(manifest["documents"]), manifest["documents"]
+    for damage in ("flip", "delete"):
+        store = copy_store(stores[fmt], tmp_path / damage)
+        document = store / "tumour_corners" / "zarr.json"
+        if damage == "delete":
+            document.unlink()
+        else:
+            document.write_text(document.read_text().replace('"group"', '"groop"'))
+        rows = verify_against_manifest(store, manifest)
+        assert [(d.array, d.key) for d in rows] == [("metadata", "tumour_corners/zarr.json")], rows
+    old = {**manifest, "version": 1}
+    group_documents = {f"{group}/zarr.json" for group in groups}
+    old["documents"] = {k: v for k, v in manifest["documents"].items() if k not in group_documents}
+    with caplog.at_level("WARNING"):
+        assert verify_against_manifest(stores[fmt], old) == []
+    assert any("version 1: its group documents are not covered" in r.message for r in caplog.records)
 
 
 # -- 2. Zarr array metadata against the store and the case table ---------------------------------------

@@ -25,7 +25,8 @@ from brainprep.errors import BrainprepError, one_line
 @storage_options_option
 def manifest(store: str, output: Path, progress: bool, storage_options: dict | None) -> None:
     """Write the manifest of STORE (folder, .zarr.zip, .h5 or URL): parameters, cases, split, array
-    schema and a sha256 per shard/chunk."""
+    schema and a sha256 per shard/chunk. A store that fails its own checks (as `brainprep verify STORE`)
+    gets none."""
     from brainprep.manifest import write_manifest
 
     location = store_location(store)
@@ -47,37 +48,34 @@ def manifest(store: str, output: Path, progress: bool, storage_options: dict | N
     "manifest_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="Compare every hash with this manifest. Without it, check the store's internal consistency.",
+    help="Also compare every byte's sha256 with this manifest (after the store's own checks).",
 )
 @click.option(
     "--images/--no-images",
     default=True,
     show_default=True,
-    help="Without --manifest: also decode every image patch and check it is finite.",
+    help="Also decode every image patch and check it is finite (a volume store's images always are).",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @storage_options_option
 def verify(
     store: str, manifest_path: Path | None, images: bool, progress: bool, storage_options: dict | None
 ) -> None:
-    """Verify STORE against a manifest (or its own patch table); print every difference, naming the array,
-    shard/chunk, patch slots and case. Exit status 1 on any difference, 0 when all match."""
+    """Verify STORE: its own checksums, digests and tables (against its labels), and with --manifest every
+    byte's sha256 too; print every difference, naming the array, shard/chunk, patch slots and case. Exit
+    status 1 on any difference, 0 when all match."""
     from brainprep.manifest import load_manifest, verify_against_manifest
-    from brainprep.verify import check_store_consistency, unverified_note
+    from brainprep.verify import check_store
 
     location = store_location(store)
+    options = {"check_images": images, "progress": progress, "storage_options": storage_options}
+    what = "its own checksums, digests, patch table and labels"
     try:
         if manifest_path is not None:
-            differences = verify_against_manifest(
-                location, load_manifest(manifest_path), progress=progress, storage_options=storage_options
-            )
-            what = f"manifest {manifest_path}"
+            differences = verify_against_manifest(location, load_manifest(manifest_path), **options)
+            what = f"manifest {manifest_path} and {what}"
         else:
-            differences = check_store_consistency(
-                location, check_images=images, progress=progress, storage_options=storage_options
-            )
-            what = "its own checksums, digests, patch table and labels"
-            note = unverified_note(location, storage_options=storage_options) if not differences else None
+            differences, note = check_store(location, **options)
             if note is not None:
                 click.echo(f"note: {note}", err=True)
                 what = "its own patch table and labels (no checksums to check)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from brainprep.cli.options import storage_options_option, store_location
 from brainprep.cli.outputs import suffixed_output, writing
@@ -25,11 +26,21 @@ PLOT_SUFFIXES = (".png", ".pdf", ".svg")
     callback=suffixed_output(*PLOT_SUFFIXES),
     help="Also draw the histograms and class balance into FILE.png (or a vector .pdf / .svg).",
 )
-@click.option("--bins", type=click.IntRange(min=1), default=10, show_default=True, help="Histogram bins.")
+@click.option(
+    "--bins",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Bins of a patch store's tumour fraction histogram (a volume store has none).",
+)
 @storage_options_option
-def stats(store: str, plot_path: Path | None, bins: int, storage_options: dict | None) -> None:
-    """Statistics of STORE (folder, .zarr.zip, .h5 or URL), read from its patch table only."""
-    from brainprep.stats import format_stats, plot_stats, store_stats
+@click.pass_context
+def stats(
+    ctx: click.Context, store: str, plot_path: Path | None, bins: int, storage_options: dict | None
+) -> None:
+    """Statistics of STORE (folder, .zarr.zip, .h5 or URL), read from its patch table only (a volume store:
+    from its case tables)."""
+    from brainprep.stats import format_stats, plot_stats, table_stats
     from brainprep.store import open_store
     from brainprep.store.volume_reader import VolumeStore
     from brainprep.volume_stats import format_volume_stats, volume_stats
@@ -39,9 +50,11 @@ def stats(store: str, plot_path: Path | None, bins: int, storage_options: dict |
             if isinstance(opened, VolumeStore):
                 if plot_path is not None:
                     raise click.UsageError("--plot draws patch stores only (a volume store has no patches)")
+                if ctx.get_parameter_source("bins") is not ParameterSource.DEFAULT:
+                    raise click.UsageError("--bins sets a patch store's histogram (a volume store has none)")
                 click.echo(format_volume_stats(volume_stats(opened), opened.patch_size))
                 return
-        result = store_stats(store_location(store), bins=bins, storage_options=storage_options)
+            result = table_stats(opened.table, bins, opened.spec)
     except BrainprepError as error:
         raise click.ClickException(one_line(error)) from None
     click.echo(format_stats(result))

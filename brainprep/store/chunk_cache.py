@@ -18,7 +18,10 @@ read that fails or is killed mid-download leaves no entry (at most a ``.tmp-*`` 
 by the next eviction once it is older than :data:`STALE_TMP_S`). The chunk checksums of the store
 (crc32c) then check the bytes whatever their origin; bytes that fail them drop their entry and are read
 once more from the store (:meth:`DiskChunkCache.forget`), so a damaged download is not served for good;
-a cached metadata document (``zarr.json``) that is not JSON is read from the store again too.
+a cached metadata document (``zarr.json``) that is not JSON is read from the store again too, and one
+that is JSON but fails the reader's checks (the metadata digest, an array's dtype, shape or layout) is
+compared with the store's and replaced when it differs (:meth:`DiskChunkCache.refresh`), the reader then
+opening it once more.
 
 Size bound. The cache folder's total size is kept under ``max_bytes``: each process counts what it writes
 on top of a scan of the folder, and once that passes ``max_bytes`` it rescans the folder and deletes the
@@ -197,6 +200,27 @@ class DiskChunkCache(ReadWrapperStore):
             return False
         logger.warning(
             "chunk cache %s: dropped a cached %s that failed its check; reading it again", self.root, key
+        )
+        return True
+
+    def refresh(self, key: str) -> bool:
+        """Read the whole ``key`` (a metadata document) from the store past the cache and keep that copy;
+        True when the cached one differed (or was there for a key the store no longer has). A reader whose
+        document fails a check calls it (:class:`~brainprep.store.reader.PatchStore`) and reads again."""
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        path = self.entry_path(key, None)
+        cached = _read_entry(path)
+        fresh = sync(self._store.get(key, default_buffer_prototype()))
+        data = None if fresh is None else fresh.to_bytes()
+        if cached is None or cached == data:
+            return False
+        path.unlink(missing_ok=True)
+        if data is not None:
+            self._write_entry(path, data)
+        logger.warning(
+            "chunk cache %s: the cached %s differed from the store's; read it again", self.root, key
         )
         return True
 

@@ -7,19 +7,21 @@ handle on first use (an h5py handle or a zarr store must not be shared across pr
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import os
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from brainprep.errors import StoreCorruptError, StoreError, StoreIncompleteError
-from brainprep.params import BuildParams
+from brainprep.errors import StoreCorruptError, StoreError, StoreIncompleteError, StoreUnreachableError
+from brainprep.params import STORE_KINDS, BuildParams
 from brainprep.spec import DatasetSpec, spec_from_metadata
 from brainprep.store import integrity, locations, schema
 
@@ -30,13 +32,97 @@ logger = logging.getLogger(__name__)
 #: locations already reported as unverified (a store without checksums is named once per process)
 _WARNED_UNVERIFIED: set[str] = set()
 
+#: the two store kinds, as :data:`brainprep.params.STORE_KINDS` names them (patch stores first: the default)
+PATCHES, VOLUMES = STORE_KINDS
 
-PATCHES = "patches"
+#: What zarr, h5py and zipfile raise for damaged array metadata: a ``zarr.json`` that is not JSON, names an
+#: unknown codec or dtype, or gives an impossible chunk grid (ValueError and zarr's errors, TypeError,
+#: KeyError, ZeroDivisionError...), an HDF5 object header failing its checksum (KeyError, RuntimeError,
+#: OSError), a packed member failing its CRC-32 (BadZipFile). Caught only around reads of stored bytes.
+DAMAGE_ERRORS: tuple[type[BaseException], ...] = (
+    LookupError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    ArithmeticError,
+    RuntimeError,
+    OSError,
+    zipfile.BadZipFile,
+)
+#: characters of a library's message kept in a one-line error
+_REASON_CHARS = 200
 
 
 def store_kind(metadata: dict[str, Any]) -> str:
     """``"patches"`` or ``"volumes"`` (``params.store.kind``; absent in every patch store)."""
     return str(((metadata.get("params") or {}).get("store") or {}).get("kind", PATCHES))
+
+
+def damage_reason(error: BaseException) -> str:
+    """A library's exception as one short phrase: h5py's sentence of a KeyError, else ``Type: message``."""
+    raw = error.args[0] if isinstance(error, KeyError) and error.args else error
+    text = " ".join(str(raw).split())
+    if len(text) > _REASON_CHARS:
+        text = text[: _REASON_CHARS - 3] + "..."
+    return text if isinstance(error, KeyError) and " " in text else f"{type(error).__name__}: {text}"
+
+
+def corrupt_error(
+    location: str, what: str, error: BaseException | None = None, owner: str | None = None
+) -> StoreCorruptError:
+    """The one-line error of damaged stored bytes: ``"<location>: <what> (<reason>); run brainprep verify"``,
+    or with ``owner`` (``"images of case X"``) ``"<owner>: <what> (<reason>) in <location>; ..."``; the
+    reason is ``error``'s (:func:`damage_reason`), left out without one."""
+    what = what if error is None else f"{what} ({damage_reason(error)})"
+    where = f"{owner}: {what} in {location}" if owner else f"{location}: {what}"
+    return StoreCorruptError(f"{where}; run `brainprep verify {location}`")
+
+
+@contextlib.contextmanager
+def unreadable_as_corrupt(location: str, what: str, owner: str | None = None) -> Iterator[None]:
+    """Turn what a library raises for damaged metadata read in the block (:data:`DAMAGE_ERRORS`) into one
+    :func:`corrupt_error`; brainprep's own errors (an unreachable server) pass unchanged."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except DAMAGE_ERRORS as error:
+        raise corrupt_error(location, what, error, owner) from error
+
+
+def open_array(handle: Any, key: str, location: str, owner: str | None = None) -> Any:
+    """Array ``key`` of an open Zarr group or HDF5 file. The patch and volume readers open arrays through
+    this, and the manifest reads array documents through :func:`unreadable_as_corrupt`, so damaged
+    metadata is the same one line everywhere.
+
+    Raises:
+        StoreCorruptError: the array is missing (``array X missing``), its HDF5 header does not open
+            (``array X missing or unreadable (...)``) or its metadata does not parse (``array X metadata
+            unreadable (JSONDecodeError: ...)``); the message names ``location`` (and ``owner``).
+    """
+    try:
+        return handle[key]
+    except StoreError:
+        raise
+    except KeyError as error:
+        if error.args[:1] == (key,):  # zarr's word for an array that is not there
+            raise corrupt_error(location, f"array {key} missing", None, owner) from error
+        raise corrupt_error(location, f"array {key} missing or unreadable", error, owner) from error
+    except DAMAGE_ERRORS as error:
+        raise corrupt_error(location, f"array {key} metadata unreadable", error, owner) from error
+
+
+def resume_hint(location: str | os.PathLike) -> str:
+    """Why a store is not complete and how to finish it, naming its build state when one is here; the one
+    wording of it (the reader's refusals and :mod:`brainprep.verify` use it)."""
+    path = Path(str(location))
+    state = path.with_name(path.name + schema.BUILD_DIR_SUFFIX)
+    local = locations.location_kind(str(location)) == locations.LOCAL
+    where = f" (its build state is in {state})" if local and state.is_dir() else ""
+    return (
+        f"its build is still running or was interrupted{where}; rerun the same `brainprep build-patches` "
+        "command to finish it"
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,6 +157,30 @@ def consecutive_runs(sorted_slots: np.ndarray) -> list[tuple[int, int]]:
     breaks = np.flatnonzero(np.diff(sorted_slots) != 1) + 1
     bounds = [0, *breaks.tolist(), len(sorted_slots)]
     return list(itertools.pairwise(bounds))
+
+
+def _layout_difference(array: Any) -> str:
+    """What of a Zarr patch array's metadata differs from brainprep's shard layout, for a message
+    (:func:`brainprep.store.shards.shard_layout` decides whether it does; this only names the field)."""
+    from zarr.codecs import ShardingCodec
+
+    if array.fill_value != 0:
+        return f"fill_value {array.fill_value}, brainprep writes 0"
+    codecs = tuple(array.metadata.codecs)
+    names = [codec.to_dict().get("name") for codec in codecs]
+    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+        return f"codecs {names}, brainprep writes one sharding_indexed codec"
+    sharding = codecs[0]
+    chunk, want = tuple(sharding.chunk_shape), (1, *(int(s) for s in array.shape[1:]))
+    if chunk != want:
+        return f"inner chunk shape {chunk}, brainprep writes {want} (one patch per chunk)"
+    inner = [codec.to_dict().get("name") for codec in sharding.codecs]
+    index = [codec.to_dict().get("name") for codec in sharding.index_codecs]
+    return (
+        f"inner codecs {inner}, index codecs {index} at the {sharding.index_location.value}, dtype "
+        f"{np.dtype(array.dtype).str}; brainprep writes bytes, blosc, crc32c, an index of bytes, crc32c at "
+        "the end, little-endian"
+    )
 
 
 class PatchStore:
@@ -111,20 +221,53 @@ class PatchStore:
     def _open(self) -> None:
         if self._handle is not None:
             return
+        try:
+            self._open_once()
+        except StoreError as error:
+            # a chunk cache keeps the documents it once served: a damaged copy that is still JSON would
+            # fail every later open, the store being fine; read them once more from the store
+            if isinstance(error, StoreUnreachableError) or not self._refresh_cached_documents():
+                raise
+            self._open_once()
+
+    def _open_once(self) -> None:
         if self.format == "hdf5":
             self._open_hdf5()
         else:
             self._open_zarr()
-        if store_kind(self._metadata or {}) == PATCHES:
-            try:
-                self._images, self._labels = (self._patch_array(n) for n in (schema.IMAGES, schema.LABELS))
-            except StoreCorruptError:
-                self.close()  # not half open: the next call would find a handle and no arrays
-                raise
-            problem = self.shape_problem() if self.check_integrity else None
-            if problem is not None:
-                self.close()
-                raise StoreCorruptError(f"{self.location}: {problem}; run `brainprep verify {self.location}`")
+        if store_kind(self._metadata or {}) != PATCHES:
+            return
+        try:
+            self._images, self._labels = (self._patch_array(n) for n in (schema.IMAGES, schema.LABELS))
+        except StoreCorruptError:
+            self.close()  # not half open: the next call would find a handle and no arrays
+            raise
+        layout = self.layout_problem()
+        problem = (self.shape_problem() or layout) if self.check_integrity else None
+        if problem is not None:
+            self.close()
+            raise StoreCorruptError(f"{self.location}: {problem}; run `brainprep verify {self.location}`")
+        # an incomplete store is refused unless opened to inspect it; then zarr reads what is there
+        if self.format == "zarr" and (self._metadata or {}).get("complete") and layout is None:
+            self._shards = self._shard_readers()
+
+    def _refresh_cached_documents(self) -> bool:
+        """Read the root, ``images`` and ``labels`` documents of a remote Zarr store read through a chunk
+        cache again from the store; True when a cached copy differed (then the store is opened again)."""
+        if self.cache is None or self.format != "zarr" or self.kind == locations.LOCAL:
+            return False
+        from brainprep.store.remote import open_zarr_store
+
+        try:
+            store = open_zarr_store(self.location, storage_options=self.storage_options, cache=self.cache)
+        except StoreError:
+            return False  # the store itself does not open: the first error stands
+        refresh = getattr(store, "refresh", None)
+        try:
+            keys = ("zarr.json", *(f"{name}/zarr.json" for name in (schema.IMAGES, schema.LABELS)))
+            return refresh is not None and any([refresh(key) for key in keys])  # a list: refresh them all
+        finally:
+            store.close()
 
     def shape_problem(self) -> str | None:
         """How a complete patch store's arrays disagree with its metadata (``None`` when they agree).
@@ -158,29 +301,42 @@ class PatchStore:
                 return f"array {name} has dtype {found}, its metadata (store dtype) gives {dtypes[name]}"
         return None
 
+    def layout_problem(self) -> str | None:
+        """How a complete Zarr patch store's ``images`` or ``labels`` metadata differs from brainprep's shard
+        layout (one phrase naming the ``zarr.json``), or ``None`` (it does not, or HDF5, or incomplete).
+
+        Every Zarr patch store brainprep writes has that layout (one patch per chunk, one case per shard,
+        Blosc then crc32c, fill value 0; stores from before checksums without the crc32c), so another one
+        is a damaged or edited ``zarr.json``, refused: read by zarr instead, a missing shard and every
+        empty slot would read as its fill value. A sealed store's chunks all carry a crc32c (sealing and
+        chunk checksums came together), so one whose ``zarr.json`` lost it would read them unchecked.
+        """
+        metadata = self._metadata or {}
+        if self.format != "zarr" or self._images is None or not metadata.get("complete"):
+            return None
+        from brainprep.store.shards import shard_layout
+
+        for name, array in ((schema.IMAGES, self._images), (schema.LABELS, self._labels)):
+            try:
+                layout = shard_layout(name, array)
+            except StoreError:
+                return f"{name}/zarr.json is not brainprep's shard layout: {_layout_difference(array)}"
+            if integrity.is_sealed(metadata) and not layout.checksummed:
+                return f"{name}/zarr.json has no crc32c codec, yet the store is sealed (its chunks carry one)"
+        return None
+
     def _patch_array(self, name: str) -> Any:
-        """Array ``name`` of a patch store; one that is gone or whose header fails its checksum (HDF5
-        refuses to open it) is a :class:`StoreCorruptError`."""
-        try:
-            return self._handle[name]
-        except KeyError as error:
-            reason = error.args[0] if error.args else error
-            raise StoreCorruptError(
-                f"{self.location}: array {name} missing or unreadable ({reason}); "
-                f"run `brainprep verify {self.location}`"
-            ) from error
+        """Array ``name`` of a patch store (:func:`open_array`: one that is gone, whose header fails its
+        checksum or whose ``zarr.json`` does not parse is a :class:`StoreCorruptError`)."""
+        return open_array(self._handle, name, self.location)
 
     def _missing(self) -> StoreError:
         """The error for a location that holds no store: incomplete when a build state exists."""
         if self.kind == locations.LOCAL:
             path = Path(self.location)
-            state = path.with_name(path.name + schema.BUILD_DIR_SUFFIX)
-            if state.is_dir():
-                return StoreIncompleteError(
-                    f"{path} is not complete: its build is still running or was interrupted "
-                    f"(state in {state}); rerun the same `brainprep build-patches` command to finish it"
-                )
-        return StoreError(f"no patch store at {self.location}")
+            if path.with_name(path.name + schema.BUILD_DIR_SUFFIX).is_dir():
+                return StoreIncompleteError(f"{path} is not complete: {resume_hint(path)}")
+        return StoreError(f"no brainprep store at {self.location}")
 
     def _open_zarr(self) -> None:
         import zarr
@@ -195,35 +351,29 @@ class PatchStore:
             store = self.location
         try:
             group = zarr.open_group(store, mode="r")
-        except (FileNotFoundError, KeyError, ValueError) as err:
-            raise StoreError(f"{self.location} is not a Zarr v3 patch store: {err}") from err
+            metadata = group.attrs.get(schema.ATTRS_KEY)
+        except StoreError:
+            raise
         except zipfile.BadZipFile as err:  # the packed zarr.json fails its CRC-32
             raise StoreCorruptError(
                 f"{self.location}: damaged zip member ({err}); pack or download it again"
             ) from err
-        metadata = group.attrs.get(schema.ATTRS_KEY)
+        except DAMAGE_ERRORS as err:  # no zarr.json, not JSON, not Zarr v3
+            raise StoreError(f"{self.location} is not a Zarr v3 patch store: {damage_reason(err)}") from err
         self._handle = group
         self._check_metadata(metadata)
-        # an incomplete store is refused above unless opened to inspect it; then zarr reads what is there
-        if metadata.get("complete") and store_kind(metadata) == PATCHES:
-            self._shards = self._shard_readers(group)
 
-    def _shard_readers(self, group: Any) -> tuple[Any, Any] | None:
-        """Checked direct readers of the image and label shards (None: another layout, read by zarr)."""
+    def _shard_readers(self) -> tuple[Any, Any]:
+        """Checked direct readers of the image and label shards (the layout is checked by the caller)."""
         from brainprep.store.shards import LocalFiles, ShardReader, StoreBytes, shard_layout
 
         readers = []
-        for name in (schema.IMAGES, schema.LABELS):
-            try:
-                layout = shard_layout(name, group[name])
-            except (StoreError, KeyError) as err:  # another layout: zarr reads it
-                logger.debug("reading %s through zarr: %s", self.location, err)
-                return None
+        for name, array in ((schema.IMAGES, self._images), (schema.LABELS, self._labels)):
             if self.kind != locations.LOCAL:
-                source: Any = StoreBytes(group.store, name, self.location)
+                source: Any = StoreBytes(self._handle.store, name, self.location)
             else:
                 source = LocalFiles(Path(self.location, name))
-            readers.append(ShardReader(layout, source, self.describe_slot))
+            readers.append(ShardReader(shard_layout(name, array), source, self.describe_slot))
         return readers[0], readers[1]
 
     def _open_hdf5(self) -> None:
@@ -262,8 +412,7 @@ class PatchStore:
         if self.require_complete and not metadata.get("complete", False):
             self.close()
             raise StoreIncompleteError(
-                f"{self.location} is not complete (complete=false): its build is still running or was "
-                "interrupted; rerun the same `brainprep build-patches` command to finish it "
+                f"{self.location} is not complete (complete=false): {resume_hint(self.location)} "
                 "(or open with require_complete=False to inspect it)"
             )
         if metadata.get("complete", False) and self.check_integrity:
@@ -305,9 +454,9 @@ class PatchStore:
         if store_kind(metadata) != PATCHES:
             return True
         try:
-            images = self._handle[schema.IMAGES]
-        except KeyError:
-            return False  # refused as missing when the arrays are opened
+            images = self._patch_array(schema.IMAGES)
+        except StoreCorruptError:
+            return False  # refused as missing or unreadable when the arrays are opened
         if self.format == "hdf5":
             return bool(images.fletcher32)
         from brainprep.store.shards import shard_layout
@@ -315,9 +464,16 @@ class PatchStore:
         try:
             return shard_layout(schema.IMAGES, images).checksummed
         except StoreError:
-            return False  # another layout, read by zarr: no chunk checksums of ours
+            return False  # another layout: refused when the arrays are opened (layout_problem)
 
     # -- metadata ---------------------------------------------------------------------------------
+    @property
+    def handle(self) -> Any:
+        """The open ``zarr.Group`` (its ``store``: the zarr ``Store``) or ``h5py.File``: the manifest
+        hashes the store's bytes through it instead of opening the store again."""
+        self._open()
+        return self._handle
+
     @property
     def metadata(self) -> dict[str, Any]:
         """The ``brainprep`` attribute (see :mod:`brainprep.store.schema`)."""
@@ -428,17 +584,10 @@ class PatchStore:
             return self._read_table_once(name, check)  # read again from the store, past the chunk cache
 
     def _read_table_once(self, name: str, check: bool) -> np.ndarray:
-        try:
-            array = np.asarray(self._handle[name][...])
-        except KeyError as error:
-            raise StoreCorruptError(f"{self.location}: table {name} missing") from error
-        except StoreError:
-            raise  # an unreachable server is not damage
-        except (OSError, ValueError) as error:  # a chunk failing its crc32c / fletcher32
-            raise StoreCorruptError(
-                f"{self.location}: table {name} does not decode ({error}); run `brainprep verify "
-                f"{self.location}`"
-            ) from error
+        stored = open_array(self._handle, name, self.location)
+        # a chunk failing its crc32c / fletcher32, or metadata that parsed but does not decode
+        with unreadable_as_corrupt(self.location, f"table {name} does not decode"):
+            array = np.asarray(stored[...])
         if check and self._metadata is not None and self._metadata.get("complete", False):
             integrity.check_table(self.location, self._metadata, name, array)
         return array
@@ -446,20 +595,24 @@ class PatchStore:
     def _forget_cached_table(self, name: str) -> bool:
         """Drop what a chunk cache holds of table ``name`` (its zarr.json and chunks, read whole); True when
         the store is cached, so that a damaged download is read once more from the store."""
-        import itertools
-
         forget = getattr(getattr(self._handle, "store", None), "forget", None)
         if forget is None:
             return False
         dropped = forget(f"{name}/zarr.json", None)
         try:
-            array = self._handle[name]
-        except Exception:  # its zarr.json was what failed: dropped above
+            array = open_array(self._handle, name, self.location)
+            grid = [range(-(-int(s) // int(c))) for s, c in zip(array.shape, array.chunks, strict=True)]
+        except StoreCorruptError:  # its zarr.json was what failed: dropped above
             return dropped
-        grid = [range(-(-int(s) // int(c))) for s, c in zip(array.shape, array.chunks, strict=True)]
         for coords in itertools.product(*grid):
             dropped |= forget(f"{name}/{array.metadata.encode_chunk_key(coords)}", None)
         return dropped
+
+    def _refresh_cached(self, key: str) -> bool:
+        """Read document ``key`` (``images/000003/zarr.json``) of a store read through a chunk cache again
+        from the store; True when the cached copy differed (the caller reads it once more)."""
+        refresh = getattr(getattr(self._handle, "store", None), "refresh", None)
+        return refresh is not None and bool(refresh(key))
 
     def patch_indices(self, split: str | None = None) -> np.ndarray:
         """int64 slots holding a patch, ascending; only those of ``split`` (``train``/``val``) if given."""
@@ -512,6 +665,13 @@ class PatchStore:
             return out
         return self._read_fallback(np.array([slot]))[which][0]
 
+    def _require_layout(self) -> None:
+        """Refuse to read a complete Zarr store whose arrays are not brainprep's layout (opened unchecked,
+        for :mod:`brainprep.verify`); zarr would read its missing shards and empty slots as fill values."""
+        problem = self.layout_problem()
+        if problem is not None:
+            raise StoreCorruptError(f"{self.location}: {problem}; run `brainprep verify {self.location}`")
+
     def read_patches_into(
         self, slots: np.ndarray | list[int], images: np.ndarray, labels: np.ndarray
     ) -> None:
@@ -526,7 +686,8 @@ class PatchStore:
 
         Raises:
             StoreCorruptError: a chunk is missing, cut short or fails its checksum; the message names the
-                slot, its case and the shard or dataset.
+                slot, its case and the shard or dataset. Also a complete Zarr store opened unchecked
+                (``check_integrity=False``) whose metadata is not brainprep's layout (:meth:`layout_problem`).
         """
         slots = self._check_slots(slots)
         if self._shards is None:
@@ -556,7 +717,9 @@ class PatchStore:
         return images, labels
 
     def _read_fallback(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Checked ``slots`` of an HDF5 store or a Zarr store of another layout, in the order asked."""
+        """Checked ``slots`` of an HDF5 store, or of an incomplete Zarr store opened to inspect it (zarr
+        reads what is there; it has no patch table to tell an empty slot), in the order asked."""
+        self._require_layout()
         unique, inverse = np.unique(slots, return_inverse=True)  # sorted: grouped by shard (case)
         images = np.zeros((len(unique), *self.images.shape[1:]), dtype=self.images.dtype)
         labels = np.zeros((len(unique), *self.labels.shape[1:]), dtype=self.labels.dtype)

@@ -3,9 +3,10 @@
 ``open_store(location)`` returns a :class:`VolumeStore` for a volume store. It opens, checks and pickles
 exactly as a :class:`~brainprep.store.reader.PatchStore` (same locations, the same refusal of an
 incomplete store or of metadata that fails its digest); what it reads is per case instead of per slot.
-Every read is checked: zarr checks each chunk's crc32c (h5py each chunk's fletcher32) as it decodes it,
-a case's shard index must list every chunk (a missing chunk is an error, never zeros), and the case and
-sampling tables must match their recorded digests.
+Every read is checked: brainprep's own chunk reader (:mod:`.volume_chunks`) checks each chunk's crc32c
+before it decodes it (h5py each chunk's fletcher32), a case's shard index must list every chunk (a missing
+chunk is an error, never zeros), each case array's metadata must give the dtype and shape the store and
+its case table say, and the case and sampling tables must match their recorded digests.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from brainprep.errors import StoreCorruptError, StoreError
 from brainprep.params import STANDARDIZE_METHODS
 from brainprep.store import integrity, locations, schema
 from brainprep.store import volume_schema as vs
-from brainprep.store.reader import PatchStore
+from brainprep.store.reader import DAMAGE_ERRORS, PatchStore, corrupt_error, open_array
 from brainprep.volume import Crop, window_parts
 
 
@@ -38,6 +39,16 @@ class VolumeCaseTable:
     tumour_corners: np.ndarray
     mean: np.ndarray
     std: np.ndarray
+
+
+def _direct_layout(array: Any) -> bool:
+    """:func:`~brainprep.store.volume_chunks.is_direct_layout`, False where the metadata does not compute."""
+    from brainprep.store.volume_chunks import is_direct_layout
+
+    try:
+        return is_direct_layout(array)
+    except DAMAGE_ERRORS:  # a chunk shape of 0, say
+        return False
 
 
 def _transpose_problem(array: Any) -> str | None:
@@ -148,19 +159,25 @@ class VolumeStore(PatchStore):
         """The checked ``zarr.Array`` / ``h5py.Dataset`` of case ``index``: the dtype and shape the store
         and its case table say (:meth:`_layout_problem`) and, for HDF5, every chunk stored.
 
+        A remote store read through a chunk cache whose cached ``zarr.json`` fails these checks reads it
+        once more from the store (a damaged download is not kept for good).
+
         Raises:
-            StoreCorruptError: the array is missing, or its metadata disagrees with the store's.
+            StoreCorruptError: the array is missing, its metadata does not parse or disagrees with the
+                store's.
         """
+        try:
+            return self._checked_array(name, index)
+        except StoreCorruptError:
+            if not self._refresh_cached(f"{vs.case_key(name, index)}/zarr.json"):
+                raise
+            return self._checked_array(name, index)
+
+    def _checked_array(self, name: str, index: int) -> Any:
+        """:meth:`_array`, read once."""
         entry = self._case(index)
         key = vs.case_key(name, index)
-        try:
-            array = self._handle[key]
-        except KeyError as error:
-            raise StoreCorruptError(
-                f"{name} of case {entry['case_id']}: array {key} missing or unreadable "
-                f"({error.args[0] if error.args else error}) in {self.location}; "
-                f"run `brainprep verify {self.location}`"
-            ) from error
+        array = open_array(self._handle, key, self.location, owner=f"{name} of case {entry['case_id']}")
         if key not in self._checked:
             problem = self._layout_problem(name, entry, array)
             if problem is None and self.format == "hdf5":
@@ -184,6 +201,13 @@ class VolumeStore(PatchStore):
         problem = vs.layout_problem(np.dtype(array.dtype), tuple(array.shape), *expected)
         if problem is None and self.format == "zarr":
             problem = _transpose_problem(array)
+        if problem is None and self.format == "zarr" and not _direct_layout(array):
+            # every volume store brainprep writes has it; zarr, reading another, would give a missing
+            # chunk as its fill value
+            problem = (
+                "codecs are not brainprep's shard layout (transpose, bytes, blosc, crc32c, a bytes, crc32c "
+                "index at the end, whole shards)"
+            )
         if problem is None and self.format == "hdf5":
             import h5py
 
@@ -210,14 +234,14 @@ class VolumeStore(PatchStore):
 
     def _direct(self, name: str, index: int) -> Any:
         """The :class:`~brainprep.store.volume_chunks.VolumeArrayReader` of a Zarr case array (``None`` for
-        HDF5, or a Zarr array laid out otherwise, which zarr reads)."""
-        from brainprep.store.volume_chunks import VolumeArrayReader, is_direct_layout
+        HDF5, which h5py reads; :meth:`_array` refuses a Zarr array laid out otherwise)."""
+        from brainprep.store.volume_chunks import VolumeArrayReader
 
         key = vs.case_key(name, index)
         if key not in self._readers:
             array = self._array(name, index)
             reader = None
-            if self.format == "zarr" and is_direct_layout(array):
+            if self.format == "zarr":
                 what = f"{name} of case {self._case(index)['case_id']}"
                 reader = VolumeArrayReader(array, self.source(key), what)
             self._readers[key] = reader
@@ -238,10 +262,10 @@ class VolumeStore(PatchStore):
             block = np.asarray(array[selection])
         except StoreError:
             raise  # an unreachable server is not damage
-        except (OSError, ValueError, RuntimeError) as error:  # a chunk failing its crc32c / fletcher32
-            raise StoreCorruptError(
-                f"{name} of case {self._case(index)['case_id']}: a chunk fails its checksum or does not "
-                f"decode ({error}) in {self.location}; run `brainprep verify {self.location}`"
+        except DAMAGE_ERRORS as error:  # a chunk failing its fletcher32, or metadata that does not decode
+            what = "a chunk fails its checksum or does not decode"
+            raise corrupt_error(
+                self.location, what, error, f"{name} of case {self._case(index)['case_id']}"
             ) from error
         if out is None:
             return block
