@@ -181,17 +181,13 @@ def _n_cases(store: Any, split: str, volumes: bool) -> int:
     return len(np.unique(np.asarray(store.table.case)[store.patch_indices(split=split)]))
 
 
-def _case_ids(store: Any) -> dict[int, str]:
-    return {int(c["index"]): str(c["case_id"]) for c in store.cases}
-
-
 def _score_patches(model: torch.nn.Module, store: Any, split: str, options: dict[str, Any]):
     """Yield a :class:`_Scored` per case of a patch store: every patch of ``split``, predicted whole."""
     slots = store.patch_indices(split=split)
     if len(slots) == 0:
         raise ConfigError(f"store {store.location} has no patches in split {split!r}")
     case_of_slot = np.asarray(store.table.case)[slots]
-    case_ids = _case_ids(store)
+    case_ids = store.case_ids
     batch_size = options["batch_size"]
     for case_index in np.unique(case_of_slot):
         case_slots = slots[case_of_slot == case_index]
@@ -242,7 +238,7 @@ def _score_crops(model: torch.nn.Module, store: Any, split: str, options: dict[s
         params = params.replace(standardize=params.standardize.replace(method=options["standardize"]))
     window = tuple(options.get("window") or params.sampling.patch_size)
     per_window = params.standardize.method == "patch-slice"
-    case_ids = _case_ids(store)
+    case_ids = store.case_ids
     for index in indices:
         raw, truth = store.read_volume(int(index))
         if per_window:  # the predictor standardizes each window as the training windows were

@@ -148,7 +148,7 @@ def _concatenate(parts: list[dict[str, np.ndarray]], count: int) -> dict[str, np
 
 def _with_case_ids(store: Any, samples: dict) -> dict:
     """``samples`` with ``case``: the case id (str) of each ``case_index``, from the store's cases."""
-    ids = {int(c["index"]): str(c["case_id"]) for c in store.cases}
+    ids = store.case_ids
     return {**samples, "case": np.array([ids[int(i)] for i in samples["case_index"]], dtype=str)}
 
 

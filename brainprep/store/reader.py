@@ -517,6 +517,11 @@ class PatchStore:
         return list(self.metadata["cases"])
 
     @property
+    def case_ids(self) -> dict[int, str]:
+        """The id of each case (``BRATS_001``) by its index in the store (``patch_case``, a window's case)."""
+        return {int(c["index"]): str(c["case_id"]) for c in self.metadata["cases"]}
+
+    @property
     def patch_size(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.images.shape[2:])  # type: ignore[return-value]
 
