@@ -199,19 +199,10 @@ def _read_tables(
 
 
 def _table_shapes(store: Any) -> dict[str, tuple[int, ...]]:
-    """The shape of each table of a patch store (N slots, C cases, its spec's channels and classes)."""
-    n, cases = int(store.n_slots), len(store.metadata.get("cases", []))
-    per_case = (cases, len(store.spec.channels))
-    return {
-        schema.PATCH_VALID: (n,),
-        schema.PATCH_CASE: (n,),
-        schema.PATCH_CORNER: (n, 3),
-        schema.PATCH_TUMOUR_FRACTION: (n,),
-        schema.PATCH_CLASS_FRACTIONS: (n, store.spec.n_classes),
-        schema.PATCH_SPLIT: (n,),
-        schema.CASE_MEAN: per_case,
-        schema.CASE_STD: per_case,
-    }
+    """The shape of each table of a patch store (:func:`~brainprep.store.schema.table_shapes` of its
+    slots, cases and spec)."""
+    n_cases = len(store.metadata.get("cases", []))
+    return schema.table_shapes(int(store.n_slots), n_cases, store.spec.n_classes, len(store.spec.channels))
 
 
 def _data_differences(

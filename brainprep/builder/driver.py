@@ -542,15 +542,16 @@ def table_arrays(
     Args:
         n_classes: foreground classes of the dataset spec (columns of the class fractions).
     """
-    n, c, k = layout.n_slots, layout.n_cases, layout.patches_per_case
-    valid = np.zeros(n, dtype=bool)
-    case = np.full(n, schema.EMPTY_SLOT, dtype=np.int32)
-    corner = np.zeros((n, 3), dtype=np.int32)
-    tumour = np.zeros(n, dtype=np.float32)
-    classes = np.zeros((n, n_classes), dtype=np.float32)
-    split = np.full(n, schema.EMPTY_SLOT, dtype=np.int8)
-    mean = np.full((c, schema.N_CHANNELS), np.nan, dtype=np.float32)
-    std = np.full((c, schema.N_CHANNELS), np.nan, dtype=np.float32)
+    k = layout.patches_per_case
+    shapes = schema.table_shapes(layout.n_slots, layout.n_cases, n_classes)
+    valid = np.zeros(shapes[schema.PATCH_VALID], dtype=bool)
+    case = np.full(shapes[schema.PATCH_CASE], schema.EMPTY_SLOT, dtype=np.int32)
+    corner = np.zeros(shapes[schema.PATCH_CORNER], dtype=np.int32)
+    tumour = np.zeros(shapes[schema.PATCH_TUMOUR_FRACTION], dtype=np.float32)
+    classes = np.zeros(shapes[schema.PATCH_CLASS_FRACTIONS], dtype=np.float32)
+    split = np.full(shapes[schema.PATCH_SPLIT], schema.EMPTY_SLOT, dtype=np.int8)
+    mean = np.full(shapes[schema.CASE_MEAN], np.nan, dtype=np.float32)
+    std = np.full(shapes[schema.CASE_STD], np.nan, dtype=np.float32)
     for index, record in records.items():
         m = record["n_patches"]
         slots = slice(index * k, index * k + m)

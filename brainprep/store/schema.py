@@ -112,6 +112,26 @@ PATCH_TABLE_ARRAYS: tuple[str, ...] = (
 CHANNEL_AXIS_NAMES: tuple[str, ...] = ("slot", "channel", "x", "y", "z")
 LABEL_AXIS_NAMES: tuple[str, ...] = ("slot", "x", "y", "z")
 N_CHANNELS = 4
+
+
+def table_shapes(
+    n_slots: int, n_cases: int, n_classes: int, n_channels: int = N_CHANNELS
+) -> dict[str, tuple[int, ...]]:
+    """The shape of each table array of a patch store of ``n_slots`` slots and ``n_cases`` cases (the
+    :data:`PATCH_TABLE_ARRAYS`, then :data:`CASE_MEAN` and :data:`CASE_STD`)."""
+    per_case = (n_cases, n_channels)
+    return {
+        PATCH_VALID: (n_slots,),
+        PATCH_CASE: (n_slots,),
+        PATCH_CORNER: (n_slots, 3),
+        PATCH_TUMOUR_FRACTION: (n_slots,),
+        PATCH_CLASS_FRACTIONS: (n_slots, n_classes),
+        PATCH_SPLIT: (n_slots,),
+        CASE_MEAN: per_case,
+        CASE_STD: per_case,
+    }
+
+
 #: Blosc block size of the Zarr image/label codec. Measured on 20 float16 patches (one thread, zstd level 1,
 #: byte shuffle): on the real course patches 1 MiB blocks compress as well as 256 KiB ones (35.6% vs 35.5%)
 #: and encode 14% faster; on the synthetic benchmark cases they compress better (44.1% vs 47.0% for
