@@ -82,24 +82,29 @@ def sample_store(store: Any, count: int, seed: int, split: str | None = "train",
 def _volume_batches(store: Any, config: Any, split: str | None, count: int) -> tuple[Any, Iterator]:
     """The window dataset of a volume store's ``split`` and its compact batches, each with the epoch it
     was drawn from: training's own stream for ``train``; for ``val`` validation's windows and for
-    ``None`` training's draws over every case, read by the same dataset in batches of the same size."""
-    from brainnet.data.volume_sampler import VolumeWindowDataset
-    from brainnet.train.loop import training_stream, validation_count, volume_draws
+    ``None`` training's draws over every case (:func:`~brainnet.train.loop.volume_stream`, one process),
+    read by the same dataset in batches of the same size."""
+    import torch
+
+    from brainnet.train.distributed import DistributedContext
+    from brainnet.train.loop import training_stream, volume_stream
 
     if split == "train":
         stream = training_stream(store, config)
         return stream.dataset, _stream_batches(stream)
-    draws = volume_draws(store, config.volume_sampling, config.seed, split, train=split != "val")
-    per_epoch = draws.params.draws_per_epoch
-    if split == "val" and count > (available := validation_count(config, per_epoch)):
-        raise ConfigError(f"validation reads {available} windows of {store.location}, asked for {count}")
-    dataset, size = VolumeWindowDataset(store, draws), config.batch_size
-    batches = (
-        (dataset.read_batch([(epoch, p) for p in range(start, min(start + size, per_epoch))]), epoch)
-        for epoch in itertools.count()
-        for start in range(0, per_epoch, size)
-    )
-    return dataset, batches
+    context = DistributedContext(0, 1, 0, torch.device("cpu"), owns_group=False)
+    dataset, sampler = volume_stream(store, config, context, split, train=split != "val")
+    if split == "val" and count > len(sampler):
+        raise ConfigError(f"validation reads {len(sampler)} windows of {store.location}, asked for {count}")
+
+    def batches() -> Iterator[tuple[dict, int]]:
+        for epoch in itertools.count():
+            sampler.set_epoch(epoch)
+            items = list(sampler)
+            for start in range(0, len(items), config.batch_size):
+                yield dataset.read_batch(items[start : start + config.batch_size]), epoch
+
+    return dataset, batches()
 
 
 def _stream_batches(stream: Any) -> Iterator[tuple[dict, int]]:

@@ -278,7 +278,7 @@ def validate(
     return metrics
 
 
-def _volume_stream(store: Any, config: TrainConfig, context: DistributedContext, split: str, train: bool):
+def volume_stream(store: Any, config: TrainConfig, context: DistributedContext, split: str, train: bool):
     """Dataset and sampler of fresh windows of a volume store (:mod:`brainnet.data.volume_sampler`).
 
     Validation reads a fixed set of windows (epoch 0 of its own stream, seed + 1), drawn as the course's
@@ -343,7 +343,7 @@ def patch_order(store: Any, config: TrainConfig, split: str | None, count: int) 
 
 def _train_dataset(store: Any, config: TrainConfig, context: DistributedContext, split: str | None = "train"):
     if is_volume_store(store):
-        return _volume_stream(store, config, context, split, train=True)
+        return volume_stream(store, config, context, split, train=True)
     slots = split_slots(store, split)
     slots = filter_by_tumour_fraction(slots, store.table.tumour_fraction, config.min_tumour_fraction)
     if len(slots) == 0:
@@ -381,7 +381,7 @@ def _val_loader(store: Any, config: TrainConfig, context: DistributedContext):
         if len(store.case_indices(config.val_split)) == 0:
             logger.warning("store %s has no %s cases: no validation", store.location, config.val_split)
             return None
-        dataset, sampler = _volume_stream(store, config, context, config.val_split, train=False)
+        dataset, sampler = volume_stream(store, config, context, config.val_split, train=False)
     else:
         slots = split_slots(store, config.val_split)
         if len(slots) == 0:
@@ -833,7 +833,7 @@ def _run(
 
 def training_augmenter(store: Any, config: TrainConfig) -> BatchAugment | None:
     """The batch augmentation :func:`train` applies (``None`` when inactive); on a volume store it outputs
-    the patch size from windows with context (:func:`_volume_stream`)."""
+    the patch size from windows with context (:func:`volume_stream`)."""
     if not config.augment.active:
         return None
     return BatchAugment(config.augment, store.patch_size if is_volume_store(store) else None)
