@@ -246,7 +246,7 @@ class PatchStore:
         problem = (self.shape_problem() or layout) if self.check_integrity else None
         if problem is not None:
             self.close()
-            raise StoreCorruptError(f"{self.location}: {problem}; run `brainprep verify {self.location}`")
+            raise corrupt_error(self.location, problem)
         # an incomplete store is refused unless opened to inspect it; then zarr reads what is there
         if self.format == "zarr" and (self._metadata or {}).get("complete") and layout is None:
             self._shards = self._shard_readers()
@@ -675,7 +675,7 @@ class PatchStore:
         for :mod:`brainprep.verify`); zarr would read its missing shards and empty slots as fill values."""
         problem = self.layout_problem()
         if problem is not None:
-            raise StoreCorruptError(f"{self.location}: {problem}; run `brainprep verify {self.location}`")
+            raise corrupt_error(self.location, problem)
 
     def read_patches_into(
         self, slots: np.ndarray | list[int], images: np.ndarray, labels: np.ndarray
