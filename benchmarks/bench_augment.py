@@ -12,6 +12,9 @@ Rows per patch size:
                       returns a new batch (each volume copied from the input as it is first changed), as
                       nnU-Net's side clones each sample inside its timer (training hands its own fresh
                       float32 batch over, ``inplace=True``)
+  brainnet, tensor    the same on the tensor path alone (``brainnet.augment.cpu_kernels.ENABLED`` off:
+  path                no numba kernels for the resampling, the noise and the upsampling), in the same
+                      rounds: what the kernels bring
   nnU-Net             samples/s of ``nnUNetTrainer.get_training_transforms`` (nnunetv2, the Compose of
                       batchgeneratorsv2 transforms nnU-Net trains with: its probabilities, its dummy-2D
                       rule for the anisotropic patch) on one sample at a time, in 2 worker processes with 1
@@ -205,13 +208,24 @@ def size_rows(args: Any, label_name: str, sizes: dict[str, int], pool: Any) -> l
     image, label = make_batch(torch, args.batch_size, shape, 0)
     augment = augment_module.BatchAugment(augment_module.augment_preset("nnunet"))
     batches = max(1, sizes["samples"] * THREADS // args.batch_size)
-    ours, theirs, their_costs = [], [], []
+    kernels = require("brainnet.augment.cpu_kernels")
+    enabled = kernels.ENABLED
+    ours, tensor_path, theirs, their_costs = [], [], [], []
     for r in range(args.rounds or sizes["rounds"]):
         ours.append(brainnet_rate(torch, augment, image, label, batches, 1000 * r))
         rate, costs = nnunet_round(pool, shape, sizes["samples"], r)
         theirs.append(rate)
         their_costs.append(costs)
-        print(f"    round {r + 1}: brainnet {ours[-1]:.2f}, nnU-Net {rate:.2f} samples/s", flush=True)
+        kernels.ENABLED = False
+        try:
+            tensor_path.append(brainnet_rate(torch, augment, image, label, batches, 1000 * r))
+        finally:
+            kernels.ENABLED = enabled
+        print(
+            f"    round {r + 1}: brainnet {ours[-1]:.2f} (tensor path {tensor_path[-1]:.2f}), "
+            f"nnU-Net {rate:.2f} samples/s",
+            flush=True,
+        )
     our_costs = brainnet_costs(torch, image, label, max(1, batches // 2))
     shape_text = "x".join(map(str, shape))
     rows = [
@@ -221,6 +235,13 @@ def size_rows(args: Any, label_name: str, sizes: dict[str, int], pool: Any) -> l
             "samples/s",
             f"batch {args.batch_size}, {torch.get_num_threads()} torch threads, median of {len(ours)} rounds",
             {"rounds": ours},
+        ),
+        Row(
+            f"{label_name} {shape_text}: brainnet, tensor path",
+            statistics.median(tensor_path),
+            "samples/s",
+            f"numba kernels {'off' if enabled else 'unavailable'} (cpu_kernels.ENABLED), same rounds",
+            {"rounds": tensor_path},
         ),
         Row(
             f"{label_name} {shape_text}: nnU-Net",

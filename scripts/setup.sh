@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create (or reuse) .venv and install brainprep + brainnet with the test extra (which pulls the train and
-# remote extras: torch, tensorboard, fsspec, aiohttp, s3fs, botocore; see the README's "What to install").
+# remote extras: torch, tensorboard, numba, fsspec, aiohttp, s3fs, botocore; see the README's "What to install").
 # torch is installed first, as $BRAINPREP_TORCH (default torch==2.13.0) from pip's configured index; only if
 # that install fails is torch>=2.3 taken from PyTorch's CPU wheel index (download.pytorch.org/whl/cpu).
 # Which build the pin gives depends on the index: the CI and development machines' index serves a CPU

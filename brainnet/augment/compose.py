@@ -11,10 +11,11 @@ within float rounding: parameters are drawn on the CPU, noise voxels come from a
 Each transform runs only on the samples (or (sample, channel) pairs) it fires on, selected on the host
 (no device sync), in place on the working batch: runs of consecutive pairs as views (no gather, no
 scatter back; on the CPU in cache-sized pieces), the resampled samples of a slice stack in one gather
-per channel, those of a 3D patch one at a time (written back with one copy). The training loop hands
-its freshly converted batch over (``inplace=True``); otherwise nothing copies the batch first either:
-each volume comes from the input when it is first changed (:class:`_Working`). Order, probabilities and
-ranges: :class:`~brainnet.augment.config.AugmentConfig`.
+per channel, those of a 3D patch one at a time (written back with one copy); on the CPU each resampled
+sample, image and labels together, by :mod:`brainnet.augment.cpu_kernels` (no grid tensor). The
+training loop hands its freshly converted batch over (``inplace=True``); otherwise nothing copies the
+batch first either: each volume comes from the input when it is first changed (:class:`_Working`).
+Order, probabilities and ranges: :class:`~brainnet.augment.config.AugmentConfig`.
 
 Border rule. Rotation and scaling read positions outside the patch (a 160x160 patch rotated by 45 degrees
 reaches 41% beyond its faces; a scale of 1.4 reaches 20%). nnU-Net reads a larger window around each patch
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from brainnet.augment import cpu_kernels as CK
 from brainnet.augment import functional as AF
 from brainnet.augment.config import AugmentConfig, GammaParams, SpatialParams
 from brainprep.errors import ShapeMismatchError
@@ -358,12 +360,20 @@ def _apply_spatial(
             f"found {tuple(in_shape)}"
         )
     matrices = params.matrices[index][:, plane][:, :, plane]
+    sides, in_sides = [shape[a] for a in plane], [in_shape[a] for a in plane]
+    if params.control is None and _kernels_apply(image, short):
+        columns, shift = AF.normalized_affine(matrices, in_sides)
+        for n, sample in enumerate(index.tolist()):  # each sample read before written (copied if shared)
+            labels = (None, None) if label is None else (source[1][sample], label[sample])
+            CK.warp_sample(
+                source[0][sample], labels[0], columns[n], shift[n], config.padding, image[sample], labels[1]
+            )
+        return
     displacement = None
     if params.control is not None:
         displacement = AF.elastic_displacement(
             params.control[index].to(image.device), [shape[a] for a in plane]
         )
-    sides, in_sides = [shape[a] for a in plane], [in_shape[a] for a in plane]
     grid = AF.sampling_grid(matrices, sides, in_sides, displacement=displacement, device=image.device)
     padding = config.padding
     if padding == "reflection":  # reflected once here, for the image and the labels
@@ -387,6 +397,12 @@ def _apply_spatial(
             if short is not None:
                 labels, windows = labels.movedim(1 + short, 1), windows.movedim(1 + short, 1)
             AF.warp_labels(windows, grid[n : n + 1], padding, out=labels)
+
+
+def _kernels_apply(image: torch.Tensor, short: int | None) -> bool:
+    """Whether :mod:`brainnet.augment.cpu_kernels` resample this batch: float32 on the CPU, a 3D patch or
+    a slice stack along its last axis, kernels enabled (``cpu_kernels.ENABLED``)."""
+    return CK.ENABLED and image.device.type == "cpu" and image.dtype == torch.float32 and short in (None, 2)
 
 
 def centre(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

@@ -8,6 +8,9 @@ one source of noise voxels, :func:`hash_normal`, is a pure function of integer k
 numbers on the CPU and on CUDA.
 
 Parameter tensors may live on the CPU (where they are drawn); they are moved to the data's device here.
+On the CPU, the noise and the upsampling of the simulated low resolution run in numba kernels
+(:mod:`brainnet.augment.cpu_kernels`, whose docstring says why), with the same numbers as the tensor code
+here to float rounding; the tests hold the two together.
 The transforms follow batchgeneratorsv2 (github.com/MIC-DKFZ/batchgeneratorsv2 at 3cb4f07, the library
 nnU-Net v2 augments with), transform by transform: the file each one follows is named in its docstring.
 """
@@ -22,6 +25,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from brainnet.augment import cpu_kernels as CK
 
 MASK32 = 0xFFFFFFFF
 #: Floor of a range or std divisor (batchgeneratorsv2's ``eps`` in ``intensity/gamma.py``).
@@ -124,19 +129,15 @@ def sampling_grid(
     """
     in_shape = tuple(out_shape if in_shape is None else in_shape)
     batch, dims = matrices.shape[0], len(out_shape)
-    # align_corners=False: input voxel j sits at normalized (2 j + 1) / S - 1 = (j - (S - 1) / 2) * 2 / S.
-    scale = torch.tensor([2.0 / s for s in in_shape], dtype=torch.float32, device=device)
-    matrices = matrices.to(device, torch.float32)
-    shift = torch.zeros(batch, dims, device=device)
-    if translation is not None:
-        shift = translation.to(device, torch.float32) * scale
+    columns, shift = normalized_affine(matrices, in_shape, translation, device)
     if displacement is not None:
+        scale = torch.tensor([2.0 / s for s in in_shape], dtype=torch.float32, device=device)
         points = centered_coordinates(out_shape, device).reshape(1, -1, dims)
         points = points + displacement.to(device, torch.float32).reshape(batch, -1, dims)
-        points = (points @ matrices.transpose(1, 2)) * scale + shift[:, None, :]
+        points = (points @ matrices.to(device, torch.float32).transpose(1, 2)) * scale + shift[:, None, :]
         return points.flip(-1).reshape(batch, *out_shape, dims)
     # affine: the grid is a sum of one term per output axis, broadcast (one pass over the full grid)
-    columns = (matrices * scale[:, None]).flip(1)  # row k: the input axis read as grid component k
+    columns = columns.flip(1)  # row k: the input axis read as grid component k
     grid = shift.flip(-1).view(batch, *[1] * dims, dims)
     for axis, size in enumerate(out_shape):
         position = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
@@ -144,6 +145,28 @@ def sampling_grid(
         view[axis] = size
         grid = grid + position.view(1, *view, 1) * columns[:, :, axis].reshape(batch, *[1] * dims, dims)
     return grid
+
+
+def normalized_affine(
+    matrices: torch.Tensor,
+    in_shape: Sequence[int],
+    translation: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The affine map of :func:`sampling_grid` in ``grid_sample``'s normalized input units.
+
+    ``align_corners=False``: input voxel j sits at normalized ``(2 j + 1) / S - 1 = (j - (S - 1) / 2) 2 / S``.
+
+    Returns:
+        float32 (B, D, D) matrices (row: input axis, column: output axis, times 2 / S of the input axis) and
+        float32 (B, D) shifts (``translation`` times 2 / S, zero without one).
+    """
+    scale = torch.tensor([2.0 / s for s in in_shape], dtype=torch.float32, device=device)
+    columns = matrices.to(device, torch.float32) * scale[:, None]
+    shift = torch.zeros(matrices.shape[0], len(in_shape), device=device)
+    if translation is not None:
+        shift = translation.to(device, torch.float32) * scale
+    return columns, shift
 
 
 def reflect_grid(grid: torch.Tensor, in_shape: Sequence[int]) -> torch.Tensor:
@@ -513,7 +536,11 @@ def gaussian_noise(x: torch.Tensor, std: torch.Tensor, keys: torch.Tensor) -> to
 
 
 def gaussian_noise_(x: torch.Tensor, std: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """:func:`gaussian_noise` in place, the noise added as it is made (``addcmul_``: no noise tensor)."""
+    """:func:`gaussian_noise` in place, the noise added as it is made (``addcmul_``: no noise tensor; on
+    the CPU :func:`~brainnet.augment.cpu_kernels.add_hash_normal_`, one pass)."""
+    if CK.ENABLED and x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous():
+        CK.add_hash_normal_(x.view(len(x), -1), keys, std, _box_muller_tables(x.device))
+        return x
     if x.is_contiguous():
         _add_normal_(x.view(len(x), -1), keys, std)
         return x
@@ -666,22 +693,36 @@ def nearest_exact_index(size: int, down: int, device: torch.device | str = "cpu"
     """int64 (down,) the input index ``F.interpolate(..., mode="nearest-exact")`` reads for each output
     index along an axis of ``size`` voxels resampled to ``down``: ``floor((i + 0.5) size / down)`` in
     float32 as torch computes it (``UpSample.h``), clamped to the last voxel."""
+    return _nearest_exact_index(size, down).to(device)
+
+
+@functools.lru_cache(maxsize=1024)
+def _nearest_exact_index(size: int, down: int) -> torch.Tensor:
+    """:func:`nearest_exact_index` on the CPU, kept per (size, down): a batch asks for a few pairs, and
+    their few small ops had cost more than the kernels that use them (read-only)."""
     scale = torch.tensor(size, dtype=torch.float32) / down
     index = (torch.arange(down, dtype=torch.float32) + 0.5).mul_(scale).floor_().clamp_(max=size - 1)
-    return index.long().to(device)
+    return index.long()
 
 
-def _linear_taps(size: int, up: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+def linear_taps(size: int, up: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
     """``F.interpolate(..., mode="linear", align_corners=False)``'s two input indices (int64) and weights
-    for each of ``up`` outputs from ``size`` inputs along an axis, as its CPU kernel computes them
-    (``UpSampleKernel.cpp``: source ``(i + 0.5) size / up - 0.5`` in float32, clamped at 0)."""
+    for each of ``up`` outputs from ``size`` inputs along an axis (``UpSampleKernel.cpp``: source
+    ``(i + 0.5) size / up - 0.5`` in float32, clamped at 0). The fraction of a source index near 100
+    carries its float32 rounding (about 4e-6), so the weights can differ from ``interpolate``'s in that
+    digit. Kept per (size, up) on the CPU (:func:`_nearest_exact_index`'s reason)."""
+    return tuple(t.to(device) for t in _linear_taps(size, up))
+
+
+@functools.lru_cache(maxsize=1024)
+def _linear_taps(size: int, up: int) -> tuple[torch.Tensor, ...]:
     scale = torch.tensor(size, dtype=torch.float32) / up
     source = (torch.arange(up, dtype=torch.float32) + 0.5).mul_(scale).sub_(0.5).clamp_(min=0)
     first = source.floor().clamp_(max=size - 1)
     second_w = (source - first).clamp_(0, 1)
     first = first.long()
     second = (first + 1).clamp_(max=size - 1)
-    return tuple(t.to(device) for t in (first, second, 1 - second_w, second_w))
+    return first, second, 1 - second_w, second_w
 
 
 def upsample_slices(small: torch.Tensor, sides: Sequence[int]) -> torch.Tensor:
@@ -693,8 +734,8 @@ def upsample_slices(small: torch.Tensor, sides: Sequence[int]) -> torch.Tensor:
         (H W, S), equal to ``F.interpolate`` of each slice to float rounding.
     """
     (rows, columns), slices = small.shape[:2], small.shape[2]
-    row_taps = _linear_taps(rows, sides[0], small.device)
-    column_taps = _linear_taps(columns, sides[1], small.device)
+    row_taps = linear_taps(rows, sides[0], small.device)
+    column_taps = linear_taps(columns, sides[1], small.device)
     index = torch.empty(*sides, 4, dtype=torch.int64, device=small.device)
     weights = torch.empty(*sides, 4, dtype=small.dtype, device=small.device)
     for tap, (r, c) in enumerate(itertools.product(range(2), range(2))):
@@ -711,6 +752,7 @@ def low_resolution_(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     upsampling of a slice stack (X and Y resampled, Z kept) with :func:`upsample_slices`, any other with
     ``interpolate``, the axes that keep their size as its channels."""
     sizes = list(x.shape[1:])
+    kernels = CK.ENABLED and x.device.type == "cpu" and x.dtype == torch.float32
     for p, factors in enumerate(scale.double().tolist()):
         down = [min(max(round(size * f), 1), size) for size, f in zip(sizes, factors, strict=True)]
         axes = [a for a in range(3) if down[a] != sizes[a]]
@@ -719,6 +761,10 @@ def low_resolution_(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         small = x[p]
         for a in axes:
             small = small.index_select(a, nearest_exact_index(sizes[a], down[a], x.device))
+        if kernels:  # the kept axes read their own index with weight 1
+            taps = [linear_taps(n, size) for n, size in zip(small.shape, sizes, strict=True)]
+            CK.upsample(small, x[p], taps)
+            continue
         if axes == [0, 1]:
             x[p].view(-1, sizes[2]).copy_(upsample_slices(small, sizes[:2]))
             continue
