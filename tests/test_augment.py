@@ -366,6 +366,35 @@ def test_hash_noise_is_a_function_of_its_key():
 
 
 # -------------------------------------------------------------------------------------- determinism
+def test_the_draws_fire_at_the_presets_probabilities_within_its_ranges():
+    """Over 4000 samples of 4 channels each block fires at its probability (binomial, 5 sd) and draws
+    within its range; the keys of the noise are distinct and below 2**31."""
+    config = augment_preset("nnunet")
+    params = draw_parameters(config, 4000, 4, (32, 32, 32), generator_for((3,)))
+
+    def near(mask: torch.Tensor, p: float) -> bool:
+        return abs(float(mask.float().mean()) - p) <= 5 * math.sqrt(p * (1 - p) / mask.numel())
+
+    rotation_or_scaling = 1 - (1 - config.spatial.p_rotation) * (1 - config.spatial.p_scaling)
+    assert near(params.spatial, rotation_or_scaling) and near(params.noise, config.noise.p)
+    assert near(params.blur, config.blur.p * config.blur.p_per_channel)
+    assert near(params.low_resolution, config.low_resolution.p * config.low_resolution.p_per_channel)
+    for name in ("brightness", "contrast", "gamma_inverted", "gamma"):
+        assert near(getattr(params, name), getattr(config, name).p), name
+    assert near(params.flips, config.mirror.p)
+    for values, (low, high) in (
+        (params.noise_std, config.noise.std),
+        (params.blur_sigma, config.blur.sigma),
+        (params.brightness_factor, config.brightness.multiplier),
+        (params.contrast_factor, config.contrast.factor),
+        (params.low_resolution_scale, config.low_resolution.scale),
+        (params.gamma_gamma, config.gamma.gamma),
+    ):
+        assert low <= float(values.min()) and float(values.max()) <= high
+    assert params.noise_keys.unique().numel() == 4000 and int(params.noise_keys.min()) >= 0
+    assert int(params.noise_keys.max()) < 2**31
+
+
 def test_the_same_key_gives_the_same_batch():
     augment = BatchAugment(augment_preset("nnunet", EVERYTHING))
     image, label = torch.randn(2, 4, 16, 16, 8), torch.randint(0, 4, (2, 16, 16, 8), dtype=torch.uint8)
