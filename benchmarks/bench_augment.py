@@ -8,10 +8,8 @@ Two patch sizes: the course's 160x160x16 and nnU-Net's BraTS 112x160x128, each i
 Rows per patch size:
   brainnet            samples/s of ``BatchAugment(augment_preset("nnunet"))`` on whole batches, in this
                       process with ``torch.set_num_threads(2)`` (the row's note reads the thread count
-                      back), a new key (new draws) per batch; each call leaves its input alone and
-                      returns a new batch (each volume copied from the input as it is first changed), as
-                      nnU-Net's side clones each sample inside its timer (training hands its own fresh
-                      float32 batch over, ``inplace=True``)
+                      back), a new key (new draws) per batch, as training calls it: on a fresh batch it
+                      may overwrite (``inplace=True``; the copies are made before the timer starts)
   brainnet, tensor    the same on the tensor path alone (``brainnet.augment.cpu_kernels.ENABLED`` off:
   path                no numba kernels for the resampling, the noise and the upsampling), in the same
                       rounds: what the kernels bring
@@ -19,7 +17,9 @@ Rows per patch size:
                       batchgeneratorsv2 transforms nnU-Net trains with: its probabilities, its dummy-2D
                       rule for the anisotropic patch) on one sample at a time, in 2 worker processes with 1
                       torch thread each, started together, each warmed up to its steady state first
-                      (its blur's FFT-or-direct cache filled, :func:`prime_blur`, then 4 samples);
+                      (its blur's FFT-or-direct cache filled, :func:`prime_blur`, then 4 samples), as
+                      its training runs them: each on a fresh sample (copies made before the timer
+                      starts; runs before 2026-12-04 cloned inside the timer on both sides);
                       samples of both / the slower one's seconds.
                       Time to ship samples between processes is not counted (nnU-Net would pay it too)
   <transform>, both   ms per sample each transform costs at the preset's probabilities: nnU-Net's from a
@@ -143,10 +143,11 @@ def nnunet_task(shape: tuple[int, ...], samples: int, seed: int) -> tuple[float,
     prime_blur(compose, image)
     for _ in range(WARM_UP_SAMPLES):
         compose(image=image.clone(), segmentation=segmentation.clone())
+    fresh = [(image.clone(), segmentation.clone()) for _ in range(samples)]  # as its loader hands them over
     timers.clear()
     started = time.perf_counter()
-    for _ in range(samples):
-        compose(image=image.clone(), segmentation=segmentation.clone())
+    for sample, labels in fresh:
+        compose(image=sample, segmentation=labels)
     elapsed = time.perf_counter() - started
     return elapsed, {k: 1000 * v / samples for k, v in timers.items()}
 
@@ -161,10 +162,13 @@ def nnunet_round(pool: Any, shape: tuple[int, ...], samples: int, seed: int) -> 
 
 # ------------------------------------------------------------------------------------------- brainnet
 def brainnet_rate(torch: Any, augment: Any, image: Any, label: Any, batches: int, step: int) -> float:
-    augment(image, label, key=(0, 0, step))  # warm-up
+    """Samples/s of ``augment`` on ``batches`` fresh copies of the batch, each handed over in place (as
+    the training loop hands over each batch it converts)."""
+    augment(image.clone(), label.clone(), key=(0, 0, step), inplace=True)  # warm-up
+    fresh = [(image.clone(), label.clone()) for _ in range(batches)]
     started = time.perf_counter()
-    for k in range(batches):
-        augment(image, label, key=(0, 0, step + 1 + k))
+    for k, (images, labels) in enumerate(fresh):
+        augment(images, labels, key=(0, 0, step + 1 + k), inplace=True)
     return batches * image.shape[0] / (time.perf_counter() - started)
 
 
