@@ -468,18 +468,28 @@ def apply_parameters(
         label: (B, X, Y, Z) label map (any integer dtype), or ``None``; only spatial transforms and
             mirroring touch it.
         inplace: the caller hands ``image`` and ``label`` over (e.g. a batch just converted on its
-            device): they are changed in place (when contiguous) instead of copied first.
+            device): they are changed in place (when contiguous) instead of copied first; except on the
+            CPU when a sample is resampled by :mod:`~brainnet.augment.cpu_kernels`, which then write into
+            new tensors straight from the inputs (in place, each resampled sample would be read from a
+            copy of itself).
         out_shape: the patch (X, Y, Z), when ``image`` and ``label`` are windows with context around it
             (:func:`~brainnet.augment.context.context_margin`): a resampled sample reads its window, any
             other is the window's centre. Default: the input's shape.
 
     Returns:
-        The image and label of ``out_shape``: new tensors unless ``inplace`` without context (the inputs
-        are then not modified; windows with context are only read).
+        The image and label of ``out_shape``: the inputs themselves, changed, when ``inplace`` takes them
+        (above); otherwise new tensors, the inputs not modified (windows with context are only read).
     """
     source = image, label
     labels_change = label is not None and (bool(params.spatial.any()) or bool(params.flips.any()))
-    if inplace and (out_shape is None or tuple(out_shape) == tuple(image.shape[2:])):
+    kernels_resample = (
+        params.control is None
+        and bool(params.spatial.any())
+        and _kernels_apply(
+            image, short_axis(image.shape[2:] if out_shape is None else out_shape, config.spatial)
+        )
+    )
+    if inplace and not kernels_resample and (out_shape is None or tuple(out_shape) == tuple(image.shape[2:])):
         # the working tensors, changed in place from here on
         image = image.contiguous()
         label = label.contiguous() if labels_change else label
