@@ -9,7 +9,8 @@ Rows per patch size:
   brainnet            samples/s of ``BatchAugment(augment_preset("nnunet"))`` on whole batches, in this
                       process with ``torch.set_num_threads(2)`` (the row's note reads the thread count
                       back), a new key (new draws) per batch, as training calls it: on a fresh batch it
-                      may overwrite (``inplace=True``; the copies are made before the timer starts)
+                      may overwrite (``inplace=True``; the copies are made outside the timer,
+                      :data:`IN_FLIGHT` at a time)
   brainnet, tensor    the same on the tensor path alone (``brainnet.augment.cpu_kernels.ENABLED`` off:
   path                no numba kernels for the resampling, the noise and the upsampling), in the same
                       rounds: what the kernels bring
@@ -19,7 +20,8 @@ Rows per patch size:
                       torch thread each, started together, each warmed up to its steady state first
                       (its blur's FFT-or-direct cache filled, :func:`prime_blur`, then 4 samples), as
                       its training runs them: each on a fresh sample (copies made before the timer
-                      starts; runs before 2026-12-04 cloned inside the timer on both sides);
+                      starts, :data:`IN_FLIGHT` at a time; runs before 2026-12-04 cloned inside
+                      the timer on both sides);
                       samples of both / the slower one's seconds.
                       Time to ship samples between processes is not counted (nnU-Net would pay it too)
   <transform>, both   ms per sample each transform costs at the preset's probabilities: nnU-Net's from a
@@ -52,6 +54,9 @@ THREADS = 2
 FULL = {"course": {"samples": 96, "rounds": 5}, "nnU-Net BraTS": {"samples": 24, "rounds": 5}}
 QUICK = {"course": {"samples": 4, "rounds": 1}, "nnU-Net BraTS": {"samples": 1, "rounds": 1}}
 #: brainnet's blocks, their firing probability per sample in the preset (spatial: rotation or scaling)
+#: fresh inputs made at a time (outside the timer) on either side: a few batches in flight, as in training
+#: (all of a round's at once, 1.3 GB for the course patch, had made both sides' rates swing by 1.5x)
+IN_FLIGHT = 8
 #: nnU-Net samples per worker before its timer starts (after :func:`prime_blur`)
 WARM_UP_SAMPLES = 4
 BLOCKS = ("spatial", "noise", "blur", "brightness", "contrast", "low_resolution", "gamma_inverted", "gamma")
@@ -143,12 +148,15 @@ def nnunet_task(shape: tuple[int, ...], samples: int, seed: int) -> tuple[float,
     prime_blur(compose, image)
     for _ in range(WARM_UP_SAMPLES):
         compose(image=image.clone(), segmentation=segmentation.clone())
-    fresh = [(image.clone(), segmentation.clone()) for _ in range(samples)]  # as its loader hands them over
     timers.clear()
-    started = time.perf_counter()
-    for sample, labels in fresh:
-        compose(image=sample, segmentation=labels)
-    elapsed = time.perf_counter() - started
+    elapsed = 0.0
+    for first in range(0, samples, IN_FLIGHT):
+        # fresh samples as its loader hands them over, a few at a time (a training's footprint)
+        fresh = [(image.clone(), segmentation.clone()) for _ in range(min(IN_FLIGHT, samples - first))]
+        started = time.perf_counter()
+        for sample, labels in fresh:
+            compose(image=sample, segmentation=labels)
+        elapsed += time.perf_counter() - started
     return elapsed, {k: 1000 * v / samples for k, v in timers.items()}
 
 
@@ -165,11 +173,14 @@ def brainnet_rate(torch: Any, augment: Any, image: Any, label: Any, batches: int
     """Samples/s of ``augment`` on ``batches`` fresh copies of the batch, each handed over in place (as
     the training loop hands over each batch it converts)."""
     augment(image.clone(), label.clone(), key=(0, 0, step), inplace=True)  # warm-up
-    fresh = [(image.clone(), label.clone()) for _ in range(batches)]
-    started = time.perf_counter()
-    for k, (images, labels) in enumerate(fresh):
-        augment(images, labels, key=(0, 0, step + 1 + k), inplace=True)
-    return batches * image.shape[0] / (time.perf_counter() - started)
+    elapsed = 0.0
+    for first in range(0, batches, IN_FLIGHT):
+        fresh = [(image.clone(), label.clone()) for _ in range(min(IN_FLIGHT, batches - first))]
+        started = time.perf_counter()
+        for k, (images, labels) in enumerate(fresh, start=first):
+            augment(images, labels, key=(0, 0, step + 1 + k), inplace=True)
+        elapsed += time.perf_counter() - started
+    return batches * image.shape[0] / elapsed
 
 
 def brainnet_costs(torch: Any, image: Any, label: Any, batches: int) -> dict[str, float]:
