@@ -89,6 +89,14 @@ def test_the_kernels_give_the_same_bits_on_one_thread_and_two_and_in_place():
     owned = image.clone(), label.clone()  # the output is the input: read from a copy first
     CK.warp_sample(owned[0], owned[1], columns[0], shift[0], "reflection", owned[0], owned[1])
     assert torch.equal(owned[0], results[0][0]) and torch.equal(owned[1], results[0][1])
+    # a slice stack, read in place by its kernel, likewise
+    plane = AF.normalized_affine(_matrix((0.0, 0.0, 0.9), 1.2, [0, 1]), (12, 10))
+    apart = torch.empty_like(image), torch.empty_like(label)
+    CK.warp_sample(image, label, plane[0][0], plane[1][0], "reflection", *apart)
+    owned = image.clone(), label.clone()
+    CK.warp_sample(owned[0], owned[1], plane[0][0], plane[1][0], "reflection", owned[0], owned[1])
+    assert torch.equal(owned[0], apart[0]) and torch.equal(owned[1], apart[1])
+    assert not torch.equal(apart[0], image)
 
 
 @pytest.mark.parametrize("shape", [(20, 18, 6), (9, 11, 7)], ids=["slices", "3d"])

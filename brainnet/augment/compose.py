@@ -387,7 +387,7 @@ def _apply_spatial(
         )
     matrices = params.matrices[index][:, plane][:, :, plane]
     sides, in_sides = [shape[a] for a in plane], [in_shape[a] for a in plane]
-    if params.control is None and _kernels_apply(image, short):
+    if _kernels_resample(config, params, image, shape):
         columns, shift = AF.normalized_affine(matrices, in_sides)
         for n, sample in enumerate(index.tolist()):  # each sample read before written (copied if shared)
             labels = (None, None) if label is None else (source[1][sample], label[sample])
@@ -425,10 +425,13 @@ def _apply_spatial(
             AF.warp_labels(windows, grid[n : n + 1], padding, out=labels)
 
 
-def _kernels_apply(image: torch.Tensor, short: int | None) -> bool:
-    """Whether :mod:`brainnet.augment.cpu_kernels` resample this batch: float32 on the CPU, a 3D patch or
-    a slice stack along its last axis, kernels enabled (``cpu_kernels.ENABLED``)."""
-    return CK.ENABLED and image.device.type == "cpu" and image.dtype == torch.float32 and short in (None, 2)
+def _kernels_resample(
+    config: SpatialParams, params: BatchParams, image: torch.Tensor, shape: Sequence[int]
+) -> bool:
+    """Whether :mod:`brainnet.augment.cpu_kernels` resample the batch's samples of patch ``shape``: an
+    affine map (no elastic field), ``image`` one they take (:func:`~brainnet.augment.cpu_kernels.runs_on`),
+    a 3D patch or a slice stack along its last axis."""
+    return params.control is None and CK.runs_on(image) and short_axis(shape, config) in (None, 2)
 
 
 def centre(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -482,13 +485,8 @@ def apply_parameters(
     """
     source = image, label
     labels_change = label is not None and (bool(params.spatial.any()) or bool(params.flips.any()))
-    kernels_resample = (
-        params.control is None
-        and bool(params.spatial.any())
-        and _kernels_apply(
-            image, short_axis(image.shape[2:] if out_shape is None else out_shape, config.spatial)
-        )
-    )
+    patch = image.shape[2:] if out_shape is None else out_shape
+    kernels_resample = bool(params.spatial.any()) and _kernels_resample(config.spatial, params, image, patch)
     if inplace and not kernels_resample and (out_shape is None or tuple(out_shape) == tuple(image.shape[2:])):
         # the working tensors, changed in place from here on
         image = image.contiguous()

@@ -49,9 +49,14 @@ _HALF = np.float32(0.5)
 TILE = 16
 
 
-#: Whether :mod:`brainnet.augment.compose` resamples CPU batches here (numba imports, and the environment
-#: variable ``BRAINNET_CPU_KERNELS`` is not ``0``); the tests switch it to compare with the tensor path.
+#: Whether the kernels run at all (numba imports, and the environment variable ``BRAINNET_CPU_KERNELS`` is
+#: not ``0``); the tests switch it to compare with the tensor path.
 ENABLED = numba is not None and os.environ.get("BRAINNET_CPU_KERNELS", "1") != "0"
+
+
+def runs_on(x: torch.Tensor) -> bool:
+    """Whether the kernels take ``x``: float32 on the CPU, kernels enabled; the tensor path otherwise."""
+    return ENABLED and x.device.type == "cpu" and x.dtype == torch.float32
 
 
 if numba is not None:
@@ -324,13 +329,15 @@ def warp_sample(
             (:func:`~brainnet.augment.functional.normalized_affine`); shift float32 (D,).
         padding: ``zeros``, ``border`` or ``reflection``.
         out_image, out_label: the outputs, shaped like the inputs but for the D resampled sides; they may
-            share memory with the inputs (the inputs are then copied first).
+            share memory with the inputs (the inputs are then read from copies).
     """
     dims = columns.shape[0]
     in_sides = image.shape[1 : 1 + dims]
     inner = np.array([1 - 1 / s for s in in_sides], dtype=np.float32)
-    if _shared(image, out_image) or (label is not None and _shared(label, out_label)):
-        image, label = image.clone(), None if label is None else label.clone()
+    if dims == 2 and _shared(image, out_image):  # (a volume is read from its channels-last copy)
+        image = image.clone()
+    if label is not None and _shared(label, out_label):
+        label = label.clone()
     has_label = label is not None
     label_in = label.numpy() if has_label else np.zeros((1, 1, 1), np.uint8)  # typed, never read
     label_out = out_label.numpy() if has_label else label_in

@@ -538,7 +538,7 @@ def gaussian_noise(x: torch.Tensor, std: torch.Tensor, keys: torch.Tensor) -> to
 def gaussian_noise_(x: torch.Tensor, std: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """:func:`gaussian_noise` in place, the noise added as it is made (``addcmul_``: no noise tensor; on
     the CPU :func:`~brainnet.augment.cpu_kernels.add_hash_normal_`, one pass)."""
-    if CK.ENABLED and x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous():
+    if CK.runs_on(x) and x.is_contiguous():
         CK.add_hash_normal_(x.view(len(x), -1), keys, std, _box_muller_tables(x.device))
         return x
     if x.is_contiguous():
@@ -752,7 +752,7 @@ def low_resolution_(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     upsampling of a slice stack (X and Y resampled, Z kept) with :func:`upsample_slices`, any other with
     ``interpolate``, the axes that keep their size as its channels."""
     sizes = list(x.shape[1:])
-    kernels = CK.ENABLED and x.device.type == "cpu" and x.dtype == torch.float32
+    kernels = CK.runs_on(x)
     for p, factors in enumerate(scale.double().tolist()):
         down = [min(max(round(size * f), 1), size) for size, f in zip(sizes, factors, strict=True)]
         axes = [a for a in range(3) if down[a] != sizes[a]]
