@@ -3,6 +3,7 @@ kill -9 and resume, locks, parameter checks and bad cases. Small synthetic data 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,7 +12,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -152,17 +155,27 @@ def test_workers_are_forked_only_from_a_single_threaded_process() -> None:
         assert _start_method() == "fork"
 
 
-def test_local_cluster_build_equals_local_build(data: Path, reference: Path, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _local_client(n_workers: int, threads_per_worker: int) -> Iterator[Any]:
+    """A dask.distributed Client of an in-process LocalCluster (skips where distributed is missing)."""
     distributed = pytest.importorskip("distributed")
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=False,
+            dashboard_address=None,
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
+        yield client
+
+
+def test_local_cluster_build_equals_local_build(data: Path, reference: Path, tmp_path: Path) -> None:
+    with _local_client(n_workers=2, threads_per_worker=1) as client:
         summary = build_patches(data, tmp_path / "cluster.zarr", PARAMS, scheduler=client)
         assert summary.workers == 2
-        build_patches(data, tmp_path / "cluster.h5", PARAMS, scheduler=cluster.scheduler_address)
+        build_patches(data, tmp_path / "cluster.h5", PARAMS, scheduler=client.scheduler.address)
     assert_same_store(reference, tmp_path / "cluster.zarr")
     assert shard_bytes(reference) == shard_bytes(tmp_path / "cluster.zarr")
     with open_store(reference) as z, open_store(tmp_path / "cluster.h5") as h:
@@ -616,13 +629,7 @@ def test_no_case_is_written_after_a_failed_build_returns(
             build_patches(copy, store, PARAMS, workers=2, scheduler="threads")
         assert_every_started_case_ended()
         return
-    distributed = pytest.importorskip("distributed")
-    with (
-        distributed.LocalCluster(
-            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
+    with _local_client(n_workers=1, threads_per_worker=2) as client:
         with pytest.raises(InvalidValueError, match=error):
             build_patches(copy, store, PARAMS, scheduler=client)
         assert_every_started_case_ended()
