@@ -118,6 +118,19 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
+def timed_on_fresh(count: int, make: Any, call: Any) -> float:
+    """Seconds ``call(k, *make())`` takes over ``count`` fresh inputs, made :data:`IN_FLIGHT` at a time
+    outside the timer (as a loader hands inputs over, a few in flight)."""
+    elapsed = 0.0
+    for first in range(0, count, IN_FLIGHT):
+        fresh = [make() for _ in range(min(IN_FLIGHT, count - first))]
+        started = time.perf_counter()
+        for k, inputs in enumerate(fresh, start=first):
+            call(k, *inputs)
+        elapsed += time.perf_counter() - started
+    return elapsed
+
+
 def prime_blur(compose: Any, image: Any) -> None:
     """Fill the FFT-or-direct choice cache of nnU-Net's blur for every axis and kernel size it can draw.
 
@@ -149,14 +162,11 @@ def nnunet_task(shape: tuple[int, ...], samples: int, seed: int) -> tuple[float,
     for _ in range(WARM_UP_SAMPLES):
         compose(image=image.clone(), segmentation=segmentation.clone())
     timers.clear()
-    elapsed = 0.0
-    for first in range(0, samples, IN_FLIGHT):
-        # fresh samples as its loader hands them over, a few at a time (a training's footprint)
-        fresh = [(image.clone(), segmentation.clone()) for _ in range(min(IN_FLIGHT, samples - first))]
-        started = time.perf_counter()
-        for sample, labels in fresh:
-            compose(image=sample, segmentation=labels)
-        elapsed += time.perf_counter() - started
+    elapsed = timed_on_fresh(
+        samples,
+        lambda: (image.clone(), segmentation.clone()),
+        lambda _, sample, labels: compose(image=sample, segmentation=labels),
+    )
     return elapsed, {k: 1000 * v / samples for k, v in timers.items()}
 
 
@@ -173,13 +183,11 @@ def brainnet_rate(torch: Any, augment: Any, image: Any, label: Any, batches: int
     """Samples/s of ``augment`` on ``batches`` fresh copies of the batch, each handed over in place (as
     the training loop hands over each batch it converts)."""
     augment(image.clone(), label.clone(), key=(0, 0, step), inplace=True)  # warm-up
-    elapsed = 0.0
-    for first in range(0, batches, IN_FLIGHT):
-        fresh = [(image.clone(), label.clone()) for _ in range(min(IN_FLIGHT, batches - first))]
-        started = time.perf_counter()
-        for k, (images, labels) in enumerate(fresh, start=first):
-            augment(images, labels, key=(0, 0, step + 1 + k), inplace=True)
-        elapsed += time.perf_counter() - started
+    elapsed = timed_on_fresh(
+        batches,
+        lambda: (image.clone(), label.clone()),
+        lambda k, images, labels: augment(images, labels, key=(0, 0, step + 1 + k), inplace=True),
+    )
     return batches * image.shape[0] / elapsed
 
 
