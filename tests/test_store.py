@@ -12,6 +12,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -217,6 +218,40 @@ def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path: Path) -> 
     )
     with BuildLock(store):
         assert json.loads(lock.path.read_text())["pid"] != dead.pid
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_lock_of_a_killed_unreaped_build_or_a_reused_pid_is_taken_over(tmp_path: Path) -> None:
+    store = tmp_path / "s.zarr"
+    host = __import__("socket").gethostname()
+    lock_path = BuildLock(store).path
+    zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock_path.write_text(json.dumps({"pid": zombie.pid, "host": host, "started": 0}))
+        zombie.kill()  # kill -9, not reaped: the pid still answers kill(pid, 0)
+        deadline = time.time() + 10
+        while Path(f"/proc/{zombie.pid}/stat").read_text().split(") ")[1][0] != "Z":
+            assert time.time() < deadline
+            time.sleep(0.01)
+        with BuildLock(store) as lock:
+            assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    finally:
+        zombie.wait()
+    # a live process holding the pid, but not the one that took the lock (its start time differs)
+    own_ticks = json.loads(_lock_record(store))["started_ticks"]
+    lock_path.write_text(
+        json.dumps({"pid": os.getpid(), "host": host, "started": 0, "started_ticks": own_ticks + 1})
+    )
+    with BuildLock(store):
+        assert json.loads(lock_path.read_text())["started_ticks"] == own_ticks
+    # the same live process with its own start time is refused
+    with BuildLock(store), pytest.raises(StoreLockedError, match="being built by another"):
+        BuildLock(store).acquire()
+
+
+def _lock_record(store: Path) -> str:
+    with BuildLock(store) as lock:
+        return lock.path.read_text()
 
 
 def test_two_builds_taking_over_one_stale_lock_do_not_both_own_the_store(tmp_path: Path) -> None:

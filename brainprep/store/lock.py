@@ -1,9 +1,11 @@
 """Build safety: one build per store (lock file) and the per-case completion markers of a resumable build.
 
-``STORE.lock`` holds ``{"pid", "host", "started"}`` of the build that owns the store. It is created
-atomically (written under a temporary name, then hard-linked into place, which fails if it exists), so a
-second build never sees a half-written lock. A lock whose pid is dead on this host is stale (a build
-killed with ``kill -9``) and is taken over; a lock held by a live process or another host is refused.
+``STORE.lock`` holds ``{"pid", "host", "started", "started_ticks"}`` of the build that owns the store. It
+is created atomically (written under a temporary name, then hard-linked into place, which fails if it
+exists), so a second build never sees a half-written lock. A lock whose pid is dead on this host is stale
+(a build killed with ``kill -9``, reaped or not, or a pid since given to another process: the lock records its
+owner's start time where Linux's ``/proc`` tells it) and is taken over; a lock held by a live build or
+another host is refused.
 
 ``STORE.build/`` holds the state of an unfinished build (see :mod:`brainprep.store.schema`): ``build.json``
 and one ``done/NNNNNN.json`` marker per finished case, each written atomically (temporary file + rename)
@@ -46,7 +48,33 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, sort_keys=True, indent=1))
 
 
-def _pid_alive(pid: int) -> bool:
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """``(state, start time in clock ticks since boot)`` of ``pid`` from Linux's ``/proc``, else ``None``.
+
+    The fields after the parenthesised command name are split, since the name may hold spaces.
+    """
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return fields[0], int(fields[19])
+
+
+def _pid_alive(pid: int, started_ticks: int | None = None) -> bool:
+    """Whether the build process ``pid`` still runs.
+
+    A killed process nobody has reaped yet (a zombie, state ``Z``) is dead although ``kill(pid, 0)`` still
+    finds it: what ``kill -9`` of a build leaves when its parent does not wait, e.g. under a container's
+    init. When the lock recorded the owner's start time, a live process with another start time is a
+    later process that was given the dead build's pid.
+    """
+    stat = _proc_stat(pid)
+    if stat is not None:
+        state, ticks = stat
+        if state in ("Z", "X"):
+            return False
+        return started_ticks is None or ticks == started_ticks
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -86,6 +114,9 @@ class BuildLock:
 
     def _try_create(self) -> bool:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        stat = _proc_stat(os.getpid())
+        if stat is not None:
+            info["started_ticks"] = stat[1]
         tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_text(json.dumps(info))
         try:
@@ -105,8 +136,9 @@ class BuildLock:
             owner = self._owner()
             if owner is None:  # released between our two calls
                 continue
-            pid, host = owner.get("pid"), owner.get("host")
-            if host == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+            pid, host, ticks = owner.get("pid"), owner.get("host"), owner.get("started_ticks")
+            ticks = ticks if isinstance(ticks, int) else None
+            if host == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid, ticks):
                 logger.warning("taking over the stale lock %s of dead process %s", self.path, pid)
                 stale = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.stale")
                 try:
