@@ -92,6 +92,8 @@ from common import (
 )
 
 THREADS = 2
+#: trainings run side by side (module docstring): this U-Net's step takes as long on 1 torch thread as on 2
+JOBS = 2
 WORKERS = 1  # one loader thread (stores) or process (MONAI) per arm (module docstring)
 TEST_SEED = 1  # the held-out cases' generator seed (the train cases use seed 0)
 STORE_SEED = 0
@@ -471,28 +473,102 @@ def score_scans(model: Any, cases: list[Any], build: Any, small: set[str] = froz
     return summary
 
 
-def run_arm(arm: str, paths: dict[str, Path], cases: list[Any], plan: Plan, workdir: Path) -> Row:
-    """Train and score one arm on every seed; one row (mean Dice) holding every number in ``extra``."""
-    torch = require("torch")
+def train_and_score(
+    arm: str, seed: int, paths: dict[str, Path], plan: Plan, workdir: Path
+) -> dict[str, float]:
+    """Train arm ``arm`` on ``seed`` and score it on the held-out scans (:func:`score_scans`), plus its
+    loader CPU seconds and training seconds."""
     open_store = require("brainprep.store", "open_store")
     with open_store(paths["volumes"]) as store:
         build = store.params  # patch size, per-slice standardization, float16: the same for every arm
-    seeds, small = [], small_tumour_ids(plan)
-    for seed in plan.seeds:
-        torch.set_num_threads(THREADS)
-        run_dir = workdir / "accuracy-runs" / f"{arm}-seed{seed}"
-        if arm == "i":
-            trained = train_on_store(paths["patches"], run_dir, plan, seed)
-        elif arm in SHARES:
-            augment = "nnunet" if arm == "iv" else "none"
-            trained = train_on_store(paths["volumes"], run_dir, plan, seed, augment, SHARES[arm])
-        else:
-            trained = train_monai(paths["train"], plan, seed)
-        scores = score_scans(trained.model, cases, build, small)
-        scores.update(loader_cpu_s=trained.loader_cpu_s, train_s=trained.train_s)
-        seeds.append(scores)
-        print(f"    {ARMS[arm]} seed {seed}: " + _line(scores), flush=True)
-    summary = {key: _mean_sd([s[key] for s in seeds]) for key in seeds[0]}
+    run_dir = workdir / "accuracy-runs" / f"{arm}-seed{seed}"
+    if arm == "i":
+        trained = train_on_store(paths["patches"], run_dir, plan, seed)
+    elif arm in SHARES:
+        augment = "nnunet" if arm == "iv" else "none"
+        trained = train_on_store(paths["volumes"], run_dir, plan, seed, augment, SHARES[arm])
+    else:
+        trained = train_monai(paths["train"], plan, seed)
+    scores = score_scans(trained.model, held_out_cases(paths["test"]), build, small_tumour_ids(plan))
+    scores.update(loader_cpu_s=trained.loader_cpu_s, train_s=trained.train_s)
+    return scores
+
+
+def _training_process(
+    arm: str, seed: int, paths: dict[str, Path], plan: Plan, workdir: Path, threads: int, out: Path
+) -> None:
+    """One training in a child process: its scores as JSON at ``out`` (written once complete)."""
+    import json
+
+    torch = require("torch")
+    torch.set_num_threads(threads)
+    scores = train_and_score(arm, seed, paths, plan, workdir)
+    require("brainprep.files", "write_text_atomic")(out, json.dumps(scores))
+
+
+def run_trainings(
+    tasks: list[tuple[str, int]], paths: dict[str, Path], plan: Plan, workdir: Path, jobs: int
+) -> dict[tuple[str, int], dict[str, float] | str]:
+    """Every ``(arm, seed)`` training of ``tasks``, ``jobs`` at a time, each in its own spawned process with
+    ``THREADS // jobs`` torch threads (at least 1); one job runs them here, one after the other.
+
+    Returns:
+        ``(arm, seed)`` -> the scores of :func:`train_and_score`, or why that training failed.
+    """
+    import json
+    import multiprocessing
+
+    results: dict[tuple[str, int], dict[str, float] | str] = {}
+
+    def report(task: tuple[str, int], outcome: dict[str, float] | str) -> None:
+        results[task] = outcome
+        line = _line(outcome) if isinstance(outcome, dict) else f"failed: {outcome}"
+        print(f"    {ARMS[task[0]]} seed {task[1]}: {line}", flush=True)
+
+    if jobs <= 1:
+        require("torch").set_num_threads(THREADS)
+        for task in tasks:
+            try:
+                report(task, train_and_score(*task, paths, plan, workdir))
+            except Exception as err:  # one broken training must not hide the other arms
+                report(task, f"{type(err).__name__}: {err}")
+        return results
+    context = multiprocessing.get_context("spawn")  # not fork: torch's threads are running here
+    threads, queue, running = max(1, THREADS // jobs), list(tasks), {}
+    while queue or running:
+        while queue and len(running) < jobs:
+            task = queue.pop(0)
+            out = workdir / "accuracy-runs" / f"{task[0]}-seed{task[1]}.json"
+            out.unlink(missing_ok=True)
+            process = context.Process(
+                target=_training_process, args=(*task, paths, plan, workdir, threads, out)
+            )
+            process.start()
+            running[task] = (process, out)
+        time.sleep(0.2)
+        for task, (process, out) in list(running.items()):
+            if process.exitcode is None:
+                continue
+            process.join()
+            del running[task]
+            if process.exitcode == 0 and out.is_file():
+                report(task, json.loads(out.read_text()))
+            else:
+                report(task, f"its process exited with {process.exitcode} (the traceback is above)")
+    return results
+
+
+def arm_row(arm: str, plan: Plan, results: dict[tuple[str, int], dict[str, float] | str]) -> Row:
+    """One row per arm (mean Dice) holding every number of its seeds in ``extra``.
+
+    Raises:
+        RuntimeError: a seed of the arm failed (:func:`measure_row` reports it as the arm's row).
+    """
+    seeds = [results[(arm, seed)] for seed in plan.seeds]
+    failed = [s for s in seeds if not isinstance(s, dict)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(seeds)} seeds failed: {failed[0]}")
+    summary = {key: _mean_sd([s[key] for s in seeds]) for key in seeds[0]}  # type: ignore[index]
     mean, sd = summary["mean"]
     note = f"sd {sd:.3f}; WT {summary['whole_tumour'][0]:.3f}; loader {summary['loader_cpu_s'][0]:.1f} CPU s"
     return Row(f"{ARMS[arm]}: mean Dice", mean, "dice", note, extra={"summary": summary, "seeds": seeds})
@@ -622,7 +698,8 @@ def run(args: Any) -> Report:
             "lr": plan.lr,
             "lr_schedule": plan.lr_schedule,
             "seeds": len(plan.seeds),
-            "torch_threads": THREADS,
+            "jobs": args.jobs,
+            "torch_threads_per_training": THREADS if args.jobs <= 1 else max(1, THREADS // args.jobs),
             "loader_workers": WORKERS,
             "quick": args.quick,
         },
@@ -630,11 +707,11 @@ def run(args: Any) -> Report:
     print(report.title, flush=True)
     started = time.perf_counter()
     paths = prepare(plan, args.workdir, args.fresh)
-    cases = held_out_cases(paths["test"])
+    tasks = [(arm, seed) for arm in arms for seed in plan.seeds]
+    results = run_trainings(tasks, paths, plan, args.workdir, args.jobs)
     for arm in arms:
         name = f"{ARMS[arm]}: mean Dice"
-        measure = functools.partial(run_arm, arm, paths, cases, plan, args.workdir)
-        report.rows.append(measure_row(name, "dice", measure))
+        report.rows.append(measure_row(name, "dice", functools.partial(arm_row, arm, plan, results)))
     report.bars += bars(report)
     report.notes.append(
         "Dice = brainnet.metrics label-map Dice over each whole held-out scan (predict_case), averaged over "
@@ -670,6 +747,13 @@ def main(argv: list[str] | None = None) -> int:
         help="training patch X,Y,Z (default 32,32,16; Z a multiple of 4 for the depth-3 U-Net)",
     )
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per training")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=JOBS,
+        help=f"trainings at a time, each a process with {THREADS} // JOBS torch threads (default {JOBS}; "
+        "1: one after the other in this process)",
+    )
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate")
     parser.add_argument(
         "--lr-schedule",
