@@ -369,19 +369,20 @@ def _shared(a: torch.Tensor, b: torch.Tensor | None) -> bool:
     return b is not None and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
-def upsample(small: torch.Tensor, out: torch.Tensor, taps: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+def upsample(
+    small: torch.Tensor, out: torch.Tensor, tables: list[tuple[np.ndarray, np.ndarray]]
+) -> torch.Tensor:
     """Linear upsampling of one volume ``small`` (float32 (x, y, z), CPU) into ``out`` (X, Y, Z), in place.
 
     Args:
-        taps: per axis, (first, second, first weight, second weight) of each output index
-            (:func:`~brainnet.augment.functional.linear_taps`); an axis whose ``small`` side is its
-            ``out`` side is kept (no interpolation along it).
+        tables: per axis, the input indices (int64 (N, 2)) and weights (float32 (N, 2)) of each output
+            index (:func:`~brainnet.augment.functional.linear_tap_table`); an axis whose ``small`` side is
+            its ``out`` side is kept (no interpolation along it).
 
     Returns:
         ``out``: the bilinear (a slice stack: only the first two axes resampled) or trilinear upsampling,
         equal to ``F.interpolate(..., align_corners=False)`` to float rounding.
     """
-    tables = [(torch.stack(t[:2], 1).numpy(), torch.stack(t[2:], 1).float().numpy()) for t in taps]
     _threads()
     if small.shape[2] == out.shape[2]:
         (rows, row_w), (columns, column_w) = tables[:2]

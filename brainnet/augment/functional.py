@@ -725,6 +725,14 @@ def _linear_taps(size: int, up: int) -> tuple[torch.Tensor, ...]:
     return first, second, 1 - second_w, second_w
 
 
+@functools.lru_cache(maxsize=1024)
+def linear_tap_table(size: int, up: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`linear_taps` as the CPU kernels read them: int64 (up, 2) input indices and float32 (up, 2)
+    weights, kept per (size, up) (shared: not to be written to)."""
+    first, second, first_w, second_w = _linear_taps(size, up)
+    return torch.stack((first, second), 1).numpy(), torch.stack((first_w, second_w), 1).float().numpy()
+
+
 def upsample_slices(small: torch.Tensor, sides: Sequence[int]) -> torch.Tensor:
     """Bilinear upsampling (``align_corners=False``) of a slice stack (H', W', S), slice axis last, to
     (H, W, S): as :func:`warp_slices`, four input rows per output row in one ``embedding_bag``, which
@@ -762,8 +770,8 @@ def low_resolution_(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         for a in axes:
             small = small.index_select(a, nearest_exact_index(sizes[a], down[a], x.device))
         if kernels:  # the kept axes read their own index with weight 1
-            taps = [linear_taps(n, size) for n, size in zip(small.shape, sizes, strict=True)]
-            CK.upsample(small, x[p], taps)
+            tables = [linear_tap_table(n, size) for n, size in zip(small.shape, sizes, strict=True)]
+            CK.upsample(small, x[p], tables)
             continue
         if axes == [0, 1]:
             x[p].view(-1, sizes[2]).copy_(upsample_slices(small, sizes[:2]))
