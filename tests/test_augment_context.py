@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from brainnet.augment import AugmentConfig, BatchAugment, augment_preset, context_margin
+from brainnet.augment.brain_mask import OUTSIDE, mark_outside_brain_, mask_outside_brain_
 from brainnet.augment.compose import centre
 from brainnet.cli import main
 from brainnet.data.dataset import augmented_inputs, standardize_batch
@@ -211,6 +212,48 @@ def test_without_a_spatial_transform_the_windows_are_read_as_before(stores):
     for name in ("flips", "no_spatial"):
         for a, b in zip(batches[name], batches["none"], strict=True):
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------- the brain mask (volume-nonzero)
+def test_the_brain_mask_by_hand():
+    raw = torch.ones(1, 2, 3, 1, 1, dtype=torch.float16)
+    raw[0, :, 0] = 0  # voxel 0 outside the brain (0 in every channel)
+    raw[0, 0, 1] = 0  # voxel 1 0 in one channel only: brain
+    raw[0, :, 2] = 0  # voxel 2 outside too, but tumour: kept (nnU-Net marks background only)
+    label = torch.tensor([0, 0, 2], dtype=torch.uint8).view(1, 3, 1, 1)
+    marked = mark_outside_brain_(label.clone(), raw)
+    assert marked.flatten().tolist() == [OUTSIDE, 0, 2]
+    image = torch.full((1, 2, 3, 1, 1), 0.5)
+    image, unmarked = mask_outside_brain_(image, marked)
+    assert unmarked.flatten().tolist() == [0, 0, 2]
+    assert image[0, :, 0].abs().sum() == 0 and bool((image[0, :, 1:] == 0.5).all())
+
+
+@pytest.mark.parametrize("method", ["volume-nonzero", "patch-slice"])
+def test_augmented_windows_keep_a_zero_background_where_standardized_to_zero(stores, method):
+    """nnU-Net's MaskImageTransform: noise and the spatial transform on every sample, and the voxels outside
+    the brain (the label that moves with them) are 0 again, volume-nonzero only; nothing else changes."""
+    config = TURNED.replace(noise=TURNED.noise.replace(p=1.0))
+    params = WindowSamplingParams(foreground_share=0.3, standardize=method)
+    items = [(0, p) for p in range(4)]
+    with open_store(stores["volume"]) as store:
+        margin = context_margin(config.spatial, PATCH)
+        batch = _windows(store, VolumeDraws(store, "train", params, seed=3), margin, items)
+    augment = functools.partial(BatchAugment(config, patch_size=PATCH), key=(0, 0, 5))
+    image, label = augmented_inputs(batch, "cpu", augment)
+    plain_image, plain_label = augment(standardize_batch(batch["image"], batch), batch["label"].clone())
+    if method == "patch-slice":  # a background standardized with its slice: left as augmented
+        assert torch.equal(image, plain_image) and torch.equal(label, plain_label)
+        return
+    _, moved = augment(
+        standardize_batch(batch["image"], batch), mark_outside_brain_(batch["label"].clone(), batch["image"])
+    )
+    outside = moved == OUTSIDE
+    assert 0.05 < float(outside.float().mean()) < 0.95  # windows reach past the brain and its crop
+    assert bool((plain_label[outside] == 0).all()) and torch.equal(label, plain_label)
+    assert bool((plain_image.movedim(1, -1)[outside] != 0).any())  # the noise had moved them
+    assert torch.equal(image, torch.where(outside.unsqueeze(1), 0.0, plain_image))
+    assert int((label == OUTSIDE).sum()) == 0
 
 
 # ------------------------------------------------------------------------------- brainnet sample --augment
