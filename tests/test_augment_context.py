@@ -23,9 +23,9 @@ from brainnet.data.volume_sampler import VolumeDraws, VolumeWindowDataset, Windo
 from brainnet.model import ModelConfig
 from brainnet.sample import sample_training
 from brainnet.train import TrainConfig, train
-from brainnet.train.loop import training_stream
+from brainnet.train.loop import training_augmenter, training_stream
 from brainprep.builder import build_patches
-from brainprep.params import BuildParams, SamplingParams, SplitParams, StoreParams
+from brainprep.params import BuildParams, SamplingParams, SplitParams, StandardizeParams, StoreParams
 from brainprep.store import open_store
 from brainprep.synth import SynthParams, write_synthetic_dataset
 
@@ -229,29 +229,54 @@ def test_the_brain_mask_by_hand():
     assert image[0, :, 0].abs().sum() == 0 and bool((image[0, :, 1:] == 0.5).all())
 
 
+def _masked_and_plain(augmenter: BatchAugment, batch: dict) -> tuple:
+    """The batch augmented by ``augmenter`` as training does, the same draws without the mask, and where the
+    mask's marker went (the voxels outside the brain, moved with the labels)."""
+    key = (0, 0, 5)
+    image, label = augmented_inputs(batch, "cpu", functools.partial(augmenter, key=key))
+    plain = BatchAugment(augmenter.config, augmenter.patch_size)
+    standardized = augmented_inputs(batch, "cpu")[0]
+    plain_image, plain_label = plain(standardized.clone(), batch["label"].clone(), key=key)
+    marked = mark_outside_brain_(batch["label"].clone(), standardized)
+    _, moved = plain(standardized.clone(), marked, key=key)
+    return (image, label), (plain_image, plain_label), moved == OUTSIDE
+
+
 @pytest.mark.parametrize("method", ["volume-nonzero", "patch-slice"])
 def test_augmented_windows_keep_a_zero_background_where_standardized_to_zero(stores, method):
     """nnU-Net's MaskImageTransform: noise and the spatial transform on every sample, and the voxels outside
     the brain (the label that moves with them) are 0 again, volume-nonzero only; nothing else changes."""
-    config = TURNED.replace(noise=TURNED.noise.replace(p=1.0))
-    params = WindowSamplingParams(foreground_share=0.3, standardize=method)
+    augment = TURNED.replace(noise=TURNED.noise.replace(p=1.0))
+    config = _config(augment, volume_sampling=WindowSamplingParams(foreground_share=0.3, standardize=method))
     items = [(0, p) for p in range(4)]
     with open_store(stores["volume"]) as store:
-        margin = context_margin(config.spatial, PATCH)
-        batch = _windows(store, VolumeDraws(store, "train", params, seed=3), margin, items)
-    augment = functools.partial(BatchAugment(config, patch_size=PATCH), key=(0, 0, 5))
-    image, label = augmented_inputs(batch, "cpu", augment)
-    plain_image, plain_label = augment(standardize_batch(batch["image"], batch), batch["label"].clone())
+        augmenter = training_augmenter(store, config)
+        margin = context_margin(augment.spatial, PATCH)
+        batch = _windows(store, VolumeDraws(store, "train", config.volume_sampling, seed=3), margin, items)
+    assert augmenter.mask_background == (method == "volume-nonzero")
+    (image, label), (plain_image, plain_label), outside = _masked_and_plain(augmenter, batch)
     if method == "patch-slice":  # a background standardized with its slice: left as augmented
         assert torch.equal(image, plain_image) and torch.equal(label, plain_label)
         return
-    _, moved = augment(
-        standardize_batch(batch["image"], batch), mark_outside_brain_(batch["label"].clone(), batch["image"])
-    )
-    outside = moved == OUTSIDE
     assert 0.05 < float(outside.float().mean()) < 0.95  # windows reach past the brain and its crop
     assert bool((plain_label[outside] == 0).all()) and torch.equal(label, plain_label)
     assert bool((plain_image.movedim(1, -1)[outside] != 0).any())  # the noise had moved them
+    assert torch.equal(image, torch.where(outside.unsqueeze(1), 0.0, plain_image))
+    assert int((label == OUTSIDE).sum()) == 0
+
+
+def test_a_patch_store_built_volume_nonzero_keeps_its_zero_background(tmp_path):
+    data = write_synthetic_dataset(tmp_path / "data", SynthParams(n_cases=2, shape=(48, 48, 24), seed=3))
+    sampling = SamplingParams(patch_size=(32, 32, 8), patches_per_case=3, background_threshold=1.0)
+    params = BuildParams(sampling=sampling, standardize=StandardizeParams(method="volume-nonzero"))
+    build_patches(data, tmp_path / "p.zarr", params, workers=1)
+    augment = augment_preset("nnunet", {"noise.p": 1.0, "spatial.p_rotation": 1.0})
+    with open_store(tmp_path / "p.zarr") as store:
+        augmenter = training_augmenter(store, _config(augment))
+        batch = training_stream(store, _config(augment, batch_size=4)).next()
+    assert augmenter.mask_background
+    (image, label), (plain_image, _), outside = _masked_and_plain(augmenter, batch)
+    assert float(outside.float().mean()) > 0.01 and bool((plain_image.movedim(1, -1)[outside] != 0).any())
     assert torch.equal(image, torch.where(outside.unsqueeze(1), 0.0, plain_image))
     assert int((label == OUTSIDE).sum()) == 0
 

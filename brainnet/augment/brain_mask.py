@@ -9,11 +9,14 @@ sets the image to 0 where the label is negative and ``RemoveLabelTansform`` turn
 contrast and gamma move the background off 0, a background the model never meets at inference.
 
 brainnet does the same with a uint8 marker, :data:`OUTSIDE`, on the batch's label between
-:func:`mark_outside_brain_` (before augmentation) and :func:`mask_outside_brain_` (after). The brain is
-what :func:`brainnet.data.standardize.standardize_with_statistics_torch` standardizes: voxels of the raw
-window nonzero in any channel (nnU-Net also fills holes in its mask; brainnet's standardization does not,
-so neither does the mask, and the two agree voxel for voxel). The course's ``patch-slice``
-standardization maps the background with its slice, not to 0, so its batches are not masked.
+:func:`mark_outside_brain_` (before augmentation) and :func:`mask_outside_brain_` (after), inside
+:class:`brainnet.augment.BatchAugment` with ``mask_background`` (which ``brainnet train`` sets when the
+batches are standardized ``volume-nonzero``: a patch store built so, or a volume store's windows). The
+brain is what :func:`brainnet.data.standardize.standardize_with_statistics_torch` standardizes: voxels
+nonzero in any channel of the raw window, so the voxels 0 in every channel of the standardized batch
+(nnU-Net also fills holes in its mask; brainnet's standardization does not, so neither does the mask).
+The course's ``patch-slice`` standardization maps the background with its slice, not to 0, so its
+batches are not masked.
 """
 
 from __future__ import annotations
@@ -25,17 +28,17 @@ import torch
 OUTSIDE = 255
 
 
-def mark_outside_brain_(label: torch.Tensor, raw_image: torch.Tensor) -> torch.Tensor:
-    """Set :data:`OUTSIDE` in ``label`` where it is background and the raw window is 0 in every channel.
+def mark_outside_brain_(label: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Set :data:`OUTSIDE` in ``label`` where it is background and ``image`` is 0 in every channel.
 
     Args:
         label: uint8 (B, X, Y, Z), changed in place.
-        raw_image: (B, C, X, Y, Z), the window as read, before standardization (any dtype, any device).
+        image: (B, C, X, Y, Z) standardized ``volume-nonzero`` (or raw: the same voxels are 0), any dtype.
 
     Returns:
         ``label``.
     """
-    outside = (raw_image == 0).all(dim=1) & (label == 0)
+    outside = (image == 0).all(dim=1) & (label == 0)
     return label.masked_fill_(outside, OUTSIDE)
 
 

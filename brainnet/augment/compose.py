@@ -43,6 +43,7 @@ import torch
 
 from brainnet.augment import cpu_kernels as CK
 from brainnet.augment import functional as AF
+from brainnet.augment.brain_mask import mark_outside_brain_, mask_outside_brain_
 from brainnet.augment.config import AugmentConfig, GammaParams, SpatialParams
 from brainprep.errors import ShapeMismatchError
 
@@ -572,6 +573,9 @@ class BatchAugment:
         config: the augmentation.
         patch_size: the (X, Y, Z) it outputs when batches are windows with context around the patches
             (:func:`~brainnet.augment.context.context_margin`); ``None``: the batch's own shape.
+        mask_background: the batches are standardized inside the brain (``volume-nonzero``: 0 outside it
+            in every channel), and stay 0 there through augmentation, as nnU-Net's ``MaskImageTransform``
+            keeps them (:mod:`brainnet.augment.brain_mask`; needs the label).
 
     Call args:
         image: float (B, C, X, Y, Z), label (B, X, Y, Z) or ``None``, on any device.
@@ -579,8 +583,11 @@ class BatchAugment:
         inplace: ``image`` and ``label`` are the caller's to overwrite (:func:`apply_parameters`).
     """
 
-    def __init__(self, config: AugmentConfig, patch_size: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, config: AugmentConfig, patch_size: Sequence[int] | None = None, mask_background: bool = False
+    ) -> None:
         self.config = config
+        self.mask_background = bool(mask_background)
         self.patch_size = None if patch_size is None else tuple(int(s) for s in patch_size)
         if self.patch_size is not None:
             _warn_unused_rotation(config.spatial, self.patch_size)
@@ -599,4 +606,12 @@ class BatchAugment:
                 return image, label
             return centre(image, self.patch_size), None if label is None else centre(label, self.patch_size)
         params = self.parameters(image, key)
-        return apply_parameters(self.config, params, image, label, inplace=inplace, out_shape=self.patch_size)
+        if not self.mask_background or label is None:
+            return apply_parameters(
+                self.config, params, image, label, inplace=inplace, out_shape=self.patch_size
+            )
+        marked = mark_outside_brain_(label if inplace else label.clone(), image)
+        image, marked = apply_parameters(
+            self.config, params, image, marked, inplace=inplace, out_shape=self.patch_size
+        )
+        return mask_outside_brain_(image, marked)

@@ -10,10 +10,11 @@ Presets (:func:`augment_preset`):
   and of the batchgeneratorsv2 transforms it builds (github.com/MIC-DKFZ/batchgeneratorsv2 at 3cb4f07,
   cited by file). ``MaskImageTransform`` (``trainer.py:838-842``), which zeroes the image outside the
   brain after the other transforms, is not a block of the config: it follows the standardization, as in
-  nnU-Net, where it runs whenever the normalization used the brain mask. Windows standardized
-  ``volume-nonzero`` (0 outside the brain, as nnU-Net's) are masked after augmentation
-  (:mod:`brainnet.augment.brain_mask`); the course's ``patch-slice`` standardization maps the background
-  with its slice (at training and inference), so its batches are not.
+  nnU-Net, where it runs whenever the normalization used the brain mask. Batches standardized
+  ``volume-nonzero`` (0 outside the brain, as nnU-Net's: a patch store built so, or a volume store's
+  windows) are masked after augmentation (:mod:`brainnet.augment.brain_mask`,
+  ``BatchAugment(mask_background=True)``); the course's ``patch-slice`` standardization maps the
+  background with its slice (at training and inference), so its batches are not.
 
 Every field of a preset can be overridden (:func:`with_overrides`, ``brainnet train --augment-set
 noise.p=0.2``). Defaults of each block are nnU-Net's ranges with probability 0, so a block is off until a

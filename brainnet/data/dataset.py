@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from brainnet.augment.brain_mask import mark_outside_brain_, mask_outside_brain_
 from brainprep.errors import ConfigError
 from brainprep.spec import MSD_SPEC, DatasetSpec
 from brainprep.store.schema import SPLIT_CODES
@@ -64,27 +63,20 @@ def augmented_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The image float32 (B, 4, X, Y, Z) (standardized if the batch holds raw windows) and the label
     (B, X, Y, Z) of a compact batch on ``device``, augmented: what :func:`to_training_batch` one-hot
-    encodes, and what ``brainnet sample --augment`` shows. Arguments as :func:`to_training_batch`'s.
-
-    Windows standardized ``volume-nonzero`` (0 outside the brain) are augmented as nnU-Net augments them:
-    the voxels outside the brain are 0 again afterwards (:mod:`brainnet.augment.brain_mask`)."""
-    raw = batch["image"].to(device, non_blocking=True)
-    method = batch_standardization(batch)
-    # raw windows of a volume store are standardized here, on the device
-    image = raw if method is None else standardize_batch(raw, batch)
+    encodes, and what ``brainnet sample --augment`` shows. Arguments as :func:`to_training_batch`'s."""
+    image = batch["image"].to(device, non_blocking=True)
+    if "standardize" in batch:  # raw windows of a volume store: standardized here, on the device
+        image = standardize_batch(image, batch)
     # contiguous here: a volume store's windows are slice-major views (z-slices contiguous, the layout
     # they are standardized in); a patch store's float16 batch is converted contiguous anyway
     image = image.to(torch.float32).contiguous()
     label = batch["label"].to(device, non_blocking=True).contiguous()
-    if augment is None:
-        return image, label
-    # .to/.float return the batch's own tensors when nothing changes: copy those (the label is small)
-    image = image.clone() if image.data_ptr() == batch["image"].data_ptr() else image
-    label = label.clone() if label.data_ptr() == batch["label"].data_ptr() else label
-    if method == "volume-nonzero":  # background 0, kept 0 through augmentation as nnU-Net does
-        image, label = augment(image, mark_outside_brain_(label, raw))
-        return mask_outside_brain_(image, label)
-    return augment(image, label)
+    if augment is not None:
+        # .to/.float return the batch's own tensors when nothing changes: copy those (the label is small)
+        image = image.clone() if image.data_ptr() == batch["image"].data_ptr() else image
+        label = label.clone() if label.data_ptr() == batch["label"].data_ptr() else label
+        image, label = augment(image, label)
+    return image, label
 
 
 def batch_standardization(batch: dict[str, Any]) -> str | None:

@@ -833,10 +833,14 @@ def _run(
 
 def training_augmenter(store: Any, config: TrainConfig) -> BatchAugment | None:
     """The batch augmentation :func:`train` applies (``None`` when inactive); on a volume store it outputs
-    the patch size from windows with context (:func:`volume_stream`)."""
+    the patch size from windows with context (:func:`volume_stream`). Batches standardized
+    ``volume-nonzero`` as trained (a patch store built so, or a volume store's windows read so) keep their
+    background 0 (``mask_background``, nnU-Net's ``MaskImageTransform``)."""
     if not config.augment.active:
         return None
-    return BatchAugment(config.augment, store.patch_size if is_volume_store(store) else None)
+    method = ckpt.trained_build_params(store.params, config).standardize.method
+    patch_size = store.patch_size if is_volume_store(store) else None
+    return BatchAugment(config.augment, patch_size, mask_background=method == "volume-nonzero")
 
 
 def step_augment(augmenter: BatchAugment | None, seed: int, rank: int, step: int) -> Any:
