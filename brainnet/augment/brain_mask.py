@@ -12,8 +12,9 @@ brainnet does the same with a uint8 marker, :data:`OUTSIDE`, on the batch's labe
 :func:`mark_outside_brain_` (before augmentation) and :func:`mask_outside_brain_` (after), inside
 :class:`brainnet.augment.BatchAugment` with ``mask_background`` (which ``brainnet train`` sets when the
 batches are standardized ``volume-nonzero``: a patch store built so, or a volume store's windows). The
-brain is what :func:`brainnet.data.standardize.standardize_with_statistics_torch` standardizes: voxels
-nonzero in any channel of the raw window, so the voxels 0 in every channel of the standardized batch
+brain is what :func:`brainnet.data.standardize.standardize_with_statistics_torch` standardizes
+(:func:`brainnet.data.standardize.brain_mask_torch`: voxels nonzero in any channel of the raw window, so
+the voxels 0 in every channel of the standardized batch are outside it)
 (nnU-Net also fills holes in its mask; brainnet's standardization does not, so neither does the mask).
 The course's ``patch-slice`` standardization maps the background with its slice, not to 0, so its
 batches are not masked.
@@ -22,6 +23,8 @@ batches are not masked.
 from __future__ import annotations
 
 import torch
+
+from brainnet.data.standardize import brain_mask_torch
 
 #: the label of background voxels outside the brain while a batch is augmented (labels are uint8 class
 #: values, far below it; nnU-Net's -1)
@@ -38,7 +41,7 @@ def mark_outside_brain_(label: torch.Tensor, image: torch.Tensor) -> torch.Tenso
     Returns:
         ``label``.
     """
-    outside = (image == 0).all(dim=1) & (label == 0)
+    outside = ~brain_mask_torch(image) & (label == 0)
     return label.masked_fill_(outside, OUTSIDE)
 
 

@@ -606,12 +606,10 @@ class BatchAugment:
                 return image, label
             return centre(image, self.patch_size), None if label is None else centre(label, self.patch_size)
         params = self.parameters(image, key)
-        if not self.mask_background or label is None:
-            return apply_parameters(
-                self.config, params, image, label, inplace=inplace, out_shape=self.patch_size
-            )
-        marked = mark_outside_brain_(label if inplace else label.clone(), image)
-        image, marked = apply_parameters(
-            self.config, params, image, marked, inplace=inplace, out_shape=self.patch_size
+        masked = self.mask_background and label is not None
+        if masked:
+            label = mark_outside_brain_(label if inplace else label.clone(), image)
+        image, label = apply_parameters(
+            self.config, params, image, label, inplace=inplace, out_shape=self.patch_size
         )
-        return mask_outside_brain_(image, marked)
+        return mask_outside_brain_(image, label) if masked else (image, label)

@@ -79,21 +79,6 @@ def augmented_inputs(
     return image, label
 
 
-def batch_standardization(batch: dict[str, Any]) -> str | None:
-    """The standardization method of a batch of raw volume-store windows (the one method its
-    ``standardize`` codes name, :data:`brainnet.data.volume_sampler.STANDARDIZE_CODES`), ``None`` for a
-    batch without codes (a patch store's, standardized when it was built)."""
-    from brainnet.data.volume_sampler import STANDARDIZE_CODES
-
-    if "standardize" not in batch:
-        return None
-    codes = {int(c) for c in batch["standardize"].tolist()}
-    methods = [name for name, code in STANDARDIZE_CODES.items() if code in codes]
-    if len(methods) != 1 or len(codes) != 1:
-        raise ConfigError(f"a batch must hold raw windows of one standardization method, found codes {codes}")
-    return methods[0]
-
-
 def standardize_batch(image: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
     """Standardize a batch of raw volume-store windows (``image`` (B, 4, X, Y, Z) on its device) by the
     method its ``standardize`` codes name (:data:`brainnet.data.volume_sampler.STANDARDIZE_CODES`):
@@ -106,8 +91,13 @@ def standardize_batch(image: torch.Tensor, batch: dict[str, Any]) -> torch.Tenso
         float32 (B, 4, X, Y, Z), a new tensor.
     """
     from brainnet.data.standardize import standardize_slices_torch, standardize_with_statistics_torch
+    from brainnet.data.volume_sampler import STANDARDIZE_CODES
 
-    if batch_standardization(batch) == "patch-slice":
+    codes = {int(c) for c in batch["standardize"].tolist()}
+    methods = [name for name, code in STANDARDIZE_CODES.items() if code in codes]
+    if len(methods) != 1 or len(codes) != 1:
+        raise ConfigError(f"a batch must hold raw windows of one standardization method, found codes {codes}")
+    if methods[0] == "patch-slice":
         region = None
         if "context" in batch:
             (mx, my, _), (x, y) = batch["context"][0].tolist(), image.shape[-3:-1]

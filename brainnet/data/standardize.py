@@ -59,6 +59,13 @@ def standardize_slices_torch(image: torch.Tensor, region: tuple[slice, slice] | 
     return stats.view(*slices.shape).transpose(-1, -3)
 
 
+def brain_mask_torch(image: torch.Tensor) -> torch.Tensor:
+    """:func:`brainprep.standardize.brain_mask` with a background of 0 (skull-stripped scans), in torch:
+    the voxels nonzero in any channel of ``image`` (B, C, X, Y, Z), any dtype and device; bool (B, X, Y, Z).
+    A batch standardized ``volume-nonzero`` is 0 in every channel exactly outside it."""
+    return (image != 0).any(dim=1)
+
+
 def standardize_with_statistics_torch(
     image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
 ) -> torch.Tensor:
@@ -80,7 +87,7 @@ def standardize_with_statistics_torch(
     stored = torch.empty(0, dtype=image.dtype).numpy().dtype
     resolved = torch.from_numpy(resolved_std(mean.cpu().numpy(), std.cpu().numpy(), stored))
     flat = (resolved == 0).to(values.device).view(shape)
-    mask = (values != 0).any(dim=1, keepdim=True) & ~flat
+    mask = brain_mask_torch(values).unsqueeze(1) & ~flat
     mean = mean.to(values.device, torch.float32).view(shape)
     std = resolved.to(values.device, torch.float32).clamp(min=MIN_STD).view(shape)
     return torch.where(mask, (values - mean) / std, torch.zeros((), device=values.device))
